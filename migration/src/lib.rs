@@ -1,0 +1,17 @@
+//! Schema migrations, one file each, for SQLite, Cloudflare D1 and PostgreSQL alike;
+//! `d1` turns them into the plain SQL files `wrangler d1 migrations apply` reads.
+
+pub use sea_orm_migration::prelude::*;
+pub use sea_orm_migration::{MigrationStatus, MigratorTrait};
+
+pub mod d1;
+mod m0001_identity;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_identity::Migration)]
+    }
+}

@@ -1,0 +1,81 @@
+//! `ensemble migrate up|down|status|export-d1`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use migration::{Migrator, MigratorTrait};
+
+use crate::{config::Config, db};
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Apply pending migrations (all, or `--steps N`).
+    Up {
+        #[arg(long)]
+        steps: Option<u32>,
+    },
+    /// Revert the newest applied migrations (1 unless `--steps N`).
+    Down {
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+    },
+    /// List every migration and whether it is applied.
+    Status,
+    /// Write every migration as plain SQL for Cloudflare D1 (`wrangler d1 migrations apply`).
+    ExportD1 {
+        /// Folder to write `NNNN_<name>.sql` files into.
+        #[arg(long, default_value = "migration/sql")]
+        dir: PathBuf,
+    },
+}
+
+pub async fn run(action: Action, config: &Config) -> Result<(), String> {
+    if let Action::ExportD1 { dir } = &action {
+        return export_d1(dir).await;
+    }
+    let db = db::connect(&config.database_url, config.db_pool_size)
+        .await
+        .map_err(|e| {
+            e.to_string()
+                .trim_start_matches("internal error: ")
+                .to_string()
+        })?;
+    let failed = |e: sea_orm::DbErr| format!("migration failed: {e}");
+    match action {
+        Action::Up { steps } => Migrator::up(&db, steps).await.map_err(failed)?,
+        Action::Down { steps } => Migrator::down(&db, Some(steps)).await.map_err(failed)?,
+        Action::Status | Action::ExportD1 { .. } => {}
+    }
+    for migration in Migrator::get_migration_with_status(&db)
+        .await
+        .map_err(failed)?
+    {
+        println!(
+            "{:<8} {}",
+            migration.status().to_string().to_lowercase(),
+            migration.name()
+        );
+    }
+    Ok(())
+}
+
+async fn export_d1(dir: &Path) -> Result<(), String> {
+    let files = migration::d1::export()
+        .await
+        .map_err(|e| format!("export failed: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Files of migrations that no longer exist would be applied by wrangler: remove them.
+    let keep: Vec<&str> = files.iter().map(|f| f.file_name.as_str()).collect();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".sql") && !keep.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
+        }
+    }
+    for file in &files {
+        std::fs::write(dir.join(&file.file_name), &file.sql)
+            .map_err(|e| format!("cannot write {}: {e}", file.file_name))?;
+        println!("wrote {}", dir.join(&file.file_name).display());
+    }
+    Ok(())
+}

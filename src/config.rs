@@ -1,0 +1,261 @@
+//! Typed configuration: environment variables first, command-line flags override.
+//! Secrets (the database password) never reach logs or `Debug` output.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+/// Where the server runs: `production` turns off introspection, suggestions and dev auth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the server reads at start. Every option has an environment variable.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Address to serve on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "ENSEMBLE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// SQLite file (created on first start) or `postgres://…` URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/ensemble.db",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Connections in the database pool (default: 4 on SQLite, 10 on PostgreSQL).
+    #[arg(long, env = "ENSEMBLE_DB_POOL_SIZE", global = true)]
+    pub db_pool_size: Option<u32>,
+
+    /// Folder for the dev signing key and backups.
+    #[arg(long, env = "ENSEMBLE_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// `development` or `production`.
+    #[arg(
+        long = "env",
+        env = "ENSEMBLE_ENV",
+        value_enum,
+        default_value = "development",
+        global = true
+    )]
+    pub environment: Environment,
+
+    /// Apply pending migrations at start.
+    #[arg(long, env = "ENSEMBLE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub auto_migrate: bool,
+
+    /// Comma-separated origins allowed by CORS (none by default).
+    #[arg(
+        long,
+        env = "ENSEMBLE_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Log format: `text` or `json`. The level comes from `RUST_LOG`.
+    #[arg(
+        long,
+        env = "ENSEMBLE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Seconds a request may take before it is answered with 408.
+    #[arg(
+        long,
+        env = "ENSEMBLE_REQUEST_TIMEOUT",
+        default_value_t = 30,
+        global = true
+    )]
+    pub request_timeout_secs: u64,
+
+    /// Seconds between the server's keepalive pings on a websocket.
+    #[arg(
+        long,
+        env = "ENSEMBLE_WS_KEEPALIVE_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub ws_keepalive_secs: u64,
+
+    /// Messages a websocket may have waiting to be written before it counts as slow.
+    #[arg(
+        long,
+        env = "ENSEMBLE_WS_SEND_BUFFER",
+        default_value_t = 256,
+        global = true
+    )]
+    pub ws_send_buffer: usize,
+
+    /// Milliseconds a slow websocket reader is waited for once its buffer is full; then it is dropped.
+    #[arg(
+        long,
+        env = "ENSEMBLE_WS_SEND_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub ws_send_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits on what one request may ask for (DESIGN §11).
+#[derive(Clone, Debug, Args, serde::Serialize)]
+pub struct Limits {
+    /// Deepest selection nesting allowed.
+    #[arg(
+        long,
+        env = "ENSEMBLE_LIMIT_DEPTH",
+        default_value_t = 10,
+        global = true
+    )]
+    pub depth: usize,
+    /// Highest query complexity allowed (list fields weigh by `first`).
+    #[arg(
+        long,
+        env = "ENSEMBLE_LIMIT_COMPLEXITY",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub complexity: usize,
+    /// Deepest recursion of the parser allowed.
+    #[arg(
+        long,
+        env = "ENSEMBLE_LIMIT_RECURSION",
+        default_value_t = 32,
+        global = true
+    )]
+    pub recursion: usize,
+    /// Most aliases one document may use.
+    #[arg(
+        long,
+        env = "ENSEMBLE_LIMIT_ALIASES",
+        default_value_t = 30,
+        global = true
+    )]
+    pub aliases: usize,
+    /// Most directives on one field.
+    #[arg(
+        long,
+        env = "ENSEMBLE_LIMIT_DIRECTIVES",
+        default_value_t = 5,
+        global = true
+    )]
+    pub directives: usize,
+    /// Largest page a connection field returns.
+    #[arg(
+        long,
+        env = "ENSEMBLE_LIMIT_PAGE_SIZE",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_page_size: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "ENSEMBLE_LIMIT_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub body_bytes: usize,
+    /// Most operations in one batched request; 0 turns batching off.
+    #[arg(long, env = "ENSEMBLE_LIMIT_BATCH", default_value_t = 0, global = true)]
+    pub batch: usize,
+}
+
+impl Config {
+    /// Configuration from the environment alone, as `ensemble serve` with no flags would read it.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        let matches =
+            <Only as clap::CommandFactory>::command().try_get_matches_from(["ensemble"])?;
+        Ok(Only::from_arg_matches(&matches)?.config)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("db_pool_size", &self.db_pool_size)
+            .field("data_dir", &self.data_dir)
+            .field("environment", &self.environment)
+            .field("auto_migrate", &self.auto_migrate)
+            .field("cors_origins", &self.cors_origins)
+            .field("log_format", &self.log_format)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("ws_keepalive_secs", &self.ws_keepalive_secs)
+            .field("ws_send_buffer", &self.ws_send_buffer)
+            .field("ws_send_timeout_ms", &self.ws_send_timeout_ms)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// The URL with its password replaced by `***`, fit for logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_password_is_masked_in_debug_output() {
+        let mut config = Config::from_env().unwrap();
+        config.database_url = "postgres://app:hunter2@db.internal:5432/ensemble".into();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/ensemble"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn sqlite_url_without_password_is_shown_as_is() {
+        assert_eq!(
+            redact_url("sqlite://data/ensemble.db"),
+            "sqlite://data/ensemble.db"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! Request limits async-graphql does not enforce by itself, and the request-level error codes.
+//!
+//! Before parsing, a lexical scan bounds nesting (a deep document would otherwise recurse in the
+//! parser). After parsing, aliases are counted and fragment fan-out is measured with one memoised
+//! pass, so a document that expands to millions of fields is refused in microseconds instead of
+//! being walked by every validation rule. Parse errors get `GRAPHQL_PARSE_FAILED`, every other
+//! refusal before execution `GRAPHQL_VALIDATION_FAILED`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use async_graphql::{
+    Response, ServerError, ServerResult, ValidationResult, Variables,
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
+    },
+    parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
+};
+
+use crate::metrics::Metrics;
+
+pub const PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+
+/// Installs the checks; built once per schema.
+pub struct RequestLimits {
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+}
+
+struct Limits {
+    recursion: usize,
+    aliases: usize,
+    fields: usize,
+}
+
+impl RequestLimits {
+    pub fn new(config: &crate::config::Limits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            limits: Arc::new(Limits {
+                recursion: config.recursion,
+                aliases: config.aliases,
+                // Every field costs at least 1 complexity point, so no document expanding to more
+                // fields than the complexity limit could pass that check anyway.
+                fields: config.complexity,
+            }),
+            metrics,
+        }
+    }
+}
+
+impl ExtensionFactory for RequestLimits {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(LimitsExtension {
+            limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+struct LimitsExtension {
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl Extension for LimitsExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        check_nesting(query, self.limits.recursion)?;
+        let doc = next.run(ctx, query, variables).await.map_err(|err| {
+            // The built-in recursion and directive limits fail inside the same step as parsing.
+            let code = if async_graphql::parser::parse_query(query).is_ok() {
+                VALIDATION_FAILED
+            } else {
+                PARSE_FAILED
+            };
+            with_code(err, code)
+        })?;
+        let aliases = count_aliases(&doc);
+        if aliases > self.limits.aliases {
+            return Err(refusal(format!(
+                "The document uses {aliases} aliases; at most {} are allowed.",
+                self.limits.aliases
+            )));
+        }
+        let fields = expanded_field_count(&doc);
+        if fields > self.limits.fields as u64 {
+            return Err(refusal(format!(
+                "The document expands to {} fields; at most {} are allowed.",
+                if fields == u64::MAX {
+                    "too many".to_string()
+                } else {
+                    fields.to_string()
+                },
+                self.limits.fields
+            )));
+        }
+        Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx).await.map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| with_code(e, VALIDATION_FAILED))
+                .collect()
+        })
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        let response = next.run(ctx, operation_name).await;
+        self.metrics
+            .record_operation(operation_name, response.errors.is_empty());
+        response
+    }
+}
+
+/// A request refused before execution.
+pub fn refusal(message: impl Into<String>) -> ServerError {
+    with_code(ServerError::new(message, None), VALIDATION_FAILED)
+}
+
+/// Sets `extensions.code` unless the error already has one.
+pub fn with_code(mut err: ServerError, code: &str) -> ServerError {
+    let ext = err.extensions.get_or_insert_with(Default::default);
+    if ext.get("code").is_none() {
+        ext.set("code", code);
+    }
+    err
+}
+
+/// Refuses a document nesting `{` or `[` deeper than `limit`, without parsing it.
+pub fn check_nesting(query: &str, limit: usize) -> ServerResult<()> {
+    let bytes = query.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    if deepest > limit {
+        return Err(refusal(format!(
+            "The document nests {deepest} levels deep; at most {limit} are allowed."
+        )));
+    }
+    Ok(())
+}
+
+fn operations(doc: &ExecutableDocument) -> Vec<&SelectionSet> {
+    match &doc.operations {
+        DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
+        DocumentOperations::Multiple(ops) => {
+            ops.values().map(|op| &op.node.selection_set.node).collect()
+        }
+    }
+}
+
+/// Aliases written in the document (operations and fragments, each counted once).
+fn count_aliases(doc: &ExecutableDocument) -> usize {
+    fn walk(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + walk(&f.node.selection_set.node)
+                }
+                Selection::InlineFragment(f) => walk(&f.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let fragments = doc.fragments.values().map(|f| &f.node.selection_set.node);
+    operations(doc).into_iter().chain(fragments).map(walk).sum()
+}
+
+/// Fields the largest operation resolves once every fragment spread is expanded, computed with
+/// each fragment counted once (saturating; a fragment cycle counts 0 here and is reported by
+/// validation).
+fn expanded_field_count(doc: &ExecutableDocument) -> u64 {
+    struct Counter<'a> {
+        doc: &'a ExecutableDocument,
+        memo: HashMap<&'a str, u64>,
+        visiting: HashSet<&'a str>,
+    }
+    impl<'a> Counter<'a> {
+        fn set(&mut self, set: &'a SelectionSet) -> u64 {
+            set.items.iter().fold(0u64, |sum, item| {
+                let n = match &item.node {
+                    Selection::Field(f) => {
+                        1u64.saturating_add(self.set(&f.node.selection_set.node))
+                    }
+                    Selection::InlineFragment(f) => self.set(&f.node.selection_set.node),
+                    Selection::FragmentSpread(s) => {
+                        self.fragment(s.node.fragment_name.node.as_str())
+                    }
+                };
+                sum.saturating_add(n)
+            })
+        }
+        fn fragment(&mut self, name: &'a str) -> u64 {
+            if let Some(n) = self.memo.get(name) {
+                return *n;
+            }
+            let Some(fragment) = self.doc.fragments.get(name) else {
+                return 0;
+            };
+            if !self.visiting.insert(name) {
+                return 0;
+            }
+            let n = self.set(&fragment.node.selection_set.node);
+            self.visiting.remove(name);
+            self.memo.insert(name, n);
+            n
+        }
+    }
+    let mut counter = Counter {
+        doc,
+        memo: HashMap::new(),
+        visiting: HashSet::new(),
+    };
+    operations(doc)
+        .into_iter()
+        .map(|set| counter.set(set))
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> ExecutableDocument {
+        async_graphql::parser::parse_query(q).unwrap()
+    }
+
+    #[test]
+    fn fragment_fan_out_is_counted_without_expanding_it() {
+        let mut q = String::from("query { ...F6 }\nfragment F0 on Query { a b c d e f g h i j }\n");
+        for level in 1..=6 {
+            let spreads = format!("...F{} ", level - 1).repeat(10);
+            q.push_str(&format!("fragment F{level} on Query {{ {spreads} }}\n"));
+        }
+        assert_eq!(expanded_field_count(&parse(&q)), 10_000_000);
+    }
+
+    #[test]
+    fn a_fragment_cycle_does_not_hang_the_count() {
+        let q = "query { ...A } fragment A on Query { x ...B } fragment B on Query { y ...A }";
+        assert_eq!(expanded_field_count(&parse(q)), 2);
+    }
+
+    #[test]
+    fn aliases_are_counted_in_operations_and_fragments() {
+        let q = "query { a: x b: y { c: z } ...F } fragment F on Query { d: w }";
+        assert_eq!(count_aliases(&parse(q)), 4);
+    }
+
+    #[test]
+    fn nesting_ignores_braces_in_strings_and_comments() {
+        assert!(check_nesting("{ a(x: \"{{{{{{\") # {{{{{{\n }", 2).is_ok());
+        assert!(check_nesting("{ a(x: \"\"\"{{{{\"\"\") }", 1).is_ok());
+        assert!(check_nesting(&"{a".repeat(5), 4).is_err());
+        assert!(
+            check_nesting(
+                &format!("{}{}", "{a".repeat(100_000), "}".repeat(100_000)),
+                32
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,53 @@
+//! The GraphQL schema: one module per area merged at the root, the request limits, and the
+//! HTTP and websocket transports that serve it.
+
+pub mod limits;
+pub mod system;
+pub mod transport;
+pub mod ws;
+
+use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema, extensions::Tracing};
+
+use crate::{config::Config, metrics::Metrics, state::AppState};
+
+#[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct QueryRoot(system::SystemQuery);
+
+#[derive(MergedSubscription, Default)]
+#[graphql(name = "Subscription")]
+pub struct SubscriptionRoot(system::SystemSubscription);
+
+pub type AppSchema = Schema<QueryRoot, EmptyMutation, SubscriptionRoot>;
+
+/// The schema with the configured limits; `state` is absent only when printing the SDL.
+pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
+    let limits = &config.limits;
+    let metrics = state
+        .as_ref()
+        .map(|s| s.metrics.clone())
+        .unwrap_or_else(|| std::sync::Arc::new(Metrics::default()));
+    let mut builder = Schema::build(
+        QueryRoot::default(),
+        EmptyMutation,
+        SubscriptionRoot::default(),
+    )
+    .extension(Tracing)
+    .extension(limits::RequestLimits::new(limits, metrics))
+    .limit_depth(limits.depth)
+    .limit_complexity(limits.complexity)
+    .limit_recursive_depth(limits.recursion)
+    .limit_directives(limits.directives);
+    if config.is_production() {
+        builder = builder.disable_introspection().disable_suggestions();
+    }
+    if let Some(state) = state {
+        builder = builder.data(state);
+    }
+    builder.finish()
+}
+
+/// The schema in SDL, as committed in `schema.graphql`.
+pub fn sdl(config: &Config) -> String {
+    build_schema(config, None).sdl()
+}

@@ -1,0 +1,289 @@
+//! GraphQL over HTTP (DESIGN §11): POST with a JSON body, GET for queries only, GraphiQL for a
+//! browser. Transport failures answer with a GraphQL error body and a fitting status.
+
+use async_graphql::{
+    BatchRequest, BatchResponse, ServerError, http::GraphiQLSource, parser::types::OperationType,
+};
+use axum::{
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::limits::{self, PARSE_FAILED, VALIDATION_FAILED};
+use crate::state::{HttpState, RequestId};
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
+/// `POST /graphql`: one operation, or a batch when batching is configured.
+pub async fn post(State(http): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    let state = &http.state;
+    let media = ResponseMedia::from_accept(&headers);
+    if !is_json(&headers) {
+        return media.failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PARSE_FAILED,
+            "Send GraphQL requests with `Content-Type: application/json`.",
+        );
+    }
+    let limit = state.config.limits.body_bytes;
+    let too_large = || {
+        media.failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            VALIDATION_FAILED,
+            &format!("The request body is larger than the {limit}-byte limit."),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return too_large();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_large();
+    };
+    let batch = match parse_body(&bytes, state.config.limits.batch) {
+        Ok(batch) => batch,
+        Err((code, message)) => return media.failure(StatusCode::BAD_REQUEST, code, &message),
+    };
+    let response = execute(&http, &headers, batch).await;
+    media.respond(response)
+}
+
+/// The query string of `GET /graphql`.
+#[derive(Deserialize)]
+pub struct GetParams {
+    query: Option<String>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+/// `GET /graphql`: GraphiQL for a browser, or a query (never a mutation) from `?query=`.
+pub async fn get(
+    State(http): State<HttpState>,
+    headers: HeaderMap,
+    Query(params): Query<GetParams>,
+) -> Response {
+    let state = &http.state;
+    let media = ResponseMedia::from_accept(&headers);
+    let Some(query) = params.query else {
+        if accepts(&headers, "text/html") {
+            return graphiql().into_response();
+        }
+        return media.failure(
+            StatusCode::BAD_REQUEST,
+            PARSE_FAILED,
+            "Pass the operation in the `query` parameter.",
+        );
+    };
+    let mut request = async_graphql::Request::new(query);
+    request.operation_name = params.operation_name;
+    for (name, raw) in [
+        ("variables", &params.variables),
+        ("extensions", &params.extensions),
+    ] {
+        let Some(raw) = raw else { continue };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
+            return media.failure(
+                StatusCode::BAD_REQUEST,
+                PARSE_FAILED,
+                &format!("`{name}` is not valid JSON."),
+            );
+        };
+        if !value.is_object() && !value.is_null() {
+            return media.failure(
+                StatusCode::BAD_REQUEST,
+                PARSE_FAILED,
+                &format!("`{name}` must be a JSON object."),
+            );
+        }
+        if name == "variables" {
+            request.variables = async_graphql::Variables::from_json(value);
+        } else if let Ok(ext) = serde_json::from_value(value) {
+            request.extensions = ext;
+        }
+    }
+    if selects_mutation(&mut request, state.config.limits.recursion) {
+        let mut response = media.failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            VALIDATION_FAILED,
+            "Mutations cannot be sent with GET; use POST.",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let response = execute(&http, &headers, BatchRequest::Single(request)).await;
+    media.respond(response)
+}
+
+/// Whether the operation the request would run is a mutation. A document that does not parse
+/// is left for execution to report.
+fn selects_mutation(request: &mut async_graphql::Request, recursion: usize) -> bool {
+    if limits::check_nesting(&request.query, recursion).is_err() {
+        return false;
+    }
+    let name = request.operation_name.clone();
+    let Ok(doc) = request.parsed_query() else {
+        return false;
+    };
+    doc.operations.iter().any(|(op_name, op)| {
+        op.node.ty == OperationType::Mutation
+            && match (&name, op_name) {
+                (Some(wanted), Some(op_name)) => wanted == op_name.as_str(),
+                _ => true,
+            }
+    })
+}
+
+async fn execute(http: &HttpState, headers: &HeaderMap, batch: BatchRequest) -> BatchResponse {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    http.schema
+        .execute_batch(batch.data(RequestId(request_id.to_string())))
+        .await
+}
+
+/// Reads the body as one request or, when `max_batch` > 0, a batch of at most that many.
+fn parse_body(bytes: &Bytes, max_batch: usize) -> Result<BatchRequest, (&'static str, String)> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        (
+            PARSE_FAILED,
+            format!(
+                "The request body is not valid JSON (line {}, column {}).",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let one = |value: serde_json::Value| {
+        serde_json::from_value::<async_graphql::Request>(value).map_err(|_| {
+            (
+                PARSE_FAILED,
+                "A GraphQL request is a JSON object with a `query` string and optional `operationName` \
+                 (string), `variables` (object) and `extensions` (object)."
+                    .to_string(),
+            )
+        })
+    };
+    match value {
+        serde_json::Value::Array(items) => {
+            if max_batch == 0 {
+                return Err((
+                    VALIDATION_FAILED,
+                    "Batched requests are turned off; send one operation per request.".into(),
+                ));
+            }
+            if items.len() > max_batch {
+                return Err((
+                    VALIDATION_FAILED,
+                    format!(
+                        "A batch may hold at most {max_batch} operations; this one holds {}.",
+                        items.len()
+                    ),
+                ));
+            }
+            if items.is_empty() {
+                return Err((PARSE_FAILED, "The batch is empty.".into()));
+            }
+            Ok(BatchRequest::Batch(
+                items.into_iter().map(one).collect::<Result<_, _>>()?,
+            ))
+        }
+        value => Ok(BatchRequest::Single(one(value)?)),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(JSON))
+}
+
+fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|part| {
+                part.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case(media))
+            })
+        })
+}
+
+/// The media type of the answer: `application/graphql-response+json` when the client asks for
+/// it (then a request that fails before execution is a 400), `application/json` otherwise
+/// (always 200 once the request is read, as legacy clients expect).
+#[derive(Clone, Copy)]
+struct ResponseMedia {
+    graphql_response: bool,
+}
+
+impl ResponseMedia {
+    fn from_accept(headers: &HeaderMap) -> Self {
+        Self {
+            graphql_response: accepts(headers, GRAPHQL_RESPONSE),
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(if self.graphql_response {
+            GRAPHQL_RESPONSE
+        } else {
+            JSON
+        })
+    }
+
+    fn respond(self, response: BatchResponse) -> Response {
+        let request_failed = match &response {
+            BatchResponse::Single(r) => {
+                r.data == async_graphql::Value::Null && !r.errors.is_empty()
+            }
+            BatchResponse::Batch(_) => false,
+        };
+        let status = if self.graphql_response && request_failed {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        };
+        let mut extra = HeaderMap::new();
+        if let BatchResponse::Single(r) = &response {
+            extra.extend(r.http_headers.clone());
+        }
+        let body = serde_json::to_vec(&response).unwrap_or_default();
+        let mut res = (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
+        res.headers_mut().extend(extra);
+        res
+    }
+
+    fn failure(self, status: StatusCode, code: &str, message: &str) -> Response {
+        let error = limits::with_code(ServerError::new(message, None), code);
+        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
+            .unwrap_or_default();
+        (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response()
+    }
+}
+
+fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Ensemble")
+            .finish(),
+    )
+}

@@ -1,0 +1,438 @@
+//! GraphQL over websockets at `/graphql/ws`: `graphql-transport-ws` by our own loop (the close
+//! codes of the protocol, an `error` message for operations that fail validation, keepalive
+//! pings), the legacy `graphql-ws` by async-graphql's engine. Both write through one bounded
+//! queue: a client that stops reading is dropped instead of growing memory.
+
+use std::{sync::Arc, time::Duration};
+
+use async_graphql::{Data, Response, http::WsMessage};
+use axum::{
+    extract::{
+        State,
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response as HttpResponse},
+};
+use futures_util::{SinkExt, StreamExt, stream::BoxStream};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamMap;
+use tracing::Instrument;
+
+use super::AppSchema;
+use crate::state::{HttpState, RequestId};
+
+const TRANSPORT_WS: &str = "graphql-transport-ws";
+const LEGACY_WS: &str = "graphql-ws";
+const INIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Close reasons longer than this are cut by clients into a 1006.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `GET /graphql/ws`: negotiates the subprotocol and hands the socket to its loop.
+pub async fn upgrade(
+    State(http): State<HttpState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> HttpResponse {
+    let ws = ws.protocols([TRANSPORT_WS, LEGACY_WS]);
+    let legacy = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(TRANSPORT_WS) => false,
+        Some(LEGACY_WS) => true,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "Ask for the `graphql-transport-ws` (or legacy `graphql-ws`) websocket subprotocol.",
+            )
+                .into_response();
+        }
+    };
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::info_span!("websocket", request_id = %request_id, protocol = if legacy { LEGACY_WS } else { TRANSPORT_WS });
+    ws.on_upgrade(move |socket| serve(socket, http, legacy, RequestId(request_id)).instrument(span))
+}
+
+async fn serve(socket: WebSocket, http: HttpState, legacy: bool, request_id: RequestId) {
+    let config = &http.state.config;
+    let metrics = http.state.metrics.clone();
+    metrics.websocket_opened();
+    let (sink, incoming) = socket.split();
+    let (tx, rx) = mpsc::channel(config.ws_send_buffer.max(1));
+    let mut writer = tokio::spawn(write_all(sink, rx));
+    let outbox = Outbox {
+        tx,
+        timeout: Duration::from_millis(config.ws_send_timeout_ms),
+    };
+    let mut session = Data::default();
+    session.insert(request_id);
+    let ended = if legacy {
+        serve_legacy(incoming, &outbox, &http, session).await
+    } else {
+        Connection::new(&http, outbox.clone(), session)
+            .run(incoming)
+            .await
+    };
+    if ended.is_err() {
+        tracing::warn!("websocket client stopped reading; dropped");
+    }
+    drop(outbox);
+    // A client that stopped reading may never take the last frames: give up after a moment.
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+    metrics.websocket_closed();
+}
+
+/// Owns the socket's sending half; ends after a Close frame (closing the sink so the client
+/// sees the code, not a 1006).
+async fn write_all(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    while let Some(message) = rx.recv().await {
+        let close = matches!(message, Message::Close(_));
+        if sink.send(message).await.is_err() || close {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// The client is not reading fast enough and has been dropped.
+#[derive(Debug)]
+struct SlowClient;
+
+/// The bounded queue to the writer.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Message>,
+    timeout: Duration,
+}
+
+impl Outbox {
+    async fn send(&self, message: Message) -> Result<(), SlowClient> {
+        self.tx
+            .send_timeout(message, self.timeout)
+            .await
+            .map_err(|_| SlowClient)
+    }
+
+    async fn json(&self, value: Value) -> Result<(), SlowClient> {
+        self.send(Message::Text(value.to_string().into())).await
+    }
+
+    async fn close(&self, code: u16, reason: &str) -> Result<(), SlowClient> {
+        let frame = CloseFrame {
+            code,
+            reason: truncate(reason, MAX_CLOSE_REASON).into(),
+        };
+        self.send(Message::Close(Some(frame))).await
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A message from a `graphql-transport-ws` client.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Ping {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Pong {
+        #[serde(default)]
+        #[allow(dead_code)]
+        payload: Option<Value>,
+    },
+    Subscribe {
+        id: String,
+        payload: SubscribePayload,
+    },
+    Complete {
+        id: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscribePayload {
+    query: String,
+    #[serde(default)]
+    operation_name: Option<String>,
+    #[serde(default)]
+    variables: Option<Value>,
+    #[serde(default)]
+    extensions: Option<Value>,
+}
+
+/// Completes when the server begins shutting down.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// One step of an operation's stream: its index, then a response, or `None` when it ended.
+type OperationStream = BoxStream<'static, (usize, Option<Response>)>;
+
+/// Why the loop ended with a close of its own.
+enum Close {
+    Code(u16, String),
+    Gone,
+}
+
+/// One `graphql-transport-ws` connection: a single task selecting over the socket, the init
+/// timer, keepalive, shutdown and the active operations.
+struct Connection {
+    schema: AppSchema,
+    outbox: Outbox,
+    session: Arc<Data>,
+    keepalive: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    init_received: bool,
+    acked: bool,
+    operations: StreamMap<String, OperationStream>,
+}
+
+impl Connection {
+    fn new(http: &HttpState, outbox: Outbox, session: Data) -> Self {
+        Self {
+            schema: http.schema.clone(),
+            outbox,
+            session: Arc::new(session),
+            keepalive: Duration::from_secs(http.state.config.ws_keepalive_secs.max(1)),
+            shutdown: http.state.shutdown.clone(),
+            init_received: false,
+            acked: false,
+            operations: StreamMap::new(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut incoming: futures_util::stream::SplitStream<WebSocket>,
+    ) -> Result<(), SlowClient> {
+        let init_timer = tokio::time::sleep(INIT_TIMEOUT);
+        tokio::pin!(init_timer);
+        let mut keepalive = tokio::time::interval(self.keepalive);
+        keepalive.tick().await;
+        let mut shutdown = self.shutdown.clone();
+        let close = loop {
+            tokio::select! {
+                _ = &mut init_timer, if !self.init_received => {
+                    break Close::Code(4408, "Connection initialisation timeout".into());
+                }
+                _ = stopping(&mut shutdown) => {
+                    break Close::Code(1001, "Server shutting down".into());
+                }
+                _ = keepalive.tick() => self.outbox.json(json!({"type": "ping"})).await?,
+                Some((id, (index, item))) = self.operations.next(), if !self.operations.is_empty() => {
+                    self.forward(id, index, item).await?;
+                }
+                message = incoming.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(close) = self.handle(text.as_str()).await? {
+                            break close;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => break Close::Code(4400, "Binary messages are not supported".into()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Close::Gone,
+                },
+            }
+        };
+        if let Close::Code(code, reason) = close {
+            self.outbox.close(code, &reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles one client message; `Some` closes the connection.
+    async fn handle(&mut self, text: &str) -> Result<Option<Close>, SlowClient> {
+        let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
+            return Ok(Some(Close::Code(4400, "Invalid message received".into())));
+        };
+        match message {
+            ClientMessage::ConnectionInit { payload } => {
+                if self.init_received {
+                    return Ok(Some(Close::Code(
+                        4429,
+                        "Too many initialisation requests".into(),
+                    )));
+                }
+                self.init_received = true;
+                if payload
+                    .as_ref()
+                    .is_some_and(|p| !p.is_object() && !p.is_null())
+                {
+                    return Ok(Some(Close::Code(
+                        4400,
+                        "connection_init payload must be an object".into(),
+                    )));
+                }
+                self.acked = true;
+                self.outbox.json(json!({"type": "connection_ack"})).await?;
+            }
+            ClientMessage::Ping { payload } => {
+                let mut pong = json!({"type": "pong"});
+                if let Some(payload) = payload {
+                    pong["payload"] = payload;
+                }
+                self.outbox.json(pong).await?;
+            }
+            ClientMessage::Pong { .. } => {}
+            ClientMessage::Subscribe { id, payload } => {
+                if !self.acked {
+                    return Ok(Some(Close::Code(4401, "Unauthorized".into())));
+                }
+                if id.is_empty() {
+                    return Ok(Some(Close::Code(
+                        4400,
+                        "Invalid message received: empty id".into(),
+                    )));
+                }
+                if self.operations.contains_key(&id) {
+                    return Ok(Some(Close::Code(
+                        4409,
+                        format!("Subscriber for {id} already exists"),
+                    )));
+                }
+                let stream = self.start(payload);
+                self.operations.insert(id, stream);
+            }
+            ClientMessage::Complete { id } => {
+                self.operations.remove(&id);
+            }
+        }
+        Ok(None)
+    }
+
+    fn start(&self, payload: SubscribePayload) -> OperationStream {
+        let mut request = async_graphql::Request::new(payload.query);
+        request.operation_name = payload.operation_name;
+        if let Some(variables) = payload.variables {
+            request.variables = async_graphql::Variables::from_json(variables);
+        }
+        if let Some(extensions) = payload
+            .extensions
+            .and_then(|e| serde_json::from_value(e).ok())
+        {
+            request.extensions = extensions;
+        }
+        let responses = self
+            .schema
+            .execute_stream_with_session_data(request, self.session.clone());
+        responses
+            .map(Some)
+            .chain(futures_util::stream::once(async { None }))
+            .enumerate()
+            .boxed()
+    }
+
+    /// Sends one response: an operation refused before it ran is an `error` message (and no
+    /// `complete`); anything else is `next`, and the end of the stream is `complete`.
+    async fn forward(
+        &mut self,
+        id: String,
+        index: usize,
+        item: Option<Response>,
+    ) -> Result<(), SlowClient> {
+        let Some(response) = item else {
+            self.operations.remove(&id);
+            return self
+                .outbox
+                .json(json!({"type": "complete", "id": id}))
+                .await;
+        };
+        let refused = index == 0
+            && response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|e| e.path.is_empty());
+        if refused {
+            self.operations.remove(&id);
+            let errors = serde_json::to_value(&response.errors).unwrap_or_default();
+            return self
+                .outbox
+                .json(json!({"type": "error", "id": id, "payload": errors}))
+                .await;
+        }
+        let payload = serde_json::to_value(&response).unwrap_or_default();
+        self.outbox
+            .json(json!({"type": "next", "id": id, "payload": payload}))
+            .await
+    }
+}
+
+/// The legacy `graphql-ws` (subscriptions-transport-ws) protocol, run by async-graphql's engine
+/// and written through the same bounded queue.
+async fn serve_legacy(
+    incoming: futures_util::stream::SplitStream<WebSocket>,
+    outbox: &Outbox,
+    http: &HttpState,
+    session: Data,
+) -> Result<(), SlowClient> {
+    let input = incoming
+        .take_while(|m| {
+            futures_util::future::ready(matches!(
+                m,
+                Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_))
+            ))
+        })
+        .filter_map(|m| {
+            futures_util::future::ready(match m {
+                Ok(Message::Text(text)) => Some(text.as_str().as_bytes().to_vec()),
+                Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
+                _ => None,
+            })
+        });
+    let mut engine = async_graphql::http::WebSocket::new(
+        http.schema.clone(),
+        input,
+        async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS,
+    )
+    .connection_data(session);
+    let mut shutdown = http.state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stopping(&mut shutdown) => return outbox.close(1001, "Server shutting down").await,
+            message = engine.next() => match message {
+                Some(WsMessage::Text(text)) => outbox.send(Message::Text(text.into())).await?,
+                Some(WsMessage::Close(code, reason)) => return outbox.close(code, &reason).await,
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn close_reasons_are_cut_at_a_char_boundary() {
+        let reason = "é".repeat(100);
+        let cut = truncate(&reason, 123);
+        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate("short", 123), "short");
+    }
+}

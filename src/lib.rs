@@ -1,0 +1,13 @@
+//! Ensemble: a GraphQL backend to build, version, share, run and watch teams of AI agents.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod graphql;
+pub mod metrics;
+pub mod ops;
+pub mod service;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,191 @@
+//! Process metrics in Prometheus text format: HTTP requests by status, GraphQL operations by
+//! name and outcome, a request latency histogram, and database pool use.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{
+        Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// Operation names are chosen by clients: past this many distinct names the rest count as `other`.
+const MAX_OPERATION_NAMES: usize = 200;
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Per operation name: (succeeded, failed).
+    operations: Mutex<BTreeMap<String, (u64, u64)>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_micros: AtomicU64,
+    open_websockets: AtomicI64,
+}
+
+impl Metrics {
+    pub fn record_request(&self, method: &str, status: u16, elapsed: Duration) {
+        if let Ok(mut map) = self.requests.lock() {
+            *map.entry((method.to_string(), status)).or_default() += 1;
+        }
+        let secs = elapsed.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one GraphQL operation and whether it answered without errors.
+    pub fn record_operation(&self, name: Option<&str>, ok: bool) {
+        let Ok(mut map) = self.operations.lock() else {
+            return;
+        };
+        let name = name.unwrap_or("anonymous");
+        let name = if map.contains_key(name) || map.len() < MAX_OPERATION_NAMES {
+            name
+        } else {
+            "other"
+        };
+        let counts = map.entry(name.to_string()).or_default();
+        if ok {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+
+    pub fn websocket_opened(&self) {
+        self.open_websockets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn websocket_closed(&self) {
+        self.open_websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn open_websockets(&self) -> i64 {
+        self.open_websockets.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus exposition text; `pool` is (open, idle) database connections.
+    pub fn render(&self, pool: (u32, u32)) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP ensemble_http_requests_total HTTP requests answered, by method and status.\n",
+        );
+        out.push_str("# TYPE ensemble_http_requests_total counter\n");
+        if let Ok(map) = self.requests.lock() {
+            for ((method, status), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "ensemble_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP ensemble_graphql_operations_total GraphQL operations run, by name and outcome.\n");
+        out.push_str("# TYPE ensemble_graphql_operations_total counter\n");
+        if let Ok(map) = self.operations.lock() {
+            for (name, (ok, failed)) in map.iter() {
+                let name = escape_label(name);
+                for (outcome, n) in [("ok", ok), ("error", failed)] {
+                    let _ = writeln!(
+                        out,
+                        "ensemble_graphql_operations_total{{operation=\"{name}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+        }
+        out.push_str(
+            "# HELP ensemble_http_request_duration_seconds Time to answer an HTTP request.\n",
+        );
+        out.push_str("# TYPE ensemble_http_request_duration_seconds histogram\n");
+        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "ensemble_http_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "ensemble_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "ensemble_http_request_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "ensemble_http_request_duration_seconds_count {count}");
+        out.push_str("# HELP ensemble_db_pool_connections Database pool connections, by state.\n");
+        out.push_str("# TYPE ensemble_db_pool_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "ensemble_db_pool_connections{{state=\"open\"}} {}",
+            pool.0
+        );
+        let _ = writeln!(
+            out,
+            "ensemble_db_pool_connections{{state=\"idle\"}} {}",
+            pool.1
+        );
+        out.push_str("# HELP ensemble_websocket_connections Open websocket connections.\n");
+        out.push_str("# TYPE ensemble_websocket_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "ensemble_websocket_connections {}",
+            self.open_websockets()
+        );
+        out
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_names_past_the_cap_count_as_other() {
+        let metrics = Metrics::default();
+        for i in 0..MAX_OPERATION_NAMES + 5 {
+            metrics.record_operation(Some(&format!("op{i}")), true);
+        }
+        metrics.record_operation(Some("op0"), false);
+        let text = metrics.render((0, 0));
+        assert!(
+            text.contains("operation=\"other\",outcome=\"ok\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("operation=\"op0\",outcome=\"error\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn latency_lands_in_every_bucket_at_or_above_it() {
+        let metrics = Metrics::default();
+        metrics.record_request("POST", 200, Duration::from_millis(30));
+        let text = metrics.render((2, 1));
+        assert!(text.contains("le=\"0.025\"} 0"), "{text}");
+        assert!(text.contains("le=\"0.05\"} 1"), "{text}");
+        assert!(text.contains("method=\"POST\",status=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains("ensemble_db_pool_connections{state=\"idle\"} 1"),
+            "{text}"
+        );
+    }
+}

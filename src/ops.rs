@@ -1,0 +1,90 @@
+//! Operational endpoints (`/healthz`, `/readyz`, `/metrics`) and the per-request middleware
+//! that assigns the request id and records metrics.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{
+    db,
+    service::system,
+    state::{AppState, HttpState},
+};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the database answers, runs in WAL mode (SQLite) and is fully migrated.
+pub async fn readyz(State(http): State<HttpState>) -> Response {
+    match system::readiness(&http.state.db).await {
+        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"status": "unavailable", "reason": reason})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(http): State<HttpState>) -> Response {
+    let body = http.state.metrics.render(db::pool_usage(&http.state.db));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Keeps a sane `x-request-id` from the client or makes one, echoes it on the response, and
+/// counts the request by status and latency.
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_sane_request_id(id))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    request.headers_mut().insert(REQUEST_ID, value.clone());
+    let method = request.method().to_string();
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID, value);
+    state
+        .metrics
+        .record_request(&method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sane_request_id;
+
+    #[test]
+    fn request_ids_from_clients_must_be_short_and_plain() {
+        assert!(is_sane_request_id("req-42.a_b:c"));
+        assert!(!is_sane_request_id(""));
+        assert!(!is_sane_request_id(&"a".repeat(129)));
+        assert!(!is_sane_request_id("a b"));
+        assert!(!is_sane_request_id("a\"b"));
+    }
+}

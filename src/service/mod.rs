@@ -1,0 +1,3 @@
+//! Business rules, one module per area, over the database and app state; no GraphQL here.
+
+pub mod system;

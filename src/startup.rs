@@ -1,0 +1,176 @@
+//! `App::build` connects, migrates, binds (port 0 in tests) and wires the router; `run` serves
+//! until SIGTERM/SIGINT and lets in-flight requests finish.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, Method, StatusCode, header},
+    middleware,
+    routing::get,
+};
+use migration::{Migrator, MigratorTrait};
+use tokio::{net::TcpListener, sync::watch};
+use tower_http::{
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    config::Config,
+    db,
+    error::AppError,
+    graphql::{self, transport, ws},
+    metrics::Metrics,
+    ops,
+    state::{AppState, HttpState},
+};
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        if config.is_production() {
+            tracing::info!("running in production mode: introspection and suggestions are off");
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            AppError::internal(format!(
+                "cannot create the data folder {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let db = db::connect(&config.database_url, config.db_pool_size).await?;
+        if config.auto_migrate {
+            Migrator::up(&db, None)
+                .await
+                .map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
+        let (shutdown, stopping) = watch::channel(false);
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            metrics: Arc::new(Metrics::default()),
+            started_at: chrono::Utc::now(),
+            shutdown: stopping,
+        };
+        let router = router(&state);
+        Ok(Self {
+            listener,
+            router,
+            state,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.listen)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub async fn run(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes; then open websockets are told to close and in-flight
+    /// requests finish before this returns.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(
+            database = db::backend_name(&self.state.db),
+            "Ensemble is ready: GraphiQL at http://{addr}/graphql"
+        );
+        let shutdown = self.shutdown;
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                stop.await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                let _ = shutdown.send(true);
+            })
+            .await
+    }
+}
+
+fn router(state: &AppState) -> Router {
+    let schema = graphql::build_schema(&state.config, Some(state.clone()));
+    let http = HttpState {
+        state: state.clone(),
+        schema,
+    };
+    let config = &state.config;
+    Router::new()
+        .route("/graphql", get(transport::get).post(transport::post))
+        .route("/graphql/ws", get(ws::upgrade))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .with_state(http)
+        .layer(DefaultBodyLimit::max(config.limits.body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
+        .layer(CompressionLayer::new())
+        .layer(cors(&config.cors_origins))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let id = request.headers().get(ops::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(middleware::from_fn_with_state(state.clone(), ops::observe))
+}
+
+/// No origin is allowed unless configured: browsers then only reach the API same-origin.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<_> = origins
+        .iter()
+        .filter_map(|o| o.trim().parse().ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static(ops::REQUEST_ID),
+        ])
+        .expose_headers([HeaderName::from_static(ops::REQUEST_ID)])
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}
