@@ -4,7 +4,8 @@
 //! parser). After parsing, aliases are counted and fragment fan-out is measured with one memoised
 //! pass, so a document that expands to millions of fields is refused in microseconds instead of
 //! being walked by every validation rule. Parse errors get `GRAPHQL_PARSE_FAILED`, every other
-//! refusal before execution `GRAPHQL_VALIDATION_FAILED`.
+//! refusal before execution `GRAPHQL_VALIDATION_FAILED`; a field error that carries no code is a
+//! bad argument (`BAD_USER_INPUT`) or else `INTERNAL`, with its message hidden and logged.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,10 +15,13 @@ use std::{
 use async_graphql::{
     Response, ServerError, ServerResult, ValidationResult, Variables,
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextValidation,
+        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
+        NextSubscribe, NextValidation,
     },
     parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
 };
+
+use futures_util::{StreamExt, stream::BoxStream};
 
 use crate::metrics::Metrics;
 
@@ -31,15 +35,17 @@ pub struct RequestLimits {
 }
 
 struct Limits {
+    introspection: bool,
     recursion: usize,
     aliases: usize,
     fields: usize,
 }
 
 impl RequestLimits {
-    pub fn new(config: &crate::config::Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &crate::config::Limits, introspection: bool, metrics: Arc<Metrics>) -> Self {
         Self {
             limits: Arc::new(Limits {
+                introspection,
                 recursion: config.recursion,
                 aliases: config.aliases,
                 // Every field costs at least 1 complexity point, so no document expanding to more
@@ -67,6 +73,19 @@ struct LimitsExtension {
 
 #[async_trait::async_trait]
 impl Extension for LimitsExtension {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        fill_codes(next.run(ctx).await)
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream).map(fill_codes).boxed()
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -84,6 +103,9 @@ impl Extension for LimitsExtension {
             };
             with_code(err, code)
         })?;
+        if !self.limits.introspection && uses_introspection(&doc) {
+            return Err(refusal("Introspection is turned off on this server."));
+        }
         let aliases = count_aliases(&doc);
         if aliases > self.limits.aliases {
             return Err(refusal(format!(
@@ -130,6 +152,36 @@ impl Extension for LimitsExtension {
             .record_operation(operation_name, response.errors.is_empty());
         response
     }
+}
+
+/// Gives every error a code: one without a path failed the request as a whole; a field error
+/// from parsing an argument is the caller's; anything else is internal and its text is hidden.
+fn fill_codes(mut response: Response) -> Response {
+    for error in &mut response.errors {
+        if error
+            .extensions
+            .as_ref()
+            .is_some_and(|e| e.get("code").is_some())
+        {
+            continue;
+        }
+        let code = if error.path.is_empty() {
+            VALIDATION_FAILED
+        } else if error.message.starts_with("Failed to parse")
+            || error.message.starts_with("Invalid value")
+        {
+            "BAD_USER_INPUT"
+        } else {
+            tracing::error!(error = %error.message, path = ?error.path, "internal error");
+            error.message = crate::error::INTERNAL_MESSAGE.to_string();
+            "INTERNAL"
+        };
+        error
+            .extensions
+            .get_or_insert_with(Default::default)
+            .set("code", code);
+    }
+    response
 }
 
 /// A request refused before execution.
@@ -194,6 +246,22 @@ fn operations(doc: &ExecutableDocument) -> Vec<&SelectionSet> {
             ops.values().map(|op| &op.node.selection_set.node).collect()
         }
     }
+}
+
+/// Whether any selection asks for `__schema` or `__type`.
+fn uses_introspection(doc: &ExecutableDocument) -> bool {
+    fn walk(set: &SelectionSet) -> bool {
+        set.items.iter().any(|item| match &item.node {
+            Selection::Field(f) => {
+                matches!(f.node.name.node.as_str(), "__schema" | "__type")
+                    || walk(&f.node.selection_set.node)
+            }
+            Selection::InlineFragment(f) => walk(&f.node.selection_set.node),
+            Selection::FragmentSpread(_) => false,
+        })
+    }
+    let fragments = doc.fragments.values().map(|f| &f.node.selection_set.node);
+    operations(doc).into_iter().chain(fragments).any(walk)
 }
 
 /// Aliases written in the document (operations and fragments, each counted once).

@@ -33,7 +33,11 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
         SubscriptionRoot::default(),
     )
     .extension(Tracing)
-    .extension(limits::RequestLimits::new(limits, metrics))
+    .extension(limits::RequestLimits::new(
+        limits,
+        !config.is_production(),
+        metrics,
+    ))
     .limit_depth(limits.depth)
     .limit_complexity(limits.complexity)
     .limit_recursive_depth(limits.recursion)

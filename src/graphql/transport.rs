@@ -166,7 +166,8 @@ fn parse_body(bytes: &Bytes, max_batch: usize) -> Result<BatchRequest, (&'static
         )
     })?;
     let one = |value: serde_json::Value| {
-        serde_json::from_value::<async_graphql::Request>(value).map_err(|_| {
+        let has_query = value.get("query").is_some_and(serde_json::Value::is_string);
+        has_query.then_some(value).and_then(|v| serde_json::from_value::<async_graphql::Request>(v).ok()).ok_or_else(|| {
             (
                 PARSE_FAILED,
                 "A GraphQL request is a JSON object with a `query` string and optional `operationName` \

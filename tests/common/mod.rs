@@ -1,0 +1,252 @@
+//! Test harness: `TestApp::spawn()` starts the real server on `127.0.0.1:0` over a temporary
+//! SQLite file, or over a fresh PostgreSQL database (created per test, dropped afterwards) when
+//! `ENSEMBLE_TEST_DATABASE_URL` is set; `gql()` and `WsClient` talk to it over the wire.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use ensemble::{config::Config, startup::App, state::AppState};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{
+    self, client::IntoClientRequest, http::HeaderValue, protocol::Message,
+};
+
+pub const PG_ENV: &str = "ENSEMBLE_TEST_DATABASE_URL";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    _dir: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server whose configuration `adjust` may change first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::from_env().expect("default config");
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = dir.path().join("data");
+        let pg = match std::env::var(PG_ENV) {
+            Ok(url) if !url.is_empty() => Some(PgDatabase::create(&url).await),
+            _ => None,
+        };
+        config.database_url = match &pg {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}/ensemble.db", dir.path().display()),
+        };
+        adjust(&mut config);
+        let app = App::build(config).await.expect("app builds");
+        let addr = app.local_addr();
+        let state = app.state().clone();
+        let server = tokio::spawn(async move {
+            let _ = app.run_until(std::future::pending()).await;
+        });
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            state,
+            _dir: dir,
+            _pg: pg,
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs one operation and returns the JSON body (any status).
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.post_json(&json!({"query": query, "variables": variables}))
+            .await
+            .1
+    }
+
+    /// POSTs a JSON body to `/graphql`; returns the status and the JSON answer.
+    pub async fn post_json(&self, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url("/graphql"))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON answer"))
+    }
+
+    pub async fn ws(&self, protocol: &str) -> WsClient {
+        WsClient::connect(self.addr, protocol).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The `extensions.code` of the first error in a GraphQL answer.
+pub fn first_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("<no code>")
+}
+
+/// A database of its own on the PostgreSQL server of `ENSEMBLE_TEST_DATABASE_URL`.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    async fn create(admin_url: &str) -> Self {
+        use sea_orm::ConnectionTrait;
+        let name = format!("ensemble_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(admin_url)
+            .await
+            .expect("PostgreSQL reachable");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
+        url.set_path(&format!("/{name}"));
+        Self {
+            admin_url: admin_url.to_string(),
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sea_orm::ConnectionTrait;
+                let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
+                admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+                    .ok()?;
+                admin.close().await.ok()
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// A websocket client speaking raw protocol messages.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl WsClient {
+    pub async fn connect(addr: SocketAddr, protocol: &str) -> Self {
+        let mut request = format!("ws://{addr}/graphql/ws")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
+        let (stream, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("websocket connects");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(protocol),
+            "the server speaks the protocol asked for"
+        );
+        Self { stream }
+    }
+
+    /// Connects and completes `connection_init` / `connection_ack` (graphql-transport-ws).
+    pub async fn acked(addr: SocketAddr) -> Self {
+        let mut ws = Self::connect(addr, "graphql-transport-ws").await;
+        ws.send(json!({"type": "connection_init"})).await;
+        assert_eq!(ws.next_json().await["type"], "connection_ack");
+        ws
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .expect("websocket send");
+    }
+
+    /// The next text message as JSON, skipping server pings; panics after 5 s or on close.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_frame().await {
+                Some(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).expect("JSON message");
+                    if value["type"] != "ping" && value["type"] != "ka" {
+                        return value;
+                    }
+                }
+                Some(Message::Close(frame)) => panic!("closed instead of a message: {frame:?}"),
+                Some(_) => {}
+                None => panic!("socket ended instead of a message"),
+            }
+        }
+    }
+
+    /// The next text message, including server pings.
+    pub async fn next_raw_json(&mut self) -> Value {
+        match self.next_frame().await {
+            Some(Message::Text(text)) => serde_json::from_str(&text).expect("JSON message"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame and returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame().await {
+                Some(Message::Close(Some(frame))) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Some(Message::Close(None)) => return (1005, String::new()),
+                Some(_) => {}
+                None => panic!("socket ended without a close frame"),
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<Message> {
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(tungstenite::Error::ConnectionClosed))) | Ok(None) => None,
+            Ok(Some(Err(e))) => panic!("websocket error: {e}"),
+            Err(_) => panic!("no websocket message within 5 s"),
+        }
+    }
+}

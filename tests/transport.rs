@@ -1,0 +1,579 @@
+//! GraphQL over HTTP: the transport rules and request limits of DESIGN §11.
+
+mod common;
+
+use common::{TestApp, first_code};
+use serde_json::{Value, json};
+
+const INFO: &str = "{ serverInfo { version database } }";
+
+#[tokio::test]
+async fn a_query_over_post_answers_with_data() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.post_json(&json!({"query": INFO})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["serverInfo"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(body.get("errors").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_query_over_get_answers_with_data() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", INFO)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["data"]["serverInfo"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[tokio::test]
+async fn a_mutation_over_get_is_405() {
+    let app = TestApp::spawn().await;
+    for query in [
+        "mutation { anything }",
+        "query A { serverInfo { version } } mutation B { x }",
+    ] {
+        let operation = if query.starts_with("query A") {
+            "B"
+        } else {
+            ""
+        };
+        let response = app
+            .client
+            .get(app.url("/graphql"))
+            .query(&[("query", query), ("operationName", operation)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{query}");
+        assert_eq!(response.headers()["allow"], "POST");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("POST")
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_query_of_a_get_document_that_also_holds_a_mutation_still_runs() {
+    let app = TestApp::spawn().await;
+    let query = "query A { serverInfo { version } } mutation B { x }";
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[("query", query), ("operationName", "A")])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), 405);
+}
+
+#[tokio::test]
+async fn a_browser_get_without_a_query_gets_graphiql() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/graphql"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("graphiql") && page.contains("/graphql/ws"),
+        "{page:.300}"
+    );
+}
+
+#[tokio::test]
+async fn a_post_without_a_json_content_type_is_415() {
+    let app = TestApp::spawn().await;
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/graphql"))
+            .header("content-type", content_type)
+            .body(json!({"query": INFO}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 415, "{content_type}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json")
+        );
+    }
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .body(json!({"query": INFO}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415, "no content type at all");
+}
+
+#[tokio::test]
+async fn a_json_content_type_with_a_charset_is_accepted() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(json!({"query": INFO}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_before_it_is_parsed() {
+    let app = TestApp::spawn().await;
+    // 2 MiB of padding inside a valid request: only the size can refuse it.
+    let padding = "#".repeat(2 * 1024 * 1024);
+    let body = json!({"query": format!("{INFO}\n{padding}")}).to_string();
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_413_too() {
+    let app = TestApp::spawn().await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..64).map(|_| Ok(vec![b' '; 32 * 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_with_a_graphql_error_body() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body("{\"query\": \"{ serverInfo { version } }\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(first_code(&body), "GRAPHQL_PARSE_FAILED");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The request body is not valid JSON"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("EOF while parsing"),
+        "no raw serde message: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_json_body_that_is_not_a_request_is_400() {
+    let app = TestApp::spawn().await;
+    for body in [
+        json!({"variables": {}}),
+        json!("just a string"),
+        json!({"query": 42}),
+    ] {
+        let (status, answer) = app.post_json(&body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(first_code(&answer), "GRAPHQL_PARSE_FAILED");
+        assert!(
+            answer["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`query` string")
+        );
+    }
+}
+
+#[tokio::test]
+async fn batches_are_refused_when_batching_is_off() {
+    let app = TestApp::spawn().await;
+    let batch: Vec<Value> = (0..1000).map(|_| json!({"query": INFO})).collect();
+    let (status, body) = app.post_json(&Value::Array(batch)).await;
+    assert_eq!(status, 400);
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("turned off")
+    );
+}
+
+#[tokio::test]
+async fn configured_batches_run_up_to_their_cap() {
+    let app = TestApp::spawn_with(|c| c.limits.batch = 5).await;
+    let batch: Vec<Value> = (0..3).map(|_| json!({"query": INFO})).collect();
+    let (status, body) = app.post_json(&Value::Array(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        body[2]["data"]["serverInfo"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let batch: Vec<Value> = (0..1000).map(|_| json!({"query": INFO})).collect();
+    let (status, body) = app.post_json(&Value::Array(batch)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 5"),
+        "{body}"
+    );
+}
+
+/// `{ serverInfo { limits { depth } } }` nested inside `n` levels of `__typename`-free fields
+/// cannot be written on this schema, so depth is built from introspection's recursive types.
+fn nested_query(levels: usize) -> String {
+    let mut query = String::from("{ __schema { types { ");
+    for _ in 0..levels {
+        query.push_str("fields { type { ");
+    }
+    query.push_str("name");
+    for _ in 0..levels {
+        query.push_str(" } }");
+    }
+    query.push_str(" } } }");
+    query
+}
+
+#[tokio::test]
+async fn a_query_deeper_than_the_limit_is_refused() {
+    let app = TestApp::spawn().await;
+    let body = app.gql(&nested_query(15), json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert!(body["data"].is_null());
+
+    let body = app.gql(&nested_query(2), json!({})).await;
+    assert!(
+        body.get("errors").is_none(),
+        "a shallow query passes: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_query_nested_thirty_levels_is_refused_before_parsing() {
+    let app = TestApp::spawn().await;
+    let query = format!("{}{}", "{ a ".repeat(30), "}".repeat(30));
+    let body = app.gql(&query, json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+
+    // Far deeper than any parser stack could take.
+    let query = format!("{}{}", "{a".repeat(200_000), "}".repeat(200_000));
+    let body = app.gql(&query, json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nests 200000 levels"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_aliases_are_refused() {
+    let app = TestApp::spawn().await;
+    let fields: String = (0..100)
+        .map(|i| format!("a{i}: serverInfo {{ version }} "))
+        .collect();
+    let body = app.gql(&format!("{{ {fields} }}"), json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 aliases"),
+        "{body}"
+    );
+
+    let fields: String = (0..30)
+        .map(|i| format!("a{i}: serverInfo {{ version }} "))
+        .collect();
+    let body = app.gql(&format!("{{ {fields} }}"), json!({})).await;
+    assert!(
+        body.get("errors").is_none(),
+        "30 aliases are allowed: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_fragment_fan_out_of_a_million_fields_is_refused_without_expanding_it() {
+    let app = TestApp::spawn().await;
+    let mut query = String::from("query { ...F5 }\n");
+    query.push_str("fragment F0 on Query { serverInfo { version database migrationsApplied migrationsPending latestMigration version database migrationsApplied } }\n");
+    for level in 1..=5 {
+        let spreads = format!("...F{} ", level - 1).repeat(10);
+        query.push_str(&format!("fragment F{level} on Query {{ {spreads} }}\n"));
+    }
+    let body = app.gql(&query, json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("expands to 900000 fields"), "{message}");
+}
+
+#[tokio::test]
+async fn fifty_directives_on_a_field_are_refused() {
+    let app = TestApp::spawn().await;
+    let directives = "@include(if: true) ".repeat(50);
+    let body = app
+        .gql(
+            &format!("{{ serverInfo {directives} {{ version }} }}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_graphql_parse_failed() {
+    let app = TestApp::spawn().await;
+    let body = app.gql("{ serverInfo { ", json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_PARSE_FAILED");
+}
+
+#[tokio::test]
+async fn an_unknown_field_is_a_validation_error_with_a_suggestion_in_development() {
+    let app = TestApp::spawn().await;
+    let body = app.gql("{ serverInfo { versio } }", json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Did you mean"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn production_hides_suggestions_and_introspection() {
+    let app =
+        TestApp::spawn_with(|c| c.environment = ensemble::config::Environment::Production).await;
+    let body = app.gql("{ serverInfo { versio } }", json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(!message.contains("Did you mean"), "{message}");
+
+    for query in [
+        "{ __schema { types { name } } }",
+        "{ ...F } fragment F on Query { __type(name: \"Query\") { name } }",
+    ] {
+        let body = app.gql(query, json!({})).await;
+        assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Introspection is turned off")
+        );
+    }
+}
+
+#[tokio::test]
+async fn introspection_works_in_development() {
+    let app = TestApp::spawn().await;
+    let body = app
+        .gql("{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query");
+}
+
+#[tokio::test]
+async fn an_int_literal_beyond_i32_is_bad_user_input() {
+    let app = TestApp::spawn().await;
+    let mut ws = common::WsClient::acked(app.addr).await;
+    ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { heartbeat(intervalSeconds: 3000000000) { seq } }"}})).await;
+    let message = ws.next_json().await;
+    let code = message["payload"][0]["extensions"]["code"]
+        .as_str()
+        .or(message["payload"]["errors"][0]["extensions"]["code"].as_str());
+    assert_eq!(code, Some("BAD_USER_INPUT"), "{message}");
+    assert!(
+        message.to_string().contains("2147483647"),
+        "says the range: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_over_http_is_refused_with_a_code() {
+    let app = TestApp::spawn().await;
+    let body = app
+        .gql(
+            "subscription { heartbeat(intervalSeconds: 1) { seq } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+#[tokio::test]
+async fn an_unknown_operation_name_is_a_validation_error() {
+    let app = TestApp::spawn().await;
+    let (_, body) = app
+        .post_json(&json!({"query": "query A { serverInfo { version } }", "operationName": "B"}))
+        .await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+#[tokio::test]
+async fn graphql_response_json_answers_request_errors_with_400() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({"query": "{ nope }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/graphql-response+json"
+    );
+
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header(
+            "accept",
+            "application/graphql-response+json, application/json;q=0.9",
+        )
+        .json(&json!({"query": INFO}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/graphql-response+json"
+    );
+}
+
+#[tokio::test]
+async fn plain_json_clients_get_200_for_request_errors() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.post_json(&json!({"query": "{ nope }"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_or_made() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("x-request-id", "trace-42")
+        .json(&json!({"query": INFO}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-42");
+
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("x-request-id", "bad id with spaces")
+        .json(&json!({"query": INFO}))
+        .send()
+        .await
+        .unwrap();
+    let made = response.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(made, "bad id with spaces");
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+}
+
+#[tokio::test]
+async fn cors_allows_only_configured_origins() {
+    let app = TestApp::spawn_with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn responses_are_compressed_when_asked() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .header("accept-encoding", "gzip")
+        .json(&json!({"query": "{ __schema { types { name description fields { name description } } } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+}
