@@ -39,13 +39,13 @@ pub async fn readiness(db: &DatabaseConnection) -> Result<(), String> {
     db.ping()
         .await
         .map_err(|_| "the database does not answer".to_string())?;
-    if let Some(mode) = db::sqlite_journal_mode(db)
+    let journal = db::sqlite_journal_mode(db)
         .await
-        .map_err(|_| "cannot read the journal mode".to_string())?
+        .map_err(|_| "cannot read the journal mode".to_string())?;
+    if let Some(mode) = journal
+        && mode != "wal"
     {
-        if mode != "wal" {
-            return Err(format!("SQLite journal_mode is {mode}, expected wal"));
-        }
+        return Err(format!("SQLite journal_mode is {mode}, expected wal"));
     }
     let pending = Migrator::get_pending_migrations(db)
         .await

@@ -110,7 +110,7 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
-    async fn create(admin_url: &str) -> Self {
+    pub async fn create(admin_url: &str) -> Self {
         use sea_orm::ConnectionTrait;
         let name = format!("ensemble_test_{}", uuid::Uuid::new_v4().simple());
         let admin = sea_orm::Database::connect(admin_url)

@@ -1,0 +1,219 @@
+//! The `ensemble` binary: help, migrations by hand, the schema, start-up failures and a
+//! graceful stop on SIGTERM.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use common::{PG_ENV, PgDatabase, WsClient};
+use serde_json::json;
+
+fn ensemble() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
+    for var in [
+        "DATABASE_URL",
+        "ENSEMBLE_LISTEN",
+        "ENSEMBLE_ENV",
+        "ENSEMBLE_DATA_DIR",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("NO_COLOR", "1");
+    command
+}
+
+/// A database for one test: PostgreSQL when configured, else a SQLite file in `dir`.
+async fn database(dir: &Path) -> (String, Option<PgDatabase>) {
+    match std::env::var(PG_ENV) {
+        Ok(url) if !url.is_empty() => {
+            let pg = PgDatabase::create(&url).await;
+            (pg.url.clone(), Some(pg))
+        }
+        _ => (format!("sqlite://{}/cli.db", dir.display()), None),
+    }
+}
+
+#[test]
+fn help_documents_every_option_with_its_environment_variable() {
+    let output = ensemble().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for var in [
+        "ENSEMBLE_LISTEN",
+        "DATABASE_URL",
+        "ENSEMBLE_DB_POOL_SIZE",
+        "ENSEMBLE_DATA_DIR",
+        "ENSEMBLE_ENV",
+        "ENSEMBLE_AUTO_MIGRATE",
+        "ENSEMBLE_CORS_ORIGINS",
+        "ENSEMBLE_LOG_FORMAT",
+        "ENSEMBLE_REQUEST_TIMEOUT",
+        "ENSEMBLE_LIMIT_DEPTH",
+        "ENSEMBLE_LIMIT_COMPLEXITY",
+        "ENSEMBLE_LIMIT_ALIASES",
+        "ENSEMBLE_LIMIT_BODY_BYTES",
+        "ENSEMBLE_LIMIT_BATCH",
+        "ENSEMBLE_WS_KEEPALIVE_SECS",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {var}")),
+            "--help lacks {var}:\n{help}"
+        );
+    }
+    for command in ["serve", "migrate", "schema"] {
+        assert!(help.contains(command), "--help lacks {command}");
+    }
+}
+
+#[test]
+fn the_database_password_never_reaches_the_help_text() {
+    let output = ensemble()
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://u:s3cret@h/db")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
+}
+
+#[tokio::test]
+async fn migrate_up_status_and_down_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _pg) = database(dir.path()).await;
+    let run = |args: &[&str]| {
+        let output = ensemble()
+            .args(["migrate"])
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(run(&["status"]).contains("pending  m0001_identity"));
+    assert!(run(&["up"]).contains("applied  m0001_identity"));
+    assert!(run(&["status"]).contains("applied  m0001_identity"));
+    assert!(run(&["down"]).contains("pending  m0001_identity"));
+}
+
+#[test]
+fn the_first_start_creates_the_data_folder_and_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = ensemble()
+        .args(["migrate", "up"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.path().join("data/ensemble.db").is_file());
+}
+
+#[test]
+fn schema_prints_the_committed_sdl() {
+    let output = ensemble().arg("schema").output().unwrap();
+    assert!(output.status.success());
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
+            .unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
+}
+
+#[test]
+fn an_unreachable_database_at_start_exits_non_zero_with_a_clear_error() {
+    let output = ensemble()
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter2@127.0.0.1:1/ensemble",
+        )
+        .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/ensemble"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"));
+}
+
+#[test]
+fn a_sqlite_file_that_cannot_be_created_exits_non_zero() {
+    let output = ensemble()
+        .env("DATABASE_URL", "sqlite:///proc/ensemble/nope.db")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot create the folder /proc/ensemble"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_environment_name_is_refused() {
+    let output = ensemble()
+        .env("ENSEMBLE_ENV", "prod")
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("possible values: development, production")
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _pg) = database(dir.path()).await;
+    let mut child = ensemble()
+        .env("DATABASE_URL", &url)
+        .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
+        .env("ENSEMBLE_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server log").unwrap();
+        if let Some(rest) = line.split("GraphiQL at http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let mut ws = WsClient::acked(addr).await;
+    ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { heartbeat(intervalSeconds: 1) { seq } }"}})).await;
+    assert_eq!(ws.next_json().await["type"], "next");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(
+        ws.closed().await,
+        (1001, "Server shutting down".to_string())
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
