@@ -320,6 +320,22 @@ async fn a_query_nested_thirty_levels_is_refused_before_parsing() {
 }
 
 #[tokio::test]
+async fn a_query_over_the_complexity_limit_is_refused() {
+    let app = TestApp::spawn_with(|c| c.limits.complexity = 5).await;
+    let body = app
+        .gql(
+            "{ serverInfo { version database migrationsApplied } }",
+            json!({}),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "4 fields fit: {body}");
+    let body = app
+        .gql("{ serverInfo { version database migrationsApplied migrationsPending latestMigration } }", json!({}))
+        .await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+}
+
+#[tokio::test]
 async fn a_hundred_aliases_are_refused() {
     let app = TestApp::spawn().await;
     let fields: String = (0..100)

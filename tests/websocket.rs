@@ -171,6 +171,38 @@ async fn an_init_payload_that_is_not_an_object_closes_with_4400() {
 }
 
 #[tokio::test]
+async fn a_page_of_a_foreign_origin_is_refused_with_4403() {
+    let app = TestApp::spawn_with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
+    let mut ws = WsClient::connect_from(
+        app.addr,
+        "graphql-transport-ws",
+        Some("https://evil.example"),
+    )
+    .await;
+    ws.send(json!({"type": "connection_init"})).await;
+    assert_eq!(ws.closed().await, (4403, "Forbidden".to_string()));
+
+    for origin in [
+        "https://app.example".to_string(),
+        format!("http://{}", app.addr),
+    ] {
+        let mut ws = WsClient::connect_from(app.addr, "graphql-transport-ws", Some(&origin)).await;
+        ws.send(json!({"type": "connection_init"})).await;
+        assert_eq!(ws.next_json().await["type"], "connection_ack", "{origin}");
+    }
+}
+
+#[tokio::test]
+async fn the_legacy_protocol_refuses_a_foreign_origin_too() {
+    let app = TestApp::spawn().await;
+    let mut ws = WsClient::connect_from(app.addr, "graphql-ws", Some("https://evil.example")).await;
+    ws.send(json!({"type": "connection_init", "payload": {}}))
+        .await;
+    let message = ws.next_json().await;
+    assert_eq!(message["type"], "connection_error", "{message}");
+}
+
+#[tokio::test]
 async fn no_known_subprotocol_is_refused_with_400() {
     let app = TestApp::spawn().await;
     let request = http_upgrade(&app, Some("mqtt"));

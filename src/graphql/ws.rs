@@ -11,7 +11,7 @@ use axum::{
         State,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     },
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response as HttpResponse},
 };
 use futures_util::{SinkExt, StreamExt, stream::BoxStream};
@@ -54,10 +54,43 @@ pub async fn upgrade(
         .unwrap_or_default()
         .to_string();
     let span = tracing::info_span!("websocket", request_id = %request_id, protocol = if legacy { LEGACY_WS } else { TRANSPORT_WS });
-    ws.on_upgrade(move |socket| serve(socket, http, legacy, RequestId(request_id)).instrument(span))
+    let origin_allowed = origin_allowed(&headers, &http.state.config.cors_origins);
+    let handshake = Handshake {
+        legacy,
+        origin_allowed,
+        request_id: RequestId(request_id),
+    };
+    ws.on_upgrade(move |socket| serve(socket, http, handshake).instrument(span))
 }
 
-async fn serve(socket: WebSocket, http: HttpState, legacy: bool, request_id: RequestId) {
+/// What the upgrade request said about the connection.
+struct Handshake {
+    legacy: bool,
+    /// False for a browser page of a foreign origin: its `connection_init` is refused (4403), so
+    /// no other site can drive a signed-in user's socket.
+    origin_allowed: bool,
+    request_id: RequestId,
+}
+
+/// A socket without `Origin` (not a browser), from the server's own origin, or from an origin
+/// in `ENSEMBLE_CORS_ORIGINS`.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let own = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| {
+            let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            authority.eq_ignore_ascii_case(host)
+        });
+    own || allowed
+        .iter()
+        .any(|a| a.trim().eq_ignore_ascii_case(origin))
+}
+
+async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
     let config = &http.state.config;
     let metrics = http.state.metrics.clone();
     metrics.websocket_opened();
@@ -69,11 +102,11 @@ async fn serve(socket: WebSocket, http: HttpState, legacy: bool, request_id: Req
         timeout: Duration::from_millis(config.ws_send_timeout_ms),
     };
     let mut session = Data::default();
-    session.insert(request_id);
-    let ended = if legacy {
-        serve_legacy(incoming, &outbox, &http, session).await
+    session.insert(handshake.request_id);
+    let ended = if handshake.legacy {
+        serve_legacy(incoming, &outbox, &http, session, handshake.origin_allowed).await
     } else {
-        Connection::new(&http, outbox.clone(), session)
+        Connection::new(&http, outbox.clone(), session, handshake.origin_allowed)
             .run(incoming)
             .await
     };
@@ -209,19 +242,21 @@ struct Connection {
     session: Arc<Data>,
     keepalive: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    origin_allowed: bool,
     init_received: bool,
     acked: bool,
     operations: StreamMap<String, OperationStream>,
 }
 
 impl Connection {
-    fn new(http: &HttpState, outbox: Outbox, session: Data) -> Self {
+    fn new(http: &HttpState, outbox: Outbox, session: Data, origin_allowed: bool) -> Self {
         Self {
             schema: http.schema.clone(),
             outbox,
             session: Arc::new(session),
             keepalive: Duration::from_secs(http.state.config.ws_keepalive_secs.max(1)),
             shutdown: http.state.shutdown.clone(),
+            origin_allowed,
             init_received: false,
             acked: false,
             operations: StreamMap::new(),
@@ -281,6 +316,9 @@ impl Connection {
                     )));
                 }
                 self.init_received = true;
+                if !self.origin_allowed {
+                    return Ok(Some(Close::Code(4403, "Forbidden".into())));
+                }
                 if payload
                     .as_ref()
                     .is_some_and(|p| !p.is_object() && !p.is_null())
@@ -390,6 +428,7 @@ async fn serve_legacy(
     outbox: &Outbox,
     http: &HttpState,
     session: Data,
+    origin_allowed: bool,
 ) -> Result<(), SlowClient> {
     let input = incoming
         .take_while(|m| {
@@ -410,7 +449,14 @@ async fn serve_legacy(
         input,
         async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS,
     )
-    .connection_data(session);
+    .connection_data(session)
+    .on_connection_init(move |_| async move {
+        if origin_allowed {
+            Ok(Data::default())
+        } else {
+            Err("Forbidden".into())
+        }
+    });
     let mut shutdown = http.state.shutdown.clone();
     loop {
         tokio::select! {

@@ -162,13 +162,22 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(addr: SocketAddr, protocol: &str) -> Self {
+        Self::connect_from(addr, protocol, None).await
+    }
+
+    /// Connects as a browser page of `origin` would.
+    pub async fn connect_from(addr: SocketAddr, protocol: &str, origin: Option<&str>) -> Self {
         let mut request = format!("ws://{addr}/graphql/ws")
             .into_client_request()
             .unwrap();
-        request.headers_mut().insert(
+        let headers = request.headers_mut();
+        headers.insert(
             "sec-websocket-protocol",
             HeaderValue::from_str(protocol).unwrap(),
         );
+        if let Some(origin) = origin {
+            headers.insert("origin", HeaderValue::from_str(origin).unwrap());
+        }
         let (stream, response) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket connects");
