@@ -19,7 +19,7 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
     let mut options = ConnectOptions::new(url.to_string());
     options
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
     if is_sqlite(url) {
         create_parent_dir(url)?;

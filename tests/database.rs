@@ -24,11 +24,20 @@ async fn insert_team(app: &TestApp) -> String {
     .insert(&app.state.db)
     .await
     .unwrap();
+    team("team_1", "user_owner")
+        .insert(&app.state.db)
+        .await
+        .unwrap();
+    "team_1".into()
+}
+
+fn team(id: &str, owner_id: &str) -> teams::ActiveModel {
+    let now = Utc::now();
     teams::ActiveModel {
-        id: Set("team_1".into()),
-        owner_id: Set("user_owner".into()),
+        id: Set(id.into()),
+        owner_id: Set(owner_id.into()),
         name: Set("Support".into()),
-        slug: Set("support".into()),
+        slug: Set(id.replace('_', "-")),
         description: Set(None),
         visibility: Set("private".into()),
         spec: Set(serde_json::json!({"format": "ensemble.team/v1"})),
@@ -37,10 +46,6 @@ async fn insert_team(app: &TestApp) -> String {
         updated_at: Set(now),
         archived_at: Set(None),
     }
-    .insert(&app.state.db)
-    .await
-    .unwrap();
-    "team_1".into()
 }
 
 #[tokio::test]
@@ -80,22 +85,9 @@ async fn fifty_concurrent_read_then_write_transactions_lose_no_update() {
 #[tokio::test]
 async fn foreign_keys_are_enforced() {
     let app = TestApp::spawn().await;
-    let now = Utc::now();
-    let orphan = teams::ActiveModel {
-        id: Set("team_orphan".into()),
-        owner_id: Set("user_missing".into()),
-        name: Set("Orphan".into()),
-        slug: Set("orphan".into()),
-        description: Set(None),
-        visibility: Set("private".into()),
-        spec: Set(serde_json::json!({})),
-        version: Set(1),
-        created_at: Set(now),
-        updated_at: Set(now),
-        archived_at: Set(None),
-    }
-    .insert(&app.state.db)
-    .await;
+    let orphan = team("team_orphan", "user_missing")
+        .insert(&app.state.db)
+        .await;
     assert!(
         orphan.is_err(),
         "a team whose owner does not exist is refused"

@@ -142,3 +142,20 @@ async fn metrics_count_requests_operations_and_pool_use() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn with_auto_migrate_off_the_server_starts_but_is_not_ready() {
+    let app = TestApp::spawn_with(|c| c.auto_migrate = false).await;
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("run `ensemble migrate up`"),
+        "{body}"
+    );
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "alive all the same");
+}

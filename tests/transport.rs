@@ -22,13 +22,7 @@ async fn a_query_over_post_answers_with_data() {
 #[tokio::test]
 async fn a_query_over_get_answers_with_data() {
     let app = TestApp::spawn().await;
-    let response = app
-        .client
-        .get(app.url("/graphql"))
-        .query(&[("query", INFO)])
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_graphql(&[("query", INFO)]).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(
@@ -50,12 +44,8 @@ async fn a_mutation_over_get_is_405() {
             ""
         };
         let response = app
-            .client
-            .get(app.url("/graphql"))
-            .query(&[("query", query), ("operationName", operation)])
-            .send()
-            .await
-            .unwrap();
+            .get_graphql(&[("query", query), ("operationName", operation)])
+            .await;
         assert_eq!(response.status(), 405, "{query}");
         assert_eq!(response.headers()["allow"], "POST");
         let body: Value = response.json().await.unwrap();
@@ -74,12 +64,8 @@ async fn the_query_of_a_get_document_that_also_holds_a_mutation_still_runs() {
     let app = TestApp::spawn().await;
     let query = "query A { serverInfo { version } } mutation B { x }";
     let response = app
-        .client
-        .get(app.url("/graphql"))
-        .query(&[("query", query), ("operationName", "A")])
-        .send()
-        .await
-        .unwrap();
+        .get_graphql(&[("query", query), ("operationName", "A")])
+        .await;
     assert_ne!(response.status(), 405);
 }
 
@@ -110,13 +96,8 @@ async fn a_post_without_a_json_content_type_is_415() {
         "multipart/form-data; boundary=x",
     ] {
         let response = app
-            .client
-            .post(app.url("/graphql"))
-            .header("content-type", content_type)
-            .body(json!({"query": INFO}).to_string())
-            .send()
-            .await
-            .unwrap();
+            .post_body(content_type, json!({"query": INFO}).to_string())
+            .await;
         assert_eq!(response.status(), 415, "{content_type}");
         let body: Value = response.json().await.unwrap();
         assert!(
@@ -140,13 +121,11 @@ async fn a_post_without_a_json_content_type_is_415() {
 async fn a_json_content_type_with_a_charset_is_accepted() {
     let app = TestApp::spawn().await;
     let response = app
-        .client
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json; charset=utf-8")
-        .body(json!({"query": INFO}).to_string())
-        .send()
-        .await
-        .unwrap();
+        .post_body(
+            "application/json; charset=utf-8",
+            json!({"query": INFO}).to_string(),
+        )
+        .await;
     assert_eq!(response.status(), 200);
 }
 
@@ -156,14 +135,7 @@ async fn a_body_over_the_limit_is_413_before_it_is_parsed() {
     // 2 MiB of padding inside a valid request: only the size can refuse it.
     let padding = "#".repeat(2 * 1024 * 1024);
     let body = json!({"query": format!("{INFO}\n{padding}")}).to_string();
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_body("application/json", body).await;
     assert_eq!(response.status(), 413);
     let body: Value = response.json().await.unwrap();
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
@@ -175,14 +147,7 @@ async fn a_streamed_body_over_the_limit_is_413_too() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..64).map(|_| Ok(vec![b' '; 32 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let response = app
-        .client
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_body("application/json", body).await;
     assert_eq!(response.status(), 413);
 }
 
@@ -190,13 +155,11 @@ async fn a_streamed_body_over_the_limit_is_413_too() {
 async fn malformed_json_is_400_with_a_graphql_error_body() {
     let app = TestApp::spawn().await;
     let response = app
-        .client
-        .post(app.url("/graphql"))
-        .header("content-type", "application/json")
-        .body("{\"query\": \"{ serverInfo { version } }\"")
-        .send()
-        .await
-        .unwrap();
+        .post_body(
+            "application/json",
+            "{\"query\": \"{ serverInfo { version } }\"",
+        )
+        .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(first_code(&body), "GRAPHQL_PARSE_FAILED");

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, WsClient};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::Message;
 
@@ -119,6 +119,36 @@ async fn bad_messages_close_with_4400() {
         .await
         .unwrap();
     assert_eq!(ws.closed().await.0, 4400, "binary frame");
+}
+
+#[tokio::test]
+async fn a_message_over_the_body_limit_ends_the_connection() {
+    let app = TestApp::spawn_with(|c| c.limits.body_bytes = 64 * 1024).await;
+    let mut ws = WsClient::acked(app.addr).await;
+    let padding = "#".repeat(128 * 1024);
+    ws.send(subscribe(
+        "big",
+        &format!("{{ serverInfo {{ version }} }} {padding}"),
+    ))
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.stream.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Text(text))) => {
+                    assert!(!text.contains("serverInfo"), "answered: {text}")
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    assert!(
+        ended.is_none_or(|code| code == 1009),
+        "closed with {ended:?}"
+    );
 }
 
 #[tokio::test]

@@ -36,7 +36,12 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> HttpResponse {
-    let ws = ws.protocols([TRANSPORT_WS, LEGACY_WS]);
+    // A message is held to the same limit as an HTTP body.
+    let limit = http.state.config.limits.body_bytes;
+    let ws = ws
+        .protocols([TRANSPORT_WS, LEGACY_WS])
+        .max_message_size(limit)
+        .max_frame_size(limit);
     let legacy = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(TRANSPORT_WS) => false,
         Some(LEGACY_WS) => true,

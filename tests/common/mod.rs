@@ -84,6 +84,29 @@ impl TestApp {
         (status, response.json().await.expect("JSON answer"))
     }
 
+    /// POSTs a raw body with the given content type to `/graphql`.
+    pub async fn post_body(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let request = self
+            .client
+            .post(self.url("/graphql"))
+            .header("content-type", content_type);
+        request.body(body).send().await.expect("request sent")
+    }
+
+    /// GETs `/graphql` with the given query-string parameters.
+    pub async fn get_graphql(&self, params: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .get(self.url("/graphql"))
+            .query(params)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn ws(&self, protocol: &str) -> WsClient {
         WsClient::connect(self.addr, protocol).await
     }
