@@ -159,3 +159,27 @@ async fn with_auto_migrate_off_the_server_starts_but_is_not_ready() {
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "alive all the same");
 }
+
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_is_answered_408() {
+    let app = TestApp::spawn_with(|c| {
+        c.request_timeout_secs = 1;
+        c.db_pool_size = Some(1);
+    })
+    .await;
+    // Holding the only pooled connection makes the next query wait for it.
+    use sea_orm::TransactionTrait;
+    let held = app.state.db.begin().await.unwrap();
+    let response = app
+        .post_body(
+            "application/json",
+            r#"{"query": "{ serverInfo { version } }"}"#,
+        )
+        .await;
+    assert_eq!(response.status(), 408);
+    held.rollback().await.unwrap();
+    let (status, body) = app
+        .post_json(&json!({"query": "{ serverInfo { version } }"}))
+        .await;
+    assert_eq!(status, 200, "the server recovers: {body}");
+}
