@@ -13,10 +13,10 @@ use std::{
 };
 
 use async_graphql::{
-    Response, ServerError, ServerResult, ValidationResult, Variables,
+    Request, Response, ServerError, ServerResult, ValidationResult, Variables,
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
-        NextSubscribe, NextValidation,
+        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+        NextPrepareRequest, NextRequest, NextSubscribe, NextValidation,
     },
     parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
 };
@@ -57,6 +57,34 @@ impl RequestLimits {
     }
 }
 
+impl Limits {
+    fn check(&self, doc: &ExecutableDocument) -> ServerResult<()> {
+        if !self.introspection && uses_introspection(doc) {
+            return Err(refusal("Introspection is turned off on this server."));
+        }
+        let aliases = count_aliases(doc);
+        if aliases > self.aliases {
+            return Err(refusal(format!(
+                "The document uses {aliases} aliases; at most {} are allowed.",
+                self.aliases
+            )));
+        }
+        let fields = expanded_field_count(doc);
+        if fields > self.fields as u64 {
+            let count = if fields == u64::MAX {
+                "too many".to_string()
+            } else {
+                fields.to_string()
+            };
+            return Err(refusal(format!(
+                "The document expands to {count} fields; at most {} are allowed.",
+                self.fields
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl ExtensionFactory for RequestLimits {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(LimitsExtension {
@@ -86,6 +114,22 @@ impl Extension for LimitsExtension {
         next.run(ctx, stream).map(fill_codes).boxed()
     }
 
+    /// Parses the document once, ahead of async-graphql (which reuses it), so every check here
+    /// runs before the built-in recursion and directive limits walk the expanded document.
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        check_nesting(&request.query, self.limits.recursion)?;
+        let doc = request
+            .parsed_query()
+            .map_err(|err| with_code(err, PARSE_FAILED))?;
+        self.limits.check(doc)?;
+        next.run(ctx, request).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -93,39 +137,10 @@ impl Extension for LimitsExtension {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        check_nesting(query, self.limits.recursion)?;
-        let doc = next.run(ctx, query, variables).await.map_err(|err| {
-            // The built-in recursion and directive limits fail inside the same step as parsing.
-            let code = if async_graphql::parser::parse_query(query).is_ok() {
-                VALIDATION_FAILED
-            } else {
-                PARSE_FAILED
-            };
-            with_code(err, code)
-        })?;
-        if !self.limits.introspection && uses_introspection(&doc) {
-            return Err(refusal("Introspection is turned off on this server."));
-        }
-        let aliases = count_aliases(&doc);
-        if aliases > self.limits.aliases {
-            return Err(refusal(format!(
-                "The document uses {aliases} aliases; at most {} are allowed.",
-                self.limits.aliases
-            )));
-        }
-        let fields = expanded_field_count(&doc);
-        if fields > self.limits.fields as u64 {
-            return Err(refusal(format!(
-                "The document expands to {} fields; at most {} are allowed.",
-                if fields == u64::MAX {
-                    "too many".to_string()
-                } else {
-                    fields.to_string()
-                },
-                self.limits.fields
-            )));
-        }
-        Ok(doc)
+        // The document is parsed already: what fails here is a built-in limit.
+        next.run(ctx, query, variables)
+            .await
+            .map_err(|err| with_code(err, VALIDATION_FAILED))
     }
 
     async fn validation(
