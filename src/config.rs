@@ -120,6 +120,91 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+/// Who may call: Clerk's keys and claims, or the dev issuer when none is given (DESIGN §3).
+#[derive(Clone, Args)]
+pub struct AuthConfig {
+    /// Clerk's JWKS endpoint (`https://<app>.clerk.accounts.dev/.well-known/jwks.json`).
+    #[arg(long, env = "CLERK_JWKS_URL", global = true)]
+    pub clerk_jwks_url: Option<String>,
+    /// Clerk's PEM public key, for networkless verification.
+    #[arg(long, env = "CLERK_JWT_KEY", global = true, hide_env_values = true)]
+    pub clerk_jwt_key: Option<String>,
+    /// The `iss` every Clerk token must carry (required with a Clerk key).
+    #[arg(long, env = "CLERK_ISSUER", global = true)]
+    pub clerk_issuer: Option<String>,
+    /// Comma-separated `azp` values accepted (any when unset).
+    #[arg(
+        long,
+        env = "CLERK_AUTHORIZED_PARTIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub clerk_authorized_parties: Vec<String>,
+    /// Least seconds between two JWKS fetches caused by an unknown key id.
+    #[arg(
+        long,
+        env = "CLERK_JWKS_REFETCH_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub clerk_jwks_refetch_secs: u64,
+    /// `whsec_…` secret of the Clerk webhook endpoint.
+    #[arg(
+        long,
+        env = "CLERK_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub clerk_webhook_secret: Option<String>,
+    /// Comma-separated user ids that are always ADMIN.
+    #[arg(
+        long,
+        env = "ENSEMBLE_ADMIN_USERS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub admin_users: Vec<String>,
+    /// Token claim holding the global role (`admin` or `member`); dots reach into objects.
+    #[arg(
+        long,
+        env = "ENSEMBLE_ROLE_CLAIM",
+        default_value = "role",
+        global = true
+    )]
+    pub role_claim: String,
+}
+
+impl AuthConfig {
+    /// True when no Clerk key source is configured: the server issues its own tokens.
+    pub fn is_dev(&self) -> bool {
+        self.clerk_jwks_url.is_none() && self.clerk_jwt_key.is_none()
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("clerk_jwks_url", &self.clerk_jwks_url)
+            .field(
+                "clerk_jwt_key",
+                &self.clerk_jwt_key.as_ref().map(|_| "<pem>"),
+            )
+            .field("clerk_issuer", &self.clerk_issuer)
+            .field("clerk_authorized_parties", &self.clerk_authorized_parties)
+            .field("clerk_jwks_refetch_secs", &self.clerk_jwks_refetch_secs)
+            .field(
+                "clerk_webhook_secret",
+                &self.clerk_webhook_secret.as_ref().map(|_| "***"),
+            )
+            .field("admin_users", &self.admin_users)
+            .field("role_claim", &self.role_claim)
+            .finish()
+    }
 }
 
 /// Limits on what one request may ask for (DESIGN §11).
@@ -220,6 +305,7 @@ impl fmt::Debug for Config {
             .field("ws_send_buffer", &self.ws_send_buffer)
             .field("ws_send_timeout_ms", &self.ws_send_timeout_ms)
             .field("limits", &self.limits)
+            .field("auth", &self.auth)
             .finish()
     }
 }

@@ -1,5 +1,6 @@
 //! Ensemble: a GraphQL backend to build, version, share, run and watch teams of AI agents.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -45,6 +45,14 @@ pub async fn metrics(State(http): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// `GET /.well-known/jwks.json`: the dev issuer's public key (404 when Clerk issues tokens).
+pub async fn jwks(State(http): State<HttpState>) -> Response {
+    match &http.state.auth.dev {
+        Some(dev) => axum::Json(dev.jwks.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 /// Keeps a sane `x-request-id` from the client or makes one, echoes it on the response, and
 /// counts the request by status and latency.
 pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {

@@ -20,6 +20,7 @@ use tower_http::{
 };
 
 use crate::{
+    auth::Authenticator,
     config::Config,
     db,
     error::AppError,
@@ -56,9 +57,11 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
+        let auth = Arc::new(Authenticator::new(&config, db.clone()).await?);
         let (shutdown, stopping) = watch::channel(false);
         let state = AppState {
             config: Arc::new(config),
+            auth,
             db,
             metrics: Arc::new(Metrics::default()),
             started_at: chrono::Utc::now(),
@@ -123,6 +126,7 @@ fn router(state: &AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/.well-known/jwks.json", get(ops::jwks))
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))

@@ -13,6 +13,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<crate::auth::Authenticator>,
     pub started_at: DateTime<Utc>,
     /// Turns `true` when the server begins shutting down; long-lived sockets close on it.
     pub shutdown: watch::Receiver<bool>,

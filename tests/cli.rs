@@ -127,7 +127,10 @@ fn schema_prints_the_committed_sdl() {
     let committed =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
             .unwrap();
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
+    assert!(
+        String::from_utf8(output.stdout).unwrap() == committed,
+        "schema.graphql is stale"
+    );
 }
 
 #[test]
@@ -182,6 +185,7 @@ fn an_unknown_environment_name_is_refused() {
 async fn sigterm_closes_websockets_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _pg) = database(dir.path()).await;
+    common::install_dev_key(&dir.path().join("data"));
     let mut child = ensemble()
         .env("DATABASE_URL", &url)
         .env("ENSEMBLE_LISTEN", "127.0.0.1:0")

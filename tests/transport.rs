@@ -375,8 +375,11 @@ async fn an_unknown_field_is_a_validation_error_with_a_suggestion_in_development
 
 #[tokio::test]
 async fn production_hides_suggestions_and_introspection() {
-    let app =
-        TestApp::spawn_with(|c| c.environment = ensemble::config::Environment::Production).await;
+    let app = TestApp::spawn_with(|c| {
+        c.environment = ensemble::config::Environment::Production;
+        common::clerk_pem(c);
+    })
+    .await;
     let body = app.gql("{ serverInfo { versio } }", json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
     let message = body["errors"][0]["message"].as_str().unwrap();
@@ -395,6 +398,25 @@ async fn production_hides_suggestions_and_introspection() {
                 .contains("Introspection is turned off")
         );
     }
+}
+
+#[tokio::test]
+async fn production_refuses_to_start_with_dev_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ensemble::config::Config::from_env().unwrap();
+    config.environment = ensemble::config::Environment::Production;
+    config.database_url = format!("sqlite://{}/x.db", dir.path().display());
+    config.data_dir = dir.path().join("data");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let err = ensemble::startup::App::build(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("dev auth refuses to run with ENSEMBLE_ENV=production"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Subcommands: `serve` (the default), `migrate`, `schema`.
 
 mod migrate;
+mod token;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), as committed in `schema.graphql`.
     Schema,
+    /// Print a dev-issuer token (dev auth only): `ensemble token --user alice --role admin`.
+    Token(token::TokenArgs),
 }
 
 pub async fn run() -> ExitCode {
@@ -40,6 +43,7 @@ pub async fn run() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Migrate { action } => migrate::run(action, &cli.config).await,
+        Command::Token(args) => token::run(args, &cli.config).await,
         Command::Schema => {
             print!("{}", graphql::sdl(&cli.config));
             Ok(())

@@ -4,6 +4,7 @@
 pub mod limits;
 pub mod system;
 pub mod transport;
+pub mod users;
 pub mod ws;
 
 use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema, extensions::Tracing};
@@ -12,7 +13,7 @@ use crate::{config::Config, metrics::Metrics, state::AppState};
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(system::SystemQuery);
+pub struct QueryRoot(system::SystemQuery, users::UsersQuery);
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
@@ -49,6 +50,13 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
         builder = builder.data(state);
     }
     builder.finish()
+}
+
+/// The caller of the operation being resolved (anonymous when none was attached).
+pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::auth::Principal {
+    static ANONYMOUS: crate::auth::Principal = crate::auth::Principal::Anonymous;
+    ctx.data_opt::<crate::auth::Principal>()
+        .unwrap_or(&ANONYMOUS)
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.

@@ -2,7 +2,8 @@
 //! browser. Transport failures answer with a GraphQL error body and a fitting status.
 
 use async_graphql::{
-    BatchRequest, BatchResponse, ServerError, http::GraphiQLSource, parser::types::OperationType,
+    BatchRequest, BatchResponse, ErrorExtensions, ServerError, http::GraphiQLSource,
+    parser::types::OperationType,
 };
 use axum::{
     body::{Body, Bytes},
@@ -13,7 +14,10 @@ use axum::{
 use serde::Deserialize;
 
 use super::limits::{self, PARSE_FAILED, VALIDATION_FAILED};
-use crate::state::{HttpState, RequestId};
+use crate::{
+    error::AppError,
+    state::{HttpState, RequestId},
+};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -50,8 +54,7 @@ pub async fn post(State(http): State<HttpState>, headers: HeaderMap, body: Body)
         Ok(batch) => batch,
         Err((code, message)) => return media.failure(StatusCode::BAD_REQUEST, code, &message),
     };
-    let response = execute(&http, &headers, batch).await;
-    media.respond(response)
+    execute(&http, &headers, media, batch).await
 }
 
 /// The query string of `GET /graphql`.
@@ -74,7 +77,7 @@ pub async fn get(
     let media = ResponseMedia::from_accept(&headers);
     let Some(query) = params.query else {
         if accepts(&headers, "text/html") {
-            return graphiql().into_response();
+            return graphiql(state.auth.dev.is_some()).into_response();
         }
         return media.failure(
             StatusCode::BAD_REQUEST,
@@ -120,8 +123,7 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let response = execute(&http, &headers, BatchRequest::Single(request)).await;
-    media.respond(response)
+    execute(&http, &headers, media, BatchRequest::Single(request)).await
 }
 
 /// Whether the operation the request would run is a mutation. A document that does not parse
@@ -143,14 +145,25 @@ fn selects_mutation(request: &mut async_graphql::Request, recursion: usize) -> b
     })
 }
 
-async fn execute(http: &HttpState, headers: &HeaderMap, batch: BatchRequest) -> BatchResponse {
+/// Runs the batch as the caller the headers name; bad credentials are a 401 at once.
+async fn execute(
+    http: &HttpState,
+    headers: &HeaderMap,
+    media: ResponseMedia,
+    batch: BatchRequest,
+) -> Response {
+    let principal = match http.state.auth.from_headers(headers).await {
+        Ok(principal) => principal,
+        Err(err) => return media.app_error(err),
+    };
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    http.schema
-        .execute_batch(batch.data(RequestId(request_id.to_string())))
-        .await
+    let batch = batch
+        .data(RequestId(request_id.to_string()))
+        .data(principal);
+    media.respond(http.schema.execute_batch(batch).await)
 }
 
 /// Reads the body as one request or, when `max_batch` > 0, a batch of at most that many.
@@ -271,6 +284,27 @@ impl ResponseMedia {
         res
     }
 
+    /// An error of the service before execution: 401 (with `WWW-Authenticate`) or 500.
+    fn app_error(self, err: AppError) -> Response {
+        let status = match err {
+            AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let error = err
+            .extend()
+            .into_server_error(async_graphql::Pos::default());
+        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
+            .unwrap_or_default();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+
     fn failure(self, status: StatusCode, code: &str, message: &str) -> Response {
         let error = limits::with_code(ServerError::new(message, None), code);
         let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
@@ -279,12 +313,18 @@ impl ResponseMedia {
     }
 }
 
-fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("Ensemble")
-            .finish(),
-    )
+fn graphiql(dev_auth: bool) -> Html<String> {
+    let page = GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql/ws")
+        .title("Ensemble")
+        .finish();
+    if !dev_auth {
+        return Html(page);
+    }
+    // How to act as someone: a token from the dev issuer in the Headers tab.
+    let banner = r#"<div style="font:13px sans-serif;padding:6px 12px;background:#fff4d6;border-bottom:1px solid #e0c36c">
+Dev auth: run <code>ensemble token --user alice --role admin</code> and paste
+<code>{"Authorization": "Bearer &lt;token&gt;"}</code> into the Headers tab below.</div>"#;
+    Html(page.replacen("<body>", &format!("<body>{banner}"), 1))
 }

@@ -14,6 +14,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response as HttpResponse},
 };
+use chrono::Utc;
 use futures_util::{SinkExt, StreamExt, stream::BoxStream};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,7 +23,10 @@ use tokio_stream::StreamMap;
 use tracing::Instrument;
 
 use super::AppSchema;
-use crate::state::{HttpState, RequestId};
+use crate::{
+    auth::{Authenticator, Principal, bearer},
+    state::{HttpState, RequestId},
+};
 
 const TRANSPORT_WS: &str = "graphql-transport-ws";
 const LEGACY_WS: &str = "graphql-ws";
@@ -106,12 +110,10 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
         tx,
         timeout: Duration::from_millis(config.ws_send_timeout_ms),
     };
-    let mut session = Data::default();
-    session.insert(handshake.request_id);
     let ended = if handshake.legacy {
-        serve_legacy(incoming, &outbox, &http, session, handshake.origin_allowed).await
+        serve_legacy(incoming, &outbox, &http, handshake).await
     } else {
-        Connection::new(&http, outbox.clone(), session, handshake.origin_allowed)
+        Connection::new(&http, outbox.clone(), handshake)
             .run(incoming)
             .await
     };
@@ -225,6 +227,59 @@ struct SubscribePayload {
     extensions: Option<Value>,
 }
 
+/// Why `connection_init` was refused.
+enum InitRefusal {
+    /// 4400: the payload is not an object, or its credentials are not strings.
+    BadPayload,
+    /// 4403: a foreign origin, or credentials that do not verify or have expired.
+    Forbidden,
+}
+
+/// The principal of `connection_init`: `{"authorization": "Bearer …"}` or `{"token": "…"}`;
+/// none is anonymous.
+async fn authorize_init(
+    auth: &Authenticator,
+    origin_allowed: bool,
+    payload: Option<&Value>,
+) -> Result<Principal, InitRefusal> {
+    if !origin_allowed {
+        return Err(InitRefusal::Forbidden);
+    }
+    let fields = match payload {
+        None | Some(Value::Null) => return Ok(Principal::Anonymous),
+        Some(Value::Object(fields)) => fields,
+        Some(_) => return Err(InitRefusal::BadPayload),
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let token = match (field("authorization"), field("token")) {
+        (Some(Value::String(value)), _) => bearer(value).ok_or(InitRefusal::Forbidden)?,
+        (None, Some(Value::String(token))) => token.as_str(),
+        (None, None) => return Ok(Principal::Anonymous),
+        _ => return Err(InitRefusal::BadPayload),
+    };
+    let principal = auth
+        .from_token(token)
+        .await
+        .map_err(|_| InitRefusal::Forbidden)?;
+    if principal.expires_at().is_some_and(|at| at <= Utc::now()) {
+        return Err(InitRefusal::Forbidden);
+    }
+    Ok(principal)
+}
+
+/// Completes at `at` (never when `None`).
+async fn expiry(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Completes when the server begins shutting down.
 async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
@@ -244,7 +299,12 @@ enum Close {
 struct Connection {
     schema: AppSchema,
     outbox: Outbox,
+    auth: Arc<Authenticator>,
+    request_id: RequestId,
+    /// What operations see: the request id and, once initialised, the principal.
     session: Arc<Data>,
+    /// When the principal's token expires; the socket closes then.
+    expires: Option<tokio::time::Instant>,
     keepalive: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
     origin_allowed: bool,
@@ -254,14 +314,17 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(http: &HttpState, outbox: Outbox, session: Data, origin_allowed: bool) -> Self {
+    fn new(http: &HttpState, outbox: Outbox, handshake: Handshake) -> Self {
         Self {
             schema: http.schema.clone(),
             outbox,
-            session: Arc::new(session),
+            auth: http.state.auth.clone(),
+            request_id: handshake.request_id,
+            session: Arc::default(),
+            expires: None,
             keepalive: Duration::from_secs(http.state.config.ws_keepalive_secs.max(1)),
             shutdown: http.state.shutdown.clone(),
-            origin_allowed,
+            origin_allowed: handshake.origin_allowed,
             init_received: false,
             acked: false,
             operations: StreamMap::new(),
@@ -284,6 +347,9 @@ impl Connection {
                 }
                 _ = stopping(&mut shutdown) => {
                     break Close::Code(1001, "Server shutting down".into());
+                }
+                _ = expiry(self.expires), if self.expires.is_some() => {
+                    break Close::Code(4403, "Forbidden: the token has expired".into());
                 }
                 _ = keepalive.tick() => self.outbox.json(json!({"type": "ping"})).await?,
                 Some((id, (index, item))) = self.operations.next(), if !self.operations.is_empty() => {
@@ -321,18 +387,27 @@ impl Connection {
                     )));
                 }
                 self.init_received = true;
-                if !self.origin_allowed {
-                    return Ok(Some(Close::Code(4403, "Forbidden".into())));
-                }
-                if payload
-                    .as_ref()
-                    .is_some_and(|p| !p.is_object() && !p.is_null())
-                {
-                    return Ok(Some(Close::Code(
-                        4400,
-                        "connection_init payload must be an object".into(),
-                    )));
-                }
+                let principal =
+                    match authorize_init(&self.auth, self.origin_allowed, payload.as_ref()).await {
+                        Ok(principal) => principal,
+                        Err(InitRefusal::BadPayload) => {
+                            return Ok(Some(Close::Code(
+                                4400,
+                                "connection_init payload must be an object".into(),
+                            )));
+                        }
+                        Err(InitRefusal::Forbidden) => {
+                            return Ok(Some(Close::Code(4403, "Forbidden".into())));
+                        }
+                    };
+                self.expires = principal.expires_at().map(|at| {
+                    let left = (at - Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::Instant::now() + left
+                });
+                let mut data = Data::default();
+                data.insert(self.request_id.clone());
+                data.insert(principal);
+                self.session = Arc::new(data);
                 self.acked = true;
                 self.outbox.json(json!({"type": "connection_ack"})).await?;
             }
@@ -432,8 +507,7 @@ async fn serve_legacy(
     incoming: futures_util::stream::SplitStream<WebSocket>,
     outbox: &Outbox,
     http: &HttpState,
-    session: Data,
-    origin_allowed: bool,
+    handshake: Handshake,
 ) -> Result<(), SlowClient> {
     let input = incoming
         .take_while(|m| {
@@ -449,18 +523,22 @@ async fn serve_legacy(
                 _ => None,
             })
         });
+    let mut session = Data::default();
+    session.insert(handshake.request_id);
+    let (auth, origin_allowed) = (http.state.auth.clone(), handshake.origin_allowed);
     let mut engine = async_graphql::http::WebSocket::new(
         http.schema.clone(),
         input,
         async_graphql::http::WebSocketProtocols::SubscriptionsTransportWS,
     )
     .connection_data(session)
-    .on_connection_init(move |_| async move {
-        if origin_allowed {
-            Ok(Data::default())
-        } else {
-            Err("Forbidden".into())
-        }
+    .on_connection_init(move |payload| async move {
+        let principal = authorize_init(&auth, origin_allowed, Some(&payload))
+            .await
+            .map_err(|_| "Forbidden")?;
+        let mut data = Data::default();
+        data.insert(principal);
+        Ok(data)
     });
     let mut shutdown = http.state.shutdown.clone();
     loop {

@@ -1,3 +1,4 @@
 //! Business rules, one module per area, over the database and app state; no GraphQL here.
 
 pub mod system;
+pub mod users;

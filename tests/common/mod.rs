@@ -6,7 +6,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use ensemble::{config::Config, startup::App, state::AppState};
+use ensemble::{auth::GlobalRole, config::Config, startup::App, state::AppState};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{
@@ -35,6 +35,7 @@ impl TestApp {
         let mut config = Config::from_env().expect("default config");
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.data_dir = dir.path().join("data");
+        install_dev_key(&config.data_dir);
         let pg = match std::env::var(PG_ENV) {
             Ok(url) if !url.is_empty() => Some(PgDatabase::create(&url).await),
             _ => None,
@@ -58,6 +59,34 @@ impl TestApp {
             _pg: pg,
             server,
         }
+    }
+
+    /// A dev-issuer token for `user`, valid for an hour.
+    pub fn token(&self, user: &str, role: GlobalRole) -> String {
+        let dev = self.state.auth.dev.as_ref().expect("dev auth");
+        dev.sign(
+            user,
+            Some(&format!("{user}@example.com")),
+            role,
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    /// POSTs one operation as the bearer of `token`; returns the status and JSON answer.
+    pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url("/graphql"))
+            .bearer_auth(token)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .expect("request sent");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("JSON answer"),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -116,6 +145,32 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
     }
+}
+
+/// Puts a ready dev signing key in `data_dir` (making a 2048-bit key in a debug build is slow).
+pub fn install_dev_key(data_dir: &std::path::Path) {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dev-key.pem");
+    std::fs::copy(key, data_dir.join("dev-jwt-key.pem")).expect("dev key installed");
+}
+
+/// A fixture file's text (`tests/fixtures/NAME`).
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+/// The issuer the Clerk fixtures sign as.
+pub const CLERK_ISSUER: &str = "https://clerk.ensemble.test";
+
+/// Verifies tokens as Clerk's with the PEM public key of `tests/fixtures/clerk-key.pem`.
+pub fn clerk_pem(config: &mut Config) {
+    config.auth.clerk_jwt_key = Some(fixture("clerk-key.pub.pem"));
+    config.auth.clerk_issuer = Some(CLERK_ISSUER.into());
 }
 
 /// The `extensions.code` of the first error in a GraphQL answer.

@@ -1,0 +1,112 @@
+//! The dev issuer: with no Clerk configuration the server signs its own RS256 tokens with a key
+//! kept in the data folder (so tokens survive restarts) and publishes it as a JWKS.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use rsa::{
+    RsaPrivateKey,
+    pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding},
+    traits::PublicKeyParts,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::principal::GlobalRole;
+use crate::error::AppError;
+
+/// The `iss` of dev tokens.
+pub const ISSUER: &str = "ensemble-dev";
+const KEY_FILE: &str = "dev-jwt-key.pem";
+
+pub struct DevIssuer {
+    encoding: EncodingKey,
+    pub decoding: Arc<DecodingKey>,
+    pub kid: String,
+    pub jwks: Value,
+}
+
+impl DevIssuer {
+    /// Loads the key from `data_dir`, creating it (2048-bit RSA) on first start.
+    pub async fn load_or_create(data_dir: &Path) -> Result<Self, AppError> {
+        let path = data_dir.join(KEY_FILE);
+        let pem = match tokio::fs::read_to_string(&path).await {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "creating the dev signing key");
+                let pem = tokio::task::spawn_blocking(generate_pem)
+                    .await
+                    .map_err(AppError::internal)??;
+                write_private(&path, &pem)?;
+                pem
+            }
+            Err(e) => {
+                return Err(AppError::internal(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Self::from_pem(&pem).map_err(|e| {
+            AppError::internal(format!("{} is not a usable RSA key: {e}", path.display()))
+        })
+    }
+
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let key = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+        let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());
+        let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
+        let kid = hex::encode(&Sha256::digest(key.n().to_bytes_be())[..8]);
+        let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?;
+        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        let jwks = json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e}]});
+        Ok(Self {
+            encoding,
+            decoding: Arc::new(decoding),
+            kid,
+            jwks,
+        })
+    }
+
+    /// A session token for `user`, valid for `ttl`.
+    pub fn sign(
+        &self,
+        user: &str,
+        email: Option<&str>,
+        role: GlobalRole,
+        ttl: Duration,
+    ) -> Result<String, AppError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({
+            "sub": user, "iss": ISSUER, "iat": now, "nbf": now, "exp": now + ttl.as_secs() as i64,
+            "role": role.as_str(),
+        });
+        if let Some(email) = email {
+            claims["email"] = json!(email);
+        }
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(AppError::internal)
+    }
+}
+
+fn generate_pem() -> Result<String, AppError> {
+    let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(AppError::internal)?;
+    Ok(key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(AppError::internal)?
+        .to_string())
+}
+
+fn write_private(path: &Path, pem: &str) -> Result<(), AppError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| AppError::internal(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(pem.as_bytes()).map_err(AppError::internal)
+}

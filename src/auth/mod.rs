@@ -1,0 +1,137 @@
+//! Identity: who a request or websocket comes from. Bad credentials are refused at once;
+//! no credentials make an anonymous principal.
+
+pub mod dev;
+pub mod jwks;
+pub mod jwt;
+pub mod principal;
+
+use std::{collections::HashSet, sync::Arc};
+
+use axum::http::{HeaderMap, header};
+use sea_orm::DatabaseConnection;
+
+pub use self::principal::{GlobalRole, Principal, UserPrincipal};
+use self::{
+    dev::DevIssuer,
+    jwt::{KeySource, Verifier},
+};
+use crate::{config::Config, error::AppError, service::users};
+
+pub struct Authenticator {
+    verifier: Verifier,
+    /// Present in dev mode: the issuer whose key `verifier` holds.
+    pub dev: Option<DevIssuer>,
+    db: DatabaseConnection,
+}
+
+impl Authenticator {
+    pub async fn new(config: &Config, db: DatabaseConnection) -> Result<Self, AppError> {
+        let auth = &config.auth;
+        let admin_users: HashSet<String> = auth
+            .admin_users
+            .iter()
+            .map(|u| u.trim().to_string())
+            .collect();
+        let verifier = |keys, issuer: String| Verifier {
+            keys,
+            issuer,
+            authorized_parties: auth.clerk_authorized_parties.clone(),
+            role_claim: auth.role_claim.clone(),
+            admin_users: admin_users.clone(),
+        };
+        if auth.is_dev() {
+            if config.is_production() {
+                return Err(AppError::internal(
+                    "dev auth refuses to run with ENSEMBLE_ENV=production: set CLERK_JWKS_URL or CLERK_JWT_KEY, and CLERK_ISSUER",
+                ));
+            }
+            let dev = DevIssuer::load_or_create(&config.data_dir).await?;
+            tracing::warn!(
+                "DEV AUTH: this server signs its own tokens (no Clerk configured). Get one with `ensemble token --user alice --role admin`. Never expose it."
+            );
+            let verifier = verifier(
+                KeySource::Static(dev.decoding.clone()),
+                dev::ISSUER.to_string(),
+            );
+            return Ok(Self {
+                verifier,
+                dev: Some(dev),
+                db,
+            });
+        }
+        let issuer = auth.clerk_issuer.clone().ok_or_else(|| {
+            AppError::internal("CLERK_ISSUER is required with CLERK_JWKS_URL or CLERK_JWT_KEY")
+        })?;
+        let keys = match (&auth.clerk_jwt_key, &auth.clerk_jwks_url) {
+            (Some(pem), _) => {
+                let key =
+                    jsonwebtoken::DecodingKey::from_rsa_pem(pem.replace("\\n", "\n").as_bytes())
+                        .map_err(|e| {
+                            AppError::internal(format!(
+                                "CLERK_JWT_KEY is not an RSA public key: {e}"
+                            ))
+                        })?;
+                KeySource::Static(Arc::new(key))
+            }
+            (None, Some(url)) => KeySource::Jwks(Box::new(jwks::JwksCache::new(
+                url.clone(),
+                std::time::Duration::from_secs(auth.clerk_jwks_refetch_secs),
+            ))),
+            (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
+        };
+        Ok(Self {
+            verifier: verifier(keys, issuer),
+            dev: None,
+            db,
+        })
+    }
+
+    /// The principal of an HTTP request: `Authorization: Bearer <token>`, or anonymous.
+    pub async fn from_headers(&self, headers: &HeaderMap) -> Result<Principal, AppError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Principal::Anonymous);
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| unauthenticated("The Authorization header is not readable text."))?;
+        let token =
+            bearer(value).ok_or_else(|| unauthenticated("Use `Authorization: Bearer <token>`."))?;
+        self.from_token(token).await
+    }
+
+    /// The principal a bare token stands for (websocket `connection_init`).
+    pub async fn from_token(&self, token: &str) -> Result<Principal, AppError> {
+        let user = self
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|r| unauthenticated(&r.0))?;
+        let user = users::sign_in(&self.db, user).await?;
+        Ok(Principal::User(user))
+    }
+}
+
+/// The token of a `Bearer` credential (the scheme is case-insensitive).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn unauthenticated(message: &str) -> AppError {
+    AppError::Unauthenticated(message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer   abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! `ensemble token`: a dev-issuer session token to paste into GraphiQL.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::{
+    auth::{GlobalRole, dev::DevIssuer},
+    config::Config,
+};
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The user id the token is for (`sub`).
+    #[arg(long)]
+    user: String,
+    /// The user's email.
+    #[arg(long)]
+    email: Option<String>,
+    /// `admin` or `member`.
+    #[arg(long, default_value = "member", value_parser = parse_role)]
+    role: GlobalRole,
+    /// How long the token is valid: `30s`, `15m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+}
+
+pub async fn run(args: TokenArgs, config: &Config) -> Result<(), String> {
+    if !config.auth.is_dev() {
+        return Err("Clerk issues the tokens in this configuration (CLERK_JWKS_URL or CLERK_JWT_KEY is set)".into());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    let issuer = DevIssuer::load_or_create(&config.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = issuer
+        .sign(&args.user, args.email.as_deref(), args.role, args.ttl)
+        .map_err(|e| e.to_string())?;
+    println!("{token}");
+    Ok(())
+}
+
+fn parse_role(value: &str) -> Result<GlobalRole, String> {
+    GlobalRole::parse(value).ok_or_else(|| "expected `admin` or `member`".to_string())
+}
+
+/// `90s`, `15m`, `1h`, `7d` (or plain seconds).
+pub fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (digits, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration like 30m, 1h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{value}` is not a duration like 30m, 1h or 7d")),
+    };
+    if secs == 0 || secs > 366 * 86_400 {
+        return Err("a token lives between 1 second and 366 days".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls_read_like_people_write_them() {
+        assert_eq!(parse_ttl("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_ttl("15m").unwrap().as_secs(), 900);
+        assert_eq!(parse_ttl("1h").unwrap().as_secs(), 3600);
+        assert_eq!(parse_ttl("7d").unwrap().as_secs(), 604_800);
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}
