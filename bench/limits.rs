@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use async_graphql::{EmptyMutation, Schema};
+use async_graphql::Schema;
 use ensemble::{
     config::Config,
-    graphql::{QueryRoot, SubscriptionRoot, build_schema},
+    graphql::{MutationRoot, QueryRoot, SubscriptionRoot, build_schema},
 };
 
 /// Five levels of ten spreads over nine fields: 900,000 fields once expanded.
@@ -45,7 +45,7 @@ async fn main() {
     let limits = &config.limits;
     let baseline = Schema::build(
         QueryRoot::default(),
-        EmptyMutation,
+        MutationRoot::default(),
         SubscriptionRoot::default(),
     )
     .limit_depth(limits.depth)

@@ -19,9 +19,33 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// The id of the HTTP request (or websocket) an operation runs in, as sent in `x-request-id`.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+/// Where an operation comes from: the request id (`x-request-id`), the peer address and the
+/// user agent of the HTTP request or websocket it runs in.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestMeta {
+    pub fn from_headers(
+        headers: &axum::http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Self {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            request_id: text("x-request-id").unwrap_or_default(),
+            ip: peer.map(|p| p.ip().to_string()),
+            user_agent: text("user-agent").map(|ua| ua.chars().take(512).collect()),
+        }
+    }
+}
 
 /// What the HTTP handlers get: the app state and the schema built over it.
 #[derive(Clone)]

@@ -101,7 +101,11 @@ async fn migrate_up_status_and_down_by_hand() {
     assert!(run(&["status"]).contains("pending  m0001_identity"));
     assert!(run(&["up"]).contains("applied  m0001_identity"));
     assert!(run(&["status"]).contains("applied  m0001_identity"));
-    assert!(run(&["down"]).contains("pending  m0001_identity"));
+    let reverted = run(&["down", "--steps", "2"]);
+    assert!(
+        reverted.contains("pending  m0001_identity")
+            && reverted.contains("pending  m0002_audit_chain")
+    );
 }
 
 #[test]

@@ -85,7 +85,7 @@ async fn server_info_reports_version_database_migrations_and_limits() {
     assert_eq!(info["database"], expected_backend);
     assert_eq!(info["migrationsApplied"], Migrator::migrations().len());
     assert_eq!(info["migrationsPending"], 0);
-    assert_eq!(info["latestMigration"], "m0001_identity");
+    assert_eq!(info["latestMigration"], "m0002_audit_chain");
     assert_eq!(
         info["limits"],
         json!({"depth": 10, "complexity": 5000, "recursion": 32, "aliases": 12, "directivesPerField": 5,

@@ -11,6 +11,7 @@ pub struct Model {
     pub actor_id: Option<String>,
     /// `user`, `api_key` or `system`.
     pub actor_kind: String,
+    pub api_key_id: Option<String>,
     pub action: String,
     pub resource_type: String,
     pub resource_id: Option<String>,
@@ -18,6 +19,10 @@ pub struct Model {
     pub request_id: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// `allowed` or `denied`.
+    pub result: String,
+    /// Why a denied action was refused.
+    pub reason: Option<String>,
     pub changes: Option<Json>,
     pub prev_hash: String,
     #[sea_orm(unique)]

@@ -6,12 +6,16 @@ pub use sea_orm_migration::{MigrationStatus, MigratorTrait};
 
 pub mod d1;
 mod m0001_identity;
+pub mod m0002_audit_chain;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_identity::Migration)]
+        vec![
+            Box::new(m0001_identity::Migration),
+            Box::new(m0002_audit_chain::Migration),
+        ]
     }
 }

@@ -104,6 +104,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(AuditLogs::Ts))
                     .col(string_null(AuditLogs::ActorId))
                     .col(string(AuditLogs::ActorKind))
+                    .col(string_null(AuditLogs::ApiKeyId))
                     .col(string(AuditLogs::Action))
                     .col(string(AuditLogs::ResourceType))
                     .col(string_null(AuditLogs::ResourceId))
@@ -111,6 +112,8 @@ impl MigrationTrait for Migration {
                     .col(string_null(AuditLogs::RequestId))
                     .col(string_null(AuditLogs::Ip))
                     .col(string_null(AuditLogs::UserAgent))
+                    .col(string(AuditLogs::Result))
+                    .col(string_null(AuditLogs::Reason))
                     .col(json_null(AuditLogs::Changes))
                     .col(string(AuditLogs::PrevHash))
                     .col(string_uniq(AuditLogs::Hash))
@@ -201,6 +204,9 @@ enum AuditLogs {
     RequestId,
     Ip,
     UserAgent,
+    ApiKeyId,
+    Result,
+    Reason,
     Changes,
     PrevHash,
     Hash,

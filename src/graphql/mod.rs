@@ -1,13 +1,14 @@
 //! The GraphQL schema: one module per area merged at the root, the request limits, and the
 //! HTTP and websocket transports that serve it.
 
+pub mod denials;
 pub mod limits;
 pub mod system;
 pub mod transport;
 pub mod users;
 pub mod ws;
 
-use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema, extensions::Tracing};
+use async_graphql::{MergedObject, MergedSubscription, Schema, extensions::Tracing};
 
 use crate::{config::Config, metrics::Metrics, state::AppState};
 
@@ -15,11 +16,15 @@ use crate::{config::Config, metrics::Metrics, state::AppState};
 #[graphql(name = "Query")]
 pub struct QueryRoot(system::SystemQuery, users::UsersQuery);
 
+#[derive(MergedObject, Default)]
+#[graphql(name = "Mutation")]
+pub struct MutationRoot(users::UsersMutation);
+
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
 pub struct SubscriptionRoot(system::SystemSubscription);
 
-pub type AppSchema = Schema<QueryRoot, EmptyMutation, SubscriptionRoot>;
+pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// The schema with the configured limits; `state` is absent only when printing the SDL.
 pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
@@ -30,10 +35,11 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
         .unwrap_or_else(|| std::sync::Arc::new(Metrics::default()));
     let mut builder = Schema::build(
         QueryRoot::default(),
-        EmptyMutation,
+        MutationRoot::default(),
         SubscriptionRoot::default(),
     )
     .extension(Tracing)
+    .extension(denials::AuditDenials)
     .extension(limits::RequestLimits::new(
         limits,
         !config.is_production(),
@@ -57,6 +63,17 @@ pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::auth::Pr
     static ANONYMOUS: crate::auth::Principal = crate::auth::Principal::Anonymous;
     ctx.data_opt::<crate::auth::Principal>()
         .unwrap_or(&ANONYMOUS)
+}
+
+/// The caller and where the request came from, for services.
+pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller {
+    crate::service::audit::Caller {
+        principal: principal(ctx).clone(),
+        meta: ctx
+            .data_opt::<crate::state::RequestMeta>()
+            .cloned()
+            .unwrap_or_default(),
+    }
 }
 
 /// The schema in SDL, as committed in `schema.graphql`.

@@ -7,23 +7,30 @@ use async_graphql::{
 };
 use axum::{
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::{ConnectInfo, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
 };
+use std::net::SocketAddr;
+
 use serde::Deserialize;
 
 use super::limits::{self, PARSE_FAILED, VALIDATION_FAILED};
 use crate::{
     error::AppError,
-    state::{HttpState, RequestId},
+    state::{HttpState, RequestMeta},
 };
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
 
 /// `POST /graphql`: one operation, or a batch when batching is configured.
-pub async fn post(State(http): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(
+    State(http): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let state = &http.state;
     let media = ResponseMedia::from_accept(&headers);
     if !is_json(&headers) {
@@ -54,7 +61,7 @@ pub async fn post(State(http): State<HttpState>, headers: HeaderMap, body: Body)
         Ok(batch) => batch,
         Err((code, message)) => return media.failure(StatusCode::BAD_REQUEST, code, &message),
     };
-    execute(&http, &headers, media, batch).await
+    execute(&http, &headers, peer, media, batch).await
 }
 
 /// The query string of `GET /graphql`.
@@ -70,6 +77,7 @@ pub struct GetParams {
 /// `GET /graphql`: GraphiQL for a browser, or a query (never a mutation) from `?query=`.
 pub async fn get(
     State(http): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<GetParams>,
 ) -> Response {
@@ -123,7 +131,7 @@ pub async fn get(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&http, &headers, media, BatchRequest::Single(request)).await
+    execute(&http, &headers, peer, media, BatchRequest::Single(request)).await
 }
 
 /// Whether the operation the request would run is a mutation. A document that does not parse
@@ -149,6 +157,7 @@ fn selects_mutation(request: &mut async_graphql::Request, recursion: usize) -> b
 async fn execute(
     http: &HttpState,
     headers: &HeaderMap,
+    peer: SocketAddr,
     media: ResponseMedia,
     batch: BatchRequest,
 ) -> Response {
@@ -156,12 +165,8 @@ async fn execute(
         Ok(principal) => principal,
         Err(err) => return media.app_error(err),
     };
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
     let batch = batch
-        .data(RequestId(request_id.to_string()))
+        .data(RequestMeta::from_headers(headers, Some(peer)))
         .data(principal);
     media.respond(http.schema.execute_batch(batch).await)
 }

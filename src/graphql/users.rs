@@ -1,13 +1,19 @@
-//! Users: `me`.
+//! Users: `me`, `user`, `users`, `updateProfile`, `setUserRole`.
 
-use async_graphql::{Context, Object, SimpleObject};
+use async_graphql::{
+    Context, ID, InputObject, Object, SimpleObject,
+    connection::{Connection, Edge},
+};
 use chrono::{DateTime, Utc};
 
-use super::principal;
+use super::{caller, principal};
 use crate::{
     auth::{GlobalRole, Principal},
     error::GqlResultExt,
-    service::users,
+    service::{
+        page::{PageRequest, encode_cursor},
+        users,
+    },
     state::AppState,
 };
 
@@ -28,6 +34,84 @@ impl UsersQuery {
             ..User::from(row)
         }))
     }
+
+    /// A user by id: yourself, or anyone for an admin.
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
+        let state = ctx.data::<AppState>()?;
+        users::get(&state.db, &caller(ctx), &id)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
+    /// Every user, by id (admins only); `search` matches id, email or name.
+    #[graphql(complexity = "first.map_or(20, |n| n.max(1) as usize) * child_complexity")]
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        search: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, User>> {
+        let state = ctx.data::<AppState>()?;
+        let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
+        let rows = users::list(&state.db, &caller(ctx), search.as_deref(), &page)
+            .await
+            .gql()?;
+        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
+        connection.edges.extend(
+            rows.items
+                .into_iter()
+                .map(|u| Edge::new(encode_cursor(&u.id), User::from(u))),
+        );
+        Ok(connection)
+    }
+}
+
+#[derive(Default)]
+pub struct UsersMutation;
+
+#[Object]
+impl UsersMutation {
+    /// Changes the caller's own display name or picture.
+    async fn update_profile(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateProfileInput,
+    ) -> async_graphql::Result<User> {
+        let state = ctx.data::<AppState>()?;
+        let changes = users::ProfileChanges {
+            display_name: input.display_name,
+            avatar_url: input.avatar_url,
+        };
+        users::update_profile(&state.db, &caller(ctx), changes)
+            .await
+            .map(User::from)
+            .gql()
+    }
+
+    /// Sets a user's global role (admins only).
+    async fn set_user_role(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        role: GlobalRole,
+    ) -> async_graphql::Result<User> {
+        let state = ctx.data::<AppState>()?;
+        users::set_role(&state.db, &caller(ctx), &user_id, role)
+            .await
+            .map(User::from)
+            .gql()
+    }
+}
+
+/// Profile fields to change; omitted ones stay.
+#[derive(InputObject)]
+pub struct UpdateProfileInput {
+    /// 1 to 100 characters.
+    pub display_name: Option<String>,
+    /// An http(s) URL.
+    pub avatar_url: Option<String>,
 }
 
 /// A person who signs in with Clerk.

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use async_graphql::{Data, Response, http::WsMessage};
 use axum::{
     extract::{
-        State,
+        ConnectInfo, State,
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
     },
     http::{HeaderMap, StatusCode, header},
@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::AppSchema;
 use crate::{
     auth::{Authenticator, Principal, bearer},
-    state::{HttpState, RequestId},
+    state::{HttpState, RequestMeta},
 };
 
 const TRANSPORT_WS: &str = "graphql-transport-ws";
@@ -37,6 +37,7 @@ const MAX_CLOSE_REASON: usize = 123;
 /// `GET /graphql/ws`: negotiates the subprotocol and hands the socket to its loop.
 pub async fn upgrade(
     State(http): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> HttpResponse {
@@ -57,17 +58,13 @@ pub async fn upgrade(
                 .into_response();
         }
     };
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let span = tracing::info_span!("websocket", request_id = %request_id, protocol = if legacy { LEGACY_WS } else { TRANSPORT_WS });
+    let meta = RequestMeta::from_headers(&headers, Some(peer));
+    let span = tracing::info_span!("websocket", request_id = %meta.request_id, protocol = if legacy { LEGACY_WS } else { TRANSPORT_WS });
     let origin_allowed = origin_allowed(&headers, &http.state.config.cors_origins);
     let handshake = Handshake {
         legacy,
         origin_allowed,
-        request_id: RequestId(request_id),
+        meta,
     };
     ws.on_upgrade(move |socket| serve(socket, http, handshake).instrument(span))
 }
@@ -78,7 +75,7 @@ struct Handshake {
     /// False for a browser page of a foreign origin: its `connection_init` is refused (4403), so
     /// no other site can drive a signed-in user's socket.
     origin_allowed: bool,
-    request_id: RequestId,
+    meta: RequestMeta,
 }
 
 /// A socket without `Origin` (not a browser), from the server's own origin, or from an origin
@@ -300,7 +297,7 @@ struct Connection {
     schema: AppSchema,
     outbox: Outbox,
     auth: Arc<Authenticator>,
-    request_id: RequestId,
+    meta: RequestMeta,
     /// What operations see: the request id and, once initialised, the principal.
     session: Arc<Data>,
     /// When the principal's token expires; the socket closes then.
@@ -319,7 +316,7 @@ impl Connection {
             schema: http.schema.clone(),
             outbox,
             auth: http.state.auth.clone(),
-            request_id: handshake.request_id,
+            meta: handshake.meta,
             session: Arc::default(),
             expires: None,
             keepalive: Duration::from_secs(http.state.config.ws_keepalive_secs.max(1)),
@@ -405,7 +402,7 @@ impl Connection {
                     tokio::time::Instant::now() + left
                 });
                 let mut data = Data::default();
-                data.insert(self.request_id.clone());
+                data.insert(self.meta.clone());
                 data.insert(principal);
                 self.session = Arc::new(data);
                 self.acked = true;
@@ -524,7 +521,7 @@ async fn serve_legacy(
             })
         });
     let mut session = Data::default();
-    session.insert(handshake.request_id);
+    session.insert(handshake.meta);
     let (auth, origin_allowed) = (http.state.auth.clone(), handshake.origin_allowed);
     let mut engine = async_graphql::http::WebSocket::new(
         http.schema.clone(),

@@ -2,11 +2,20 @@
 
 use chrono::Utc;
 use entity::users;
-use sea_orm::{DatabaseConnection, EntityTrait, Set, sea_query::OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
+    sea_query::{Expr, ExprTrait, Func, OnConflict},
+};
 
+use super::{
+    audit::{self, Caller, Entry, actions},
+    page::{Page, PageRequest},
+};
 use crate::{
-    auth::{GlobalRole, UserPrincipal},
-    error::AppError,
+    auth::{GlobalRole, Principal, UserPrincipal},
+    db,
+    error::{AppError, Problem},
 };
 
 /// Makes sure a verified user has a row, refuses a deleted one, and settles the global role:
@@ -59,4 +68,163 @@ pub async fn sign_in(
 /// A user by id.
 pub async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<users::Model>, AppError> {
     Ok(users::Entity::find_by_id(id).one(db).await?)
+}
+
+/// What a user may change about themselves.
+pub struct ProfileChanges {
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+impl ProfileChanges {
+    /// Every problem at once: a name of 1–100 characters, an http(s) URL of at most 2048.
+    fn validate(&self) -> Result<(), AppError> {
+        let mut problems = Vec::new();
+        if let Some(name) = &self.display_name
+            && (name.trim().is_empty() || name.chars().count() > 100)
+        {
+            problems.push(Problem::new("displayName", "must be 1 to 100 characters"));
+        }
+        if let Some(url) = &self.avatar_url {
+            let parsed = url::Url::parse(url).ok();
+            if url.len() > 2048 || !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
+                problems.push(Problem::new(
+                    "avatarUrl",
+                    "must be an http(s) URL of at most 2048 characters",
+                ));
+            }
+        }
+        match problems.len() {
+            0 => Ok(()),
+            n => Err(AppError::BadUserInput {
+                message: format!("{n} problem(s) with the profile"),
+                problems,
+            }),
+        }
+    }
+}
+
+fn signed_in(caller: &Caller) -> Result<&UserPrincipal, AppError> {
+    match &caller.principal {
+        Principal::User(user) => Ok(user),
+        Principal::Anonymous => Err(AppError::Unauthenticated("Sign in to do this.".into())),
+    }
+}
+
+fn admin(caller: &Caller) -> Result<&UserPrincipal, AppError> {
+    let user = signed_in(caller)?;
+    match user.role {
+        GlobalRole::Admin => Ok(user),
+        GlobalRole::Member => Err(AppError::Forbidden("Only an admin may do this.".into())),
+    }
+}
+
+/// A user the caller may see: themselves, or anyone for an admin. Others are not found.
+pub async fn get(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: &str,
+) -> Result<users::Model, AppError> {
+    let me = signed_in(caller)?;
+    if me.id != id && me.role != GlobalRole::Admin {
+        return Err(not_found());
+    }
+    find(db, id)
+        .await?
+        .filter(|u| u.deleted_at.is_none())
+        .ok_or_else(not_found)
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("No such user.".into())
+}
+
+/// Every user (admins only), by id, optionally matching `search` in id, email or name.
+pub async fn list(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    search: Option<&str>,
+    page: &PageRequest,
+) -> Result<Page<users::Model>, AppError> {
+    admin(caller)?;
+    let mut query = users::Entity::find().filter(users::Column::DeletedAt.is_null());
+    if let Some(search) = search.map(str::trim).filter(|s| !s.is_empty()) {
+        let pattern = format!("%{}%", search.to_lowercase().replace(['%', '_'], ""));
+        let lower = |col: users::Column| Expr::expr(Func::lower(Expr::col(col)));
+        query = query.filter(
+            Condition::any()
+                .add(lower(users::Column::Id).like(&pattern))
+                .add(lower(users::Column::Email).like(&pattern))
+                .add(lower(users::Column::DisplayName).like(&pattern)),
+        );
+    }
+    if let Some(after) = &page.after {
+        query = query.filter(users::Column::Id.gt(after.as_str()));
+    }
+    let rows = query
+        .order_by_asc(users::Column::Id)
+        .limit(page.first + 1)
+        .all(db)
+        .await?;
+    Ok(page.page(rows))
+}
+
+/// The caller edits their own profile.
+pub async fn update_profile(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    changes: ProfileChanges,
+) -> Result<users::Model, AppError> {
+    let me = signed_in(caller)?;
+    changes.validate()?;
+    let txn = db::begin_write(db).await?;
+    let row = users::Entity::find_by_id(&me.id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .ok_or_else(not_found)?;
+    let mut active: users::ActiveModel = row.into();
+    let mut changed = serde_json::Map::new();
+    if let Some(name) = changes.display_name {
+        changed.insert("displayName".into(), name.trim().into());
+        active.display_name = Set(Some(name.trim().to_string()));
+    }
+    if let Some(url) = changes.avatar_url {
+        changed.insert("avatarUrl".into(), url.clone().into());
+        active.avatar_url = Set(Some(url));
+    }
+    active.updated_at = Set(Utc::now());
+    let row = active.update(&txn).await?;
+    let entry =
+        Entry::new(actions::USER_PROFILE_UPDATE, "user", me.id.clone()).changes(changed.into());
+    audit::allowed(&txn, caller, entry).await?;
+    txn.commit().await?;
+    Ok(row)
+}
+
+/// An admin sets someone's global role.
+pub async fn set_role(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    user_id: &str,
+    role: GlobalRole,
+) -> Result<users::Model, AppError> {
+    admin(caller)?;
+    let txn = db::begin_write(db).await?;
+    let row = users::Entity::find_by_id(user_id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?
+        .filter(|u| u.deleted_at.is_none())
+        .ok_or_else(not_found)?;
+    let before = row.role.clone();
+    let mut active: users::ActiveModel = row.into();
+    active.role = Set(role.as_str().to_string());
+    active.updated_at = Set(Utc::now());
+    let row = active.update(&txn).await?;
+    let entry = Entry::new(actions::USER_ROLE_SET, "user", user_id.to_string())
+        .changes(serde_json::json!({"role": {"from": before, "to": role.as_str()}}));
+    audit::allowed(&txn, caller, entry).await?;
+    txn.commit().await?;
+    Ok(row)
 }
