@@ -131,6 +131,7 @@ fn router(state: &AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/.well-known/jwks.json", get(ops::jwks))
+        .route("/webhooks/clerk", axum::routing::post(crate::auth::clerk_webhook::receive))
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))

@@ -5,3 +5,4 @@ pub mod audit_logs;
 pub mod team_members;
 pub mod teams;
 pub mod users;
+pub mod webhook_events;

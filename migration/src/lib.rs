@@ -7,6 +7,7 @@ pub use sea_orm_migration::{MigrationStatus, MigratorTrait};
 pub mod d1;
 mod m0001_identity;
 pub mod m0002_audit_chain;
+mod m0003_webhook_events;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_identity::Migration),
             Box::new(m0002_audit_chain::Migration),
+            Box::new(m0003_webhook_events::Migration),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! Identity: who a request or websocket comes from. Bad credentials are refused at once;
 //! no credentials make an anonymous principal.
 
+pub mod clerk_webhook;
 pub mod dev;
 pub mod jwks;
 pub mod jwt;

@@ -1,4 +1,4 @@
-//! Who is calling: nobody, a signed-in user, or (later) an API key.
+//! Who is calling: nobody, a signed-in user, or the server itself.
 
 use chrono::{DateTime, Utc};
 
@@ -52,19 +52,21 @@ pub enum Principal {
     #[default]
     Anonymous,
     User(UserPrincipal),
+    /// The server itself, acting on a signed webhook or a schedule; never a request's caller.
+    System(&'static str),
 }
 
 impl Principal {
     pub fn user_id(&self) -> Option<&str> {
         match self {
-            Self::Anonymous => None,
+            Self::Anonymous | Self::System(_) => None,
             Self::User(user) => Some(&user.id),
         }
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         match self {
-            Self::Anonymous => None,
+            Self::Anonymous | Self::System(_) => None,
             Self::User(user) => Some(user.expires_at),
         }
     }

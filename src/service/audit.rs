@@ -17,6 +17,8 @@ use crate::{auth::Principal, db, error::AppError, state::RequestMeta};
 pub mod actions {
     pub const USER_PROFILE_UPDATE: &str = "user.profile.update";
     pub const USER_ROLE_SET: &str = "user.role.set";
+    pub const USER_SYNC: &str = "user.sync";
+    pub const USER_DELETE: &str = "user.delete";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -109,6 +111,7 @@ async fn append<C: ConnectionTrait>(
     let (actor_id, actor_kind) = match &caller.principal {
         Principal::Anonymous => (None, "anonymous"),
         Principal::User(user) => (Some(user.id.clone()), "user"),
+        Principal::System(name) => (Some(name.to_string()), "system"),
     };
     let mut row = audit_logs::Model {
         seq: head.seq + 1,

@@ -1,12 +1,13 @@
 //! Users: created the first time they sign in (just in time), read by themselves or admins.
 
 use chrono::Utc;
-use entity::users;
+use entity::{users, webhook_events};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait, Func, OnConflict},
 };
+use serde_json::Value;
 
 use super::{
     audit::{self, Caller, Entry, actions},
@@ -107,7 +108,9 @@ impl ProfileChanges {
 fn signed_in(caller: &Caller) -> Result<&UserPrincipal, AppError> {
     match &caller.principal {
         Principal::User(user) => Ok(user),
-        Principal::Anonymous => Err(AppError::Unauthenticated("Sign in to do this.".into())),
+        Principal::Anonymous | Principal::System(_) => {
+            Err(AppError::Unauthenticated("Sign in to do this.".into()))
+        }
     }
 }
 
@@ -227,4 +230,133 @@ pub async fn set_role(
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(row)
+}
+
+/// Applies one Clerk webhook event, once per delivery id: `processed`, `duplicate` (a replay)
+/// or `ignored` (an event type this server does not use).
+#[tracing::instrument(skip(db, event))]
+pub async fn apply_clerk_event(
+    db: &DatabaseConnection,
+    delivery_id: &str,
+    event: &Value,
+) -> Result<&'static str, AppError> {
+    let kind = event["type"].as_str().unwrap_or_default();
+    let data = &event["data"];
+    let txn = db::begin_write(db).await?;
+    let delivery = webhook_events::ActiveModel {
+        id: Set(delivery_id.to_string()),
+        source: Set("clerk".into()),
+        event_type: Set(kind.chars().take(100).collect()),
+        received_at: Set(Utc::now()),
+    };
+    let inserted = webhook_events::Entity::insert(delivery)
+        .on_conflict(
+            OnConflict::column(webhook_events::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    if inserted == 0 {
+        return Ok("duplicate");
+    }
+    let Some(user_id) = data["id"].as_str().filter(|id| !id.is_empty()) else {
+        txn.commit().await?;
+        return Ok("ignored");
+    };
+    let caller = Caller {
+        principal: Principal::System("clerk-webhook"),
+        meta: crate::state::RequestMeta {
+            request_id: delivery_id.to_string(),
+            ..Default::default()
+        },
+    };
+    let outcome = match kind {
+        "user.created" | "user.updated" => {
+            let synced = clerk_profile(data);
+            let now = Utc::now();
+            let row = users::ActiveModel {
+                id: Set(user_id.to_string()),
+                email: Set(synced.email.clone()),
+                display_name: Set(synced.display_name.clone()),
+                avatar_url: Set(synced.avatar_url.clone()),
+                role: Set(GlobalRole::Member.as_str().to_string()),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            };
+            let columns = [
+                users::Column::Email,
+                users::Column::DisplayName,
+                users::Column::AvatarUrl,
+                users::Column::UpdatedAt,
+            ];
+            users::Entity::insert(row)
+                .on_conflict(
+                    OnConflict::column(users::Column::Id)
+                        .update_columns(columns)
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+            let changes = serde_json::json!({"email": synced.email, "displayName": synced.display_name, "avatarUrl": synced.avatar_url});
+            audit::allowed(
+                &txn,
+                &caller,
+                Entry::new(actions::USER_SYNC, "user", user_id.to_string()).changes(changes),
+            )
+            .await?;
+            "processed"
+        }
+        "user.deleted" => {
+            users::Entity::update_many()
+                .col_expr(users::Column::DeletedAt, Expr::value(Utc::now()))
+                .filter(users::Column::Id.eq(user_id))
+                .filter(users::Column::DeletedAt.is_null())
+                .exec(&txn)
+                .await?;
+            audit::allowed(
+                &txn,
+                &caller,
+                Entry::new(actions::USER_DELETE, "user", user_id.to_string()),
+            )
+            .await?;
+            "processed"
+        }
+        _ => "ignored",
+    };
+    txn.commit().await?;
+    Ok(outcome)
+}
+
+/// The profile fields of a Clerk user object.
+struct ClerkProfile {
+    email: Option<String>,
+    display_name: Option<String>,
+    avatar_url: Option<String>,
+}
+
+fn clerk_profile(data: &Value) -> ClerkProfile {
+    let primary = data["primary_email_address_id"].as_str();
+    let email = data["email_addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| primary.is_none() || e["id"].as_str() == primary)
+        .and_then(|e| e["email_address"].as_str())
+        .map(str::to_string);
+    let name = [data["first_name"].as_str(), data["last_name"].as_str()]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let display_name = Some(name)
+        .filter(|n| !n.is_empty())
+        .or_else(|| data["username"].as_str().map(str::to_string));
+    ClerkProfile {
+        email,
+        display_name,
+        avatar_url: data["image_url"].as_str().map(str::to_string),
+    }
 }
