@@ -28,6 +28,14 @@ pub enum Relation {
         to = "super::users::Column::Id"
     )]
     Owner,
+    #[sea_orm(has_many = "super::team_members::Entity")]
+    Members,
+}
+
+impl Related<super::team_members::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Members.def()
+    }
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -3,6 +3,7 @@
 
 pub mod clerk_webhook;
 pub mod dev;
+pub mod guard;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;

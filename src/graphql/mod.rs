@@ -3,7 +3,9 @@
 
 pub mod denials;
 pub mod limits;
+pub mod loaders;
 pub mod system;
+pub mod teams;
 pub mod transport;
 pub mod users;
 pub mod ws;
@@ -14,11 +16,11 @@ use crate::{config::Config, metrics::Metrics, state::AppState};
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(system::SystemQuery, users::UsersQuery);
+pub struct QueryRoot(system::SystemQuery, users::UsersQuery, teams::TeamsQuery);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(users::UsersMutation);
+pub struct MutationRoot(users::UsersMutation, teams::TeamsMutation);
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]

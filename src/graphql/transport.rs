@@ -15,7 +15,10 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::limits::{self, PARSE_FAILED, VALIDATION_FAILED};
+use super::{
+    limits::{self, PARSE_FAILED, VALIDATION_FAILED},
+    loaders::Loaders,
+};
 use crate::{
     error::AppError,
     state::{HttpState, RequestMeta},
@@ -167,7 +170,8 @@ async fn execute(
     };
     let batch = batch
         .data(RequestMeta::from_headers(headers, Some(peer)))
-        .data(principal);
+        .data(principal)
+        .data(Loaders::new(&http.state.db));
     media.respond(http.schema.execute_batch(batch).await)
 }
 

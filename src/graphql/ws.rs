@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamMap;
 use tracing::Instrument;
 
-use super::AppSchema;
+use super::{AppSchema, loaders::Loaders};
 use crate::{
     auth::{Authenticator, Principal, bearer},
     state::{HttpState, RequestMeta},
@@ -297,6 +297,7 @@ struct Connection {
     schema: AppSchema,
     outbox: Outbox,
     auth: Arc<Authenticator>,
+    db: sea_orm::DatabaseConnection,
     meta: RequestMeta,
     /// What operations see: the request id and, once initialised, the principal.
     session: Arc<Data>,
@@ -316,6 +317,7 @@ impl Connection {
             schema: http.schema.clone(),
             outbox,
             auth: http.state.auth.clone(),
+            db: http.state.db.clone(),
             meta: handshake.meta,
             session: Arc::default(),
             expires: None,
@@ -404,6 +406,7 @@ impl Connection {
                 let mut data = Data::default();
                 data.insert(self.meta.clone());
                 data.insert(principal);
+                data.insert(Loaders::new(&self.db));
                 self.session = Arc::new(data);
                 self.acked = true;
                 self.outbox.json(json!({"type": "connection_ack"})).await?;
@@ -522,7 +525,11 @@ async fn serve_legacy(
         });
     let mut session = Data::default();
     session.insert(handshake.meta);
-    let (auth, origin_allowed) = (http.state.auth.clone(), handshake.origin_allowed);
+    let (auth, origin_allowed, db) = (
+        http.state.auth.clone(),
+        handshake.origin_allowed,
+        http.state.db.clone(),
+    );
     let mut engine = async_graphql::http::WebSocket::new(
         http.schema.clone(),
         input,
@@ -535,6 +542,7 @@ async fn serve_legacy(
             .map_err(|_| "Forbidden")?;
         let mut data = Data::default();
         data.insert(principal);
+        data.insert(Loaders::new(&db));
         Ok(data)
     });
     let mut shutdown = http.state.shutdown.clone();

@@ -19,12 +19,26 @@ pub mod actions {
     pub const USER_ROLE_SET: &str = "user.role.set";
     pub const USER_SYNC: &str = "user.sync";
     pub const USER_DELETE: &str = "user.delete";
+    pub const TEAM_CREATE: &str = "team.create";
+    pub const TEAM_UPDATE: &str = "team.update";
+    pub const TEAM_ARCHIVE: &str = "team.archive";
+    pub const TEAM_DELETE: &str = "team.delete";
+    pub const TEAM_MEMBER_ADD: &str = "team.member.add";
+    pub const TEAM_MEMBER_UPDATE: &str = "team.member.update";
+    pub const TEAM_MEMBER_REMOVE: &str = "team.member.remove";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
         Some(match field {
             "updateProfile" => (USER_PROFILE_UPDATE, "user"),
             "setUserRole" => (USER_ROLE_SET, "user"),
+            "createTeam" => (TEAM_CREATE, "team"),
+            "updateTeam" => (TEAM_UPDATE, "team"),
+            "archiveTeam" => (TEAM_ARCHIVE, "team"),
+            "deleteTeam" => (TEAM_DELETE, "team"),
+            "addTeamMember" => (TEAM_MEMBER_ADD, "team_member"),
+            "updateTeamMember" => (TEAM_MEMBER_UPDATE, "team_member"),
+            "removeTeamMember" => (TEAM_MEMBER_REMOVE, "team_member"),
             _ => return None,
         })
     }

@@ -3,4 +3,5 @@
 pub mod audit;
 pub mod page;
 pub mod system;
+pub mod teams;
 pub mod users;

@@ -14,7 +14,10 @@ use super::{
     page::{Page, PageRequest},
 };
 use crate::{
-    auth::{GlobalRole, Principal, UserPrincipal},
+    auth::{
+        GlobalRole, Principal, UserPrincipal,
+        guard::{admin, signed_in},
+    },
     db,
     error::{AppError, Problem},
 };
@@ -102,23 +105,6 @@ impl ProfileChanges {
                 problems,
             }),
         }
-    }
-}
-
-fn signed_in(caller: &Caller) -> Result<&UserPrincipal, AppError> {
-    match &caller.principal {
-        Principal::User(user) => Ok(user),
-        Principal::Anonymous | Principal::System(_) => {
-            Err(AppError::Unauthenticated("Sign in to do this.".into()))
-        }
-    }
-}
-
-fn admin(caller: &Caller) -> Result<&UserPrincipal, AppError> {
-    let user = signed_in(caller)?;
-    match user.role {
-        GlobalRole::Admin => Ok(user),
-        GlobalRole::Member => Err(AppError::Forbidden("Only an admin may do this.".into())),
     }
 }
 

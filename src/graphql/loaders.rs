@@ -1,0 +1,62 @@
+//! Per-request DataLoaders: nested lists (a team's members, a member's user) load in one
+//! batched query per level, whatever the number of parents.
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use entity::{team_members, users};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+use crate::service::teams;
+
+/// The loaders of one request (or websocket); each batches the loads of one resolution step.
+#[derive(Clone)]
+pub struct Loaders {
+    pub members: Arc<DataLoader<MembersLoader>>,
+    pub users: Arc<DataLoader<UsersLoader>>,
+}
+
+impl Loaders {
+    pub fn new(db: &DatabaseConnection) -> Self {
+        Self {
+            members: Arc::new(DataLoader::new(MembersLoader(db.clone()), tokio::spawn)),
+            users: Arc::new(DataLoader::new(UsersLoader(db.clone()), tokio::spawn)),
+        }
+    }
+}
+
+/// Team id → its members.
+pub struct MembersLoader(DatabaseConnection);
+
+impl Loader<String> for MembersLoader {
+    type Value = Vec<team_members::Model>;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = teams::members_of(&self.0, keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut by_team: HashMap<String, Self::Value> = HashMap::new();
+        for row in rows {
+            by_team.entry(row.team_id.clone()).or_default().push(row);
+        }
+        Ok(by_team)
+    }
+}
+
+/// User id → the user.
+pub struct UsersLoader(DatabaseConnection);
+
+impl Loader<String> for UsersLoader {
+    type Value = users::Model;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = users::Entity::find()
+            .filter(users::Column::Id.is_in(keys.iter().cloned()))
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().map(|u| (u.id.clone(), u)).collect())
+    }
+}

@@ -1,0 +1,312 @@
+//! Teams and members: `team`, `teams`, `createTeam`, `updateTeam`, `archiveTeam`,
+//! `deleteTeam`, `addTeamMember`, `updateTeamMember`, `removeTeamMember`.
+
+use async_graphql::{
+    Context, ErrorExtensions, ID, InputObject, Json, Object,
+    connection::{Connection, Edge},
+};
+use chrono::{DateTime, Utc};
+use entity::{team_members, teams as rows};
+use serde_json::Value;
+
+use super::{caller, loaders::Loaders, principal, users::User};
+use crate::{
+    auth::{GlobalRole, Principal, guard::TeamRole},
+    error::{AppError, GqlResultExt},
+    service::{
+        page::{PageRequest, encode_cursor},
+        teams::{self, NewTeam, TeamChanges, Visibility},
+    },
+    state::AppState,
+};
+
+#[derive(Default)]
+pub struct TeamsQuery;
+
+#[Object]
+impl TeamsQuery {
+    /// A team you may see.
+    async fn team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
+        let state = ctx.data::<AppState>()?;
+        teams::get(&state.db, &caller(ctx), &id)
+            .await
+            .map(Team)
+            .gql()
+    }
+
+    /// Your teams, newest first (every team for an admin).
+    #[graphql(complexity = "first.map_or(20, |n| n.max(1) as usize) * child_complexity")]
+    async fn teams(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Team>> {
+        let state = ctx.data::<AppState>()?;
+        let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
+        let rows = teams::list(&state.db, &caller(ctx), &page).await.gql()?;
+        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
+        connection.edges.extend(
+            rows.items
+                .into_iter()
+                .map(|t| Edge::new(encode_cursor(&t.id), Team(t))),
+        );
+        Ok(connection)
+    }
+}
+
+#[derive(Default)]
+pub struct TeamsMutation;
+
+#[Object]
+impl TeamsMutation {
+    /// Creates a team; you become its owner. Without a spec it starts with one `local/echo` agent.
+    async fn create_team(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateTeamInput,
+    ) -> async_graphql::Result<Team> {
+        let state = ctx.data::<AppState>()?;
+        let new = NewTeam {
+            name: input.name,
+            description: input.description,
+            visibility: input.visibility,
+            spec: input.spec.map(|s| s.0),
+        };
+        teams::create(&state.db, &caller(ctx), new)
+            .await
+            .map(Team)
+            .gql()
+    }
+
+    /// Renames or redescribes a team (editors and owners). A stale `expectedVersion` is CONFLICT.
+    async fn update_team(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateTeamInput,
+        expected_version: Option<i32>,
+    ) -> async_graphql::Result<Team> {
+        let state = ctx.data::<AppState>()?;
+        let changes = TeamChanges {
+            name: input.name,
+            description: input.description,
+            visibility: input.visibility,
+            expected_version,
+        };
+        teams::update(&state.db, &caller(ctx), &id, changes)
+            .await
+            .map(Team)
+            .gql()
+    }
+
+    /// Archives a team (owners): it stays readable.
+    async fn archive_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
+        let state = ctx.data::<AppState>()?;
+        teams::archive(&state.db, &caller(ctx), &id)
+            .await
+            .map(Team)
+            .gql()
+    }
+
+    /// Deletes a team and its memberships (owners); returns it as it was.
+    async fn delete_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
+        let state = ctx.data::<AppState>()?;
+        teams::delete(&state.db, &caller(ctx), &id)
+            .await
+            .map(Team)
+            .gql()
+    }
+
+    /// Adds a user who has signed in before to a team (owners).
+    async fn add_team_member(
+        &self,
+        ctx: &Context<'_>,
+        team_id: ID,
+        input: TeamMemberInput,
+    ) -> async_graphql::Result<TeamMember> {
+        let state = ctx.data::<AppState>()?;
+        teams::add_member(
+            &state.db,
+            &caller(ctx),
+            &team_id,
+            &input.user_id,
+            input.role,
+        )
+        .await
+        .map(TeamMember)
+        .gql()
+    }
+
+    /// Changes a member's role (owners). The last owner cannot be demoted.
+    async fn update_team_member(
+        &self,
+        ctx: &Context<'_>,
+        team_id: ID,
+        input: TeamMemberInput,
+    ) -> async_graphql::Result<TeamMember> {
+        let state = ctx.data::<AppState>()?;
+        teams::update_member(
+            &state.db,
+            &caller(ctx),
+            &team_id,
+            &input.user_id,
+            input.role,
+        )
+        .await
+        .map(TeamMember)
+        .gql()
+    }
+
+    /// Removes a member (owners), or leaves a team (anyone). The last owner cannot go.
+    async fn remove_team_member(
+        &self,
+        ctx: &Context<'_>,
+        team_id: ID,
+        user_id: ID,
+    ) -> async_graphql::Result<TeamMember> {
+        let state = ctx.data::<AppState>()?;
+        teams::remove_member(&state.db, &caller(ctx), &team_id, &user_id)
+            .await
+            .map(TeamMember)
+            .gql()
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateTeamInput {
+    /// 1 to 100 characters.
+    pub name: String,
+    /// At most 2000 characters.
+    pub description: Option<String>,
+    /// PRIVATE (the default) or PUBLIC.
+    pub visibility: Option<Visibility>,
+    /// A TeamSpec document (`"format": "ensemble.team/v1"`).
+    pub spec: Option<Json<Value>>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateTeamInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub visibility: Option<Visibility>,
+}
+
+#[derive(InputObject)]
+pub struct TeamMemberInput {
+    /// The member's user id.
+    pub user_id: ID,
+    pub role: TeamRole,
+}
+
+/// A team of agents.
+pub struct Team(pub rows::Model);
+
+#[Object]
+impl Team {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Unique, URL-friendly name.
+    async fn slug(&self) -> &str {
+        &self.0.slug
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn visibility(&self) -> Visibility {
+        Visibility::parse(&self.0.visibility)
+    }
+    /// The current spec version.
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    /// The current TeamSpec document.
+    async fn spec(&self) -> Json<&Value> {
+        Json(&self.0.spec)
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// When the team was archived, if it was.
+    async fn archived_at(&self) -> Option<DateTime<Utc>> {
+        self.0.archived_at
+    }
+
+    /// Your role on this team (null when you only see it because it is public).
+    async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
+        let members = self.load_members(ctx).await?;
+        Ok(match principal(ctx) {
+            Principal::User(user) if user.role == GlobalRole::Admin => Some(TeamRole::Owner),
+            Principal::User(user) => members
+                .iter()
+                .find(|m| m.user_id == user.id)
+                .and_then(|m| TeamRole::parse(&m.role)),
+            _ => None,
+        })
+    }
+
+    /// Who belongs to the team (members and admins only).
+    async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
+        if self.my_role(ctx).await?.is_none() {
+            return Err(
+                AppError::Forbidden("Only members see who belongs to a team.".into()).extend(),
+            );
+        }
+        Ok(self
+            .load_members(ctx)
+            .await?
+            .into_iter()
+            .map(TeamMember)
+            .collect())
+    }
+}
+
+impl Team {
+    async fn load_members(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<team_members::Model>> {
+        let loaders = ctx.data::<Loaders>()?;
+        let members = loaders
+            .members
+            .load_one(self.0.id.clone())
+            .await
+            .map_err(AppError::internal)
+            .gql()?;
+        Ok(members.unwrap_or_default())
+    }
+}
+
+/// A user's role on a team.
+pub struct TeamMember(pub team_members::Model);
+
+#[Object]
+impl TeamMember {
+    async fn user_id(&self) -> ID {
+        ID(self.0.user_id.clone())
+    }
+    async fn role(&self) -> Option<TeamRole> {
+        TeamRole::parse(&self.0.role)
+    }
+    /// When they joined.
+    async fn added_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let loaders = ctx.data::<Loaders>()?;
+        let user = loaders
+            .users
+            .load_one(self.0.user_id.clone())
+            .await
+            .map_err(AppError::internal)
+            .gql()?;
+        Ok(user.map(User::from))
+    }
+}

@@ -1,0 +1,485 @@
+//! Teams and their members. Access is decided by `auth::guard`; every change is audited in its
+//! own transaction.
+
+use chrono::Utc;
+use entity::{team_members, teams, users};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set,
+};
+use serde_json::{Value, json};
+
+use super::{
+    audit::{self, Caller, Entry, actions},
+    page::{Page, PageRequest},
+};
+use crate::{
+    auth::{
+        GlobalRole,
+        guard::{self, TeamRole, signed_in},
+    },
+    db,
+    error::{AppError, Problem},
+};
+
+/// Who may find a team.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
+pub enum Visibility {
+    /// Members only.
+    Private,
+    /// Anyone may view it.
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Public => "public",
+        }
+    }
+
+    pub fn parse(value: &str) -> Self {
+        if value == "public" {
+            Self::Public
+        } else {
+            Self::Private
+        }
+    }
+}
+
+/// The spec a team starts with when none is given: one agent answering with the offline model.
+pub fn default_spec() -> Value {
+    json!({
+        "format": "ensemble.team/v1",
+        "agents": [{"name": "assistant", "model": "local/echo", "systemPrompt": "You are a helpful assistant."}],
+        "routing": {"rules": [], "default": "assistant"}
+    })
+}
+
+pub struct NewTeam {
+    pub name: String,
+    pub description: Option<String>,
+    pub visibility: Option<Visibility>,
+    pub spec: Option<Value>,
+}
+
+pub struct TeamChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub visibility: Option<Visibility>,
+    /// The version the caller last saw; another one means someone changed the team since.
+    pub expected_version: Option<i32>,
+}
+
+fn check_name(name: &str, problems: &mut Vec<Problem>) {
+    if name.trim().is_empty() || name.chars().count() > 100 {
+        problems.push(Problem::new("name", "must be 1 to 100 characters"));
+    }
+}
+
+fn check_description(description: Option<&str>, problems: &mut Vec<Problem>) {
+    if description.is_some_and(|d| d.chars().count() > 2000) {
+        problems.push(Problem::new(
+            "description",
+            "must be at most 2000 characters",
+        ));
+    }
+}
+
+fn refuse(problems: Vec<Problem>) -> Result<(), AppError> {
+    match problems.len() {
+        0 => Ok(()),
+        n => Err(AppError::BadUserInput {
+            message: format!("{n} problem(s) with the team"),
+            problems,
+        }),
+    }
+}
+
+/// `Support Triage!` → `support-triage`.
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.trim().to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug
+        .trim_end_matches('-')
+        .chars()
+        .take(60)
+        .collect::<String>();
+    if slug.is_empty() { "team".into() } else { slug }
+}
+
+async fn free_slug<C: ConnectionTrait>(conn: &C, name: &str, id: &str) -> Result<String, AppError> {
+    let slug = slugify(name);
+    let taken = teams::Entity::find()
+        .filter(teams::Column::Slug.eq(&slug))
+        .count(conn)
+        .await?
+        > 0;
+    Ok(if taken {
+        format!("{slug}-{}", &id[id.len() - 6..])
+    } else {
+        slug
+    })
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    new: NewTeam,
+) -> Result<teams::Model, AppError> {
+    let me = signed_in(caller)?;
+    let mut problems = Vec::new();
+    check_name(&new.name, &mut problems);
+    check_description(new.description.as_deref(), &mut problems);
+    if new.spec.as_ref().is_some_and(|s| !s.is_object()) {
+        problems.push(Problem::new(
+            "spec",
+            "must be a JSON object (a TeamSpec document)",
+        ));
+    }
+    refuse(problems)?;
+    let id = format!("team_{}", uuid::Uuid::now_v7().simple());
+    let now = Utc::now();
+    let txn = db::begin_write(db).await?;
+    let team = teams::ActiveModel {
+        id: Set(id.clone()),
+        owner_id: Set(me.id.clone()),
+        name: Set(new.name.trim().to_string()),
+        slug: Set(free_slug(&txn, &new.name, &id).await?),
+        description: Set(new.description),
+        visibility: Set(new
+            .visibility
+            .unwrap_or(Visibility::Private)
+            .as_str()
+            .to_string()),
+        spec: Set(new.spec.unwrap_or_else(default_spec)),
+        version: Set(1),
+        created_at: Set(now),
+        updated_at: Set(now),
+        archived_at: Set(None),
+    }
+    .insert(&txn)
+    .await?;
+    team_members::ActiveModel {
+        team_id: Set(id.clone()),
+        user_id: Set(me.id.clone()),
+        role: Set(TeamRole::Owner.as_str().to_string()),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility});
+    audit::allowed(
+        &txn,
+        caller,
+        Entry::new(actions::TEAM_CREATE, "team", id.clone())
+            .team(&id)
+            .changes(changes),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(team)
+}
+
+pub async fn get(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: &str,
+) -> Result<teams::Model, AppError> {
+    Ok(guard::team(db, caller, id, TeamRole::Viewer).await?.team)
+}
+
+/// The caller's teams (every team for an admin), newest first by id.
+pub async fn list(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    page: &PageRequest,
+) -> Result<Page<teams::Model>, AppError> {
+    let me = signed_in(caller)?;
+    let mut query = teams::Entity::find();
+    if me.role != GlobalRole::Admin {
+        query = query
+            .join(JoinType::InnerJoin, teams::Relation::Members.def())
+            .filter(team_members::Column::UserId.eq(&me.id));
+    }
+    if let Some(after) = &page.after {
+        query = query.filter(teams::Column::Id.lt(after.as_str()));
+    }
+    let rows = query
+        .order_by_desc(teams::Column::Id)
+        .limit(page.first + 1)
+        .all(db)
+        .await?;
+    Ok(page.page(rows))
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: &str,
+    changes: TeamChanges,
+) -> Result<teams::Model, AppError> {
+    let mut problems = Vec::new();
+    if let Some(name) = &changes.name {
+        check_name(name, &mut problems);
+    }
+    check_description(changes.description.as_deref(), &mut problems);
+    let txn = db::begin_write(db).await?;
+    let access = guard::team(&txn, caller, id, TeamRole::Editor).await?;
+    refuse(problems)?;
+    if let Some(expected) = changes.expected_version
+        && expected != access.team.version
+    {
+        return Err(AppError::Conflict(format!(
+            "The team is at version {}, not {expected}: reload it and apply your change again.",
+            access.team.version
+        )));
+    }
+    let mut changed = serde_json::Map::new();
+    let mut active: teams::ActiveModel = access.team.into();
+    if let Some(name) = changes.name {
+        changed.insert("name".into(), name.trim().into());
+        active.name = Set(name.trim().to_string());
+    }
+    if let Some(description) = changes.description {
+        changed.insert("description".into(), description.clone().into());
+        active.description = Set(Some(description));
+    }
+    if let Some(visibility) = changes.visibility {
+        changed.insert("visibility".into(), visibility.as_str().into());
+        active.visibility = Set(visibility.as_str().to_string());
+    }
+    active.updated_at = Set(Utc::now());
+    let team = active.update(&txn).await?;
+    audit::allowed(
+        &txn,
+        caller,
+        Entry::new(actions::TEAM_UPDATE, "team", id.to_string())
+            .team(id)
+            .changes(changed.into()),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(team)
+}
+
+pub async fn archive(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: &str,
+) -> Result<teams::Model, AppError> {
+    let txn = db::begin_write(db).await?;
+    let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
+    let mut active: teams::ActiveModel = access.team.into();
+    let now = Utc::now();
+    active.archived_at = Set(Some(now));
+    active.updated_at = Set(now);
+    let team = active.update(&txn).await?;
+    audit::allowed(
+        &txn,
+        caller,
+        Entry::new(actions::TEAM_ARCHIVE, "team", id.to_string()).team(id),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(team)
+}
+
+/// Deletes the team and its memberships; returns what it was.
+pub async fn delete(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: &str,
+) -> Result<teams::Model, AppError> {
+    let txn = db::begin_write(db).await?;
+    let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
+    team_members::Entity::delete_many()
+        .filter(team_members::Column::TeamId.eq(id))
+        .exec(&txn)
+        .await?;
+    teams::Entity::delete_by_id(id).exec(&txn).await?;
+    let changes = json!({"name": access.team.name, "slug": access.team.slug});
+    audit::allowed(
+        &txn,
+        caller,
+        Entry::new(actions::TEAM_DELETE, "team", id.to_string())
+            .team(id)
+            .changes(changes),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(access.team)
+}
+
+/// Members of the given teams, for the batched loader.
+pub async fn members_of(
+    db: &DatabaseConnection,
+    team_ids: &[String],
+) -> Result<Vec<team_members::Model>, AppError> {
+    Ok(team_members::Entity::find()
+        .filter(team_members::Column::TeamId.is_in(team_ids.iter().cloned()))
+        .order_by_asc(team_members::Column::CreatedAt)
+        .all(db)
+        .await?)
+}
+
+pub async fn add_member(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    user_id: &str,
+    role: TeamRole,
+) -> Result<team_members::Model, AppError> {
+    let txn = db::begin_write(db).await?;
+    guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
+    let user = users::Entity::find_by_id(user_id)
+        .one(&txn)
+        .await?
+        .filter(|u| u.deleted_at.is_none());
+    if user.is_none() {
+        return Err(AppError::BadUserInput {
+            message: format!("No user {user_id} has signed in yet."),
+            problems: vec![Problem::new("userId", "unknown user")],
+        });
+    }
+    if membership(&txn, team_id, user_id).await?.is_some() {
+        return Err(AppError::Conflict(format!(
+            "{user_id} is already a member; change their role instead."
+        )));
+    }
+    let member = team_members::ActiveModel {
+        team_id: Set(team_id.to_string()),
+        user_id: Set(user_id.to_string()),
+        role: Set(role.as_str().to_string()),
+        created_at: Set(Utc::now()),
+    }
+    .insert(&txn)
+    .await?;
+    let entry = Entry::new(actions::TEAM_MEMBER_ADD, "team_member", user_id.to_string())
+        .team(team_id)
+        .changes(json!({"userId": user_id, "role": role.as_str()}));
+    audit::allowed(&txn, caller, entry).await?;
+    txn.commit().await?;
+    Ok(member)
+}
+
+pub async fn update_member(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    user_id: &str,
+    role: TeamRole,
+) -> Result<team_members::Model, AppError> {
+    let txn = db::begin_write(db).await?;
+    guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
+    let member = membership(&txn, team_id, user_id)
+        .await?
+        .ok_or_else(no_member)?;
+    let before = member.role.clone();
+    if before == TeamRole::Owner.as_str() && role != TeamRole::Owner {
+        keep_an_owner(&txn, team_id).await?;
+    }
+    let mut active: team_members::ActiveModel = member.into();
+    active.role = Set(role.as_str().to_string());
+    let member = active.update(&txn).await?;
+    let entry = Entry::new(
+        actions::TEAM_MEMBER_UPDATE,
+        "team_member",
+        user_id.to_string(),
+    )
+    .team(team_id)
+    .changes(json!({"role": {"from": before, "to": role.as_str()}}));
+    audit::allowed(&txn, caller, entry).await?;
+    txn.commit().await?;
+    Ok(member)
+}
+
+/// Owners remove anyone; any member may leave. The last owner may do neither.
+pub async fn remove_member(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    user_id: &str,
+) -> Result<team_members::Model, AppError> {
+    let leaving = caller.principal.user_id() == Some(user_id);
+    let need = if leaving {
+        TeamRole::Viewer
+    } else {
+        TeamRole::Owner
+    };
+    let txn = db::begin_write(db).await?;
+    guard::team(&txn, caller, team_id, need).await?;
+    let member = membership(&txn, team_id, user_id)
+        .await?
+        .ok_or_else(no_member)?;
+    if member.role == TeamRole::Owner.as_str() {
+        keep_an_owner(&txn, team_id).await?;
+    }
+    team_members::Entity::delete_many()
+        .filter(team_members::Column::TeamId.eq(team_id))
+        .filter(team_members::Column::UserId.eq(user_id))
+        .exec(&txn)
+        .await?;
+    let entry = Entry::new(
+        actions::TEAM_MEMBER_REMOVE,
+        "team_member",
+        user_id.to_string(),
+    )
+    .team(team_id)
+    .changes(json!({"userId": user_id, "role": member.role}));
+    audit::allowed(&txn, caller, entry).await?;
+    txn.commit().await?;
+    Ok(member)
+}
+
+async fn membership<C: ConnectionTrait>(
+    conn: &C,
+    team_id: &str,
+    user_id: &str,
+) -> Result<Option<team_members::Model>, AppError> {
+    Ok(team_members::Entity::find()
+        .filter(team_members::Column::TeamId.eq(team_id))
+        .filter(team_members::Column::UserId.eq(user_id))
+        .lock_exclusive()
+        .one(conn)
+        .await?)
+}
+
+fn no_member() -> AppError {
+    AppError::NotFound("That user is not a member of this team.".into())
+}
+
+/// Refuses to leave the team without an owner (the caller is about to demote or remove one).
+async fn keep_an_owner<C: ConnectionTrait>(conn: &C, team_id: &str) -> Result<(), AppError> {
+    let owners = team_members::Entity::find()
+        .filter(team_members::Column::TeamId.eq(team_id))
+        .filter(team_members::Column::Role.eq(TeamRole::Owner.as_str()))
+        .count(conn)
+        .await?;
+    if owners <= 1 {
+        return Err(AppError::Conflict(
+            "The team would have no owner: make someone else owner first.".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slugify;
+
+    #[test]
+    fn slugs_are_lowercase_words_joined_by_dashes() {
+        assert_eq!(slugify("  Support Triage! "), "support-triage");
+        assert_eq!(slugify("Ünïcode ☃ team"), "n-code-team");
+        assert_eq!(slugify("!!!"), "team");
+    }
+}

@@ -1,0 +1,276 @@
+//! Teams: creating, listing, editing, archiving, deleting, and their members and roles.
+
+mod common;
+
+use common::{TestApp, first_code};
+use ensemble::auth::GlobalRole;
+use serde_json::{Value, json};
+
+const CREATE: &str = "mutation($input: CreateTeamInput!) { createTeam(input: $input) { id name slug version visibility myRole spec members { userId role user { id email } } } }";
+const ADD: &str = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { addTeamMember(teamId: $team, input: {userId: $user, role: $role}) { userId role } }";
+const UPDATE_MEMBER: &str = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { updateTeamMember(teamId: $team, input: {userId: $user, role: $role}) { userId role } }";
+const REMOVE: &str = "mutation($team: ID!, $user: ID!) { removeTeamMember(teamId: $team, userId: $user) { userId } }";
+
+async fn signed_in(app: &TestApp, user: &str) -> String {
+    let token = app.token(user, GlobalRole::Member);
+    app.gql_as(&token, "{ me { id } }", json!({})).await;
+    token
+}
+
+async fn create(app: &TestApp, token: &str, input: Value) -> Value {
+    let (_, body) = app.gql_as(token, CREATE, json!({"input": input})).await;
+    body
+}
+
+#[tokio::test]
+async fn a_new_team_has_its_creator_as_owner_and_a_default_spec() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let body = create(&app, &owner, json!({"name": "  Support Triage "})).await;
+    let team = &body["data"]["createTeam"];
+    assert_eq!(team["name"], "Support Triage");
+    assert_eq!(team["slug"], "support-triage");
+    assert_eq!(team["version"], 1);
+    assert_eq!(team["visibility"], "PRIVATE");
+    assert_eq!(team["myRole"], "OWNER");
+    assert_eq!(team["spec"]["format"], "ensemble.team/v1");
+    assert_eq!(team["spec"]["agents"][0]["model"], "local/echo");
+    assert_eq!(
+        team["members"],
+        json!([{"userId": "user_o", "role": "OWNER", "user": {"id": "user_o", "email": "user_o@example.com"}}])
+    );
+
+    let again = create(&app, &owner, json!({"name": "Support triage"})).await;
+    let slug = again["data"]["createTeam"]["slug"].as_str().unwrap();
+    assert!(
+        slug.starts_with("support-triage-") && slug.len() == "support-triage-".len() + 6,
+        "{slug}"
+    );
+}
+
+#[tokio::test]
+async fn bad_team_input_lists_every_problem_and_creates_nothing() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let body = create(
+        &app,
+        &owner,
+        json!({"name": " ", "description": "d".repeat(2001), "spec": [1, 2]}),
+    )
+    .await;
+    assert_eq!(first_code(&body), "BAD_USER_INPUT");
+    let paths: Vec<&str> = body["errors"][0]["extensions"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["name", "description", "spec"]);
+    let (_, list) = app
+        .gql_as(&owner, "{ teams { nodes { id } } }", json!({}))
+        .await;
+    assert_eq!(list["data"]["teams"]["nodes"], json!([]));
+}
+
+#[tokio::test]
+async fn teams_lists_your_teams_newest_first_page_by_page() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let other = signed_in(&app, "user_x").await;
+    for name in ["One", "Two", "Three"] {
+        create(&app, &owner, json!({"name": name})).await;
+    }
+    create(&app, &other, json!({"name": "Not yours"})).await;
+    let list = "query($after: String) { teams(first: 2, after: $after) { nodes { name } pageInfo { hasNextPage endCursor } } }";
+    let (_, page1) = app.gql_as(&owner, list, json!({})).await;
+    assert_eq!(
+        page1["data"]["teams"]["nodes"],
+        json!([{"name": "Three"}, {"name": "Two"}])
+    );
+    let after = page1["data"]["teams"]["pageInfo"]["endCursor"].clone();
+    let (_, page2) = app.gql_as(&owner, list, json!({"after": after})).await;
+    assert_eq!(page2["data"]["teams"]["nodes"], json!([{"name": "One"}]));
+    assert_eq!(page2["data"]["teams"]["pageInfo"]["hasNextPage"], false);
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_is_a_conflict_naming_the_current_one() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let id =
+        create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    let update = "mutation($id: ID!, $v: Int) { updateTeam(id: $id, input: {name: \"Renamed\"}, expectedVersion: $v) { name } }";
+    let (_, body) = app.gql_as(&owner, update, json!({"id": id, "v": 7})).await;
+    assert_eq!(first_code(&body), "CONFLICT");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("version 1")
+    );
+    let (_, body) = app.gql_as(&owner, update, json!({"id": id, "v": 1})).await;
+    assert_eq!(body["data"]["updateTeam"]["name"], "Renamed");
+}
+
+#[tokio::test]
+async fn the_last_owner_can_be_neither_demoted_nor_removed() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    signed_in(&app, "user_p").await;
+    let team =
+        create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            UPDATE_MEMBER,
+            json!({"team": team, "user": "user_o", "role": "EDITOR"}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "CONFLICT");
+    let (_, body) = app
+        .gql_as(&owner, REMOVE, json!({"team": team, "user": "user_o"}))
+        .await;
+    assert_eq!(first_code(&body), "CONFLICT");
+
+    app.gql_as(
+        &owner,
+        ADD,
+        json!({"team": team, "user": "user_p", "role": "OWNER"}),
+    )
+    .await;
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            UPDATE_MEMBER,
+            json!({"team": team, "user": "user_o", "role": "EDITOR"}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["updateTeamMember"],
+        json!({"userId": "user_o", "role": "EDITOR"})
+    );
+}
+
+#[tokio::test]
+async fn members_are_added_once_and_may_leave() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let viewer = signed_in(&app, "user_v").await;
+    let team =
+        create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            ADD,
+            json!({"team": team, "user": "user_v", "role": "VIEWER"}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["addTeamMember"],
+        json!({"userId": "user_v", "role": "VIEWER"})
+    );
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            ADD,
+            json!({"team": team, "user": "user_v", "role": "EDITOR"}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "CONFLICT");
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            ADD,
+            json!({"team": team, "user": "user_never_seen", "role": "EDITOR"}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "BAD_USER_INPUT");
+
+    let (_, body) = app
+        .gql_as(&viewer, REMOVE, json!({"team": team, "user": "user_v"}))
+        .await;
+    assert_eq!(
+        body["data"]["removeTeamMember"]["userId"], "user_v",
+        "a member may leave: {body}"
+    );
+    let (_, body) = app
+        .gql_as(
+            &viewer,
+            "query($id: ID!) { team(id: $id) { id } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_public_team_is_visible_to_anyone_but_its_members_are_not() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let team = create(
+        &app,
+        &owner,
+        json!({"name": "Showcase", "visibility": "PUBLIC"}),
+    )
+    .await["data"]["createTeam"]["id"]
+        .clone();
+    let body = app
+        .gql(
+            "query($id: ID!) { team(id: $id) { name myRole } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["team"],
+        json!({"name": "Showcase", "myRole": null})
+    );
+    let body = app
+        .gql(
+            "query($id: ID!) { team(id: $id) { members { userId } } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "FORBIDDEN");
+    let body = app
+        .gql(
+            "mutation($id: ID!) { updateTeam(id: $id, input: {name: \"x\"}) { id } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn archiving_keeps_the_team_and_deleting_removes_it() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let team =
+        create(&app, &owner, json!({"name": "Old"})).await["data"]["createTeam"]["id"].clone();
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            "mutation($id: ID!) { archiveTeam(id: $id) { archivedAt } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert!(
+        body["data"]["archiveTeam"]["archivedAt"].is_string(),
+        "{body}"
+    );
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            "mutation($id: ID!) { deleteTeam(id: $id) { name } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert_eq!(body["data"]["deleteTeam"]["name"], "Old");
+    let (_, body) = app
+        .gql_as(
+            &owner,
+            "query($id: ID!) { team(id: $id) { id } }",
+            json!({"id": team}),
+        )
+        .await;
+    assert_eq!(first_code(&body), "NOT_FOUND");
+}
