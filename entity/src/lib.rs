@@ -1,5 +1,6 @@
 //! sea-orm entities, one file per table (DESIGN §2).
 
+pub mod api_keys;
 pub mod audit_head;
 pub mod audit_logs;
 pub mod team_members;

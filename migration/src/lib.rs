@@ -8,6 +8,7 @@ pub mod d1;
 mod m0001_identity;
 pub mod m0002_audit_chain;
 mod m0003_webhook_events;
+mod m0004_api_keys;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_identity::Migration),
             Box::new(m0002_audit_chain::Migration),
             Box::new(m0003_webhook_events::Migration),
+            Box::new(m0004_api_keys::Migration),
         ]
     }
 }

@@ -5,7 +5,7 @@
 use entity::{team_members, teams};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
-use super::{GlobalRole, Principal, UserPrincipal};
+use super::{GlobalRole, Principal, UserPrincipal, api_key::Scope, principal::KeyPrincipal};
 use crate::{error::AppError, service::audit::Caller};
 
 /// Per-team roles, weakest first: a stronger role may do all a weaker one may.
@@ -48,48 +48,98 @@ pub struct TeamAccess {
     pub role: TeamRole,
 }
 
-/// The signed-in user, or UNAUTHENTICATED.
-pub fn signed_in(caller: &Caller) -> Result<&UserPrincipal, AppError> {
-    match &caller.principal {
-        Principal::User(user) => Ok(user),
-        Principal::Anonymous | Principal::System(_) => {
-            Err(AppError::Unauthenticated("Sign in to do this.".into()))
-        }
+/// The scope an API key needs to act with `role` on a team.
+fn scope_for(role: TeamRole) -> Scope {
+    match role {
+        TeamRole::Viewer => Scope::TeamsRead,
+        TeamRole::Operator => Scope::RunsExecute,
+        TeamRole::Editor | TeamRole::Owner => Scope::TeamsWrite,
     }
 }
 
-/// The signed-in admin, or FORBIDDEN.
+fn unauthenticated() -> AppError {
+    AppError::Unauthenticated("Sign in to do this.".into())
+}
+
+/// A person signed in with a session token (API keys may not manage accounts or keys).
+pub fn account(caller: &Caller) -> Result<&UserPrincipal, AppError> {
+    match &caller.principal {
+        Principal::User(user) => Ok(user),
+        Principal::ApiKey(_) => Err(AppError::Forbidden(
+            "API keys cannot do this; sign in instead.".into(),
+        )),
+        Principal::Anonymous | Principal::System(_) => Err(unauthenticated()),
+    }
+}
+
+/// The signed-in admin (never an API key).
 pub fn admin(caller: &Caller) -> Result<&UserPrincipal, AppError> {
-    let user = signed_in(caller)?;
+    let user = account(caller)?;
     match user.role {
         GlobalRole::Admin => Ok(user),
         GlobalRole::Member => Err(AppError::Forbidden("Only an admin may do this.".into())),
     }
 }
 
-/// The caller's role on a team, if any: members by their row, admins as owners, anyone as a
-/// viewer of a public team.
+/// The acting user for an operation outside any one team: a signed-in user, or the owner of an
+/// API key that has `scope` and is not restricted to a team.
+pub fn acting_user(caller: &Caller, scope: Scope) -> Result<&UserPrincipal, AppError> {
+    match &caller.principal {
+        Principal::User(user) => Ok(user),
+        Principal::ApiKey(key) => {
+            require_scope(key, scope)?;
+            if key.team_id.is_some() {
+                return Err(AppError::Forbidden(
+                    "This API key is restricted to one team.".into(),
+                ));
+            }
+            Ok(&key.owner)
+        }
+        Principal::Anonymous | Principal::System(_) => Err(unauthenticated()),
+    }
+}
+
+fn require_scope(key: &KeyPrincipal, scope: Scope) -> Result<(), AppError> {
+    if key.scopes.contains(&scope) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(format!(
+            "This API key lacks the {} scope.",
+            scope.as_str()
+        )))
+    }
+}
+
+/// The caller's role on a team, if any: members by their row (an API key by its owner's, and
+/// only on its team), admins as owners, anyone as a viewer of a public team.
 pub async fn role_on<C: ConnectionTrait>(
     conn: &C,
     caller: &Caller,
     team: &teams::Model,
 ) -> Result<Option<TeamRole>, AppError> {
-    let member = match &caller.principal {
-        Principal::User(user) if user.role == GlobalRole::Admin => {
-            return Ok(Some(TeamRole::Owner));
+    let user = match &caller.principal {
+        Principal::User(user) => Some(user),
+        Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == team.id) => {
+            Some(&key.owner)
         }
-        Principal::User(user) => team_members::Entity::find()
+        Principal::ApiKey(_) => return Ok(None),
+        Principal::Anonymous | Principal::System(_) => None,
+    };
+    let member = match user {
+        Some(user) if user.role == GlobalRole::Admin => return Ok(Some(TeamRole::Owner)),
+        Some(user) => team_members::Entity::find()
             .filter(team_members::Column::TeamId.eq(&team.id))
             .filter(team_members::Column::UserId.eq(&user.id))
             .one(conn)
             .await?
             .and_then(|m| TeamRole::parse(&m.role)),
-        Principal::Anonymous | Principal::System(_) => None,
+        None => None,
     };
     Ok(member.or((team.visibility == "public").then_some(TeamRole::Viewer)))
 }
 
-/// The team `team_id` if the caller holds at least `need` on it.
+/// The team `team_id` if the caller holds at least `need` on it (and, for an API key, the
+/// matching scope).
 pub async fn team<C: ConnectionTrait>(
     conn: &C,
     caller: &Caller,
@@ -102,9 +152,12 @@ pub async fn team<C: ConnectionTrait>(
         .await?
         .ok_or_else(not_found)?;
     let role = role_on(conn, caller, &team).await?.ok_or_else(not_found)?;
+    if let Principal::ApiKey(key) = &caller.principal {
+        require_scope(key, scope_for(need))?;
+    }
     if role < need {
         if matches!(caller.principal, Principal::Anonymous) {
-            return Err(AppError::Unauthenticated("Sign in to do this.".into()));
+            return Err(unauthenticated());
         }
         return Err(AppError::Forbidden(format!(
             "This needs the {} role on the team; you have {}.",

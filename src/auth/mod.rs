@@ -1,6 +1,7 @@
 //! Identity: who a request or websocket comes from. Bad credentials are refused at once;
 //! no credentials make an anonymous principal.
 
+pub mod api_key;
 pub mod clerk_webhook;
 pub mod dev;
 pub mod guard;
@@ -22,6 +23,8 @@ use crate::{config::Config, error::AppError, service::users};
 
 pub struct Authenticator {
     verifier: Verifier,
+    /// API keys, looked up through a cache.
+    pub keys: api_key::KeyStore,
     /// Present in dev mode: the issuer whose key `verifier` holds.
     pub dev: Option<DevIssuer>,
     db: DatabaseConnection,
@@ -56,8 +59,10 @@ impl Authenticator {
                 KeySource::Static(dev.decoding.clone()),
                 dev::ISSUER.to_string(),
             );
+            let keys = api_key::KeyStore::new(db.clone());
             return Ok(Self {
                 verifier,
+                keys,
                 dev: Some(dev),
                 db,
             });
@@ -82,15 +87,24 @@ impl Authenticator {
             ))),
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
+        let verifier = verifier(keys, issuer);
         Ok(Self {
-            verifier: verifier(keys, issuer),
+            verifier,
+            keys: api_key::KeyStore::new(db.clone()),
             dev: None,
             db,
         })
     }
 
-    /// The principal of an HTTP request: `Authorization: Bearer <token>`, or anonymous.
+    /// The principal of an HTTP request: `Authorization: Bearer <token or key>`, `x-api-key`,
+    /// or anonymous.
     pub async fn from_headers(&self, headers: &HeaderMap) -> Result<Principal, AppError> {
+        if let Some(key) = headers.get("x-api-key") {
+            let key = key
+                .to_str()
+                .map_err(|_| unauthenticated("The x-api-key header is not readable text."))?;
+            return self.from_token(key.trim()).await;
+        }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Principal::Anonymous);
         };
@@ -102,8 +116,11 @@ impl Authenticator {
         self.from_token(token).await
     }
 
-    /// The principal a bare token stands for (websocket `connection_init`).
+    /// The principal a session token or an API key (`ens_…`) stands for.
     pub async fn from_token(&self, token: &str) -> Result<Principal, AppError> {
+        if token.starts_with("ens_") {
+            return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
+        }
         let user = self
             .verifier
             .verify(token)

@@ -1,4 +1,4 @@
-//! Who is calling: nobody, a signed-in user, or the server itself.
+//! Who is calling: nobody, a signed-in user, an API key, or the server itself.
 
 use chrono::{DateTime, Utc};
 
@@ -46,12 +46,23 @@ pub struct UserPrincipal {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An API key acting for its owner, within its scopes and (optionally) one team.
+#[derive(Clone, Debug)]
+pub struct KeyPrincipal {
+    pub key_id: String,
+    pub prefix: String,
+    pub team_id: Option<String>,
+    pub scopes: Vec<super::api_key::Scope>,
+    pub owner: UserPrincipal,
+}
+
 #[derive(Clone, Debug, Default)]
 pub enum Principal {
     /// No credentials were sent: may only read what is public.
     #[default]
     Anonymous,
     User(UserPrincipal),
+    ApiKey(KeyPrincipal),
     /// The server itself, acting on a signed webhook or a schedule; never a request's caller.
     System(&'static str),
 }
@@ -61,6 +72,7 @@ impl Principal {
         match self {
             Self::Anonymous | Self::System(_) => None,
             Self::User(user) => Some(&user.id),
+            Self::ApiKey(key) => Some(&key.owner.id),
         }
     }
 
@@ -68,6 +80,7 @@ impl Principal {
         match self {
             Self::Anonymous | Self::System(_) => None,
             Self::User(user) => Some(user.expires_at),
+            Self::ApiKey(key) => Some(key.owner.expires_at),
         }
     }
 }

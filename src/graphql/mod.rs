@@ -1,6 +1,7 @@
 //! The GraphQL schema: one module per area merged at the root, the request limits, and the
 //! HTTP and websocket transports that serve it.
 
+pub mod api_keys;
 pub mod denials;
 pub mod limits;
 pub mod loaders;
@@ -16,11 +17,20 @@ use crate::{config::Config, metrics::Metrics, state::AppState};
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(system::SystemQuery, users::UsersQuery, teams::TeamsQuery);
+pub struct QueryRoot(
+    system::SystemQuery,
+    users::UsersQuery,
+    teams::TeamsQuery,
+    api_keys::ApiKeysQuery,
+);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(users::UsersMutation, teams::TeamsMutation);
+pub struct MutationRoot(
+    users::UsersMutation,
+    teams::TeamsMutation,
+    api_keys::ApiKeysMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]

@@ -242,14 +242,20 @@ impl Team {
     /// Your role on this team (null when you only see it because it is public).
     async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
         let members = self.load_members(ctx).await?;
-        Ok(match principal(ctx) {
-            Principal::User(user) if user.role == GlobalRole::Admin => Some(TeamRole::Owner),
-            Principal::User(user) => members
-                .iter()
-                .find(|m| m.user_id == user.id)
-                .and_then(|m| TeamRole::parse(&m.role)),
-            _ => None,
-        })
+        let user = match principal(ctx) {
+            Principal::User(user) => user,
+            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => {
+                &key.owner
+            }
+            _ => return Ok(None),
+        };
+        if user.role == GlobalRole::Admin {
+            return Ok(Some(TeamRole::Owner));
+        }
+        Ok(members
+            .iter()
+            .find(|m| m.user_id == user.id)
+            .and_then(|m| TeamRole::parse(&m.role)))
     }
 
     /// Who belongs to the team (members and admins only).

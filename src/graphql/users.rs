@@ -22,10 +22,12 @@ pub struct UsersQuery;
 
 #[Object]
 impl UsersQuery {
-    /// The signed-in user; null for an anonymous caller.
+    /// The signed-in user (an API key's owner); null for an anonymous caller.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        let Principal::User(me) = principal(ctx) else {
-            return Ok(None);
+        let me = match principal(ctx) {
+            Principal::User(me) => me,
+            Principal::ApiKey(key) => &key.owner,
+            Principal::Anonymous | Principal::System(_) => return Ok(None),
         };
         let state = ctx.data::<AppState>()?;
         let row = users::find(&state.db, &me.id).await.gql()?;

@@ -26,6 +26,9 @@ pub mod actions {
     pub const TEAM_MEMBER_ADD: &str = "team.member.add";
     pub const TEAM_MEMBER_UPDATE: &str = "team.member.update";
     pub const TEAM_MEMBER_REMOVE: &str = "team.member.remove";
+    pub const API_KEY_CREATE: &str = "api_key.create";
+    pub const API_KEY_REVOKE: &str = "api_key.revoke";
+    pub const API_KEY_ROTATE: &str = "api_key.rotate";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -39,6 +42,9 @@ pub mod actions {
             "addTeamMember" => (TEAM_MEMBER_ADD, "team_member"),
             "updateTeamMember" => (TEAM_MEMBER_UPDATE, "team_member"),
             "removeTeamMember" => (TEAM_MEMBER_REMOVE, "team_member"),
+            "createApiKey" => (API_KEY_CREATE, "api_key"),
+            "revokeApiKey" => (API_KEY_REVOKE, "api_key"),
+            "rotateApiKey" => (API_KEY_ROTATE, "api_key"),
             _ => return None,
         })
     }
@@ -125,6 +131,7 @@ async fn append<C: ConnectionTrait>(
     let (actor_id, actor_kind) = match &caller.principal {
         Principal::Anonymous => (None, "anonymous"),
         Principal::User(user) => (Some(user.id.clone()), "user"),
+        Principal::ApiKey(key) => (Some(key.owner.id.clone()), "api_key"),
         Principal::System(name) => (Some(name.to_string()), "system"),
     };
     let mut row = audit_logs::Model {
@@ -132,7 +139,10 @@ async fn append<C: ConnectionTrait>(
         ts: Utc::now().trunc_subsecs(6),
         actor_id,
         actor_kind: actor_kind.to_string(),
-        api_key_id: None,
+        api_key_id: match &caller.principal {
+            Principal::ApiKey(key) => Some(key.key_id.clone()),
+            _ => None,
+        },
         action: entry.action.to_string(),
         resource_type: entry.resource_type.to_string(),
         resource_id: entry.resource_id,

@@ -1,5 +1,6 @@
 //! Business rules, one module per area, over the database and app state; no GraphQL here.
 
+pub mod api_keys;
 pub mod audit;
 pub mod page;
 pub mod system;

@@ -15,8 +15,9 @@ use super::{
 };
 use crate::{
     auth::{
-        GlobalRole,
-        guard::{self, TeamRole, signed_in},
+        GlobalRole, Principal,
+        api_key::Scope,
+        guard::{self, TeamRole, acting_user},
     },
     db,
     error::{AppError, Problem},
@@ -135,7 +136,7 @@ pub async fn create(
     caller: &Caller,
     new: NewTeam,
 ) -> Result<teams::Model, AppError> {
-    let me = signed_in(caller)?;
+    let me = acting_user(caller, Scope::TeamsWrite)?;
     let mut problems = Vec::new();
     check_name(&new.name, &mut problems);
     check_description(new.description.as_deref(), &mut problems);
@@ -203,8 +204,22 @@ pub async fn list(
     caller: &Caller,
     page: &PageRequest,
 ) -> Result<Page<teams::Model>, AppError> {
-    let me = signed_in(caller)?;
     let mut query = teams::Entity::find();
+    // A key restricted to one team lists that team only.
+    let me = match &caller.principal {
+        Principal::ApiKey(key) if key.team_id.is_some() => {
+            guard::team(
+                db,
+                caller,
+                key.team_id.as_deref().unwrap_or_default(),
+                TeamRole::Viewer,
+            )
+            .await?;
+            query = query.filter(teams::Column::Id.eq(key.team_id.clone()));
+            &key.owner
+        }
+        _ => acting_user(caller, Scope::TeamsRead)?,
+    };
     if me.role != GlobalRole::Admin {
         query = query
             .join(JoinType::InnerJoin, teams::Relation::Members.def())
@@ -409,7 +424,7 @@ pub async fn remove_member(
     team_id: &str,
     user_id: &str,
 ) -> Result<team_members::Model, AppError> {
-    let leaving = caller.principal.user_id() == Some(user_id);
+    let leaving = matches!(&caller.principal, Principal::User(me) if me.id == user_id);
     let need = if leaving {
         TeamRole::Viewer
     } else {

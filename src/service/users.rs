@@ -16,7 +16,7 @@ use super::{
 use crate::{
     auth::{
         GlobalRole, Principal, UserPrincipal,
-        guard::{admin, signed_in},
+        guard::{account, admin},
     },
     db,
     error::{AppError, Problem},
@@ -114,7 +114,7 @@ pub async fn get(
     caller: &Caller,
     id: &str,
 ) -> Result<users::Model, AppError> {
-    let me = signed_in(caller)?;
+    let me = account(caller)?;
     if me.id != id && me.role != GlobalRole::Admin {
         return Err(not_found());
     }
@@ -164,7 +164,7 @@ pub async fn update_profile(
     caller: &Caller,
     changes: ProfileChanges,
 ) -> Result<users::Model, AppError> {
-    let me = signed_in(caller)?;
+    let me = account(caller)?;
     changes.validate()?;
     let txn = db::begin_write(db).await?;
     let row = users::Entity::find_by_id(&me.id)
@@ -220,9 +220,10 @@ pub async fn set_role(
 
 /// Applies one Clerk webhook event, once per delivery id: `processed`, `duplicate` (a replay)
 /// or `ignored` (an event type this server does not use).
-#[tracing::instrument(skip(db, event))]
+#[tracing::instrument(skip(db, keys, event))]
 pub async fn apply_clerk_event(
     db: &DatabaseConnection,
+    keys: &crate::auth::api_key::KeyStore,
     delivery_id: &str,
     event: &Value,
 ) -> Result<&'static str, AppError> {
@@ -257,6 +258,7 @@ pub async fn apply_clerk_event(
             ..Default::default()
         },
     };
+    let mut revoked = Vec::new();
     let outcome = match kind {
         "user.created" | "user.updated" => {
             let synced = clerk_profile(data);
@@ -301,10 +303,12 @@ pub async fn apply_clerk_event(
                 .filter(users::Column::DeletedAt.is_null())
                 .exec(&txn)
                 .await?;
+            revoked = super::api_keys::revoke_all_of(&txn, user_id).await?;
+            let changes = serde_json::json!({"apiKeysRevoked": revoked.len()});
             audit::allowed(
                 &txn,
                 &caller,
-                Entry::new(actions::USER_DELETE, "user", user_id.to_string()),
+                Entry::new(actions::USER_DELETE, "user", user_id.to_string()).changes(changes),
             )
             .await?;
             "processed"
@@ -312,6 +316,9 @@ pub async fn apply_clerk_event(
         _ => "ignored",
     };
     txn.commit().await?;
+    for prefix in revoked {
+        keys.invalidate(&prefix).await;
+    }
     Ok(outcome)
 }
 

@@ -1,0 +1,255 @@
+//! API keys on the wire: `ens_<prefix>_<secret>` (12 + 64 hex characters, 256 bits of secret),
+//! looked up by prefix through a cache and checked against a SHA-256 of the secret in constant
+//! time. A revoked key's cache entry is dropped at once; `last_used_at` is written at most
+//! once a minute per key, and never for a failed attempt.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use entity::{api_keys, users};
+use rand::RngCore;
+use sea_orm::{DatabaseConnection, EntityTrait, Set};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::principal::{GlobalRole, KeyPrincipal, UserPrincipal};
+use crate::error::AppError;
+
+const PREFIX_BYTES: usize = 6;
+const SECRET_BYTES: usize = 32;
+const CACHE_TTL: Duration = Duration::from_secs(60);
+const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+/// What a client may do with a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
+pub enum Scope {
+    TeamsRead,
+    TeamsWrite,
+    RunsExecute,
+    TemplatesRead,
+    TemplatesWrite,
+    AnalyticsRead,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TeamsRead => "teams:read",
+            Self::TeamsWrite => "teams:write",
+            Self::RunsExecute => "runs:execute",
+            Self::TemplatesRead => "templates:read",
+            Self::TemplatesWrite => "templates:write",
+            Self::AnalyticsRead => "analytics:read",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::TeamsRead,
+            Self::TeamsWrite,
+            Self::RunsExecute,
+            Self::TemplatesRead,
+            Self::TemplatesWrite,
+            Self::AnalyticsRead,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == value)
+    }
+}
+
+/// A freshly made key: the full text (shown once) and what is stored.
+pub struct NewSecret {
+    pub full: String,
+    pub prefix: String,
+    pub hash: String,
+}
+
+pub fn generate() -> NewSecret {
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let mut secret = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut prefix);
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let (prefix, secret) = (hex::encode(prefix), hex::encode(secret));
+    NewSecret {
+        full: format!("ens_{prefix}_{secret}"),
+        hash: hash(&secret),
+        prefix,
+    }
+}
+
+/// Rotation keeps the prefix (and so the key's identity) and makes a new secret.
+pub fn regenerate(prefix: &str) -> NewSecret {
+    let mut secret = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let secret = hex::encode(secret);
+    NewSecret {
+        full: format!("ens_{prefix}_{secret}"),
+        hash: hash(&secret),
+        prefix: prefix.to_string(),
+    }
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// `(prefix, secret)` of a well-formed key text.
+pub fn split(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix("ens_")?;
+    let (prefix, secret) = rest.split_once('_')?;
+    let hexes = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hexes(prefix, PREFIX_BYTES * 2) && hexes(secret, SECRET_BYTES * 2)).then_some((prefix, secret))
+}
+
+/// A key row with its owner, as cached.
+#[derive(Clone)]
+struct Cached {
+    key: api_keys::Model,
+    owner: users::Model,
+}
+
+pub struct KeyStore {
+    db: DatabaseConnection,
+    /// Prefix → the key and its owner (`None`: no such key), for `CACHE_TTL`.
+    cache: moka::future::Cache<String, Option<Arc<Cached>>>,
+    last_written: Mutex<HashMap<String, Instant>>,
+}
+
+impl KeyStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(CACHE_TTL)
+            .build();
+        Self {
+            db,
+            cache,
+            last_written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets a key at once (revoked, rotated, its owner deleted).
+    pub async fn invalidate(&self, prefix: &str) {
+        self.cache.invalidate(prefix).await;
+    }
+
+    pub async fn authenticate(&self, text: &str) -> Result<KeyPrincipal, AppError> {
+        let refused = || AppError::Unauthenticated("The API key is not valid.".into());
+        let (prefix, secret) = split(text).ok_or_else(refused)?;
+        let db = self.db.clone();
+        let cached = self
+            .cache
+            .try_get_with(prefix.to_string(), async move { load(&db, prefix).await })
+            .await
+            .map_err(|e| AppError::internal(e.to_string()))?
+            .ok_or_else(refused)?;
+        let now = Utc::now();
+        let given = hash(secret);
+        let current = bool::from(given.as_bytes().ct_eq(cached.key.secret_hash.as_bytes()));
+        let previous = cached
+            .key
+            .previous_expires_at
+            .is_some_and(|until| until > now)
+            && cached
+                .key
+                .previous_secret_hash
+                .as_ref()
+                .is_some_and(|h| bool::from(given.as_bytes().ct_eq(h.as_bytes())));
+        if !(current || previous) {
+            return Err(refused());
+        }
+        if cached.key.revoked_at.is_some() {
+            return Err(AppError::Unauthenticated(
+                "The API key has been revoked.".into(),
+            ));
+        }
+        if cached.key.expires_at.is_some_and(|at| at <= now) {
+            return Err(AppError::Unauthenticated("The API key has expired.".into()));
+        }
+        if cached.owner.deleted_at.is_some() {
+            return Err(refused());
+        }
+        self.touch(&cached.key.id).await;
+        let scopes =
+            serde_json::from_value::<Vec<String>>(cached.key.scopes.clone()).unwrap_or_default();
+        Ok(KeyPrincipal {
+            key_id: cached.key.id.clone(),
+            prefix: cached.key.prefix.clone(),
+            team_id: cached.key.team_id.clone(),
+            scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            owner: UserPrincipal {
+                id: cached.owner.id.clone(),
+                role: GlobalRole::parse(&cached.owner.role).unwrap_or(GlobalRole::Member),
+                email: cached.owner.email.clone(),
+                org: None,
+                expires_at: cached
+                    .key
+                    .expires_at
+                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+            },
+        })
+    }
+
+    /// Records use, writing at most once a minute per key.
+    async fn touch(&self, key_id: &str) {
+        let due = {
+            let Ok(mut written) = self.last_written.lock() else {
+                return;
+            };
+            if written.len() > 100_000 {
+                written.clear();
+            }
+            let due = written
+                .get(key_id)
+                .is_none_or(|at| at.elapsed() >= LAST_USED_EVERY);
+            if due {
+                written.insert(key_id.to_string(), Instant::now());
+            }
+            due
+        };
+        if due {
+            let row = api_keys::ActiveModel {
+                id: Set(key_id.to_string()),
+                last_used_at: Set(Some(Utc::now())),
+                ..Default::default()
+            };
+            if let Err(error) = api_keys::Entity::update(row).exec(&self.db).await {
+                tracing::warn!(%error, "cannot record an API key's last use");
+            }
+        }
+    }
+}
+
+async fn load(db: &DatabaseConnection, prefix: &str) -> Result<Option<Arc<Cached>>, AppError> {
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let Some(key) = api_keys::Entity::find()
+        .filter(api_keys::Column::Prefix.eq(prefix))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let owner = users::Entity::find_by_id(&key.user_id).one(db).await?;
+    Ok(owner.map(|owner| Arc::new(Cached { key, owner })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_a_hex_prefix_and_a_256_bit_secret() {
+        let key = generate();
+        let (prefix, secret) = split(&key.full).expect("well-formed");
+        assert_eq!(prefix, key.prefix);
+        assert_eq!(secret.len(), 64);
+        assert_eq!(hash(secret), key.hash);
+        assert_ne!(generate().full, key.full);
+        assert!(split("ens_short_abc").is_none());
+        assert!(split(&key.full.replace("ens_", "sk_")).is_none());
+    }
+}
