@@ -1,8 +1,11 @@
 //! The authorization matrix: every operation in `tests/data/authorization.json` run by every
-//! principal, against the outcome the file expects. A refused operation changes nothing in the
-//! database but the audit log, where a refused mutation leaves one `denied` row.
+//! principal (users and API keys), against the outcome the file expects. A refused operation
+//! changes nothing in the database but the audit log, where a refused mutation leaves one
+//! `denied` row.
 
 mod common;
+
+use std::collections::HashMap;
 
 use common::TestApp;
 use ensemble::auth::GlobalRole;
@@ -10,74 +13,130 @@ use entity::{audit_logs, team_members, teams, users};
 use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
-/// The team and its members, as every case starts.
-async fn arrange(app: &TestApp) -> String {
-    let roles = [
-        ("user_editor", "EDITOR"),
-        ("user_operator", "OPERATOR"),
-        ("user_viewer", "VIEWER"),
-        ("user_target", "VIEWER"),
-    ];
-    for user in [
-        "user_owner",
-        "user_editor",
-        "user_operator",
-        "user_viewer",
-        "user_target",
-        "user_stranger",
-        "user_newbie",
-        "user_admin",
-    ] {
+/// What every case starts from: the team, and the owner's keys by principal name.
+#[derive(Clone)]
+struct Setup {
+    team: String,
+    keys: HashMap<&'static str, String>,
+    key_read_id: String,
+}
+
+const USERS: [&str; 8] = [
+    "user_owner",
+    "user_editor",
+    "user_operator",
+    "user_viewer",
+    "user_target",
+    "user_stranger",
+    "user_newbie",
+    "user_admin",
+];
+const MEMBERS: [(&str, &str); 4] = [
+    ("user_editor", "EDITOR"),
+    ("user_operator", "OPERATOR"),
+    ("user_viewer", "VIEWER"),
+    ("user_target", "VIEWER"),
+];
+const ADD: &str = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { addTeamMember(teamId: $team, input: {userId: $user, role: $role}) { userId } }";
+const CREATE_KEY: &str =
+    "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }";
+
+/// Runs `query` as `token` and returns the `data` of a call that must succeed.
+async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
+    let (_, body) = app.gql_as(token, query, variables).await;
+    assert!(body.get("errors").is_none(), "arranging failed: {body}");
+    body["data"].clone()
+}
+
+/// The team, its members and the owner's keys, as every case starts.
+async fn arrange(app: &TestApp) -> Setup {
+    for user in USERS {
         let role = if user == "user_admin" {
             GlobalRole::Admin
         } else {
             GlobalRole::Member
         };
-        app.gql_as(&app.token(user, role), "{ me { id } }", json!({}))
-            .await;
+        must(app, &app.token(user, role), "{ me { id } }", json!({})).await;
     }
     let owner = app.token("user_owner", GlobalRole::Member);
-    let (_, body) = app
-        .gql_as(
+    let create = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
+    let team = must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (user, role) in MEMBERS {
+        must(
+            app,
             &owner,
-            "mutation { createTeam(input: {name: \"Support\"}) { id } }",
-            json!({}),
+            ADD,
+            json!({"team": team, "user": user, "role": role}),
         )
         .await;
-    let team = body["data"]["createTeam"]["id"]
-        .as_str()
-        .expect("team created")
-        .to_string();
-    let add = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { addTeamMember(teamId: $team, input: {userId: $user, role: $role}) { userId } }";
-    for (user, role) in roles {
-        let (_, body) = app
-            .gql_as(
-                &owner,
-                add,
-                json!({"team": team, "user": user, "role": role}),
-            )
-            .await;
-        assert!(body.get("errors").is_none(), "{body}");
     }
-    team
+    let other = must(app, &owner, create, json!({"n": "Other"})).await["createTeam"]["id"].clone();
+    let all = json!([
+        "TEAMS_READ",
+        "TEAMS_WRITE",
+        "RUNS_EXECUTE",
+        "TEMPLATES_READ",
+        "TEMPLATES_WRITE",
+        "ANALYTICS_READ"
+    ]);
+    let mut keys = HashMap::new();
+    let mut key_read_id = String::new();
+    for (name, input) in [
+        ("key_full", json!({"name": "full", "scopes": all})),
+        (
+            "key_read",
+            json!({"name": "read", "scopes": ["TEAMS_READ"]}),
+        ),
+        (
+            "key_other",
+            json!({"name": "other", "scopes": all, "teamId": other}),
+        ),
+    ] {
+        let made =
+            must(app, &owner, CREATE_KEY, json!({"input": input})).await["createApiKey"].clone();
+        keys.insert(name, made["secret"].as_str().unwrap().to_string());
+        if name == "key_read" {
+            key_read_id = made["apiKey"]["id"].as_str().unwrap().to_string();
+        }
+    }
+    Setup {
+        team,
+        keys,
+        key_read_id,
+    }
 }
 
-/// Everything but the audit log, in a stable order.
-async fn snapshot(app: &TestApp) -> Value {
+/// Everything but the audit log and key bookkeeping, in a stable order.
+async fn snapshot(app: &TestApp) -> String {
     let db = &app.state.db;
-    json!({
-        "users": format!("{:?}", users::Entity::find().order_by_asc(users::Column::Id).all(db).await.unwrap()),
-        "teams": format!("{:?}", teams::Entity::find().order_by_asc(teams::Column::Id).all(db).await.unwrap()),
-        "members": format!("{:?}", team_members::Entity::find()
-            .order_by_asc(team_members::Column::TeamId).order_by_asc(team_members::Column::UserId).all(db).await.unwrap()),
-    })
+    let users = users::Entity::find()
+        .order_by_asc(users::Column::Id)
+        .all(db)
+        .await
+        .unwrap();
+    let teams = teams::Entity::find()
+        .order_by_asc(teams::Column::Id)
+        .all(db)
+        .await
+        .unwrap();
+    let members = team_members::Entity::find()
+        .order_by_asc(team_members::Column::TeamId)
+        .order_by_asc(team_members::Column::UserId)
+        .all(db)
+        .await
+        .unwrap();
+    format!("{users:?}\n{teams:?}\n{members:?}")
 }
 
-/// Runs `query` as `principal`; returns "ok" or the code of the first error.
-async fn outcome(app: &TestApp, principal: &str, query: &str, team: &str) -> (String, Value) {
-    let variables = json!({"team": team, "target": "user_target"});
+/// Runs `query` as `principal`; returns "ok" or the code of the first error, and the answer.
+async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> (String, Value) {
+    let variables = json!({"team": setup.team, "target": "user_target", "key": setup.key_read_id});
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,
+        key if key.starts_with("key_") => app.gql_as(&setup.keys[key], query, variables).await.1,
         who => {
             let role = if who == "admin" {
                 GlobalRole::Admin
@@ -103,34 +162,28 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
     let name = operation["name"].as_str().unwrap().to_string();
     let query = operation["query"].as_str().unwrap();
     let is_mutation = query.trim_start().starts_with("mutation");
-    let expected = |p: &str| {
-        operation["expect"][p]
-            .as_str()
-            .unwrap_or_else(|| panic!("{name} lacks {p}"))
-            .to_string()
-    };
     let mut failures = Vec::new();
     let shared = TestApp::spawn().await;
-    let team = arrange(&shared).await;
+    let shared_setup = arrange(&shared).await;
     for principal in &principals {
-        let expected = expected(principal);
+        let expected = operation["expect"][principal.as_str()]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} lacks {principal}"));
         let fresh = if is_mutation && expected == "ok" {
             Some(TestApp::spawn().await)
         } else {
             None
         };
-        let app = fresh.as_ref().unwrap_or(&shared);
-        let team = if fresh.is_some() {
-            arrange(app).await
-        } else {
-            team.clone()
+        let (app, setup) = match &fresh {
+            Some(app) => (app, arrange(app).await),
+            None => (&shared, shared_setup.clone()),
         };
         let before = snapshot(app).await;
         let audited = audit_logs::Entity::find()
             .count(&app.state.db)
             .await
             .unwrap();
-        let (got, body) = outcome(app, principal, query, &team).await;
+        let (got, body) = outcome(app, principal, query, &setup).await;
         if got != expected {
             failures.push(format!(
                 "{name} as {principal}: expected {expected}, got {got} ({body})"
@@ -166,13 +219,14 @@ async fn every_operation_answers_every_principal_as_the_matrix_says() {
         .iter()
         .map(|p| p.as_str().unwrap().to_string())
         .collect();
-    let checks = matrix["operations"]
+    let checks: Vec<_> = matrix["operations"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|op| tokio::spawn(check(op.clone(), principals.clone())));
+        .map(|op| tokio::spawn(check(op.clone(), principals.clone())))
+        .collect();
     let mut failures = Vec::new();
-    for check in checks.collect::<Vec<_>>() {
+    for check in checks {
         failures.extend(check.await.expect("the check ran"));
     }
     assert!(

@@ -219,3 +219,32 @@ async fn webhooks_are_off_without_a_secret() {
         404
     );
 }
+
+#[tokio::test]
+async fn deleting_a_user_revokes_their_api_keys_at_once() {
+    let app = app().await;
+    let token = app.token("user_keyed", GlobalRole::Member);
+    let create =
+        "mutation { createApiKey(input: {name: \"ci\", scopes: [TEAMS_READ]}) { secret } }";
+    let (_, body) = app.gql_as(&token, create, json!({})).await;
+    let key = body["data"]["createApiKey"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.gql_as(&key, "{ me { id } }", json!({})).await.0,
+        200,
+        "cached now"
+    );
+    let body =
+        json!({"type": "user.deleted", "data": {"id": "user_keyed", "deleted": true}}).to_string();
+    deliver(
+        &app,
+        "msg_9",
+        now(),
+        &signature(KEY, "msg_9", now(), &body),
+        &body,
+    )
+    .await;
+    assert_eq!(app.gql_as(&key, "{ me { id } }", json!({})).await.0, 401);
+}
