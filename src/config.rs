@@ -118,6 +118,24 @@ pub struct Config {
     )]
     pub ws_send_timeout_ms: u64,
 
+    /// Operations a principal may run per minute (one per 100 complexity points); 0 is unlimited.
+    #[arg(
+        long,
+        env = "ENSEMBLE_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 1200,
+        global = true
+    )]
+    pub rate_limit_per_minute: u32,
+
+    /// How many operations a principal may run at once before the per-minute rate applies.
+    #[arg(
+        long,
+        env = "ENSEMBLE_RATE_LIMIT_BURST",
+        default_value_t = 120,
+        global = true
+    )]
+    pub rate_limit_burst: u32,
+
     #[command(flatten)]
     pub limits: Limits,
 
@@ -304,6 +322,8 @@ impl fmt::Debug for Config {
             .field("ws_keepalive_secs", &self.ws_keepalive_secs)
             .field("ws_send_buffer", &self.ws_send_buffer)
             .field("ws_send_timeout_ms", &self.ws_send_timeout_ms)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("rate_limit_burst", &self.rate_limit_burst)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .finish()

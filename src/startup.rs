@@ -20,13 +20,14 @@ use tower_http::{
 };
 
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, rate_limit::RateLimits},
     config::Config,
     db,
     error::AppError,
     graphql::{self, transport, ws},
     metrics::Metrics,
     ops,
+    service::usage::UsageMeter,
     state::{AppState, HttpState},
 };
 
@@ -59,9 +60,16 @@ impl App {
             .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
         let auth = Arc::new(Authenticator::new(&config, db.clone()).await?);
         let (shutdown, stopping) = watch::channel(false);
+        let usage = Arc::new(UsageMeter::new(db.clone()));
+        let rate_limits = Arc::new(RateLimits::new(
+            config.rate_limit_per_minute,
+            config.rate_limit_burst,
+        ));
         let state = AppState {
             config: Arc::new(config),
             auth,
+            usage,
+            rate_limits,
             db,
             metrics: Arc::new(Metrics::default()),
             started_at: chrono::Utc::now(),
@@ -103,17 +111,36 @@ impl App {
             "Ensemble is ready: GraphiQL at http://{addr}/graphql"
         );
         let shutdown = self.shutdown;
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = shutdown.send(true);
-        })
-        .await
+        let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move {
+                stop.await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                let _ = shutdown.send(true);
+            })
+            .await;
+        housekeeping.abort();
+        if let Err(error) = self.state.usage.flush().await {
+            tracing::error!(%error, "cannot write the last usage counts");
+        }
+        served
+    }
+}
+
+/// Writes usage counts every few seconds and lets the rate limiter forget idle callers.
+async fn housekeeping(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    for round in 0u64.. {
+        tick.tick().await;
+        if let Err(error) = state.usage.flush().await {
+            tracing::error!(%error, "cannot write usage counts");
+        }
+        if round % 12 == 11 {
+            state.rate_limits.forget_idle();
+        }
     }
 }
 

@@ -14,6 +14,8 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<crate::auth::Authenticator>,
+    pub usage: Arc<crate::service::usage::UsageMeter>,
+    pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,
     pub started_at: DateTime<Utc>,
     /// Turns `true` when the server begins shutting down; long-lived sockets close on it.
     pub shutdown: watch::Receiver<bool>,

@@ -276,6 +276,7 @@ async fn the_legacy_graphql_ws_protocol_streams_too() {
 async fn a_client_that_stops_reading_is_dropped() {
     let app = TestApp::spawn_with(|c| {
         c.ws_send_buffer = 8;
+        c.rate_limit_per_minute = 0;
         c.ws_send_timeout_ms = 300;
     })
     .await;

@@ -5,5 +5,6 @@ pub mod audit_head;
 pub mod audit_logs;
 pub mod team_members;
 pub mod teams;
+pub mod usage_daily;
 pub mod users;
 pub mod webhook_events;

@@ -9,6 +9,7 @@ mod m0001_identity;
 pub mod m0002_audit_chain;
 mod m0003_webhook_events;
 mod m0004_api_keys;
+mod m0005_usage_daily;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_audit_chain::Migration),
             Box::new(m0003_webhook_events::Migration),
             Box::new(m0004_api_keys::Migration),
+            Box::new(m0005_usage_daily::Migration),
         ]
     }
 }

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod jwks;
 pub mod jwt;
 pub mod principal;
+pub mod rate_limit;
 
 use std::{collections::HashSet, sync::Arc};
 

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod denials;
 pub mod limits;
 pub mod loaders;
+pub mod metering;
 pub mod system;
 pub mod teams;
 pub mod transport;
@@ -52,6 +53,7 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
     )
     .extension(Tracing)
     .extension(denials::AuditDenials)
+    .extension(metering::Metering)
     .extension(limits::RequestLimits::new(
         limits,
         !config.is_production(),

@@ -271,21 +271,30 @@ impl ResponseMedia {
         })
     }
 
+    /// The answer: 429 with `Retry-After` for a rate-limited operation, 400 for a request that
+    /// failed before execution when the client speaks graphql-response+json, 200 otherwise.
     fn respond(self, response: BatchResponse) -> Response {
-        let request_failed = match &response {
-            BatchResponse::Single(r) => {
-                r.data == async_graphql::Value::Null && !r.errors.is_empty()
-            }
-            BatchResponse::Batch(_) => false,
-        };
-        let status = if self.graphql_response && request_failed {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
         let mut extra = HeaderMap::new();
+        let mut status = StatusCode::OK;
         if let BatchResponse::Single(r) = &response {
             extra.extend(r.http_headers.clone());
+            let extensions = r.errors.first().and_then(|e| e.extensions.as_ref());
+            let code = extensions.and_then(|e| e.get("code"));
+            if code == Some(&async_graphql::Value::from("RATE_LIMITED")) {
+                status = StatusCode::TOO_MANY_REQUESTS;
+                let retry = extensions
+                    .and_then(|e| e.get("retryAfter"))
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "1".into());
+                if let Ok(value) = HeaderValue::from_str(&retry) {
+                    extra.insert(header::RETRY_AFTER, value);
+                }
+            } else if self.graphql_response
+                && r.data == async_graphql::Value::Null
+                && !r.errors.is_empty()
+            {
+                status = StatusCode::BAD_REQUEST;
+            }
         }
         let body = serde_json::to_vec(&response).unwrap_or_default();
         let mut res = (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();

@@ -5,4 +5,5 @@ pub mod audit;
 pub mod page;
 pub mod system;
 pub mod teams;
+pub mod usage;
 pub mod users;
