@@ -114,6 +114,44 @@ async fn migrate_up_status_and_down_by_hand() {
     );
 }
 
+#[tokio::test]
+async fn ensemble_token_prints_a_token_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::install_dev_key(&data);
+    let output = ensemble()
+        .args([
+            "token", "--user", "alice", "--role", "admin", "--ttl", "15m",
+        ])
+        .env("ENSEMBLE_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let app = common::TestApp::spawn().await;
+    let (status, body) = app.gql_as(&token, "{ me { id role } }", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["me"], json!({"id": "alice", "role": "ADMIN"}));
+}
+
+#[test]
+fn ensemble_token_refuses_when_clerk_issues_tokens() {
+    let output = ensemble()
+        .args(["token", "--user", "alice"])
+        .env(
+            "CLERK_JWKS_URL",
+            "https://clerk.example/.well-known/jwks.json",
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Clerk issues the tokens"));
+}
+
 #[test]
 fn the_first_start_creates_the_data_folder_and_database_file() {
     let dir = tempfile::tempdir().unwrap();

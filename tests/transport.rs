@@ -85,6 +85,10 @@ async fn a_browser_get_without_a_query_gets_graphiql() {
         page.contains("graphiql") && page.contains("/graphql/ws"),
         "{page:.300}"
     );
+    assert!(
+        page.contains("ensemble token --user alice --role admin"),
+        "dev auth explains the token"
+    );
 }
 
 #[tokio::test]
