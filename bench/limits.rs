@@ -43,27 +43,16 @@ async fn main() {
     let query = fragment_bomb();
     let ensemble = build_schema(&config, None);
     let limits = &config.limits;
-    let baseline = Schema::build(
-        QueryRoot::default(),
-        MutationRoot::default(),
-        SubscriptionRoot::default(),
-    )
-    .limit_depth(limits.depth)
-    .limit_complexity(limits.complexity)
-    .limit_recursive_depth(limits.recursion)
-    .limit_directives(limits.directives)
-    .finish();
+    let baseline = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .limit_depth(limits.depth)
+        .limit_complexity(limits.complexity)
+        .limit_recursive_depth(limits.recursion)
+        .limit_directives(limits.directives)
+        .finish();
 
     let ours = mean_time(200, || ensemble.execute(query.as_str())).await;
     let theirs = mean_time(3, || baseline.execute(query.as_str())).await;
-    println!(
-        "fragment bomb (900,000 fields) refused by Ensemble:            {ours:>12.2?} per request"
-    );
-    println!(
-        "fragment bomb (900,000 fields) refused by async-graphql alone: {theirs:>12.2?} per request"
-    );
-    println!(
-        "ratio (baseline / Ensemble): {:.0}x",
-        theirs.as_secs_f64() / ours.as_secs_f64()
-    );
+    println!("fragment bomb (900,000 fields) refused by Ensemble:            {ours:>12.2?} per request");
+    println!("fragment bomb (900,000 fields) refused by async-graphql alone: {theirs:>12.2?} per request");
+    println!("ratio (baseline / Ensemble): {:.0}x", theirs.as_secs_f64() / ours.as_secs_f64());
 }

@@ -23,12 +23,7 @@ pub enum LogFormat {
 #[derive(Clone, Args)]
 pub struct Config {
     /// Address to serve on (port 0 picks a free port).
-    #[arg(
-        long,
-        env = "ENSEMBLE_LISTEN",
-        default_value = "127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LISTEN", default_value = "127.0.0.1:8080", global = true)]
     pub listen: SocketAddr,
 
     /// SQLite file (created on first start) or `postgres://…` URL.
@@ -50,13 +45,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// `development` or `production`.
-    #[arg(
-        long = "env",
-        env = "ENSEMBLE_ENV",
-        value_enum,
-        default_value = "development",
-        global = true
-    )]
+    #[arg(long = "env", env = "ENSEMBLE_ENV", value_enum, default_value = "development", global = true)]
     pub environment: Environment,
 
     /// Apply pending migrations at start.
@@ -64,76 +53,35 @@ pub struct Config {
     pub auto_migrate: bool,
 
     /// Comma-separated origins allowed by CORS (none by default).
-    #[arg(
-        long,
-        env = "ENSEMBLE_CORS_ORIGINS",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
 
     /// Log format: `text` or `json`. The level comes from `RUST_LOG`.
-    #[arg(
-        long,
-        env = "ENSEMBLE_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
 
     /// Seconds a request may take before it is answered with 408.
-    #[arg(
-        long,
-        env = "ENSEMBLE_REQUEST_TIMEOUT",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_REQUEST_TIMEOUT", default_value_t = 30, global = true)]
     pub request_timeout_secs: u64,
 
     /// Seconds between the server's keepalive pings on a websocket.
-    #[arg(
-        long,
-        env = "ENSEMBLE_WS_KEEPALIVE_SECS",
-        default_value_t = 15,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_WS_KEEPALIVE_SECS", default_value_t = 15, global = true)]
     pub ws_keepalive_secs: u64,
 
     /// Messages a websocket may have waiting to be written before it counts as slow.
-    #[arg(
-        long,
-        env = "ENSEMBLE_WS_SEND_BUFFER",
-        default_value_t = 256,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_WS_SEND_BUFFER", default_value_t = 256, global = true)]
     pub ws_send_buffer: usize,
 
     /// Milliseconds a slow websocket reader is waited for once its buffer is full; then it is dropped.
-    #[arg(
-        long,
-        env = "ENSEMBLE_WS_SEND_TIMEOUT_MS",
-        default_value_t = 5000,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_WS_SEND_TIMEOUT_MS", default_value_t = 5000, global = true)]
     pub ws_send_timeout_ms: u64,
 
     /// Operations a principal may run per minute (one per 100 complexity points); 0 is unlimited.
-    #[arg(
-        long,
-        env = "ENSEMBLE_RATE_LIMIT_PER_MINUTE",
-        default_value_t = 1200,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_RATE_LIMIT_PER_MINUTE", default_value_t = 1200, global = true)]
     pub rate_limit_per_minute: u32,
 
     /// How many operations a principal may run at once before the per-minute rate applies.
-    #[arg(
-        long,
-        env = "ENSEMBLE_RATE_LIMIT_BURST",
-        default_value_t = 120,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_RATE_LIMIT_BURST", default_value_t = 120, global = true)]
     pub rate_limit_burst: u32,
 
     #[command(flatten)]
@@ -156,44 +104,19 @@ pub struct AuthConfig {
     #[arg(long, env = "CLERK_ISSUER", global = true)]
     pub clerk_issuer: Option<String>,
     /// Comma-separated `azp` values accepted (any when unset).
-    #[arg(
-        long,
-        env = "CLERK_AUTHORIZED_PARTIES",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',', global = true)]
     pub clerk_authorized_parties: Vec<String>,
     /// Least seconds between two JWKS fetches caused by an unknown key id.
-    #[arg(
-        long,
-        env = "CLERK_JWKS_REFETCH_SECS",
-        default_value_t = 60,
-        global = true
-    )]
+    #[arg(long, env = "CLERK_JWKS_REFETCH_SECS", default_value_t = 60, global = true)]
     pub clerk_jwks_refetch_secs: u64,
     /// `whsec_…` secret of the Clerk webhook endpoint.
-    #[arg(
-        long,
-        env = "CLERK_WEBHOOK_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET", global = true, hide_env_values = true)]
     pub clerk_webhook_secret: Option<String>,
     /// Comma-separated user ids that are always ADMIN.
-    #[arg(
-        long,
-        env = "ENSEMBLE_ADMIN_USERS",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_ADMIN_USERS", value_delimiter = ',', global = true)]
     pub admin_users: Vec<String>,
     /// Token claim holding the global role (`admin` or `member`); dots reach into objects.
-    #[arg(
-        long,
-        env = "ENSEMBLE_ROLE_CLAIM",
-        default_value = "role",
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_ROLE_CLAIM", default_value = "role", global = true)]
     pub role_claim: String,
 }
 
@@ -208,17 +131,11 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("clerk_jwks_url", &self.clerk_jwks_url)
-            .field(
-                "clerk_jwt_key",
-                &self.clerk_jwt_key.as_ref().map(|_| "<pem>"),
-            )
+            .field("clerk_jwt_key", &self.clerk_jwt_key.as_ref().map(|_| "<pem>"))
             .field("clerk_issuer", &self.clerk_issuer)
             .field("clerk_authorized_parties", &self.clerk_authorized_parties)
             .field("clerk_jwks_refetch_secs", &self.clerk_jwks_refetch_secs)
-            .field(
-                "clerk_webhook_secret",
-                &self.clerk_webhook_secret.as_ref().map(|_| "***"),
-            )
+            .field("clerk_webhook_secret", &self.clerk_webhook_secret.as_ref().map(|_| "***"))
             .field("admin_users", &self.admin_users)
             .field("role_claim", &self.role_claim)
             .finish()
@@ -229,52 +146,22 @@ impl fmt::Debug for AuthConfig {
 #[derive(Clone, Debug, Args, serde::Serialize)]
 pub struct Limits {
     /// Deepest selection nesting allowed.
-    #[arg(
-        long,
-        env = "ENSEMBLE_LIMIT_DEPTH",
-        default_value_t = 10,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LIMIT_DEPTH", default_value_t = 10, global = true)]
     pub depth: usize,
     /// Highest query complexity allowed (list fields weigh by `first`).
-    #[arg(
-        long,
-        env = "ENSEMBLE_LIMIT_COMPLEXITY",
-        default_value_t = 5000,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LIMIT_COMPLEXITY", default_value_t = 5000, global = true)]
     pub complexity: usize,
     /// Deepest recursion of the parser allowed.
-    #[arg(
-        long,
-        env = "ENSEMBLE_LIMIT_RECURSION",
-        default_value_t = 32,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LIMIT_RECURSION", default_value_t = 32, global = true)]
     pub recursion: usize,
     /// Most aliases one document may use.
-    #[arg(
-        long,
-        env = "ENSEMBLE_LIMIT_ALIASES",
-        default_value_t = 30,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LIMIT_ALIASES", default_value_t = 30, global = true)]
     pub aliases: usize,
     /// Most directives on one field.
-    #[arg(
-        long,
-        env = "ENSEMBLE_LIMIT_DIRECTIVES",
-        default_value_t = 5,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LIMIT_DIRECTIVES", default_value_t = 5, global = true)]
     pub directives: usize,
     /// Largest page a connection field returns.
-    #[arg(
-        long,
-        env = "ENSEMBLE_LIMIT_PAGE_SIZE",
-        default_value_t = 100,
-        global = true
-    )]
+    #[arg(long, env = "ENSEMBLE_LIMIT_PAGE_SIZE", default_value_t = 100, global = true)]
     pub max_page_size: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "ENSEMBLE_LIMIT_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
@@ -293,8 +180,7 @@ impl Config {
             #[command(flatten)]
             config: Config,
         }
-        let matches =
-            <Only as clap::CommandFactory>::command().try_get_matches_from(["ensemble"])?;
+        let matches = <Only as clap::CommandFactory>::command().try_get_matches_from(["ensemble"])?;
         Ok(Only::from_arg_matches(&matches)?.config)
     }
 
@@ -351,17 +237,11 @@ mod tests {
         config.database_url = "postgres://app:hunter2@db.internal:5432/ensemble".into();
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(
-            shown.contains("postgres://app:***@db.internal:5432/ensemble"),
-            "{shown}"
-        );
+        assert!(shown.contains("postgres://app:***@db.internal:5432/ensemble"), "{shown}");
     }
 
     #[test]
     fn sqlite_url_without_password_is_shown_as_is() {
-        assert_eq!(
-            redact_url("sqlite://data/ensemble.db"),
-            "sqlite://data/ensemble.db"
-        );
+        assert_eq!(redact_url("sqlite://data/ensemble.db"), "sqlite://data/ensemble.db");
     }
 }

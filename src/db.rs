@@ -4,8 +4,8 @@
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -17,41 +17,28 @@ const POSTGRES_POOL: u32 = 10;
 /// Connects to `url`. A SQLite file and its folder are created when missing.
 pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnection, AppError> {
     let mut options = ConnectOptions::new(url.to_string());
-    options
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
+    options.connect_timeout(Duration::from_secs(5)).acquire_timeout(Duration::from_secs(5)).sqlx_logging(false);
     if is_sqlite(url) {
         create_parent_dir(url)?;
         // Fails early with a clear message instead of deep inside sqlx.
-        SqliteConnectOptions::from_str(url)
-            .map_err(|e| AppError::internal(format!("bad DATABASE_URL: {e}")))?;
-        options
-            .max_connections(pool_size.unwrap_or(SQLITE_POOL))
-            .map_sqlx_sqlite_opts(|o| {
-                o.create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5))
-            });
+        SqliteConnectOptions::from_str(url).map_err(|e| AppError::internal(format!("bad DATABASE_URL: {e}")))?;
+        options.max_connections(pool_size.unwrap_or(SQLITE_POOL)).map_sqlx_sqlite_opts(|o| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5))
+        });
     } else {
         options.max_connections(pool_size.unwrap_or(POSTGRES_POOL));
     }
-    let db = Database::connect(options)
-        .await
-        .map_err(|e| AppError::internal(connect_error(url, &e)))?;
-    db.ping()
-        .await
-        .map_err(|e| AppError::internal(connect_error(url, &e)))?;
+    let db = Database::connect(options).await.map_err(|e| AppError::internal(connect_error(url, &e)))?;
+    db.ping().await.map_err(|e| AppError::internal(connect_error(url, &e)))?;
     Ok(db)
 }
 
 fn connect_error(url: &str, err: &DbErr) -> String {
-    format!(
-        "cannot connect to the database at {}: {err}",
-        crate::config::redact_url(url)
-    )
+    format!("cannot connect to the database at {}: {err}", crate::config::redact_url(url))
 }
 
 pub fn is_sqlite(url: &str) -> bool {
@@ -59,17 +46,14 @@ pub fn is_sqlite(url: &str) -> bool {
 }
 
 fn create_parent_dir(url: &str) -> Result<(), AppError> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
     match Path::new(path).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir).map_err(|e| {
-            AppError::internal(format!("cannot create the folder {}: {e}", dir.display()))
-        }),
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+            .map_err(|e| AppError::internal(format!("cannot create the folder {}: {e}", dir.display()))),
         _ => Ok(()),
     }
 }
@@ -90,15 +74,8 @@ pub async fn sqlite_journal_mode(db: &DatabaseConnection) -> Result<Option<Strin
     if db.get_database_backend() != DbBackend::Sqlite {
         return Ok(None);
     }
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Sqlite,
-            "PRAGMA journal_mode",
-        ))
-        .await?;
-    row.map(|r| r.try_get_by_index::<String>(0))
-        .transpose()
-        .map(|m| m.map(|m| m.to_lowercase()))
+    let row = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA journal_mode")).await?;
+    row.map(|r| r.try_get_by_index::<String>(0)).transpose().map(|m| m.map(|m| m.to_lowercase()))
 }
 
 /// Connections open in the pool and how many of them are idle.

@@ -13,10 +13,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { path: path.into(), message: message.into() }
     }
 }
 
@@ -29,17 +26,11 @@ pub enum AppError {
     #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
-    BadUserInput {
-        message: String,
-        problems: Vec<Problem>,
-    },
+    BadUserInput { message: String, problems: Vec<Problem> },
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
-    RateLimited {
-        message: String,
-        retry_after_secs: Option<u64>,
-    },
+    RateLimited { message: String, retry_after_secs: Option<u64> },
     #[error("{0}")]
     QuotaExceeded(String),
     /// Anything the caller cannot fix. The cause is logged; the caller sees a generic message.
@@ -49,10 +40,7 @@ pub enum AppError {
 
 impl AppError {
     pub fn bad_input(message: impl Into<String>) -> Self {
-        Self::BadUserInput {
-            message: message.into(),
-            problems: Vec::new(),
-        }
+        Self::BadUserInput { message: message.into(), problems: Vec::new() }
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -81,8 +69,7 @@ impl From<sea_orm::DbErr> for AppError {
 }
 
 /// The message an internal error is answered with.
-pub const INTERNAL_MESSAGE: &str =
-    "Internal server error. The request id identifies it in the server log.";
+pub const INTERNAL_MESSAGE: &str = "Internal server error. The request id identifies it in the server log.";
 
 impl ErrorExtensions for AppError {
     fn extend(&self) -> async_graphql::Error {
@@ -103,19 +90,13 @@ impl ErrorExtensions for AppError {
                         .map(|p| {
                             let mut map = async_graphql::indexmap::IndexMap::new();
                             map.insert(async_graphql::Name::new("path"), p.path.clone().into());
-                            map.insert(
-                                async_graphql::Name::new("message"),
-                                p.message.clone().into(),
-                            );
+                            map.insert(async_graphql::Name::new("message"), p.message.clone().into());
                             async_graphql::Value::Object(map)
                         })
                         .collect::<Vec<_>>();
                     ext.set("problems", list);
                 }
-                Self::RateLimited {
-                    retry_after_secs: Some(secs),
-                    ..
-                } => ext.set("retryAfter", *secs),
+                Self::RateLimited { retry_after_secs: Some(secs), .. } => ext.set("retryAfter", *secs),
                 _ => {}
             }
         })
@@ -142,10 +123,7 @@ mod tests {
         let err = AppError::internal("connection refused to 10.0.0.3:5432").extend();
         assert_eq!(err.message, INTERNAL_MESSAGE);
         let ext = format!("{:?}", err.extensions);
-        assert!(
-            ext.contains("INTERNAL") && !ext.contains("10.0.0.3"),
-            "{ext}"
-        );
+        assert!(ext.contains("INTERNAL") && !ext.contains("10.0.0.3"), "{ext}");
     }
 
     #[test]
@@ -155,9 +133,7 @@ mod tests {
             problems: vec![Problem::new("a", "x"), Problem::new("b", "y")],
         }
         .extend();
-        let value = async_graphql::Response::from_errors(vec![
-            err.into_server_error(async_graphql::Pos::default()),
-        ]);
+        let value = async_graphql::Response::from_errors(vec![err.into_server_error(async_graphql::Pos::default())]);
         let json = serde_json::to_value(&value).unwrap();
         let ext = &json["errors"][0]["extensions"];
         assert_eq!(ext["code"], "BAD_USER_INPUT");

@@ -12,9 +12,7 @@ use std::{
 };
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 11] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+const BUCKETS: [f64; 11] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Operation names are chosen by clients: past this many distinct names the rest count as `other`.
 const MAX_OPERATION_NAMES: usize = 200;
 
@@ -41,8 +39,7 @@ impl Metrics {
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.latency_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts one GraphQL operation and whether it answered without errors.
@@ -51,11 +48,7 @@ impl Metrics {
             return;
         };
         let name = name.unwrap_or("anonymous");
-        let name = if map.contains_key(name) || map.len() < MAX_OPERATION_NAMES {
-            name
-        } else {
-            "other"
-        };
+        let name = if map.contains_key(name) || map.len() < MAX_OPERATION_NAMES { name } else { "other" };
         let counts = map.entry(name.to_string()).or_default();
         if ok {
             counts.0 += 1;
@@ -79,16 +72,11 @@ impl Metrics {
     /// The Prometheus exposition text; `pool` is (open, idle) database connections.
     pub fn render(&self, pool: (u32, u32)) -> String {
         let mut out = String::new();
-        out.push_str(
-            "# HELP ensemble_http_requests_total HTTP requests answered, by method and status.\n",
-        );
+        out.push_str("# HELP ensemble_http_requests_total HTTP requests answered, by method and status.\n");
         out.push_str("# TYPE ensemble_http_requests_total counter\n");
         if let Ok(map) = self.requests.lock() {
             for ((method, status), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "ensemble_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}"
-                );
+                let _ = writeln!(out, "ensemble_http_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}");
             }
         }
         out.push_str("# HELP ensemble_graphql_operations_total GraphQL operations run, by name and outcome.\n");
@@ -104,9 +92,7 @@ impl Metrics {
                 }
             }
         }
-        out.push_str(
-            "# HELP ensemble_http_request_duration_seconds Time to answer an HTTP request.\n",
-        );
+        out.push_str("# HELP ensemble_http_request_duration_seconds Time to answer an HTTP request.\n");
         out.push_str("# TYPE ensemble_http_request_duration_seconds histogram\n");
         for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
             let _ = writeln!(
@@ -116,41 +102,23 @@ impl Metrics {
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "ensemble_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
+        let _ = writeln!(out, "ensemble_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "ensemble_http_request_duration_seconds_sum {sum}");
         let _ = writeln!(out, "ensemble_http_request_duration_seconds_count {count}");
         out.push_str("# HELP ensemble_db_pool_connections Database pool connections, by state.\n");
         out.push_str("# TYPE ensemble_db_pool_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "ensemble_db_pool_connections{{state=\"open\"}} {}",
-            pool.0
-        );
-        let _ = writeln!(
-            out,
-            "ensemble_db_pool_connections{{state=\"idle\"}} {}",
-            pool.1
-        );
+        let _ = writeln!(out, "ensemble_db_pool_connections{{state=\"open\"}} {}", pool.0);
+        let _ = writeln!(out, "ensemble_db_pool_connections{{state=\"idle\"}} {}", pool.1);
         out.push_str("# HELP ensemble_websocket_connections Open websocket connections.\n");
         out.push_str("# TYPE ensemble_websocket_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "ensemble_websocket_connections {}",
-            self.open_websockets()
-        );
+        let _ = writeln!(out, "ensemble_websocket_connections {}", self.open_websockets());
         out
     }
 }
 
 fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -165,14 +133,8 @@ mod tests {
         }
         metrics.record_operation(Some("op0"), false);
         let text = metrics.render((0, 0));
-        assert!(
-            text.contains("operation=\"other\",outcome=\"ok\"} 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("operation=\"op0\",outcome=\"error\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("operation=\"other\",outcome=\"ok\"} 5"), "{text}");
+        assert!(text.contains("operation=\"op0\",outcome=\"error\"} 1"), "{text}");
     }
 
     #[test]
@@ -183,9 +145,6 @@ mod tests {
         assert!(text.contains("le=\"0.025\"} 0"), "{text}");
         assert!(text.contains("le=\"0.05\"} 1"), "{text}");
         assert!(text.contains("method=\"POST\",status=\"200\"} 1"), "{text}");
-        assert!(
-            text.contains("ensemble_db_pool_connections{state=\"idle\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("ensemble_db_pool_connections{state=\"idle\"} 1"), "{text}");
     }
 }

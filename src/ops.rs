@@ -30,10 +30,7 @@ pub async fn readyz(State(http): State<HttpState>) -> Response {
         Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"status": "unavailable", "reason": reason})),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": reason})))
                 .into_response()
         }
     }
@@ -69,18 +66,12 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let method = request.method().to_string();
     let mut response = next.run(request).await;
     response.headers_mut().insert(REQUEST_ID, value);
-    state
-        .metrics
-        .record_request(&method, response.status().as_u16(), started.elapsed());
+    state.metrics.record_request(&method, response.status().as_u16(), started.elapsed());
     response
 }
 
 fn is_sane_request_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 #[cfg(test)]

@@ -44,16 +44,11 @@ impl App {
             tracing::info!("running in production mode: introspection and suggestions are off");
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            AppError::internal(format!(
-                "cannot create the data folder {}: {e}",
-                config.data_dir.display()
-            ))
+            AppError::internal(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
         let db = db::connect(&config.database_url, config.db_pool_size).await?;
         if config.auto_migrate {
-            Migrator::up(&db, None)
-                .await
-                .map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
+            Migrator::up(&db, None).await.map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
         }
         let listener = TcpListener::bind(config.listen)
             .await
@@ -61,10 +56,7 @@ impl App {
         let auth = Arc::new(Authenticator::new(&config, db.clone()).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
-        let rate_limits = Arc::new(RateLimits::new(
-            config.rate_limit_per_minute,
-            config.rate_limit_burst,
-        ));
+        let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst));
         let state = AppState {
             config: Arc::new(config),
             auth,
@@ -76,18 +68,11 @@ impl App {
             shutdown: stopping,
         };
         let router = router(&state);
-        Ok(Self {
-            listener,
-            router,
-            state,
-            shutdown,
-        })
+        Ok(Self { listener, router, state, shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.state.config.listen)
+        self.listener.local_addr().unwrap_or(self.state.config.listen)
     }
 
     pub fn state(&self) -> &AppState {
@@ -101,10 +86,7 @@ impl App {
 
     /// Serves until `stop` completes; then open websockets are told to close and in-flight
     /// requests finish before this returns.
-    pub async fn run_until(
-        self,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let addr = self.local_addr();
         tracing::info!(
             database = db::backend_name(&self.state.db),
@@ -112,9 +94,7 @@ impl App {
         );
         let shutdown = self.shutdown;
         let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move {
                 stop.await;
@@ -146,10 +126,7 @@ async fn housekeeping(state: AppState) {
 
 fn router(state: &AppState) -> Router {
     let schema = graphql::build_schema(&state.config, Some(state.clone()));
-    let http = HttpState {
-        state: state.clone(),
-        schema,
-    };
+    let http = HttpState { state: state.clone(), schema };
     let config = &state.config;
     Router::new()
         .route("/graphql", get(transport::get).post(transport::post))
@@ -173,10 +150,7 @@ fn router(state: &AppState) -> Router {
 
 /// No origin is allowed unless configured: browsers then only reach the API same-origin.
 fn cors(origins: &[String]) -> CorsLayer {
-    let allowed: Vec<_> = origins
-        .iter()
-        .filter_map(|o| o.trim().parse().ok())
-        .collect();
+    let allowed: Vec<_> = origins.iter().filter_map(|o| o.trim().parse().ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(allowed))
         .allow_methods([Method::GET, Method::POST])

@@ -31,16 +31,8 @@ pub struct RequestMeta {
 }
 
 impl RequestMeta {
-    pub fn from_headers(
-        headers: &axum::http::HeaderMap,
-        peer: Option<std::net::SocketAddr>,
-    ) -> Self {
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+    pub fn from_headers(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>) -> Self {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         Self {
             request_id: text("x-request-id").unwrap_or_default(),
             ip: peer.map(|p| p.ip().to_string()),

@@ -22,10 +22,7 @@ async fn create_key(app: &TestApp, token: &str, input: Value) -> (String, String
     let (_, body) = app.gql_as(token, CREATE, json!({"input": input})).await;
     let made = &body["data"]["createApiKey"];
     (
-        made["secret"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{body}"))
-            .to_string(),
+        made["secret"].as_str().unwrap_or_else(|| panic!("{body}")).to_string(),
         made["apiKey"]["id"].as_str().unwrap().to_string(),
     )
 }
@@ -46,78 +43,34 @@ async fn with_key(app: &TestApp, key: &str, query: &str, variables: Value) -> (u
 async fn a_key_is_shown_once_stored_as_a_hash_and_works_both_ways() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let (secret, id) = create_key(
-        &app,
-        &token,
-        json!({"name": "ci", "scopes": ["TEAMS_READ"]}),
-    )
-    .await;
-    assert!(
-        secret.starts_with("ens_") && secret.len() == 4 + 12 + 1 + 64,
-        "{secret}"
-    );
-    let row = api_keys::Entity::find_by_id(&id)
-        .one(&app.state.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let (secret, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
+    assert!(secret.starts_with("ens_") && secret.len() == 4 + 12 + 1 + 64, "{secret}");
+    let row = api_keys::Entity::find_by_id(&id).one(&app.state.db).await.unwrap().unwrap();
     let stored = format!("{row:?}");
     assert!(!stored.contains(&secret[17..]), "the secret is not stored");
 
-    assert_eq!(
-        with_key(&app, &secret, ME, json!({})).await.1["data"]["me"]["id"],
-        "user_k"
-    );
+    assert_eq!(with_key(&app, &secret, ME, json!({})).await.1["data"]["me"]["id"], "user_k");
     let (status, body) = app.gql_as(&secret, ME, json!({})).await;
-    assert_eq!(
-        (status, &body["data"]["me"]["id"]),
-        (200, &json!("user_k")),
-        "as a bearer too"
-    );
+    assert_eq!((status, &body["data"]["me"]["id"]), (200, &json!("user_k")), "as a bearer too");
 
-    let (_, list) = app
-        .gql_as(
-            &token,
-            "{ apiKeys { nodes { id prefix name scopes } } }",
-            json!({}),
-        )
-        .await;
+    let (_, list) = app.gql_as(&token, "{ apiKeys { nodes { id prefix name scopes } } }", json!({})).await;
     let text = list.to_string();
-    assert!(
-        text.contains(&id) && !text.contains(&secret[17..]),
-        "listing shows no secret: {text}"
-    );
-    assert_eq!(
-        list["data"]["apiKeys"]["nodes"][0]["prefix"],
-        format!("{}", &secret[..17])
-    );
+    assert!(text.contains(&id) && !text.contains(&secret[17..]), "listing shows no secret: {text}");
+    assert_eq!(list["data"]["apiKeys"]["nodes"][0]["prefix"], format!("{}", &secret[..17]));
 }
 
 #[tokio::test]
 async fn a_wrong_secret_with_the_right_prefix_is_refused_and_not_counted_as_use() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let (secret, id) = create_key(
-        &app,
-        &token,
-        json!({"name": "ci", "scopes": ["TEAMS_READ"]}),
-    )
-    .await;
+    let (secret, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
     let forged = format!("{}{}", &secret[..17], "0".repeat(64));
     let (status, body) = with_key(&app, &forged, ME, json!({})).await;
     assert_eq!((status, first_code(&body)), (401, "UNAUTHENTICATED"));
-    let row = api_keys::Entity::find_by_id(&id)
-        .one(&app.state.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = api_keys::Entity::find_by_id(&id).one(&app.state.db).await.unwrap().unwrap();
     assert!(row.last_used_at.is_none(), "a failed attempt is not a use");
     with_key(&app, &secret, ME, json!({})).await;
-    let row = api_keys::Entity::find_by_id(&id)
-        .one(&app.state.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = api_keys::Entity::find_by_id(&id).one(&app.state.db).await.unwrap().unwrap();
     assert!(row.last_used_at.is_some());
 }
 
@@ -125,28 +78,11 @@ async fn a_wrong_secret_with_the_right_prefix_is_refused_and_not_counted_as_use(
 async fn a_revoked_key_fails_on_the_very_next_request_although_cached() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let (secret, id) = create_key(
-        &app,
-        &token,
-        json!({"name": "ci", "scopes": ["TEAMS_READ"]}),
-    )
-    .await;
-    assert_eq!(
-        with_key(&app, &secret, ME, json!({})).await.0,
-        200,
-        "now cached"
-    );
-    let (_, body) = app
-        .gql_as(
-            &token,
-            "mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }",
-            json!({"id": id}),
-        )
-        .await;
-    assert!(
-        body["data"]["revokeApiKey"]["revokedAt"].is_string(),
-        "{body}"
-    );
+    let (secret, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
+    assert_eq!(with_key(&app, &secret, ME, json!({})).await.0, 200, "now cached");
+    let (_, body) =
+        app.gql_as(&token, "mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }", json!({"id": id})).await;
+    assert!(body["data"]["revokeApiKey"]["revokedAt"].is_string(), "{body}");
     let (status, body) = with_key(&app, &secret, ME, json!({})).await;
     assert_eq!(status, 401, "{body}");
 }
@@ -156,70 +92,28 @@ async fn an_expired_key_is_refused_and_a_past_expiry_is_bad_input() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
-    let (secret, _) = create_key(
-        &app,
-        &token,
-        json!({"name": "brief", "scopes": ["TEAMS_READ"], "expiresAt": soon}),
-    )
-    .await;
+    let (secret, _) =
+        create_key(&app, &token, json!({"name": "brief", "scopes": ["TEAMS_READ"], "expiresAt": soon})).await;
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let (status, body) = with_key(&app, &secret, ME, json!({})).await;
     assert_eq!(status, 401);
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("expired")
-    );
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("expired"));
 
     let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
-    let (_, body) = app
-        .gql_as(
-            &token,
-            CREATE,
-            json!({"input": {"name": "", "scopes": [], "expiresAt": past}}),
-        )
-        .await;
+    let (_, body) = app.gql_as(&token, CREATE, json!({"input": {"name": "", "scopes": [], "expiresAt": past}})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT");
-    assert_eq!(
-        body["errors"][0]["extensions"]["problems"]
-            .as_array()
-            .map(Vec::len),
-        Some(3)
-    );
+    assert_eq!(body["errors"][0]["extensions"]["problems"].as_array().map(Vec::len), Some(3));
 }
 
 #[tokio::test]
 async fn a_read_scoped_key_cannot_call_a_mutation() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let (secret, _) = create_key(
-        &app,
-        &token,
-        json!({"name": "reader", "scopes": ["TEAMS_READ"]}),
-    )
-    .await;
-    let (_, body) = with_key(
-        &app,
-        &secret,
-        "mutation { createTeam(input: {name: \"Nope\"}) { id } }",
-        json!({}),
-    )
-    .await;
+    let (secret, _) = create_key(&app, &token, json!({"name": "reader", "scopes": ["TEAMS_READ"]})).await;
+    let (_, body) = with_key(&app, &secret, "mutation { createTeam(input: {name: \"Nope\"}) { id } }", json!({})).await;
     assert_eq!(first_code(&body), "FORBIDDEN");
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("teams:write")
-    );
-    let (_, body) = with_key(
-        &app,
-        &secret,
-        CREATE,
-        json!({"input": {"name": "x", "scopes": ["TEAMS_READ"]}}),
-    )
-    .await;
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("teams:write"));
+    let (_, body) = with_key(&app, &secret, CREATE, json!({"input": {"name": "x", "scopes": ["TEAMS_READ"]}})).await;
     assert_eq!(first_code(&body), "FORBIDDEN", "keys cannot make keys");
 }
 
@@ -227,48 +121,21 @@ async fn a_read_scoped_key_cannot_call_a_mutation() {
 async fn rotation_keeps_the_old_secret_for_the_grace_and_refuses_a_second_rotation() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let (old, id) = create_key(
-        &app,
-        &token,
-        json!({"name": "ci", "scopes": ["TEAMS_READ"]}),
-    )
-    .await;
+    let (old, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
     let rotate = "mutation($id: ID!, $grace: Int!) { rotateApiKey(id: $id, graceSeconds: $grace) { secret apiKey { id previousSecretExpiresAt } } }";
-    let (_, body) = app
-        .gql_as(&token, rotate, json!({"id": id, "grace": 2}))
-        .await;
-    let new = body["data"]["rotateApiKey"]["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        body["data"]["rotateApiKey"]["apiKey"]["id"], id,
-        "the same key"
-    );
+    let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 2})).await;
+    let new = body["data"]["rotateApiKey"]["secret"].as_str().unwrap().to_string();
+    assert_eq!(body["data"]["rotateApiKey"]["apiKey"]["id"], id, "the same key");
     assert_eq!(&new[..17], &old[..17], "the same prefix");
     assert_ne!(new, old);
-    assert_eq!(
-        with_key(&app, &old, ME, json!({})).await.0,
-        200,
-        "the old secret during the grace"
-    );
+    assert_eq!(with_key(&app, &old, ME, json!({})).await.0, 200, "the old secret during the grace");
     assert_eq!(with_key(&app, &new, ME, json!({})).await.0, 200);
 
-    let (_, body) = app
-        .gql_as(&token, rotate, json!({"id": id, "grace": 2}))
-        .await;
-    assert_eq!(
-        first_code(&body),
-        "CONFLICT",
-        "no third secret while the grace runs"
-    );
+    let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 2})).await;
+    assert_eq!(first_code(&body), "CONFLICT", "no third secret while the grace runs");
 
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(
-        with_key(&app, &old, ME, json!({})).await.0,
-        401,
-        "the old secret after the grace"
-    );
+    assert_eq!(with_key(&app, &old, ME, json!({})).await.0, 401, "the old secret after the grace");
     assert_eq!(with_key(&app, &new, ME, json!({})).await.0, 200);
 }
 
@@ -277,25 +144,13 @@ async fn a_team_restricted_key_sees_only_its_team() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
     let create_team = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
-    let a = app.gql_as(&token, create_team, json!({"n": "A"})).await.1["data"]["createTeam"]["id"]
-        .clone();
-    let b = app.gql_as(&token, create_team, json!({"n": "B"})).await.1["data"]["createTeam"]["id"]
-        .clone();
-    let (secret, _) = create_key(
-        &app,
-        &token,
-        json!({"name": "a-only", "scopes": ["TEAMS_READ", "TEAMS_WRITE"], "teamId": a}),
-    )
-    .await;
+    let a = app.gql_as(&token, create_team, json!({"n": "A"})).await.1["data"]["createTeam"]["id"].clone();
+    let b = app.gql_as(&token, create_team, json!({"n": "B"})).await.1["data"]["createTeam"]["id"].clone();
+    let (secret, _) =
+        create_key(&app, &token, json!({"name": "a-only", "scopes": ["TEAMS_READ", "TEAMS_WRITE"], "teamId": a})).await;
     let team = "query($id: ID!) { team(id: $id) { name } }";
-    assert_eq!(
-        with_key(&app, &secret, team, json!({"id": a})).await.1["data"]["team"]["name"],
-        "A"
-    );
-    assert_eq!(
-        first_code(&with_key(&app, &secret, team, json!({"id": b})).await.1),
-        "NOT_FOUND"
-    );
+    assert_eq!(with_key(&app, &secret, team, json!({"id": a})).await.1["data"]["team"]["name"], "A");
+    assert_eq!(first_code(&with_key(&app, &secret, team, json!({"id": b})).await.1), "NOT_FOUND");
     let (_, list) = with_key(&app, &secret, "{ teams { nodes { name } } }", json!({})).await;
     assert_eq!(list["data"]["teams"]["nodes"], json!([{"name": "A"}]));
 }
@@ -304,32 +159,12 @@ async fn a_team_restricted_key_sees_only_its_team() {
 async fn actions_by_a_key_are_audited_with_the_key() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let (secret, id) = create_key(
-        &app,
-        &token,
-        json!({"name": "writer", "scopes": ["TEAMS_WRITE"]}),
-    )
-    .await;
-    with_key(
-        &app,
-        &secret,
-        "mutation { createTeam(input: {name: \"By key\"}) { id } }",
-        json!({}),
-    )
-    .await;
-    let rows = entity::audit_logs::Entity::find()
-        .all(&app.state.db)
-        .await
-        .unwrap();
-    let by_key = rows
-        .iter()
-        .find(|r| r.action == "team.create")
-        .expect("audited");
+    let (secret, id) = create_key(&app, &token, json!({"name": "writer", "scopes": ["TEAMS_WRITE"]})).await;
+    with_key(&app, &secret, "mutation { createTeam(input: {name: \"By key\"}) { id } }", json!({})).await;
+    let rows = entity::audit_logs::Entity::find().all(&app.state.db).await.unwrap();
+    let by_key = rows.iter().find(|r| r.action == "team.create").expect("audited");
     assert_eq!(by_key.actor_kind, "api_key");
     assert_eq!(by_key.api_key_id.as_deref(), Some(id.as_str()));
     assert_eq!(by_key.actor_id.as_deref(), Some("user_k"));
-    assert!(
-        !format!("{rows:?}").contains(&secret[17..]),
-        "no secret in the audit log"
-    );
+    assert!(!format!("{rows:?}").contains(&secret[17..]), "no secret in the audit log");
 }

@@ -9,16 +9,11 @@ use entity::audit_logs;
 use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
 use serde_json::json;
 
-const UPDATE: &str =
-    "mutation($n: String!) { updateProfile(input: {displayName: $n}) { displayName } }";
+const UPDATE: &str = "mutation($n: String!) { updateProfile(input: {displayName: $n}) { displayName } }";
 const SET_ROLE: &str = "mutation { setUserRole(userId: \"user_a\", role: ADMIN) { id } }";
 
 async fn rows(app: &TestApp) -> Vec<audit_logs::Model> {
-    audit_logs::Entity::find()
-        .order_by_asc(audit_logs::Column::Seq)
-        .all(&app.state.db)
-        .await
-        .unwrap()
+    audit_logs::Entity::find().order_by_asc(audit_logs::Column::Seq).all(&app.state.db).await.unwrap()
 }
 
 fn is_postgres() -> bool {
@@ -97,13 +92,7 @@ async fn the_chain_verifies_and_names_the_first_broken_link() {
     let rows = rows(&app).await;
     assert_eq!(rows[1].prev_hash, rows[0].hash);
     assert_eq!(rows[2].prev_hash, rows[1].hash);
-    assert_eq!(
-        audit::verify(&app.state.db).await.unwrap(),
-        audit::Verification {
-            rows: 3,
-            first_broken: None
-        }
-    );
+    assert_eq!(audit::verify(&app.state.db).await.unwrap(), audit::Verification { rows: 3, first_broken: None });
 
     // Someone with database access bypasses the trigger and edits row 2.
     let db = &app.state.db;
@@ -113,9 +102,7 @@ async fn the_chain_verifies_and_names_the_first_broken_link() {
         "DROP TRIGGER audit_logs_no_update"
     };
     db.execute_unprepared(bypass).await.unwrap();
-    db.execute_unprepared("UPDATE audit_logs SET reason = 'edited' WHERE seq = 2")
-        .await
-        .unwrap();
+    db.execute_unprepared("UPDATE audit_logs SET reason = 'edited' WHERE seq = 2").await.unwrap();
     let result = audit::verify(&app.state.db).await.unwrap();
     assert_eq!(result.first_broken, Some(2), "{result:?}");
 }
@@ -125,15 +112,9 @@ async fn a_change_whose_audit_row_cannot_be_written_is_rolled_back() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_a", GlobalRole::Member);
     app.gql_as(&alice, UPDATE, json!({"n": "Before"})).await;
-    app.state
-        .db
-        .execute_unprepared("DELETE FROM audit_head")
-        .await
-        .unwrap();
+    app.state.db.execute_unprepared("DELETE FROM audit_head").await.unwrap();
     let (_, body) = app.gql_as(&alice, UPDATE, json!({"n": "After"})).await;
     assert_eq!(first_code(&body), "INTERNAL", "{body}");
-    let (_, me) = app
-        .gql_as(&alice, "{ me { displayName } }", json!({}))
-        .await;
+    let (_, me) = app.gql_as(&alice, "{ me { displayName } }", json!({})).await;
     assert_eq!(me["data"]["me"]["displayName"], "Before");
 }

@@ -25,12 +25,7 @@ fn clerk_token(key_file: &str, claims: &Value) -> String {
     let kid = DevIssuer::from_pem(&pem).unwrap().kid;
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid);
-    jsonwebtoken::encode(
-        &header,
-        claims,
-        &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
 }
 
 fn now() -> i64 {
@@ -69,25 +64,15 @@ impl JwksStub {
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/.well-known/jwks.json",
-            listener.local_addr().unwrap()
-        );
+        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
-        Self {
-            url,
-            keys,
-            fetches,
-            down,
-        }
+        Self { url, keys, fetches, down }
     }
 }
 
 fn jwks(key_files: &[&str]) -> Value {
-    let keys: Vec<Value> = key_files
-        .iter()
-        .map(|f| DevIssuer::from_pem(&fixture(f)).unwrap().jwks["keys"][0].clone())
-        .collect();
+    let keys: Vec<Value> =
+        key_files.iter().map(|f| DevIssuer::from_pem(&fixture(f)).unwrap().jwks["keys"][0].clone()).collect();
     json!({"keys": keys})
 }
 
@@ -115,35 +100,18 @@ async fn a_dev_token_signs_in_and_creates_the_user_just_in_time() {
     for _ in 0..2 {
         let (status, body) = app.gql_as(&token, ME, json!({})).await;
         assert_eq!(status, 200);
-        assert_eq!(
-            body["data"]["me"],
-            json!({"id": "user_alice", "email": "user_alice@example.com", "role": "ADMIN"})
-        );
+        assert_eq!(body["data"]["me"], json!({"id": "user_alice", "email": "user_alice@example.com", "role": "ADMIN"}));
     }
-    let stored = ensemble::service::users::find(&app.state.db, "user_alice")
-        .await
-        .unwrap()
-        .expect("user row");
+    let stored = ensemble::service::users::find(&app.state.db, "user_alice").await.unwrap().expect("user row");
     assert_eq!(stored.email.as_deref(), Some("user_alice@example.com"));
 }
 
 #[tokio::test]
 async fn the_dev_jwks_is_published() {
     let app = TestApp::spawn().await;
-    let jwks: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.client.get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"][0]["kty"], "RSA");
-    assert_eq!(
-        jwks["keys"][0]["kid"],
-        app.state.auth.dev.as_ref().unwrap().kid
-    );
+    assert_eq!(jwks["keys"][0]["kid"], app.state.auth.dev.as_ref().unwrap().kid);
 }
 
 #[tokio::test]
@@ -170,12 +138,7 @@ async fn a_token_over_8_kib_is_refused_before_decoding() {
     let app = TestApp::spawn().await;
     let (status, body) = app.gql_as(&"a".repeat(9 * 1024), ME, json!({})).await;
     assert_eq!(status, 401);
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("longer than 8192 bytes")
-    );
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("longer than 8192 bytes"));
     let huge = "a".repeat(1024 * 1024);
     let err = app.state.auth.from_token(&huge).await.unwrap_err();
     assert_eq!(err.code(), "UNAUTHENTICATED");
@@ -184,9 +147,7 @@ async fn a_token_over_8_kib_is_refused_before_decoding() {
 #[tokio::test]
 async fn clerk_tokens_verify_with_the_pem_key() {
     let app = TestApp::spawn_with(common::clerk_pem).await;
-    let (status, body) = app
-        .gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({}))
-        .await;
+    let (status, body) = app.gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["me"]["id"], "user_clerk");
     assert_eq!(body["data"]["me"]["role"], "MEMBER");
@@ -212,11 +173,7 @@ async fn hostile_tokens_are_unauthenticated() {
     assert_eq!(status, 200, "the good token passes");
 
     let parts: Vec<&str> = good.split('.').collect();
-    let none_alg = format!(
-        "{}.{}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        parts[1]
-    );
+    let none_alg = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
     let public_pem = fixture("clerk-key.pub.pem");
     let hs256 = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -226,12 +183,7 @@ async fn hostile_tokens_are_unauthenticated() {
     .unwrap();
     let mut swapped_claims = good_claims();
     swapped_claims["sub"] = json!("user_admin");
-    let swapped = format!(
-        "{}.{}.{}",
-        parts[0],
-        URL_SAFE_NO_PAD.encode(swapped_claims.to_string()),
-        parts[2]
-    );
+    let swapped = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(swapped_claims.to_string()), parts[2]);
     let other_key = clerk_token("clerk-key-2.pem", &good_claims());
 
     let vectors = [
@@ -244,15 +196,9 @@ async fn hostile_tokens_are_unauthenticated() {
         ("wrong iss", with(json!({"iss": "https://evil.example"}))),
         ("no iss", with(json!({"iss": null}))),
         ("no sub", with(json!({"sub": null}))),
-        (
-            "azp not allowed",
-            with(json!({"azp": "https://evil.example"})),
-        ),
+        ("azp not allowed", with(json!({"azp": "https://evil.example"}))),
         ("unknown kid", other_key),
-        (
-            "non-base64url characters",
-            format!("{}.{}*!.{}", parts[0], parts[1], parts[2]),
-        ),
+        ("non-base64url characters", format!("{}.{}*!.{}", parts[0], parts[1], parts[2])),
     ];
     for (name, token) in vectors {
         let (status, body) = app.gql_as(&token, ME, json!({})).await;
@@ -265,9 +211,7 @@ async fn hostile_tokens_are_unauthenticated() {
 async fn a_hundred_unknown_kids_cause_at_most_one_jwks_fetch() {
     let stub = JwksStub::start(&["clerk-key.pem"]).await;
     let app = clerk_app(&stub).await;
-    let (status, _) = app
-        .gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({}))
-        .await;
+    let (status, _) = app.gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({})).await;
     assert_eq!(status, 200);
     let before = stub.fetches.load(Ordering::SeqCst);
     let stranger = DevIssuer::from_pem(&fixture("clerk-key-2.pem")).unwrap();
@@ -283,11 +227,7 @@ async fn a_hundred_unknown_kids_cause_at_most_one_jwks_fetch() {
         let (status, _) = app.gql_as(&token, ME, json!({})).await;
         assert_eq!(status, 401);
     }
-    assert!(
-        stub.fetches.load(Ordering::SeqCst) - before <= 1,
-        "fetches: {}",
-        stub.fetches.load(Ordering::SeqCst)
-    );
+    assert!(stub.fetches.load(Ordering::SeqCst) - before <= 1, "fetches: {}", stub.fetches.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
@@ -300,20 +240,12 @@ async fn a_rotated_key_is_accepted_after_a_refetch() {
         c.auth.clerk_jwks_refetch_secs = 1;
     })
     .await;
-    assert_eq!(
-        app.gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({}))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(app.gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({})).await.0, 200);
     // Clerk rotates: the new key is published and tokens signed with it arrive.
     *stub.keys.lock().unwrap() = jwks(&["clerk-key.pem", "clerk-key-2.pem"]);
     let rotated = clerk_token("clerk-key-2.pem", &good_claims());
     let (status, body) = app.gql_as(&rotated, ME, json!({})).await;
-    assert_eq!(
-        status, 401,
-        "within the refetch interval the new kid is unknown: {body}"
-    );
+    assert_eq!(status, 401, "within the refetch interval the new kid is unknown: {body}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = app.gql_as(&rotated, ME, json!({})).await;
     assert_eq!(status, 200, "after a refetch the new key verifies: {body}");
@@ -324,13 +256,7 @@ async fn a_rotated_key_is_accepted_after_a_refetch() {
 async fn a_new_kid_seen_first_is_fetched_and_accepted() {
     let stub = JwksStub::start(&["clerk-key.pem", "clerk-key-2.pem"]).await;
     let app = clerk_app(&stub).await;
-    let (status, body) = app
-        .gql_as(
-            &clerk_token("clerk-key-2.pem", &good_claims()),
-            ME,
-            json!({}),
-        )
-        .await;
+    let (status, body) = app.gql_as(&clerk_token("clerk-key-2.pem", &good_claims()), ME, json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(stub.fetches.load(Ordering::SeqCst), 1);
 }
@@ -350,17 +276,9 @@ async fn with_no_key_at_all_verification_fails_closed() {
     let stub = JwksStub::start(&["clerk-key.pem"]).await;
     stub.down.store(true, Ordering::SeqCst);
     let app = clerk_app(&stub).await;
-    let (status, body) = app
-        .gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({}))
-        .await;
+    let (status, body) = app.gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({})).await;
     assert_eq!(status, 401);
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no signing keys"),
-        "{body}"
-    );
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("no signing keys"), "{body}");
 }
 
 #[tokio::test]
@@ -379,9 +297,7 @@ async fn both_org_claim_formats_are_read() {
     });
     for (token, id) in [(v1, "org_1"), (v2, "org_2")] {
         let principal = app.state.auth.from_token(&token).await.unwrap();
-        let ensemble::auth::Principal::User(user) = principal else {
-            panic!("a user")
-        };
+        let ensemble::auth::Principal::User(user) = principal else { panic!("a user") };
         assert_eq!(user.org.unwrap().id, id);
     }
 }
@@ -393,9 +309,7 @@ async fn admin_users_from_the_environment_are_admins() {
         c.auth.admin_users = vec!["user_clerk".into()];
     })
     .await;
-    let (_, body) = app
-        .gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({}))
-        .await;
+    let (_, body) = app.gql_as(&clerk_token("clerk-key.pem", &good_claims()), ME, json!({})).await;
     assert_eq!(body["data"]["me"]["role"], "ADMIN");
 }
 
@@ -407,15 +321,10 @@ async fn a_websocket_carries_the_principal_of_its_init_payload() {
         json!({"token": app.token("user_ws", GlobalRole::Member)}),
     ] {
         let mut ws = WsClient::connect(app.addr, "graphql-transport-ws").await;
-        ws.send(json!({"type": "connection_init", "payload": payload}))
-            .await;
+        ws.send(json!({"type": "connection_init", "payload": payload})).await;
         assert_eq!(ws.next_json().await["type"], "connection_ack");
-        ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": ME}}))
-            .await;
-        assert_eq!(
-            ws.next_json().await["payload"]["data"]["me"]["id"],
-            "user_ws"
-        );
+        ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": ME}})).await;
+        assert_eq!(ws.next_json().await["payload"]["data"]["me"]["id"], "user_ws");
     }
 }
 
@@ -423,8 +332,7 @@ async fn a_websocket_carries_the_principal_of_its_init_payload() {
 async fn a_websocket_with_a_bad_token_closes_with_4403() {
     let app = TestApp::spawn().await;
     let mut ws = WsClient::connect(app.addr, "graphql-transport-ws").await;
-    ws.send(json!({"type": "connection_init", "payload": {"authorization": "Bearer forged"}}))
-        .await;
+    ws.send(json!({"type": "connection_init", "payload": {"authorization": "Bearer forged"}})).await;
     assert_eq!(ws.closed().await, (4403, "Forbidden".to_string()));
 }
 
@@ -432,17 +340,9 @@ async fn a_websocket_with_a_bad_token_closes_with_4403() {
 async fn a_websocket_closes_with_4403_when_its_token_expires() {
     let app = TestApp::spawn().await;
     let dev = app.state.auth.dev.as_ref().unwrap();
-    let token = dev
-        .sign(
-            "user_brief",
-            None,
-            GlobalRole::Member,
-            Duration::from_secs(2),
-        )
-        .unwrap();
+    let token = dev.sign("user_brief", None, GlobalRole::Member, Duration::from_secs(2)).unwrap();
     let mut ws = WsClient::connect(app.addr, "graphql-transport-ws").await;
-    ws.send(json!({"type": "connection_init", "payload": {"token": token}}))
-        .await;
+    ws.send(json!({"type": "connection_init", "payload": {"token": token}})).await;
     assert_eq!(ws.next_json().await["type"], "connection_ack");
     let (code, reason) = ws.closed().await;
     assert_eq!(code, 4403);

@@ -31,12 +31,8 @@ const USERS: [&str; 8] = [
     "user_newbie",
     "user_admin",
 ];
-const MEMBERS: [(&str, &str); 4] = [
-    ("user_editor", "EDITOR"),
-    ("user_operator", "OPERATOR"),
-    ("user_viewer", "VIEWER"),
-    ("user_target", "VIEWER"),
-];
+const MEMBERS: [(&str, &str); 4] =
+    [("user_editor", "EDITOR"), ("user_operator", "OPERATOR"), ("user_viewer", "VIEWER"), ("user_target", "VIEWER")];
 const ADD: &str = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { addTeamMember(teamId: $team, input: {userId: $user, role: $role}) { userId } }";
 const CREATE_KEY: &str =
     "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }";
@@ -51,77 +47,40 @@ async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Valu
 /// The team, its members and the owner's keys, as every case starts.
 async fn arrange(app: &TestApp) -> Setup {
     for user in USERS {
-        let role = if user == "user_admin" {
-            GlobalRole::Admin
-        } else {
-            GlobalRole::Member
-        };
+        let role = if user == "user_admin" { GlobalRole::Admin } else { GlobalRole::Member };
         must(app, &app.token(user, role), "{ me { id } }", json!({})).await;
     }
     let owner = app.token("user_owner", GlobalRole::Member);
     let create = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
-    let team = must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let team =
+        must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"].as_str().unwrap().to_string();
     for (user, role) in MEMBERS {
-        must(
-            app,
-            &owner,
-            ADD,
-            json!({"team": team, "user": user, "role": role}),
-        )
-        .await;
+        must(app, &owner, ADD, json!({"team": team, "user": user, "role": role})).await;
     }
     let other = must(app, &owner, create, json!({"n": "Other"})).await["createTeam"]["id"].clone();
-    let all = json!([
-        "TEAMS_READ",
-        "TEAMS_WRITE",
-        "RUNS_EXECUTE",
-        "TEMPLATES_READ",
-        "TEMPLATES_WRITE",
-        "ANALYTICS_READ"
-    ]);
+    let all =
+        json!(["TEAMS_READ", "TEAMS_WRITE", "RUNS_EXECUTE", "TEMPLATES_READ", "TEMPLATES_WRITE", "ANALYTICS_READ"]);
     let mut keys = HashMap::new();
     let mut key_read_id = String::new();
     for (name, input) in [
         ("key_full", json!({"name": "full", "scopes": all})),
-        (
-            "key_read",
-            json!({"name": "read", "scopes": ["TEAMS_READ"]}),
-        ),
-        (
-            "key_other",
-            json!({"name": "other", "scopes": all, "teamId": other}),
-        ),
+        ("key_read", json!({"name": "read", "scopes": ["TEAMS_READ"]})),
+        ("key_other", json!({"name": "other", "scopes": all, "teamId": other})),
     ] {
-        let made =
-            must(app, &owner, CREATE_KEY, json!({"input": input})).await["createApiKey"].clone();
+        let made = must(app, &owner, CREATE_KEY, json!({"input": input})).await["createApiKey"].clone();
         keys.insert(name, made["secret"].as_str().unwrap().to_string());
         if name == "key_read" {
             key_read_id = made["apiKey"]["id"].as_str().unwrap().to_string();
         }
     }
-    Setup {
-        team,
-        keys,
-        key_read_id,
-    }
+    Setup { team, keys, key_read_id }
 }
 
 /// Everything but the audit log and key bookkeeping, in a stable order.
 async fn snapshot(app: &TestApp) -> String {
     let db = &app.state.db;
-    let users = users::Entity::find()
-        .order_by_asc(users::Column::Id)
-        .all(db)
-        .await
-        .unwrap();
-    let teams = teams::Entity::find()
-        .order_by_asc(teams::Column::Id)
-        .all(db)
-        .await
-        .unwrap();
+    let users = users::Entity::find().order_by_asc(users::Column::Id).all(db).await.unwrap();
+    let teams = teams::Entity::find().order_by_asc(teams::Column::Id).all(db).await.unwrap();
     let members = team_members::Entity::find()
         .order_by_asc(team_members::Column::TeamId)
         .order_by_asc(team_members::Column::UserId)
@@ -138,14 +97,8 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
         "anonymous" => app.gql(query, variables).await,
         key if key.starts_with("key_") => app.gql_as(&setup.keys[key], query, variables).await.1,
         who => {
-            let role = if who == "admin" {
-                GlobalRole::Admin
-            } else {
-                GlobalRole::Member
-            };
-            app.gql_as(&app.token(&format!("user_{who}"), role), query, variables)
-                .await
-                .1
+            let role = if who == "admin" { GlobalRole::Admin } else { GlobalRole::Member };
+            app.gql_as(&app.token(&format!("user_{who}"), role), query, variables).await.1
         }
     };
     let outcome = match body["errors"][0]["extensions"]["code"].as_str() {
@@ -166,43 +119,26 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
     let shared = TestApp::spawn().await;
     let shared_setup = arrange(&shared).await;
     for principal in &principals {
-        let expected = operation["expect"][principal.as_str()]
-            .as_str()
-            .unwrap_or_else(|| panic!("{name} lacks {principal}"));
-        let fresh = if is_mutation && expected == "ok" {
-            Some(TestApp::spawn().await)
-        } else {
-            None
-        };
+        let expected =
+            operation["expect"][principal.as_str()].as_str().unwrap_or_else(|| panic!("{name} lacks {principal}"));
+        let fresh = if is_mutation && expected == "ok" { Some(TestApp::spawn().await) } else { None };
         let (app, setup) = match &fresh {
             Some(app) => (app, arrange(app).await),
             None => (&shared, shared_setup.clone()),
         };
         let before = snapshot(app).await;
-        let audited = audit_logs::Entity::find()
-            .count(&app.state.db)
-            .await
-            .unwrap();
+        let audited = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
         let (got, body) = outcome(app, principal, query, &setup).await;
         if got != expected {
-            failures.push(format!(
-                "{name} as {principal}: expected {expected}, got {got} ({body})"
-            ));
+            failures.push(format!("{name} as {principal}: expected {expected}, got {got} ({body})"));
         } else if expected != "ok" {
             if snapshot(app).await != before {
-                failures.push(format!(
-                    "{name} as {principal}: refused, yet the database changed"
-                ));
+                failures.push(format!("{name} as {principal}: refused, yet the database changed"));
             }
-            let rows = audit_logs::Entity::find()
-                .count(&app.state.db)
-                .await
-                .unwrap();
+            let rows = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
             let wanted = audited + u64::from(is_mutation);
             if rows != wanted {
-                failures.push(format!(
-                    "{name} as {principal}: {rows} audit rows, expected {wanted}"
-                ));
+                failures.push(format!("{name} as {principal}: {rows} audit rows, expected {wanted}"));
             }
         }
     }
@@ -211,14 +147,9 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
 
 #[tokio::test]
 async fn every_operation_answers_every_principal_as_the_matrix_says() {
-    let matrix: Value =
-        serde_json::from_str(include_str!("data/authorization.json")).expect("the matrix is JSON");
-    let principals: Vec<String> = matrix["principals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let matrix: Value = serde_json::from_str(include_str!("data/authorization.json")).expect("the matrix is JSON");
+    let principals: Vec<String> =
+        matrix["principals"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     let checks: Vec<_> = matrix["operations"]
         .as_array()
         .unwrap()
@@ -229,10 +160,5 @@ async fn every_operation_answers_every_principal_as_the_matrix_says() {
     for check in checks {
         failures.extend(check.await.expect("the check ran"));
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }

@@ -14,13 +14,7 @@ use serde_json::json;
 
 fn ensemble() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
-    for var in [
-        "DATABASE_URL",
-        "ENSEMBLE_LISTEN",
-        "ENSEMBLE_ENV",
-        "ENSEMBLE_DATA_DIR",
-        "RUST_LOG",
-    ] {
+    for var in ["DATABASE_URL", "ENSEMBLE_LISTEN", "ENSEMBLE_ENV", "ENSEMBLE_DATA_DIR", "RUST_LOG"] {
         command.env_remove(var);
     }
     command.env("NO_COLOR", "1");
@@ -60,10 +54,7 @@ fn help_documents_every_option_with_its_environment_variable() {
         "ENSEMBLE_LIMIT_BATCH",
         "ENSEMBLE_WS_KEEPALIVE_SECS",
     ] {
-        assert!(
-            help.contains(&format!("[env: {var}")),
-            "--help lacks {var}:\n{help}"
-        );
+        assert!(help.contains(&format!("[env: {var}")), "--help lacks {var}:\n{help}");
     }
     for command in ["serve", "migrate", "schema"] {
         assert!(help.contains(command), "--help lacks {command}");
@@ -72,11 +63,7 @@ fn help_documents_every_option_with_its_environment_variable() {
 
 #[test]
 fn the_database_password_never_reaches_the_help_text() {
-    let output = ensemble()
-        .arg("--help")
-        .env("DATABASE_URL", "postgres://u:s3cret@h/db")
-        .output()
-        .unwrap();
+    let output = ensemble().arg("--help").env("DATABASE_URL", "postgres://u:s3cret@h/db").output().unwrap();
     assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
 }
 
@@ -85,17 +72,8 @@ async fn migrate_up_status_and_down_by_hand() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _pg) = database(dir.path()).await;
     let run = |args: &[&str]| {
-        let output = ensemble()
-            .args(["migrate"])
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = ensemble().args(["migrate"]).args(args).env("DATABASE_URL", &url).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
     assert!(run(&["status"]).contains("pending  m0001_identity"));
@@ -104,14 +82,8 @@ async fn migrate_up_status_and_down_by_hand() {
     use migration::MigratorTrait;
     let all = migration::Migrator::migrations().len().to_string();
     let reverted = run(&["down", "--steps", &all]);
-    assert!(
-        !reverted.contains("applied"),
-        "everything reverted:\n{reverted}"
-    );
-    assert_eq!(
-        reverted.lines().count(),
-        migration::Migrator::migrations().len()
-    );
+    assert!(!reverted.contains("applied"), "everything reverted:\n{reverted}");
+    assert_eq!(reverted.lines().count(), migration::Migrator::migrations().len());
 }
 
 #[tokio::test]
@@ -120,17 +92,11 @@ async fn ensemble_token_prints_a_token_the_server_accepts() {
     let data = dir.path().join("data");
     common::install_dev_key(&data);
     let output = ensemble()
-        .args([
-            "token", "--user", "alice", "--role", "admin", "--ttl", "15m",
-        ])
+        .args(["token", "--user", "alice", "--role", "admin", "--ttl", "15m"])
         .env("ENSEMBLE_DATA_DIR", &data)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
     let app = common::TestApp::spawn().await;
     let (status, body) = app.gql_as(&token, "{ me { id role } }", json!({})).await;
@@ -142,10 +108,7 @@ async fn ensemble_token_prints_a_token_the_server_accepts() {
 fn ensemble_token_refuses_when_clerk_issues_tokens() {
     let output = ensemble()
         .args(["token", "--user", "alice"])
-        .env(
-            "CLERK_JWKS_URL",
-            "https://clerk.example/.well-known/jwks.json",
-        )
+        .env("CLERK_JWKS_URL", "https://clerk.example/.well-known/jwks.json")
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -155,16 +118,8 @@ fn ensemble_token_refuses_when_clerk_issues_tokens() {
 #[test]
 fn the_first_start_creates_the_data_folder_and_database_file() {
     let dir = tempfile::tempdir().unwrap();
-    let output = ensemble()
-        .args(["migrate", "up"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = ensemble().args(["migrate", "up"]).current_dir(dir.path()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(dir.path().join("data/ensemble.db").is_file());
 }
 
@@ -172,61 +127,36 @@ fn the_first_start_creates_the_data_folder_and_database_file() {
 fn schema_prints_the_committed_sdl() {
     let output = ensemble().arg("schema").output().unwrap();
     assert!(output.status.success());
-    let committed =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
-            .unwrap();
-    assert!(
-        String::from_utf8(output.stdout).unwrap() == committed,
-        "schema.graphql is stale"
-    );
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql")).unwrap();
+    assert!(String::from_utf8(output.stdout).unwrap() == committed, "schema.graphql is stale");
 }
 
 #[test]
 fn an_unreachable_database_at_start_exits_non_zero_with_a_clear_error() {
     let output = ensemble()
-        .env(
-            "DATABASE_URL",
-            "postgres://app:hunter2@127.0.0.1:1/ensemble",
-        )
+        .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/ensemble")
         .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr
-            .contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/ensemble"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/ensemble"), "{stderr}");
     assert!(!stderr.contains("hunter2"));
 }
 
 #[test]
 fn a_sqlite_file_that_cannot_be_created_exits_non_zero() {
-    let output = ensemble()
-        .env("DATABASE_URL", "sqlite:///proc/ensemble/nope.db")
-        .output()
-        .unwrap();
+    let output = ensemble().env("DATABASE_URL", "sqlite:///proc/ensemble/nope.db").output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("cannot create the folder /proc/ensemble"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot create the folder /proc/ensemble"), "{stderr}");
 }
 
 #[test]
 fn an_unknown_environment_name_is_refused() {
-    let output = ensemble()
-        .env("ENSEMBLE_ENV", "prod")
-        .arg("schema")
-        .output()
-        .unwrap();
+    let output = ensemble().env("ENSEMBLE_ENV", "prod").arg("schema").output().unwrap();
     assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("possible values: development, production")
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: development, production"));
 }
 
 #[tokio::test]
@@ -252,19 +182,10 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { heartbeat(intervalSeconds: 1) { seq } }"}})).await;
     assert_eq!(ws.next_json().await["type"], "next");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    assert_eq!(
-        ws.closed().await,
-        (1001, "Server shutting down".to_string())
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(ws.closed().await, (1001, "Server shutting down".to_string()));
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");

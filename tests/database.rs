@@ -24,10 +24,7 @@ async fn insert_team(app: &TestApp) -> String {
     .insert(&app.state.db)
     .await
     .unwrap();
-    team("team_1", "user_owner")
-        .insert(&app.state.db)
-        .await
-        .unwrap();
+    team("team_1", "user_owner").insert(&app.state.db).await.unwrap();
     "team_1".into()
 }
 
@@ -58,11 +55,7 @@ async fn fifty_concurrent_read_then_write_transactions_lose_no_update() {
             let team_id = team_id.clone();
             tokio::spawn(async move {
                 let txn = db::begin_write(&db).await?;
-                let team = teams::Entity::find_by_id(team_id)
-                    .lock_exclusive()
-                    .one(&txn)
-                    .await?
-                    .expect("team exists");
+                let team = teams::Entity::find_by_id(team_id).lock_exclusive().one(&txn).await?.expect("team exists");
                 let next = team.version + 1;
                 let mut active: teams::ActiveModel = team.into();
                 active.version = Set(next);
@@ -74,24 +67,15 @@ async fn fifty_concurrent_read_then_write_transactions_lose_no_update() {
     for task in tasks {
         task.await.unwrap().expect("no transaction fails");
     }
-    let team = teams::Entity::find_by_id(team_id)
-        .one(&app.state.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let team = teams::Entity::find_by_id(team_id).one(&app.state.db).await.unwrap().unwrap();
     assert_eq!(team.version, 51);
 }
 
 #[tokio::test]
 async fn foreign_keys_are_enforced() {
     let app = TestApp::spawn().await;
-    let orphan = team("team_orphan", "user_missing")
-        .insert(&app.state.db)
-        .await;
-    assert!(
-        orphan.is_err(),
-        "a team whose owner does not exist is refused"
-    );
+    let orphan = team("team_orphan", "user_missing").insert(&app.state.db).await;
+    assert!(orphan.is_err(), "a team whose owner does not exist is refused");
 }
 
 #[tokio::test]
@@ -106,8 +90,6 @@ async fn readiness_refuses_a_sqlite_database_not_in_wal_mode() {
     let plain = sea_orm::Database::connect(&url).await.unwrap();
     use migration::MigratorTrait;
     migration::Migrator::up(&plain, None).await.unwrap();
-    let reason = ensemble::service::system::readiness(&plain)
-        .await
-        .unwrap_err();
+    let reason = ensemble::service::system::readiness(&plain).await.unwrap_err();
     assert_eq!(reason, "SQLite journal_mode is delete, expected wal");
 }

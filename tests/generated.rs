@@ -6,13 +6,8 @@ use std::path::Path;
 fn schema_graphql_is_up_to_date() {
     let config = ensemble::config::Config::from_env().unwrap();
     let current = ensemble::graphql::sdl(&config);
-    let committed =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql"))
-            .unwrap();
-    assert!(
-        committed == current,
-        "schema.graphql is stale: run `cargo run -- schema > schema.graphql`"
-    );
+    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql")).unwrap();
+    assert!(committed == current, "schema.graphql is stale: run `cargo run -- schema > schema.graphql`");
 }
 
 #[tokio::test]
@@ -26,13 +21,7 @@ async fn the_d1_export_is_up_to_date() {
     }
     let on_disk = std::fs::read_dir(&dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "sql")
-        })
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
         .count();
     assert_eq!(on_disk, files.len(), "extra files; {stale}");
 }
@@ -40,16 +29,8 @@ async fn the_d1_export_is_up_to_date() {
 #[tokio::test]
 async fn every_exported_statement_is_one_d1_accepts() {
     for file in migration::d1::export().await.unwrap() {
-        for statement in file
-            .sql
-            .split(";\n")
-            .filter(|s| !s.trim().is_empty() && !s.trim_start().starts_with("--"))
-        {
-            assert!(
-                migration::d1::check_d1_compatible(statement).is_ok(),
-                "{}: {statement}",
-                file.file_name
-            );
+        for statement in file.sql.split(";\n").filter(|s| !s.trim().is_empty() && !s.trim_start().starts_with("--")) {
+            assert!(migration::d1::check_d1_compatible(statement).is_ok(), "{}: {statement}", file.file_name);
         }
     }
 }

@@ -26,10 +26,7 @@ impl std::io::Write for Captured {
 async fn a_database_failure_is_internal_with_the_request_id_in_the_log() {
     let log = Captured::default();
     let writer = log.clone();
-    tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).init();
 
     let app = TestApp::spawn().await;
     app.state.db.close_by_ref().await.unwrap();
@@ -45,22 +42,10 @@ async fn a_database_failure_is_internal_with_the_request_id_in_the_log() {
     assert_eq!(first_code(&body), "INTERNAL", "{body}");
     let message = body["errors"][0]["message"].as_str().unwrap();
     assert_eq!(message, ensemble::error::INTERNAL_MESSAGE);
-    assert!(
-        !body.to_string().to_lowercase().contains("pool"),
-        "no internals: {body}"
-    );
+    assert!(!body.to_string().to_lowercase().contains("pool"), "no internals: {body}");
 
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.contains("internal error"))
-        .unwrap_or_else(|| panic!("no log line:\n{text}"));
-    assert!(
-        line.contains("req-db-down-7"),
-        "the request id is on the line: {line}"
-    );
-    assert!(
-        line.to_lowercase().contains("closed"),
-        "the cause is logged: {line}"
-    );
+    let line = text.lines().find(|l| l.contains("internal error")).unwrap_or_else(|| panic!("no log line:\n{text}"));
+    assert!(line.contains("req-db-down-7"), "the request id is on the line: {line}");
+    assert!(line.to_lowercase().contains("closed"), "the cause is logged: {line}");
 }

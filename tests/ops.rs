@@ -29,13 +29,7 @@ async fn readyz_is_503_while_a_migration_is_pending() {
     let response = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("1 migration(s) pending"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("1 migration(s) pending"), "{body}");
 }
 
 #[tokio::test]
@@ -45,21 +39,12 @@ async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
         println!("skipped: SQLite pragmas do not apply to the PostgreSQL run");
         return;
     }
-    assert_eq!(
-        ensemble::db::sqlite_journal_mode(&app.state.db)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("wal")
-    );
+    assert_eq!(ensemble::db::sqlite_journal_mode(&app.state.db).await.unwrap().as_deref(), Some("wal"));
     use sea_orm::{ConnectionTrait, Statement};
     let row = app
         .state
         .db
-        .query_one_raw(Statement::from_string(
-            sea_orm::DbBackend::Sqlite,
-            "PRAGMA foreign_keys",
-        ))
+        .query_one_raw(Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA foreign_keys"))
         .await
         .unwrap()
         .unwrap();
@@ -77,11 +62,7 @@ async fn server_info_reports_version_database_migrations_and_limits() {
         )
         .await;
     let info = &body["data"]["serverInfo"];
-    let expected_backend = if std::env::var(PG_ENV).is_ok() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let expected_backend = if std::env::var(PG_ENV).is_ok() { "postgres" } else { "sqlite" };
     assert_eq!(info["database"], expected_backend);
     assert_eq!(info["migrationsApplied"], Migrator::migrations().len());
     assert_eq!(info["migrationsPending"], 0);
@@ -100,10 +81,7 @@ async fn the_postgres_run_uses_postgres() {
         println!("skipped: set {PG_ENV}=postgres://… to run the suite on PostgreSQL");
         return;
     };
-    assert!(
-        url.starts_with("postgres"),
-        "{PG_ENV} must be a postgres:// URL"
-    );
+    assert!(url.starts_with("postgres"), "{PG_ENV} must be a postgres:// URL");
     let app = TestApp::spawn().await;
     assert_eq!(ensemble::db::backend_name(&app.state.db), "postgres");
 }
@@ -119,29 +97,12 @@ async fn metrics_count_requests_operations_and_pool_use() {
         .unwrap();
     app.gql("{ serverInfo { nope } }", json!({})).await;
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = response.text().await.unwrap();
-    assert!(
-        text.contains("ensemble_graphql_operations_total{operation=\"Info\",outcome=\"ok\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ensemble_http_requests_total{method=\"POST\",status=\"200\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ensemble_http_request_duration_seconds_count 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ensemble_db_pool_connections{state=\"open\"}"),
-        "{text}"
-    );
+    assert!(text.contains("ensemble_graphql_operations_total{operation=\"Info\",outcome=\"ok\"} 1"), "{text}");
+    assert!(text.contains("ensemble_http_requests_total{method=\"POST\",status=\"200\"} 2"), "{text}");
+    assert!(text.contains("ensemble_http_request_duration_seconds_count 2"), "{text}");
+    assert!(text.contains("ensemble_db_pool_connections{state=\"open\"}"), "{text}");
 }
 
 #[tokio::test]
@@ -150,13 +111,7 @@ async fn with_auto_migrate_off_the_server_starts_but_is_not_ready() {
     let response = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("run `ensemble migrate up`"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("run `ensemble migrate up`"), "{body}");
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "alive all the same");
 }
@@ -171,16 +126,9 @@ async fn a_request_that_outlives_the_timeout_is_answered_408() {
     // Holding the only pooled connection makes the next query wait for it.
     use sea_orm::TransactionTrait;
     let held = app.state.db.begin().await.unwrap();
-    let response = app
-        .post_body(
-            "application/json",
-            r#"{"query": "{ serverInfo { version } }"}"#,
-        )
-        .await;
+    let response = app.post_body("application/json", r#"{"query": "{ serverInfo { version } }"}"#).await;
     assert_eq!(response.status(), 408);
     held.rollback().await.unwrap();
-    let (status, body) = app
-        .post_json(&json!({"query": "{ serverInfo { version } }"}))
-        .await;
+    let (status, body) = app.post_json(&json!({"query": "{ serverInfo { version } }"})).await;
     assert_eq!(status, 200, "the server recovers: {body}");
 }

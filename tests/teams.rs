@@ -42,22 +42,14 @@ async fn a_new_team_has_its_creator_as_owner_and_a_default_spec() {
 
     let again = create(&app, &owner, json!({"name": "Support triage"})).await;
     let slug = again["data"]["createTeam"]["slug"].as_str().unwrap();
-    assert!(
-        slug.starts_with("support-triage-") && slug.len() == "support-triage-".len() + 6,
-        "{slug}"
-    );
+    assert!(slug.starts_with("support-triage-") && slug.len() == "support-triage-".len() + 6, "{slug}");
 }
 
 #[tokio::test]
 async fn bad_team_input_lists_every_problem_and_creates_nothing() {
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
-    let body = create(
-        &app,
-        &owner,
-        json!({"name": " ", "description": "d".repeat(2001), "spec": [1, 2]}),
-    )
-    .await;
+    let body = create(&app, &owner, json!({"name": " ", "description": "d".repeat(2001), "spec": [1, 2]})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT");
     let paths: Vec<&str> = body["errors"][0]["extensions"]["problems"]
         .as_array()
@@ -66,9 +58,7 @@ async fn bad_team_input_lists_every_problem_and_creates_nothing() {
         .map(|p| p["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["name", "description", "spec"]);
-    let (_, list) = app
-        .gql_as(&owner, "{ teams { nodes { id } } }", json!({}))
-        .await;
+    let (_, list) = app.gql_as(&owner, "{ teams { nodes { id } } }", json!({})).await;
     assert_eq!(list["data"]["teams"]["nodes"], json!([]));
 }
 
@@ -83,10 +73,7 @@ async fn teams_lists_your_teams_newest_first_page_by_page() {
     create(&app, &other, json!({"name": "Not yours"})).await;
     let list = "query($after: String) { teams(first: 2, after: $after) { nodes { name } pageInfo { hasNextPage endCursor } } }";
     let (_, page1) = app.gql_as(&owner, list, json!({})).await;
-    assert_eq!(
-        page1["data"]["teams"]["nodes"],
-        json!([{"name": "Three"}, {"name": "Two"}])
-    );
+    assert_eq!(page1["data"]["teams"]["nodes"], json!([{"name": "Three"}, {"name": "Two"}]));
     let after = page1["data"]["teams"]["pageInfo"]["endCursor"].clone();
     let (_, page2) = app.gql_as(&owner, list, json!({"after": after})).await;
     assert_eq!(page2["data"]["teams"]["nodes"], json!([{"name": "One"}]));
@@ -97,17 +84,12 @@ async fn teams_lists_your_teams_newest_first_page_by_page() {
 async fn a_stale_expected_version_is_a_conflict_naming_the_current_one() {
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
-    let id =
-        create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
-    let update = "mutation($id: ID!, $v: Int) { updateTeam(id: $id, input: {name: \"Renamed\"}, expectedVersion: $v) { name } }";
+    let id = create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    let update =
+        "mutation($id: ID!, $v: Int) { updateTeam(id: $id, input: {name: \"Renamed\"}, expectedVersion: $v) { name } }";
     let (_, body) = app.gql_as(&owner, update, json!({"id": id, "v": 7})).await;
     assert_eq!(first_code(&body), "CONFLICT");
-    assert!(
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("version 1")
-    );
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("version 1"));
     let (_, body) = app.gql_as(&owner, update, json!({"id": id, "v": 1})).await;
     assert_eq!(body["data"]["updateTeam"]["name"], "Renamed");
 }
@@ -117,38 +99,15 @@ async fn the_last_owner_can_be_neither_demoted_nor_removed() {
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
     signed_in(&app, "user_p").await;
-    let team =
-        create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            UPDATE_MEMBER,
-            json!({"team": team, "user": "user_o", "role": "EDITOR"}),
-        )
-        .await;
+    let team = create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    let (_, body) = app.gql_as(&owner, UPDATE_MEMBER, json!({"team": team, "user": "user_o", "role": "EDITOR"})).await;
     assert_eq!(first_code(&body), "CONFLICT");
-    let (_, body) = app
-        .gql_as(&owner, REMOVE, json!({"team": team, "user": "user_o"}))
-        .await;
+    let (_, body) = app.gql_as(&owner, REMOVE, json!({"team": team, "user": "user_o"})).await;
     assert_eq!(first_code(&body), "CONFLICT");
 
-    app.gql_as(
-        &owner,
-        ADD,
-        json!({"team": team, "user": "user_p", "role": "OWNER"}),
-    )
-    .await;
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            UPDATE_MEMBER,
-            json!({"team": team, "user": "user_o", "role": "EDITOR"}),
-        )
-        .await;
-    assert_eq!(
-        body["data"]["updateTeamMember"],
-        json!({"userId": "user_o", "role": "EDITOR"})
-    );
+    app.gql_as(&owner, ADD, json!({"team": team, "user": "user_p", "role": "OWNER"})).await;
+    let (_, body) = app.gql_as(&owner, UPDATE_MEMBER, json!({"team": team, "user": "user_o", "role": "EDITOR"})).await;
+    assert_eq!(body["data"]["updateTeamMember"], json!({"userId": "user_o", "role": "EDITOR"}));
 }
 
 #[tokio::test]
@@ -156,50 +115,17 @@ async fn members_are_added_once_and_may_leave() {
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
     let viewer = signed_in(&app, "user_v").await;
-    let team =
-        create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            ADD,
-            json!({"team": team, "user": "user_v", "role": "VIEWER"}),
-        )
-        .await;
-    assert_eq!(
-        body["data"]["addTeamMember"],
-        json!({"userId": "user_v", "role": "VIEWER"})
-    );
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            ADD,
-            json!({"team": team, "user": "user_v", "role": "EDITOR"}),
-        )
-        .await;
+    let team = create(&app, &owner, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    let (_, body) = app.gql_as(&owner, ADD, json!({"team": team, "user": "user_v", "role": "VIEWER"})).await;
+    assert_eq!(body["data"]["addTeamMember"], json!({"userId": "user_v", "role": "VIEWER"}));
+    let (_, body) = app.gql_as(&owner, ADD, json!({"team": team, "user": "user_v", "role": "EDITOR"})).await;
     assert_eq!(first_code(&body), "CONFLICT");
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            ADD,
-            json!({"team": team, "user": "user_never_seen", "role": "EDITOR"}),
-        )
-        .await;
+    let (_, body) = app.gql_as(&owner, ADD, json!({"team": team, "user": "user_never_seen", "role": "EDITOR"})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT");
 
-    let (_, body) = app
-        .gql_as(&viewer, REMOVE, json!({"team": team, "user": "user_v"}))
-        .await;
-    assert_eq!(
-        body["data"]["removeTeamMember"]["userId"], "user_v",
-        "a member may leave: {body}"
-    );
-    let (_, body) = app
-        .gql_as(
-            &viewer,
-            "query($id: ID!) { team(id: $id) { id } }",
-            json!({"id": team}),
-        )
-        .await;
+    let (_, body) = app.gql_as(&viewer, REMOVE, json!({"team": team, "user": "user_v"})).await;
+    assert_eq!(body["data"]["removeTeamMember"]["userId"], "user_v", "a member may leave: {body}");
+    let (_, body) = app.gql_as(&viewer, "query($id: ID!) { team(id: $id) { id } }", json!({"id": team})).await;
     assert_eq!(first_code(&body), "NOT_FOUND");
 }
 
@@ -207,36 +133,15 @@ async fn members_are_added_once_and_may_leave() {
 async fn a_public_team_is_visible_to_anyone_but_its_members_are_not() {
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
-    let team = create(
-        &app,
-        &owner,
-        json!({"name": "Showcase", "visibility": "PUBLIC"}),
-    )
-    .await["data"]["createTeam"]["id"]
-        .clone();
-    let body = app
-        .gql(
-            "query($id: ID!) { team(id: $id) { name myRole } }",
-            json!({"id": team}),
-        )
-        .await;
-    assert_eq!(
-        body["data"]["team"],
-        json!({"name": "Showcase", "myRole": null})
-    );
-    let body = app
-        .gql(
-            "query($id: ID!) { team(id: $id) { members { userId } } }",
-            json!({"id": team}),
-        )
-        .await;
+    let team =
+        create(&app, &owner, json!({"name": "Showcase", "visibility": "PUBLIC"})).await["data"]["createTeam"]["id"]
+            .clone();
+    let body = app.gql("query($id: ID!) { team(id: $id) { name myRole } }", json!({"id": team})).await;
+    assert_eq!(body["data"]["team"], json!({"name": "Showcase", "myRole": null}));
+    let body = app.gql("query($id: ID!) { team(id: $id) { members { userId } } }", json!({"id": team})).await;
     assert_eq!(first_code(&body), "FORBIDDEN");
-    let body = app
-        .gql(
-            "mutation($id: ID!) { updateTeam(id: $id, input: {name: \"x\"}) { id } }",
-            json!({"id": team}),
-        )
-        .await;
+    let body =
+        app.gql("mutation($id: ID!) { updateTeam(id: $id, input: {name: \"x\"}) { id } }", json!({"id": team})).await;
     assert_eq!(first_code(&body), "UNAUTHENTICATED");
 }
 
@@ -244,33 +149,13 @@ async fn a_public_team_is_visible_to_anyone_but_its_members_are_not() {
 async fn archiving_keeps_the_team_and_deleting_removes_it() {
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
-    let team =
-        create(&app, &owner, json!({"name": "Old"})).await["data"]["createTeam"]["id"].clone();
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            "mutation($id: ID!) { archiveTeam(id: $id) { archivedAt } }",
-            json!({"id": team}),
-        )
-        .await;
-    assert!(
-        body["data"]["archiveTeam"]["archivedAt"].is_string(),
-        "{body}"
-    );
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            "mutation($id: ID!) { deleteTeam(id: $id) { name } }",
-            json!({"id": team}),
-        )
-        .await;
+    let team = create(&app, &owner, json!({"name": "Old"})).await["data"]["createTeam"]["id"].clone();
+    let (_, body) =
+        app.gql_as(&owner, "mutation($id: ID!) { archiveTeam(id: $id) { archivedAt } }", json!({"id": team})).await;
+    assert!(body["data"]["archiveTeam"]["archivedAt"].is_string(), "{body}");
+    let (_, body) =
+        app.gql_as(&owner, "mutation($id: ID!) { deleteTeam(id: $id) { name } }", json!({"id": team})).await;
     assert_eq!(body["data"]["deleteTeam"]["name"], "Old");
-    let (_, body) = app
-        .gql_as(
-            &owner,
-            "query($id: ID!) { team(id: $id) { id } }",
-            json!({"id": team}),
-        )
-        .await;
+    let (_, body) = app.gql_as(&owner, "query($id: ID!) { team(id: $id) { id } }", json!({"id": team})).await;
     assert_eq!(first_code(&body), "NOT_FOUND");
 }

@@ -15,51 +15,30 @@ async fn every_request_counts_against_its_principal() {
     for _ in 0..3 {
         app.gql_as(&token, "{ me { id } }", json!({})).await;
     }
-    let (_, body) = app.gql_as(&token, "mutation { createApiKey(input: {name: \"k\", scopes: [TEAMS_READ]}) { secret apiKey { id } } }", json!({})).await;
-    let key = body["data"]["createApiKey"]["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key_id = body["data"]["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, body) = app
+        .gql_as(
+            &token,
+            "mutation { createApiKey(input: {name: \"k\", scopes: [TEAMS_READ]}) { secret apiKey { id } } }",
+            json!({}),
+        )
+        .await;
+    let key = body["data"]["createApiKey"]["secret"].as_str().unwrap().to_string();
+    let key_id = body["data"]["createApiKey"]["apiKey"]["id"].as_str().unwrap().to_string();
     app.gql_as(&key, "{ me { id } }", json!({})).await;
     app.state.usage.flush().await.unwrap();
 
-    let rows = usage_daily::Entity::find()
-        .all(&app.state.db)
-        .await
-        .unwrap();
+    let rows = usage_daily::Entity::find().all(&app.state.db).await.unwrap();
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let as_user = rows
-        .iter()
-        .find(|r| r.user_id == "user_u" && r.api_key_id.is_empty())
-        .expect("user row");
-    assert_eq!(
-        (as_user.day.as_str(), as_user.requests),
-        (today.as_str(), 4)
-    );
-    let as_key = rows
-        .iter()
-        .find(|r| r.api_key_id == key_id)
-        .expect("key row");
+    let as_user = rows.iter().find(|r| r.user_id == "user_u" && r.api_key_id.is_empty()).expect("user row");
+    assert_eq!((as_user.day.as_str(), as_user.requests), (today.as_str(), 4));
+    let as_key = rows.iter().find(|r| r.api_key_id == key_id).expect("key row");
     assert_eq!((as_key.user_id.as_str(), as_key.requests), ("user_u", 1));
 
     // Counts add up across flushes.
     app.gql_as(&token, "{ me { id } }", json!({})).await;
     app.state.usage.flush().await.unwrap();
-    let rows = usage_daily::Entity::find()
-        .all(&app.state.db)
-        .await
-        .unwrap();
-    assert_eq!(
-        rows.iter()
-            .find(|r| r.user_id == "user_u" && r.api_key_id.is_empty())
-            .unwrap()
-            .requests,
-        5
-    );
+    let rows = usage_daily::Entity::find().all(&app.state.db).await.unwrap();
+    assert_eq!(rows.iter().find(|r| r.user_id == "user_u" && r.api_key_id.is_empty()).unwrap().requests, 5);
 }
 
 #[tokio::test]
@@ -89,9 +68,5 @@ async fn past_the_allowance_requests_are_429_with_retry_after() {
     assert_eq!(body["errors"][0]["extensions"]["retryAfter"], 1);
 
     let other = app.token("user_calm", GlobalRole::Member);
-    assert_eq!(
-        app.gql_as(&other, "{ me { id } }", json!({})).await.0,
-        200,
-        "limits are per principal"
-    );
+    assert_eq!(app.gql_as(&other, "{ me { id } }", json!({})).await.0, 200, "limits are per principal");
 }

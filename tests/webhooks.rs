@@ -39,10 +39,7 @@ async fn deliver(app: &TestApp, id: &str, ts: i64, signatures: &str, body: &str)
         .send()
         .await
         .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
 }
 
 fn user_created(id: &str, first: &str) -> String {
@@ -62,26 +59,13 @@ fn now() -> i64 {
 async fn a_signed_user_created_event_creates_the_user() {
     let app = app().await;
     let body = user_created("user_ada", "Ada");
-    let (status, answer) = deliver(
-        &app,
-        "msg_1",
-        now(),
-        &signature(KEY, "msg_1", now(), &body),
-        &body,
-    )
-    .await;
+    let (status, answer) = deliver(&app, "msg_1", now(), &signature(KEY, "msg_1", now(), &body), &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "processed");
-    let user = ensemble::service::users::find(&app.state.db, "user_ada")
-        .await
-        .unwrap()
-        .expect("created");
+    let user = ensemble::service::users::find(&app.state.db, "user_ada").await.unwrap().expect("created");
     assert_eq!(user.email.as_deref(), Some("ada@example.com"));
     assert_eq!(user.display_name.as_deref(), Some("Ada Lovelace"));
-    assert_eq!(
-        user.avatar_url.as_deref(),
-        Some("https://img.clerk.com/a.png")
-    );
+    assert_eq!(user.avatar_url.as_deref(), Some("https://img.clerk.com/a.png"));
 }
 
 #[tokio::test]
@@ -89,26 +73,12 @@ async fn a_replayed_delivery_changes_nothing() {
     let app = app().await;
     let body = user_created("user_ada", "Ada");
     let sig = signature(KEY, "msg_1", now(), &body);
-    assert_eq!(
-        deliver(&app, "msg_1", now(), &sig, &body).await.1["status"],
-        "processed"
-    );
+    assert_eq!(deliver(&app, "msg_1", now(), &sig, &body).await.1["status"], "processed");
     // The user renames themselves in the app; then the old delivery is replayed.
     let token = app.token("user_ada", GlobalRole::Member);
-    app.gql_as(
-        &token,
-        "mutation { updateProfile(input: {displayName: \"Countess\"}) { id } }",
-        json!({}),
-    )
-    .await;
-    assert_eq!(
-        deliver(&app, "msg_1", now(), &sig, &body).await.1["status"],
-        "duplicate"
-    );
-    let user = ensemble::service::users::find(&app.state.db, "user_ada")
-        .await
-        .unwrap()
-        .unwrap();
+    app.gql_as(&token, "mutation { updateProfile(input: {displayName: \"Countess\"}) { id } }", json!({})).await;
+    assert_eq!(deliver(&app, "msg_1", now(), &sig, &body).await.1["status"], "duplicate");
+    let user = ensemble::service::users::find(&app.state.db, "user_ada").await.unwrap().unwrap();
     assert_eq!(user.display_name.as_deref(), Some("Countess"));
 }
 
@@ -119,46 +89,20 @@ async fn wrong_secret_stale_timestamp_and_tampered_body_are_refused() {
     let wrong = signature(b"not-the-key-not-the-key-not-the!", "msg_2", now(), &body);
     assert_eq!(deliver(&app, "msg_2", now(), &wrong, &body).await.0, 401);
     let stale = now() - 301;
-    assert_eq!(
-        deliver(
-            &app,
-            "msg_3",
-            stale,
-            &signature(KEY, "msg_3", stale, &body),
-            &body
-        )
-        .await
-        .0,
-        401
-    );
+    assert_eq!(deliver(&app, "msg_3", stale, &signature(KEY, "msg_3", stale, &body), &body).await.0, 401);
     let sig = signature(KEY, "msg_4", now(), &body);
     let tampered = body.replace("Eve", "Mallory");
     assert_eq!(deliver(&app, "msg_4", now(), &sig, &tampered).await.0, 401);
-    let missing = app
-        .client
-        .post(app.url("/webhooks/clerk"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let missing = app.client.post(app.url("/webhooks/clerk")).body(body.clone()).send().await.unwrap();
     assert_eq!(missing.status(), 400);
-    assert!(
-        ensemble::service::users::find(&app.state.db, "user_eve")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(ensemble::service::users::find(&app.state.db, "user_eve").await.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn during_a_secret_rotation_either_signature_passes() {
     let app = TestApp::spawn_with(|c| c.auth.clerk_webhook_secret = Some(secret(KEY))).await;
     let body = user_created("user_rot", "Rot");
-    let both = format!(
-        "{} {}",
-        signature(OLD_KEY, "msg_5", now(), &body),
-        signature(KEY, "msg_5", now(), &body)
-    );
+    let both = format!("{} {}", signature(OLD_KEY, "msg_5", now(), &body), signature(KEY, "msg_5", now(), &body));
     let (status, answer) = deliver(&app, "msg_5", now(), &both, &body).await;
     assert_eq!(status, 200, "{answer}");
 }
@@ -168,20 +112,11 @@ async fn user_deleted_soft_deletes_and_their_tokens_stop_working() {
     let app = app().await;
     let token = app.token("user_gone", GlobalRole::Member);
     assert_eq!(app.gql_as(&token, "{ me { id } }", json!({})).await.0, 200);
-    let body = json!({"type": "user.deleted", "data": {"id": "user_gone", "deleted": true, "object": "user"}}).to_string();
-    let (status, _) = deliver(
-        &app,
-        "msg_6",
-        now(),
-        &signature(KEY, "msg_6", now(), &body),
-        &body,
-    )
-    .await;
+    let body =
+        json!({"type": "user.deleted", "data": {"id": "user_gone", "deleted": true, "object": "user"}}).to_string();
+    let (status, _) = deliver(&app, "msg_6", now(), &signature(KEY, "msg_6", now(), &body), &body).await;
     assert_eq!(status, 200);
-    let user = ensemble::service::users::find(&app.state.db, "user_gone")
-        .await
-        .unwrap()
-        .unwrap();
+    let user = ensemble::service::users::find(&app.state.db, "user_gone").await.unwrap().unwrap();
     assert!(user.deleted_at.is_some());
     let (status, body) = app.gql_as(&token, "{ me { id } }", json!({})).await;
     assert_eq!(status, 401, "{body}");
@@ -191,14 +126,7 @@ async fn user_deleted_soft_deletes_and_their_tokens_stop_working() {
 async fn unknown_event_types_are_acknowledged_and_ignored() {
     let app = app().await;
     let body = json!({"type": "session.created", "data": {"id": "sess_1"}}).to_string();
-    let (status, answer) = deliver(
-        &app,
-        "msg_7",
-        now(),
-        &signature(KEY, "msg_7", now(), &body),
-        &body,
-    )
-    .await;
+    let (status, answer) = deliver(&app, "msg_7", now(), &signature(KEY, "msg_7", now(), &body), &body).await;
     assert_eq!((status, answer["status"].as_str()), (200, Some("ignored")));
 }
 
@@ -206,45 +134,18 @@ async fn unknown_event_types_are_acknowledged_and_ignored() {
 async fn webhooks_are_off_without_a_secret() {
     let app = TestApp::spawn().await;
     let body = user_created("user_x", "X");
-    assert_eq!(
-        deliver(
-            &app,
-            "msg_8",
-            now(),
-            &signature(KEY, "msg_8", now(), &body),
-            &body
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(deliver(&app, "msg_8", now(), &signature(KEY, "msg_8", now(), &body), &body).await.0, 404);
 }
 
 #[tokio::test]
 async fn deleting_a_user_revokes_their_api_keys_at_once() {
     let app = app().await;
     let token = app.token("user_keyed", GlobalRole::Member);
-    let create =
-        "mutation { createApiKey(input: {name: \"ci\", scopes: [TEAMS_READ]}) { secret } }";
+    let create = "mutation { createApiKey(input: {name: \"ci\", scopes: [TEAMS_READ]}) { secret } }";
     let (_, body) = app.gql_as(&token, create, json!({})).await;
-    let key = body["data"]["createApiKey"]["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        app.gql_as(&key, "{ me { id } }", json!({})).await.0,
-        200,
-        "cached now"
-    );
-    let body =
-        json!({"type": "user.deleted", "data": {"id": "user_keyed", "deleted": true}}).to_string();
-    deliver(
-        &app,
-        "msg_9",
-        now(),
-        &signature(KEY, "msg_9", now(), &body),
-        &body,
-    )
-    .await;
+    let key = body["data"]["createApiKey"]["secret"].as_str().unwrap().to_string();
+    assert_eq!(app.gql_as(&key, "{ me { id } }", json!({})).await.0, 200, "cached now");
+    let body = json!({"type": "user.deleted", "data": {"id": "user_keyed", "deleted": true}}).to_string();
+    deliver(&app, "msg_9", now(), &signature(KEY, "msg_9", now(), &body), &body).await;
     assert_eq!(app.gql_as(&key, "{ me { id } }", json!({})).await.0, 401);
 }

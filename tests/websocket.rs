@@ -26,19 +26,14 @@ async fn heartbeat_streams_beats_with_growing_sequence_numbers() {
         assert_eq!(message["type"], "next");
         assert_eq!(message["id"], "1");
         assert_eq!(message["payload"]["data"]["heartbeat"]["seq"], expected);
-        let time = message["payload"]["data"]["heartbeat"]["time"]
-            .as_str()
-            .unwrap();
+        let time = message["payload"]["data"]["heartbeat"]["time"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
     }
     ws.send(json!({"id": "1", "type": "complete"})).await;
     // The id is free again once the client completed it.
     ws.send(subscribe("1", "{ serverInfo { version } }")).await;
     let message = ws.next_json().await;
-    assert_eq!(
-        message["payload"]["data"]["serverInfo"]["version"],
-        env!("CARGO_PKG_VERSION")
-    );
+    assert_eq!(message["payload"]["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(ws.next_json().await, json!({"id": "1", "type": "complete"}));
 }
 
@@ -51,14 +46,8 @@ async fn heartbeat_outside_one_to_sixty_seconds_is_bad_user_input() {
         ws.send(subscribe(id, &query)).await;
         let message = ws.next_json().await;
         assert_eq!(message["type"], "next", "an execution error: {message}");
-        assert_eq!(
-            message["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
-            "{message}"
-        );
-        assert!(
-            message.to_string().contains("between 1 and 60"),
-            "{message}"
-        );
+        assert_eq!(message["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{message}");
+        assert!(message.to_string().contains("between 1 and 60"), "{message}");
         assert_eq!(ws.next_json().await, json!({"id": id, "type": "complete"}));
     }
 }
@@ -71,16 +60,10 @@ async fn an_operation_that_fails_validation_answers_error_not_next() {
     let message = ws.next_json().await;
     assert_eq!(message["type"], "error");
     assert_eq!(message["id"], "v");
-    assert_eq!(
-        message["payload"][0]["extensions"]["code"],
-        "GRAPHQL_VALIDATION_FAILED"
-    );
+    assert_eq!(message["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
     // No `complete` follows an `error`; the connection stays usable.
     ws.send(json!({"type": "ping", "payload": {"n": 1}})).await;
-    assert_eq!(
-        ws.next_json().await,
-        json!({"type": "pong", "payload": {"n": 1}})
-    );
+    assert_eq!(ws.next_json().await, json!({"type": "pong", "payload": {"n": 1}}));
 }
 
 #[tokio::test]
@@ -114,10 +97,7 @@ async fn bad_messages_close_with_4400() {
         assert_eq!(ws.closed().await.0, 4400, "{case}");
     }
     let mut ws = WsClient::acked(app.addr).await;
-    ws.stream
-        .send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
+    ws.stream.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(ws.closed().await.0, 4400, "binary frame");
 }
 
@@ -126,11 +106,7 @@ async fn a_message_over_the_body_limit_ends_the_connection() {
     let app = TestApp::spawn_with(|c| c.limits.body_bytes = 64 * 1024).await;
     let mut ws = WsClient::acked(app.addr).await;
     let padding = "#".repeat(128 * 1024);
-    ws.send(subscribe(
-        "big",
-        &format!("{{ serverInfo {{ version }} }} {padding}"),
-    ))
-    .await;
+    ws.send(subscribe("big", &format!("{{ serverInfo {{ version }} }} {padding}"))).await;
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match ws.stream.next().await {
@@ -145,10 +121,7 @@ async fn a_message_over_the_body_limit_ends_the_connection() {
     })
     .await
     .expect("the connection ends");
-    assert!(
-        ended.is_none_or(|code| code == 1009),
-        "closed with {ended:?}"
-    );
+    assert!(ended.is_none_or(|code| code == 1009), "closed with {ended:?}");
 }
 
 #[tokio::test]
@@ -173,10 +146,7 @@ async fn a_duplicate_active_id_closes_with_4409() {
     let app = TestApp::spawn().await;
     let mut ws = WsClient::acked(app.addr).await;
     ws.send(subscribe("dup", HEARTBEAT)).await;
-    assert_eq!(
-        ws.next_json().await["payload"]["data"]["heartbeat"]["seq"],
-        1
-    );
+    assert_eq!(ws.next_json().await["payload"]["data"]["heartbeat"]["seq"], 1);
     ws.send(subscribe("dup", HEARTBEAT)).await;
     let (code, reason) = ws.closed().await;
     assert_eq!(code, 4409);
@@ -195,27 +165,18 @@ async fn a_second_connection_init_closes_with_4429() {
 async fn an_init_payload_that_is_not_an_object_closes_with_4400() {
     let app = TestApp::spawn().await;
     let mut ws = app.ws("graphql-transport-ws").await;
-    ws.send(json!({"type": "connection_init", "payload": "token"}))
-        .await;
+    ws.send(json!({"type": "connection_init", "payload": "token"})).await;
     assert_eq!(ws.closed().await.0, 4400);
 }
 
 #[tokio::test]
 async fn a_page_of_a_foreign_origin_is_refused_with_4403() {
     let app = TestApp::spawn_with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
-    let mut ws = WsClient::connect_from(
-        app.addr,
-        "graphql-transport-ws",
-        Some("https://evil.example"),
-    )
-    .await;
+    let mut ws = WsClient::connect_from(app.addr, "graphql-transport-ws", Some("https://evil.example")).await;
     ws.send(json!({"type": "connection_init"})).await;
     assert_eq!(ws.closed().await, (4403, "Forbidden".to_string()));
 
-    for origin in [
-        "https://app.example".to_string(),
-        format!("http://{}", app.addr),
-    ] {
+    for origin in ["https://app.example".to_string(), format!("http://{}", app.addr)] {
         let mut ws = WsClient::connect_from(app.addr, "graphql-transport-ws", Some(&origin)).await;
         ws.send(json!({"type": "connection_init"})).await;
         assert_eq!(ws.next_json().await["type"], "connection_ack", "{origin}");
@@ -226,8 +187,7 @@ async fn a_page_of_a_foreign_origin_is_refused_with_4403() {
 async fn the_legacy_protocol_refuses_a_foreign_origin_too() {
     let app = TestApp::spawn().await;
     let mut ws = WsClient::connect_from(app.addr, "graphql-ws", Some("https://evil.example")).await;
-    ws.send(json!({"type": "connection_init", "payload": {}}))
-        .await;
+    ws.send(json!({"type": "connection_init", "payload": {}})).await;
     let message = ws.next_json().await;
     assert_eq!(message["type"], "connection_error", "{message}");
 }
@@ -260,11 +220,9 @@ fn http_upgrade(app: &TestApp, protocol: Option<&str>) -> reqwest::Request {
 async fn the_legacy_graphql_ws_protocol_streams_too() {
     let app = TestApp::spawn().await;
     let mut ws = app.ws("graphql-ws").await;
-    ws.send(json!({"type": "connection_init", "payload": {}}))
-        .await;
+    ws.send(json!({"type": "connection_init", "payload": {}})).await;
     assert_eq!(ws.next_json().await["type"], "connection_ack");
-    ws.send(json!({"id": "1", "type": "start", "payload": {"query": HEARTBEAT}}))
-        .await;
+    ws.send(json!({"id": "1", "type": "start", "payload": {"query": HEARTBEAT}})).await;
     let message = ws.next_json().await;
     assert_eq!(message["type"], "data");
     assert_eq!(message["payload"]["data"]["heartbeat"]["seq"], 1);
@@ -283,20 +241,12 @@ async fn a_client_that_stops_reading_is_dropped() {
     let mut slow = WsClient::acked(app.addr).await;
     // Each answer (the whole schema) is many kilobytes and needs no database: a thousand of
     // them overflow the socket buffers and then the queue.
-    let query = "{ __schema { types { name description fields { name description args { name } type { name kind } } } } }";
+    let query =
+        "{ __schema { types { name description fields { name description args { name } type { name kind } } } } }";
     for id in 0..1000 {
         slow.send(subscribe(&id.to_string(), query)).await;
     }
-    let metrics = || async {
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || async { app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap() };
     let mut dropped = false;
     for _ in 0..100 {
         if metrics().await.contains("ensemble_websocket_connections 0") {
@@ -305,11 +255,7 @@ async fn a_client_that_stops_reading_is_dropped() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        dropped,
-        "the slow client was not dropped:\n{}",
-        metrics().await
-    );
+    assert!(dropped, "the slow client was not dropped:\n{}", metrics().await);
 
     // Others are unaffected.
     let mut ws = WsClient::acked(app.addr).await;

@@ -15,17 +15,9 @@ pub struct Model {
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
-    #[sea_orm(
-        belongs_to = "super::teams::Entity",
-        from = "Column::TeamId",
-        to = "super::teams::Column::Id"
-    )]
+    #[sea_orm(belongs_to = "super::teams::Entity", from = "Column::TeamId", to = "super::teams::Column::Id")]
     Team,
-    #[sea_orm(
-        belongs_to = "super::users::Entity",
-        from = "Column::UserId",
-        to = "super::users::Column::Id"
-    )]
+    #[sea_orm(belongs_to = "super::users::Entity", from = "Column::UserId", to = "super::users::Column::Id")]
     User,
 }
 

@@ -49,13 +49,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .name("idx_teams_owner")
-                    .table(Teams::Table)
-                    .col(Teams::OwnerId)
-                    .to_owned(),
-            )
+            .create_index(Index::create().name("idx_teams_owner").table(Teams::Table).col(Teams::OwnerId).to_owned())
             .await?;
         manager
             .create_table(
@@ -65,11 +59,7 @@ impl MigrationTrait for Migration {
                     .col(string(TeamMembers::UserId))
                     .col(string(TeamMembers::Role))
                     .col(timestamp_with_time_zone(TeamMembers::CreatedAt))
-                    .primary_key(
-                        Index::create()
-                            .col(TeamMembers::TeamId)
-                            .col(TeamMembers::UserId),
-                    )
+                    .primary_key(Index::create().col(TeamMembers::TeamId).col(TeamMembers::UserId))
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_team_members_team")
@@ -120,19 +110,8 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for (name, col) in [
-            ("idx_audit_logs_team", AuditLogs::TeamId),
-            ("idx_audit_logs_ts", AuditLogs::Ts),
-        ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(AuditLogs::Table)
-                        .col(col)
-                        .to_owned(),
-                )
-                .await?;
+        for (name, col) in [("idx_audit_logs_team", AuditLogs::TeamId), ("idx_audit_logs_ts", AuditLogs::Ts)] {
+            manager.create_index(Index::create().name(name).table(AuditLogs::Table).col(col).to_owned()).await?;
         }
         Ok(())
     }
@@ -144,9 +123,7 @@ impl MigrationTrait for Migration {
             Teams::Table.into_iden(),
             Users::Table.into_iden(),
         ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
+            manager.drop_table(Table::drop().table(table).to_owned()).await?;
         }
         Ok(())
     }

@@ -71,9 +71,7 @@ impl MigrationTrait for Migration {
         for sql in drops {
             manager.get_connection().execute_unprepared(sql).await?;
         }
-        manager
-            .drop_table(Table::drop().table(AuditHead::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(AuditHead::Table).to_owned()).await
     }
 }
 

@@ -74,11 +74,7 @@ pub fn generate() -> NewSecret {
     rand::rngs::OsRng.fill_bytes(&mut prefix);
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let (prefix, secret) = (hex::encode(prefix), hex::encode(secret));
-    NewSecret {
-        full: format!("ens_{prefix}_{secret}"),
-        hash: hash(&secret),
-        prefix,
-    }
+    NewSecret { full: format!("ens_{prefix}_{secret}"), hash: hash(&secret), prefix }
 }
 
 /// Rotation keeps the prefix (and so the key's identity) and makes a new secret.
@@ -86,11 +82,7 @@ pub fn regenerate(prefix: &str) -> NewSecret {
     let mut secret = [0u8; SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let secret = hex::encode(secret);
-    NewSecret {
-        full: format!("ens_{prefix}_{secret}"),
-        hash: hash(&secret),
-        prefix: prefix.to_string(),
-    }
+    NewSecret { full: format!("ens_{prefix}_{secret}"), hash: hash(&secret), prefix: prefix.to_string() }
 }
 
 fn hash(secret: &str) -> String {
@@ -121,15 +113,8 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(db: DatabaseConnection) -> Self {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(CACHE_TTL)
-            .build();
-        Self {
-            db,
-            cache,
-            last_written: Mutex::new(HashMap::new()),
-        }
+        let cache = moka::future::Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build();
+        Self { db, cache, last_written: Mutex::new(HashMap::new()) }
     }
 
     /// Forgets a key at once (revoked, rotated, its owner deleted).
@@ -150,10 +135,7 @@ impl KeyStore {
         let now = Utc::now();
         let given = hash(secret);
         let current = bool::from(given.as_bytes().ct_eq(cached.key.secret_hash.as_bytes()));
-        let previous = cached
-            .key
-            .previous_expires_at
-            .is_some_and(|until| until > now)
+        let previous = cached.key.previous_expires_at.is_some_and(|until| until > now)
             && cached
                 .key
                 .previous_secret_hash
@@ -163,9 +145,7 @@ impl KeyStore {
             return Err(refused());
         }
         if cached.key.revoked_at.is_some() {
-            return Err(AppError::Unauthenticated(
-                "The API key has been revoked.".into(),
-            ));
+            return Err(AppError::Unauthenticated("The API key has been revoked.".into()));
         }
         if cached.key.expires_at.is_some_and(|at| at <= now) {
             return Err(AppError::Unauthenticated("The API key has expired.".into()));
@@ -174,8 +154,7 @@ impl KeyStore {
             return Err(refused());
         }
         self.touch(&cached.key.id).await;
-        let scopes =
-            serde_json::from_value::<Vec<String>>(cached.key.scopes.clone()).unwrap_or_default();
+        let scopes = serde_json::from_value::<Vec<String>>(cached.key.scopes.clone()).unwrap_or_default();
         Ok(KeyPrincipal {
             key_id: cached.key.id.clone(),
             prefix: cached.key.prefix.clone(),
@@ -186,10 +165,7 @@ impl KeyStore {
                 role: GlobalRole::parse(&cached.owner.role).unwrap_or(GlobalRole::Member),
                 email: cached.owner.email.clone(),
                 org: None,
-                expires_at: cached
-                    .key
-                    .expires_at
-                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+                expires_at: cached.key.expires_at.unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
             },
         })
     }
@@ -203,9 +179,7 @@ impl KeyStore {
             if written.len() > 100_000 {
                 written.clear();
             }
-            let due = written
-                .get(key_id)
-                .is_none_or(|at| at.elapsed() >= LAST_USED_EVERY);
+            let due = written.get(key_id).is_none_or(|at| at.elapsed() >= LAST_USED_EVERY);
             if due {
                 written.insert(key_id.to_string(), Instant::now());
             }
@@ -226,11 +200,7 @@ impl KeyStore {
 
 async fn load(db: &DatabaseConnection, prefix: &str) -> Result<Option<Arc<Cached>>, AppError> {
     use sea_orm::{ColumnTrait, QueryFilter};
-    let Some(key) = api_keys::Entity::find()
-        .filter(api_keys::Column::Prefix.eq(prefix))
-        .one(db)
-        .await?
-    else {
+    let Some(key) = api_keys::Entity::find().filter(api_keys::Column::Prefix.eq(prefix)).one(db).await? else {
         return Ok(None);
     };
     let owner = users::Entity::find_by_id(&key.user_id).one(db).await?;

@@ -27,17 +27,8 @@ pub enum Refused {
 }
 
 /// Checks a delivery's signature against `secret` (`whsec_…`) at time `now` (unix seconds).
-pub fn verify(
-    secret: &str,
-    id: &str,
-    timestamp: &str,
-    signatures: &str,
-    body: &[u8],
-    now: i64,
-) -> Result<(), Refused> {
-    let key = STANDARD
-        .decode(secret.trim_start_matches("whsec_"))
-        .map_err(|_| Refused::BadSecret)?;
+pub fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8], now: i64) -> Result<(), Refused> {
+    let key = STANDARD.decode(secret.trim_start_matches("whsec_")).map_err(|_| Refused::BadSecret)?;
     let sent: i64 = timestamp.parse().map_err(|_| Refused::Stale)?;
     if (now - sent).abs() > TOLERANCE_SECS {
         return Err(Refused::Stale);
@@ -54,53 +45,25 @@ pub fn verify(
         .filter_map(|s| s.strip_prefix("v1,"))
         .filter_map(|s| STANDARD.decode(s).ok())
         .any(|candidate| bool::from(candidate.as_slice().ct_eq(&expected[..])));
-    if matches {
-        Ok(())
-    } else {
-        Err(Refused::BadSignature)
-    }
+    if matches { Ok(()) } else { Err(Refused::BadSignature) }
 }
 
 pub async fn receive(State(http): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(secret) = &http.state.config.auth.clerk_webhook_secret else {
-        return (
-            StatusCode::NOT_FOUND,
-            "Clerk webhooks are not configured (CLERK_WEBHOOK_SECRET).",
-        )
-            .into_response();
+        return (StatusCode::NOT_FOUND, "Clerk webhooks are not configured (CLERK_WEBHOOK_SECRET).").into_response();
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(id), Some(timestamp), Some(signatures)) = (
-        header("svix-id"),
-        header("svix-timestamp"),
-        header("svix-signature"),
-    ) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            "svix-id, svix-timestamp and svix-signature are required",
-        );
+    let (Some(id), Some(timestamp), Some(signatures)) =
+        (header("svix-id"), header("svix-timestamp"), header("svix-signature"))
+    else {
+        return reply(StatusCode::BAD_REQUEST, "svix-id, svix-timestamp and svix-signature are required");
     };
-    if let Err(refused) = verify(
-        secret,
-        id,
-        timestamp,
-        signatures,
-        &body,
-        chrono::Utc::now().timestamp(),
-    ) {
+    if let Err(refused) = verify(secret, id, timestamp, signatures, &body, chrono::Utc::now().timestamp()) {
         tracing::warn!(?refused, svix_id = id, "refused a Clerk webhook");
         return match refused {
-            Refused::BadSecret => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the webhook secret is not a whsec_ key",
-            ),
-            Refused::Stale => reply(
-                StatusCode::UNAUTHORIZED,
-                "the timestamp is outside the 5-minute window",
-            ),
-            Refused::BadSignature => {
-                reply(StatusCode::UNAUTHORIZED, "the signature does not verify")
-            }
+            Refused::BadSecret => reply(StatusCode::INTERNAL_SERVER_ERROR, "the webhook secret is not a whsec_ key"),
+            Refused::Stale => reply(StatusCode::UNAUTHORIZED, "the timestamp is outside the 5-minute window"),
+            Refused::BadSignature => reply(StatusCode::UNAUTHORIZED, "the signature does not verify"),
         };
     }
     let Ok(event) = serde_json::from_slice::<Value>(&body) else {
@@ -110,10 +73,7 @@ pub async fn receive(State(http): State<HttpState>, headers: HeaderMap, body: By
         Ok(outcome) => (StatusCode::OK, axum::Json(json!({"status": outcome}))).into_response(),
         Err(err) => {
             tracing::error!(error = %err, svix_id = id, "cannot apply a Clerk webhook");
-            reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the event could not be applied; Clerk will retry",
-            )
+            reply(StatusCode::INTERNAL_SERVER_ERROR, "the event could not be applied; Clerk will retry")
         }
     }
 }
@@ -140,34 +100,10 @@ mod tests {
         let body = br#"{"type":"user.created"}"#;
         let good = sign(key, "msg_1", "1000", body);
         assert_eq!(verify(&secret, "msg_1", "1000", &good, body, 1000), Ok(()));
-        assert_eq!(
-            verify(
-                &secret,
-                "msg_1",
-                "1000",
-                &format!("v1,AAAA {good}"),
-                body,
-                1100
-            ),
-            Ok(()),
-            "any of several"
-        );
-        assert_eq!(
-            verify(&secret, "msg_1", "1000", &good, b"{}", 1000),
-            Err(Refused::BadSignature),
-            "tampered"
-        );
-        assert_eq!(
-            verify(&secret, "msg_1", "1000", &good, body, 1000 + 301),
-            Err(Refused::Stale)
-        );
-        let other = format!(
-            "whsec_{}",
-            STANDARD.encode(b"another key, another key, anoth")
-        );
-        assert_eq!(
-            verify(&other, "msg_1", "1000", &good, body, 1000),
-            Err(Refused::BadSignature)
-        );
+        assert_eq!(verify(&secret, "msg_1", "1000", &format!("v1,AAAA {good}"), body, 1100), Ok(()), "any of several");
+        assert_eq!(verify(&secret, "msg_1", "1000", &good, b"{}", 1000), Err(Refused::BadSignature), "tampered");
+        assert_eq!(verify(&secret, "msg_1", "1000", &good, body, 1000 + 301), Err(Refused::Stale));
+        let other = format!("whsec_{}", STANDARD.encode(b"another key, another key, anoth"));
+        assert_eq!(verify(&other, "msg_1", "1000", &good, body, 1000), Err(Refused::BadSignature));
     }
 }

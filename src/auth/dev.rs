@@ -35,22 +35,15 @@ impl DevIssuer {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(path = %path.display(), "creating the dev signing key");
-                let pem = tokio::task::spawn_blocking(generate_pem)
-                    .await
-                    .map_err(AppError::internal)??;
+                let pem = tokio::task::spawn_blocking(generate_pem).await.map_err(AppError::internal)??;
                 write_private(&path, &pem)?;
                 pem
             }
             Err(e) => {
-                return Err(AppError::internal(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
+                return Err(AppError::internal(format!("cannot read {}: {e}", path.display())));
             }
         };
-        Self::from_pem(&pem).map_err(|e| {
-            AppError::internal(format!("{} is not a usable RSA key: {e}", path.display()))
-        })
+        Self::from_pem(&pem).map_err(|e| AppError::internal(format!("{} is not a usable RSA key: {e}", path.display())))
     }
 
     pub fn from_pem(pem: &str) -> Result<Self, String> {
@@ -61,22 +54,11 @@ impl DevIssuer {
         let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?;
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
         let jwks = json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e}]});
-        Ok(Self {
-            encoding,
-            decoding: Arc::new(decoding),
-            kid,
-            jwks,
-        })
+        Ok(Self { encoding, decoding: Arc::new(decoding), kid, jwks })
     }
 
     /// A session token for `user`, valid for `ttl`.
-    pub fn sign(
-        &self,
-        user: &str,
-        email: Option<&str>,
-        role: GlobalRole,
-        ttl: Duration,
-    ) -> Result<String, AppError> {
+    pub fn sign(&self, user: &str, email: Option<&str>, role: GlobalRole, ttl: Duration) -> Result<String, AppError> {
         let now = chrono::Utc::now().timestamp();
         let mut claims = json!({
             "sub": user, "iss": ISSUER, "iat": now, "nbf": now, "exp": now + ttl.as_secs() as i64,
@@ -93,10 +75,7 @@ impl DevIssuer {
 
 fn generate_pem() -> Result<String, AppError> {
     let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).map_err(AppError::internal)?;
-    Ok(key
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(AppError::internal)?
-        .to_string())
+    Ok(key.to_pkcs8_pem(LineEnding::LF).map_err(AppError::internal)?.to_string())
 }
 
 fn write_private(path: &Path, pem: &str) -> Result<(), AppError> {
@@ -105,8 +84,7 @@ fn write_private(path: &Path, pem: &str) -> Result<(), AppError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| AppError::internal(format!("cannot create {}: {e}", path.display())))?;
+    let mut file =
+        options.open(path).map_err(|e| AppError::internal(format!("cannot create {}: {e}", path.display())))?;
     file.write_all(pem.as_bytes()).map_err(AppError::internal)
 }

@@ -65,9 +65,7 @@ fn unauthenticated() -> AppError {
 pub fn account(caller: &Caller) -> Result<&UserPrincipal, AppError> {
     match &caller.principal {
         Principal::User(user) => Ok(user),
-        Principal::ApiKey(_) => Err(AppError::Forbidden(
-            "API keys cannot do this; sign in instead.".into(),
-        )),
+        Principal::ApiKey(_) => Err(AppError::Forbidden("API keys cannot do this; sign in instead.".into())),
         Principal::Anonymous | Principal::System(_) => Err(unauthenticated()),
     }
 }
@@ -89,9 +87,7 @@ pub fn acting_user(caller: &Caller, scope: Scope) -> Result<&UserPrincipal, AppE
         Principal::ApiKey(key) => {
             require_scope(key, scope)?;
             if key.team_id.is_some() {
-                return Err(AppError::Forbidden(
-                    "This API key is restricted to one team.".into(),
-                ));
+                return Err(AppError::Forbidden("This API key is restricted to one team.".into()));
             }
             Ok(&key.owner)
         }
@@ -103,10 +99,7 @@ fn require_scope(key: &KeyPrincipal, scope: Scope) -> Result<(), AppError> {
     if key.scopes.contains(&scope) {
         Ok(())
     } else {
-        Err(AppError::Forbidden(format!(
-            "This API key lacks the {} scope.",
-            scope.as_str()
-        )))
+        Err(AppError::Forbidden(format!("This API key lacks the {} scope.", scope.as_str())))
     }
 }
 
@@ -119,9 +112,7 @@ pub async fn role_on<C: ConnectionTrait>(
 ) -> Result<Option<TeamRole>, AppError> {
     let user = match &caller.principal {
         Principal::User(user) => Some(user),
-        Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == team.id) => {
-            Some(&key.owner)
-        }
+        Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == team.id) => Some(&key.owner),
         Principal::ApiKey(_) => return Ok(None),
         Principal::Anonymous | Principal::System(_) => None,
     };
@@ -147,10 +138,7 @@ pub async fn team<C: ConnectionTrait>(
     need: TeamRole,
 ) -> Result<TeamAccess, AppError> {
     let not_found = || AppError::NotFound("No such team.".into());
-    let team = teams::Entity::find_by_id(team_id)
-        .one(conn)
-        .await?
-        .ok_or_else(not_found)?;
+    let team = teams::Entity::find_by_id(team_id).one(conn).await?.ok_or_else(not_found)?;
     let role = role_on(conn, caller, &team).await?.ok_or_else(not_found)?;
     if let Principal::ApiKey(key) = &caller.principal {
         require_scope(key, scope_for(need))?;

@@ -38,17 +38,8 @@ impl Keys {
 
 impl JwksCache {
     pub fn new(url: String, refetch_every: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        Self {
-            url,
-            client,
-            refetch_every,
-            keys: RwLock::new(Keys::default()),
-            fetching: Mutex::new(None),
-        }
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+        Self { url, client, refetch_every, keys: RwLock::new(Keys::default()), fetching: Mutex::new(None) }
     }
 
     /// The key for `kid`, fetching the set when it is unknown or stale (within the limits above).
@@ -69,12 +60,7 @@ impl JwksCache {
         if needs_fetch && last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_every) {
             *last_attempt = Some(Instant::now());
             match self.fetch().await {
-                Ok(fetched) => {
-                    *self.keys.write().await = Keys {
-                        by_kid: fetched,
-                        fetched_at: Some(Instant::now()),
-                    }
-                }
+                Ok(fetched) => *self.keys.write().await = Keys { by_kid: fetched, fetched_at: Some(Instant::now()) },
                 Err(error) => {
                     tracing::warn!(url = %self.url, %error, "cannot fetch the JWKS; using the cached keys")
                 }
@@ -83,23 +69,13 @@ impl JwksCache {
         drop(last_attempt);
         let keys = self.keys.read().await;
         if keys.by_kid.is_empty() {
-            return Err(Rejected(
-                "Tokens cannot be verified right now: no signing keys are available.".into(),
-            ));
+            return Err(Rejected("Tokens cannot be verified right now: no signing keys are available.".into()));
         }
-        keys.by_kid
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| Rejected("The token was signed with an unknown key (kid).".into()))
+        keys.by_kid.get(kid).cloned().ok_or_else(|| Rejected("The token was signed with an unknown key (kid).".into()))
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
-        let response = self
-            .client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.client.get(&self.url).send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
@@ -107,12 +83,7 @@ impl JwksCache {
         Ok(set
             .keys
             .iter()
-            .filter_map(|jwk| {
-                Some((
-                    jwk.common.key_id.clone()?,
-                    Arc::new(DecodingKey::from_jwk(jwk).ok()?),
-                ))
-            })
+            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, Arc::new(DecodingKey::from_jwk(jwk).ok()?))))
             .collect())
     }
 }

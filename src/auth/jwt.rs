@@ -73,22 +73,16 @@ struct OrgV2 {
 impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<UserPrincipal, Rejected> {
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(rejected(format!(
-                "The token is longer than {MAX_TOKEN_BYTES} bytes."
-            )));
+            return Err(rejected(format!("The token is longer than {MAX_TOKEN_BYTES} bytes.")));
         }
-        let header =
-            decode_header(token).map_err(|_| rejected("The token is not a well-formed JWT."))?;
+        let header = decode_header(token).map_err(|_| rejected("The token is not a well-formed JWT."))?;
         if header.alg != Algorithm::RS256 {
             return Err(rejected("Only RS256-signed tokens are accepted."));
         }
         let key = match &self.keys {
             KeySource::Static(key) => key.clone(),
             KeySource::Jwks(cache) => {
-                let kid = header
-                    .kid
-                    .as_deref()
-                    .ok_or_else(|| rejected("The token has no key id (kid)."))?;
+                let kid = header.kid.as_deref().ok_or_else(|| rejected("The token has no key id (kid)."))?;
                 cache.key(kid).await?
             }
         };
@@ -98,29 +92,20 @@ impl Verifier {
         validation.validate_aud = false;
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        let claims = decode::<Claims>(token, &key, &validation)
-            .map_err(|e| rejected(describe(&e)))?
-            .claims;
+        let claims = decode::<Claims>(token, &key, &validation).map_err(|e| rejected(describe(&e)))?.claims;
 
         let now = Utc::now().timestamp();
         if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS as i64) {
             return Err(rejected("The token was issued in the future."));
         }
-        let id = claims
-            .sub
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| rejected("The token has no subject (sub)."))?;
+        let id = claims.sub.filter(|s| !s.is_empty()).ok_or_else(|| rejected("The token has no subject (sub)."))?;
         if let Some(azp) = &claims.azp
             && !self.authorized_parties.is_empty()
             && !self.authorized_parties.contains(azp)
         {
-            return Err(rejected(
-                "The token was issued for another application (azp).",
-            ));
+            return Err(rejected("The token was issued for another application (azp)."));
         }
-        let role = if self.admin_users.contains(&id)
-            || claim_at(&claims.rest, &self.role_claim) == Some("admin")
-        {
+        let role = if self.admin_users.contains(&id) || claim_at(&claims.rest, &self.role_claim) == Some("admin") {
             GlobalRole::Admin
         } else {
             GlobalRole::Member
@@ -130,27 +115,15 @@ impl Verifier {
                 id: o.id,
                 role: o.rol,
                 slug: o.slg,
-                permissions: o
-                    .per
-                    .map(|p| p.split(',').map(str::to_string).collect())
-                    .unwrap_or_default(),
+                permissions: o.per.map(|p| p.split(',').map(str::to_string).collect()).unwrap_or_default(),
             }),
-            (None, Some(id)) => Some(Org {
-                id,
-                role: claims.org_role,
-                slug: claims.org_slug,
-                permissions: claims.org_permissions,
-            }),
+            (None, Some(id)) => {
+                Some(Org { id, role: claims.org_role, slug: claims.org_slug, permissions: claims.org_permissions })
+            }
             (None, None) => None,
         };
         let expires_at = DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now);
-        Ok(UserPrincipal {
-            id,
-            role,
-            email: claims.email,
-            org,
-            expires_at,
-        })
+        Ok(UserPrincipal { id, role, email: claims.email, org, expires_at })
     }
 }
 
@@ -183,10 +156,8 @@ mod tests {
 
     #[test]
     fn role_claims_are_read_by_dotted_path() {
-        let claims: Map<String, Value> = serde_json::from_value(
-            serde_json::json!({"role": "admin", "metadata": {"role": "member"}}),
-        )
-        .unwrap();
+        let claims: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"role": "admin", "metadata": {"role": "member"}})).unwrap();
         assert_eq!(claim_at(&claims, "role"), Some("admin"));
         assert_eq!(claim_at(&claims, "metadata.role"), Some("member"));
         assert_eq!(claim_at(&claims, "metadata.missing"), None);

@@ -34,11 +34,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub async fn new(config: &Config, db: DatabaseConnection) -> Result<Self, AppError> {
         let auth = &config.auth;
-        let admin_users: HashSet<String> = auth
-            .admin_users
-            .iter()
-            .map(|u| u.trim().to_string())
-            .collect();
+        let admin_users: HashSet<String> = auth.admin_users.iter().map(|u| u.trim().to_string()).collect();
         let verifier = |keys, issuer: String| Verifier {
             keys,
             issuer,
@@ -56,30 +52,18 @@ impl Authenticator {
             tracing::warn!(
                 "DEV AUTH: this server signs its own tokens (no Clerk configured). Get one with `ensemble token --user alice --role admin`. Never expose it."
             );
-            let verifier = verifier(
-                KeySource::Static(dev.decoding.clone()),
-                dev::ISSUER.to_string(),
-            );
+            let verifier = verifier(KeySource::Static(dev.decoding.clone()), dev::ISSUER.to_string());
             let keys = api_key::KeyStore::new(db.clone());
-            return Ok(Self {
-                verifier,
-                keys,
-                dev: Some(dev),
-                db,
-            });
+            return Ok(Self { verifier, keys, dev: Some(dev), db });
         }
-        let issuer = auth.clerk_issuer.clone().ok_or_else(|| {
-            AppError::internal("CLERK_ISSUER is required with CLERK_JWKS_URL or CLERK_JWT_KEY")
-        })?;
+        let issuer = auth
+            .clerk_issuer
+            .clone()
+            .ok_or_else(|| AppError::internal("CLERK_ISSUER is required with CLERK_JWKS_URL or CLERK_JWT_KEY"))?;
         let keys = match (&auth.clerk_jwt_key, &auth.clerk_jwks_url) {
             (Some(pem), _) => {
-                let key =
-                    jsonwebtoken::DecodingKey::from_rsa_pem(pem.replace("\\n", "\n").as_bytes())
-                        .map_err(|e| {
-                            AppError::internal(format!(
-                                "CLERK_JWT_KEY is not an RSA public key: {e}"
-                            ))
-                        })?;
+                let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem.replace("\\n", "\n").as_bytes())
+                    .map_err(|e| AppError::internal(format!("CLERK_JWT_KEY is not an RSA public key: {e}")))?;
                 KeySource::Static(Arc::new(key))
             }
             (None, Some(url)) => KeySource::Jwks(Box::new(jwks::JwksCache::new(
@@ -89,31 +73,21 @@ impl Authenticator {
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
         let verifier = verifier(keys, issuer);
-        Ok(Self {
-            verifier,
-            keys: api_key::KeyStore::new(db.clone()),
-            dev: None,
-            db,
-        })
+        Ok(Self { verifier, keys: api_key::KeyStore::new(db.clone()), dev: None, db })
     }
 
     /// The principal of an HTTP request: `Authorization: Bearer <token or key>`, `x-api-key`,
     /// or anonymous.
     pub async fn from_headers(&self, headers: &HeaderMap) -> Result<Principal, AppError> {
         if let Some(key) = headers.get("x-api-key") {
-            let key = key
-                .to_str()
-                .map_err(|_| unauthenticated("The x-api-key header is not readable text."))?;
+            let key = key.to_str().map_err(|_| unauthenticated("The x-api-key header is not readable text."))?;
             return self.from_token(key.trim()).await;
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Principal::Anonymous);
         };
-        let value = value
-            .to_str()
-            .map_err(|_| unauthenticated("The Authorization header is not readable text."))?;
-        let token =
-            bearer(value).ok_or_else(|| unauthenticated("Use `Authorization: Bearer <token>`."))?;
+        let value = value.to_str().map_err(|_| unauthenticated("The Authorization header is not readable text."))?;
+        let token = bearer(value).ok_or_else(|| unauthenticated("Use `Authorization: Bearer <token>`."))?;
         self.from_token(token).await
     }
 
@@ -122,11 +96,7 @@ impl Authenticator {
         if token.starts_with("ens_") {
             return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
         }
-        let user = self
-            .verifier
-            .verify(token)
-            .await
-            .map_err(|r| unauthenticated(&r.0))?;
+        let user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;
         let user = users::sign_in(&self.db, user).await?;
         Ok(Principal::User(user))
     }

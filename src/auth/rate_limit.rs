@@ -29,19 +29,11 @@ impl RateLimits {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
         });
-        Self {
-            limiter,
-            clock: governor::clock::DefaultClock::default(),
-        }
+        Self { limiter, clock: governor::clock::DefaultClock::default() }
     }
 
     /// Charges `complexity` to the principal's allowance.
-    pub fn check(
-        &self,
-        principal: &Principal,
-        ip: Option<&str>,
-        complexity: usize,
-    ) -> Result<(), Limited> {
+    pub fn check(&self, principal: &Principal, ip: Option<&str>, complexity: usize) -> Result<(), Limited> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -51,21 +43,16 @@ impl RateLimits {
             Principal::Anonymous => format!("ip:{}", ip.unwrap_or("unknown")),
             Principal::System(_) => return Ok(()),
         };
-        let units =
-            NonZeroU32::new((complexity / POINTS_PER_UNIT).max(1).min(u32::MAX as usize) as u32)
-                .unwrap_or(NonZeroU32::MIN);
+        let units = NonZeroU32::new((complexity / POINTS_PER_UNIT).max(1).min(u32::MAX as usize) as u32)
+            .unwrap_or(NonZeroU32::MIN);
         match limiter.check_key_n(&key, units) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => {
                 let wait = not_until.wait_time_from(self.clock.now());
-                Err(Limited {
-                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                })
+                Err(Limited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) })
             }
             // More units than the burst allows at all: this operation can never pass.
-            Err(_) => Err(Limited {
-                retry_after_secs: 60,
-            }),
+            Err(_) => Err(Limited { retry_after_secs: 60 }),
         }
     }
 
@@ -95,20 +82,14 @@ mod tests {
         }
         let limited = limits.check(&anonymous, Some("10.0.0.1"), 1).unwrap_err();
         assert!((1..=1).contains(&limited.retry_after_secs), "{limited:?}");
-        assert!(
-            limits.check(&anonymous, Some("10.0.0.2"), 1).is_ok(),
-            "another caller is not limited"
-        );
+        assert!(limits.check(&anonymous, Some("10.0.0.2"), 1).is_ok(), "another caller is not limited");
     }
 
     #[test]
     fn complex_operations_cost_more() {
         let limits = RateLimits::new(60, 5);
         assert!(limits.check(&Principal::Anonymous, None, 500).is_ok());
-        assert!(
-            limits.check(&Principal::Anonymous, None, 100).is_err(),
-            "the 500-point query used the burst"
-        );
+        assert!(limits.check(&Principal::Anonymous, None, 100).is_err(), "the 500-point query used the burst");
     }
 
     #[test]

@@ -35,34 +35,21 @@ pub async fn run(action: Action, config: &Config) -> Result<(), String> {
     }
     let db = db::connect(&config.database_url, config.db_pool_size)
         .await
-        .map_err(|e| {
-            e.to_string()
-                .trim_start_matches("internal error: ")
-                .to_string()
-        })?;
+        .map_err(|e| e.to_string().trim_start_matches("internal error: ").to_string())?;
     let failed = |e: sea_orm::DbErr| format!("migration failed: {e}");
     match action {
         Action::Up { steps } => Migrator::up(&db, steps).await.map_err(failed)?,
         Action::Down { steps } => Migrator::down(&db, Some(steps)).await.map_err(failed)?,
         Action::Status | Action::ExportD1 { .. } => {}
     }
-    for migration in Migrator::get_migration_with_status(&db)
-        .await
-        .map_err(failed)?
-    {
-        println!(
-            "{:<8} {}",
-            migration.status().to_string().to_lowercase(),
-            migration.name()
-        );
+    for migration in Migrator::get_migration_with_status(&db).await.map_err(failed)? {
+        println!("{:<8} {}", migration.status().to_string().to_lowercase(), migration.name());
     }
     Ok(())
 }
 
 async fn export_d1(dir: &Path) -> Result<(), String> {
-    let files = migration::d1::export()
-        .await
-        .map_err(|e| format!("export failed: {e}"))?;
+    let files = migration::d1::export().await.map_err(|e| format!("export failed: {e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // Files of migrations that no longer exist would be applied by wrangler: remove them.
     let keep: Vec<&str> = files.iter().map(|f| f.file_name.as_str()).collect();

@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::{config::Config, graphql, startup::App, telemetry};
 
 #[derive(Parser)]
-#[command(
-    name = "ensemble",
-    version,
-    about = "Build, version, share, run and watch teams of AI agents over GraphQL."
-)]
+#[command(name = "ensemble", version, about = "Build, version, share, run and watch teams of AI agents over GraphQL.")]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -61,10 +57,6 @@ pub async fn run() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(?config, "starting");
-    let app = App::build(config).await.map_err(|e| {
-        e.to_string()
-            .trim_start_matches("internal error: ")
-            .to_string()
-    })?;
+    let app = App::build(config).await.map_err(|e| e.to_string().trim_start_matches("internal error: ").to_string())?;
     app.run().await.map_err(|e| format!("server error: {e}"))
 }

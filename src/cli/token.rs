@@ -31,12 +31,8 @@ pub async fn run(args: TokenArgs, config: &Config) -> Result<(), String> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-    let issuer = DevIssuer::load_or_create(&config.data_dir)
-        .await
-        .map_err(|e| e.to_string())?;
-    let token = issuer
-        .sign(&args.user, args.email.as_deref(), args.role, args.ttl)
-        .map_err(|e| e.to_string())?;
+    let issuer = DevIssuer::load_or_create(&config.data_dir).await.map_err(|e| e.to_string())?;
+    let token = issuer.sign(&args.user, args.email.as_deref(), args.role, args.ttl).map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
 }
@@ -48,14 +44,8 @@ fn parse_role(value: &str) -> Result<GlobalRole, String> {
 /// `90s`, `15m`, `1h`, `7d` (or plain seconds).
 pub fn parse_ttl(value: &str) -> Result<Duration, String> {
     let value = value.trim();
-    let (digits, unit) = value.split_at(
-        value
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(value.len()),
-    );
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{value}` is not a duration like 30m, 1h or 7d"))?;
+    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("`{value}` is not a duration like 30m, 1h or 7d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,

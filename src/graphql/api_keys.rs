@@ -35,11 +35,7 @@ impl ApiKeysQuery {
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = api_keys::list(&state.db, &caller(ctx), &page).await.gql()?;
         let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(
-            rows.items
-                .into_iter()
-                .map(|k| Edge::new(encode_cursor(&k.id), ApiKey::from(k))),
-        );
+        connection.edges.extend(rows.items.into_iter().map(|k| Edge::new(encode_cursor(&k.id), ApiKey::from(k))));
         Ok(connection)
     }
 }
@@ -62,10 +58,7 @@ impl ApiKeysMutation {
             team_id: input.team_id.map(|id| id.0),
             expires_at: input.expires_at,
         };
-        api_keys::create(&state.db, &caller(ctx), new)
-            .await
-            .map(CreatedApiKey::from)
-            .gql()
+        api_keys::create(&state.db, &caller(ctx), new).await.map(CreatedApiKey::from).gql()
     }
 
     /// A new secret for the key; the old one keeps working for `graceSeconds` (0 to 7 days).
@@ -76,25 +69,16 @@ impl ApiKeysMutation {
         #[graphql(default = 3600)] grace_seconds: i32,
     ) -> async_graphql::Result<CreatedApiKey> {
         let state = ctx.data::<AppState>()?;
-        api_keys::rotate(
-            &state.db,
-            &state.auth.keys,
-            &caller(ctx),
-            &id,
-            grace_seconds.into(),
-        )
-        .await
-        .map(CreatedApiKey::from)
-        .gql()
+        api_keys::rotate(&state.db, &state.auth.keys, &caller(ctx), &id, grace_seconds.into())
+            .await
+            .map(CreatedApiKey::from)
+            .gql()
     }
 
     /// Revokes the key; it stops working on the next request.
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ApiKey> {
         let state = ctx.data::<AppState>()?;
-        api_keys::revoke(&state.db, &state.auth.keys, &caller(ctx), &id)
-            .await
-            .map(ApiKey::from)
-            .gql()
+        api_keys::revoke(&state.db, &state.auth.keys, &caller(ctx), &id).await.map(ApiKey::from).gql()
     }
 }
 
@@ -120,10 +104,7 @@ pub struct CreatedApiKey {
 
 impl From<WithSecret> for CreatedApiKey {
     fn from(made: WithSecret) -> Self {
-        Self {
-            secret: made.secret,
-            api_key: made.key.into(),
-        }
+        Self { secret: made.secret, api_key: made.key.into() }
     }
 }
 

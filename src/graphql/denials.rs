@@ -47,11 +47,7 @@ impl Extension for AuditDenials {
     }
 }
 
-async fn record(
-    ctx: &ExtensionContext<'_>,
-    (action, resource_type): (&'static str, &'static str),
-    reason: &str,
-) {
+async fn record(ctx: &ExtensionContext<'_>, (action, resource_type): (&'static str, &'static str), reason: &str) {
     let Ok(state) = ctx.data::<AppState>() else {
         return;
     };
@@ -59,14 +55,7 @@ async fn record(
         principal: ctx.data_opt::<Principal>().cloned().unwrap_or_default(),
         meta: ctx.data_opt::<RequestMeta>().cloned().unwrap_or_default(),
     };
-    if let Err(err) = audit::denied(
-        &state.db,
-        &caller,
-        Entry::new(action, resource_type, None),
-        reason,
-    )
-    .await
-    {
+    if let Err(err) = audit::denied(&state.db, &caller, Entry::new(action, resource_type, None), reason).await {
         tracing::error!(error = %err, action, "cannot record a denied mutation");
     }
 }

@@ -15,8 +15,8 @@ use std::{
 use async_graphql::{
     Request, Response, ServerError, ServerResult, ValidationResult, Variables,
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
-        NextPrepareRequest, NextRequest, NextSubscribe, NextValidation,
+        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest, NextRequest,
+        NextSubscribe, NextValidation,
     },
     parser::types::{DocumentOperations, ExecutableDocument, Selection, SelectionSet},
 };
@@ -64,18 +64,11 @@ impl Limits {
         }
         let aliases = count_aliases(doc);
         if aliases > self.aliases {
-            return Err(refusal(format!(
-                "The document uses {aliases} aliases; at most {} are allowed.",
-                self.aliases
-            )));
+            return Err(refusal(format!("The document uses {aliases} aliases; at most {} are allowed.", self.aliases)));
         }
         let fields = expanded_field_count(doc);
         if fields > self.fields as u64 {
-            let count = if fields == u64::MAX {
-                "too many".to_string()
-            } else {
-                fields.to_string()
-            };
+            let count = if fields == u64::MAX { "too many".to_string() } else { fields.to_string() };
             return Err(refusal(format!(
                 "The document expands to {count} fields; at most {} are allowed.",
                 self.fields
@@ -87,10 +80,7 @@ impl Limits {
 
 impl ExtensionFactory for RequestLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(LimitsExtension {
-            limits: self.limits.clone(),
-            metrics: self.metrics.clone(),
-        })
+        Arc::new(LimitsExtension { limits: self.limits.clone(), metrics: self.metrics.clone() })
     }
 }
 
@@ -123,9 +113,7 @@ impl Extension for LimitsExtension {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         check_nesting(&request.query, self.limits.recursion)?;
-        let doc = request
-            .parsed_query()
-            .map_err(|err| with_code(err, PARSE_FAILED))?;
+        let doc = request.parsed_query().map_err(|err| with_code(err, PARSE_FAILED))?;
         self.limits.check(doc)?;
         next.run(ctx, request).await
     }
@@ -138,9 +126,7 @@ impl Extension for LimitsExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         // The document is parsed already: what fails here is a built-in limit.
-        next.run(ctx, query, variables)
-            .await
-            .map_err(|err| with_code(err, VALIDATION_FAILED))
+        next.run(ctx, query, variables).await.map_err(|err| with_code(err, VALIDATION_FAILED))
     }
 
     async fn validation(
@@ -148,12 +134,7 @@ impl Extension for LimitsExtension {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| with_code(e, VALIDATION_FAILED))
-                .collect()
-        })
+        next.run(ctx).await.map_err(|errors| errors.into_iter().map(|e| with_code(e, VALIDATION_FAILED)).collect())
     }
 
     async fn execute(
@@ -163,8 +144,7 @@ impl Extension for LimitsExtension {
         next: NextExecute<'_>,
     ) -> Response {
         let response = next.run(ctx, operation_name).await;
-        self.metrics
-            .record_operation(operation_name, response.errors.is_empty());
+        self.metrics.record_operation(operation_name, response.errors.is_empty());
         response
     }
 }
@@ -173,28 +153,19 @@ impl Extension for LimitsExtension {
 /// from parsing an argument is the caller's; anything else is internal and its text is hidden.
 fn fill_codes(mut response: Response) -> Response {
     for error in &mut response.errors {
-        if error
-            .extensions
-            .as_ref()
-            .is_some_and(|e| e.get("code").is_some())
-        {
+        if error.extensions.as_ref().is_some_and(|e| e.get("code").is_some()) {
             continue;
         }
         let code = if error.path.is_empty() {
             VALIDATION_FAILED
-        } else if error.message.starts_with("Failed to parse")
-            || error.message.starts_with("Invalid value")
-        {
+        } else if error.message.starts_with("Failed to parse") || error.message.starts_with("Invalid value") {
             "BAD_USER_INPUT"
         } else {
             tracing::error!(error = %error.message, path = ?error.path, "internal error");
             error.message = crate::error::INTERNAL_MESSAGE.to_string();
             "INTERNAL"
         };
-        error
-            .extensions
-            .get_or_insert_with(Default::default)
-            .set("code", code);
+        error.extensions.get_or_insert_with(Default::default).set("code", code);
     }
     response
 }
@@ -247,9 +218,7 @@ pub fn check_nesting(query: &str, limit: usize) -> ServerResult<()> {
         i += 1;
     }
     if deepest > limit {
-        return Err(refusal(format!(
-            "The document nests {deepest} levels deep; at most {limit} are allowed."
-        )));
+        return Err(refusal(format!("The document nests {deepest} levels deep; at most {limit} are allowed.")));
     }
     Ok(())
 }
@@ -257,9 +226,7 @@ pub fn check_nesting(query: &str, limit: usize) -> ServerResult<()> {
 fn operations(doc: &ExecutableDocument) -> Vec<&SelectionSet> {
     match &doc.operations {
         DocumentOperations::Single(op) => vec![&op.node.selection_set.node],
-        DocumentOperations::Multiple(ops) => {
-            ops.values().map(|op| &op.node.selection_set.node).collect()
-        }
+        DocumentOperations::Multiple(ops) => ops.values().map(|op| &op.node.selection_set.node).collect(),
     }
 }
 
@@ -268,8 +235,7 @@ fn uses_introspection(doc: &ExecutableDocument) -> bool {
     fn walk(set: &SelectionSet) -> bool {
         set.items.iter().any(|item| match &item.node {
             Selection::Field(f) => {
-                matches!(f.node.name.node.as_str(), "__schema" | "__type")
-                    || walk(&f.node.selection_set.node)
+                matches!(f.node.name.node.as_str(), "__schema" | "__type") || walk(&f.node.selection_set.node)
             }
             Selection::InlineFragment(f) => walk(&f.node.selection_set.node),
             Selection::FragmentSpread(_) => false,
@@ -285,9 +251,7 @@ fn count_aliases(doc: &ExecutableDocument) -> usize {
         set.items
             .iter()
             .map(|item| match &item.node {
-                Selection::Field(f) => {
-                    usize::from(f.node.alias.is_some()) + walk(&f.node.selection_set.node)
-                }
+                Selection::Field(f) => usize::from(f.node.alias.is_some()) + walk(&f.node.selection_set.node),
                 Selection::InlineFragment(f) => walk(&f.node.selection_set.node),
                 Selection::FragmentSpread(_) => 0,
             })
@@ -310,13 +274,9 @@ fn expanded_field_count(doc: &ExecutableDocument) -> u64 {
         fn set(&mut self, set: &'a SelectionSet) -> u64 {
             set.items.iter().fold(0u64, |sum, item| {
                 let n = match &item.node {
-                    Selection::Field(f) => {
-                        1u64.saturating_add(self.set(&f.node.selection_set.node))
-                    }
+                    Selection::Field(f) => 1u64.saturating_add(self.set(&f.node.selection_set.node)),
                     Selection::InlineFragment(f) => self.set(&f.node.selection_set.node),
-                    Selection::FragmentSpread(s) => {
-                        self.fragment(s.node.fragment_name.node.as_str())
-                    }
+                    Selection::FragmentSpread(s) => self.fragment(s.node.fragment_name.node.as_str()),
                 };
                 sum.saturating_add(n)
             })
@@ -337,16 +297,8 @@ fn expanded_field_count(doc: &ExecutableDocument) -> u64 {
             n
         }
     }
-    let mut counter = Counter {
-        doc,
-        memo: HashMap::new(),
-        visiting: HashSet::new(),
-    };
-    operations(doc)
-        .into_iter()
-        .map(|set| counter.set(set))
-        .max()
-        .unwrap_or(0)
+    let mut counter = Counter { doc, memo: HashMap::new(), visiting: HashSet::new() };
+    operations(doc).into_iter().map(|set| counter.set(set)).max().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -384,12 +336,6 @@ mod tests {
         assert!(check_nesting("{ a(x: \"{{{{{{\") # {{{{{{\n }", 2).is_ok());
         assert!(check_nesting("{ a(x: \"\"\"{{{{\"\"\") }", 1).is_ok());
         assert!(check_nesting(&"{a".repeat(5), 4).is_err());
-        assert!(
-            check_nesting(
-                &format!("{}{}", "{a".repeat(100_000), "}".repeat(100_000)),
-                32
-            )
-            .is_err()
-        );
+        assert!(check_nesting(&format!("{}{}", "{a".repeat(100_000), "}".repeat(100_000)), 32).is_err());
     }
 }

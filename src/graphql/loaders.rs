@@ -33,9 +33,7 @@ impl Loader<String> for MembersLoader {
     type Error = String;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let rows = teams::members_of(&self.0, keys)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = teams::members_of(&self.0, keys).await.map_err(|e| e.to_string())?;
         let mut by_team: HashMap<String, Self::Value> = HashMap::new();
         for row in rows {
             by_team.entry(row.team_id.clone()).or_default().push(row);

@@ -30,8 +30,7 @@ impl Extension for Metering {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         // Request data is attached from here on (not yet when the request is prepared).
-        let (Ok(state), Some(principal)) = (ctx.data::<AppState>(), ctx.data_opt::<Principal>())
-        else {
+        let (Ok(state), Some(principal)) = (ctx.data::<AppState>(), ctx.data_opt::<Principal>()) else {
             return next.run(ctx).await;
         };
         if state.usage.count_request(principal) {
@@ -44,10 +43,7 @@ impl Extension for Metering {
             Ok(()) => Ok(result),
             Err(limited) => {
                 let err = AppError::RateLimited {
-                    message: format!(
-                        "Too many requests: try again in {} s.",
-                        limited.retry_after_secs
-                    ),
+                    message: format!("Too many requests: try again in {} s.", limited.retry_after_secs),
                     retry_after_secs: Some(limited.retry_after_secs),
                 };
                 Err(vec![err.extend().into_server_error(Pos::default())])

@@ -18,20 +18,11 @@ use crate::{config::Config, metrics::Metrics, state::AppState};
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(
-    system::SystemQuery,
-    users::UsersQuery,
-    teams::TeamsQuery,
-    api_keys::ApiKeysQuery,
-);
+pub struct QueryRoot(system::SystemQuery, users::UsersQuery, teams::TeamsQuery, api_keys::ApiKeysQuery);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(
-    users::UsersMutation,
-    teams::TeamsMutation,
-    api_keys::ApiKeysMutation,
-);
+pub struct MutationRoot(users::UsersMutation, teams::TeamsMutation, api_keys::ApiKeysMutation);
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
@@ -42,27 +33,16 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 /// The schema with the configured limits; `state` is absent only when printing the SDL.
 pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
     let limits = &config.limits;
-    let metrics = state
-        .as_ref()
-        .map(|s| s.metrics.clone())
-        .unwrap_or_else(|| std::sync::Arc::new(Metrics::default()));
-    let mut builder = Schema::build(
-        QueryRoot::default(),
-        MutationRoot::default(),
-        SubscriptionRoot::default(),
-    )
-    .extension(Tracing)
-    .extension(denials::AuditDenials)
-    .extension(metering::Metering)
-    .extension(limits::RequestLimits::new(
-        limits,
-        !config.is_production(),
-        metrics,
-    ))
-    .limit_depth(limits.depth)
-    .limit_complexity(limits.complexity)
-    .limit_recursive_depth(limits.recursion)
-    .limit_directives(limits.directives);
+    let metrics = state.as_ref().map(|s| s.metrics.clone()).unwrap_or_else(|| std::sync::Arc::new(Metrics::default()));
+    let mut builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .extension(Tracing)
+        .extension(denials::AuditDenials)
+        .extension(metering::Metering)
+        .extension(limits::RequestLimits::new(limits, !config.is_production(), metrics))
+        .limit_depth(limits.depth)
+        .limit_complexity(limits.complexity)
+        .limit_recursive_depth(limits.recursion)
+        .limit_directives(limits.directives);
     if config.is_production() {
         builder = builder.disable_introspection().disable_suggestions();
     }
@@ -75,18 +55,14 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
 /// The caller of the operation being resolved (anonymous when none was attached).
 pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::auth::Principal {
     static ANONYMOUS: crate::auth::Principal = crate::auth::Principal::Anonymous;
-    ctx.data_opt::<crate::auth::Principal>()
-        .unwrap_or(&ANONYMOUS)
+    ctx.data_opt::<crate::auth::Principal>().unwrap_or(&ANONYMOUS)
 }
 
 /// The caller and where the request came from, for services.
 pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller {
     crate::service::audit::Caller {
         principal: principal(ctx).clone(),
-        meta: ctx
-            .data_opt::<crate::state::RequestMeta>()
-            .cloned()
-            .unwrap_or_default(),
+        meta: ctx.data_opt::<crate::state::RequestMeta>().cloned().unwrap_or_default(),
     }
 }
 

@@ -30,16 +30,10 @@ pub struct SystemSubscription;
 #[Subscription]
 impl SystemSubscription {
     /// A beat every `intervalSeconds` (1–60): the server's time and a sequence number from 1.
-    async fn heartbeat(
-        &self,
-        interval_seconds: i32,
-    ) -> async_graphql::Result<impl Stream<Item = Heartbeat>> {
+    async fn heartbeat(&self, interval_seconds: i32) -> async_graphql::Result<impl Stream<Item = Heartbeat>> {
         let period = system::heartbeat_interval(interval_seconds).gql()?;
         let ticks = IntervalStream::new(tokio::time::interval(period));
-        Ok(ticks.enumerate().map(|(n, _)| Heartbeat {
-            seq: n as i64 + 1,
-            time: Utc::now(),
-        }))
+        Ok(ticks.enumerate().map(|(n, _)| Heartbeat { seq: n as i64 + 1, time: Utc::now() }))
     }
 }
 

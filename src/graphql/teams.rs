@@ -28,10 +28,7 @@ impl TeamsQuery {
     /// A team you may see.
     async fn team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        teams::get(&state.db, &caller(ctx), &id)
-            .await
-            .map(Team)
-            .gql()
+        teams::get(&state.db, &caller(ctx), &id).await.map(Team).gql()
     }
 
     /// Your teams, newest first (every team for an admin).
@@ -46,11 +43,7 @@ impl TeamsQuery {
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = teams::list(&state.db, &caller(ctx), &page).await.gql()?;
         let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(
-            rows.items
-                .into_iter()
-                .map(|t| Edge::new(encode_cursor(&t.id), Team(t))),
-        );
+        connection.edges.extend(rows.items.into_iter().map(|t| Edge::new(encode_cursor(&t.id), Team(t))));
         Ok(connection)
     }
 }
@@ -61,11 +54,7 @@ pub struct TeamsMutation;
 #[Object]
 impl TeamsMutation {
     /// Creates a team; you become its owner. Without a spec it starts with one `local/echo` agent.
-    async fn create_team(
-        &self,
-        ctx: &Context<'_>,
-        input: CreateTeamInput,
-    ) -> async_graphql::Result<Team> {
+    async fn create_team(&self, ctx: &Context<'_>, input: CreateTeamInput) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
         let new = NewTeam {
             name: input.name,
@@ -73,10 +62,7 @@ impl TeamsMutation {
             visibility: input.visibility,
             spec: input.spec.map(|s| s.0),
         };
-        teams::create(&state.db, &caller(ctx), new)
-            .await
-            .map(Team)
-            .gql()
+        teams::create(&state.db, &caller(ctx), new).await.map(Team).gql()
     }
 
     /// Renames or redescribes a team (editors and owners). A stale `expectedVersion` is CONFLICT.
@@ -94,28 +80,19 @@ impl TeamsMutation {
             visibility: input.visibility,
             expected_version,
         };
-        teams::update(&state.db, &caller(ctx), &id, changes)
-            .await
-            .map(Team)
-            .gql()
+        teams::update(&state.db, &caller(ctx), &id, changes).await.map(Team).gql()
     }
 
     /// Archives a team (owners): it stays readable.
     async fn archive_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        teams::archive(&state.db, &caller(ctx), &id)
-            .await
-            .map(Team)
-            .gql()
+        teams::archive(&state.db, &caller(ctx), &id).await.map(Team).gql()
     }
 
     /// Deletes a team and its memberships (owners); returns it as it was.
     async fn delete_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        teams::delete(&state.db, &caller(ctx), &id)
-            .await
-            .map(Team)
-            .gql()
+        teams::delete(&state.db, &caller(ctx), &id).await.map(Team).gql()
     }
 
     /// Adds a user who has signed in before to a team (owners).
@@ -126,16 +103,7 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::add_member(
-            &state.db,
-            &caller(ctx),
-            &team_id,
-            &input.user_id,
-            input.role,
-        )
-        .await
-        .map(TeamMember)
-        .gql()
+        teams::add_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role).await.map(TeamMember).gql()
     }
 
     /// Changes a member's role (owners). The last owner cannot be demoted.
@@ -146,16 +114,7 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::update_member(
-            &state.db,
-            &caller(ctx),
-            &team_id,
-            &input.user_id,
-            input.role,
-        )
-        .await
-        .map(TeamMember)
-        .gql()
+        teams::update_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role).await.map(TeamMember).gql()
     }
 
     /// Removes a member (owners), or leaves a team (anyone). The last owner cannot go.
@@ -166,10 +125,7 @@ impl TeamsMutation {
         user_id: ID,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::remove_member(&state.db, &caller(ctx), &team_id, &user_id)
-            .await
-            .map(TeamMember)
-            .gql()
+        teams::remove_member(&state.db, &caller(ctx), &team_id, &user_id).await.map(TeamMember).gql()
     }
 }
 
@@ -244,48 +200,28 @@ impl Team {
         let members = self.load_members(ctx).await?;
         let user = match principal(ctx) {
             Principal::User(user) => user,
-            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => {
-                &key.owner
-            }
+            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => &key.owner,
             _ => return Ok(None),
         };
         if user.role == GlobalRole::Admin {
             return Ok(Some(TeamRole::Owner));
         }
-        Ok(members
-            .iter()
-            .find(|m| m.user_id == user.id)
-            .and_then(|m| TeamRole::parse(&m.role)))
+        Ok(members.iter().find(|m| m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role)))
     }
 
     /// Who belongs to the team (members and admins only).
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
         if self.my_role(ctx).await?.is_none() {
-            return Err(
-                AppError::Forbidden("Only members see who belongs to a team.".into()).extend(),
-            );
+            return Err(AppError::Forbidden("Only members see who belongs to a team.".into()).extend());
         }
-        Ok(self
-            .load_members(ctx)
-            .await?
-            .into_iter()
-            .map(TeamMember)
-            .collect())
+        Ok(self.load_members(ctx).await?.into_iter().map(TeamMember).collect())
     }
 }
 
 impl Team {
-    async fn load_members(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<Vec<team_members::Model>> {
+    async fn load_members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<team_members::Model>> {
         let loaders = ctx.data::<Loaders>()?;
-        let members = loaders
-            .members
-            .load_one(self.0.id.clone())
-            .await
-            .map_err(AppError::internal)
-            .gql()?;
+        let members = loaders.members.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
         Ok(members.unwrap_or_default())
     }
 }
@@ -307,12 +243,7 @@ impl TeamMember {
     }
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loaders = ctx.data::<Loaders>()?;
-        let user = loaders
-            .users
-            .load_one(self.0.user_id.clone())
-            .await
-            .map_err(AppError::internal)
-            .gql()?;
+        let user = loaders.users.load_one(self.0.user_id.clone()).await.map_err(AppError::internal).gql()?;
         Ok(user.map(User::from))
     }
 }

@@ -2,8 +2,7 @@
 //! browser. Transport failures answer with a GraphQL error body and a fitting status.
 
 use async_graphql::{
-    BatchRequest, BatchResponse, ErrorExtensions, ServerError, http::GraphiQLSource,
-    parser::types::OperationType,
+    BatchRequest, BatchResponse, ErrorExtensions, ServerError, http::GraphiQLSource, parser::types::OperationType,
 };
 use axum::{
     body::{Body, Bytes},
@@ -51,9 +50,7 @@ pub async fn post(
             &format!("The request body is larger than the {limit}-byte limit."),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return too_large();
     }
@@ -90,32 +87,17 @@ pub async fn get(
         if accepts(&headers, "text/html") {
             return graphiql(state.auth.dev.is_some()).into_response();
         }
-        return media.failure(
-            StatusCode::BAD_REQUEST,
-            PARSE_FAILED,
-            "Pass the operation in the `query` parameter.",
-        );
+        return media.failure(StatusCode::BAD_REQUEST, PARSE_FAILED, "Pass the operation in the `query` parameter.");
     };
     let mut request = async_graphql::Request::new(query);
     request.operation_name = params.operation_name;
-    for (name, raw) in [
-        ("variables", &params.variables),
-        ("extensions", &params.extensions),
-    ] {
+    for (name, raw) in [("variables", &params.variables), ("extensions", &params.extensions)] {
         let Some(raw) = raw else { continue };
         let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return media.failure(
-                StatusCode::BAD_REQUEST,
-                PARSE_FAILED,
-                &format!("`{name}` is not valid JSON."),
-            );
+            return media.failure(StatusCode::BAD_REQUEST, PARSE_FAILED, &format!("`{name}` is not valid JSON."));
         };
         if !value.is_object() && !value.is_null() {
-            return media.failure(
-                StatusCode::BAD_REQUEST,
-                PARSE_FAILED,
-                &format!("`{name}` must be a JSON object."),
-            );
+            return media.failure(StatusCode::BAD_REQUEST, PARSE_FAILED, &format!("`{name}` must be a JSON object."));
         }
         if name == "variables" {
             request.variables = async_graphql::Variables::from_json(value);
@@ -129,9 +111,7 @@ pub async fn get(
             VALIDATION_FAILED,
             "Mutations cannot be sent with GET; use POST.",
         );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     execute(&http, &headers, peer, media, BatchRequest::Single(request)).await
@@ -168,35 +148,28 @@ async fn execute(
         Ok(principal) => principal,
         Err(err) => return media.app_error(err),
     };
-    let batch = batch
-        .data(RequestMeta::from_headers(headers, Some(peer)))
-        .data(principal)
-        .data(Loaders::new(&http.state.db));
+    let batch =
+        batch.data(RequestMeta::from_headers(headers, Some(peer))).data(principal).data(Loaders::new(&http.state.db));
     media.respond(http.schema.execute_batch(batch).await)
 }
 
 /// Reads the body as one request or, when `max_batch` > 0, a batch of at most that many.
 fn parse_body(bytes: &Bytes, max_batch: usize) -> Result<BatchRequest, (&'static str, String)> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        (
-            PARSE_FAILED,
-            format!(
-                "The request body is not valid JSON (line {}, column {}).",
-                e.line(),
-                e.column()
-            ),
-        )
+        (PARSE_FAILED, format!("The request body is not valid JSON (line {}, column {}).", e.line(), e.column()))
     })?;
     let one = |value: serde_json::Value| {
         let has_query = value.get("query").is_some_and(serde_json::Value::is_string);
-        has_query.then_some(value).and_then(|v| serde_json::from_value::<async_graphql::Request>(v).ok()).ok_or_else(|| {
-            (
-                PARSE_FAILED,
-                "A GraphQL request is a JSON object with a `query` string and optional `operationName` \
+        has_query.then_some(value).and_then(|v| serde_json::from_value::<async_graphql::Request>(v).ok()).ok_or_else(
+            || {
+                (
+                    PARSE_FAILED,
+                    "A GraphQL request is a JSON object with a `query` string and optional `operationName` \
                  (string), `variables` (object) and `extensions` (object)."
-                    .to_string(),
-            )
-        })
+                        .to_string(),
+                )
+            },
+        )
     };
     match value {
         serde_json::Value::Array(items) => {
@@ -209,18 +182,13 @@ fn parse_body(bytes: &Bytes, max_batch: usize) -> Result<BatchRequest, (&'static
             if items.len() > max_batch {
                 return Err((
                     VALIDATION_FAILED,
-                    format!(
-                        "A batch may hold at most {max_batch} operations; this one holds {}.",
-                        items.len()
-                    ),
+                    format!("A batch may hold at most {max_batch} operations; this one holds {}.", items.len()),
                 ));
             }
             if items.is_empty() {
                 return Err((PARSE_FAILED, "The batch is empty.".into()));
             }
-            Ok(BatchRequest::Batch(
-                items.into_iter().map(one).collect::<Result<_, _>>()?,
-            ))
+            Ok(BatchRequest::Batch(items.into_iter().map(one).collect::<Result<_, _>>()?))
         }
         value => Ok(BatchRequest::Single(one(value)?)),
     }
@@ -239,13 +207,7 @@ fn accepts(headers: &HeaderMap, media: &str) -> bool {
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',').any(|part| {
-                part.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case(media))
-            })
-        })
+        .any(|v| v.split(',').any(|part| part.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(media))))
 }
 
 /// The media type of the answer: `application/graphql-response+json` when the client asks for
@@ -258,17 +220,11 @@ struct ResponseMedia {
 
 impl ResponseMedia {
     fn from_accept(headers: &HeaderMap) -> Self {
-        Self {
-            graphql_response: accepts(headers, GRAPHQL_RESPONSE),
-        }
+        Self { graphql_response: accepts(headers, GRAPHQL_RESPONSE) }
     }
 
     fn content_type(self) -> HeaderValue {
-        HeaderValue::from_static(if self.graphql_response {
-            GRAPHQL_RESPONSE
-        } else {
-            JSON
-        })
+        HeaderValue::from_static(if self.graphql_response { GRAPHQL_RESPONSE } else { JSON })
     }
 
     /// The answer: 429 with `Retry-After` for a rate-limited operation, 400 for a request that
@@ -282,17 +238,12 @@ impl ResponseMedia {
             let code = extensions.and_then(|e| e.get("code"));
             if code == Some(&async_graphql::Value::from("RATE_LIMITED")) {
                 status = StatusCode::TOO_MANY_REQUESTS;
-                let retry = extensions
-                    .and_then(|e| e.get("retryAfter"))
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "1".into());
+                let retry =
+                    extensions.and_then(|e| e.get("retryAfter")).map(|v| v.to_string()).unwrap_or_else(|| "1".into());
                 if let Ok(value) = HeaderValue::from_str(&retry) {
                     extra.insert(header::RETRY_AFTER, value);
                 }
-            } else if self.graphql_response
-                && r.data == async_graphql::Value::Null
-                && !r.errors.is_empty()
-            {
+            } else if self.graphql_response && r.data == async_graphql::Value::Null && !r.errors.is_empty() {
                 status = StatusCode::BAD_REQUEST;
             }
         }
@@ -308,35 +259,25 @@ impl ResponseMedia {
             AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let error = err
-            .extend()
-            .into_server_error(async_graphql::Pos::default());
-        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
-            .unwrap_or_default();
-        let mut response =
-            (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
+        let error = err.extend().into_server_error(async_graphql::Pos::default());
+        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error])).unwrap_or_default();
+        let mut response = (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
 
     fn failure(self, status: StatusCode, code: &str, message: &str) -> Response {
         let error = limits::with_code(ServerError::new(message, None), code);
-        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error])).unwrap_or_default();
         (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response()
     }
 }
 
 fn graphiql(dev_auth: bool) -> Html<String> {
-    let page = GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql/ws")
-        .title("Ensemble")
-        .finish();
+    let page =
+        GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("Ensemble").finish();
     if !dev_auth {
         return Html(page);
     }

@@ -31,19 +31,13 @@ impl UsersQuery {
         };
         let state = ctx.data::<AppState>()?;
         let row = users::find(&state.db, &me.id).await.gql()?;
-        Ok(row.map(|row| User {
-            role: me.role,
-            ..User::from(row)
-        }))
+        Ok(row.map(|row| User { role: me.role, ..User::from(row) }))
     }
 
     /// A user by id: yourself, or anyone for an admin.
     async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        users::get(&state.db, &caller(ctx), &id)
-            .await
-            .map(User::from)
-            .gql()
+        users::get(&state.db, &caller(ctx), &id).await.map(User::from).gql()
     }
 
     /// Every user, by id (admins only); `search` matches id, email or name.
@@ -57,15 +51,9 @@ impl UsersQuery {
     ) -> async_graphql::Result<Connection<String, User>> {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
-        let rows = users::list(&state.db, &caller(ctx), search.as_deref(), &page)
-            .await
-            .gql()?;
+        let rows = users::list(&state.db, &caller(ctx), search.as_deref(), &page).await.gql()?;
         let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(
-            rows.items
-                .into_iter()
-                .map(|u| Edge::new(encode_cursor(&u.id), User::from(u))),
-        );
+        connection.edges.extend(rows.items.into_iter().map(|u| Edge::new(encode_cursor(&u.id), User::from(u))));
         Ok(connection)
     }
 }
@@ -76,34 +64,16 @@ pub struct UsersMutation;
 #[Object]
 impl UsersMutation {
     /// Changes the caller's own display name or picture.
-    async fn update_profile(
-        &self,
-        ctx: &Context<'_>,
-        input: UpdateProfileInput,
-    ) -> async_graphql::Result<User> {
+    async fn update_profile(&self, ctx: &Context<'_>, input: UpdateProfileInput) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        let changes = users::ProfileChanges {
-            display_name: input.display_name,
-            avatar_url: input.avatar_url,
-        };
-        users::update_profile(&state.db, &caller(ctx), changes)
-            .await
-            .map(User::from)
-            .gql()
+        let changes = users::ProfileChanges { display_name: input.display_name, avatar_url: input.avatar_url };
+        users::update_profile(&state.db, &caller(ctx), changes).await.map(User::from).gql()
     }
 
     /// Sets a user's global role (admins only).
-    async fn set_user_role(
-        &self,
-        ctx: &Context<'_>,
-        user_id: ID,
-        role: GlobalRole,
-    ) -> async_graphql::Result<User> {
+    async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: GlobalRole) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        users::set_role(&state.db, &caller(ctx), &user_id, role)
-            .await
-            .map(User::from)
-            .gql()
+        users::set_role(&state.db, &caller(ctx), &user_id, role).await.map(User::from).gql()
     }
 }
 

@@ -43,10 +43,7 @@ pub async fn upgrade(
 ) -> HttpResponse {
     // A message is held to the same limit as an HTTP body.
     let limit = http.state.config.limits.body_bytes;
-    let ws = ws
-        .protocols([TRANSPORT_WS, LEGACY_WS])
-        .max_message_size(limit)
-        .max_frame_size(limit);
+    let ws = ws.protocols([TRANSPORT_WS, LEGACY_WS]).max_message_size(limit).max_frame_size(limit);
     let legacy = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(TRANSPORT_WS) => false,
         Some(LEGACY_WS) => true,
@@ -61,11 +58,7 @@ pub async fn upgrade(
     let meta = RequestMeta::from_headers(&headers, Some(peer));
     let span = tracing::info_span!("websocket", request_id = %meta.request_id, protocol = if legacy { LEGACY_WS } else { TRANSPORT_WS });
     let origin_allowed = origin_allowed(&headers, &http.state.config.cors_origins);
-    let handshake = Handshake {
-        legacy,
-        origin_allowed,
-        meta,
-    };
+    let handshake = Handshake { legacy, origin_allowed, meta };
     ws.on_upgrade(move |socket| serve(socket, http, handshake).instrument(span))
 }
 
@@ -84,16 +77,11 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let own = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|host| {
-            let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            authority.eq_ignore_ascii_case(host)
-        });
-    own || allowed
-        .iter()
-        .any(|a| a.trim().eq_ignore_ascii_case(origin))
+    let own = headers.get(header::HOST).and_then(|v| v.to_str().ok()).is_some_and(|host| {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        authority.eq_ignore_ascii_case(host)
+    });
+    own || allowed.iter().any(|a| a.trim().eq_ignore_ascii_case(origin))
 }
 
 async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
@@ -103,26 +91,18 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
     let (sink, incoming) = socket.split();
     let (tx, rx) = mpsc::channel(config.ws_send_buffer.max(1));
     let mut writer = tokio::spawn(write_all(sink, rx));
-    let outbox = Outbox {
-        tx,
-        timeout: Duration::from_millis(config.ws_send_timeout_ms),
-    };
+    let outbox = Outbox { tx, timeout: Duration::from_millis(config.ws_send_timeout_ms) };
     let ended = if handshake.legacy {
         serve_legacy(incoming, &outbox, &http, handshake).await
     } else {
-        Connection::new(&http, outbox.clone(), handshake)
-            .run(incoming)
-            .await
+        Connection::new(&http, outbox.clone(), handshake).run(incoming).await
     };
     if ended.is_err() {
         tracing::warn!("websocket client stopped reading; dropped");
     }
     drop(outbox);
     // A client that stopped reading may never take the last frames: give up after a moment.
-    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
         writer.abort();
     }
     metrics.websocket_closed();
@@ -130,10 +110,7 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
 
 /// Owns the socket's sending half; ends after a Close frame (closing the sink so the client
 /// sees the code, not a 1006).
-async fn write_all(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-) {
+async fn write_all(mut sink: futures_util::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
     while let Some(message) = rx.recv().await {
         let close = matches!(message, Message::Close(_));
         if sink.send(message).await.is_err() || close {
@@ -156,10 +133,7 @@ struct Outbox {
 
 impl Outbox {
     async fn send(&self, message: Message) -> Result<(), SlowClient> {
-        self.tx
-            .send_timeout(message, self.timeout)
-            .await
-            .map_err(|_| SlowClient)
+        self.tx.send_timeout(message, self.timeout).await.map_err(|_| SlowClient)
     }
 
     async fn json(&self, value: Value) -> Result<(), SlowClient> {
@@ -167,10 +141,7 @@ impl Outbox {
     }
 
     async fn close(&self, code: u16, reason: &str) -> Result<(), SlowClient> {
-        let frame = CloseFrame {
-            code,
-            reason: truncate(reason, MAX_CLOSE_REASON).into(),
-        };
+        let frame = CloseFrame { code, reason: truncate(reason, MAX_CLOSE_REASON).into() };
         self.send(Message::Close(Some(frame))).await
     }
 }
@@ -247,22 +218,14 @@ async fn authorize_init(
         Some(Value::Object(fields)) => fields,
         Some(_) => return Err(InitRefusal::BadPayload),
     };
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    let field = |name: &str| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
     let token = match (field("authorization"), field("token")) {
         (Some(Value::String(value)), _) => bearer(value).ok_or(InitRefusal::Forbidden)?,
         (None, Some(Value::String(token))) => token.as_str(),
         (None, None) => return Ok(Principal::Anonymous),
         _ => return Err(InitRefusal::BadPayload),
     };
-    let principal = auth
-        .from_token(token)
-        .await
-        .map_err(|_| InitRefusal::Forbidden)?;
+    let principal = auth.from_token(token).await.map_err(|_| InitRefusal::Forbidden)?;
     if principal.expires_at().is_some_and(|at| at <= Utc::now()) {
         return Err(InitRefusal::Forbidden);
     }
@@ -330,10 +293,7 @@ impl Connection {
         }
     }
 
-    async fn run(
-        mut self,
-        mut incoming: futures_util::stream::SplitStream<WebSocket>,
-    ) -> Result<(), SlowClient> {
+    async fn run(mut self, mut incoming: futures_util::stream::SplitStream<WebSocket>) -> Result<(), SlowClient> {
         let init_timer = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(init_timer);
         let mut keepalive = tokio::time::interval(self.keepalive);
@@ -380,25 +340,18 @@ impl Connection {
         match message {
             ClientMessage::ConnectionInit { payload } => {
                 if self.init_received {
-                    return Ok(Some(Close::Code(
-                        4429,
-                        "Too many initialisation requests".into(),
-                    )));
+                    return Ok(Some(Close::Code(4429, "Too many initialisation requests".into())));
                 }
                 self.init_received = true;
-                let principal =
-                    match authorize_init(&self.auth, self.origin_allowed, payload.as_ref()).await {
-                        Ok(principal) => principal,
-                        Err(InitRefusal::BadPayload) => {
-                            return Ok(Some(Close::Code(
-                                4400,
-                                "connection_init payload must be an object".into(),
-                            )));
-                        }
-                        Err(InitRefusal::Forbidden) => {
-                            return Ok(Some(Close::Code(4403, "Forbidden".into())));
-                        }
-                    };
+                let principal = match authorize_init(&self.auth, self.origin_allowed, payload.as_ref()).await {
+                    Ok(principal) => principal,
+                    Err(InitRefusal::BadPayload) => {
+                        return Ok(Some(Close::Code(4400, "connection_init payload must be an object".into())));
+                    }
+                    Err(InitRefusal::Forbidden) => {
+                        return Ok(Some(Close::Code(4403, "Forbidden".into())));
+                    }
+                };
                 self.expires = principal.expires_at().map(|at| {
                     let left = (at - Utc::now()).to_std().unwrap_or_default();
                     tokio::time::Instant::now() + left
@@ -424,16 +377,10 @@ impl Connection {
                     return Ok(Some(Close::Code(4401, "Unauthorized".into())));
                 }
                 if id.is_empty() {
-                    return Ok(Some(Close::Code(
-                        4400,
-                        "Invalid message received: empty id".into(),
-                    )));
+                    return Ok(Some(Close::Code(4400, "Invalid message received: empty id".into())));
                 }
                 if self.operations.contains_key(&id) {
-                    return Ok(Some(Close::Code(
-                        4409,
-                        format!("Subscriber for {id} already exists"),
-                    )));
+                    return Ok(Some(Close::Code(4409, format!("Subscriber for {id} already exists"))));
                 }
                 let stream = self.start(payload);
                 self.operations.insert(id, stream);
@@ -451,36 +398,19 @@ impl Connection {
         if let Some(variables) = payload.variables {
             request.variables = async_graphql::Variables::from_json(variables);
         }
-        if let Some(extensions) = payload
-            .extensions
-            .and_then(|e| serde_json::from_value(e).ok())
-        {
+        if let Some(extensions) = payload.extensions.and_then(|e| serde_json::from_value(e).ok()) {
             request.extensions = extensions;
         }
-        let responses = self
-            .schema
-            .execute_stream_with_session_data(request, self.session.clone());
-        responses
-            .map(Some)
-            .chain(futures_util::stream::once(async { None }))
-            .enumerate()
-            .boxed()
+        let responses = self.schema.execute_stream_with_session_data(request, self.session.clone());
+        responses.map(Some).chain(futures_util::stream::once(async { None })).enumerate().boxed()
     }
 
     /// Sends one response: an operation refused before it ran is an `error` message (and no
     /// `complete`); anything else is `next`, and the end of the stream is `complete`.
-    async fn forward(
-        &mut self,
-        id: String,
-        index: usize,
-        item: Option<Response>,
-    ) -> Result<(), SlowClient> {
+    async fn forward(&mut self, id: String, index: usize, item: Option<Response>) -> Result<(), SlowClient> {
         let Some(response) = item else {
             self.operations.remove(&id);
-            return self
-                .outbox
-                .json(json!({"type": "complete", "id": id}))
-                .await;
+            return self.outbox.json(json!({"type": "complete", "id": id})).await;
         };
         let refused = index == 0
             && response.data == async_graphql::Value::Null
@@ -489,15 +419,10 @@ impl Connection {
         if refused {
             self.operations.remove(&id);
             let errors = serde_json::to_value(&response.errors).unwrap_or_default();
-            return self
-                .outbox
-                .json(json!({"type": "error", "id": id, "payload": errors}))
-                .await;
+            return self.outbox.json(json!({"type": "error", "id": id, "payload": errors})).await;
         }
         let payload = serde_json::to_value(&response).unwrap_or_default();
-        self.outbox
-            .json(json!({"type": "next", "id": id, "payload": payload}))
-            .await
+        self.outbox.json(json!({"type": "next", "id": id, "payload": payload})).await
     }
 }
 
@@ -525,11 +450,7 @@ async fn serve_legacy(
         });
     let mut session = Data::default();
     session.insert(handshake.meta);
-    let (auth, origin_allowed, db) = (
-        http.state.auth.clone(),
-        handshake.origin_allowed,
-        http.state.db.clone(),
-    );
+    let (auth, origin_allowed, db) = (http.state.auth.clone(), handshake.origin_allowed, http.state.db.clone());
     let mut engine = async_graphql::http::WebSocket::new(
         http.schema.clone(),
         input,
@@ -537,9 +458,7 @@ async fn serve_legacy(
     )
     .connection_data(session)
     .on_connection_init(move |payload| async move {
-        let principal = authorize_init(&auth, origin_allowed, Some(&payload))
-            .await
-            .map_err(|_| "Forbidden")?;
+        let principal = authorize_init(&auth, origin_allowed, Some(&payload)).await.map_err(|_| "Forbidden")?;
         let mut data = Data::default();
         data.insert(principal);
         data.insert(Loaders::new(&db));

@@ -4,8 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use entity::api_keys;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
 
@@ -38,11 +37,7 @@ pub struct WithSecret {
     pub secret: String,
 }
 
-pub async fn create(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    new: NewKey,
-) -> Result<WithSecret, AppError> {
+pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewKey) -> Result<WithSecret, AppError> {
     let me = account(caller)?.clone();
     let mut problems = Vec::new();
     if new.name.trim().is_empty() || new.name.chars().count() > 100 {
@@ -90,10 +85,7 @@ pub async fn create(
     entry.team_id = key.team_id.clone();
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
-    Ok(WithSecret {
-        key,
-        secret: secret.full,
-    })
+    Ok(WithSecret { key, secret: secret.full })
 }
 
 /// The caller's keys, newest first.
@@ -107,20 +99,12 @@ pub async fn list(
     if let Some(after) = &page.after {
         query = query.filter(api_keys::Column::Id.lt(after.as_str()));
     }
-    let rows = query
-        .order_by_desc(api_keys::Column::Id)
-        .limit(page.first + 1)
-        .all(db)
-        .await?;
+    let rows = query.order_by_desc(api_keys::Column::Id).limit(page.first + 1).all(db).await?;
     Ok(page.page(rows))
 }
 
 /// One of the caller's keys, locked for a change.
-async fn own_key(
-    txn: &sea_orm::DatabaseTransaction,
-    caller: &Caller,
-    id: &str,
-) -> Result<api_keys::Model, AppError> {
+async fn own_key(txn: &sea_orm::DatabaseTransaction, caller: &Caller, id: &str) -> Result<api_keys::Model, AppError> {
     let me = account(caller)?;
     api_keys::Entity::find_by_id(id)
         .lock_exclusive()
@@ -145,12 +129,7 @@ pub async fn revoke(
     let mut active: api_keys::ActiveModel = key.into();
     active.revoked_at = Set(Some(Utc::now()));
     let key = active.update(&txn).await?;
-    audit::allowed(
-        &txn,
-        caller,
-        Entry::new(actions::API_KEY_REVOKE, "api_key", id.to_string()),
-    )
-    .await?;
+    audit::allowed(&txn, caller, Entry::new(actions::API_KEY_REVOKE, "api_key", id.to_string())).await?;
     txn.commit().await?;
     keys.invalidate(&prefix).await;
     Ok(key)
@@ -175,9 +154,7 @@ pub async fn rotate(
     let key = own_key(&txn, caller, id).await?;
     let now = Utc::now();
     if key.revoked_at.is_some() {
-        return Err(AppError::Conflict(
-            "A revoked key cannot be rotated; create a new one.".into(),
-        ));
+        return Err(AppError::Conflict("A revoked key cannot be rotated; create a new one.".into()));
     }
     if let Some(until) = key.previous_expires_at.filter(|until| *until > now) {
         return Err(AppError::Conflict(format!(
@@ -190,22 +167,16 @@ pub async fn rotate(
     active.previous_expires_at = Set(Some(now + Duration::seconds(grace_secs)));
     active.secret_hash = Set(secret.hash.clone());
     let key = active.update(&txn).await?;
-    let entry = Entry::new(actions::API_KEY_ROTATE, "api_key", id.to_string())
-        .changes(json!({"graceSeconds": grace_secs}));
+    let entry =
+        Entry::new(actions::API_KEY_ROTATE, "api_key", id.to_string()).changes(json!({"graceSeconds": grace_secs}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     keys.invalidate(&key.prefix).await;
-    Ok(WithSecret {
-        key,
-        secret: secret.full,
-    })
+    Ok(WithSecret { key, secret: secret.full })
 }
 
 /// Revokes every key of a user (their account was deleted).
-pub async fn revoke_all_of<C: sea_orm::ConnectionTrait>(
-    conn: &C,
-    user_id: &str,
-) -> Result<Vec<String>, AppError> {
+pub async fn revoke_all_of<C: sea_orm::ConnectionTrait>(conn: &C, user_id: &str) -> Result<Vec<String>, AppError> {
     let prefixes: Vec<String> = api_keys::Entity::find()
         .filter(api_keys::Column::UserId.eq(user_id))
         .filter(api_keys::Column::RevokedAt.is_null())
@@ -215,10 +186,7 @@ pub async fn revoke_all_of<C: sea_orm::ConnectionTrait>(
         .map(|k| k.prefix)
         .collect();
     api_keys::Entity::update_many()
-        .col_expr(
-            api_keys::Column::RevokedAt,
-            sea_orm::sea_query::Expr::value(Utc::now()),
-        )
+        .col_expr(api_keys::Column::RevokedAt, sea_orm::sea_query::Expr::value(Utc::now()))
         .filter(api_keys::Column::UserId.eq(user_id))
         .filter(api_keys::Column::RevokedAt.is_null())
         .exec(conn)

@@ -5,8 +5,7 @@
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entity::{audit_head, audit_logs};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -69,18 +68,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(
-        action: &'static str,
-        resource_type: &'static str,
-        resource_id: impl Into<Option<String>>,
-    ) -> Self {
-        Self {
-            action,
-            resource_type,
-            resource_id: resource_id.into(),
-            team_id: None,
-            changes: None,
-        }
+    pub fn new(action: &'static str, resource_type: &'static str, resource_id: impl Into<Option<String>>) -> Self {
+        Self { action, resource_type, resource_id: resource_id.into(), team_id: None, changes: None }
     }
 
     pub fn team(mut self, team_id: impl Into<String>) -> Self {
@@ -95,21 +84,12 @@ impl Entry {
 }
 
 /// Appends an allowed action inside the caller's write transaction.
-pub async fn allowed<C: ConnectionTrait>(
-    conn: &C,
-    caller: &Caller,
-    entry: Entry,
-) -> Result<(), AppError> {
+pub async fn allowed<C: ConnectionTrait>(conn: &C, caller: &Caller, entry: Entry) -> Result<(), AppError> {
     append(conn, caller, entry, "allowed", None).await
 }
 
 /// Records a refused action in a transaction of its own.
-pub async fn denied(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    entry: Entry,
-    reason: &str,
-) -> Result<(), AppError> {
+pub async fn denied(db: &DatabaseConnection, caller: &Caller, entry: Entry, reason: &str) -> Result<(), AppError> {
     let txn = db::begin_write(db).await?;
     append(&txn, caller, entry, "denied", Some(reason.to_string())).await?;
     txn.commit().await?;
@@ -157,14 +137,8 @@ async fn append<C: ConnectionTrait>(
         hash: String::new(),
     };
     row.hash = link_hash(&row);
-    let next_head = audit_head::ActiveModel {
-        id: Set(1),
-        seq: Set(row.seq),
-        hash: Set(row.hash.clone()),
-    };
-    audit_logs::Entity::insert(audit_logs::ActiveModel::from(row))
-        .exec_without_returning(conn)
-        .await?;
+    let next_head = audit_head::ActiveModel { id: Set(1), seq: Set(row.seq), hash: Set(row.hash.clone()) };
+    audit_logs::Entity::insert(audit_logs::ActiveModel::from(row)).exec_without_returning(conn).await?;
     audit_head::Entity::update(next_head).exec(conn).await?;
     Ok(())
 }
@@ -205,11 +179,7 @@ fn canonical(value: &Value) -> String {
             Value::Object(map) => {
                 let mut keys: Vec<&String> = map.keys().collect();
                 keys.sort();
-                Value::Object(
-                    keys.into_iter()
-                        .map(|k| (k.clone(), sorted(&map[k])))
-                        .collect::<Map<_, _>>(),
-                )
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&map[k]))).collect::<Map<_, _>>())
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
             other => other.clone(),
@@ -229,11 +199,7 @@ pub struct Verification {
 /// Walks the chain from the first row, recomputing every hash.
 pub async fn verify(db: &DatabaseConnection) -> Result<Verification, AppError> {
     const PAGE: u64 = 1000;
-    let (mut prev_hash, mut after, mut rows) = (
-        migration::m0002_audit_chain::GENESIS.to_string(),
-        0i64,
-        0u64,
-    );
+    let (mut prev_hash, mut after, mut rows) = (migration::m0002_audit_chain::GENESIS.to_string(), 0i64, 0u64);
     loop {
         let page = audit_logs::Entity::find()
             .filter(audit_logs::Column::Seq.gt(after))
@@ -244,19 +210,13 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Verification, AppError> {
         for row in &page {
             rows += 1;
             if row.prev_hash != prev_hash || link_hash(row) != row.hash || row.seq != after + 1 {
-                return Ok(Verification {
-                    rows,
-                    first_broken: Some(row.seq),
-                });
+                return Ok(Verification { rows, first_broken: Some(row.seq) });
             }
             prev_hash = row.hash.clone();
             after = row.seq;
         }
         if (page.len() as u64) < PAGE {
-            return Ok(Verification {
-                rows,
-                first_broken: None,
-            });
+            return Ok(Verification { rows, first_broken: None });
         }
     }
 }
@@ -268,9 +228,6 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let a = serde_json::json!({"b": 1, "a": {"d": [ {"y": 1, "x": 2} ], "c": null}});
-        assert_eq!(
-            canonical(&a),
-            r#"{"a":{"c":null,"d":[{"x":2,"y":1}]},"b":1}"#
-        );
+        assert_eq!(canonical(&a), r#"{"a":{"c":null,"d":[{"x":2,"y":1}]},"b":1}"#);
     }
 }

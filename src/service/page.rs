@@ -40,10 +40,7 @@ impl PageRequest {
     pub fn page<T>(&self, mut rows: Vec<T>) -> Page<T> {
         let has_next = rows.len() as u64 > self.first;
         rows.truncate(self.first as usize);
-        Page {
-            items: rows,
-            has_next,
-        }
+        Page { items: rows, has_next }
     }
 }
 
@@ -52,14 +49,12 @@ pub fn encode_cursor(key: &str) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<String, AppError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| AppError::BadUserInput {
+    URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|bytes| String::from_utf8(bytes).ok()).ok_or_else(|| {
+        AppError::BadUserInput {
             message: "`after` is not a cursor this API returned".into(),
             problems: vec![Problem::new("after", "unknown cursor")],
-        })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -73,12 +68,6 @@ mod tests {
         assert_eq!(PageRequest::new(None, None, 100).unwrap().first, 20);
         assert!(PageRequest::new(Some(5), Some("%%%".into()), 100).is_err());
         let cursor = encode_cursor("user_b");
-        assert_eq!(
-            PageRequest::new(Some(5), Some(cursor), 100)
-                .unwrap()
-                .after
-                .as_deref(),
-            Some("user_b")
-        );
+        assert_eq!(PageRequest::new(Some(5), Some(cursor), 100).unwrap().after.as_deref(), Some("user_b"));
     }
 }

@@ -20,10 +20,7 @@ pub struct ServerStatus {
 #[tracing::instrument(skip_all)]
 pub async fn status(state: &AppState) -> Result<ServerStatus, AppError> {
     let migrations = Migrator::get_migration_with_status(&state.db).await?;
-    let applied: Vec<_> = migrations
-        .iter()
-        .filter(|m| m.status() == migration::MigrationStatus::Applied)
-        .collect();
+    let applied: Vec<_> = migrations.iter().filter(|m| m.status() == migration::MigrationStatus::Applied).collect();
     Ok(ServerStatus {
         version: env!("CARGO_PKG_VERSION"),
         database: db::backend_name(&state.db),
@@ -36,25 +33,17 @@ pub async fn status(state: &AppState) -> Result<ServerStatus, AppError> {
 
 /// Ready means: the database answers, SQLite runs in WAL mode, no migration is pending.
 pub async fn readiness(db: &DatabaseConnection) -> Result<(), String> {
-    db.ping()
-        .await
-        .map_err(|_| "the database does not answer".to_string())?;
-    let journal = db::sqlite_journal_mode(db)
-        .await
-        .map_err(|_| "cannot read the journal mode".to_string())?;
+    db.ping().await.map_err(|_| "the database does not answer".to_string())?;
+    let journal = db::sqlite_journal_mode(db).await.map_err(|_| "cannot read the journal mode".to_string())?;
     if let Some(mode) = journal
         && mode != "wal"
     {
         return Err(format!("SQLite journal_mode is {mode}, expected wal"));
     }
-    let pending = Migrator::get_pending_migrations(db)
-        .await
-        .map_err(|_| "cannot read the migration table".to_string())?;
+    let pending =
+        Migrator::get_pending_migrations(db).await.map_err(|_| "cannot read the migration table".to_string())?;
     if !pending.is_empty() {
-        return Err(format!(
-            "{} migration(s) pending; run `ensemble migrate up`",
-            pending.len()
-        ));
+        return Err(format!("{} migration(s) pending; run `ensemble migrate up`", pending.len()));
     }
     Ok(())
 }
@@ -70,10 +59,7 @@ pub fn heartbeat_interval(seconds: i32) -> Result<Duration, AppError> {
                 HEARTBEAT_SECONDS.start(),
                 HEARTBEAT_SECONDS.end()
             ),
-            problems: vec![crate::error::Problem::new(
-                "intervalSeconds",
-                "must be between 1 and 60",
-            )],
+            problems: vec![crate::error::Problem::new("intervalSeconds", "must be between 1 and 60")],
         });
     }
     Ok(Duration::from_secs(seconds as u64))

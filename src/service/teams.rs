@@ -4,8 +4,8 @@
 use chrono::Utc;
 use entity::{team_members, teams, users};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set,
 };
 use serde_json::{Value, json};
 
@@ -41,11 +41,7 @@ impl Visibility {
     }
 
     pub fn parse(value: &str) -> Self {
-        if value == "public" {
-            Self::Public
-        } else {
-            Self::Private
-        }
+        if value == "public" { Self::Public } else { Self::Private }
     }
 }
 
@@ -81,20 +77,14 @@ fn check_name(name: &str, problems: &mut Vec<Problem>) {
 
 fn check_description(description: Option<&str>, problems: &mut Vec<Problem>) {
     if description.is_some_and(|d| d.chars().count() > 2000) {
-        problems.push(Problem::new(
-            "description",
-            "must be at most 2000 characters",
-        ));
+        problems.push(Problem::new("description", "must be at most 2000 characters"));
     }
 }
 
 fn refuse(problems: Vec<Problem>) -> Result<(), AppError> {
     match problems.len() {
         0 => Ok(()),
-        n => Err(AppError::BadUserInput {
-            message: format!("{n} problem(s) with the team"),
-            problems,
-        }),
+        n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the team"), problems }),
     }
 }
 
@@ -108,43 +98,24 @@ pub fn slugify(name: &str) -> String {
             slug.push('-');
         }
     }
-    let slug = slug
-        .trim_end_matches('-')
-        .chars()
-        .take(60)
-        .collect::<String>();
+    let slug = slug.trim_end_matches('-').chars().take(60).collect::<String>();
     if slug.is_empty() { "team".into() } else { slug }
 }
 
 async fn free_slug<C: ConnectionTrait>(conn: &C, name: &str, id: &str) -> Result<String, AppError> {
     let slug = slugify(name);
-    let taken = teams::Entity::find()
-        .filter(teams::Column::Slug.eq(&slug))
-        .count(conn)
-        .await?
-        > 0;
-    Ok(if taken {
-        format!("{slug}-{}", &id[id.len() - 6..])
-    } else {
-        slug
-    })
+    let taken = teams::Entity::find().filter(teams::Column::Slug.eq(&slug)).count(conn).await? > 0;
+    Ok(if taken { format!("{slug}-{}", &id[id.len() - 6..]) } else { slug })
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn create(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    new: NewTeam,
-) -> Result<teams::Model, AppError> {
+pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> Result<teams::Model, AppError> {
     let me = acting_user(caller, Scope::TeamsWrite)?;
     let mut problems = Vec::new();
     check_name(&new.name, &mut problems);
     check_description(new.description.as_deref(), &mut problems);
     if new.spec.as_ref().is_some_and(|s| !s.is_object()) {
-        problems.push(Problem::new(
-            "spec",
-            "must be a JSON object (a TeamSpec document)",
-        ));
+        problems.push(Problem::new("spec", "must be a JSON object (a TeamSpec document)"));
     }
     refuse(problems)?;
     let id = format!("team_{}", uuid::Uuid::now_v7().simple());
@@ -156,11 +127,7 @@ pub async fn create(
         name: Set(new.name.trim().to_string()),
         slug: Set(free_slug(&txn, &new.name, &id).await?),
         description: Set(new.description),
-        visibility: Set(new
-            .visibility
-            .unwrap_or(Visibility::Private)
-            .as_str()
-            .to_string()),
+        visibility: Set(new.visibility.unwrap_or(Visibility::Private).as_str().to_string()),
         spec: Set(new.spec.unwrap_or_else(default_spec)),
         version: Set(1),
         created_at: Set(now),
@@ -178,23 +145,13 @@ pub async fn create(
     .insert(&txn)
     .await?;
     let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility});
-    audit::allowed(
-        &txn,
-        caller,
-        Entry::new(actions::TEAM_CREATE, "team", id.clone())
-            .team(&id)
-            .changes(changes),
-    )
-    .await?;
+    audit::allowed(&txn, caller, Entry::new(actions::TEAM_CREATE, "team", id.clone()).team(&id).changes(changes))
+        .await?;
     txn.commit().await?;
     Ok(team)
 }
 
-pub async fn get(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: &str,
-) -> Result<teams::Model, AppError> {
+pub async fn get(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
     Ok(guard::team(db, caller, id, TeamRole::Viewer).await?.team)
 }
 
@@ -208,13 +165,7 @@ pub async fn list(
     // A key restricted to one team lists that team only.
     let me = match &caller.principal {
         Principal::ApiKey(key) if key.team_id.is_some() => {
-            guard::team(
-                db,
-                caller,
-                key.team_id.as_deref().unwrap_or_default(),
-                TeamRole::Viewer,
-            )
-            .await?;
+            guard::team(db, caller, key.team_id.as_deref().unwrap_or_default(), TeamRole::Viewer).await?;
             query = query.filter(teams::Column::Id.eq(key.team_id.clone()));
             &key.owner
         }
@@ -228,11 +179,7 @@ pub async fn list(
     if let Some(after) = &page.after {
         query = query.filter(teams::Column::Id.lt(after.as_str()));
     }
-    let rows = query
-        .order_by_desc(teams::Column::Id)
-        .limit(page.first + 1)
-        .all(db)
-        .await?;
+    let rows = query.order_by_desc(teams::Column::Id).limit(page.first + 1).all(db).await?;
     Ok(page.page(rows))
 }
 
@@ -277,20 +224,14 @@ pub async fn update(
     audit::allowed(
         &txn,
         caller,
-        Entry::new(actions::TEAM_UPDATE, "team", id.to_string())
-            .team(id)
-            .changes(changed.into()),
+        Entry::new(actions::TEAM_UPDATE, "team", id.to_string()).team(id).changes(changed.into()),
     )
     .await?;
     txn.commit().await?;
     Ok(team)
 }
 
-pub async fn archive(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: &str,
-) -> Result<teams::Model, AppError> {
+pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
     let txn = db::begin_write(db).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
     let mut active: teams::ActiveModel = access.team.into();
@@ -298,47 +239,26 @@ pub async fn archive(
     active.archived_at = Set(Some(now));
     active.updated_at = Set(now);
     let team = active.update(&txn).await?;
-    audit::allowed(
-        &txn,
-        caller,
-        Entry::new(actions::TEAM_ARCHIVE, "team", id.to_string()).team(id),
-    )
-    .await?;
+    audit::allowed(&txn, caller, Entry::new(actions::TEAM_ARCHIVE, "team", id.to_string()).team(id)).await?;
     txn.commit().await?;
     Ok(team)
 }
 
 /// Deletes the team and its memberships; returns what it was.
-pub async fn delete(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: &str,
-) -> Result<teams::Model, AppError> {
+pub async fn delete(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
     let txn = db::begin_write(db).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
-    team_members::Entity::delete_many()
-        .filter(team_members::Column::TeamId.eq(id))
-        .exec(&txn)
-        .await?;
+    team_members::Entity::delete_many().filter(team_members::Column::TeamId.eq(id)).exec(&txn).await?;
     teams::Entity::delete_by_id(id).exec(&txn).await?;
     let changes = json!({"name": access.team.name, "slug": access.team.slug});
-    audit::allowed(
-        &txn,
-        caller,
-        Entry::new(actions::TEAM_DELETE, "team", id.to_string())
-            .team(id)
-            .changes(changes),
-    )
-    .await?;
+    audit::allowed(&txn, caller, Entry::new(actions::TEAM_DELETE, "team", id.to_string()).team(id).changes(changes))
+        .await?;
     txn.commit().await?;
     Ok(access.team)
 }
 
 /// Members of the given teams, for the batched loader.
-pub async fn members_of(
-    db: &DatabaseConnection,
-    team_ids: &[String],
-) -> Result<Vec<team_members::Model>, AppError> {
+pub async fn members_of(db: &DatabaseConnection, team_ids: &[String]) -> Result<Vec<team_members::Model>, AppError> {
     Ok(team_members::Entity::find()
         .filter(team_members::Column::TeamId.is_in(team_ids.iter().cloned()))
         .order_by_asc(team_members::Column::CreatedAt)
@@ -355,10 +275,7 @@ pub async fn add_member(
 ) -> Result<team_members::Model, AppError> {
     let txn = db::begin_write(db).await?;
     guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
-    let user = users::Entity::find_by_id(user_id)
-        .one(&txn)
-        .await?
-        .filter(|u| u.deleted_at.is_none());
+    let user = users::Entity::find_by_id(user_id).one(&txn).await?.filter(|u| u.deleted_at.is_none());
     if user.is_none() {
         return Err(AppError::BadUserInput {
             message: format!("No user {user_id} has signed in yet."),
@@ -366,9 +283,7 @@ pub async fn add_member(
         });
     }
     if membership(&txn, team_id, user_id).await?.is_some() {
-        return Err(AppError::Conflict(format!(
-            "{user_id} is already a member; change their role instead."
-        )));
+        return Err(AppError::Conflict(format!("{user_id} is already a member; change their role instead.")));
     }
     let member = team_members::ActiveModel {
         team_id: Set(team_id.to_string()),
@@ -395,9 +310,7 @@ pub async fn update_member(
 ) -> Result<team_members::Model, AppError> {
     let txn = db::begin_write(db).await?;
     guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
-    let member = membership(&txn, team_id, user_id)
-        .await?
-        .ok_or_else(no_member)?;
+    let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
     let before = member.role.clone();
     if before == TeamRole::Owner.as_str() && role != TeamRole::Owner {
         keep_an_owner(&txn, team_id).await?;
@@ -405,13 +318,9 @@ pub async fn update_member(
     let mut active: team_members::ActiveModel = member.into();
     active.role = Set(role.as_str().to_string());
     let member = active.update(&txn).await?;
-    let entry = Entry::new(
-        actions::TEAM_MEMBER_UPDATE,
-        "team_member",
-        user_id.to_string(),
-    )
-    .team(team_id)
-    .changes(json!({"role": {"from": before, "to": role.as_str()}}));
+    let entry = Entry::new(actions::TEAM_MEMBER_UPDATE, "team_member", user_id.to_string())
+        .team(team_id)
+        .changes(json!({"role": {"from": before, "to": role.as_str()}}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(member)
@@ -425,16 +334,10 @@ pub async fn remove_member(
     user_id: &str,
 ) -> Result<team_members::Model, AppError> {
     let leaving = matches!(&caller.principal, Principal::User(me) if me.id == user_id);
-    let need = if leaving {
-        TeamRole::Viewer
-    } else {
-        TeamRole::Owner
-    };
+    let need = if leaving { TeamRole::Viewer } else { TeamRole::Owner };
     let txn = db::begin_write(db).await?;
     guard::team(&txn, caller, team_id, need).await?;
-    let member = membership(&txn, team_id, user_id)
-        .await?
-        .ok_or_else(no_member)?;
+    let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
     if member.role == TeamRole::Owner.as_str() {
         keep_an_owner(&txn, team_id).await?;
     }
@@ -443,13 +346,9 @@ pub async fn remove_member(
         .filter(team_members::Column::UserId.eq(user_id))
         .exec(&txn)
         .await?;
-    let entry = Entry::new(
-        actions::TEAM_MEMBER_REMOVE,
-        "team_member",
-        user_id.to_string(),
-    )
-    .team(team_id)
-    .changes(json!({"userId": user_id, "role": member.role}));
+    let entry = Entry::new(actions::TEAM_MEMBER_REMOVE, "team_member", user_id.to_string())
+        .team(team_id)
+        .changes(json!({"userId": user_id, "role": member.role}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(member)
@@ -480,9 +379,7 @@ async fn keep_an_owner<C: ConnectionTrait>(conn: &C, team_id: &str) -> Result<()
         .count(conn)
         .await?;
     if owners <= 1 {
-        return Err(AppError::Conflict(
-            "The team would have no owner: make someone else owner first.".into(),
-        ));
+        return Err(AppError::Conflict("The team would have no owner: make someone else owner first.".into()));
     }
     Ok(())
 }

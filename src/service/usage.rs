@@ -31,31 +31,19 @@ pub struct UsageMeter {
 
 impl UsageMeter {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self {
-            db,
-            pending: Mutex::new(HashMap::new()),
-        }
+        Self { db, pending: Mutex::new(HashMap::new()) }
     }
 
     /// Counts one request of `principal` (anonymous requests count under no one).
     pub fn count_request(&self, principal: &Principal) -> bool {
         let (user_id, team_id, api_key_id) = match principal {
             Principal::User(user) => (user.id.clone(), String::new(), String::new()),
-            Principal::ApiKey(key) => (
-                key.owner.id.clone(),
-                key.team_id.clone().unwrap_or_default(),
-                key.key_id.clone(),
-            ),
-            Principal::Anonymous | Principal::System(_) => {
-                (String::new(), String::new(), String::new())
+            Principal::ApiKey(key) => {
+                (key.owner.id.clone(), key.team_id.clone().unwrap_or_default(), key.key_id.clone())
             }
+            Principal::Anonymous | Principal::System(_) => (String::new(), String::new(), String::new()),
         };
-        let key = UsageKey {
-            day: Utc::now().format("%Y-%m-%d").to_string(),
-            user_id,
-            team_id,
-            api_key_id,
-        };
+        let key = UsageKey { day: Utc::now().format("%Y-%m-%d").to_string(), user_id, team_id, api_key_id };
         let Ok(mut pending) = self.pending.lock() else {
             return false;
         };
@@ -89,15 +77,9 @@ impl UsageMeter {
                 usage_daily::Column::ApiKeyId,
                 usage_daily::Column::Model,
             ])
-            .value(
-                usage_daily::Column::Requests,
-                Expr::cust("usage_daily.requests + excluded.requests"),
-            )
+            .value(usage_daily::Column::Requests, Expr::cust("usage_daily.requests + excluded.requests"))
             .to_owned();
-            usage_daily::Entity::insert(row)
-                .on_conflict(add)
-                .exec_without_returning(&self.db)
-                .await?;
+            usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(&self.db).await?;
         }
         Ok(())
     }

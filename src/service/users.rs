@@ -3,8 +3,8 @@
 use chrono::Utc;
 use entity::{users, webhook_events};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set,
     sea_query::{Expr, ExprTrait, Func, OnConflict},
 };
 use serde_json::Value;
@@ -25,10 +25,7 @@ use crate::{
 /// Makes sure a verified user has a row, refuses a deleted one, and settles the global role:
 /// ADMIN when the token or the stored role says so.
 #[tracing::instrument(skip_all, fields(user = %user.id))]
-pub async fn sign_in(
-    db: &DatabaseConnection,
-    mut user: UserPrincipal,
-) -> Result<UserPrincipal, AppError> {
+pub async fn sign_in(db: &DatabaseConnection, mut user: UserPrincipal) -> Result<UserPrincipal, AppError> {
     let stored = match users::Entity::find_by_id(&user.id).one(db).await? {
         Some(stored) => stored,
         None => {
@@ -45,11 +42,7 @@ pub async fn sign_in(
             };
             // Two first requests may race: the loser's insert does nothing.
             users::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(users::Column::Id)
-                        .do_nothing()
-                        .to_owned(),
-                )
+                .on_conflict(OnConflict::column(users::Column::Id).do_nothing().to_owned())
                 .exec_without_returning(db)
                 .await?;
             users::Entity::find_by_id(&user.id)
@@ -59,9 +52,7 @@ pub async fn sign_in(
         }
     };
     if stored.deleted_at.is_some() {
-        return Err(AppError::Unauthenticated(
-            "This account has been deleted.".into(),
-        ));
+        return Err(AppError::Unauthenticated("This account has been deleted.".into()));
     }
     if GlobalRole::parse(&stored.role) == Some(GlobalRole::Admin) {
         user.role = GlobalRole::Admin;
@@ -92,36 +83,23 @@ impl ProfileChanges {
         if let Some(url) = &self.avatar_url {
             let parsed = url::Url::parse(url).ok();
             if url.len() > 2048 || !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https")) {
-                problems.push(Problem::new(
-                    "avatarUrl",
-                    "must be an http(s) URL of at most 2048 characters",
-                ));
+                problems.push(Problem::new("avatarUrl", "must be an http(s) URL of at most 2048 characters"));
             }
         }
         match problems.len() {
             0 => Ok(()),
-            n => Err(AppError::BadUserInput {
-                message: format!("{n} problem(s) with the profile"),
-                problems,
-            }),
+            n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the profile"), problems }),
         }
     }
 }
 
 /// A user the caller may see: themselves, or anyone for an admin. Others are not found.
-pub async fn get(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    id: &str,
-) -> Result<users::Model, AppError> {
+pub async fn get(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<users::Model, AppError> {
     let me = account(caller)?;
     if me.id != id && me.role != GlobalRole::Admin {
         return Err(not_found());
     }
-    find(db, id)
-        .await?
-        .filter(|u| u.deleted_at.is_none())
-        .ok_or_else(not_found)
+    find(db, id).await?.filter(|u| u.deleted_at.is_none()).ok_or_else(not_found)
 }
 
 fn not_found() -> AppError {
@@ -150,11 +128,7 @@ pub async fn list(
     if let Some(after) = &page.after {
         query = query.filter(users::Column::Id.gt(after.as_str()));
     }
-    let rows = query
-        .order_by_asc(users::Column::Id)
-        .limit(page.first + 1)
-        .all(db)
-        .await?;
+    let rows = query.order_by_asc(users::Column::Id).limit(page.first + 1).all(db).await?;
     Ok(page.page(rows))
 }
 
@@ -167,11 +141,7 @@ pub async fn update_profile(
     let me = account(caller)?;
     changes.validate()?;
     let txn = db::begin_write(db).await?;
-    let row = users::Entity::find_by_id(&me.id)
-        .lock_exclusive()
-        .one(&txn)
-        .await?
-        .ok_or_else(not_found)?;
+    let row = users::Entity::find_by_id(&me.id).lock_exclusive().one(&txn).await?.ok_or_else(not_found)?;
     let mut active: users::ActiveModel = row.into();
     let mut changed = serde_json::Map::new();
     if let Some(name) = changes.display_name {
@@ -184,8 +154,7 @@ pub async fn update_profile(
     }
     active.updated_at = Set(Utc::now());
     let row = active.update(&txn).await?;
-    let entry =
-        Entry::new(actions::USER_PROFILE_UPDATE, "user", me.id.clone()).changes(changed.into());
+    let entry = Entry::new(actions::USER_PROFILE_UPDATE, "user", me.id.clone()).changes(changed.into());
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(row)
@@ -237,11 +206,7 @@ pub async fn apply_clerk_event(
         received_at: Set(Utc::now()),
     };
     let inserted = webhook_events::Entity::insert(delivery)
-        .on_conflict(
-            OnConflict::column(webhook_events::Column::Id)
-                .do_nothing()
-                .to_owned(),
-        )
+        .on_conflict(OnConflict::column(webhook_events::Column::Id).do_nothing().to_owned())
         .exec_without_returning(&txn)
         .await?;
     if inserted == 0 {
@@ -253,10 +218,7 @@ pub async fn apply_clerk_event(
     };
     let caller = Caller {
         principal: Principal::System("clerk-webhook"),
-        meta: crate::state::RequestMeta {
-            request_id: delivery_id.to_string(),
-            ..Default::default()
-        },
+        meta: crate::state::RequestMeta { request_id: delivery_id.to_string(), ..Default::default() },
     };
     let mut revoked = Vec::new();
     let outcome = match kind {
@@ -273,27 +235,15 @@ pub async fn apply_clerk_event(
                 updated_at: Set(now),
                 deleted_at: Set(None),
             };
-            let columns = [
-                users::Column::Email,
-                users::Column::DisplayName,
-                users::Column::AvatarUrl,
-                users::Column::UpdatedAt,
-            ];
+            let columns =
+                [users::Column::Email, users::Column::DisplayName, users::Column::AvatarUrl, users::Column::UpdatedAt];
             users::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(users::Column::Id)
-                        .update_columns(columns)
-                        .to_owned(),
-                )
+                .on_conflict(OnConflict::column(users::Column::Id).update_columns(columns).to_owned())
                 .exec_without_returning(&txn)
                 .await?;
             let changes = serde_json::json!({"email": synced.email, "displayName": synced.display_name, "avatarUrl": synced.avatar_url});
-            audit::allowed(
-                &txn,
-                &caller,
-                Entry::new(actions::USER_SYNC, "user", user_id.to_string()).changes(changes),
-            )
-            .await?;
+            audit::allowed(&txn, &caller, Entry::new(actions::USER_SYNC, "user", user_id.to_string()).changes(changes))
+                .await?;
             "processed"
         }
         "user.deleted" => {
@@ -344,12 +294,6 @@ fn clerk_profile(data: &Value) -> ClerkProfile {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    let display_name = Some(name)
-        .filter(|n| !n.is_empty())
-        .or_else(|| data["username"].as_str().map(str::to_string));
-    ClerkProfile {
-        email,
-        display_name,
-        avatar_url: data["image_url"].as_str().map(str::to_string),
-    }
+    let display_name = Some(name).filter(|n| !n.is_empty()).or_else(|| data["username"].as_str().map(str::to_string));
+    ClerkProfile { email, display_name, avatar_url: data["image_url"].as_str().map(str::to_string) }
 }

@@ -9,9 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use ensemble::{auth::GlobalRole, config::Config, startup::App, state::AppState};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{
-    self, client::IntoClientRequest, http::HeaderValue, protocol::Message,
-};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue, protocol::Message};
 
 pub const PG_ENV: &str = "ENSEMBLE_TEST_DATABASE_URL";
 
@@ -51,26 +49,13 @@ impl TestApp {
         let server = tokio::spawn(async move {
             let _ = app.run_until(std::future::pending()).await;
         });
-        Self {
-            addr,
-            client: reqwest::Client::new(),
-            state,
-            _dir: dir,
-            _pg: pg,
-            server,
-        }
+        Self { addr, client: reqwest::Client::new(), state, _dir: dir, _pg: pg, server }
     }
 
     /// A dev-issuer token for `user`, valid for an hour.
     pub fn token(&self, user: &str, role: GlobalRole) -> String {
         let dev = self.state.auth.dev.as_ref().expect("dev auth");
-        dev.sign(
-            user,
-            Some(&format!("{user}@example.com")),
-            role,
-            Duration::from_secs(3600),
-        )
-        .unwrap()
+        dev.sign(user, Some(&format!("{user}@example.com")), role, Duration::from_secs(3600)).unwrap()
     }
 
     /// POSTs one operation as the bearer of `token`; returns the status and JSON answer.
@@ -83,10 +68,7 @@ impl TestApp {
             .send()
             .await
             .expect("request sent");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("JSON answer"),
-        )
+        (response.status().as_u16(), response.json().await.expect("JSON answer"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -95,45 +77,25 @@ impl TestApp {
 
     /// POSTs one operation and returns the JSON body (any status).
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
-        self.post_json(&json!({"query": query, "variables": variables}))
-            .await
-            .1
+        self.post_json(&json!({"query": query, "variables": variables})).await.1
     }
 
     /// POSTs a JSON body to `/graphql`; returns the status and the JSON answer.
     pub async fn post_json(&self, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url("/graphql"))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent");
+        let response = self.client.post(self.url("/graphql")).json(body).send().await.expect("request sent");
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON answer"))
     }
 
     /// POSTs a raw body with the given content type to `/graphql`.
-    pub async fn post_body(
-        &self,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::Response {
-        let request = self
-            .client
-            .post(self.url("/graphql"))
-            .header("content-type", content_type);
+    pub async fn post_body(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let request = self.client.post(self.url("/graphql")).header("content-type", content_type);
         request.body(body).send().await.expect("request sent")
     }
 
     /// GETs `/graphql` with the given query-string parameters.
     pub async fn get_graphql(&self, params: &[(&str, &str)]) -> reqwest::Response {
-        self.client
-            .get(self.url("/graphql"))
-            .query(params)
-            .send()
-            .await
-            .expect("request sent")
+        self.client.get(self.url("/graphql")).query(params).send().await.expect("request sent")
     }
 
     pub async fn ws(&self, protocol: &str) -> WsClient {
@@ -156,12 +118,8 @@ pub fn install_dev_key(data_dir: &std::path::Path) {
 
 /// A fixture file's text (`tests/fixtures/NAME`).
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .expect("fixture")
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
+        .expect("fixture")
 }
 
 /// The issuer the Clerk fixtures sign as.
@@ -175,9 +133,7 @@ pub fn clerk_pem(config: &mut Config) {
 
 /// The `extensions.code` of the first error in a GraphQL answer.
 pub fn first_code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or("<no code>")
+    body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<no code>")
 }
 
 /// A database of its own on the PostgreSQL server of `ENSEMBLE_TEST_DATABASE_URL`.
@@ -191,21 +147,12 @@ impl PgDatabase {
     pub async fn create(admin_url: &str) -> Self {
         use sea_orm::ConnectionTrait;
         let name = format!("ensemble_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sea_orm::Database::connect(admin_url)
-            .await
-            .expect("PostgreSQL reachable");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .expect("create test database");
+        let admin = sea_orm::Database::connect(admin_url).await.expect("PostgreSQL reachable");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
         let _ = admin.close().await;
         let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
         url.set_path(&format!("/{name}"));
-        Self {
-            admin_url: admin_url.to_string(),
-            name,
-            url: url.to_string(),
-        }
+        Self { admin_url: admin_url.to_string(), name, url: url.to_string() }
     }
 }
 
@@ -213,17 +160,11 @@ impl Drop for PgDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 use sea_orm::ConnectionTrait;
                 let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .ok()?;
+                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()?;
                 admin.close().await.ok()
             })
         });
@@ -233,9 +174,7 @@ impl Drop for PgDatabase {
 
 /// A websocket client speaking raw protocol messages.
 pub struct WsClient {
-    pub stream: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    pub stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl WsClient {
@@ -245,25 +184,15 @@ impl WsClient {
 
     /// Connects as a browser page of `origin` would.
     pub async fn connect_from(addr: SocketAddr, protocol: &str, origin: Option<&str>) -> Self {
-        let mut request = format!("ws://{addr}/graphql/ws")
-            .into_client_request()
-            .unwrap();
+        let mut request = format!("ws://{addr}/graphql/ws").into_client_request().unwrap();
         let headers = request.headers_mut();
-        headers.insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_str(protocol).unwrap(),
-        );
+        headers.insert("sec-websocket-protocol", HeaderValue::from_str(protocol).unwrap());
         if let Some(origin) = origin {
             headers.insert("origin", HeaderValue::from_str(origin).unwrap());
         }
-        let (stream, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("websocket connects");
+        let (stream, response) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
         assert_eq!(
-            response
-                .headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok()),
+            response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
             Some(protocol),
             "the server speaks the protocol asked for"
         );
@@ -283,10 +212,7 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.stream
-            .send(Message::Text(text.into()))
-            .await
-            .expect("websocket send");
+        self.stream.send(Message::Text(text.into())).await.expect("websocket send");
     }
 
     /// The next text message as JSON, skipping server pings; panics after 5 s or on close.
