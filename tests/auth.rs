@@ -348,3 +348,18 @@ async fn a_websocket_closes_with_4403_when_its_token_expires() {
     assert_eq!(code, 4403);
     assert!(reason.contains("expired"), "{reason}");
 }
+
+#[tokio::test]
+async fn the_legacy_websocket_protocol_reads_the_same_credentials() {
+    let app = TestApp::spawn().await;
+    let mut ws = WsClient::connect(app.addr, "graphql-ws").await;
+    let token = app.token("user_legacy", GlobalRole::Member);
+    ws.send(json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}})).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    ws.send(json!({"id": "1", "type": "start", "payload": {"query": ME}})).await;
+    assert_eq!(ws.next_json().await["payload"]["data"]["me"]["id"], "user_legacy");
+
+    let mut ws = WsClient::connect(app.addr, "graphql-ws").await;
+    ws.send(json!({"type": "connection_init", "payload": {"token": "forged"}})).await;
+    assert_eq!(ws.next_json().await["type"], "connection_error");
+}
