@@ -8,6 +8,7 @@ pub mod error;
 pub mod graphql;
 pub mod metrics;
 pub mod ops;
+pub mod orchestrator;
 pub mod service;
 pub mod startup;
 pub mod state;

@@ -54,6 +54,8 @@ async fn arrange(app: &TestApp) -> Setup {
     let create = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
     let team =
         must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"].as_str().unwrap().to_string();
+    let respec = "mutation($id: ID!) { updateTeam(id: $id, input: {spec: {format: \"ensemble.team/v1\", agents: [{name: \"a\", model: \"local/echo\"}]}}) { version } }";
+    must(app, &owner, respec, json!({"id": team})).await;
     for (user, role) in MEMBERS {
         must(app, &owner, ADD, json!({"team": team, "user": user, "role": role})).await;
     }

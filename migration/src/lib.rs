@@ -10,6 +10,7 @@ pub mod m0002_audit_chain;
 mod m0003_webhook_events;
 mod m0004_api_keys;
 mod m0005_usage_daily;
+mod m0006_team_versions;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_webhook_events::Migration),
             Box::new(m0004_api_keys::Migration),
             Box::new(m0005_usage_daily::Migration),
+            Box::new(m0006_team_versions::Migration),
         ]
     }
 }

@@ -18,7 +18,13 @@ use crate::{config::Config, metrics::Metrics, state::AppState};
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(system::SystemQuery, users::UsersQuery, teams::TeamsQuery, api_keys::ApiKeysQuery);
+pub struct QueryRoot(
+    system::SystemQuery,
+    users::UsersQuery,
+    teams::TeamsQuery,
+    teams::VersionsQuery,
+    api_keys::ApiKeysQuery,
+);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]

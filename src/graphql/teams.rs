@@ -2,7 +2,7 @@
 //! `deleteTeam`, `addTeamMember`, `updateTeamMember`, `removeTeamMember`.
 
 use async_graphql::{
-    Context, ErrorExtensions, ID, InputObject, Json, Object,
+    Context, ErrorExtensions, ID, InputObject, Json, Object, SimpleObject,
     connection::{Connection, Edge},
 };
 use chrono::{DateTime, Utc};
@@ -16,6 +16,7 @@ use crate::{
     service::{
         page::{PageRequest, encode_cursor},
         teams::{self, NewTeam, TeamChanges, Visibility},
+        versions,
     },
     state::AppState,
 };
@@ -49,6 +50,70 @@ impl TeamsQuery {
 }
 
 #[derive(Default)]
+pub struct VersionsQuery;
+
+#[Object]
+impl VersionsQuery {
+    /// A team's spec versions, newest first.
+    #[graphql(complexity = "first.map_or(20, |n| n.max(1) as usize) * child_complexity")]
+    async fn team_versions(
+        &self,
+        ctx: &Context<'_>,
+        team_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, TeamVersion>> {
+        let state = ctx.data::<AppState>()?;
+        let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
+        let rows = versions::list(&state.db, &caller(ctx), &team_id, &page).await.gql()?;
+        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
+        connection
+            .edges
+            .extend(rows.items.into_iter().map(|v| Edge::new(encode_cursor(&v.version.to_string()), TeamVersion(v))));
+        Ok(connection)
+    }
+
+    /// What changed between two versions: RFC 6902 operations and a line per change.
+    async fn team_diff(&self, ctx: &Context<'_>, team_id: ID, from: i32, to: i32) -> async_graphql::Result<TeamDiff> {
+        let state = ctx.data::<AppState>()?;
+        let diff = versions::diff(&state.db, &caller(ctx), &team_id, from, to).await.gql()?;
+        Ok(TeamDiff { operations: Json(Value::Array(diff.operations)), summary: diff.summary })
+    }
+}
+
+/// The difference of two versions.
+#[derive(SimpleObject)]
+pub struct TeamDiff {
+    /// RFC 6902 JSON Patch turning the first spec into the second.
+    pub operations: Json<Value>,
+    /// One readable line per operation.
+    pub summary: Vec<String>,
+}
+
+/// One immutable version of a team's spec.
+pub struct TeamVersion(pub entity::team_versions::Model);
+
+#[Object]
+impl TeamVersion {
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    async fn spec(&self) -> Json<&Value> {
+        Json(&self.0.spec)
+    }
+    /// Why it was made.
+    async fn message(&self) -> Option<&str> {
+        self.0.message.as_deref()
+    }
+    async fn author_id(&self) -> ID {
+        ID(self.0.author_id.clone())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+#[derive(Default)]
 pub struct TeamsMutation;
 
 #[Object]
@@ -78,9 +143,23 @@ impl TeamsMutation {
             name: input.name,
             description: input.description,
             visibility: input.visibility,
+            spec: input.spec.map(|s| s.0),
+            message: input.message,
             expected_version,
         };
         teams::update(&state.db, &caller(ctx), &id, changes).await.map(Team).gql()
+    }
+
+    /// Makes a new version equal to an old one (editors and owners).
+    async fn rollback_team(
+        &self,
+        ctx: &Context<'_>,
+        team_id: ID,
+        version: i32,
+        message: Option<String>,
+    ) -> async_graphql::Result<Team> {
+        let state = ctx.data::<AppState>()?;
+        versions::rollback(&state.db, &caller(ctx), &team_id, version, message).await.map(Team).gql()
     }
 
     /// Archives a team (owners): it stays readable.
@@ -146,6 +225,10 @@ pub struct UpdateTeamInput {
     pub name: Option<String>,
     pub description: Option<String>,
     pub visibility: Option<Visibility>,
+    /// A new TeamSpec; a new version when it differs from the current one.
+    pub spec: Option<Json<Value>>,
+    /// Why the spec changed, kept with the version.
+    pub message: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -193,6 +276,12 @@ impl Team {
     /// When the team was archived, if it was.
     async fn archived_at(&self) -> Option<DateTime<Utc>> {
         self.0.archived_at
+    }
+
+    /// The spec as it was at version `n` (null if there is no such version).
+    async fn version_at(&self, ctx: &Context<'_>, n: i32) -> async_graphql::Result<Option<TeamVersion>> {
+        let state = ctx.data::<AppState>()?;
+        Ok(versions::at(&state.db, &self.0.id, n).await.gql()?.map(TeamVersion))
     }
 
     /// Your role on this team (null when you only see it because it is public).

@@ -20,6 +20,7 @@ pub mod actions {
     pub const USER_DELETE: &str = "user.delete";
     pub const TEAM_CREATE: &str = "team.create";
     pub const TEAM_UPDATE: &str = "team.update";
+    pub const TEAM_ROLLBACK: &str = "team.rollback";
     pub const TEAM_ARCHIVE: &str = "team.archive";
     pub const TEAM_DELETE: &str = "team.delete";
     pub const TEAM_MEMBER_ADD: &str = "team.member.add";
@@ -36,6 +37,7 @@ pub mod actions {
             "setUserRole" => (USER_ROLE_SET, "user"),
             "createTeam" => (TEAM_CREATE, "team"),
             "updateTeam" => (TEAM_UPDATE, "team"),
+            "rollbackTeam" => (TEAM_ROLLBACK, "team"),
             "archiveTeam" => (TEAM_ARCHIVE, "team"),
             "deleteTeam" => (TEAM_DELETE, "team"),
             "addTeamMember" => (TEAM_MEMBER_ADD, "team_member"),

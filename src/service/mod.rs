@@ -3,7 +3,9 @@
 pub mod api_keys;
 pub mod audit;
 pub mod page;
+pub mod spec_diff;
 pub mod system;
 pub mod teams;
 pub mod usage;
 pub mod users;
+pub mod versions;

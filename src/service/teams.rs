@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::{
     audit::{self, Caller, Entry, actions},
     page::{Page, PageRequest},
+    versions,
 };
 use crate::{
     auth::{
@@ -65,6 +66,10 @@ pub struct TeamChanges {
     pub name: Option<String>,
     pub description: Option<String>,
     pub visibility: Option<Visibility>,
+    /// A new TeamSpec: a new version when it differs from the current one.
+    pub spec: Option<Value>,
+    /// Why, kept with the version.
+    pub message: Option<String>,
     /// The version the caller last saw; another one means someone changed the team since.
     pub expected_version: Option<i32>,
 }
@@ -114,10 +119,15 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> R
     let mut problems = Vec::new();
     check_name(&new.name, &mut problems);
     check_description(new.description.as_deref(), &mut problems);
-    if new.spec.as_ref().is_some_and(|s| !s.is_object()) {
-        problems.push(Problem::new("spec", "must be a JSON object (a TeamSpec document)"));
-    }
+    let spec = match versions::validate_spec(&new.spec.unwrap_or_else(default_spec)) {
+        Ok(spec) => Some(spec),
+        Err(spec_problems) => {
+            problems.extend(spec_problems);
+            None
+        }
+    };
     refuse(problems)?;
+    let spec = spec.unwrap_or_default();
     let id = format!("team_{}", uuid::Uuid::now_v7().simple());
     let now = Utc::now();
     let txn = db::begin_write(db).await?;
@@ -128,7 +138,7 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> R
         slug: Set(free_slug(&txn, &new.name, &id).await?),
         description: Set(new.description),
         visibility: Set(new.visibility.unwrap_or(Visibility::Private).as_str().to_string()),
-        spec: Set(new.spec.unwrap_or_else(default_spec)),
+        spec: Set(spec.clone()),
         version: Set(1),
         created_at: Set(now),
         updated_at: Set(now),
@@ -144,7 +154,8 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> R
     }
     .insert(&txn)
     .await?;
-    let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility});
+    versions::record(&txn, &id, 1, spec, Some("Created".into()), &me.id).await?;
+    let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility, "version": 1});
     audit::allowed(&txn, caller, Entry::new(actions::TEAM_CREATE, "team", id.clone()).team(&id).changes(changes))
         .await?;
     txn.commit().await?;
@@ -194,7 +205,20 @@ pub async fn update(
         check_name(name, &mut problems);
     }
     check_description(changes.description.as_deref(), &mut problems);
+    if changes.message.as_ref().is_some_and(|m| m.chars().count() > 500) {
+        problems.push(Problem::new("message", "must be at most 500 characters"));
+    }
+    let spec = match changes.spec.as_ref().map(versions::validate_spec) {
+        Some(Ok(spec)) => Some(spec),
+        Some(Err(spec_problems)) => {
+            problems.extend(spec_problems);
+            None
+        }
+        None => None,
+    };
     let txn = db::begin_write(db).await?;
+    // Locked first, so concurrent updates take their turn and number versions without gaps.
+    teams::Entity::find_by_id(id).lock_exclusive().one(&txn).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Editor).await?;
     refuse(problems)?;
     if let Some(expected) = changes.expected_version
@@ -206,7 +230,16 @@ pub async fn update(
         )));
     }
     let mut changed = serde_json::Map::new();
+    let current = access.team.version;
+    let new_spec = spec.filter(|spec| *spec != access.team.spec);
     let mut active: teams::ActiveModel = access.team.into();
+    if let Some(spec) = new_spec {
+        let author = caller.principal.user_id().unwrap_or_default().to_string();
+        versions::record(&txn, id, current + 1, spec.clone(), changes.message.clone(), &author).await?;
+        changed.insert("version".into(), json!({"from": current, "to": current + 1}));
+        active.spec = Set(spec);
+        active.version = Set(current + 1);
+    }
     if let Some(name) = changes.name {
         changed.insert("name".into(), name.trim().into());
         active.name = Set(name.trim().to_string());

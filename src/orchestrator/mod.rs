@@ -1,0 +1,10 @@
+//! Running teams: the TeamSpec, and (later) routing, retries, fallbacks and providers.
+
+pub mod spec;
+
+/// Whether `provider/…` models can be reached: the offline `local`, OpenAI, or a provider
+/// configured with `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`.
+pub fn known_provider(name: &str) -> bool {
+    matches!(name, "local" | "openai")
+        || std::env::var(format!("ENSEMBLE_PROVIDER_{}_BASE_URL", name.to_ascii_uppercase())).is_ok()
+}

@@ -1,0 +1,137 @@
+//! Team versions: every spec change appends an immutable `team_versions` row; history, one
+//! version, the diff of two, and rollback (a new version equal to an old one).
+
+use chrono::Utc;
+use entity::{team_versions, teams};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::{Value, json};
+
+use super::{
+    audit::{self, Caller, Entry, actions},
+    page::{Page, PageRequest},
+    spec_diff,
+};
+use crate::{
+    auth::guard::{self, TeamRole},
+    db,
+    error::{AppError, Problem},
+    orchestrator::{self, spec},
+};
+
+/// The canonical form of a valid spec, or every problem with it.
+pub fn validate_spec(value: &Value) -> Result<Value, Vec<Problem>> {
+    spec::parse(value, &orchestrator::known_provider).map(|spec| spec.to_json())
+}
+
+/// Appends version `version` of a team.
+pub async fn record<C: ConnectionTrait>(
+    conn: &C,
+    team_id: &str,
+    version: i32,
+    spec: Value,
+    message: Option<String>,
+    author_id: &str,
+) -> Result<(), AppError> {
+    team_versions::ActiveModel {
+        team_id: Set(team_id.to_string()),
+        version: Set(version),
+        spec: Set(spec),
+        message: Set(message),
+        author_id: Set(author_id.to_string()),
+        created_at: Set(Utc::now()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
+/// A team's versions, newest first.
+pub async fn list(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    page: &PageRequest,
+) -> Result<Page<team_versions::Model>, AppError> {
+    guard::team(db, caller, team_id, TeamRole::Viewer).await?;
+    let mut query = team_versions::Entity::find().filter(team_versions::Column::TeamId.eq(team_id));
+    if let Some(after) = &page.after {
+        let after: i32 = after.parse().map_err(|_| AppError::bad_input("`after` is not a cursor this API returned"))?;
+        query = query.filter(team_versions::Column::Version.lt(after));
+    }
+    let rows = query.order_by_desc(team_versions::Column::Version).limit(page.first + 1).all(db).await?;
+    Ok(page.page(rows))
+}
+
+/// Version `version` of a team the caller may see, if it exists.
+pub async fn at<C: ConnectionTrait>(
+    conn: &C,
+    team_id: &str,
+    version: i32,
+) -> Result<Option<team_versions::Model>, AppError> {
+    Ok(team_versions::Entity::find_by_id((team_id.to_string(), version)).one(conn).await?)
+}
+
+async fn existing<C: ConnectionTrait>(conn: &C, team_id: &str, version: i32) -> Result<team_versions::Model, AppError> {
+    at(conn, team_id, version).await?.ok_or_else(|| AppError::NotFound(format!("The team has no version {version}.")))
+}
+
+/// What changed from one version to another.
+pub struct Diff {
+    pub operations: Vec<Value>,
+    pub summary: Vec<String>,
+}
+
+pub async fn diff(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    from: i32,
+    to: i32,
+) -> Result<Diff, AppError> {
+    guard::team(db, caller, team_id, TeamRole::Viewer).await?;
+    let (old, new) = (existing(db, team_id, from).await?, existing(db, team_id, to).await?);
+    let (operations, summary) = spec_diff::diff(&old.spec, &new.spec);
+    Ok(Diff { operations, summary })
+}
+
+/// Makes a new version equal to `version` (history is never rewritten).
+pub async fn rollback(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    version: i32,
+    message: Option<String>,
+) -> Result<teams::Model, AppError> {
+    let txn = db::begin_write(db).await?;
+    teams::Entity::find_by_id(team_id).lock_exclusive().one(&txn).await?;
+    let access = guard::team(&txn, caller, team_id, TeamRole::Editor).await?;
+    let current = access.team.version;
+    if version == current {
+        return Err(AppError::BadUserInput {
+            message: format!("The team is at version {current} already."),
+            problems: vec![Problem::new("version", "is the current version")],
+        });
+    }
+    let old = existing(&txn, team_id, version).await?;
+    let next = current + 1;
+    let author = caller.principal.user_id().unwrap_or_default().to_string();
+    let message = message.or_else(|| Some(format!("Rollback to version {version}")));
+    record(&txn, team_id, next, old.spec.clone(), message, &author).await?;
+    let mut active: teams::ActiveModel = access.team.into();
+    active.spec = Set(old.spec);
+    active.version = Set(next);
+    active.updated_at = Set(Utc::now());
+    let team = active.update(&txn).await?;
+    let changes = json!({"version": {"from": current, "to": next}, "restored": version});
+    audit::allowed(
+        &txn,
+        caller,
+        Entry::new(actions::TEAM_ROLLBACK, "team", team_id.to_string()).team(team_id).changes(changes),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(team)
+}
