@@ -42,6 +42,8 @@ impl TestApp {
             Some(pg) => pg.url.clone(),
             None => format!("sqlite://{}/ensemble.db", dir.path().display()),
         };
+        // Many servers run at once in a test binary; PostgreSQL allows 100 connections in all.
+        config.db_pool_size = Some(if pg.is_some() { 2 } else { 4 });
         adjust(&mut config);
         let app = App::build(config).await.expect("app builds");
         let addr = app.local_addr();
