@@ -19,6 +19,8 @@ struct Setup {
     team: String,
     keys: HashMap<&'static str, String>,
     key_read_id: String,
+    link_id: String,
+    link_token: String,
 }
 
 const USERS: [&str; 8] = [
@@ -75,7 +77,12 @@ async fn arrange(app: &TestApp) -> Setup {
             key_read_id = made["apiKey"]["id"].as_str().unwrap().to_string();
         }
     }
-    Setup { team, keys, key_read_id }
+    let link =
+        "mutation($team: ID!) { createShareLink(teamId: $team, input: {role: VIEWER}) { token shareLink { id } } }";
+    let made = must(app, &owner, link, json!({"team": team})).await["createShareLink"].clone();
+    let link_id = made["shareLink"]["id"].as_str().unwrap().to_string();
+    let link_token = made["token"].as_str().unwrap().to_string();
+    Setup { team, keys, key_read_id, link_id, link_token }
 }
 
 /// Everything but the audit log and key bookkeeping, in a stable order.
@@ -94,7 +101,10 @@ async fn snapshot(app: &TestApp) -> String {
 
 /// Runs `query` as `principal`; returns "ok" or the code of the first error, and the answer.
 async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> (String, Value) {
-    let variables = json!({"team": setup.team, "target": "user_target", "key": setup.key_read_id});
+    let variables = json!({
+        "team": setup.team, "target": "user_target", "key": setup.key_read_id,
+        "link": setup.link_id, "token": setup.link_token,
+    });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,
         key if key.starts_with("key_") => app.gql_as(&setup.keys[key], query, variables).await.1,

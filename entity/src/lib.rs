@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod audit_head;
 pub mod audit_logs;
 pub mod team_members;
+pub mod team_share_links;
 pub mod team_versions;
 pub mod teams;
 pub mod usage_daily;

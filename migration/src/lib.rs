@@ -11,6 +11,7 @@ mod m0003_webhook_events;
 mod m0004_api_keys;
 mod m0005_usage_daily;
 mod m0006_team_versions;
+mod m0007_team_share_links;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_api_keys::Migration),
             Box::new(m0005_usage_daily::Migration),
             Box::new(m0006_team_versions::Migration),
+            Box::new(m0007_team_share_links::Migration),
         ]
     }
 }

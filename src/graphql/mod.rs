@@ -6,6 +6,7 @@ pub mod denials;
 pub mod limits;
 pub mod loaders;
 pub mod metering;
+pub mod share_links;
 pub mod system;
 pub mod teams;
 pub mod transport;
@@ -24,11 +25,17 @@ pub struct QueryRoot(
     teams::TeamsQuery,
     teams::VersionsQuery,
     api_keys::ApiKeysQuery,
+    share_links::ShareLinksQuery,
 );
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(users::UsersMutation, teams::TeamsMutation, api_keys::ApiKeysMutation);
+pub struct MutationRoot(
+    users::UsersMutation,
+    teams::TeamsMutation,
+    api_keys::ApiKeysMutation,
+    share_links::ShareLinksMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]

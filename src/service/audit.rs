@@ -26,6 +26,9 @@ pub mod actions {
     pub const TEAM_MEMBER_ADD: &str = "team.member.add";
     pub const TEAM_MEMBER_UPDATE: &str = "team.member.update";
     pub const TEAM_MEMBER_REMOVE: &str = "team.member.remove";
+    pub const SHARE_LINK_CREATE: &str = "team.share_link.create";
+    pub const SHARE_LINK_REVOKE: &str = "team.share_link.revoke";
+    pub const SHARE_LINK_ACCEPT: &str = "team.share_link.accept";
     pub const API_KEY_CREATE: &str = "api_key.create";
     pub const API_KEY_REVOKE: &str = "api_key.revoke";
     pub const API_KEY_ROTATE: &str = "api_key.rotate";
@@ -43,6 +46,9 @@ pub mod actions {
             "addTeamMember" => (TEAM_MEMBER_ADD, "team_member"),
             "updateTeamMember" => (TEAM_MEMBER_UPDATE, "team_member"),
             "removeTeamMember" => (TEAM_MEMBER_REMOVE, "team_member"),
+            "createShareLink" => (SHARE_LINK_CREATE, "share_link"),
+            "revokeShareLink" => (SHARE_LINK_REVOKE, "share_link"),
+            "acceptShareLink" => (SHARE_LINK_ACCEPT, "share_link"),
             "createApiKey" => (API_KEY_CREATE, "api_key"),
             "revokeApiKey" => (API_KEY_REVOKE, "api_key"),
             "rotateApiKey" => (API_KEY_ROTATE, "api_key"),

@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod page;
+pub mod share_links;
 pub mod spec_diff;
 pub mod system;
 pub mod teams;
