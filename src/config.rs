@@ -76,6 +76,10 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_WS_SEND_TIMEOUT_MS", default_value_t = 5000, global = true)]
     pub ws_send_timeout_ms: u64,
 
+    /// Seconds between writes of the usage counts.
+    #[arg(long, env = "ENSEMBLE_USAGE_FLUSH_SECS", default_value_t = 5, global = true)]
+    pub usage_flush_secs: u64,
+
     /// Operations a principal may run per minute (one per 100 complexity points); 0 is unlimited.
     #[arg(long, env = "ENSEMBLE_RATE_LIMIT_PER_MINUTE", default_value_t = 1200, global = true)]
     pub rate_limit_per_minute: u32,
@@ -208,6 +212,7 @@ impl fmt::Debug for Config {
             .field("ws_keepalive_secs", &self.ws_keepalive_secs)
             .field("ws_send_buffer", &self.ws_send_buffer)
             .field("ws_send_timeout_ms", &self.ws_send_timeout_ms)
+            .field("usage_flush_secs", &self.usage_flush_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("limits", &self.limits)

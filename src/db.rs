@@ -37,6 +37,13 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
     Ok(db)
 }
 
+/// Counts every SQL statement run through `db` (and its clones made afterwards) in `counter`.
+pub fn count_statements(db: &mut DatabaseConnection, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    db.set_metric_callback(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
 fn connect_error(url: &str, err: &DbErr) -> String {
     format!("cannot connect to the database at {}: {err}", crate::config::redact_url(url))
 }

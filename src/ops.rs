@@ -38,7 +38,12 @@ pub async fn readyz(State(http): State<HttpState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(http): State<HttpState>) -> Response {
-    let body = http.state.metrics.render(db::pool_usage(&http.state.db));
+    let mut body = http.state.metrics.render(db::pool_usage(&http.state.db));
+    let statements = http.state.statements.load(std::sync::atomic::Ordering::Relaxed);
+    body.push_str(
+        "# HELP ensemble_db_statements_total SQL statements run.\n# TYPE ensemble_db_statements_total counter\n",
+    );
+    body.push_str(&format!("ensemble_db_statements_total {statements}\n"));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

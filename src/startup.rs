@@ -46,7 +46,9 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             AppError::internal(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
-        let db = db::connect(&config.database_url, config.db_pool_size).await?;
+        let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
+        let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        db::count_statements(&mut db, statements.clone());
         if config.auto_migrate {
             Migrator::up(&db, None).await.map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
         }
@@ -62,6 +64,7 @@ impl App {
             auth,
             usage,
             rate_limits,
+            statements,
             db,
             metrics: Arc::new(Metrics::default()),
             started_at: chrono::Utc::now(),
@@ -110,15 +113,16 @@ impl App {
     }
 }
 
-/// Writes usage counts every few seconds and lets the rate limiter forget idle callers.
+/// Writes usage counts every few seconds and lets the rate limiter forget idle callers (about
+/// once a minute).
 async fn housekeeping(state: AppState) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(state.config.usage_flush_secs.max(1)));
     for round in 0u64.. {
         tick.tick().await;
         if let Err(error) = state.usage.flush().await {
             tracing::error!(%error, "cannot write usage counts");
         }
-        if round % 12 == 11 {
+        if round % (60 / state.config.usage_flush_secs.clamp(1, 60)) == 0 {
             state.rate_limits.forget_idle();
         }
     }
@@ -136,6 +140,7 @@ fn router(state: &AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/webhooks/clerk", axum::routing::post(crate::auth::clerk_webhook::receive))
+        .route("/teams/{id}/export", get(graphql::exports::download))
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))

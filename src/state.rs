@@ -16,6 +16,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Authenticator>,
     pub usage: Arc<crate::service::usage::UsageMeter>,
     pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,
+    /// SQL statements run since start.
+    pub statements: Arc<std::sync::atomic::AtomicU64>,
     pub started_at: DateTime<Utc>,
     /// Turns `true` when the server begins shutting down; long-lived sockets close on it.
     pub shutdown: watch::Receiver<bool>,

@@ -150,3 +150,37 @@ async fn of_two_updates_from_the_same_version_exactly_one_wins() {
     assert_eq!(codes.iter().filter(|c| *c == "CONFLICT").count(), 1, "{a:?} {b:?}");
     assert_eq!(codes.iter().filter(|c| *c == "<no code>").count(), 1, "{a:?} {b:?}");
 }
+
+/// The README's versioning walkthrough, run as written.
+#[tokio::test]
+async fn the_readme_versioning_walkthrough_works() {
+    let readme = include_str!("../README.md");
+    let section = readme.split("### Versioning walkthrough").nth(1).expect("the walkthrough section");
+    let blocks: Vec<&str> =
+        section.split("```graphql").skip(1).map(|b| b.split("```").next().unwrap()).take(2).collect();
+    let document = blocks.join("\n");
+    let app = TestApp::spawn().await;
+    let token = app.token("user_reader", GlobalRole::Member);
+    let run = |operation: &'static str, variables: Value| {
+        let body = json!({"query": document, "operationName": operation, "variables": variables});
+        let (app, token) = (&app, &token);
+        async move {
+            let response = app.client.post(app.url("/graphql")).bearer_auth(token).json(&body).send().await.unwrap();
+            let answer: Value = response.json().await.unwrap();
+            assert!(answer.get("errors").is_none(), "{operation}: {answer}");
+            answer["data"].clone()
+        }
+    };
+    let id = run("Create", json!({})).await["createTeam"]["id"].clone();
+    assert_eq!(run("UpdateOnce", json!({"id": id})).await["updateTeam"]["version"], 2);
+    assert_eq!(run("UpdateTwice", json!({"id": id})).await["updateTeam"]["version"], 3);
+    let diff = run("Diff", json!({"id": id})).await;
+    assert_eq!(diff["teamDiff"]["summary"], json!(["agent billing: model openai/gpt-4o-mini → openai/gpt-4o"]));
+    assert_eq!(run("History", json!({"id": id})).await["teamVersions"]["nodes"].as_array().map(Vec::len), Some(3));
+    assert_eq!(run("Rollback", json!({"id": id})).await["rollbackTeam"]["version"], 4);
+    let exported = run("Export", json!({"id": id})).await["exportTeam"].clone();
+    let import =
+        "mutation($doc: JSON!) { importTeam(document: $doc, name: \"Support copy\") { team { version } warnings } }";
+    let (_, body) = app.gql_as(&token, import, json!({"doc": exported})).await;
+    assert_eq!(body["data"]["importTeam"]["team"]["version"], 1, "{body}");
+}

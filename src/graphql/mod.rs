@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod denials;
+pub mod exports;
 pub mod limits;
 pub mod loaders;
 pub mod metering;
@@ -26,6 +27,7 @@ pub struct QueryRoot(
     teams::VersionsQuery,
     api_keys::ApiKeysQuery,
     share_links::ShareLinksQuery,
+    exports::ExportsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -35,6 +37,7 @@ pub struct MutationRoot(
     teams::TeamsMutation,
     api_keys::ApiKeysMutation,
     share_links::ShareLinksMutation,
+    exports::ExportsMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -278,6 +278,13 @@ impl Team {
         self.0.archived_at
     }
 
+    /// Who created the team.
+    async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let loaders = ctx.data::<Loaders>()?;
+        let user = loaders.users.load_one(self.0.owner_id.clone()).await.map_err(AppError::internal).gql()?;
+        Ok(user.map(User::from))
+    }
+
     /// The spec as it was at version `n` (null if there is no such version).
     async fn version_at(&self, ctx: &Context<'_>, n: i32) -> async_graphql::Result<Option<TeamVersion>> {
         let state = ctx.data::<AppState>()?;
@@ -287,27 +294,34 @@ impl Team {
     /// Your role on this team (null when you only see it because it is public).
     async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
         let members = self.load_members(ctx).await?;
-        let user = match principal(ctx) {
-            Principal::User(user) => user,
-            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => &key.owner,
-            _ => return Ok(None),
-        };
-        if user.role == GlobalRole::Admin {
-            return Ok(Some(TeamRole::Owner));
-        }
-        Ok(members.iter().find(|m| m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role)))
+        Ok(self.role_among(ctx, &members))
     }
 
     /// Who belongs to the team (members and admins only).
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
-        if self.my_role(ctx).await?.is_none() {
+        let members = self.load_members(ctx).await?;
+        if self.role_among(ctx, &members).is_none() {
             return Err(AppError::Forbidden("Only members see who belongs to a team.".into()).extend());
         }
-        Ok(self.load_members(ctx).await?.into_iter().map(TeamMember).collect())
+        Ok(members.into_iter().map(TeamMember).collect())
     }
 }
 
 impl Team {
+    /// The caller's role given the team's members: admins own every team; an API key acts as its
+    /// owner on its own team.
+    fn role_among(&self, ctx: &Context<'_>, members: &[team_members::Model]) -> Option<TeamRole> {
+        let user = match principal(ctx) {
+            Principal::User(user) => user,
+            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => &key.owner,
+            _ => return None,
+        };
+        if user.role == GlobalRole::Admin {
+            return Some(TeamRole::Owner);
+        }
+        members.iter().find(|m| m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role))
+    }
+
     async fn load_members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<team_members::Model>> {
         let loaders = ctx.data::<Loaders>()?;
         let members = loaders.members.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;

@@ -19,6 +19,7 @@ pub mod actions {
     pub const USER_SYNC: &str = "user.sync";
     pub const USER_DELETE: &str = "user.delete";
     pub const TEAM_CREATE: &str = "team.create";
+    pub const TEAM_IMPORT: &str = "team.import";
     pub const TEAM_UPDATE: &str = "team.update";
     pub const TEAM_ROLLBACK: &str = "team.rollback";
     pub const TEAM_ARCHIVE: &str = "team.archive";
@@ -39,6 +40,7 @@ pub mod actions {
             "updateProfile" => (USER_PROFILE_UPDATE, "user"),
             "setUserRole" => (USER_ROLE_SET, "user"),
             "createTeam" => (TEAM_CREATE, "team"),
+            "importTeam" => (TEAM_IMPORT, "team"),
             "updateTeam" => (TEAM_UPDATE, "team"),
             "rollbackTeam" => (TEAM_ROLLBACK, "team"),
             "archiveTeam" => (TEAM_ARCHIVE, "team"),

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod exports;
 pub mod page;
 pub mod share_links;
 pub mod spec_diff;

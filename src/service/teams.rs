@@ -113,8 +113,18 @@ async fn free_slug<C: ConnectionTrait>(conn: &C, name: &str, id: &str) -> Result
     Ok(if taken { format!("{slug}-{}", &id[id.len() - 6..]) } else { slug })
 }
 
-#[tracing::instrument(skip_all)]
 pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> Result<teams::Model, AppError> {
+    create_as(db, caller, new, actions::TEAM_CREATE).await
+}
+
+/// Creates a team, audited as `action` (`team.create`, `team.import`).
+#[tracing::instrument(skip_all)]
+pub async fn create_as(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    new: NewTeam,
+    action: &'static str,
+) -> Result<teams::Model, AppError> {
     let me = acting_user(caller, Scope::TeamsWrite)?;
     let mut problems = Vec::new();
     check_name(&new.name, &mut problems);
@@ -156,8 +166,7 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> R
     .await?;
     versions::record(&txn, &id, 1, spec, Some("Created".into()), &me.id).await?;
     let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility, "version": 1});
-    audit::allowed(&txn, caller, Entry::new(actions::TEAM_CREATE, "team", id.clone()).team(&id).changes(changes))
-        .await?;
+    audit::allowed(&txn, caller, Entry::new(action, "team", id.clone()).team(&id).changes(changes)).await?;
     txn.commit().await?;
     Ok(team)
 }
