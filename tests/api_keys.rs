@@ -91,10 +91,10 @@ async fn a_revoked_key_fails_on_the_very_next_request_although_cached() {
 async fn an_expired_key_is_refused_and_a_past_expiry_is_bad_input() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let (secret, _) =
         create_key(&app, &token, json!({"name": "brief", "scopes": ["TEAMS_READ"], "expiresAt": soon})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     let (status, body) = with_key(&app, &secret, ME, json!({})).await;
     assert_eq!(status, 401);
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("expired"));
@@ -123,7 +123,7 @@ async fn rotation_keeps_the_old_secret_for_the_grace_and_refuses_a_second_rotati
     let token = owner(&app).await;
     let (old, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
     let rotate = "mutation($id: ID!, $grace: Int!) { rotateApiKey(id: $id, graceSeconds: $grace) { secret apiKey { id previousSecretExpiresAt } } }";
-    let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 2})).await;
+    let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 3})).await;
     let new = body["data"]["rotateApiKey"]["secret"].as_str().unwrap().to_string();
     assert_eq!(body["data"]["rotateApiKey"]["apiKey"]["id"], id, "the same key");
     assert_eq!(&new[..17], &old[..17], "the same prefix");
@@ -131,10 +131,10 @@ async fn rotation_keeps_the_old_secret_for_the_grace_and_refuses_a_second_rotati
     assert_eq!(with_key(&app, &old, ME, json!({})).await.0, 200, "the old secret during the grace");
     assert_eq!(with_key(&app, &new, ME, json!({})).await.0, 200);
 
-    let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 2})).await;
+    let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 3})).await;
     assert_eq!(first_code(&body), "CONFLICT", "no third secret while the grace runs");
 
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert_eq!(with_key(&app, &old, ME, json!({})).await.0, 401, "the old secret after the grace");
     assert_eq!(with_key(&app, &new, ME, json!({})).await.0, 200);
 }

@@ -59,9 +59,9 @@ async fn revoked_expired_and_unknown_tokens_all_answer_not_found() {
     app.gql_as(&owner, "mutation($id: ID!) { revokeShareLink(id: $id) { revokedAt } }", json!({"id": id})).await;
     let revoked = app.gql_as(&guest, ACCEPT, json!({"token": token})).await.1;
 
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let brief = link(&app, &owner, &team, "VIEWER", json!(soon)).await["data"]["createShareLink"]["token"].clone();
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     let expired = app.gql_as(&guest, ACCEPT, json!({"token": brief})).await.1;
 
     let unknown = app.gql_as(&guest, ACCEPT, json!({"token": "ens_share_0000"})).await.1;

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::dataloader::{DataLoader, Loader};
-use entity::{team_members, users};
+use entity::{team_members, team_share_links, team_versions, users};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::service::teams;
@@ -14,6 +14,8 @@ use crate::service::teams;
 pub struct Loaders {
     pub members: Arc<DataLoader<MembersLoader>>,
     pub users: Arc<DataLoader<UsersLoader>>,
+    pub version_counts: Arc<DataLoader<VersionCountLoader>>,
+    pub share_links: Arc<DataLoader<ShareLinksLoader>>,
 }
 
 impl Loaders {
@@ -21,6 +23,8 @@ impl Loaders {
         Self {
             members: Arc::new(DataLoader::new(MembersLoader(db.clone()), tokio::spawn)),
             users: Arc::new(DataLoader::new(UsersLoader(db.clone()), tokio::spawn)),
+            version_counts: Arc::new(DataLoader::new(VersionCountLoader(db.clone()), tokio::spawn)),
+            share_links: Arc::new(DataLoader::new(ShareLinksLoader(db.clone()), tokio::spawn)),
         }
     }
 }
@@ -56,5 +60,51 @@ impl Loader<String> for UsersLoader {
             .await
             .map_err(|e| e.to_string())?;
         Ok(rows.into_iter().map(|u| (u.id.clone(), u)).collect())
+    }
+}
+
+/// Team id → how many versions it has.
+pub struct VersionCountLoader(DatabaseConnection);
+
+impl Loader<String> for VersionCountLoader {
+    type Value = i64;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        use sea_orm::QuerySelect;
+        let rows: Vec<(String, i64)> = team_versions::Entity::find()
+            .select_only()
+            .column(team_versions::Column::TeamId)
+            .column_as(team_versions::Column::Version.count(), "count")
+            .filter(team_versions::Column::TeamId.is_in(keys.iter().cloned()))
+            .group_by(team_versions::Column::TeamId)
+            .into_tuple()
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+/// Team id → its share links, newest first.
+pub struct ShareLinksLoader(DatabaseConnection);
+
+impl Loader<String> for ShareLinksLoader {
+    type Value = Vec<team_share_links::Model>;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        use sea_orm::QueryOrder;
+        let rows = team_share_links::Entity::find()
+            .filter(team_share_links::Column::TeamId.is_in(keys.iter().cloned()))
+            .order_by_desc(team_share_links::Column::Id)
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut by_team: HashMap<String, Self::Value> = HashMap::new();
+        for row in rows {
+            by_team.entry(row.team_id.clone()).or_default().push(row);
+        }
+        Ok(by_team)
     }
 }

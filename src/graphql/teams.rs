@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
 use serde_json::Value;
 
-use super::{caller, loaders::Loaders, principal, users::User};
+use super::{caller, loaders::Loaders, principal, share_links::ShareLink, users::User};
 use crate::{
     auth::{GlobalRole, Principal, guard::TeamRole},
     error::{AppError, GqlResultExt},
@@ -276,6 +276,24 @@ impl Team {
     /// When the team was archived, if it was.
     async fn archived_at(&self) -> Option<DateTime<Utc>> {
         self.0.archived_at
+    }
+
+    /// How many versions the team has.
+    async fn version_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        let loaders = ctx.data::<Loaders>()?;
+        let count = loaders.version_counts.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        Ok(count.unwrap_or(0))
+    }
+
+    /// The team's share links (owners only), newest first.
+    async fn share_links(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ShareLink>> {
+        let members = self.load_members(ctx).await?;
+        if self.role_among(ctx, &members) != Some(TeamRole::Owner) {
+            return Err(AppError::Forbidden("Only owners see a team's share links.".into()).extend());
+        }
+        let loaders = ctx.data::<Loaders>()?;
+        let links = loaders.share_links.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        Ok(links.unwrap_or_default().into_iter().map(ShareLink::from).collect())
     }
 
     /// Who created the team.
