@@ -1,9 +1,10 @@
 //! Per-request DataLoaders: nested lists (a team's members, a member's user) load in one
-//! batched query per level, whatever the number of parents.
+//! batched query per level, whatever the number of parents. Each request (each websocket
+//! operation) gets its own, so what they cache lives only as long as that request.
 
 use std::{collections::HashMap, sync::Arc};
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use entity::{team_members, team_share_links, team_versions, users};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
@@ -12,19 +13,27 @@ use crate::service::teams;
 /// The loaders of one request (or websocket); each batches the loads of one resolution step.
 #[derive(Clone)]
 pub struct Loaders {
-    pub members: Arc<DataLoader<MembersLoader>>,
-    pub users: Arc<DataLoader<UsersLoader>>,
-    pub version_counts: Arc<DataLoader<VersionCountLoader>>,
-    pub share_links: Arc<DataLoader<ShareLinksLoader>>,
+    pub members: Arc<DataLoader<MembersLoader, HashMapCache>>,
+    pub users: Arc<DataLoader<UsersLoader, HashMapCache>>,
+    pub version_counts: Arc<DataLoader<VersionCountLoader, HashMapCache>>,
+    pub share_links: Arc<DataLoader<ShareLinksLoader, HashMapCache>>,
 }
 
 impl Loaders {
     pub fn new(db: &DatabaseConnection) -> Self {
         Self {
-            members: Arc::new(DataLoader::new(MembersLoader(db.clone()), tokio::spawn)),
-            users: Arc::new(DataLoader::new(UsersLoader(db.clone()), tokio::spawn)),
-            version_counts: Arc::new(DataLoader::new(VersionCountLoader(db.clone()), tokio::spawn)),
-            share_links: Arc::new(DataLoader::new(ShareLinksLoader(db.clone()), tokio::spawn)),
+            members: Arc::new(DataLoader::with_cache(MembersLoader(db.clone()), tokio::spawn, HashMapCache::default())),
+            users: Arc::new(DataLoader::with_cache(UsersLoader(db.clone()), tokio::spawn, HashMapCache::default())),
+            version_counts: Arc::new(DataLoader::with_cache(
+                VersionCountLoader(db.clone()),
+                tokio::spawn,
+                HashMapCache::default(),
+            )),
+            share_links: Arc::new(DataLoader::with_cache(
+                ShareLinksLoader(db.clone()),
+                tokio::spawn,
+                HashMapCache::default(),
+            )),
         }
     }
 }

@@ -43,10 +43,49 @@ impl TeamsQuery {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = teams::list(&state.db, &caller(ctx), &page).await.gql()?;
+        prefetch(ctx, &rows.items).await?;
         let mut connection = Connection::new(page.after.is_some(), rows.has_next);
         connection.edges.extend(rows.items.into_iter().map(|t| Edge::new(encode_cursor(&t.id), Team(t))));
         Ok(connection)
     }
+}
+
+/// Loads what the selection asks of a page of teams in one query per kind, up front: the
+/// loaders then answer every team from their cache, however the list's items are scheduled.
+async fn prefetch(ctx: &Context<'_>, page: &[rows::Model]) -> async_graphql::Result<()> {
+    let look = ctx.look_ahead();
+    let nodes = [look.field("nodes"), look.field("edges").field("node")];
+    let wants = |path: &[&str]| {
+        nodes.iter().any(|node| {
+            let mut at = node.field(path[0]);
+            for field in &path[1..] {
+                at = at.field(field);
+            }
+            at.exists()
+        })
+    };
+    let loaders = ctx.data::<Loaders>()?;
+    let ids: Vec<String> = page.iter().map(|t| t.id.clone()).collect();
+    let mut users: Vec<String> = Vec::new();
+    if wants(&["owner"]) {
+        users.extend(page.iter().map(|t| t.owner_id.clone()));
+    }
+    if wants(&["members"]) || wants(&["myRole"]) || wants(&["shareLinks"]) {
+        let members = loaders.members.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        if wants(&["members", "user"]) {
+            users.extend(members.values().flatten().map(|m| m.user_id.clone()));
+        }
+    }
+    if !users.is_empty() {
+        loaders.users.load_many(users).await.map_err(AppError::internal).gql()?;
+    }
+    if wants(&["versionCount"]) {
+        loaders.version_counts.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+    }
+    if wants(&["shareLinks"]) {
+        loaders.share_links.load_many(ids).await.map_err(AppError::internal).gql()?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]

@@ -359,7 +359,6 @@ impl Connection {
                 let mut data = Data::default();
                 data.insert(self.meta.clone());
                 data.insert(principal);
-                data.insert(Loaders::new(&self.db));
                 self.session = Arc::new(data);
                 self.acked = true;
                 self.outbox.json(json!({"type": "connection_ack"})).await?;
@@ -401,6 +400,7 @@ impl Connection {
         if let Some(extensions) = payload.extensions.and_then(|e| serde_json::from_value(e).ok()) {
             request.extensions = extensions;
         }
+        let request = request.data(Loaders::new(&self.db));
         let responses = self.schema.execute_stream_with_session_data(request, self.session.clone());
         responses.map(Some).chain(futures_util::stream::once(async { None })).enumerate().boxed()
     }
