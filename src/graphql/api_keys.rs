@@ -1,19 +1,16 @@
 //! API keys: `apiKeys`, `createApiKey`, `rotateApiKey`, `revokeApiKey`.
 
-use async_graphql::{
-    Context, ID, InputObject, Object, SimpleObject,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::api_keys as rows;
 
-use super::caller;
+use super::{caller, connection};
 use crate::{
     auth::api_key::Scope,
     error::GqlResultExt,
     service::{
         api_keys::{self, NewKey, WithSecret},
-        page::{PageRequest, encode_cursor},
+        page::PageRequest,
     },
     state::AppState,
 };
@@ -34,9 +31,7 @@ impl ApiKeysQuery {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = api_keys::list(&state.db, &caller(ctx), &page).await.gql()?;
-        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(rows.items.into_iter().map(|k| Edge::new(encode_cursor(&k.id), ApiKey::from(k))));
-        Ok(connection)
+        Ok(connection(&page, rows, |k| k.id.clone(), ApiKey::from))
     }
 }
 

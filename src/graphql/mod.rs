@@ -74,6 +74,21 @@ pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::auth::Pr
     ctx.data_opt::<crate::auth::Principal>().unwrap_or(&ANONYMOUS)
 }
 
+/// A Relay connection of one page: `key` gives each row's cursor key, `node` its GraphQL object.
+pub fn connection<T, N: async_graphql::OutputType>(
+    page: &crate::service::page::PageRequest,
+    rows: crate::service::page::Page<T>,
+    key: impl Fn(&T) -> String,
+    node: impl Fn(T) -> N,
+) -> async_graphql::connection::Connection<String, N> {
+    let mut connection = async_graphql::connection::Connection::new(page.after.is_some(), rows.has_next);
+    connection.edges.extend(rows.items.into_iter().map(|row| {
+        let cursor = crate::service::page::encode_cursor(&key(&row));
+        async_graphql::connection::Edge::new(cursor, node(row))
+    }));
+    connection
+}
+
 /// The caller and where the request came from, for services.
 pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller {
     crate::service::audit::Caller {

@@ -1,18 +1,15 @@
 //! Share links: `shareLinks`, `createShareLink`, `revokeShareLink`, `acceptShareLink`.
 
-use async_graphql::{
-    Context, ID, InputObject, Object, SimpleObject,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::team_share_links as rows;
 
-use super::{caller, teams::TeamMember};
+use super::{caller, connection, teams::TeamMember};
 use crate::{
     auth::guard::TeamRole,
     error::GqlResultExt,
     service::{
-        page::{PageRequest, encode_cursor},
+        page::PageRequest,
         share_links::{self, WithToken},
     },
     state::AppState,
@@ -35,9 +32,7 @@ impl ShareLinksQuery {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = share_links::list(&state.db, &caller(ctx), &team_id, &page).await.gql()?;
-        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(rows.items.into_iter().map(|l| Edge::new(encode_cursor(&l.id), ShareLink::from(l))));
-        Ok(connection)
+        Ok(connection(&page, rows, |l| l.id.clone(), ShareLink::from))
     }
 }
 

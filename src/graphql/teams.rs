@@ -1,20 +1,17 @@
 //! Teams and members: `team`, `teams`, `createTeam`, `updateTeam`, `archiveTeam`,
 //! `deleteTeam`, `addTeamMember`, `updateTeamMember`, `removeTeamMember`.
 
-use async_graphql::{
-    Context, ErrorExtensions, ID, InputObject, Json, Object, SimpleObject,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ErrorExtensions, ID, InputObject, Json, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
 use serde_json::Value;
 
-use super::{caller, loaders::Loaders, principal, share_links::ShareLink, users::User};
+use super::{caller, connection, loaders::Loaders, principal, share_links::ShareLink, users::User};
 use crate::{
     auth::{GlobalRole, Principal, guard::TeamRole},
     error::{AppError, GqlResultExt},
     service::{
-        page::{PageRequest, encode_cursor},
+        page::PageRequest,
         teams::{self, NewTeam, TeamChanges, Visibility},
         versions,
     },
@@ -44,9 +41,7 @@ impl TeamsQuery {
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = teams::list(&state.db, &caller(ctx), &page).await.gql()?;
         prefetch(ctx, &rows.items).await?;
-        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(rows.items.into_iter().map(|t| Edge::new(encode_cursor(&t.id), Team(t))));
-        Ok(connection)
+        Ok(connection(&page, rows, |t| t.id.clone(), Team))
     }
 }
 
@@ -105,11 +100,7 @@ impl VersionsQuery {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = versions::list(&state.db, &caller(ctx), &team_id, &page).await.gql()?;
-        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection
-            .edges
-            .extend(rows.items.into_iter().map(|v| Edge::new(encode_cursor(&v.version.to_string()), TeamVersion(v))));
-        Ok(connection)
+        Ok(connection(&page, rows, |v| v.version.to_string(), TeamVersion))
     }
 
     /// What changed between two versions: RFC 6902 operations and a line per change.

@@ -1,19 +1,13 @@
 //! Users: `me`, `user`, `users`, `updateProfile`, `setUserRole`.
 
-use async_graphql::{
-    Context, ID, InputObject, Object, SimpleObject,
-    connection::{Connection, Edge},
-};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 
-use super::{caller, principal};
+use super::{caller, connection, principal};
 use crate::{
     auth::{GlobalRole, Principal},
     error::GqlResultExt,
-    service::{
-        page::{PageRequest, encode_cursor},
-        users,
-    },
+    service::{page::PageRequest, users},
     state::AppState,
 };
 
@@ -52,9 +46,7 @@ impl UsersQuery {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let rows = users::list(&state.db, &caller(ctx), search.as_deref(), &page).await.gql()?;
-        let mut connection = Connection::new(page.after.is_some(), rows.has_next);
-        connection.edges.extend(rows.items.into_iter().map(|u| Edge::new(encode_cursor(&u.id), User::from(u))));
-        Ok(connection)
+        Ok(connection(&page, rows, |u| u.id.clone(), User::from))
     }
 }
 
