@@ -26,6 +26,8 @@ pub struct Authenticator {
     verifier: Verifier,
     /// API keys, looked up through a cache.
     pub keys: api_key::KeyStore,
+    /// User id → their stored standing, for a minute; dropped when the row changes.
+    standings: moka::future::Cache<String, users::Standing>,
     /// Present in dev mode: the issuer whose key `verifier` holds.
     pub dev: Option<DevIssuer>,
     db: DatabaseConnection,
@@ -54,7 +56,7 @@ impl Authenticator {
             );
             let verifier = verifier(KeySource::Static(dev.decoding.clone()), dev::ISSUER.to_string());
             let keys = api_key::KeyStore::new(db.clone());
-            return Ok(Self { verifier, keys, dev: Some(dev), db });
+            return Ok(Self { verifier, keys, standings: standings(), dev: Some(dev), db });
         }
         let issuer = auth
             .clerk_issuer
@@ -73,7 +75,7 @@ impl Authenticator {
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
         let verifier = verifier(keys, issuer);
-        Ok(Self { verifier, keys: api_key::KeyStore::new(db.clone()), dev: None, db })
+        Ok(Self { verifier, keys: api_key::KeyStore::new(db.clone()), standings: standings(), dev: None, db })
     }
 
     /// The principal of an HTTP request: `Authorization: Bearer <token or key>`, `x-api-key`,
@@ -96,10 +98,32 @@ impl Authenticator {
         if token.starts_with("ens_") {
             return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
         }
-        let user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;
-        let user = users::sign_in(&self.db, user).await?;
+        let mut user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;
+        let standing = match self.standings.get(&user.id).await {
+            Some(standing) => standing,
+            None => {
+                let standing = users::sign_in(&self.db, &user).await?;
+                self.standings.insert(user.id.clone(), standing).await;
+                standing
+            }
+        };
+        if standing.deleted {
+            return Err(unauthenticated("This account has been deleted."));
+        }
+        if standing.admin {
+            user.role = GlobalRole::Admin;
+        }
         Ok(Principal::User(user))
     }
+
+    /// Forgets what is cached of a user whose row changed (role, deletion).
+    pub async fn forget_user(&self, id: &str) {
+        self.standings.invalidate(id).await;
+    }
+}
+
+fn standings() -> moka::future::Cache<String, users::Standing> {
+    moka::future::Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(60)).build()
 }
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive).

@@ -65,7 +65,9 @@ impl UsersMutation {
     /// Sets a user's global role (admins only).
     async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: GlobalRole) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        users::set_role(&state.db, &caller(ctx), &user_id, role).await.map(User::from).gql()
+        let user = users::set_role(&state.db, &caller(ctx), &user_id, role).await.gql()?;
+        state.auth.forget_user(&user.id).await;
+        Ok(User::from(user))
     }
 }
 

@@ -22,10 +22,16 @@ use crate::{
     error::{AppError, Problem},
 };
 
-/// Makes sure a verified user has a row, refuses a deleted one, and settles the global role:
-/// ADMIN when the token or the stored role says so.
+/// What signing in needs to know of a user's row.
+#[derive(Clone, Copy, Debug)]
+pub struct Standing {
+    pub admin: bool,
+    pub deleted: bool,
+}
+
+/// Makes sure a verified user has a row (created on first sign-in) and reads their standing.
 #[tracing::instrument(skip_all, fields(user = %user.id))]
-pub async fn sign_in(db: &DatabaseConnection, mut user: UserPrincipal) -> Result<UserPrincipal, AppError> {
+pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<Standing, AppError> {
     let stored = match users::Entity::find_by_id(&user.id).one(db).await? {
         Some(stored) => stored,
         None => {
@@ -51,13 +57,10 @@ pub async fn sign_in(db: &DatabaseConnection, mut user: UserPrincipal) -> Result
                 .ok_or_else(|| AppError::internal("user row missing after insert"))?
         }
     };
-    if stored.deleted_at.is_some() {
-        return Err(AppError::Unauthenticated("This account has been deleted.".into()));
-    }
-    if GlobalRole::parse(&stored.role) == Some(GlobalRole::Admin) {
-        user.role = GlobalRole::Admin;
-    }
-    Ok(user)
+    Ok(Standing {
+        admin: GlobalRole::parse(&stored.role) == Some(GlobalRole::Admin),
+        deleted: stored.deleted_at.is_some(),
+    })
 }
 
 /// A user by id.
