@@ -93,6 +93,32 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthConfig,
+
+    #[command(flatten)]
+    pub runs: RunConfig,
+}
+
+/// How runs are bounded: waits, timeouts, input size and daily budgets.
+#[derive(Clone, Debug, Args)]
+pub struct RunConfig {
+    /// Seconds `runTeam(wait: true)` waits for the run before answering with it still running.
+    #[arg(long, env = "ENSEMBLE_RUN_WAIT_SECS", default_value_t = 25, global = true)]
+    pub run_wait_secs: u64,
+    /// Milliseconds a run may take when its spec sets no `limits.timeoutMs`.
+    #[arg(long, env = "ENSEMBLE_RUN_TIMEOUT_MS", default_value_t = 120_000, global = true)]
+    pub run_timeout_ms: u64,
+    /// Seconds one call to a model provider may take.
+    #[arg(long, env = "ENSEMBLE_PROVIDER_TIMEOUT_SECS", default_value_t = 60, global = true)]
+    pub provider_timeout_secs: u64,
+    /// Largest message content in bytes.
+    #[arg(long, env = "ENSEMBLE_RUN_MAX_INPUT_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_input_bytes: usize,
+    /// Tokens each user's runs may use per UTC day (unlimited when unset).
+    #[arg(long, env = "ENSEMBLE_DAILY_TOKEN_BUDGET", global = true)]
+    pub daily_token_budget: Option<i64>,
+    /// US dollars each user's runs may spend per UTC day (unlimited when unset).
+    #[arg(long, env = "ENSEMBLE_DAILY_COST_BUDGET_USD", global = true)]
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 /// Who may call: Clerk's keys and claims, or the dev issuer when none is given (DESIGN §3).
@@ -217,6 +243,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
+            .field("runs", &self.runs)
             .finish()
     }
 }

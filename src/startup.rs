@@ -24,10 +24,14 @@ use crate::{
     config::Config,
     db,
     error::AppError,
+    events::EventBus,
     graphql::{self, transport, ws},
     metrics::Metrics,
     ops,
-    service::usage::UsageMeter,
+    service::{
+        runs::{self, Runner},
+        usage::UsageMeter,
+    },
     state::{AppState, HttpState},
 };
 
@@ -59,11 +63,21 @@ impl App {
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst));
+        // The tokenizer takes a moment to load; do it now rather than in the first run.
+        tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
+        // Without its migrations the database may not have runs yet; `/readyz` says so.
+        let migrated = Migrator::get_pending_migrations(&db).await.map(|p| p.is_empty()).unwrap_or(false);
+        let interrupted = if migrated { runs::recover_interrupted(&db).await? } else { 0 };
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "runs left in progress by the last stop are marked failed (interrupted)");
+        }
+        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), Arc::new(EventBus::default())));
         let state = AppState {
             config: Arc::new(config),
             auth,
             usage,
             rate_limits,
+            runner,
             statements,
             db,
             metrics: Arc::new(Metrics::default()),

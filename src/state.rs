@@ -16,6 +16,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Authenticator>,
     pub usage: Arc<crate::service::usage::UsageMeter>,
     pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,
+    /// Starts, cancels and tracks runs; owns the providers, prices and the event bus.
+    pub runner: Arc<crate::service::runs::Runner>,
     /// SQL statements run since start.
     pub statements: Arc<std::sync::atomic::AtomicU64>,
     pub started_at: DateTime<Utc>,

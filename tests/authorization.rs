@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use common::TestApp;
 use ensemble::auth::GlobalRole;
-use entity::{audit_logs, team_members, teams, users};
+use entity::{audit_logs, conversations, messages, model_prices, runs, team_members, teams, users};
 use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
@@ -21,6 +21,9 @@ struct Setup {
     key_read_id: String,
     link_id: String,
     link_token: String,
+    run: String,
+    conversation: String,
+    message: String,
 }
 
 const USERS: [&str; 8] = [
@@ -82,7 +85,17 @@ async fn arrange(app: &TestApp) -> Setup {
     let made = must(app, &owner, link, json!({"team": team})).await["createShareLink"].clone();
     let link_id = made["shareLink"]["id"].as_str().unwrap().to_string();
     let link_token = made["token"].as_str().unwrap().to_string();
-    Setup { team, keys, key_read_id, link_id, link_token }
+    let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hi\"}) { id } }";
+    let run = must(app, &owner, run, json!({"team": team})).await["runTeam"]["id"].as_str().unwrap().to_string();
+    let start = "mutation($team: ID!) { startConversation(teamId: $team, title: \"Chat\") { id } }";
+    let conversation =
+        must(app, &owner, start, json!({"team": team})).await["startConversation"]["id"].as_str().unwrap().to_string();
+    let send = "mutation($c: ID!) { sendMessage(conversationId: $c, content: \"hello\") { messageId } }";
+    let message = must(app, &owner, send, json!({"c": conversation})).await["sendMessage"]["messageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Setup { team, keys, key_read_id, link_id, link_token, run, conversation, message }
 }
 
 /// Everything but the audit log and key bookkeeping, in a stable order.
@@ -96,14 +109,19 @@ async fn snapshot(app: &TestApp) -> String {
         .all(db)
         .await
         .unwrap();
-    format!("{users:?}\n{teams:?}\n{members:?}")
+    let runs = runs::Entity::find().order_by_asc(runs::Column::Id).all(db).await.unwrap();
+    let conversations = conversations::Entity::find().order_by_asc(conversations::Column::Id).all(db).await.unwrap();
+    let messages = messages::Entity::find().order_by_asc(messages::Column::Id).all(db).await.unwrap();
+    let prices = model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(db).await.unwrap();
+    format!("{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}")
 }
 
 /// Runs `query` as `principal`; returns "ok" or the code of the first error, and the answer.
 async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> (String, Value) {
     let variables = json!({
         "team": setup.team, "target": "user_target", "key": setup.key_read_id,
-        "link": setup.link_id, "token": setup.link_token,
+        "link": setup.link_id, "token": setup.link_token, "run": setup.run,
+        "conversation": setup.conversation, "message": setup.message,
     });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,
@@ -127,6 +145,8 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
     let name = operation["name"].as_str().unwrap().to_string();
     let query = operation["query"].as_str().unwrap();
     let is_mutation = query.trim_start().starts_with("mutation");
+    // Runs and conversations are not audited; configuration changes are.
+    let is_mutation_audited = is_mutation && operation["audited"].as_bool().unwrap_or(true);
     let mut failures = Vec::new();
     let shared = TestApp::spawn().await;
     let shared_setup = arrange(&shared).await;
@@ -148,7 +168,7 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
                 failures.push(format!("{name} as {principal}: refused, yet the database changed"));
             }
             let rows = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
-            let wanted = audited + u64::from(is_mutation);
+            let wanted = audited + u64::from(is_mutation_audited);
             if rows != wanted {
                 failures.push(format!("{name} as {principal}: {rows} audit rows, expected {wanted}"));
             }

@@ -23,6 +23,10 @@ pub struct Model {
     pub last_used_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
+    /// Tokens the key may spend per UTC day (none: no limit of its own).
+    pub daily_token_budget: Option<i64>,
+    /// US dollars the key may spend per UTC day.
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

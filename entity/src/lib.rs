@@ -3,6 +3,12 @@
 pub mod api_keys;
 pub mod audit_head;
 pub mod audit_logs;
+pub mod conversations;
+pub mod error_groups;
+pub mod messages;
+pub mod model_prices;
+pub mod run_attempts;
+pub mod runs;
 pub mod team_members;
 pub mod team_share_links;
 pub mod team_versions;

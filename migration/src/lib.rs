@@ -12,6 +12,7 @@ mod m0004_api_keys;
 mod m0005_usage_daily;
 mod m0006_team_versions;
 mod m0007_team_share_links;
+mod m0008_orchestration;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_usage_daily::Migration),
             Box::new(m0006_team_versions::Migration),
             Box::new(m0007_team_share_links::Migration),
+            Box::new(m0008_orchestration::Migration),
         ]
     }
 }

@@ -167,6 +167,8 @@ impl KeyStore {
                 org: None,
                 expires_at: cached.key.expires_at.unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
             },
+            daily_token_budget: cached.key.daily_token_budget,
+            daily_cost_budget_usd: cached.key.daily_cost_budget_usd,
         })
     }
 

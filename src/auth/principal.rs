@@ -54,6 +54,9 @@ pub struct KeyPrincipal {
     pub team_id: Option<String>,
     pub scopes: Vec<super::api_key::Scope>,
     pub owner: UserPrincipal,
+    /// The key's own daily budgets (tokens, US dollars), on top of its owner's.
+    pub daily_token_budget: Option<i64>,
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]

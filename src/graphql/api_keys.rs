@@ -52,6 +52,8 @@ impl ApiKeysMutation {
             scopes: input.scopes,
             team_id: input.team_id.map(|id| id.0),
             expires_at: input.expires_at,
+            daily_token_budget: input.daily_token_budget,
+            daily_cost_budget_usd: input.daily_cost_budget_usd,
         };
         api_keys::create(&state.db, &caller(ctx), new).await.map(CreatedApiKey::from).gql()
     }
@@ -87,6 +89,10 @@ pub struct CreateApiKeyInput {
     pub team_id: Option<ID>,
     /// When the key stops working.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Tokens the key's runs may use per UTC day (no limit of its own when absent).
+    pub daily_token_budget: Option<i64>,
+    /// US dollars the key's runs may spend per UTC day.
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 /// A key with its secret, answered once.
@@ -120,6 +126,10 @@ pub struct ApiKey {
     /// Until when the secret before the last rotation still works.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// Tokens the key's runs may use per UTC day.
+    pub daily_token_budget: Option<i64>,
+    /// US dollars the key's runs may spend per UTC day.
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 impl From<rows::Model> for ApiKey {
@@ -136,6 +146,8 @@ impl From<rows::Model> for ApiKey {
             revoked_at: key.revoked_at,
             previous_secret_expires_at: key.previous_expires_at,
             created_at: key.created_at,
+            daily_token_budget: key.daily_token_budget,
+            daily_cost_budget_usd: key.daily_cost_budget_usd,
         }
     }
 }

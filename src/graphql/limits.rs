@@ -158,7 +158,10 @@ fn fill_codes(mut response: Response) -> Response {
         }
         let code = if error.path.is_empty() {
             VALIDATION_FAILED
-        } else if error.message.starts_with("Failed to parse") || error.message.starts_with("Invalid value") {
+        } else if ["Failed to parse", "Invalid value", "Expected input type"]
+            .iter()
+            .any(|p| error.message.starts_with(p))
+        {
             "BAD_USER_INPUT"
         } else {
             tracing::error!(error = %error.message, path = ?error.path, "internal error");

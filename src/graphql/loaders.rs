@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use entity::{team_members, team_share_links, team_versions, users};
+use entity::{run_attempts, team_members, team_share_links, team_versions, users};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use crate::service::teams;
@@ -17,6 +17,7 @@ pub struct Loaders {
     pub users: Arc<DataLoader<UsersLoader, HashMapCache>>,
     pub version_counts: Arc<DataLoader<VersionCountLoader, HashMapCache>>,
     pub share_links: Arc<DataLoader<ShareLinksLoader, HashMapCache>>,
+    pub attempts: Arc<DataLoader<AttemptsLoader, HashMapCache>>,
 }
 
 impl Loaders {
@@ -31,6 +32,11 @@ impl Loaders {
             )),
             share_links: Arc::new(DataLoader::with_cache(
                 ShareLinksLoader(db.clone()),
+                tokio::spawn,
+                HashMapCache::default(),
+            )),
+            attempts: Arc::new(DataLoader::with_cache(
+                AttemptsLoader(db.clone()),
                 tokio::spawn,
                 HashMapCache::default(),
             )),
@@ -115,5 +121,29 @@ impl Loader<String> for ShareLinksLoader {
             by_team.entry(row.team_id.clone()).or_default().push(row);
         }
         Ok(by_team)
+    }
+}
+
+/// Run id → its attempts, in order.
+pub struct AttemptsLoader(DatabaseConnection);
+
+impl Loader<String> for AttemptsLoader {
+    type Value = Vec<run_attempts::Model>;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        use sea_orm::QueryOrder;
+        let rows = run_attempts::Entity::find()
+            .filter(run_attempts::Column::RunId.is_in(keys.iter().cloned()))
+            .order_by_asc(run_attempts::Column::RunId)
+            .order_by_asc(run_attempts::Column::Seq)
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut by_run: HashMap<String, Self::Value> = HashMap::new();
+        for row in rows {
+            by_run.entry(row.run_id.clone()).or_default().push(row);
+        }
+        Ok(by_run)
     }
 }

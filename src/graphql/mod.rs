@@ -1,12 +1,15 @@
 //! The GraphQL schema: one module per area merged at the root, the request limits, and the
 //! HTTP and websocket transports that serve it.
 
+pub mod admin;
 pub mod api_keys;
+pub mod conversations;
 pub mod denials;
 pub mod exports;
 pub mod limits;
 pub mod loaders;
 pub mod metering;
+pub mod runs;
 pub mod share_links;
 pub mod system;
 pub mod teams;
@@ -28,6 +31,9 @@ pub struct QueryRoot(
     api_keys::ApiKeysQuery,
     share_links::ShareLinksQuery,
     exports::ExportsQuery,
+    runs::RunsQuery,
+    conversations::ConversationsQuery,
+    admin::AdminQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -38,11 +44,14 @@ pub struct MutationRoot(
     api_keys::ApiKeysMutation,
     share_links::ShareLinksMutation,
     exports::ExportsMutation,
+    runs::RunsMutation,
+    conversations::ConversationsMutation,
+    admin::AdminMutation,
 );
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(system::SystemSubscription);
+pub struct SubscriptionRoot(system::SystemSubscription, runs::RunsSubscription);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 

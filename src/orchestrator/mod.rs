@@ -1,6 +1,11 @@
-//! Running teams: the TeamSpec, and (later) routing, retries, fallbacks and providers.
+//! Running teams: the TeamSpec, routing, retries and fallbacks, and the model providers.
 
+pub mod executor;
+pub mod prompts;
+pub mod providers;
+pub mod routing;
 pub mod spec;
+pub mod tokens;
 
 /// Whether `provider/…` models can be reached: the offline `local`, OpenAI, or a provider
 /// configured with `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`.

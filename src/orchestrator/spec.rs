@@ -30,7 +30,7 @@ const ERROR_CLASSES: [&str; 8] = [
 pub struct TeamSpec {
     pub agents: Vec<Agent>,
     pub routing: Routing,
-    pub fallbacks: BTreeMap<String, Vec<String>>,
+    pub fallbacks: BTreeMap<String, Vec<Fallback>>,
     pub retry: RetryPolicy,
     pub limits: Limits,
 }
@@ -69,6 +69,14 @@ pub enum Condition {
     All(Vec<Condition>),
     Any(Vec<Condition>),
     Not(Box<Condition>),
+}
+
+/// One step of an agent's fallback chain: `"bigger"`, or `{"agent": "bigger", "on":
+/// ["context_length"]}` to take it only after those error classes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fallback {
+    pub agent: String,
+    pub on: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,7 +122,7 @@ impl Checker<'_> {
     fn string(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<String> {
         match obj.get(key) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-            None | Some(Value::Null) if !required => None,
+            None | Some(Value::Null) | Some(Value::String(_)) if !required => None,
             Some(Value::String(_)) | None | Some(Value::Null) => {
                 self.problem(format!("{path}.{key}"), "is required");
                 None
@@ -357,7 +365,7 @@ fn condition(c: &mut Checker, value: &Value, path: &str, depth: usize) -> Option
     }
 }
 
-fn fallbacks(c: &mut Checker, value: Option<&Value>, names: &HashSet<&str>) -> BTreeMap<String, Vec<String>> {
+fn fallbacks(c: &mut Checker, value: Option<&Value>, names: &HashSet<&str>) -> BTreeMap<String, Vec<Fallback>> {
     let mut chains = BTreeMap::new();
     let Some(value) = value.filter(|v| !v.is_null()) else { return chains };
     let Some(obj) = value.as_object() else {
@@ -373,15 +381,8 @@ fn fallbacks(c: &mut Checker, value: Option<&Value>, names: &HashSet<&str>) -> B
             c.problem(path, "must be a list of agent names");
             continue;
         };
-        let mut chain = Vec::new();
-        for (i, name) in list.iter().enumerate() {
-            match name.as_str() {
-                Some(name) if names.contains(name) => chain.push(name.to_string()),
-                Some(name) => c.problem(format!("{path}[{i}]"), format!("unknown agent `{name}`")),
-                None => c.problem(format!("{path}[{i}]"), "must be an agent name"),
-            }
-        }
-        chains.insert(from.clone(), chain);
+        let chain = list.iter().enumerate().filter_map(|(i, item)| fallback(c, item, &format!("{path}[{i}]"), names));
+        chains.insert(from.clone(), chain.collect());
     }
     if let Some(cycle) = find_cycle(&chains) {
         c.problem("spec.fallbacks", format!("fallbacks form a cycle: {}", cycle.join(" → ")));
@@ -389,11 +390,52 @@ fn fallbacks(c: &mut Checker, value: Option<&Value>, names: &HashSet<&str>) -> B
     chains
 }
 
+fn fallback(c: &mut Checker, item: &Value, path: &str, names: &HashSet<&str>) -> Option<Fallback> {
+    let (agent, on) = match item {
+        Value::String(name) => (Some(name.as_str()), None),
+        Value::Object(obj) => {
+            let on = match obj.get("on") {
+                None | Some(Value::Null) => None,
+                Some(list) => Some(error_classes(c, list, &format!("{path}.on"))?),
+            };
+            (obj.get("agent").and_then(Value::as_str), on)
+        }
+        _ => (None, None),
+    };
+    match agent {
+        Some(name) if names.contains(name) => Some(Fallback { agent: name.to_string(), on }),
+        Some(name) => {
+            c.problem(path, format!("unknown agent `{name}`"));
+            None
+        }
+        None => {
+            c.problem(path, "must be an agent name or {\"agent\": …, \"on\": [error classes]}");
+            None
+        }
+    }
+}
+
+/// A list of error class names, each checked.
+fn error_classes(c: &mut Checker, list: &Value, path: &str) -> Option<Vec<String>> {
+    let Some(items) = list.as_array() else {
+        c.problem(path, "must be a list of error classes");
+        return None;
+    };
+    let mut classes = Vec::new();
+    for item in items {
+        match item.as_str() {
+            Some(class) if ERROR_CLASSES.contains(&class) => classes.push(class.to_string()),
+            _ => c.problem(path, format!("{item} is not one of {}", ERROR_CLASSES.join(", "))),
+        }
+    }
+    (classes.len() == items.len()).then_some(classes)
+}
+
 /// A cycle in the fallback graph, as the path that closes it.
-fn find_cycle(chains: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+fn find_cycle(chains: &BTreeMap<String, Vec<Fallback>>) -> Option<Vec<String>> {
     fn visit<'a>(
         node: &'a str,
-        chains: &'a BTreeMap<String, Vec<String>>,
+        chains: &'a BTreeMap<String, Vec<Fallback>>,
         state: &mut HashMap<&'a str, bool>,
         path: &mut Vec<&'a str>,
     ) -> Option<Vec<String>> {
@@ -410,7 +452,7 @@ fn find_cycle(chains: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
         state.insert(node, true);
         path.push(node);
         for next in chains.get(node).into_iter().flatten() {
-            if let Some(cycle) = visit(next, chains, state, path) {
+            if let Some(cycle) = visit(&next.agent, chains, state, path) {
                 return Some(cycle);
             }
         }
@@ -447,23 +489,10 @@ fn retry(c: &mut Checker, value: Option<&Value>) -> RetryPolicy {
         Some(Value::Bool(b)) => policy.jitter = *b,
         Some(_) => c.problem("spec.retry.jitter", "must be true or false"),
     }
-    if let Some(list) = obj.get("retryOn") {
-        let classes: Option<Vec<String>> =
-            list.as_array().map(|l| l.iter().filter_map(|v| v.as_str().map(String::from)).collect());
-        match classes {
-            Some(classes) if list.as_array().is_some_and(|l| l.len() == classes.len()) => {
-                for class in &classes {
-                    if !ERROR_CLASSES.contains(&class.as_str()) {
-                        c.problem(
-                            "spec.retry.retryOn",
-                            format!("`{class}` is not one of {}", ERROR_CLASSES.join(", ")),
-                        );
-                    }
-                }
-                policy.retry_on = classes;
-            }
-            _ => c.problem("spec.retry.retryOn", "must be a list of error classes"),
-        }
+    if let Some(list) = obj.get("retryOn")
+        && let Some(classes) = error_classes(c, list, "spec.retry.retryOn")
+    {
+        policy.retry_on = classes;
     }
     if policy.max_backoff_ms < policy.initial_backoff_ms {
         c.problem("spec.retry.maxBackoffMs", "must not be below initialBackoffMs");
@@ -521,11 +550,20 @@ impl TeamSpec {
             "format": FORMAT,
             "agents": agents,
             "routing": {"rules": rules, "default": self.routing.default},
-            "fallbacks": self.fallbacks,
+            "fallbacks": self.fallbacks.iter().map(|(from, chain)| (from.clone(), chain.iter().map(Fallback::to_json).collect())).collect::<Map<String, Value>>(),
             "retry": {"maxAttempts": r.max_attempts, "initialBackoffMs": r.initial_backoff_ms, "maxBackoffMs": r.max_backoff_ms,
                       "multiplier": r.multiplier, "jitter": r.jitter, "retryOn": r.retry_on},
             "limits": limits,
         })
+    }
+}
+
+impl Fallback {
+    fn to_json(&self) -> Value {
+        match &self.on {
+            None => json!(self.agent),
+            Some(on) => json!({"agent": self.agent, "on": on}),
+        }
     }
 }
 
@@ -619,6 +657,18 @@ mod tests {
         ] {
             assert!(found.iter().any(|p| p == expected), "{expected} missing from {found:?}");
         }
+    }
+
+    #[test]
+    fn fallbacks_may_name_the_error_classes_they_take() {
+        let mut spec = design_example();
+        spec["fallbacks"] = json!({"billing": [{"agent": "triage", "on": ["context_length"]}]});
+        let parsed = parse(&spec, &known).unwrap();
+        let step = Fallback { agent: "triage".into(), on: Some(vec!["context_length".into()]) };
+        assert_eq!(parsed.fallbacks["billing"], [step]);
+        assert_eq!(parsed.to_json()["fallbacks"], spec["fallbacks"]);
+        spec["fallbacks"] = json!({"billing": [{"agent": "triage", "on": ["sunspots"]}, 7]});
+        assert_eq!(paths(spec), ["spec.fallbacks.billing[0].on", "spec.fallbacks.billing[1]"]);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct NewKey {
     pub scopes: Vec<Scope>,
     pub team_id: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub daily_token_budget: Option<i64>,
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 /// A key just made or rotated, with its secret (shown this once).
@@ -48,6 +50,12 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewKey) -> Re
     }
     if new.expires_at.is_some_and(|at| at <= Utc::now()) {
         problems.push(Problem::new("expiresAt", "must be in the future"));
+    }
+    if new.daily_token_budget.is_some_and(|n| n < 0) {
+        problems.push(Problem::new("dailyTokenBudget", "must not be negative"));
+    }
+    if new.daily_cost_budget_usd.is_some_and(|usd| !(usd >= 0.0 && usd.is_finite())) {
+        problems.push(Problem::new("dailyCostBudgetUsd", "must not be negative"));
     }
     if !problems.is_empty() {
         return Err(AppError::BadUserInput {
@@ -77,10 +85,13 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewKey) -> Re
         last_used_at: Set(None),
         revoked_at: Set(None),
         created_at: Set(Utc::now()),
+        daily_token_budget: Set(new.daily_token_budget),
+        daily_cost_budget_usd: Set(new.daily_cost_budget_usd),
     }
     .insert(&txn)
     .await?;
-    let changes = json!({"name": key.name, "prefix": key.prefix, "scopes": scopes, "teamId": key.team_id, "expiresAt": key.expires_at});
+    let changes = json!({"name": key.name, "prefix": key.prefix, "scopes": scopes, "teamId": key.team_id, "expiresAt": key.expires_at,
+                         "dailyTokenBudget": key.daily_token_budget, "dailyCostBudgetUsd": key.daily_cost_budget_usd});
     let mut entry = Entry::new(actions::API_KEY_CREATE, "api_key", key.id.clone()).changes(changes);
     entry.team_id = key.team_id.clone();
     audit::allowed(&txn, caller, entry).await?;

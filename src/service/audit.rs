@@ -33,6 +33,7 @@ pub mod actions {
     pub const API_KEY_CREATE: &str = "api_key.create";
     pub const API_KEY_REVOKE: &str = "api_key.revoke";
     pub const API_KEY_ROTATE: &str = "api_key.rotate";
+    pub const MODEL_PRICE_UPSERT: &str = "model_price.upsert";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -54,6 +55,7 @@ pub mod actions {
             "createApiKey" => (API_KEY_CREATE, "api_key"),
             "revokeApiKey" => (API_KEY_REVOKE, "api_key"),
             "rotateApiKey" => (API_KEY_ROTATE, "api_key"),
+            "upsertModelPrice" => (MODEL_PRICE_UPSERT, "model_price"),
             _ => return None,
         })
     }

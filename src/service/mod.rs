@@ -2,8 +2,11 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod conversations;
 pub mod exports;
 pub mod page;
+pub mod prices;
+pub mod runs;
 pub mod share_links;
 pub mod spec_diff;
 pub mod system;

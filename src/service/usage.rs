@@ -1,6 +1,7 @@
 //! Usage: every request counts against its principal in `usage_daily`. Counts gather in
 //! memory and are added to the table in one upsert per key every few seconds (and at
-//! shutdown), so a request costs no write of its own.
+//! shutdown), so a request costs no write of its own. Runs add their tokens, cost and count
+//! in the transaction that finishes them, so budgets see them at once.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -12,6 +13,15 @@ use sea_orm::{
 };
 
 use crate::{auth::Principal, error::AppError};
+
+/// The primary key of `usage_daily`, which every upsert conflicts on.
+const KEY_COLUMNS: [usage_daily::Column; 5] = [
+    usage_daily::Column::Day,
+    usage_daily::Column::UserId,
+    usage_daily::Column::TeamId,
+    usage_daily::Column::ApiKeyId,
+    usage_daily::Column::Model,
+];
 
 /// Pending keys past this many flush early, so memory stays bounded.
 const MAX_PENDING: usize = 10_000;
@@ -70,17 +80,116 @@ impl UsageMeter {
                 tokens_out: Set(0),
                 cost_usd: Set(0.0),
             };
-            let add = OnConflict::columns([
-                usage_daily::Column::Day,
-                usage_daily::Column::UserId,
-                usage_daily::Column::TeamId,
-                usage_daily::Column::ApiKeyId,
-                usage_daily::Column::Model,
-            ])
-            .value(usage_daily::Column::Requests, Expr::cust("usage_daily.requests + excluded.requests"))
-            .to_owned();
+            let add = OnConflict::columns(KEY_COLUMNS)
+                .value(usage_daily::Column::Requests, Expr::cust("usage_daily.requests + excluded.requests"))
+                .to_owned();
             usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(&self.db).await?;
         }
         Ok(())
     }
+}
+
+/// Adds a finished run to the day's usage: tokens and cost on the row of each model it
+/// called, and the run itself on the row of the model that answered or tried last.
+pub async fn record_run<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    run: &entity::runs::Model,
+    outcome: &crate::orchestrator::executor::Outcome,
+) -> Result<(), AppError> {
+    let mut by_model: HashMap<&str, (i64, i64, i64, f64)> = HashMap::new();
+    by_model.entry(outcome.model.as_str()).or_default().0 = 1;
+    for attempt in &outcome.attempts {
+        let row = by_model.entry(attempt.model.as_str()).or_default();
+        row.1 += i64::from(attempt.tokens_in);
+        row.2 += i64::from(attempt.tokens_out);
+        row.3 += attempt.cost_usd;
+    }
+    let day = Utc::now().format("%Y-%m-%d").to_string();
+    for (model, (runs, tokens_in, tokens_out, cost)) in by_model {
+        let row = usage_daily::ActiveModel {
+            day: Set(day.clone()),
+            user_id: Set(run.user_id.clone().unwrap_or_default()),
+            team_id: Set(run.team_id.clone()),
+            api_key_id: Set(run.api_key_id.clone().unwrap_or_default()),
+            model: Set(model.to_string()),
+            requests: Set(0),
+            runs: Set(runs),
+            tokens_in: Set(tokens_in),
+            tokens_out: Set(tokens_out),
+            cost_usd: Set(cost),
+        };
+        let add = OnConflict::columns(KEY_COLUMNS)
+            .value(usage_daily::Column::Runs, Expr::cust("usage_daily.runs + excluded.runs"))
+            .value(usage_daily::Column::TokensIn, Expr::cust("usage_daily.tokens_in + excluded.tokens_in"))
+            .value(usage_daily::Column::TokensOut, Expr::cust("usage_daily.tokens_out + excluded.tokens_out"))
+            .value(usage_daily::Column::CostUsd, Expr::cust("usage_daily.cost_usd + excluded.cost_usd"))
+            .to_owned();
+        usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(conn).await?;
+    }
+    Ok(())
+}
+
+/// Refuses a run when its user or API key has used up a daily budget (tokens or US dollars),
+/// before any model is called.
+pub async fn check_budgets(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    config: &crate::config::RunConfig,
+) -> Result<(), AppError> {
+    let (user_id, key) = match principal {
+        Principal::User(user) => (&user.id, None),
+        Principal::ApiKey(key) => (&key.owner.id, Some(key)),
+        Principal::Anonymous | Principal::System(_) => return Ok(()),
+    };
+    let day = Utc::now().format("%Y-%m-%d").to_string();
+    if config.daily_token_budget.is_some() || config.daily_cost_budget_usd.is_some() {
+        let spent = spent(db, &day, usage_daily::Column::UserId, user_id).await?;
+        over_budget("Your", spent, config.daily_token_budget, config.daily_cost_budget_usd)?;
+    }
+    if let Some(key) = key
+        && (key.daily_token_budget.is_some() || key.daily_cost_budget_usd.is_some())
+    {
+        let spent = spent(db, &day, usage_daily::Column::ApiKeyId, &key.key_id).await?;
+        over_budget("This API key's", spent, key.daily_token_budget, key.daily_cost_budget_usd)?;
+    }
+    Ok(())
+}
+
+/// Tokens and US dollars spent today where `column` is `id`.
+async fn spent(
+    db: &DatabaseConnection,
+    day: &str,
+    column: usage_daily::Column,
+    id: &str,
+) -> Result<(i64, f64), AppError> {
+    use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
+    let total: Option<(i64, f64)> = usage_daily::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("CAST(COALESCE(SUM(tokens_in + tokens_out), 0) AS BIGINT)"), "tokens")
+        .column_as(Expr::cust("COALESCE(SUM(cost_usd), 0.0)"), "cost")
+        .filter(usage_daily::Column::Day.eq(day))
+        .filter(column.eq(id))
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(total.unwrap_or((0, 0.0)))
+}
+
+fn over_budget(
+    whose: &str,
+    (tokens, cost): (i64, f64),
+    max_tokens: Option<i64>,
+    max_cost: Option<f64>,
+) -> Result<(), AppError> {
+    if let Some(max) = max_tokens.filter(|max| tokens >= *max) {
+        return Err(AppError::QuotaExceeded(format!(
+            "{whose} daily token budget of {max} is used up ({tokens} used today); it resets at 00:00 UTC."
+        )));
+    }
+    if let Some(max) = max_cost.filter(|max| cost >= *max) {
+        return Err(AppError::QuotaExceeded(format!(
+            "{whose} daily budget of ${max:.2} is used up (${cost:.4} spent today); it resets at 00:00 UTC."
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,239 @@
+//! Conversations are trees of messages: answering from any earlier message starts a branch,
+//! and a run sees the path from the root to the message it answers. Forking copies one path
+//! into a new conversation.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{SubsecRound, Utc};
+use entity::{conversations, messages};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+};
+
+use super::audit::Caller;
+use crate::{
+    auth::guard::{self, TeamRole},
+    db,
+    error::{AppError, Problem},
+    orchestrator::providers::{ChatMessage, Role},
+};
+
+/// Where a run's message goes in a conversation, and what the model sees before it.
+pub struct Thread {
+    pub conversation_id: String,
+    /// The message the new one answers (none: the conversation's first message).
+    pub parent_id: Option<String>,
+    /// The path root → parent.
+    pub history: Vec<ChatMessage>,
+}
+
+fn bad(path: &str, message: &str) -> AppError {
+    AppError::BadUserInput { message: message.to_string(), problems: vec![Problem::new(path, message)] }
+}
+
+fn check_title(title: &str) -> Result<String, AppError> {
+    let title = title.trim();
+    if title.is_empty() || title.chars().count() > 200 {
+        return Err(bad("title", "must be 1 to 200 characters"));
+    }
+    Ok(title.to_string())
+}
+
+/// The thread a run in `team_id` continues: the conversation (given, or the parent message's),
+/// and the parent (given, or the conversation's newest message).
+pub async fn thread_for_run(
+    db: &DatabaseConnection,
+    team_id: &str,
+    conversation_id: Option<&str>,
+    parent_id: Option<&str>,
+) -> Result<Option<Thread>, AppError> {
+    let conversation_id = match (conversation_id, parent_id) {
+        (None, None) => return Ok(None),
+        (Some(id), _) => id.to_string(),
+        (None, Some(parent)) => {
+            messages::Entity::find_by_id(parent)
+                .one(db)
+                .await?
+                .ok_or_else(|| bad("input.parentMessageId", "No such message."))?
+                .conversation_id
+        }
+    };
+    let conversation = conversations::Entity::find_by_id(&conversation_id)
+        .one(db)
+        .await?
+        .filter(|c| c.team_id == team_id)
+        .ok_or_else(|| bad("input.conversationId", "No such conversation in this team."))?;
+    let all = messages_of(db, &conversation.id).await?;
+    let parent = match parent_id {
+        Some(id) => Some(
+            all.iter()
+                .find(|m| m.id == id)
+                .ok_or_else(|| bad("input.parentMessageId", "The message is not part of this conversation."))?,
+        ),
+        None => all.last(),
+    };
+    let history = match parent {
+        Some(parent) => path(&all, &parent.id)
+            .into_iter()
+            .map(|m| ChatMessage { role: role(&m.role), content: m.content.clone() })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Some(Thread { conversation_id: conversation.id, parent_id: parent.map(|p| p.id.clone()), history }))
+}
+
+fn role(value: &str) -> Role {
+    match value {
+        "assistant" => Role::Assistant,
+        "system" => Role::System,
+        _ => Role::User,
+    }
+}
+
+/// A message a run adds to a conversation.
+pub struct NewMessage<'a> {
+    pub conversation_id: &'a str,
+    pub parent_id: Option<String>,
+    pub role: Role,
+    pub agent: Option<String>,
+    pub content: &'a str,
+    pub run_id: &'a str,
+    /// Tokens in and out and US dollars, for an answer.
+    pub usage: (i64, i64, f64),
+}
+
+pub async fn add_message<C: ConnectionTrait>(conn: &C, new: NewMessage<'_>) -> Result<messages::Model, AppError> {
+    let (tokens_in, tokens_out, cost_usd) = new.usage;
+    let row = messages::ActiveModel {
+        id: Set(format!("msg_{}", uuid::Uuid::now_v7().simple())),
+        conversation_id: Set(new.conversation_id.to_string()),
+        parent_id: Set(new.parent_id),
+        role: Set(new.role.as_str().into()),
+        agent: Set(new.agent),
+        content: Set(new.content.to_string()),
+        run_id: Set(Some(new.run_id.to_string())),
+        tokens_in: Set(tokens_in),
+        tokens_out: Set(tokens_out),
+        cost_usd: Set(cost_usd),
+        created_at: Set(Utc::now().trunc_subsecs(6)),
+    };
+    Ok(row.insert(conn).await?)
+}
+
+/// Starts an empty conversation with a team (operators and up).
+pub async fn start(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    title: &str,
+) -> Result<conversations::Model, AppError> {
+    let title = check_title(title)?;
+    guard::team(db, caller, team_id, TeamRole::Operator).await?;
+    let user_id = caller.principal.user_id().unwrap_or_default().to_string();
+    let row = conversations::ActiveModel {
+        id: Set(format!("conv_{}", uuid::Uuid::now_v7().simple())),
+        team_id: Set(team_id.to_string()),
+        user_id: Set(user_id),
+        title: Set(title),
+        forked_from_message_id: Set(None),
+        created_at: Set(Utc::now().trunc_subsecs(6)),
+    };
+    Ok(row.insert(db).await?)
+}
+
+/// A conversation the caller may see (any role on its team), with `need` checked.
+pub async fn get(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    id: &str,
+    need: TeamRole,
+) -> Result<conversations::Model, AppError> {
+    let not_found = || AppError::NotFound("No such conversation.".into());
+    let conversation = conversations::Entity::find_by_id(id).one(db).await?.ok_or_else(not_found)?;
+    guard::team(db, caller, &conversation.team_id, need).await.map_err(|e| match e {
+        AppError::NotFound(_) => not_found(),
+        other => other,
+    })?;
+    Ok(conversation)
+}
+
+/// Every message of a conversation, oldest first.
+pub async fn messages_of(db: &DatabaseConnection, conversation_id: &str) -> Result<Vec<messages::Model>, AppError> {
+    Ok(messages::Entity::find()
+        .filter(messages::Column::ConversationId.eq(conversation_id))
+        .order_by_asc(messages::Column::Id)
+        .all(db)
+        .await?)
+}
+
+/// The path root → `leaf_id` (empty when it is not among `all`).
+pub fn path<'a>(all: &'a [messages::Model], leaf_id: &str) -> Vec<&'a messages::Model> {
+    let by_id: HashMap<&str, &messages::Model> = all.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut path = Vec::new();
+    let mut at = by_id.get(leaf_id).copied();
+    while let Some(message) = at {
+        if path.len() > all.len() {
+            break;
+        }
+        path.push(message);
+        at = message.parent_id.as_deref().and_then(|p| by_id.get(p).copied());
+    }
+    path.reverse();
+    path
+}
+
+/// The messages nothing answers yet: one per branch, oldest branch first.
+pub fn leaves(all: &[messages::Model]) -> Vec<&messages::Model> {
+    let parents: HashSet<&str> = all.iter().filter_map(|m| m.parent_id.as_deref()).collect();
+    all.iter().filter(|m| !parents.contains(m.id.as_str())).collect()
+}
+
+/// Copies the path root → `message_id` into a new conversation of the same team.
+pub async fn fork(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    message_id: &str,
+    title: &str,
+) -> Result<conversations::Model, AppError> {
+    let title = check_title(title)?;
+    let not_found = || AppError::NotFound("No such message.".into());
+    let message = messages::Entity::find_by_id(message_id).one(db).await?.ok_or_else(not_found)?;
+    let source = get(db, caller, &message.conversation_id, TeamRole::Operator).await.map_err(|e| match e {
+        AppError::NotFound(_) => not_found(),
+        other => other,
+    })?;
+    let all = messages_of(db, &source.id).await?;
+    let now = Utc::now().trunc_subsecs(6);
+    let txn = db::begin_write(db).await?;
+    let conversation = conversations::ActiveModel {
+        id: Set(format!("conv_{}", uuid::Uuid::now_v7().simple())),
+        team_id: Set(source.team_id.clone()),
+        user_id: Set(caller.principal.user_id().unwrap_or_default().to_string()),
+        title: Set(title),
+        forked_from_message_id: Set(Some(message_id.to_string())),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    let mut parent: Option<String> = None;
+    for original in path(&all, message_id) {
+        let copy = messages::ActiveModel {
+            id: Set(format!("msg_{}", uuid::Uuid::now_v7().simple())),
+            conversation_id: Set(conversation.id.clone()),
+            parent_id: Set(parent.clone()),
+            role: Set(original.role.clone()),
+            agent: Set(original.agent.clone()),
+            content: Set(original.content.clone()),
+            run_id: Set(original.run_id.clone()),
+            tokens_in: Set(original.tokens_in),
+            tokens_out: Set(original.tokens_out),
+            cost_usd: Set(original.cost_usd),
+            created_at: Set(original.created_at),
+        }
+        .insert(&txn)
+        .await?;
+        parent = Some(copy.id);
+    }
+    txn.commit().await?;
+    Ok(conversation)
+}

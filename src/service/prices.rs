@@ -1,0 +1,140 @@
+//! Model prices: seeded with public list prices, changed by admins. A model without a row of
+//! its own takes its provider's `provider/*` row; a model with neither is free (and says so).
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{SubsecRound, Utc};
+use entity::model_prices;
+use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, Set, sea_query::OnConflict};
+use serde_json::json;
+
+use super::audit::{self, Caller, Entry, actions};
+use crate::{
+    auth::guard::admin,
+    db,
+    error::{AppError, Problem},
+    orchestrator::executor::Price,
+};
+
+/// How long a price is served from memory; `upsertModelPrice` clears it at once.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Prices by model, read through a cache.
+pub struct PriceBook {
+    db: DatabaseConnection,
+    cache: moka::future::Cache<String, Option<Price>>,
+}
+
+impl PriceBook {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db, cache: moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build() }
+    }
+
+    /// The price of each of `models` that has one.
+    pub async fn for_models<'a>(
+        &self,
+        models: impl Iterator<Item = &'a str>,
+    ) -> Result<HashMap<String, Price>, AppError> {
+        let mut prices = HashMap::new();
+        for model in models {
+            if let Some(price) = self.get(model).await? {
+                prices.insert(model.to_string(), price);
+            }
+        }
+        Ok(prices)
+    }
+
+    async fn get(&self, model: &str) -> Result<Option<Price>, AppError> {
+        let db = self.db.clone();
+        let key = model.to_string();
+        self.cache
+            .try_get_with(key.clone(), async move {
+                let wildcard = key.split_once('/').map(|(provider, _)| format!("{provider}/*"));
+                let mut row = model_prices::Entity::find_by_id(&key).one(&db).await?;
+                if row.is_none()
+                    && let Some(wildcard) = wildcard
+                {
+                    row = model_prices::Entity::find_by_id(wildcard).one(&db).await?;
+                }
+                Ok::<_, sea_orm::DbErr>(row.map(|r| Price {
+                    input_usd_per_mtok: r.input_usd_per_mtok,
+                    output_usd_per_mtok: r.output_usd_per_mtok,
+                }))
+            })
+            .await
+            .map_err(|e| AppError::internal(e.as_ref()))
+    }
+
+    /// Every price, by model name.
+    pub async fn list(&self) -> Result<Vec<model_prices::Model>, AppError> {
+        Ok(model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(&self.db).await?)
+    }
+
+    /// Sets a model's price (admins only; audited).
+    pub async fn upsert(&self, caller: &Caller, price: NewPrice) -> Result<model_prices::Model, AppError> {
+        admin(caller)?;
+        check(&price)?;
+        let row = model_prices::ActiveModel {
+            model: Set(price.model.clone()),
+            input_usd_per_mtok: Set(price.input_usd_per_mtok),
+            output_usd_per_mtok: Set(price.output_usd_per_mtok),
+            context_window: Set(price.context_window),
+            updated_at: Set(Utc::now().trunc_subsecs(6)),
+        };
+        let txn = db::begin_write(&self.db).await?;
+        let before = model_prices::Entity::find_by_id(&price.model).one(&txn).await?;
+        let replace = OnConflict::column(model_prices::Column::Model)
+            .update_columns([
+                model_prices::Column::InputUsdPerMtok,
+                model_prices::Column::OutputUsdPerMtok,
+                model_prices::Column::ContextWindow,
+                model_prices::Column::UpdatedAt,
+            ])
+            .to_owned();
+        model_prices::Entity::insert(row).on_conflict(replace).exec_without_returning(&txn).await?;
+        let changes = json!({
+            "model": price.model,
+            "inputUsdPerMtok": {"from": before.as_ref().map(|b| b.input_usd_per_mtok), "to": price.input_usd_per_mtok},
+            "outputUsdPerMtok": {"from": before.as_ref().map(|b| b.output_usd_per_mtok), "to": price.output_usd_per_mtok},
+            "contextWindow": {"from": before.as_ref().and_then(|b| b.context_window), "to": price.context_window},
+        });
+        audit::allowed(
+            &txn,
+            caller,
+            Entry::new(actions::MODEL_PRICE_UPSERT, "model_price", price.model.clone()).changes(changes),
+        )
+        .await?;
+        let saved = model_prices::Entity::find_by_id(&price.model).one(&txn).await?;
+        txn.commit().await?;
+        self.cache.invalidate_all();
+        saved.ok_or_else(|| AppError::internal("the price just written is missing"))
+    }
+}
+
+pub struct NewPrice {
+    pub model: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    pub context_window: Option<i64>,
+}
+
+fn check(price: &NewPrice) -> Result<(), AppError> {
+    let mut problems = Vec::new();
+    match price.model.split_once('/') {
+        Some((provider, name)) if !provider.is_empty() && !name.is_empty() && price.model.len() <= 200 => {}
+        _ => problems.push(Problem::new("model", "must be `provider/model` or `provider/*`")),
+    }
+    for (path, usd) in [("inputUsdPerMtok", price.input_usd_per_mtok), ("outputUsdPerMtok", price.output_usd_per_mtok)]
+    {
+        if !(usd.is_finite() && (0.0..=100_000.0).contains(&usd)) {
+            problems.push(Problem::new(path, "must be between 0 and 100000 US dollars"));
+        }
+    }
+    if price.context_window.is_some_and(|w| w < 1) {
+        problems.push(Problem::new("contextWindow", "must be at least 1 token"));
+    }
+    match problems.len() {
+        0 => Ok(()),
+        n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the price"), problems }),
+    }
+}

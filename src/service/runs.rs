@@ -1,0 +1,656 @@
+//! Runs: checked and stored before they start, executed in a task of their own (so a client
+//! that goes away does not stop them), finished in one transaction that writes the run, every
+//! attempt, the answer in its conversation, the day's usage and the error group. The same
+//! `Runner` cancels runs and recovers the ones a crash left behind.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use entity::{error_groups, run_attempts, runs, team_versions};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+    sea_query::{Expr, OnConflict},
+};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{
+    audit::Caller,
+    conversations::{self, NewMessage},
+    page::{Page, PageRequest},
+    prices::PriceBook,
+    usage,
+};
+use crate::{
+    auth::{
+        Principal,
+        guard::{self, TeamRole},
+    },
+    config::RunConfig,
+    db,
+    error::{AppError, Problem},
+    events::{EventBus, RunEvent, RunEventKind},
+    orchestrator::{
+        self,
+        executor::{self, Outcome, RunContext, Status},
+        prompts,
+        providers::{ChatMessage, Providers, Role},
+        routing,
+        spec::{self, TeamSpec},
+    },
+};
+
+/// A run's life: `queued` → `running` → `succeeded` | `failed` | `cancelled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Failed,
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunInput {
+    pub content: String,
+    pub variables: Option<Value>,
+    /// A version to pin; the current one when absent.
+    pub version: Option<i32>,
+    pub conversation_id: Option<String>,
+    /// Answer from this message (a new branch when it already has answers).
+    pub parent_message_id: Option<String>,
+}
+
+/// A run in progress on this instance: how to cancel it and how to learn it ended.
+struct Active {
+    cancel: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+pub struct Runner {
+    db: DatabaseConnection,
+    config: RunConfig,
+    providers: Providers,
+    pub prices: PriceBook,
+    pub events: Arc<EventBus>,
+    /// Parsed specs by (team, version): versions never change, so entries never go stale.
+    specs: moka::future::Cache<(String, i32), Arc<TeamSpec>>,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+impl Runner {
+    pub fn new(db: DatabaseConnection, config: RunConfig, events: Arc<EventBus>) -> Self {
+        let providers = Providers::from_env(Duration::from_secs(config.provider_timeout_secs));
+        Self {
+            prices: PriceBook::new(db.clone()),
+            specs: moka::future::Cache::builder().max_capacity(10_000).build(),
+            active: Mutex::new(HashMap::new()),
+            db,
+            config,
+            providers,
+            events,
+        }
+    }
+
+    /// Checks and stores a run, starts it, and (with `wait`) waits for it up to the configured
+    /// limit. Answers the run as it then is.
+    pub async fn start(
+        self: &Arc<Self>,
+        caller: &Caller,
+        team_id: &str,
+        input: RunInput,
+        wait: bool,
+    ) -> Result<runs::Model, AppError> {
+        let variables = self.check(&input)?;
+        let access = guard::team(&self.db, caller, team_id, TeamRole::Operator).await?;
+        let (version, spec) = self.spec(&access.team, input.version).await?;
+        let thread = conversations::thread_for_run(
+            &self.db,
+            team_id,
+            input.conversation_id.as_deref(),
+            input.parent_message_id.as_deref(),
+        )
+        .await?;
+        usage::check_budgets(&self.db, &caller.principal, &self.config).await?;
+        let spec = prompts::render(&spec, &variables).map_err(|problems| AppError::BadUserInput {
+            message: format!("{} problem(s) with the run's variables", problems.len()),
+            problems,
+        })?;
+        let route = routing::route(&spec, &input.content, &variables);
+        let now = Utc::now().trunc_subsecs(6);
+        let (user_id, api_key_id) = principal_ids(&caller.principal);
+        let run = runs::Model {
+            id: format!("run_{}", uuid::Uuid::now_v7().simple()),
+            team_id: team_id.to_string(),
+            team_version: version,
+            conversation_id: thread.as_ref().map(|t| t.conversation_id.clone()),
+            user_id,
+            api_key_id,
+            status: RunStatus::Running.as_str().into(),
+            input: input.content.clone(),
+            variables: input.variables.clone(),
+            message_id: None,
+            routed_agent: Some(route.agent.clone()),
+            rule: route.rule.clone(),
+            rule_reason: Some(route.reason.clone()),
+            agent: Some(route.agent.clone()),
+            model: None,
+            output: None,
+            response_message_id: None,
+            attempts: 0,
+            retries: 0,
+            fallbacks: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            latency_ms: None,
+            error_code: None,
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+        };
+        let history = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
+        let txn = db::begin_write(&self.db).await?;
+        let mut run = run;
+        if let Some(thread) = &thread {
+            let message = conversations::add_message(
+                &txn,
+                NewMessage {
+                    conversation_id: &thread.conversation_id,
+                    parent_id: thread.parent_id.clone(),
+                    role: Role::User,
+                    agent: None,
+                    content: &input.content,
+                    run_id: &run.id,
+                    usage: (0, 0, 0.0),
+                },
+            )
+            .await?;
+            run.message_id = Some(message.id);
+        }
+        let run = runs::ActiveModel::from(run).reset_all().insert(&txn).await?;
+        txn.commit().await?;
+
+        self.events.publish(RunEvent::new(&run.id, team_id, RunEventKind::Queued));
+        let mut routed = RunEvent::new(&run.id, team_id, RunEventKind::Routed);
+        routed.agent = Some(route.agent.clone());
+        routed.rule = route.rule.clone();
+        routed.reason = Some(route.reason.clone());
+        self.events.publish(routed);
+
+        let mut done = self.launch(run.clone(), spec, route.agent, history, input.content);
+        if wait {
+            let limit = Duration::from_secs(self.config.run_wait_secs);
+            let _ = tokio::time::timeout(limit, done.wait_for(|finished| *finished)).await;
+            return self.reload(&run.id).await;
+        }
+        Ok(run)
+    }
+
+    fn check(&self, input: &RunInput) -> Result<Map<String, Value>, AppError> {
+        let mut problems = Vec::new();
+        if input.content.trim().is_empty() {
+            problems.push(Problem::new("input.content", "must not be empty"));
+        }
+        if input.content.len() > self.config.max_input_bytes {
+            problems.push(Problem::new(
+                "input.content",
+                format!("is {} bytes; the limit is {}", input.content.len(), self.config.max_input_bytes),
+            ));
+        }
+        let variables = match &input.variables {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map.clone(),
+            Some(_) => {
+                problems.push(Problem::new("input.variables", "must be a JSON object"));
+                Map::new()
+            }
+        };
+        match problems.len() {
+            0 => Ok(variables),
+            n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the run input"), problems }),
+        }
+    }
+
+    /// The version to run and its parsed spec: the pinned one, else the current one.
+    async fn spec(&self, team: &entity::teams::Model, pinned: Option<i32>) -> Result<(i32, Arc<TeamSpec>), AppError> {
+        let version = pinned.unwrap_or(team.version);
+        let key = (team.id.clone(), version);
+        if let Some(spec) = self.specs.get(&key).await {
+            return Ok((version, spec));
+        }
+        let document = if version == team.version {
+            team.spec.clone()
+        } else {
+            team_versions::Entity::find_by_id((team.id.clone(), version))
+                .one(&self.db)
+                .await?
+                .ok_or_else(|| AppError::BadUserInput {
+                    message: format!("The team has no version {version}; its latest is {}.", team.version),
+                    problems: vec![Problem::new("input.version", format!("between 1 and {}", team.version))],
+                })?
+                .spec
+        };
+        let spec = spec::parse(&document, &orchestrator::known_provider).map_err(|problems| {
+            AppError::BadUserInput { message: format!("Version {version} of the team's spec is not valid."), problems }
+        })?;
+        let spec = Arc::new(spec);
+        self.specs.insert(key, spec.clone()).await;
+        Ok((version, spec))
+    }
+
+    /// Starts the run's task; the receiver turns `true` when it has finished.
+    fn launch(
+        self: &Arc<Self>,
+        run: runs::Model,
+        spec: Arc<TeamSpec>,
+        agent: String,
+        mut history: Vec<ChatMessage>,
+        content: String,
+    ) -> watch::Receiver<bool> {
+        let (cancel, cancelled) = watch::channel(false);
+        let (finished, done) = watch::channel(false);
+        if let Ok(mut active) = self.active.lock() {
+            active.insert(run.id.clone(), Active { cancel, done: done.clone() });
+        }
+        let runner = self.clone();
+        history.push(ChatMessage { role: Role::User, content });
+        tokio::spawn(async move {
+            let outcome = runner.execute(&run, spec, &agent, history, cancelled).await;
+            if let Err(error) = runner.finish(&run, &outcome).await {
+                tracing::error!(run = %run.id, %error, "cannot store the end of a run");
+            }
+            if let Ok(mut active) = runner.active.lock() {
+                active.remove(&run.id);
+            }
+            let _ = finished.send(true);
+        });
+        done
+    }
+
+    async fn execute(
+        &self,
+        run: &runs::Model,
+        spec: Arc<TeamSpec>,
+        agent: &str,
+        history: Vec<ChatMessage>,
+        cancel: watch::Receiver<bool>,
+    ) -> Outcome {
+        let prices = match self.prices.for_models(spec.agents.iter().map(|a| a.model.as_str())).await {
+            Ok(prices) => prices,
+            Err(error) => {
+                tracing::error!(%error, "cannot read model prices; the run is priced at zero");
+                HashMap::new()
+            }
+        };
+        let timeout = spec.limits.timeout_ms.unwrap_or(self.config.run_timeout_ms);
+        let events = self.events.clone();
+        let emit = move |event: RunEvent| events.publish(event);
+        let context = RunContext {
+            run_id: &run.id,
+            team_id: &run.team_id,
+            providers: &self.providers,
+            prices: &prices,
+            history,
+            deadline: tokio::time::Instant::now() + Duration::from_millis(timeout),
+            max_cost_usd: spec.limits.max_cost_usd,
+            cancel,
+            emit: &emit,
+        };
+        executor::execute(spec.clone(), agent, context).await
+    }
+
+    /// Writes the end of a run in one transaction, then tells subscribers.
+    async fn finish(&self, run: &runs::Model, outcome: &Outcome) -> Result<(), AppError> {
+        let now = Utc::now().trunc_subsecs(6);
+        let (tokens_in, tokens_out) = outcome.tokens();
+        let cost = outcome.cost_usd();
+        let status = match outcome.status {
+            Status::Succeeded => RunStatus::Succeeded,
+            Status::Failed => RunStatus::Failed,
+            Status::Cancelled => RunStatus::Cancelled,
+        };
+        let latency = (now - run.started_at.unwrap_or(run.created_at)).num_milliseconds().max(0);
+        let txn = db::begin_write(&self.db).await?;
+        let mut response_message_id = None;
+        if let (Some(conversation_id), Some(output)) = (&run.conversation_id, &outcome.output) {
+            let message = conversations::add_message(
+                &txn,
+                NewMessage {
+                    conversation_id,
+                    parent_id: run.message_id.clone(),
+                    role: Role::Assistant,
+                    agent: Some(outcome.agent.clone()),
+                    content: output,
+                    run_id: &run.id,
+                    usage: (tokens_in as i64, tokens_out as i64, cost),
+                },
+            )
+            .await?;
+            response_message_id = Some(message.id);
+        }
+        let update = runs::Entity::update_many()
+            .col_expr(runs::Column::Status, Expr::value(status.as_str()))
+            .col_expr(runs::Column::Agent, Expr::value(outcome.agent.clone()))
+            .col_expr(runs::Column::Model, Expr::value(outcome.model.clone()))
+            .col_expr(runs::Column::Output, Expr::value(outcome.output.clone()))
+            .col_expr(runs::Column::ResponseMessageId, Expr::value(response_message_id))
+            .col_expr(runs::Column::Attempts, Expr::value(outcome.attempts.len() as i32))
+            .col_expr(runs::Column::Retries, Expr::value(outcome.retries as i32))
+            .col_expr(runs::Column::Fallbacks, Expr::value(outcome.fallbacks as i32))
+            .col_expr(runs::Column::TokensIn, Expr::value(tokens_in as i64))
+            .col_expr(runs::Column::TokensOut, Expr::value(tokens_out as i64))
+            .col_expr(runs::Column::CostUsd, Expr::value(cost))
+            .col_expr(runs::Column::LatencyMs, Expr::value(latency))
+            .col_expr(runs::Column::ErrorCode, Expr::value(outcome.error_code.clone()))
+            .col_expr(runs::Column::Error, Expr::value(outcome.error.clone()))
+            .col_expr(runs::Column::FinishedAt, Expr::value(now))
+            .filter(runs::Column::Id.eq(&run.id))
+            .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+            .exec(&txn)
+            .await?;
+        if !outcome.attempts.is_empty() {
+            let rows = outcome.attempts.iter().enumerate().map(|(i, a)| run_attempts::ActiveModel {
+                run_id: Set(run.id.clone()),
+                seq: Set(i as i32 + 1),
+                agent: Set(a.agent.clone()),
+                model: Set(a.model.clone()),
+                attempt: Set(a.attempt as i32),
+                outcome: Set(a.outcome.clone()),
+                latency_ms: Set(a.latency_ms as i64),
+                tokens_in: Set(i64::from(a.tokens_in)),
+                tokens_out: Set(i64::from(a.tokens_out)),
+                cost_usd: Set(a.cost_usd),
+                backoff_ms: Set(a.backoff_ms.map(|ms| ms as i64)),
+                error: Set(a.error.clone()),
+                started_at: Set(a.started_at.trunc_subsecs(6)),
+            });
+            run_attempts::Entity::insert_many(rows).exec_without_returning(&txn).await?;
+        }
+        usage::record_run(&txn, run, outcome).await?;
+        if status == RunStatus::Failed {
+            record_error(&txn, run, outcome, now).await?;
+        }
+        txn.commit().await?;
+        // Cancelled elsewhere while it ran: the row already says so.
+        let stored = if update.rows_affected == 0 { RunStatus::Cancelled } else { status };
+        let kind = match stored {
+            RunStatus::Succeeded => RunEventKind::Completed,
+            RunStatus::Cancelled => RunEventKind::Cancelled,
+            _ => RunEventKind::Failed,
+        };
+        let mut event = RunEvent::new(&run.id, &run.team_id, kind);
+        event.agent = Some(outcome.agent.clone());
+        event.model = Some(outcome.model.clone());
+        event.error_class = outcome.error_code.clone();
+        event.error = outcome.error.clone();
+        self.events.publish(event);
+        Ok(())
+    }
+
+    async fn reload(&self, run_id: &str) -> Result<runs::Model, AppError> {
+        runs::Entity::find_by_id(run_id).one(&self.db).await?.ok_or_else(|| AppError::NotFound("No such run.".into()))
+    }
+
+    /// A run the caller may see (any role on its team).
+    pub async fn get(&self, caller: &Caller, run_id: &str) -> Result<runs::Model, AppError> {
+        let run = self.reload(run_id).await?;
+        guard::team(&self.db, caller, &run.team_id, TeamRole::Viewer)
+            .await
+            .map_err(|_| AppError::NotFound("No such run.".into()))?;
+        Ok(run)
+    }
+
+    /// A team's runs, newest first, optionally of one status and within a time range.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        team_id: &str,
+        filter: RunFilter,
+        page: &PageRequest,
+    ) -> Result<Page<runs::Model>, AppError> {
+        guard::team(&self.db, caller, team_id, TeamRole::Viewer).await?;
+        let mut query = runs::Entity::find().filter(runs::Column::TeamId.eq(team_id));
+        if let Some(status) = filter.status {
+            query = query.filter(runs::Column::Status.eq(status.as_str()));
+        }
+        if let Some(from) = filter.from {
+            query = query.filter(runs::Column::CreatedAt.gte(from));
+        }
+        if let Some(to) = filter.to {
+            query = query.filter(runs::Column::CreatedAt.lt(to));
+        }
+        if let Some(after) = &page.after {
+            query = query.filter(runs::Column::Id.lt(after.as_str()));
+        }
+        let rows = query.order_by_desc(runs::Column::Id).limit(page.first + 1).all(&self.db).await?;
+        Ok(page.page(rows))
+    }
+
+    /// Cancels a queued or running run and answers it once it has stopped.
+    pub async fn cancel(&self, caller: &Caller, run_id: &str) -> Result<runs::Model, AppError> {
+        let run = self.reload(run_id).await?;
+        guard::team(&self.db, caller, &run.team_id, TeamRole::Operator).await.map_err(|e| match e {
+            AppError::Forbidden(m) => AppError::Forbidden(m),
+            _ => AppError::NotFound("No such run.".into()),
+        })?;
+        let status = RunStatus::parse(&run.status);
+        if status.is_finished() {
+            return Err(AppError::Conflict(format!("The run has already finished ({}).", status.as_str())));
+        }
+        let active = self.active.lock().ok().and_then(|active| {
+            active.get(run_id).map(|a| {
+                let _ = a.cancel.send(true);
+                a.done.clone()
+            })
+        });
+        match active {
+            Some(mut done) => {
+                let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
+            }
+            // Not running here (another instance, or lost): mark it so the runner's end is ignored.
+            None => {
+                runs::Entity::update_many()
+                    .col_expr(runs::Column::Status, Expr::value(RunStatus::Cancelled.as_str()))
+                    .col_expr(runs::Column::ErrorCode, Expr::value("cancelled"))
+                    .col_expr(runs::Column::Error, Expr::value("the run was cancelled"))
+                    .col_expr(runs::Column::FinishedAt, Expr::value(Utc::now().trunc_subsecs(6)))
+                    .filter(runs::Column::Id.eq(run_id))
+                    .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
+                    .exec(&self.db)
+                    .await?;
+                let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
+                event.error_class = Some("cancelled".into());
+                self.events.publish(event);
+            }
+        }
+        self.reload(run_id).await
+    }
+
+    /// Runs in progress on this instance.
+    pub fn running(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// A team's error groups, most recently seen first.
+pub async fn error_groups(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    page: &PageRequest,
+) -> Result<Page<error_groups::Model>, AppError> {
+    use sea_orm::Condition;
+    guard::team(db, caller, team_id, TeamRole::Viewer).await?;
+    let mut query = error_groups::Entity::find().filter(error_groups::Column::TeamId.eq(team_id));
+    if let Some(after) = &page.after {
+        let (seen, fingerprint) = after.split_once('|').unwrap_or_default();
+        let seen = DateTime::parse_from_rfc3339(seen).map(|t| t.with_timezone(&Utc)).unwrap_or_default();
+        query = query.filter(
+            Condition::any().add(error_groups::Column::LastSeen.lt(seen)).add(
+                Condition::all()
+                    .add(error_groups::Column::LastSeen.eq(seen))
+                    .add(error_groups::Column::Fingerprint.lt(fingerprint)),
+            ),
+        );
+    }
+    let rows = query
+        .order_by_desc(error_groups::Column::LastSeen)
+        .order_by_desc(error_groups::Column::Fingerprint)
+        .limit(page.first + 1)
+        .all(db)
+        .await?;
+    Ok(page.page(rows))
+}
+
+/// The keyset cursor of an error group: when it was last seen, then its fingerprint.
+pub fn error_group_cursor(group: &error_groups::Model) -> String {
+    format!("{}|{}", group.last_seen.to_rfc3339(), group.fingerprint)
+}
+
+/// The last event of a finished run, for subscribers who arrive after it.
+pub fn terminal_event(run: &runs::Model) -> RunEvent {
+    let kind = match RunStatus::parse(&run.status) {
+        RunStatus::Succeeded => RunEventKind::Completed,
+        RunStatus::Cancelled => RunEventKind::Cancelled,
+        _ => RunEventKind::Failed,
+    };
+    let mut event = RunEvent::new(&run.id, &run.team_id, kind);
+    event.at = run.finished_at.unwrap_or(run.created_at);
+    event.agent = run.agent.clone();
+    event.model = run.model.clone();
+    event.error_class = run.error_code.clone();
+    event.error = run.error.clone();
+    event
+}
+
+fn principal_ids(principal: &Principal) -> (Option<String>, Option<String>) {
+    match principal {
+        Principal::User(user) => (Some(user.id.clone()), None),
+        Principal::ApiKey(key) => (Some(key.owner.id.clone()), Some(key.key_id.clone())),
+        Principal::Anonymous | Principal::System(_) => (None, None),
+    }
+}
+
+/// Runs a crash left `queued` or `running` are `failed` with code `interrupted`.
+pub async fn recover_interrupted(db: &DatabaseConnection) -> Result<u64, AppError> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Failed.as_str()))
+        .col_expr(runs::Column::ErrorCode, Expr::value("interrupted"))
+        .col_expr(runs::Column::Error, Expr::value("the server stopped while the run was in progress"))
+        .col_expr(runs::Column::FinishedAt, Expr::value(Utc::now().trunc_subsecs(6)))
+        .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// Counts a failed run in its error group: team + agent + error code + the message with its
+/// numbers and ids blanked, so "took 1234 ms" and "took 987 ms" group together.
+async fn record_error<C: ConnectionTrait>(
+    conn: &C,
+    run: &runs::Model,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    let code = outcome.error_code.clone().unwrap_or_else(|| "unknown".into());
+    let message = normalise(outcome.error.as_deref().unwrap_or_default());
+    let mut hasher = Sha256::new();
+    for part in [run.team_id.as_str(), outcome.agent.as_str(), code.as_str(), message.as_str()] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    let fingerprint = hex::encode(&hasher.finalize()[..16]);
+    let row = error_groups::ActiveModel {
+        fingerprint: Set(fingerprint),
+        team_id: Set(run.team_id.clone()),
+        agent: Set(outcome.agent.clone()),
+        code: Set(code),
+        message: Set(message),
+        count: Set(1),
+        first_seen: Set(now),
+        last_seen: Set(now),
+        last_run_id: Set(run.id.clone()),
+        resolved_at: Set(None),
+    };
+    let bump = OnConflict::column(error_groups::Column::Fingerprint)
+        .value(error_groups::Column::Count, Expr::cust("error_groups.count + 1"))
+        .update_columns([
+            error_groups::Column::LastSeen,
+            error_groups::Column::LastRunId,
+            error_groups::Column::ResolvedAt,
+        ])
+        .to_owned();
+    error_groups::Entity::insert(row).on_conflict(bump).exec_without_returning(conn).await?;
+    Ok(())
+}
+
+fn normalise(message: &str) -> String {
+    let mut out = String::new();
+    for word in message.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            // A run of digits becomes one `#`.
+            if !c.is_ascii_digit() {
+                out.push(c);
+            } else if !out.ends_with('#') {
+                out.push('#');
+            }
+        }
+    }
+    out.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_group_without_their_numbers() {
+        assert_eq!(normalise("took  1234 ms on   attempt 2"), normalise("took 98 ms on attempt 3"));
+        assert_ne!(normalise("connection refused"), normalise("connection reset"));
+    }
+}
