@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, first_code};
+use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;
 use entity::runs;
 use sea_orm::{ActiveModelTrait, EntityTrait, PaginatorTrait, Set};
@@ -215,13 +215,7 @@ async fn bad_inputs_are_refused_and_store_nothing() {
         let (_, body) = app.gql_as(who, RUN, json!({"team": team, "input": input})).await;
         assert_eq!(first_code(&body), code, "{input}: {body}");
         if !path.is_empty() {
-            let paths: Vec<&str> = body["errors"][0]["extensions"]["problems"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["path"].as_str().unwrap())
-                .collect();
-            assert!(paths.contains(&path), "{input}: {body}");
+            assert!(problem_paths(&body).contains(&path), "{input}: {body}");
         }
     }
     assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 0);
@@ -300,6 +294,36 @@ async fn a_slow_run_can_be_cancelled_while_it_runs() {
 }
 
 #[tokio::test]
+async fn a_run_stops_at_its_time_limit_and_before_its_cost_limit() {
+    let app = TestApp::spawn().await;
+    let limited = json!({
+        "format": "ensemble.team/v1",
+        "agents": [{"name": "sloth", "model": "local/slow-10000"}, {"name": "pricey", "model": "local/echo", "maxTokens": 1000}],
+        "routing": {"rules": [{"name": "money", "when": {"contains": "pay"}, "routeTo": "pricey"}], "default": "sloth"},
+        "limits": {"timeoutMs": 300, "maxCostUsd": 0.05}
+    });
+    let (token, team) = team(&app, limited).await;
+    let began = std::time::Instant::now();
+    let slow = run(&app, &token, &team, json!({"content": "hello"})).await;
+    assert!(began.elapsed() < std::time::Duration::from_secs(5), "the time limit stopped the call");
+    assert_eq!((slow["status"].as_str(), slow["errorCode"].as_str()), (Some("FAILED"), Some("timeout")), "{slow}");
+    assert_eq!(slow["attempts"][0]["outcome"], "timeout");
+
+    // 1,000 answer tokens at $100 per million is $0.10: over the $0.05 limit before the call.
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    let price = "mutation { upsertModelPrice(input: {model: \"local/echo\", inputUsdPerMtok: 1, outputUsdPerMtok: 100}) { model } }";
+    assert!(app.gql_as(&admin, price, json!({})).await.1.get("errors").is_none());
+    let pricey = run(&app, &token, &team, json!({"content": "pay me"})).await;
+    assert_eq!(
+        (pricey["status"].as_str(), pricey["errorCode"].as_str()),
+        (Some("FAILED"), Some("cost_limit")),
+        "{pricey}"
+    );
+    assert_eq!(pricey["attempts"], json!([]), "no call was made");
+    assert!(pricey["error"].as_str().unwrap().contains("limit of $0.05"), "{pricey}");
+}
+
+#[tokio::test]
 async fn runs_a_crash_left_running_are_failed_as_interrupted_at_start() {
     let app = TestApp::spawn().await;
     let (_, team) = team(&app, spec()).await;
@@ -347,4 +371,50 @@ async fn viewers_may_read_runs_but_not_start_them() {
         .gql_as(&viewer, "query($id: ID!) { run(id: $id) { status attempts { outcome } } }", json!({"id": id}))
         .await;
     assert_eq!(body["data"]["run"]["status"], "SUCCEEDED", "{body}");
+}
+
+/// The README's runs walkthrough, run as written, with its subscription on a websocket.
+#[tokio::test]
+async fn the_readme_runs_walkthrough_works() {
+    let readme = include_str!("../README.md");
+    let section = readme.split("### Runs walkthrough").nth(1).expect("the walkthrough section");
+    let blocks: Vec<&str> =
+        section.split("```graphql").skip(1).map(|b| b.split("```").next().unwrap()).take(3).collect();
+    let document = [blocks[0], blocks[2]].join("\n");
+    let app = TestApp::spawn().await;
+    let token = app.token("user_reader", GlobalRole::Member);
+    let run = |operation: &'static str, variables: Value| app.operation(&token, &document, operation, variables);
+    let team = run("CreateTeam", json!({})).await["createTeam"]["id"].clone();
+    let mut ws = common::WsClient::connect(app.addr, "graphql-transport-ws").await;
+    ws.send(json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {token}")}})).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    let watch = json!({"query": blocks[1], "variables": {"team": team}});
+    ws.send(json!({"type": "subscribe", "id": "watch", "payload": watch})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let retried = run("Retried", json!({"team": team})).await["runTeam"].clone();
+    assert_eq!((retried["status"].as_str(), retried["rule"].as_str()), (Some("SUCCEEDED"), Some("money")));
+    assert_eq!((retried["agent"].as_str(), retried["retries"].as_i64()), (Some("billing"), Some(2)));
+    let watched: Vec<String> = {
+        let mut kinds = Vec::new();
+        while kinds.last().map(String::as_str) != Some("COMPLETED") {
+            let message = ws.next_json().await;
+            kinds.push(message["payload"]["data"]["teamActivity"]["kind"].as_str().unwrap().to_string());
+        }
+        kinds
+    };
+    assert_eq!(watched.iter().filter(|k| *k == "ATTEMPT_FAILED").count(), 2, "{watched:?}");
+    let fell_back = run("FellBack", json!({"team": team})).await["runTeam"].clone();
+    assert_eq!((fell_back["agent"].as_str(), fell_back["fallbacks"].as_i64()), (Some("triage"), Some(1)));
+
+    let conversation = run("Talk", json!({"team": team})).await["startConversation"]["id"].clone();
+    let say = |text: &'static str, parent: Value| {
+        run("Say", json!({"conversation": conversation, "text": text, "parent": parent}))
+    };
+    let first = say("Hello", Value::Null).await["sendMessage"].clone();
+    say("Tell me more", Value::Null).await;
+    say("Something else", first["responseMessageId"].clone()).await;
+    let tree = run("Tree", json!({"conversation": conversation})).await["conversation"].clone();
+    assert_eq!(tree["branches"].as_array().unwrap().len(), 2, "{tree}");
+    assert_eq!(tree["tree"].as_array().unwrap().len(), 6, "{tree}");
 }

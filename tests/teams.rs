@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestApp, first_code};
+use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;
 use serde_json::{Value, json};
 
@@ -51,13 +51,7 @@ async fn bad_team_input_lists_every_problem_and_creates_nothing() {
     let owner = signed_in(&app, "user_o").await;
     let body = create(&app, &owner, json!({"name": " ", "description": "d".repeat(2001), "spec": [1, 2]})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT");
-    let paths: Vec<&str> = body["errors"][0]["extensions"]["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["name", "description", "spec"]);
+    assert_eq!(problem_paths(&body), ["name", "description", "spec"]);
     let (_, list) = app.gql_as(&owner, "{ teams { nodes { id } } }", json!({})).await;
     assert_eq!(list["data"]["teams"]["nodes"], json!([]));
 }

@@ -54,6 +54,8 @@ async fn a_browser_get_without_a_query_gets_graphiql() {
     assert_eq!(response.status(), 200);
     let page = response.text().await.unwrap();
     assert!(page.contains("graphiql") && page.contains("/graphql/ws"), "{page:.300}");
+    // Subscriptions carry the Headers tab's token too.
+    assert!(page.contains("const socketParams") && page.contains("wsConnectionParams: socketParams"), "{page}");
     assert!(page.contains("ensemble token --user alice --role admin"), "dev auth explains the token");
 }
 

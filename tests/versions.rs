@@ -161,16 +161,7 @@ async fn the_readme_versioning_walkthrough_works() {
     let document = blocks.join("\n");
     let app = TestApp::spawn().await;
     let token = app.token("user_reader", GlobalRole::Member);
-    let run = |operation: &'static str, variables: Value| {
-        let body = json!({"query": document, "operationName": operation, "variables": variables});
-        let (app, token) = (&app, &token);
-        async move {
-            let response = app.client.post(app.url("/graphql")).bearer_auth(token).json(&body).send().await.unwrap();
-            let answer: Value = response.json().await.unwrap();
-            assert!(answer.get("errors").is_none(), "{operation}: {answer}");
-            answer["data"].clone()
-        }
-    };
+    let run = |operation: &'static str, variables: Value| app.operation(&token, &document, operation, variables);
     let id = run("Create", json!({})).await["createTeam"]["id"].clone();
     assert_eq!(run("UpdateOnce", json!({"id": id})).await["updateTeam"]["version"], 2);
     assert_eq!(run("UpdateTwice", json!({"id": id})).await["updateTeam"]["version"], 3);

@@ -28,6 +28,9 @@ pub struct Authenticator {
     pub keys: api_key::KeyStore,
     /// User id → their stored standing, for a minute; dropped when the row changes.
     standings: moka::future::Cache<String, users::Standing>,
+    /// SHA-256 of a session token → what it verified to. A signature check costs more than the
+    /// rest of a small request; a token that verified once stays valid until it expires.
+    verified: moka::future::Cache<[u8; 32], UserPrincipal>,
     /// Present in dev mode: the issuer whose key `verifier` holds.
     pub dev: Option<DevIssuer>,
     db: DatabaseConnection,
@@ -56,7 +59,7 @@ impl Authenticator {
             );
             let verifier = verifier(KeySource::Static(dev.decoding.clone()), dev::ISSUER.to_string());
             let keys = api_key::KeyStore::new(db.clone());
-            return Ok(Self { verifier, keys, standings: standings(), dev: Some(dev), db });
+            return Ok(Self { verifier, keys, standings: standings(), verified: verified(), dev: Some(dev), db });
         }
         let issuer = auth
             .clerk_issuer
@@ -75,7 +78,8 @@ impl Authenticator {
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
         let verifier = verifier(keys, issuer);
-        Ok(Self { verifier, keys: api_key::KeyStore::new(db.clone()), standings: standings(), dev: None, db })
+        let keys = api_key::KeyStore::new(db.clone());
+        Ok(Self { verifier, keys, standings: standings(), verified: verified(), dev: None, db })
     }
 
     /// The principal of an HTTP request: `Authorization: Bearer <token or key>`, `x-api-key`,
@@ -98,7 +102,7 @@ impl Authenticator {
         if token.starts_with("ens_") {
             return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
         }
-        let mut user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;
+        let mut user = self.verify(token).await?;
         let standing = match self.standings.get(&user.id).await {
             Some(standing) => standing,
             None => {
@@ -116,6 +120,21 @@ impl Authenticator {
         Ok(Principal::User(user))
     }
 
+    /// The user a session token stands for: from the cache while the token is unexpired, else
+    /// checked (signature, issuer, times, parties) and remembered.
+    async fn verify(&self, token: &str) -> Result<UserPrincipal, AppError> {
+        use sha2::{Digest, Sha256};
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(user) = self.verified.get(&key).await
+            && user.expires_at > chrono::Utc::now()
+        {
+            return Ok(user);
+        }
+        let user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;
+        self.verified.insert(key, user.clone()).await;
+        Ok(user)
+    }
+
     /// Forgets what is cached of a user whose row changed (role, deletion).
     pub async fn forget_user(&self, id: &str) {
         self.standings.invalidate(id).await;
@@ -124,6 +143,10 @@ impl Authenticator {
 
 fn standings() -> moka::future::Cache<String, users::Standing> {
     moka::future::Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(60)).build()
+}
+
+fn verified() -> moka::future::Cache<[u8; 32], UserPrincipal> {
+    moka::future::Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(300)).build()
 }
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive).

@@ -275,9 +275,29 @@ impl ResponseMedia {
     }
 }
 
+/// GraphiQL sends its Headers tab over HTTP only; this hands the same `Authorization` to the
+/// websocket's `connection_init`, read when the socket opens (at the first subscription).
+const SOCKET_AUTH: &str = r#"<script>
+      const socketParams = () => {
+        try {
+          const headers = JSON.parse(localStorage.getItem('graphiql:headers') || '{}');
+          const token = headers.Authorization || headers.authorization;
+          return token ? { authorization: token } : {};
+        } catch (e) {
+          return {};
+        }
+      };
+    </script>
+    <script>"#;
+
 fn graphiql(dev_auth: bool) -> Html<String> {
     let page =
         GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("Ensemble").finish();
+    let page = page.replacen("<script>\n      customFetch", &format!("{SOCKET_AUTH}\n      customFetch"), 1).replacen(
+        "subscriptionUrl:",
+        "wsConnectionParams: socketParams,\n            subscriptionUrl:",
+        1,
+    );
     if !dev_auth {
         return Html(page);
     }

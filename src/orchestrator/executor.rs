@@ -12,6 +12,7 @@ use tokio::{sync::watch, time::Instant};
 use super::{
     providers::{ChatMessage, CompletionRequest, ErrorClass, ProviderError, Providers, Role},
     spec::{Agent, RetryPolicy, TeamSpec},
+    tokens,
 };
 use crate::events::{RunEvent, RunEventKind};
 
@@ -211,11 +212,20 @@ async fn try_agent(
     }
     messages.extend(ctx.history.iter().cloned());
     let price = ctx.prices.get(&agent.model).copied().unwrap_or_default();
+    // What the next call costs at least: its prompt, and the answer the agent allows.
+    let least = price.cost(tokens::count_messages(&messages), agent.max_tokens.unwrap_or(0));
     for attempt in 1..=policy.max_attempts {
         if let Some(max) = ctx.max_cost_usd
-            && outcome.cost_usd() >= max
+            && outcome.cost_usd() + least > max
         {
-            return Err(Stop::Run("cost_limit", format!("the run reached its cost limit of ${max}")));
+            let spent = outcome.cost_usd();
+            return Err(Stop::Run(
+                "cost_limit",
+                format!(
+                    "the next call to {} would cost about ${least:.6} more than the ${spent:.6} spent, over the run's limit of ${max}",
+                    agent.model
+                ),
+            ));
         }
         let mut started = event(ctx, RunEventKind::AttemptStarted, agent);
         started.attempt = Some(attempt as i32);

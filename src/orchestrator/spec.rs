@@ -200,6 +200,10 @@ fn agents(c: &mut Checker, value: Option<&Value>) -> Vec<Agent> {
                 Some((provider, name)) if !provider.is_empty() && !name.is_empty() => {
                     if !(c.known_provider)(provider) {
                         c.problem(format!("{path}.model"), format!("unknown provider `{provider}`"));
+                    } else if provider == "local"
+                        && let Err(why) = super::providers::local::check_model(name)
+                    {
+                        c.problem(format!("{path}.model"), why);
                     }
                 }
                 _ => c.problem(format!("{path}.model"), "must be `provider/model`"),
@@ -628,7 +632,8 @@ mod tests {
             "agents": [
                 {"name": "a", "model": "local/echo", "temperature": 3},
                 {"name": "a", "model": "nowhere/x"},
-                {"name": "b", "model": "justamodel"}
+                {"name": "b", "model": "justamodel"},
+                {"name": "d", "model": "local/echoo"}
             ],
             "routing": {"rules": [
                 {"name": "r1", "when": {"regex": "(unclosed"}, "routeTo": "ghost"},
@@ -645,6 +650,7 @@ mod tests {
             "spec.agents[1].name",
             "spec.agents[1].model",
             "spec.agents[2].model",
+            "spec.agents[3].model",
             "spec.routing.default",
             "spec.routing.rules[0].routeTo",
             "spec.routing.rules[0].when.regex",

@@ -6,9 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 
 use super::audit::Caller;
 use crate::{
@@ -102,22 +100,22 @@ pub struct NewMessage<'a> {
     pub usage: (i64, i64, f64),
 }
 
-pub async fn add_message<C: ConnectionTrait>(conn: &C, new: NewMessage<'_>) -> Result<messages::Model, AppError> {
+/// The row of a new message (written with its run).
+pub fn new_message(new: NewMessage<'_>) -> messages::Model {
     let (tokens_in, tokens_out, cost_usd) = new.usage;
-    let row = messages::ActiveModel {
-        id: Set(format!("msg_{}", uuid::Uuid::now_v7().simple())),
-        conversation_id: Set(new.conversation_id.to_string()),
-        parent_id: Set(new.parent_id),
-        role: Set(new.role.as_str().into()),
-        agent: Set(new.agent),
-        content: Set(new.content.to_string()),
-        run_id: Set(Some(new.run_id.to_string())),
-        tokens_in: Set(tokens_in),
-        tokens_out: Set(tokens_out),
-        cost_usd: Set(cost_usd),
-        created_at: Set(Utc::now().trunc_subsecs(6)),
-    };
-    Ok(row.insert(conn).await?)
+    messages::Model {
+        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        conversation_id: new.conversation_id.to_string(),
+        parent_id: new.parent_id,
+        role: new.role.as_str().into(),
+        agent: new.agent,
+        content: new.content.to_string(),
+        run_id: Some(new.run_id.to_string()),
+        tokens_in,
+        tokens_out,
+        cost_usd,
+        created_at: Utc::now().trunc_subsecs(6),
+    }
 }
 
 /// Starts an empty conversation with a team (operators and up).

@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod exports;
 pub mod page;
 pub mod prices;
+pub mod run_writer;
 pub mod runs;
 pub mod share_links;
 pub mod spec_diff;

@@ -11,20 +11,17 @@ use std::{
 
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::{error_groups, run_attempts, runs, team_versions};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-    sea_query::{Expr, OnConflict},
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{
     audit::Caller,
     conversations::{self, NewMessage},
     page::{Page, PageRequest},
     prices::PriceBook,
+    run_writer::{RunEnd, RunWriter},
     usage,
 };
 use crate::{
@@ -33,7 +30,6 @@ use crate::{
         guard::{self, TeamRole},
     },
     config::RunConfig,
-    db,
     error::{AppError, Problem},
     events::{EventBus, RunEvent, RunEventKind},
     orchestrator::{
@@ -109,6 +105,8 @@ pub struct Runner {
     /// Parsed specs by (team, version): versions never change, so entries never go stale.
     specs: moka::future::Cache<(String, i32), Arc<TeamSpec>>,
     active: Mutex<HashMap<String, Active>>,
+    /// Stores runs as they start and end, many to a transaction.
+    writer: RunWriter,
 }
 
 impl Runner {
@@ -118,6 +116,7 @@ impl Runner {
             prices: PriceBook::new(db.clone()),
             specs: moka::future::Cache::builder().max_capacity(10_000).build(),
             active: Mutex::new(HashMap::new()),
+            writer: RunWriter::spawn(db.clone()),
             db,
             config,
             providers,
@@ -184,26 +183,20 @@ impl Runner {
             finished_at: None,
         };
         let history = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
-        let txn = db::begin_write(&self.db).await?;
         let mut run = run;
-        if let Some(thread) = &thread {
-            let message = conversations::add_message(
-                &txn,
-                NewMessage {
-                    conversation_id: &thread.conversation_id,
-                    parent_id: thread.parent_id.clone(),
-                    role: Role::User,
-                    agent: None,
-                    content: &input.content,
-                    run_id: &run.id,
-                    usage: (0, 0, 0.0),
-                },
-            )
-            .await?;
-            run.message_id = Some(message.id);
-        }
-        let run = runs::ActiveModel::from(run).reset_all().insert(&txn).await?;
-        txn.commit().await?;
+        let message = thread.as_ref().map(|thread| {
+            conversations::new_message(NewMessage {
+                conversation_id: &thread.conversation_id,
+                parent_id: thread.parent_id.clone(),
+                role: Role::User,
+                agent: None,
+                content: &input.content,
+                run_id: &run.id,
+                usage: (0, 0, 0.0),
+            })
+        });
+        run.message_id = message.as_ref().map(|m| m.id.clone());
+        self.writer.start(run.clone(), message).await?;
 
         self.events.publish(RunEvent::new(&run.id, team_id, RunEventKind::Queued));
         let mut routed = RunEvent::new(&run.id, team_id, RunEventKind::Routed);
@@ -212,10 +205,12 @@ impl Runner {
         routed.reason = Some(route.reason.clone());
         self.events.publish(routed);
 
-        let mut done = self.launch(run.clone(), spec, route.agent, history, input.content);
+        let ended = self.launch(run.clone(), spec, route.agent, history, input.content);
         if wait {
             let limit = Duration::from_secs(self.config.run_wait_secs);
-            let _ = tokio::time::timeout(limit, done.wait_for(|finished| *finished)).await;
+            if let Ok(Ok(Some(ended))) = tokio::time::timeout(limit, ended).await {
+                return Ok(ended);
+            }
             return self.reload(&run.id).await;
         }
         Ok(run)
@@ -273,7 +268,8 @@ impl Runner {
         Ok((version, spec))
     }
 
-    /// Starts the run's task; the receiver turns `true` when it has finished.
+    /// Starts the run's task; the receiver gets the run as stored at its end (none when the
+    /// end could not be stored as it happened).
     fn launch(
         self: &Arc<Self>,
         run: runs::Model,
@@ -281,8 +277,9 @@ impl Runner {
         agent: String,
         mut history: Vec<ChatMessage>,
         content: String,
-    ) -> watch::Receiver<bool> {
+    ) -> oneshot::Receiver<Option<runs::Model>> {
         let (cancel, cancelled) = watch::channel(false);
+        let (ended, stored) = oneshot::channel();
         let (finished, done) = watch::channel(false);
         if let Ok(mut active) = self.active.lock() {
             active.insert(run.id.clone(), Active { cancel, done: done.clone() });
@@ -291,15 +288,17 @@ impl Runner {
         history.push(ChatMessage { role: Role::User, content });
         tokio::spawn(async move {
             let outcome = runner.execute(&run, spec, &agent, history, cancelled).await;
-            if let Err(error) = runner.finish(&run, &outcome).await {
+            let end = runner.finish(&run, &outcome).await.unwrap_or_else(|error| {
                 tracing::error!(run = %run.id, %error, "cannot store the end of a run");
-            }
+                None
+            });
             if let Ok(mut active) = runner.active.lock() {
                 active.remove(&run.id);
             }
             let _ = finished.send(true);
+            let _ = ended.send(end);
         });
-        done
+        stored
     }
 
     async fn execute(
@@ -334,8 +333,9 @@ impl Runner {
         executor::execute(spec.clone(), agent, context).await
     }
 
-    /// Writes the end of a run in one transaction, then tells subscribers.
-    async fn finish(&self, run: &runs::Model, outcome: &Outcome) -> Result<(), AppError> {
+    /// Stores the end of a run (with other runs' ends, in one transaction), then tells
+    /// subscribers.
+    async fn finish(&self, run: &runs::Model, outcome: &Outcome) -> Result<Option<runs::Model>, AppError> {
         let now = Utc::now().trunc_subsecs(6);
         let (tokens_in, tokens_out) = outcome.tokens();
         let cost = outcome.cost_usd();
@@ -344,71 +344,67 @@ impl Runner {
             Status::Failed => RunStatus::Failed,
             Status::Cancelled => RunStatus::Cancelled,
         };
-        let latency = (now - run.started_at.unwrap_or(run.created_at)).num_milliseconds().max(0);
-        let txn = db::begin_write(&self.db).await?;
-        let mut response_message_id = None;
-        if let (Some(conversation_id), Some(output)) = (&run.conversation_id, &outcome.output) {
-            let message = conversations::add_message(
-                &txn,
-                NewMessage {
-                    conversation_id,
-                    parent_id: run.message_id.clone(),
-                    role: Role::Assistant,
-                    agent: Some(outcome.agent.clone()),
-                    content: output,
-                    run_id: &run.id,
-                    usage: (tokens_in as i64, tokens_out as i64, cost),
-                },
-            )
-            .await?;
-            response_message_id = Some(message.id);
-        }
-        let update = runs::Entity::update_many()
-            .col_expr(runs::Column::Status, Expr::value(status.as_str()))
-            .col_expr(runs::Column::Agent, Expr::value(outcome.agent.clone()))
-            .col_expr(runs::Column::Model, Expr::value(outcome.model.clone()))
-            .col_expr(runs::Column::Output, Expr::value(outcome.output.clone()))
-            .col_expr(runs::Column::ResponseMessageId, Expr::value(response_message_id))
-            .col_expr(runs::Column::Attempts, Expr::value(outcome.attempts.len() as i32))
-            .col_expr(runs::Column::Retries, Expr::value(outcome.retries as i32))
-            .col_expr(runs::Column::Fallbacks, Expr::value(outcome.fallbacks as i32))
-            .col_expr(runs::Column::TokensIn, Expr::value(tokens_in as i64))
-            .col_expr(runs::Column::TokensOut, Expr::value(tokens_out as i64))
-            .col_expr(runs::Column::CostUsd, Expr::value(cost))
-            .col_expr(runs::Column::LatencyMs, Expr::value(latency))
-            .col_expr(runs::Column::ErrorCode, Expr::value(outcome.error_code.clone()))
-            .col_expr(runs::Column::Error, Expr::value(outcome.error.clone()))
-            .col_expr(runs::Column::FinishedAt, Expr::value(now))
-            .filter(runs::Column::Id.eq(&run.id))
-            .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
-            .exec(&txn)
-            .await?;
-        if !outcome.attempts.is_empty() {
-            let rows = outcome.attempts.iter().enumerate().map(|(i, a)| run_attempts::ActiveModel {
-                run_id: Set(run.id.clone()),
-                seq: Set(i as i32 + 1),
-                agent: Set(a.agent.clone()),
-                model: Set(a.model.clone()),
-                attempt: Set(a.attempt as i32),
-                outcome: Set(a.outcome.clone()),
-                latency_ms: Set(a.latency_ms as i64),
-                tokens_in: Set(i64::from(a.tokens_in)),
-                tokens_out: Set(i64::from(a.tokens_out)),
-                cost_usd: Set(a.cost_usd),
-                backoff_ms: Set(a.backoff_ms.map(|ms| ms as i64)),
-                error: Set(a.error.clone()),
-                started_at: Set(a.started_at.trunc_subsecs(6)),
-            });
-            run_attempts::Entity::insert_many(rows).exec_without_returning(&txn).await?;
-        }
-        usage::record_run(&txn, run, outcome).await?;
-        if status == RunStatus::Failed {
-            record_error(&txn, run, outcome, now).await?;
-        }
-        txn.commit().await?;
+        let answer = match (&run.conversation_id, &outcome.output) {
+            (Some(conversation_id), Some(output)) => Some(conversations::new_message(NewMessage {
+                conversation_id,
+                parent_id: run.message_id.clone(),
+                role: Role::Assistant,
+                agent: Some(outcome.agent.clone()),
+                content: output,
+                run_id: &run.id,
+                usage: (tokens_in as i64, tokens_out as i64, cost),
+            })),
+            _ => None,
+        };
+        let ended = runs::Model {
+            status: status.as_str().into(),
+            agent: Some(outcome.agent.clone()),
+            model: Some(outcome.model.clone()),
+            output: outcome.output.clone(),
+            response_message_id: answer.as_ref().map(|m| m.id.clone()),
+            attempts: outcome.attempts.len() as i32,
+            retries: outcome.retries as i32,
+            fallbacks: outcome.fallbacks as i32,
+            tokens_in: tokens_in as i64,
+            tokens_out: tokens_out as i64,
+            cost_usd: cost,
+            latency_ms: Some((now - run.started_at.unwrap_or(run.created_at)).num_milliseconds().max(0)),
+            error_code: outcome.error_code.clone(),
+            error: outcome.error.clone(),
+            finished_at: Some(now),
+            ..run.clone()
+        };
+        let attempts = outcome
+            .attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| run_attempts::Model {
+                run_id: run.id.clone(),
+                seq: i as i32 + 1,
+                agent: a.agent.clone(),
+                model: a.model.clone(),
+                attempt: a.attempt as i32,
+                outcome: a.outcome.clone(),
+                latency_ms: a.latency_ms as i64,
+                tokens_in: i64::from(a.tokens_in),
+                tokens_out: i64::from(a.tokens_out),
+                cost_usd: a.cost_usd,
+                backoff_ms: a.backoff_ms.map(|ms| ms as i64),
+                error: a.error.clone(),
+                started_at: a.started_at.trunc_subsecs(6),
+            })
+            .collect();
+        let end = RunEnd {
+            attempts,
+            answer,
+            usage: usage::run_rows(run, outcome),
+            error: (status == RunStatus::Failed).then(|| error_group(run, outcome, now)),
+            run: ended.clone(),
+        };
         // Cancelled elsewhere while it ran: the row already says so.
-        let stored = if update.rows_affected == 0 { RunStatus::Cancelled } else { status };
-        let kind = match stored {
+        let stored = self.writer.finish(end).await?;
+        let status = if stored { status } else { RunStatus::Cancelled };
+        let kind = match status {
             RunStatus::Succeeded => RunEventKind::Completed,
             RunStatus::Cancelled => RunEventKind::Cancelled,
             _ => RunEventKind::Failed,
@@ -419,7 +415,7 @@ impl Runner {
         event.error_class = outcome.error_code.clone();
         event.error = outcome.error.clone();
         self.events.publish(event);
-        Ok(())
+        Ok(stored.then_some(ended))
     }
 
     async fn reload(&self, run_id: &str) -> Result<runs::Model, AppError> {
@@ -586,14 +582,9 @@ pub async fn recover_interrupted(db: &DatabaseConnection) -> Result<u64, AppErro
     Ok(result.rows_affected)
 }
 
-/// Counts a failed run in its error group: team + agent + error code + the message with its
-/// numbers and ids blanked, so "took 1234 ms" and "took 987 ms" group together.
-async fn record_error<C: ConnectionTrait>(
-    conn: &C,
-    run: &runs::Model,
-    outcome: &Outcome,
-    now: DateTime<Utc>,
-) -> Result<(), AppError> {
+/// The error group a failed run counts in: team + agent + error code + the message with its
+/// numbers blanked, so "took 1234 ms" and "took 987 ms" group together.
+fn error_group(run: &runs::Model, outcome: &Outcome, now: DateTime<Utc>) -> error_groups::Model {
     let code = outcome.error_code.clone().unwrap_or_else(|| "unknown".into());
     let message = normalise(outcome.error.as_deref().unwrap_or_default());
     let mut hasher = Sha256::new();
@@ -601,29 +592,18 @@ async fn record_error<C: ConnectionTrait>(
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    let fingerprint = hex::encode(&hasher.finalize()[..16]);
-    let row = error_groups::ActiveModel {
-        fingerprint: Set(fingerprint),
-        team_id: Set(run.team_id.clone()),
-        agent: Set(outcome.agent.clone()),
-        code: Set(code),
-        message: Set(message),
-        count: Set(1),
-        first_seen: Set(now),
-        last_seen: Set(now),
-        last_run_id: Set(run.id.clone()),
-        resolved_at: Set(None),
-    };
-    let bump = OnConflict::column(error_groups::Column::Fingerprint)
-        .value(error_groups::Column::Count, Expr::cust("error_groups.count + 1"))
-        .update_columns([
-            error_groups::Column::LastSeen,
-            error_groups::Column::LastRunId,
-            error_groups::Column::ResolvedAt,
-        ])
-        .to_owned();
-    error_groups::Entity::insert(row).on_conflict(bump).exec_without_returning(conn).await?;
-    Ok(())
+    error_groups::Model {
+        fingerprint: hex::encode(&hasher.finalize()[..16]),
+        team_id: run.team_id.clone(),
+        agent: outcome.agent.clone(),
+        code,
+        message,
+        count: 1,
+        first_seen: now,
+        last_seen: now,
+        last_run_id: run.id.clone(),
+        resolved_at: None,
+    }
 }
 
 fn normalise(message: &str) -> String {

@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Mutex};
 use chrono::Utc;
 use entity::usage_daily;
 use sea_orm::{
-    DatabaseConnection, EntityTrait, Set,
+    ActiveModelTrait, DatabaseConnection, EntityTrait, Set,
     sea_query::{Expr, OnConflict},
 };
 
@@ -89,43 +89,48 @@ impl UsageMeter {
     }
 }
 
-/// Adds a finished run to the day's usage: tokens and cost on the row of each model it
-/// called, and the run itself on the row of the model that answered or tried last.
-pub async fn record_run<C: sea_orm::ConnectionTrait>(
-    conn: &C,
+/// A finished run's usage: tokens and cost on the row of each model it called, and the run
+/// itself on the row of the model that answered or tried last.
+pub fn run_rows(
     run: &entity::runs::Model,
     outcome: &crate::orchestrator::executor::Outcome,
-) -> Result<(), AppError> {
-    let mut by_model: HashMap<&str, (i64, i64, i64, f64)> = HashMap::new();
-    by_model.entry(outcome.model.as_str()).or_default().0 = 1;
-    for attempt in &outcome.attempts {
-        let row = by_model.entry(attempt.model.as_str()).or_default();
-        row.1 += i64::from(attempt.tokens_in);
-        row.2 += i64::from(attempt.tokens_out);
-        row.3 += attempt.cost_usd;
-    }
+) -> Vec<usage_daily::Model> {
+    let mut by_model: HashMap<&str, usage_daily::Model> = HashMap::new();
     let day = Utc::now().format("%Y-%m-%d").to_string();
-    for (model, (runs, tokens_in, tokens_out, cost)) in by_model {
-        let row = usage_daily::ActiveModel {
-            day: Set(day.clone()),
-            user_id: Set(run.user_id.clone().unwrap_or_default()),
-            team_id: Set(run.team_id.clone()),
-            api_key_id: Set(run.api_key_id.clone().unwrap_or_default()),
-            model: Set(model.to_string()),
-            requests: Set(0),
-            runs: Set(runs),
-            tokens_in: Set(tokens_in),
-            tokens_out: Set(tokens_out),
-            cost_usd: Set(cost),
-        };
-        let add = OnConflict::columns(KEY_COLUMNS)
-            .value(usage_daily::Column::Runs, Expr::cust("usage_daily.runs + excluded.runs"))
-            .value(usage_daily::Column::TokensIn, Expr::cust("usage_daily.tokens_in + excluded.tokens_in"))
-            .value(usage_daily::Column::TokensOut, Expr::cust("usage_daily.tokens_out + excluded.tokens_out"))
-            .value(usage_daily::Column::CostUsd, Expr::cust("usage_daily.cost_usd + excluded.cost_usd"))
-            .to_owned();
-        usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(conn).await?;
+    let row = |model: &str| -> usage_daily::Model {
+        usage_daily::Model {
+            day: day.clone(),
+            user_id: run.user_id.clone().unwrap_or_default(),
+            team_id: run.team_id.clone(),
+            api_key_id: run.api_key_id.clone().unwrap_or_default(),
+            model: model.to_string(),
+            requests: 0,
+            runs: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+        }
+    };
+    by_model.entry(outcome.model.as_str()).or_insert_with(|| row(&outcome.model)).runs = 1;
+    for attempt in &outcome.attempts {
+        let sum = by_model.entry(attempt.model.as_str()).or_insert_with(|| row(&attempt.model));
+        sum.tokens_in += i64::from(attempt.tokens_in);
+        sum.tokens_out += i64::from(attempt.tokens_out);
+        sum.cost_usd += attempt.cost_usd;
     }
+    by_model.into_values().collect()
+}
+
+/// Adds a row's runs, tokens and cost to the day's usage.
+pub async fn add<C: sea_orm::ConnectionTrait>(conn: &C, row: usage_daily::Model) -> Result<(), AppError> {
+    let add = OnConflict::columns(KEY_COLUMNS)
+        .value(usage_daily::Column::Runs, Expr::cust("usage_daily.runs + excluded.runs"))
+        .value(usage_daily::Column::TokensIn, Expr::cust("usage_daily.tokens_in + excluded.tokens_in"))
+        .value(usage_daily::Column::TokensOut, Expr::cust("usage_daily.tokens_out + excluded.tokens_out"))
+        .value(usage_daily::Column::CostUsd, Expr::cust("usage_daily.cost_usd + excluded.cost_usd"))
+        .to_owned();
+    let row = usage_daily::ActiveModel::from(row).reset_all();
+    usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(conn).await?;
     Ok(())
 }
 

@@ -73,6 +73,16 @@ impl TestApp {
         (response.status().as_u16(), response.json().await.expect("JSON answer"))
     }
 
+    /// Runs the operation `name` of a multi-operation `document` as the bearer of `token`; it
+    /// must succeed. Returns its `data`.
+    pub async fn operation(&self, token: &str, document: &str, name: &str, variables: Value) -> Value {
+        let body = json!({"query": document, "operationName": name, "variables": variables});
+        let response = self.client.post(self.url("/graphql")).bearer_auth(token).json(&body).send().await.unwrap();
+        let answer: Value = response.json().await.expect("JSON answer");
+        assert!(answer.get("errors").is_none(), "{name}: {answer}");
+        answer["data"].clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -136,6 +146,12 @@ pub fn clerk_pem(config: &mut Config) {
 /// The `extensions.code` of the first error in a GraphQL answer.
 pub fn first_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<no code>")
+}
+
+/// The `path` of every problem in the first error's `extensions.problems`.
+pub fn problem_paths(body: &Value) -> Vec<&str> {
+    let problems = body["errors"][0]["extensions"]["problems"].as_array();
+    problems.into_iter().flatten().filter_map(|p| p["path"].as_str()).collect()
 }
 
 /// A database of its own on the PostgreSQL server of `ENSEMBLE_TEST_DATABASE_URL`.

@@ -49,6 +49,11 @@ impl Model {
     }
 }
 
+/// Whether `name` is a local model, and if not, what the valid ones are.
+pub fn check_model(name: &str) -> Result<(), String> {
+    Model::parse(name).map(|_| ()).map_err(|e| e.message)
+}
+
 #[async_trait::async_trait]
 impl Provider for Local {
     async fn complete(
