@@ -103,9 +103,4 @@ impl EventBus {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
         self.sender.subscribe()
     }
-
-    /// Open subscriptions.
-    pub fn subscribers(&self) -> usize {
-        self.sender.receiver_count()
-    }
 }

@@ -496,11 +496,6 @@ impl Runner {
         }
         self.reload(run_id).await
     }
-
-    /// Runs in progress on this instance.
-    pub fn running(&self) -> usize {
-        self.active.lock().map(|a| a.len()).unwrap_or(0)
-    }
 }
 
 #[derive(Clone, Debug, Default)]
