@@ -13,6 +13,8 @@ pub struct Model {
     /// The message whose path this conversation was copied from.
     pub forked_from_message_id: Option<String>,
     pub created_at: DateTimeUtc,
+    /// When a message was last added.
+    pub last_active_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -8,6 +8,8 @@ pub mod error_groups;
 pub mod messages;
 pub mod model_prices;
 pub mod run_attempts;
+pub mod run_latency;
+pub mod run_rollups;
 pub mod runs;
 pub mod team_members;
 pub mod team_share_links;

@@ -41,6 +41,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub started_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
+    /// The cost predicted before the run, for one attempt of the routed agent.
+    pub estimated_cost_usd: Option<f64>,
+    /// The most the run could cost, with every retry and fallback.
+    pub estimated_max_cost_usd: Option<f64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ mod m0005_usage_daily;
 mod m0006_team_versions;
 mod m0007_team_share_links;
 mod m0008_orchestration;
+mod m0009_monitoring;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0006_team_versions::Migration),
             Box::new(m0007_team_share_links::Migration),
             Box::new(m0008_orchestration::Migration),
+            Box::new(m0009_monitoring::Migration),
         ]
     }
 }

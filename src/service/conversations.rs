@@ -128,13 +128,15 @@ pub async fn start(
     let title = check_title(title)?;
     guard::team(db, caller, team_id, TeamRole::Operator).await?;
     let user_id = caller.principal.user_id().unwrap_or_default().to_string();
+    let now = Utc::now().trunc_subsecs(6);
     let row = conversations::ActiveModel {
         id: Set(format!("conv_{}", uuid::Uuid::now_v7().simple())),
         team_id: Set(team_id.to_string()),
         user_id: Set(user_id),
         title: Set(title),
         forked_from_message_id: Set(None),
-        created_at: Set(Utc::now().trunc_subsecs(6)),
+        created_at: Set(now),
+        last_active_at: Set(Some(now)),
     };
     Ok(row.insert(db).await?)
 }
@@ -210,6 +212,7 @@ pub async fn fork(
         title: Set(title),
         forked_from_message_id: Set(Some(message_id.to_string())),
         created_at: Set(now),
+        last_active_at: Set(Some(now)),
     }
     .insert(&txn)
     .await?;

@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod exports;
 pub mod page;
 pub mod prices;
+pub mod range;
 pub mod run_writer;
 pub mod runs;
 pub mod share_links;

@@ -181,6 +181,8 @@ impl Runner {
             created_at: now,
             started_at: Some(now),
             finished_at: None,
+            estimated_cost_usd: None,
+            estimated_max_cost_usd: None,
         };
         let history = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
         let mut run = run;
