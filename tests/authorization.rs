@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use common::TestApp;
 use ensemble::auth::GlobalRole;
-use entity::{audit_logs, conversations, messages, model_prices, runs, team_members, teams, users};
+use entity::{audit_logs, conversations, error_groups, messages, model_prices, runs, team_members, teams, users};
 use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
@@ -23,6 +23,8 @@ struct Setup {
     link_token: String,
     run: String,
     conversation: String,
+    /// The fingerprint of the error group of a failed run of the team.
+    group: String,
     message: String,
 }
 
@@ -59,7 +61,7 @@ async fn arrange(app: &TestApp) -> Setup {
     let create = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
     let team =
         must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"].as_str().unwrap().to_string();
-    let respec = "mutation($id: ID!) { updateTeam(id: $id, input: {spec: {format: \"ensemble.team/v1\", agents: [{name: \"a\", model: \"local/echo\"}]}}) { version } }";
+    let respec = "mutation($id: ID!) { updateTeam(id: $id, input: {spec: {format: \"ensemble.team/v1\", agents: [{name: \"a\", model: \"local/echo\"}, {name: \"b\", model: \"local/down\"}], routing: {rules: [{name: \"broken\", when: {contains: \"fail\"}, routeTo: \"b\"}], default: \"a\"}, retry: {maxAttempts: 1}}}) { version } }";
     must(app, &owner, respec, json!({"id": team})).await;
     for (user, role) in MEMBERS {
         must(app, &owner, ADD, json!({"team": team, "user": user, "role": role})).await;
@@ -87,6 +89,9 @@ async fn arrange(app: &TestApp) -> Setup {
     let link_token = made["token"].as_str().unwrap().to_string();
     let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hi\"}) { id } }";
     let run = must(app, &owner, run, json!({"team": team})).await["runTeam"]["id"].as_str().unwrap().to_string();
+    let fail = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"fail\"}) { status } }";
+    must(app, &owner, fail, json!({"team": team})).await;
+    let group = error_groups::Entity::find().one(&app.state.db).await.unwrap().expect("an error group").fingerprint;
     let start = "mutation($team: ID!) { startConversation(teamId: $team, title: \"Chat\") { id } }";
     let conversation =
         must(app, &owner, start, json!({"team": team})).await["startConversation"]["id"].as_str().unwrap().to_string();
@@ -95,7 +100,7 @@ async fn arrange(app: &TestApp) -> Setup {
         .as_str()
         .unwrap()
         .to_string();
-    Setup { team, keys, key_read_id, link_id, link_token, run, conversation, message }
+    Setup { team, keys, key_read_id, link_id, link_token, run, conversation, message, group }
 }
 
 /// Everything but the audit log and key bookkeeping, in a stable order.
@@ -113,7 +118,8 @@ async fn snapshot(app: &TestApp) -> String {
     let conversations = conversations::Entity::find().order_by_asc(conversations::Column::Id).all(db).await.unwrap();
     let messages = messages::Entity::find().order_by_asc(messages::Column::Id).all(db).await.unwrap();
     let prices = model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(db).await.unwrap();
-    format!("{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}")
+    let errors = error_groups::Entity::find().all(db).await.unwrap();
+    format!("{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}")
 }
 
 /// Runs `query` as `principal`; returns "ok" or the code of the first error, and the answer.
@@ -121,7 +127,7 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
     let variables = json!({
         "team": setup.team, "target": "user_target", "key": setup.key_read_id,
         "link": setup.link_id, "token": setup.link_token, "run": setup.run,
-        "conversation": setup.conversation, "message": setup.message,
+        "conversation": setup.conversation, "message": setup.message, "group": setup.group,
     });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,

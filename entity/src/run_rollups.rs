@@ -20,8 +20,13 @@ pub struct Model {
     pub model: String,
     pub runs: i64,
     pub failures: i64,
+    /// Retries (and below, fallback steps) summed over runs.
     pub retries: i64,
     pub fallbacks: i64,
+    /// Runs retried at least once.
+    pub retried_runs: i64,
+    /// Runs that moved to a fallback agent at least once.
+    pub fallback_runs: i64,
     pub tokens_in: i64,
     pub tokens_out: i64,
     pub cost_usd: f64,

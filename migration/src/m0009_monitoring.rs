@@ -23,6 +23,8 @@ impl MigrationTrait for Migration {
                     .col(big_integer(RunRollups::Failures))
                     .col(big_integer(RunRollups::Retries))
                     .col(big_integer(RunRollups::Fallbacks))
+                    .col(big_integer(RunRollups::RetriedRuns))
+                    .col(big_integer(RunRollups::FallbackRuns))
                     .col(big_integer(RunRollups::TokensIn))
                     .col(big_integer(RunRollups::TokensOut))
                     .col(double(RunRollups::CostUsd))
@@ -148,6 +150,8 @@ enum RunRollups {
     Failures,
     Retries,
     Fallbacks,
+    RetriedRuns,
+    FallbackRuns,
     TokensIn,
     TokensOut,
     CostUsd,

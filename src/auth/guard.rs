@@ -95,6 +95,14 @@ pub fn acting_user(caller: &Caller, scope: Scope) -> Result<&UserPrincipal, AppE
     }
 }
 
+/// Refuses an API key without `scope`; other callers pass.
+pub fn key_scope(caller: &Caller, scope: Scope) -> Result<(), AppError> {
+    match &caller.principal {
+        Principal::ApiKey(key) => require_scope(key, scope),
+        _ => Ok(()),
+    }
+}
+
 fn require_scope(key: &KeyPrincipal, scope: Scope) -> Result<(), AppError> {
     if key.scopes.contains(&scope) {
         Ok(())

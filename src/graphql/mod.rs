@@ -2,6 +2,7 @@
 //! HTTP and websocket transports that serve it.
 
 pub mod admin;
+pub mod analytics;
 pub mod api_keys;
 pub mod conversations;
 pub mod denials;
@@ -34,6 +35,7 @@ pub struct QueryRoot(
     runs::RunsQuery,
     conversations::ConversationsQuery,
     admin::AdminQuery,
+    analytics::AnalyticsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -51,7 +53,7 @@ pub struct MutationRoot(
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(system::SystemSubscription, runs::RunsSubscription);
+pub struct SubscriptionRoot(system::SystemSubscription, runs::RunsSubscription, analytics::AnalyticsSubscription);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 

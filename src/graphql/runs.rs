@@ -3,7 +3,7 @@
 
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
-use entity::{error_groups, run_attempts, runs as rows};
+use entity::{run_attempts, runs as rows};
 use futures_util::{Stream, StreamExt, stream};
 use serde_json::Value;
 use tokio_stream::wrappers::BroadcastStream;
@@ -14,7 +14,9 @@ use crate::{
     error::{AppError, GqlResultExt},
     events::RunEvent,
     service::{
+        error_groups,
         page::PageRequest,
+        range::TimeRange,
         runs::{self, RunFilter, RunInput as NewRun, RunStatus},
     },
     state::AppState,
@@ -50,19 +52,25 @@ impl RunsQuery {
         Ok(connection(&page, rows, |r| r.id.clone(), Run))
     }
 
-    /// A team's failures grouped by fingerprint, most recent first.
+    /// Failures grouped by fingerprint, most recently seen first: one team's, or without
+    /// `teamId` those of every team you are a member of (admins: every team). `range` keeps
+    /// the groups last seen within it.
     #[graphql(complexity = "first.map_or(20, |n| n.max(1) as usize) * child_complexity")]
     async fn error_groups(
         &self,
         ctx: &Context<'_>,
-        team_id: ID,
+        team_id: Option<ID>,
+        range: Option<TimeRangeInput>,
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, ErrorGroup>> {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
-        let rows = runs::error_groups(&state.db, &caller(ctx), &team_id, &page).await.gql()?;
-        Ok(connection(&page, rows, runs::error_group_cursor, ErrorGroup::from))
+        let range = range.map(|r| TimeRange::resolve(r.from, r.to, chrono::Duration::days(30))).transpose().gql()?;
+        let rows = error_groups::list(&state.db, &caller(ctx), team_id.as_ref().map(|id| id.as_str()), range, &page)
+            .await
+            .gql()?;
+        Ok(connection(&page, rows, error_groups::cursor, ErrorGroup::from))
     }
 }
 
@@ -82,6 +90,13 @@ impl RunsMutation {
     ) -> async_graphql::Result<Run> {
         let state = ctx.data::<AppState>()?;
         state.runner.start(&caller(ctx), &team_id, input.into(), wait).await.map(Run).gql()
+    }
+
+    /// Marks an error group resolved (operators and up). It reopens when the same failure
+    /// happens again.
+    async fn resolve_error_group(&self, ctx: &Context<'_>, fingerprint: ID) -> async_graphql::Result<ErrorGroup> {
+        let state = ctx.data::<AppState>()?;
+        error_groups::resolve(&state.db, &caller(ctx), &fingerprint).await.map(ErrorGroup::from).gql()
     }
 
     /// Stops a queued or running run; it ends `CANCELLED`.
@@ -335,8 +350,8 @@ pub struct ErrorGroup {
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
-impl From<error_groups::Model> for ErrorGroup {
-    fn from(g: error_groups::Model) -> Self {
+impl From<entity::error_groups::Model> for ErrorGroup {
+    fn from(g: entity::error_groups::Model) -> Self {
         Self {
             fingerprint: g.fingerprint,
             agent: g.agent,

@@ -34,6 +34,7 @@ pub mod actions {
     pub const API_KEY_REVOKE: &str = "api_key.revoke";
     pub const API_KEY_ROTATE: &str = "api_key.rotate";
     pub const MODEL_PRICE_UPSERT: &str = "model_price.upsert";
+    pub const ERROR_GROUP_RESOLVE: &str = "error_group.resolve";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -56,6 +57,7 @@ pub mod actions {
             "revokeApiKey" => (API_KEY_REVOKE, "api_key"),
             "rotateApiKey" => (API_KEY_ROTATE, "api_key"),
             "upsertModelPrice" => (MODEL_PRICE_UPSERT, "model_price"),
+            "resolveErrorGroup" => (ERROR_GROUP_RESOLVE, "error_group"),
             _ => return None,
         })
     }

@@ -1,12 +1,16 @@
 //! Business rules, one module per area, over the database and app state; no GraphQL here.
 
+pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod conversations;
+pub mod error_groups;
 pub mod exports;
+pub mod insights;
 pub mod page;
 pub mod prices;
 pub mod range;
+pub mod rollups;
 pub mod run_writer;
 pub mod runs;
 pub mod share_links;

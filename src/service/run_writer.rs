@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use entity::{error_groups, messages, run_attempts, runs, usage_daily};
+use chrono::{SubsecRound, Utc};
+use entity::{conversations, error_groups, messages, run_attempts, runs, usage_daily};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
     sea_query::{Expr, OnConflict},
@@ -157,6 +158,7 @@ async fn finish(
         .into_iter()
         .collect();
     let mut ended = Vec::new();
+    let mut finished = Vec::new();
     let mut attempts = Vec::new();
     let mut answers = Vec::new();
     let mut usage: HashMap<(String, String, String, String, String), usage_daily::Model> = HashMap::new();
@@ -167,6 +169,7 @@ async fn finish(
         }
         stored.insert(*i);
         ended.push(runs::ActiveModel::from(end.run.clone()).reset_all());
+        finished.push(end.run.clone());
         attempts.extend(end.attempts.iter().map(|a| run_attempts::ActiveModel::from(a.clone()).reset_all()));
         answers.extend(end.answer.clone().map(|m| messages::ActiveModel::from(m).reset_all()));
         for row in &end.usage {
@@ -206,6 +209,15 @@ async fn finish(
     }
     if !attempts.is_empty() {
         run_attempts::Entity::insert_many(attempts).exec_without_returning(txn).await?;
+    }
+    super::rollups::add(txn, &finished).await?;
+    let active: HashSet<&String> = finished.iter().filter_map(|run| run.conversation_id.as_ref()).collect();
+    if !active.is_empty() {
+        conversations::Entity::update_many()
+            .col_expr(conversations::Column::LastActiveAt, Expr::value(Utc::now().trunc_subsecs(6)))
+            .filter(conversations::Column::Id.is_in(active))
+            .exec(txn)
+            .await?;
     }
     for row in usage.into_values() {
         super::usage::add(txn, row).await?;

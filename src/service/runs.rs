@@ -507,41 +507,6 @@ pub struct RunFilter {
     pub to: Option<DateTime<Utc>>,
 }
 
-/// A team's error groups, most recently seen first.
-pub async fn error_groups(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    team_id: &str,
-    page: &PageRequest,
-) -> Result<Page<error_groups::Model>, AppError> {
-    use sea_orm::Condition;
-    guard::team(db, caller, team_id, TeamRole::Viewer).await?;
-    let mut query = error_groups::Entity::find().filter(error_groups::Column::TeamId.eq(team_id));
-    if let Some(after) = &page.after {
-        let (seen, fingerprint) = after.split_once('|').unwrap_or_default();
-        let seen = DateTime::parse_from_rfc3339(seen).map(|t| t.with_timezone(&Utc)).unwrap_or_default();
-        query = query.filter(
-            Condition::any().add(error_groups::Column::LastSeen.lt(seen)).add(
-                Condition::all()
-                    .add(error_groups::Column::LastSeen.eq(seen))
-                    .add(error_groups::Column::Fingerprint.lt(fingerprint)),
-            ),
-        );
-    }
-    let rows = query
-        .order_by_desc(error_groups::Column::LastSeen)
-        .order_by_desc(error_groups::Column::Fingerprint)
-        .limit(page.first + 1)
-        .all(db)
-        .await?;
-    Ok(page.page(rows))
-}
-
-/// The keyset cursor of an error group: when it was last seen, then its fingerprint.
-pub fn error_group_cursor(group: &error_groups::Model) -> String {
-    format!("{}|{}", group.last_seen.to_rfc3339(), group.fingerprint)
-}
-
 /// The last event of a finished run, for subscribers who arrive after it.
 pub fn terminal_event(run: &runs::Model) -> RunEvent {
     let kind = match RunStatus::parse(&run.status) {

@@ -1,0 +1,467 @@
+//! Team analytics read from rollups (never raw runs): the overview panels, time series for
+//! graphs, and the per-agent figures insights are built from.
+
+use std::collections::HashMap;
+
+use chrono::Duration;
+use entity::{conversations, error_groups, run_latency, run_rollups, team_members};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
+};
+
+use super::{
+    audit::Caller,
+    range::TimeRange,
+    rollups::{self, Grain, Piece},
+};
+use crate::{
+    auth::{
+        GlobalRole, Principal,
+        api_key::Scope,
+        guard::{self, TeamRole},
+    },
+    error::{AppError, Problem},
+};
+
+/// The most points one series may have.
+pub const MAX_POINTS: i64 = 1_500;
+
+/// Busiest agents listed in an overview.
+const BUSIEST: usize = 5;
+
+/// Error groups listed in an overview.
+const TOP_ERRORS: u64 = 5;
+
+/// Sums of finished runs over some rollup rows.
+#[derive(Clone, Debug, Default, PartialEq, FromQueryResult)]
+pub struct Totals {
+    pub runs: i64,
+    pub failures: i64,
+    pub retries: i64,
+    pub fallbacks: i64,
+    pub retried_runs: i64,
+    pub fallback_runs: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_usd: f64,
+    pub latency_ms_sum: i64,
+}
+
+impl Totals {
+    pub fn add(&mut self, other: &Totals) {
+        self.runs += other.runs;
+        self.failures += other.failures;
+        self.retries += other.retries;
+        self.fallbacks += other.fallbacks;
+        self.retried_runs += other.retried_runs;
+        self.fallback_runs += other.fallback_runs;
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+        self.cost_usd += other.cost_usd;
+        self.latency_ms_sum += other.latency_ms_sum;
+    }
+
+    /// `part` per run; none without runs.
+    pub fn per_run(&self, part: i64) -> Option<f64> {
+        (self.runs > 0).then(|| part as f64 / self.runs as f64)
+    }
+
+    pub fn success_rate(&self) -> Option<f64> {
+        self.per_run(self.runs - self.failures)
+    }
+
+    pub fn average_latency_ms(&self) -> Option<f64> {
+        self.per_run(self.latency_ms_sum)
+    }
+}
+
+/// Latency percentiles, exact to two significant digits (see `rollups::latency_bucket`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latency {
+    pub p50: Option<i64>,
+    pub p95: Option<i64>,
+    pub p99: Option<i64>,
+}
+
+impl Latency {
+    fn of(histogram: &[(i64, i64)]) -> Self {
+        Self {
+            p50: rollups::percentile(histogram, 0.50),
+            p95: rollups::percentile(histogram, 0.95),
+            p99: rollups::percentile(histogram, 0.99),
+        }
+    }
+}
+
+/// One slice of a team's runs: an agent, a rule, a model, or a combination.
+#[derive(Clone, Debug, Default)]
+pub struct Slice {
+    pub agent: String,
+    pub rule: String,
+    pub model: String,
+    pub totals: Totals,
+    pub latency: Latency,
+}
+
+/// A team's panels over a range.
+pub struct Overview {
+    pub range: TimeRange,
+    pub totals: Totals,
+    pub latency: Latency,
+    pub active_conversations: u64,
+    pub top_errors: Vec<error_groups::Model>,
+    /// Agents with the most runs, most first.
+    pub busiest_agents: Vec<Slice>,
+}
+
+/// What rows to read: the teams (none: every team), and optionally one agent or model.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub teams: Option<Vec<String>>,
+    pub agent: Option<String>,
+    pub model: Option<String>,
+}
+
+impl Selection {
+    pub fn team(team_id: &str) -> Self {
+        Self { teams: Some(vec![team_id.to_string()]), ..Self::default() }
+    }
+
+    fn condition<C: ColumnTrait>(&self, team: C, agent: C, model: C) -> Condition {
+        let mut all = Condition::all();
+        if let Some(teams) = &self.teams {
+            all = all.add(team.is_in(teams.clone()));
+        }
+        if let Some(name) = &self.agent {
+            all = all.add(agent.eq(name.clone()));
+        }
+        if let Some(name) = &self.model {
+            all = all.add(model.eq(name.clone()));
+        }
+        all
+    }
+}
+
+/// A team's overview: totals, percentiles, active conversations, top error groups and busiest
+/// agents over `range`, from rollups (the range widened to whole minutes).
+pub async fn overview(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    range: TimeRange,
+) -> Result<Overview, AppError> {
+    readable_team(db, caller, team_id).await?;
+    let pieces = rollups::cover(range.from.timestamp(), range.to.timestamp());
+    let by_agent = slices(db, &Selection::team(team_id), &pieces, By::AGENT).await?;
+    let mut totals = Totals::default();
+    let mut histogram = Vec::new();
+    for slice in &by_agent {
+        totals.add(&slice.totals);
+    }
+    for (_, bucket, runs) in histograms(db, &Selection::team(team_id), &pieces, By::default()).await? {
+        histogram.push((bucket, runs));
+    }
+    let active_conversations = conversations::Entity::find()
+        .filter(conversations::Column::TeamId.eq(team_id))
+        .filter(conversations::Column::LastActiveAt.gte(range.from))
+        .filter(conversations::Column::CreatedAt.lt(range.to))
+        .count(db)
+        .await?;
+    let top_errors = error_groups::Entity::find()
+        .filter(error_groups::Column::TeamId.eq(team_id))
+        .filter(error_groups::Column::LastSeen.gte(range.from))
+        .filter(error_groups::Column::LastSeen.lt(range.to))
+        .order_by_desc(error_groups::Column::Count)
+        .order_by_desc(error_groups::Column::LastSeen)
+        .limit(TOP_ERRORS)
+        .all(db)
+        .await?;
+    let mut busiest_agents = by_agent;
+    busiest_agents.sort_by(|a, b| b.totals.runs.cmp(&a.totals.runs).then_with(|| a.agent.cmp(&b.agent)));
+    busiest_agents.truncate(BUSIEST);
+    Ok(Overview {
+        range: effective(&pieces, range),
+        totals,
+        latency: Latency::of(&histogram),
+        active_conversations,
+        top_errors,
+        busiest_agents,
+    })
+}
+
+/// The range the rollups actually cover: widened to whole minutes.
+fn effective(pieces: &[Piece], asked: TimeRange) -> TimeRange {
+    match (pieces.first(), pieces.last()) {
+        (Some(first), Some(last)) => TimeRange { from: rollups::time(first.from), to: rollups::time(last.to) },
+        _ => asked,
+    }
+}
+
+/// Which dimensions rows are grouped by; the others are summed over.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct By {
+    pub bucket: bool,
+    pub agent: bool,
+    pub rule: bool,
+    pub model: bool,
+}
+
+impl By {
+    pub const AGENT: By = By { bucket: false, agent: true, rule: false, model: false };
+}
+
+#[derive(FromQueryResult)]
+struct SliceRow {
+    bucket_start: i64,
+    agent: String,
+    rule: String,
+    model: String,
+    #[sea_orm(nested)]
+    totals: Totals,
+}
+
+/// Rollup sums over `pieces`, grouped `by` (with each slice's percentiles).
+pub async fn slices(
+    db: &DatabaseConnection,
+    scope: &Selection,
+    pieces: &[Piece],
+    by: By,
+) -> Result<Vec<Slice>, AppError> {
+    Ok(bucketed_slices(db, scope, pieces, by).await?.into_iter().map(|(_, slice)| slice).collect())
+}
+
+/// Like `slices`, with each slice's bucket start (0 unless grouped by bucket).
+pub async fn bucketed_slices(
+    db: &DatabaseConnection,
+    scope: &Selection,
+    pieces: &[Piece],
+    by: By,
+) -> Result<Vec<(i64, Slice)>, AppError> {
+    if pieces.is_empty() || scope.teams.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    use run_rollups::Column as C;
+    let mut query = run_rollups::Entity::find()
+        .select_only()
+        .filter(rollups::covering(pieces, C::Grain, C::BucketStart))
+        .filter(scope.condition(C::TeamId, C::Agent, C::Model));
+    for (grouped, column, name) in [
+        (by.bucket, C::BucketStart, "bucket_start"),
+        (by.agent, C::Agent, "agent"),
+        (by.rule, C::Rule, "rule"),
+        (by.model, C::Model, "model"),
+    ] {
+        query = if grouped {
+            query.column(column).group_by(column)
+        } else if name == "bucket_start" {
+            query.column_as(Expr::cust("CAST(0 AS BIGINT)"), name)
+        } else {
+            query.column_as(Expr::cust("''"), name)
+        };
+    }
+    for name in [
+        "runs",
+        "failures",
+        "retries",
+        "fallbacks",
+        "retried_runs",
+        "fallback_runs",
+        "tokens_in",
+        "tokens_out",
+        "latency_ms_sum",
+    ] {
+        query = query.column_as(Expr::cust(format!("CAST(SUM({name}) AS BIGINT)")), name);
+    }
+    let rows = query.column_as(Expr::cust("SUM(cost_usd)"), "cost_usd").into_model::<SliceRow>().all(db).await?;
+    let mut percentiles: HashMap<SliceKey, Vec<(i64, i64)>> = HashMap::new();
+    for (key, latency, runs) in histograms(db, scope, pieces, by).await? {
+        percentiles.entry(key).or_default().push((latency, runs));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let key = (row.bucket_start, row.agent, row.rule, row.model);
+            let latency = percentiles.get(&key).map(|h| Latency::of(h)).unwrap_or_default();
+            let (bucket_start, agent, rule, model) = key;
+            (bucket_start, Slice { agent, rule, model, totals: row.totals, latency })
+        })
+        .collect())
+}
+
+#[derive(FromQueryResult)]
+struct HistogramRow {
+    bucket_start: i64,
+    agent: String,
+    rule: String,
+    model: String,
+    latency_ms: i64,
+    runs: i64,
+}
+
+/// A slice's bucket start, agent, rule and model ('' or 0 where not grouped by).
+type SliceKey = (i64, String, String, String);
+
+/// Latency histograms over `pieces`, grouped `by`: (slice, latency bucket, runs).
+async fn histograms(
+    db: &DatabaseConnection,
+    scope: &Selection,
+    pieces: &[Piece],
+    by: By,
+) -> Result<Vec<(SliceKey, i64, i64)>, AppError> {
+    if pieces.is_empty() || scope.teams.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    use run_latency::Column as C;
+    let mut query = run_latency::Entity::find()
+        .select_only()
+        .filter(rollups::covering(pieces, C::Grain, C::BucketStart))
+        .filter(scope.condition(C::TeamId, C::Agent, C::Model));
+    for (grouped, column, name) in [
+        (by.bucket, C::BucketStart, "bucket_start"),
+        (by.agent, C::Agent, "agent"),
+        (by.rule, C::Rule, "rule"),
+        (by.model, C::Model, "model"),
+    ] {
+        query = if grouped {
+            query.column(column).group_by(column)
+        } else if name == "bucket_start" {
+            query.column_as(Expr::cust("CAST(0 AS BIGINT)"), name)
+        } else {
+            query.column_as(Expr::cust("''"), name)
+        };
+    }
+    let rows = query
+        .column(C::LatencyMs)
+        .group_by(C::LatencyMs)
+        .column_as(Expr::cust("CAST(SUM(runs) AS BIGINT)"), "runs")
+        .into_model::<HistogramRow>()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| ((r.bucket_start, r.agent, r.rule, r.model), r.latency_ms, r.runs)).collect())
+}
+
+/// What a series plots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
+pub enum Metric {
+    Runs,
+    Failures,
+    LatencyP50,
+    LatencyP95,
+    LatencyP99,
+    Tokens,
+    Cost,
+    RetryRate,
+    FallbackRate,
+}
+
+impl Metric {
+    fn value(self, slice: &Slice) -> f64 {
+        let t = &slice.totals;
+        let ms = |p: Option<i64>| p.unwrap_or(0) as f64;
+        match self {
+            Self::Runs => t.runs as f64,
+            Self::Failures => t.failures as f64,
+            Self::LatencyP50 => ms(slice.latency.p50),
+            Self::LatencyP95 => ms(slice.latency.p95),
+            Self::LatencyP99 => ms(slice.latency.p99),
+            Self::Tokens => (t.tokens_in + t.tokens_out) as f64,
+            Self::Cost => t.cost_usd,
+            Self::RetryRate => t.per_run(t.retried_runs).unwrap_or(0.0),
+            Self::FallbackRate => t.per_run(t.fallback_runs).unwrap_or(0.0),
+        }
+    }
+}
+
+/// A series: one point per bucket of the range, empty buckets as zero.
+pub struct Series {
+    pub range: TimeRange,
+    pub points: Vec<(i64, f64)>,
+}
+
+/// `metric` per `grain` bucket over `range`, for one team or (none) every team the caller may
+/// see, optionally for one agent or model.
+pub async fn series(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: Option<&str>,
+    metric: Metric,
+    grain: Grain,
+    range: TimeRange,
+    filter: (Option<String>, Option<String>),
+) -> Result<Series, AppError> {
+    let (from, to) = (grain.floor(range.from.timestamp()), grain.ceil(range.to.timestamp()));
+    let count = (to - from) / grain.seconds();
+    if count > MAX_POINTS {
+        let message = format!(
+            "A series may have at most {MAX_POINTS} points; {count} {} buckets were asked for. Use a larger bucket or a shorter range.",
+            grain.as_str()
+        );
+        return Err(AppError::BadUserInput {
+            message: message.clone(),
+            problems: vec![Problem::new("bucket", message)],
+        });
+    }
+    let teams = match team_id {
+        Some(team_id) => Some(vec![readable_team(db, caller, team_id).await?.id]),
+        None => visible_teams(db, caller, Scope::AnalyticsRead).await?,
+    };
+    let scope = Selection { teams, agent: filter.0, model: filter.1 };
+    let pieces = [Piece { grain, from, to }];
+    let by_bucket: HashMap<i64, f64> = bucketed_slices(db, &scope, &pieces, By { bucket: true, ..By::default() })
+        .await?
+        .into_iter()
+        .map(|(start, slice)| (start, metric.value(&slice)))
+        .collect();
+    let points = (0..count)
+        .map(|i| from + i * grain.seconds())
+        .map(|start| (start, by_bucket.get(&start).copied().unwrap_or(0.0)))
+        .collect();
+    Ok(Series { range: TimeRange { from: rollups::time(from), to: rollups::time(to) }, points })
+}
+
+/// A team whose figures the caller may read: any role on it, and for an API key the
+/// `analytics:read` scope.
+pub async fn readable_team(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+) -> Result<entity::teams::Model, AppError> {
+    guard::key_scope(caller, Scope::AnalyticsRead)?;
+    Ok(guard::team(db, caller, team_id, TeamRole::Viewer).await?.team)
+}
+
+/// The teams whose figures the caller may read across teams: none for every team (admins),
+/// else the teams they are a member of (an API key with `scope`: its team, or its owner's).
+pub async fn visible_teams(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    scope: Scope,
+) -> Result<Option<Vec<String>>, AppError> {
+    guard::key_scope(caller, scope)?;
+    let user = match &caller.principal {
+        Principal::ApiKey(key) => {
+            if let Some(team) = &key.team_id {
+                return Ok(Some(vec![team.clone()]));
+            }
+            &key.owner
+        }
+        _ => guard::account(caller)?,
+    };
+    if user.role == GlobalRole::Admin {
+        return Ok(None);
+    }
+    let teams = team_members::Entity::find()
+        .select_only()
+        .column(team_members::Column::TeamId)
+        .filter(team_members::Column::UserId.eq(&user.id))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(Some(teams))
+}
+
+/// The default span of a range left open.
+pub fn default_span() -> Duration {
+    Duration::hours(24)
+}
