@@ -6,5 +6,6 @@ CREATE INDEX "idx_run_latency_time" ON "run_latency" ("grain", "bucket_start");
 ALTER TABLE "conversations" ADD COLUMN "last_active_at" timestamp_with_timezone_text NULL;
 UPDATE "conversations" SET "last_active_at" = "created_at";
 CREATE INDEX "idx_conversations_active" ON "conversations" ("team_id", "last_active_at");
+CREATE INDEX "idx_runs_team_created" ON "runs" ("team_id", "created_at");
 ALTER TABLE "runs" ADD COLUMN "estimated_cost_usd" double NULL;
 ALTER TABLE "runs" ADD COLUMN "estimated_max_cost_usd" double NULL;

@@ -114,6 +114,17 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // A team's runs in a time range (`runs(teamId, range)`).
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_runs_team_created")
+                    .table(Runs::Table)
+                    .col(Runs::TeamId)
+                    .col(Runs::CreatedAt)
+                    .to_owned(),
+            )
+            .await?;
         for column in [double_null(Runs::EstimatedCostUsd), double_null(Runs::EstimatedMaxCostUsd)] {
             manager.alter_table(Table::alter().table(Runs::Table).add_column(column).to_owned()).await?;
         }
@@ -182,6 +193,8 @@ enum Conversations {
 #[derive(DeriveIden)]
 enum Runs {
     Table,
+    TeamId,
+    CreatedAt,
     EstimatedCostUsd,
     EstimatedMaxCostUsd,
 }

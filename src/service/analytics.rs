@@ -102,6 +102,8 @@ pub struct Slice {
     pub model: String,
     pub totals: Totals,
     pub latency: Latency,
+    /// Latency buckets and their runs, which `latency` was read from.
+    pub histogram: Vec<(i64, i64)>,
 }
 
 /// A team's panels over a range.
@@ -158,9 +160,7 @@ pub async fn overview(
     let mut histogram = Vec::new();
     for slice in &by_agent {
         totals.add(&slice.totals);
-    }
-    for (_, bucket, runs) in histograms(db, &Selection::team(team_id), &pieces, By::default()).await? {
-        histogram.push((bucket, runs));
+        histogram.extend_from_slice(&slice.histogram);
     }
     let active_conversations = conversations::Entity::find()
         .filter(conversations::Column::TeamId.eq(team_id))
@@ -242,10 +242,12 @@ pub async fn bucketed_slices(
         return Ok(Vec::new());
     }
     use run_rollups::Column as C;
-    let mut query = run_rollups::Entity::find()
-        .select_only()
-        .filter(rollups::covering(pieces, C::Grain, C::BucketStart))
-        .filter(scope.condition(C::TeamId, C::Agent, C::Model));
+    let mut query = run_rollups::Entity::find().select_only().filter(rollups::covering(
+        pieces,
+        C::Grain,
+        C::BucketStart,
+        scope.condition(C::TeamId, C::Agent, C::Model),
+    ));
     for (grouped, column, name) in [
         (by.bucket, C::BucketStart, "bucket_start"),
         (by.agent, C::Agent, "agent"),
@@ -282,9 +284,10 @@ pub async fn bucketed_slices(
         .into_iter()
         .map(|row| {
             let key = (row.bucket_start, row.agent, row.rule, row.model);
-            let latency = percentiles.get(&key).map(|h| Latency::of(h)).unwrap_or_default();
+            let histogram = percentiles.remove(&key).unwrap_or_default();
             let (bucket_start, agent, rule, model) = key;
-            (bucket_start, Slice { agent, rule, model, totals: row.totals, latency })
+            let latency = Latency::of(&histogram);
+            (bucket_start, Slice { agent, rule, model, totals: row.totals, latency, histogram })
         })
         .collect())
 }
@@ -313,10 +316,12 @@ async fn histograms(
         return Ok(Vec::new());
     }
     use run_latency::Column as C;
-    let mut query = run_latency::Entity::find()
-        .select_only()
-        .filter(rollups::covering(pieces, C::Grain, C::BucketStart))
-        .filter(scope.condition(C::TeamId, C::Agent, C::Model));
+    let mut query = run_latency::Entity::find().select_only().filter(rollups::covering(
+        pieces,
+        C::Grain,
+        C::BucketStart,
+        scope.condition(C::TeamId, C::Agent, C::Model),
+    ));
     for (grouped, column, name) in [
         (by.bucket, C::BucketStart, "bucket_start"),
         (by.agent, C::Agent, "agent"),

@@ -268,10 +268,12 @@ fn tile(from: i64, to: i64, grain: Grain, pieces: &mut Vec<Piece>) {
     }
 }
 
-/// The condition selecting the rollup rows of `pieces`, for a table's grain and start columns.
-pub fn covering<C: ColumnTrait>(pieces: &[Piece], grain: C, start: C) -> Condition {
+/// The condition selecting the rollup rows of `pieces` that also meet `within`, for a table's
+/// grain and start columns. `within` is repeated in every piece so each piece is one index
+/// range (team, grain, start) rather than a scan of the team's rows.
+pub fn covering<C: ColumnTrait>(pieces: &[Piece], grain: C, start: C, within: Condition) -> Condition {
     pieces.iter().fold(Condition::any(), |any, piece| {
-        any.add(Condition::all().add(grain.eq(piece.grain.as_str())).add(start.gte(piece.from)).add(start.lt(piece.to)))
+        any.add(within.clone().add(grain.eq(piece.grain.as_str())).add(start.gte(piece.from)).add(start.lt(piece.to)))
     })
 }
 
