@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api_keys;
 pub mod conversations;
 pub mod denials;
+pub mod estimates;
 pub mod exports;
 pub mod limits;
 pub mod loaders;
@@ -32,6 +33,7 @@ pub struct QueryRoot(
     share_links::ShareLinksQuery,
     exports::ExportsQuery,
     runs::RunsQuery,
+    estimates::EstimatesQuery,
     conversations::ConversationsQuery,
     admin::AdminQuery,
 );

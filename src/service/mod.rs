@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod conversations;
+pub mod estimates;
 pub mod exports;
 pub mod page;
 pub mod prices;
