@@ -6,6 +6,7 @@ pub mod analytics;
 pub mod api_keys;
 pub mod conversations;
 pub mod denials;
+pub mod estimates;
 pub mod exports;
 pub mod limits;
 pub mod loaders;
@@ -33,6 +34,7 @@ pub struct QueryRoot(
     share_links::ShareLinksQuery,
     exports::ExportsQuery,
     runs::RunsQuery,
+    estimates::EstimatesQuery,
     conversations::ConversationsQuery,
     admin::AdminQuery,
     analytics::AnalyticsQuery,

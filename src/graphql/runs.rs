@@ -257,6 +257,16 @@ impl Run {
     async fn cost_usd(&self) -> f64 {
         self.0.cost_usd
     }
+    /// What the run was expected to cost as it started: one answer from the routed agent, as
+    /// `estimateCost` reckons it. Null for runs from before estimates were kept.
+    async fn estimated_cost_usd(&self) -> Option<f64> {
+        self.0.estimated_cost_usd
+    }
+    /// The most the run could cost as it started: every retry and fallback, as `estimateCost`
+    /// reckons its worst case. Null for runs from before estimates were kept.
+    async fn estimated_max_cost_usd(&self) -> Option<f64> {
+        self.0.estimated_max_cost_usd
+    }
     async fn latency_ms(&self) -> Option<i64> {
         self.0.latency_ms
     }

@@ -95,6 +95,31 @@ impl Outcome {
     }
 }
 
+/// What an agent's every call starts with: its system prompt (when it has one), then `history`.
+pub fn prompt(agent: &Agent, history: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut messages = Vec::with_capacity(history.len() + 1);
+    messages.extend(system_message(agent));
+    messages.extend(history.iter().cloned());
+    messages
+}
+
+/// The system message an agent's calls open with; none for an empty prompt.
+pub fn system_message(agent: &Agent) -> Option<ChatMessage> {
+    (!agent.system_prompt.is_empty()).then(|| ChatMessage { role: Role::System, content: agent.system_prompt.clone() })
+}
+
+/// The answer a call is reckoned to cost before it is made: the agent's `maxTokens`, or
+/// nothing when it sets none (providers then answer at whatever length they choose).
+pub fn answer_allowance(agent: &Agent) -> u32 {
+    agent.max_tokens.unwrap_or(0)
+}
+
+/// The most calls one agent gets in a run: every attempt of the policy, or only the first
+/// when the policy retries no error class.
+pub fn most_attempts(policy: &RetryPolicy) -> u32 {
+    if policy.retry_on.is_empty() { 1 } else { policy.max_attempts }
+}
+
 /// The agents to try, in order: the routed agent, then its fallbacks depth first (each
 /// fallback's own chain follows it), each agent once. A step may name the error classes it takes.
 pub fn chain(spec: &TeamSpec, start: &str) -> Vec<(String, Option<Vec<String>>)> {
@@ -206,15 +231,12 @@ async fn try_agent(
     ctx: &mut RunContext<'_>,
     outcome: &mut Outcome,
 ) -> Result<(), Stop> {
-    let mut messages = Vec::with_capacity(ctx.history.len() + 1);
-    if !agent.system_prompt.is_empty() {
-        messages.push(ChatMessage { role: Role::System, content: agent.system_prompt.clone() });
-    }
-    messages.extend(ctx.history.iter().cloned());
+    let messages = prompt(agent, &ctx.history);
     let price = ctx.prices.get(&agent.model).copied().unwrap_or_default();
     // What the next call costs at least: its prompt, and the answer the agent allows.
-    let least = price.cost(tokens::count_messages(&messages), agent.max_tokens.unwrap_or(0));
-    for attempt in 1..=policy.max_attempts {
+    let least = price.cost(tokens::count_messages(&messages), answer_allowance(agent));
+    let attempts = most_attempts(policy);
+    for attempt in 1..=attempts {
         if let Some(max) = ctx.max_cost_usd
             && outcome.cost_usd() + least > max
         {
@@ -291,7 +313,7 @@ async fn try_agent(
         };
         record.outcome = error.class.as_str().into();
         record.error = Some(error.message.clone());
-        let retry = attempt < policy.max_attempts && policy.retry_on.iter().any(|c| c == error.class.as_str());
+        let retry = attempt < attempts && policy.retry_on.iter().any(|c| c == error.class.as_str());
         let wait = retry.then(|| backoff(policy, attempt, error.retry_after));
         record.backoff_ms = wait.map(|w| w.as_millis() as u64);
         outcome.attempts.push(record);

@@ -1,5 +1,6 @@
 //! Running teams: the TeamSpec, routing, retries and fallbacks, and the model providers.
 
+pub mod estimate;
 pub mod executor;
 pub mod prompts;
 pub mod providers;

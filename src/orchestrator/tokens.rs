@@ -43,7 +43,12 @@ pub fn count(text: &str) -> u32 {
 
 /// How many prompt tokens `messages` cost a chat model: contents plus per-message overhead.
 pub fn count_messages(messages: &[ChatMessage]) -> u32 {
-    messages.iter().fold(PER_REPLY, |total, message| total.saturating_add(PER_MESSAGE + count(&message.content)))
+    messages.iter().fold(PER_REPLY, |total, message| total.saturating_add(count_message(message)))
+}
+
+/// What one message adds to `count_messages`: its content and its overhead.
+pub fn count_message(message: &ChatMessage) -> u32 {
+    count(&message.content).saturating_add(PER_MESSAGE)
 }
 
 /// The longest prefix of `text` that is at most `max_tokens` tokens, cut on a char boundary.

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod conversations;
 pub mod error_groups;
+pub mod estimates;
 pub mod exports;
 pub mod insights;
 pub mod page;

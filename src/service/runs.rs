@@ -18,7 +18,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::{
     audit::Caller,
-    conversations::{self, NewMessage},
+    conversations::{self, NewMessage, Thread},
+    estimates,
     page::{Page, PageRequest},
     prices::PriceBook,
     run_writer::{RunEnd, RunWriter},
@@ -34,10 +35,10 @@ use crate::{
     events::{EventBus, RunEvent, RunEventKind},
     orchestrator::{
         self,
-        executor::{self, Outcome, RunContext, Status},
+        executor::{self, Outcome, Price, RunContext, Status},
         prompts,
         providers::{ChatMessage, Providers, Role},
-        routing,
+        routing::{self, Route},
         spec::{self, TeamSpec},
     },
 };
@@ -90,6 +91,19 @@ pub struct RunInput {
     pub parent_message_id: Option<String>,
 }
 
+/// A run's input checked against its team, routed, with the messages its models are sent.
+pub struct Prepared {
+    /// The spec version it runs.
+    pub version: i32,
+    /// That version's spec, its system prompts rendered with the run's variables.
+    pub spec: Arc<TeamSpec>,
+    /// Where it goes in a conversation, when it is in one.
+    pub thread: Option<Thread>,
+    pub route: Route,
+    /// What follows each agent's system prompt: the conversation so far, then the new message.
+    pub messages: Vec<ChatMessage>,
+}
+
 /// A run in progress on this instance: how to cancel it and how to learn it ended.
 struct Active {
     cancel: watch::Sender<bool>,
@@ -133,25 +147,14 @@ impl Runner {
         input: RunInput,
         wait: bool,
     ) -> Result<runs::Model, AppError> {
-        let variables = self.check(&input)?;
-        let access = guard::team(&self.db, caller, team_id, TeamRole::Operator).await?;
-        let (version, spec) = self.spec(&access.team, input.version).await?;
-        let thread = conversations::thread_for_run(
-            &self.db,
-            team_id,
-            input.conversation_id.as_deref(),
-            input.parent_message_id.as_deref(),
-        )
-        .await?;
+        let Prepared { version, spec, thread, route, messages } =
+            self.prepare(caller, team_id, &input, TeamRole::Operator).await?;
         usage::check_budgets(&self.db, &caller.principal, &self.config).await?;
-        let spec = prompts::render(&spec, &variables).map_err(|problems| AppError::BadUserInput {
-            message: format!("{} problem(s) with the run's variables", problems.len()),
-            problems,
-        })?;
-        let route = routing::route(&spec, &input.content, &variables);
+        let prices = self.prices_of(&spec).await;
+        let estimate = estimates::count(spec.clone(), route.agent.clone(), messages.clone(), prices.clone()).await?;
         let now = Utc::now().trunc_subsecs(6);
         let (user_id, api_key_id) = principal_ids(&caller.principal);
-        let run = runs::Model {
+        let mut run = runs::Model {
             id: format!("run_{}", uuid::Uuid::now_v7().simple()),
             team_id: team_id.to_string(),
             team_version: version,
@@ -181,11 +184,9 @@ impl Runner {
             created_at: now,
             started_at: Some(now),
             finished_at: None,
-            estimated_cost_usd: None,
-            estimated_max_cost_usd: None,
+            estimated_cost_usd: Some(estimate.expected_cost_usd),
+            estimated_max_cost_usd: Some(estimate.worst_case_cost_usd),
         };
-        let history = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
-        let mut run = run;
         let message = thread.as_ref().map(|thread| {
             conversations::new_message(NewMessage {
                 conversation_id: &thread.conversation_id,
@@ -207,7 +208,7 @@ impl Runner {
         routed.reason = Some(route.reason.clone());
         self.events.publish(routed);
 
-        let ended = self.launch(run.clone(), spec, route.agent, history, input.content);
+        let ended = self.launch(run.clone(), spec, route.agent, messages, prices);
         if wait {
             let limit = Duration::from_secs(self.config.run_wait_secs);
             if let Ok(Ok(Some(ended))) = tokio::time::timeout(limit, ended).await {
@@ -216,6 +217,45 @@ impl Runner {
             return self.reload(&run.id).await;
         }
         Ok(run)
+    }
+
+    /// Checks `input` against the team (the caller needs `role` on it), renders the system
+    /// prompts with its variables and routes it: all a run does before it is stored, and all an
+    /// estimate of it needs.
+    pub async fn prepare(
+        &self,
+        caller: &Caller,
+        team_id: &str,
+        input: &RunInput,
+        role: TeamRole,
+    ) -> Result<Prepared, AppError> {
+        let variables = self.check(input)?;
+        let access = guard::team(&self.db, caller, team_id, role).await?;
+        let (version, spec) = self.spec(&access.team, input.version).await?;
+        let thread = conversations::thread_for_run(
+            &self.db,
+            team_id,
+            input.conversation_id.as_deref(),
+            input.parent_message_id.as_deref(),
+        )
+        .await?;
+        let spec = prompts::render(&spec, &variables).map_err(|problems| AppError::BadUserInput {
+            message: format!("{} problem(s) with the run's variables", problems.len()),
+            problems,
+        })?;
+        let route = routing::route(&spec, &input.content, &variables);
+        let mut messages = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
+        messages.push(ChatMessage { role: Role::User, content: input.content.clone() });
+        Ok(Prepared { version, spec, thread, route, messages })
+    }
+
+    /// The prices of the spec's models, from the price book's cache. A run goes on without
+    /// them (priced at zero) rather than failing because they cannot be read.
+    async fn prices_of(&self, spec: &TeamSpec) -> HashMap<String, Price> {
+        self.prices.for_models(spec.agents.iter().map(|a| a.model.as_str())).await.unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read model prices; the run is priced at zero");
+            HashMap::new()
+        })
     }
 
     fn check(&self, input: &RunInput) -> Result<Map<String, Value>, AppError> {
@@ -277,8 +317,8 @@ impl Runner {
         run: runs::Model,
         spec: Arc<TeamSpec>,
         agent: String,
-        mut history: Vec<ChatMessage>,
-        content: String,
+        messages: Vec<ChatMessage>,
+        prices: HashMap<String, Price>,
     ) -> oneshot::Receiver<Option<runs::Model>> {
         let (cancel, cancelled) = watch::channel(false);
         let (ended, stored) = oneshot::channel();
@@ -287,9 +327,8 @@ impl Runner {
             active.insert(run.id.clone(), Active { cancel, done: done.clone() });
         }
         let runner = self.clone();
-        history.push(ChatMessage { role: Role::User, content });
         tokio::spawn(async move {
-            let outcome = runner.execute(&run, spec, &agent, history, cancelled).await;
+            let outcome = runner.execute(&run, spec, &agent, messages, &prices, cancelled).await;
             let end = runner.finish(&run, &outcome).await.unwrap_or_else(|error| {
                 tracing::error!(run = %run.id, %error, "cannot store the end of a run");
                 None
@@ -309,15 +348,9 @@ impl Runner {
         spec: Arc<TeamSpec>,
         agent: &str,
         history: Vec<ChatMessage>,
+        prices: &HashMap<String, Price>,
         cancel: watch::Receiver<bool>,
     ) -> Outcome {
-        let prices = match self.prices.for_models(spec.agents.iter().map(|a| a.model.as_str())).await {
-            Ok(prices) => prices,
-            Err(error) => {
-                tracing::error!(%error, "cannot read model prices; the run is priced at zero");
-                HashMap::new()
-            }
-        };
         let timeout = spec.limits.timeout_ms.unwrap_or(self.config.run_timeout_ms);
         let events = self.events.clone();
         let emit = move |event: RunEvent| events.publish(event);
@@ -325,7 +358,7 @@ impl Runner {
             run_id: &run.id,
             team_id: &run.team_id,
             providers: &self.providers,
-            prices: &prices,
+            prices,
             history,
             deadline: tokio::time::Instant::now() + Duration::from_millis(timeout),
             max_cost_usd: spec.limits.max_cost_usd,
