@@ -121,6 +121,18 @@ async fn a_parent_from_another_conversation_is_refused() {
     assert!(show(&app, &token, &b, None).await["tree"].as_array().unwrap().is_empty(), "nothing was written");
     let (_, body) = app.gql_as(&token, SEND, json!({"c": "conv_nope", "text": "hi"})).await;
     assert_eq!(first_code(&body), "NOT_FOUND", "{body}");
+    // A message of another team's conversation answers as if it did not exist.
+    let (_, other) = app.gql_as(&token, "mutation { createTeam(input: {name: \"Other\"}) { id } }", json!({})).await;
+    let run = "mutation($t: ID!, $p: ID) { runTeam(teamId: $t, input: {content: \"hi\", parentMessageId: $p}) { id } }";
+    for parent in [in_a["messageId"].clone(), json!("msg_nope")] {
+        let (_, body) = app.gql_as(&token, run, json!({"t": other["data"]["createTeam"]["id"], "p": parent})).await;
+        let problem = &body["errors"][0]["extensions"]["problems"][0];
+        assert_eq!(
+            (problem["path"].as_str(), problem["message"].as_str()),
+            (Some("input.parentMessageId"), Some("No such message.")),
+            "{body}"
+        );
+    }
     let stranger = app.token("user_stranger", GlobalRole::Member);
     let (_, body) = app.gql_as(&stranger, SHOW, json!({"c": a})).await;
     assert_eq!(first_code(&body), "NOT_FOUND", "{body}");

@@ -349,3 +349,47 @@ async fn live_metrics_push_a_fresh_overview_after_a_run() {
     let refused = ws.next_json().await;
     assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{refused}");
 }
+
+/// The README's monitoring walkthrough, run as written.
+#[tokio::test]
+async fn the_readme_monitoring_walkthrough_works() {
+    let readme = include_str!("../README.md");
+    let section = readme.split("### Monitoring walkthrough").nth(1).expect("the walkthrough section");
+    let document = section.split("```graphql").nth(1).and_then(|b| b.split("```").next()).expect("the document");
+    let app = TestApp::spawn().await;
+    let token = app.token("user_shopkeeper", GlobalRole::Member);
+    let run = |operation: &'static str, variables: Value| app.operation(&token, document, operation, variables);
+    let team = run("Shop", json!({})).await["createTeam"]["id"].clone();
+    for text in ["Where is my parcel?", "I want a refund", "Is it in stock?", "Send a fax"] {
+        for _ in 0..10 {
+            run("Ask", json!({"team": team, "text": text})).await;
+        }
+    }
+    let overview = run("Overview", json!({"team": team})).await["teamOverview"].clone();
+    assert_eq!(overview["runs"], 40, "{overview}");
+    assert_eq!(
+        [&overview["successRate"], &overview["retryRate"], &overview["fallbackRate"]],
+        [&json!(0.75), &json!(0.75), &json!(0.25)],
+        "{overview}"
+    );
+    let series = run("Series", json!({"team": team})).await["metricsSeries"]["points"].clone();
+    let points = series.as_array().unwrap();
+    assert!((24..=25).contains(&points.len()), "{series}");
+    assert_eq!(points.iter().map(|p| p["value"].as_f64().unwrap()).sum::<f64>(), 40.0);
+    let insights = run("Insights", json!({"team": team})).await["performanceInsights"].clone();
+    let has = |kind: &str, subject: &str| {
+        insights.as_array().unwrap().iter().any(|f| f["kind"] == kind && f["subject"] == subject)
+    };
+    assert!(has("FAILING_AGENT", "legacy") && has("FALLBACK_HOT_SPOT", "warehouse"), "{insights}");
+    assert!(has("UNUSED_RULE", "gifts"), "{insights}");
+    let errors = run("Errors", json!({"team": team})).await["errorGroups"]["nodes"].clone();
+    assert_eq!((errors[0]["agent"].as_str(), errors[0]["count"].as_i64()), (Some("legacy"), Some(10)), "{errors}");
+    let resolved = run("Resolve", json!({"fingerprint": errors[0]["fingerprint"]})).await;
+    assert!(resolved["resolveErrorGroup"]["resolvedAt"].is_string(), "{resolved}");
+    let audit = run("Audit", json!({"team": team})).await["auditLogs"]["nodes"].clone();
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|row| row["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["error_group.resolve", "team.create"], "{audit}");
+    let usage = run("Usage", json!({})).await["usageReport"]["rows"].clone();
+    let runs: i64 = usage.as_array().unwrap().iter().map(|row| row["runs"].as_i64().unwrap()).sum();
+    assert_eq!(runs, 40, "{usage}");
+}

@@ -45,6 +45,7 @@ pub async fn thread_for_run(
     conversation_id: Option<&str>,
     parent_id: Option<&str>,
 ) -> Result<Option<Thread>, AppError> {
+    let conversation_id_given = conversation_id.is_some();
     let conversation_id = match (conversation_id, parent_id) {
         (None, None) => return Ok(None),
         (Some(id), _) => id.to_string(),
@@ -56,11 +57,17 @@ pub async fn thread_for_run(
                 .conversation_id
         }
     };
+    // Found through the message alone: one of another team is as unknown as no message at all.
+    let missing = if conversation_id_given {
+        bad("input.conversationId", "No such conversation in this team.")
+    } else {
+        bad("input.parentMessageId", "No such message.")
+    };
     let conversation = conversations::Entity::find_by_id(&conversation_id)
         .one(db)
         .await?
         .filter(|c| c.team_id == team_id)
-        .ok_or_else(|| bad("input.conversationId", "No such conversation in this team."))?;
+        .ok_or(missing)?;
     let all = messages_of(db, &conversation.id).await?;
     let parent = match parent_id {
         Some(id) => Some(
