@@ -14,6 +14,7 @@ pub mod share_links;
 pub mod system;
 pub mod teams;
 pub mod transport;
+pub mod usage;
 pub mod users;
 pub mod ws;
 
@@ -34,6 +35,7 @@ pub struct QueryRoot(
     runs::RunsQuery,
     conversations::ConversationsQuery,
     admin::AdminQuery,
+    usage::UsageQuery,
 );
 
 #[derive(MergedObject, Default)]
