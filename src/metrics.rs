@@ -1,11 +1,13 @@
 //! Process metrics in Prometheus text format: HTTP requests by status, GraphQL operations by
-//! name and outcome, a request latency histogram, and database pool use.
+//! name and outcome, a request latency histogram, database pool use, open websockets and
+//! subscriptions, and the hits and misses of every cache.
 
 use std::{
     collections::BTreeMap,
     fmt::Write,
+    hash::Hash,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -25,6 +27,8 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_micros: AtomicU64,
     open_websockets: AtomicI64,
+    open_subscriptions: AtomicI64,
+    pub caches: CacheStats,
 }
 
 impl Metrics {
@@ -67,6 +71,16 @@ impl Metrics {
 
     pub fn open_websockets(&self) -> i64 {
         self.open_websockets.load(Ordering::Relaxed)
+    }
+
+    /// Counts an operation streamed over a websocket as open until the guard is dropped.
+    pub fn subscription_opened(self: &Arc<Self>) -> OpenSubscription {
+        self.open_subscriptions.fetch_add(1, Ordering::Relaxed);
+        OpenSubscription(self.clone())
+    }
+
+    pub fn open_subscriptions(&self) -> i64 {
+        self.open_subscriptions.load(Ordering::Relaxed)
     }
 
     /// The Prometheus exposition text; `pool` is (open, idle) database connections.
@@ -113,7 +127,112 @@ impl Metrics {
         out.push_str("# HELP ensemble_websocket_connections Open websocket connections.\n");
         out.push_str("# TYPE ensemble_websocket_connections gauge\n");
         let _ = writeln!(out, "ensemble_websocket_connections {}", self.open_websockets());
+        out.push_str("# HELP ensemble_subscriptions Operations open on websockets.\n");
+        out.push_str("# TYPE ensemble_subscriptions gauge\n");
+        let _ = writeln!(out, "ensemble_subscriptions {}", self.open_subscriptions());
+        self.caches.render(&mut out);
         out
+    }
+}
+
+/// One open websocket operation; dropping it closes the count.
+pub struct OpenSubscription(Arc<Metrics>);
+
+impl Drop for OpenSubscription {
+    fn drop(&mut self) {
+        self.0.open_subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Lookups of one named cache, counted where the cache is read.
+pub struct CacheCounter {
+    name: &'static str,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    /// How many entries the cache holds now.
+    entries: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl CacheCounter {
+    /// Counts one lookup: found in the cache (`true`) or not.
+    pub fn record(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What one cache has answered since start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheSnapshot {
+    pub name: &'static str,
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+}
+
+impl CacheSnapshot {
+    /// Hits per lookup; `None` before the first lookup.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let lookups = self.hits + self.misses;
+        (lookups > 0).then(|| self.hits as f64 / lookups as f64)
+    }
+}
+
+/// Every cache of the process, in the order they were made.
+#[derive(Default)]
+pub struct CacheStats(Mutex<Vec<Arc<CacheCounter>>>);
+
+impl CacheStats {
+    /// A counter for the cache `name`; `entries` tells how many entries it holds.
+    pub fn register(&self, name: &'static str, entries: impl Fn() -> u64 + Send + Sync + 'static) -> Arc<CacheCounter> {
+        let counter = Arc::new(CacheCounter {
+            name,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            entries: Box::new(entries),
+        });
+        if let Ok(mut caches) = self.0.lock() {
+            caches.push(counter.clone());
+        }
+        counter
+    }
+
+    /// A counter for a moka cache, whose entry count it reads (moka's count is approximate).
+    pub fn moka<K, V>(&self, name: &'static str, cache: &moka::future::Cache<K, V>) -> Arc<CacheCounter>
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let cache = cache.clone();
+        self.register(name, move || cache.entry_count())
+    }
+
+    pub fn snapshot(&self) -> Vec<CacheSnapshot> {
+        let Ok(caches) = self.0.lock() else {
+            return Vec::new();
+        };
+        caches
+            .iter()
+            .map(|c| CacheSnapshot {
+                name: c.name,
+                hits: c.hits.load(Ordering::Relaxed),
+                misses: c.misses.load(Ordering::Relaxed),
+                entries: (c.entries)(),
+            })
+            .collect()
+    }
+
+    fn render(&self, out: &mut String) {
+        let caches = self.snapshot();
+        let mut family = |metric: &str, kind: &str, help: &str, value: fn(&CacheSnapshot) -> u64| {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for cache in &caches {
+                let _ = writeln!(out, "{metric}{{cache=\"{}\"}} {}", cache.name, value(cache));
+            }
+        };
+        family("ensemble_cache_hits_total", "counter", "Cache lookups answered from the cache.", |c| c.hits);
+        family("ensemble_cache_misses_total", "counter", "Cache lookups that had to load.", |c| c.misses);
+        family("ensemble_cache_entries", "gauge", "Entries held in a cache.", |c| c.entries);
     }
 }
 
@@ -146,5 +265,31 @@ mod tests {
         assert!(text.contains("le=\"0.05\"} 1"), "{text}");
         assert!(text.contains("method=\"POST\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("ensemble_db_pool_connections{state=\"idle\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn cache_lookups_are_counted_by_name_with_their_hit_rate() {
+        let metrics = Metrics::default();
+        let counter = metrics.caches.register("specs", || 7);
+        assert_eq!(metrics.caches.snapshot()[0].hit_rate(), None);
+        counter.record(true);
+        counter.record(true);
+        counter.record(true);
+        counter.record(false);
+        let snapshot = &metrics.caches.snapshot()[0];
+        assert_eq!((snapshot.hits, snapshot.misses, snapshot.entries), (3, 1, 7));
+        assert_eq!(snapshot.hit_rate(), Some(0.75));
+        let text = metrics.render((0, 0));
+        assert!(text.contains("ensemble_cache_hits_total{cache=\"specs\"} 3"), "{text}");
+        assert!(text.contains("ensemble_cache_misses_total{cache=\"specs\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn an_open_subscription_counts_until_dropped() {
+        let metrics = Arc::new(Metrics::default());
+        let open = metrics.subscription_opened();
+        assert_eq!(metrics.open_subscriptions(), 1);
+        drop(open);
+        assert_eq!(metrics.open_subscriptions(), 0);
     }
 }

@@ -59,7 +59,8 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
-        let auth = Arc::new(Authenticator::new(&config, db.clone()).await?);
+        let metrics = Arc::new(Metrics::default());
+        let auth = Arc::new(Authenticator::new(&config, db.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst));
@@ -71,7 +72,8 @@ impl App {
         if interrupted > 0 {
             tracing::warn!(interrupted, "runs left in progress by the last stop are marked failed (interrupted)");
         }
-        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), Arc::new(EventBus::default())));
+        let events = Arc::new(EventBus::default());
+        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), events, &metrics.caches));
         let state = AppState {
             config: Arc::new(config),
             auth,
@@ -80,7 +82,7 @@ impl App {
             runner,
             statements,
             db,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             started_at: chrono::Utc::now(),
             shutdown: stopping,
         };
@@ -155,6 +157,7 @@ fn router(state: &AppState) -> Router {
         .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/webhooks/clerk", axum::routing::post(crate::auth::clerk_webhook::receive))
         .route("/teams/{id}/export", get(graphql::exports::download))
+        .route("/reports/usage.csv", get(graphql::usage::csv::download))
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))

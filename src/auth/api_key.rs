@@ -17,7 +17,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::principal::{GlobalRole, KeyPrincipal, UserPrincipal};
-use crate::error::AppError;
+use crate::{
+    error::AppError,
+    metrics::{CacheCounter, CacheStats},
+};
 
 const PREFIX_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
@@ -108,13 +111,14 @@ pub struct KeyStore {
     db: DatabaseConnection,
     /// Prefix → the key and its owner (`None`: no such key), for `CACHE_TTL`.
     cache: moka::future::Cache<String, Option<Arc<Cached>>>,
+    stats: Arc<CacheCounter>,
     last_written: Mutex<HashMap<String, Instant>>,
 }
 
 impl KeyStore {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: DatabaseConnection, caches: &CacheStats) -> Self {
         let cache = moka::future::Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build();
-        Self { db, cache, last_written: Mutex::new(HashMap::new()) }
+        Self { db, stats: caches.moka("api_keys", &cache), cache, last_written: Mutex::new(HashMap::new()) }
     }
 
     /// Forgets a key at once (revoked, rotated, its owner deleted).
@@ -126,12 +130,14 @@ impl KeyStore {
         let refused = || AppError::Unauthenticated("The API key is not valid.".into());
         let (prefix, secret) = split(text).ok_or_else(refused)?;
         let db = self.db.clone();
-        let cached = self
+        let entry = self
             .cache
-            .try_get_with(prefix.to_string(), async move { load(&db, prefix).await })
+            .entry(prefix.to_string())
+            .or_try_insert_with(async move { load(&db, prefix).await })
             .await
-            .map_err(|e| AppError::internal(e.to_string()))?
-            .ok_or_else(refused)?;
+            .map_err(|e| AppError::internal(e.to_string()))?;
+        self.stats.record(!entry.is_fresh());
+        let cached = entry.into_value().ok_or_else(refused)?;
         let now = Utc::now();
         let given = hash(secret);
         let current = bool::from(given.as_bytes().ct_eq(cached.key.secret_hash.as_bytes()));

@@ -82,14 +82,20 @@ pub fn admin(caller: &Caller) -> Result<&UserPrincipal, AppError> {
 /// The acting user for an operation outside any one team: a signed-in user, or the owner of an
 /// API key that has `scope` and is not restricted to a team.
 pub fn acting_user(caller: &Caller, scope: Scope) -> Result<&UserPrincipal, AppError> {
+    match acting_user_within(caller, scope)? {
+        (user, None) => Ok(user),
+        (_, Some(_)) => Err(AppError::Forbidden("This API key is restricted to one team.".into())),
+    }
+}
+
+/// The acting user and, for an API key restricted to a team, that team: a signed-in user, or
+/// the owner of an API key that has `scope`.
+pub fn acting_user_within(caller: &Caller, scope: Scope) -> Result<(&UserPrincipal, Option<&str>), AppError> {
     match &caller.principal {
-        Principal::User(user) => Ok(user),
+        Principal::User(user) => Ok((user, None)),
         Principal::ApiKey(key) => {
             require_scope(key, scope)?;
-            if key.team_id.is_some() {
-                return Err(AppError::Forbidden("This API key is restricted to one team.".into()));
-            }
-            Ok(&key.owner)
+            Ok((&key.owner, key.team_id.as_deref()))
         }
         Principal::Anonymous | Principal::System(_) => Err(unauthenticated()),
     }

@@ -11,6 +11,7 @@ use jsonwebtoken::{DecodingKey, jwk::JwkSet};
 use tokio::sync::{Mutex, RwLock};
 
 use super::jwt::Rejected;
+use crate::metrics::{CacheCounter, CacheStats};
 
 const FRESH_FOR: Duration = Duration::from_secs(300);
 
@@ -19,7 +20,8 @@ pub struct JwksCache {
     client: reqwest::Client,
     /// Least time between two fetches (Clerk's SDK: a minute).
     refetch_every: Duration,
-    keys: RwLock<Keys>,
+    keys: Arc<RwLock<Keys>>,
+    stats: Arc<CacheCounter>,
     /// Held while fetching, so concurrent misses cause one fetch; holds the last attempt.
     fetching: Mutex<Option<Instant>>,
 }
@@ -37,9 +39,12 @@ impl Keys {
 }
 
 impl JwksCache {
-    pub fn new(url: String, refetch_every: Duration) -> Self {
+    pub fn new(url: String, refetch_every: Duration, caches: &CacheStats) -> Self {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        Self { url, client, refetch_every, keys: RwLock::new(Keys::default()), fetching: Mutex::new(None) }
+        let keys = Arc::new(RwLock::new(Keys::default()));
+        let held = keys.clone();
+        let stats = caches.register("jwks", move || held.try_read().map_or(0, |k| k.by_kid.len() as u64));
+        Self { url, client, refetch_every, keys, stats, fetching: Mutex::new(None) }
     }
 
     /// The key for `kid`, fetching the set when it is unknown or stale (within the limits above).
@@ -49,9 +54,11 @@ impl JwksCache {
             if let Some(key) = keys.by_kid.get(kid)
                 && keys.fresh()
             {
+                self.stats.record(true);
                 return Ok(key.clone());
             }
         }
+        self.stats.record(false);
         let mut last_attempt = self.fetching.lock().await;
         let needs_fetch = {
             let keys = self.keys.read().await;

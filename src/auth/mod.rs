@@ -20,7 +20,12 @@ use self::{
     dev::DevIssuer,
     jwt::{KeySource, Verifier},
 };
-use crate::{config::Config, error::AppError, service::users};
+use crate::{
+    config::Config,
+    error::AppError,
+    metrics::{CacheCounter, CacheStats},
+    service::users,
+};
 
 pub struct Authenticator {
     verifier: Verifier,
@@ -28,16 +33,18 @@ pub struct Authenticator {
     pub keys: api_key::KeyStore,
     /// User id → their stored standing, for a minute; dropped when the row changes.
     standings: moka::future::Cache<String, users::Standing>,
+    standings_stats: Arc<CacheCounter>,
     /// SHA-256 of a session token → what it verified to. A signature check costs more than the
     /// rest of a small request; a token that verified once stays valid until it expires.
     verified: moka::future::Cache<[u8; 32], UserPrincipal>,
+    verified_stats: Arc<CacheCounter>,
     /// Present in dev mode: the issuer whose key `verifier` holds.
     pub dev: Option<DevIssuer>,
     db: DatabaseConnection,
 }
 
 impl Authenticator {
-    pub async fn new(config: &Config, db: DatabaseConnection) -> Result<Self, AppError> {
+    pub async fn new(config: &Config, db: DatabaseConnection, caches: &CacheStats) -> Result<Self, AppError> {
         let auth = &config.auth;
         let admin_users: HashSet<String> = auth.admin_users.iter().map(|u| u.trim().to_string()).collect();
         let verifier = |keys, issuer: String| Verifier {
@@ -58,8 +65,8 @@ impl Authenticator {
                 "DEV AUTH: this server signs its own tokens (no Clerk configured). Get one with `ensemble token --user alice --role admin`. Never expose it."
             );
             let verifier = verifier(KeySource::Static(dev.decoding.clone()), dev::ISSUER.to_string());
-            let keys = api_key::KeyStore::new(db.clone());
-            return Ok(Self { verifier, keys, standings: standings(), verified: verified(), dev: Some(dev), db });
+            let keys = api_key::KeyStore::new(db.clone(), caches);
+            return Ok(Self::assemble(verifier, keys, Some(dev), db, caches));
         }
         let issuer = auth
             .clerk_issuer
@@ -74,12 +81,33 @@ impl Authenticator {
             (None, Some(url)) => KeySource::Jwks(Box::new(jwks::JwksCache::new(
                 url.clone(),
                 std::time::Duration::from_secs(auth.clerk_jwks_refetch_secs),
+                caches,
             ))),
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
         let verifier = verifier(keys, issuer);
-        let keys = api_key::KeyStore::new(db.clone());
-        Ok(Self { verifier, keys, standings: standings(), verified: verified(), dev: None, db })
+        let keys = api_key::KeyStore::new(db.clone(), caches);
+        Ok(Self::assemble(verifier, keys, None, db, caches))
+    }
+
+    fn assemble(
+        verifier: Verifier,
+        keys: api_key::KeyStore,
+        dev: Option<DevIssuer>,
+        db: DatabaseConnection,
+        caches: &CacheStats,
+    ) -> Self {
+        let (standings, verified) = (standings(), verified());
+        Self {
+            verifier,
+            keys,
+            standings_stats: caches.moka("user_standings", &standings),
+            standings,
+            verified_stats: caches.moka("session_tokens", &verified),
+            verified,
+            dev,
+            db,
+        }
     }
 
     /// The principal of an HTTP request: `Authorization: Bearer <token or key>`, `x-api-key`,
@@ -103,7 +131,9 @@ impl Authenticator {
             return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
         }
         let mut user = self.verify(token).await?;
-        let standing = match self.standings.get(&user.id).await {
+        let cached = self.standings.get(&user.id).await;
+        self.standings_stats.record(cached.is_some());
+        let standing = match cached {
             Some(standing) => standing,
             None => {
                 let standing = users::sign_in(&self.db, &user).await?;
@@ -125,9 +155,9 @@ impl Authenticator {
     async fn verify(&self, token: &str) -> Result<UserPrincipal, AppError> {
         use sha2::{Digest, Sha256};
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(user) = self.verified.get(&key).await
-            && user.expires_at > chrono::Utc::now()
-        {
+        let cached = self.verified.get(&key).await.filter(|user| user.expires_at > chrono::Utc::now());
+        self.verified_stats.record(cached.is_some());
+        if let Some(user) = cached {
             return Ok(user);
         }
         let user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;

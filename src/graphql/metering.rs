@@ -1,12 +1,14 @@
 //! Every operation counts against its principal's usage, and is charged to its rate limit by
 //! its complexity once validation has measured it (`RATE_LIMITED` with `retryAfter` when over).
+//! An operation streamed over a websocket counts as an open subscription while it streams.
 
 use std::sync::Arc;
 
 use async_graphql::{
-    ErrorExtensions, Pos, ServerError, ValidationResult,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation},
+    ErrorExtensions, Pos, Response, ServerError, ValidationResult,
+    extensions::{Extension, ExtensionContext, ExtensionFactory, NextSubscribe, NextValidation},
 };
+use futures_util::{StreamExt, stream::BoxStream};
 
 use crate::{
     auth::Principal,
@@ -24,6 +26,25 @@ impl ExtensionFactory for Metering {
 
 #[async_trait::async_trait]
 impl Extension for Metering {
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        let stream = next.run(ctx, stream);
+        let Ok(state) = ctx.data::<AppState>() else {
+            return stream;
+        };
+        let open = state.metrics.subscription_opened();
+        // The stream holds the count; it ends when the stream is dropped.
+        stream
+            .inspect(move |_| {
+                let _held = &open;
+            })
+            .boxed()
+    }
+
     async fn validation(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -33,21 +54,28 @@ impl Extension for Metering {
         let (Ok(state), Some(principal)) = (ctx.data::<AppState>(), ctx.data_opt::<Principal>()) else {
             return next.run(ctx).await;
         };
-        if state.usage.count_request(principal) {
-            let usage = state.usage.clone();
-            tokio::spawn(async move { usage.flush().await });
-        }
+        count(state, principal);
         let result = next.run(ctx).await?;
         let ip = ctx.data_opt::<RequestMeta>().and_then(|m| m.ip.as_deref());
-        match state.rate_limits.check(principal, ip, result.complexity) {
+        match charge(state, principal, ip, result.complexity) {
             Ok(()) => Ok(result),
-            Err(limited) => {
-                let err = AppError::RateLimited {
-                    message: format!("Too many requests: try again in {} s.", limited.retry_after_secs),
-                    retry_after_secs: Some(limited.retry_after_secs),
-                };
-                Err(vec![err.extend().into_server_error(Pos::default())])
-            }
+            Err(err) => Err(vec![err.extend().into_server_error(Pos::default())]),
         }
     }
+}
+
+/// Counts one request against the principal's usage (written in the background).
+pub fn count(state: &AppState, principal: &Principal) {
+    if state.usage.count_request(principal) {
+        let usage = state.usage.clone();
+        tokio::spawn(async move { usage.flush().await });
+    }
+}
+
+/// Charges `complexity` to the principal's rate limit: `RATE_LIMITED` when over it.
+pub fn charge(state: &AppState, principal: &Principal, ip: Option<&str>, complexity: usize) -> Result<(), AppError> {
+    state.rate_limits.check(principal, ip, complexity).map_err(|limited| AppError::RateLimited {
+        message: format!("Too many requests: try again in {} s.", limited.retry_after_secs),
+        retry_after_secs: Some(limited.retry_after_secs),
+    })
 }

@@ -16,6 +16,7 @@ pub mod share_links;
 pub mod system;
 pub mod teams;
 pub mod transport;
+pub mod usage;
 pub mod users;
 pub mod ws;
 
@@ -38,6 +39,7 @@ pub struct QueryRoot(
     conversations::ConversationsQuery,
     admin::AdminQuery,
     analytics::AnalyticsQuery,
+    usage::UsageQuery,
 );
 
 #[derive(MergedObject, Default)]

@@ -1,7 +1,7 @@
 //! Model prices: seeded with public list prices, changed by admins. A model without a row of
 //! its own takes its provider's `provider/*` row; a model with neither is free (and says so).
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use entity::model_prices;
@@ -13,6 +13,7 @@ use crate::{
     auth::guard::admin,
     db,
     error::{AppError, Problem},
+    metrics::{CacheCounter, CacheStats},
     orchestrator::executor::Price,
 };
 
@@ -23,11 +24,13 @@ const CACHE_TTL: Duration = Duration::from_secs(300);
 pub struct PriceBook {
     db: DatabaseConnection,
     cache: moka::future::Cache<String, Option<Price>>,
+    stats: Arc<CacheCounter>,
 }
 
 impl PriceBook {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, cache: moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build() }
+    pub fn new(db: DatabaseConnection, caches: &CacheStats) -> Self {
+        let cache = moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build();
+        Self { db, stats: caches.moka("model_prices", &cache), cache }
     }
 
     /// The price of each of `models` that has one.
@@ -47,8 +50,10 @@ impl PriceBook {
     async fn get(&self, model: &str) -> Result<Option<Price>, AppError> {
         let db = self.db.clone();
         let key = model.to_string();
-        self.cache
-            .try_get_with(key.clone(), async move {
+        let entry = self
+            .cache
+            .entry(key.clone())
+            .or_try_insert_with(async move {
                 let wildcard = key.split_once('/').map(|(provider, _)| format!("{provider}/*"));
                 let mut row = model_prices::Entity::find_by_id(&key).one(&db).await?;
                 if row.is_none()
@@ -62,7 +67,9 @@ impl PriceBook {
                 }))
             })
             .await
-            .map_err(|e| AppError::internal(e.as_ref()))
+            .map_err(|e| AppError::internal(e.as_ref()))?;
+        self.stats.record(!entry.is_fresh());
+        Ok(entry.into_value())
     }
 
     /// Every price, by model name.

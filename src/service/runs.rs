@@ -118,17 +118,25 @@ pub struct Runner {
     pub events: Arc<EventBus>,
     /// Parsed specs by (team, version): versions never change, so entries never go stale.
     specs: moka::future::Cache<(String, i32), Arc<TeamSpec>>,
+    specs_stats: Arc<crate::metrics::CacheCounter>,
     active: Mutex<HashMap<String, Active>>,
     /// Stores runs as they start and end, many to a transaction.
     writer: RunWriter,
 }
 
 impl Runner {
-    pub fn new(db: DatabaseConnection, config: RunConfig, events: Arc<EventBus>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        config: RunConfig,
+        events: Arc<EventBus>,
+        caches: &crate::metrics::CacheStats,
+    ) -> Self {
         let providers = Providers::from_env(Duration::from_secs(config.provider_timeout_secs));
+        let specs = moka::future::Cache::builder().max_capacity(10_000).build();
         Self {
-            prices: PriceBook::new(db.clone()),
-            specs: moka::future::Cache::builder().max_capacity(10_000).build(),
+            prices: PriceBook::new(db.clone(), caches),
+            specs_stats: caches.moka("team_specs", &specs),
+            specs,
             active: Mutex::new(HashMap::new()),
             writer: RunWriter::spawn(db.clone()),
             db,
@@ -287,7 +295,9 @@ impl Runner {
     async fn spec(&self, team: &entity::teams::Model, pinned: Option<i32>) -> Result<(i32, Arc<TeamSpec>), AppError> {
         let version = pinned.unwrap_or(team.version);
         let key = (team.id.clone(), version);
-        if let Some(spec) = self.specs.get(&key).await {
+        let cached = self.specs.get(&key).await;
+        self.specs_stats.record(cached.is_some());
+        if let Some(spec) = cached {
             return Ok((version, spec));
         }
         let document = if version == team.version {
