@@ -78,6 +78,7 @@ impl App {
             usage,
             rate_limits,
             runner,
+            audit_signal: Arc::default(),
             statements,
             db,
             metrics: Arc::new(Metrics::default()),

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api_keys;
+pub mod audit;
 pub mod conversations;
 pub mod denials;
 pub mod exports;
@@ -34,6 +35,7 @@ pub struct QueryRoot(
     runs::RunsQuery,
     conversations::ConversationsQuery,
     admin::AdminQuery,
+    audit::AuditQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -51,7 +53,7 @@ pub struct MutationRoot(
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(system::SystemSubscription, runs::RunsSubscription);
+pub struct SubscriptionRoot(system::SystemSubscription, runs::RunsSubscription, audit::AuditSubscription);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
