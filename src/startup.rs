@@ -80,6 +80,7 @@ impl App {
             usage,
             rate_limits,
             runner,
+            audit_signal: Arc::default(),
             statements,
             db,
             metrics,

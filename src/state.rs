@@ -18,6 +18,8 @@ pub struct AppState {
     pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,
     /// Starts, cancels and tracks runs; owns the providers, prices and the event bus.
     pub runner: Arc<crate::service::runs::Runner>,
+    /// Poked after every audited mutation; wakes `auditLogAdded` subscriptions.
+    pub audit_signal: Arc<crate::events::AuditSignal>,
     /// SQL statements run since start.
     pub statements: Arc<std::sync::atomic::AtomicU64>,
     pub started_at: DateTime<Utc>,

@@ -14,6 +14,7 @@ mod m0006_team_versions;
 mod m0007_team_share_links;
 mod m0008_orchestration;
 mod m0009_monitoring;
+mod m0010_audit_indexes;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_team_share_links::Migration),
             Box::new(m0008_orchestration::Migration),
             Box::new(m0009_monitoring::Migration),
+            Box::new(m0010_audit_indexes::Migration),
         ]
     }
 }

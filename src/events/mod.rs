@@ -1,12 +1,12 @@
 //! The event bus: what happens to runs, as it happens. In-process (a tokio broadcast channel)
 //! for now; subscribers filter by run or team. A subscriber that falls behind by more than the
-//! channel holds skips ahead rather than holding memory.
+//! channel holds skips ahead rather than holding memory. `AuditSignal` wakes audit log followers.
 
 use std::sync::Arc;
 
 use async_graphql::{Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Events kept for subscribers that have not read them yet.
 const CAPACITY: usize = 4096;
@@ -101,6 +101,24 @@ impl EventBus {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
+        self.sender.subscribe()
+    }
+}
+
+/// Wakes the followers of the audit log (`auditLogAdded`) when a mutation has ended, its
+/// transaction committed or rolled back; they then read what was committed. A hint, not the
+/// rows: followers also read every second, which covers rows written outside GraphQL.
+#[derive(Default)]
+pub struct AuditSignal {
+    sender: watch::Sender<()>,
+}
+
+impl AuditSignal {
+    pub fn poke(&self) {
+        self.sender.send_replace(());
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<()> {
         self.sender.subscribe()
     }
 }

@@ -1,5 +1,6 @@
 //! Refused mutations leave an audit row too: a mutation field that fails with FORBIDDEN,
-//! NOT_FOUND or UNAUTHENTICATED is recorded as `denied`, with the refusal as its reason.
+//! NOT_FOUND or UNAUTHENTICATED is recorded as `denied`, with the refusal as its reason. Once an
+//! audited mutation has ended (its transaction over), `auditLogAdded` followers are woken.
 
 use std::sync::Arc;
 
@@ -42,6 +43,9 @@ impl Extension for AuditDenials {
             if DENIALS.iter().any(|d| code == Some(Value::from(*d))) {
                 record(ctx, action, &err.message).await;
             }
+        }
+        if let (Some(_), Ok(state)) = (action, ctx.data::<AppState>()) {
+            state.audit_signal.poke();
         }
         result
     }

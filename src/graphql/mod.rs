@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod analytics;
 pub mod api_keys;
+pub mod audit;
 pub mod conversations;
 pub mod denials;
 pub mod estimates;
@@ -40,6 +41,7 @@ pub struct QueryRoot(
     admin::AdminQuery,
     analytics::AnalyticsQuery,
     usage::UsageQuery,
+    audit::AuditQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -57,7 +59,12 @@ pub struct MutationRoot(
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(system::SystemSubscription, runs::RunsSubscription, analytics::AnalyticsSubscription);
+pub struct SubscriptionRoot(
+    system::SystemSubscription,
+    runs::RunsSubscription,
+    analytics::AnalyticsSubscription,
+    audit::AuditSubscription,
+);
 
 pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 

@@ -1,16 +1,21 @@
 //! The audit trail: one append-only, hash-chained row per mutation, allowed or denied, written
 //! in the same transaction as the change (if it cannot be written, the change rolls back).
-//! `hash = SHA-256(prev_hash ‖ canonical row)`; `verify` recomputes the chain.
+//! `hash = SHA-256(prev_hash ‖ canonical row)`; `verify` recomputes the chain, `list` and `follow`
+//! read it.
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entity::{audit_head, audit_logs};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect, Set};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{auth::Principal, db, error::AppError, state::RequestMeta};
+
+mod logs;
+mod verify;
+
+pub use logs::{AuditResult, LogFilter, cursor, follow, list};
+pub use verify::{Verification, verify, verify_as};
 
 /// The action names rows carry, and the mutation each belongs to.
 pub mod actions {
@@ -200,39 +205,6 @@ fn canonical(value: &Value) -> String {
         }
     }
     sorted(value).to_string()
-}
-
-/// The result of recomputing the chain.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Verification {
-    pub rows: u64,
-    /// The `seq` of the first row whose link does not hold.
-    pub first_broken: Option<i64>,
-}
-
-/// Walks the chain from the first row, recomputing every hash.
-pub async fn verify(db: &DatabaseConnection) -> Result<Verification, AppError> {
-    const PAGE: u64 = 1000;
-    let (mut prev_hash, mut after, mut rows) = (migration::m0002_audit_chain::GENESIS.to_string(), 0i64, 0u64);
-    loop {
-        let page = audit_logs::Entity::find()
-            .filter(audit_logs::Column::Seq.gt(after))
-            .order_by_asc(audit_logs::Column::Seq)
-            .limit(PAGE)
-            .all(db)
-            .await?;
-        for row in &page {
-            rows += 1;
-            if row.prev_hash != prev_hash || link_hash(row) != row.hash || row.seq != after + 1 {
-                return Ok(Verification { rows, first_broken: Some(row.seq) });
-            }
-            prev_hash = row.hash.clone();
-            after = row.seq;
-        }
-        if (page.len() as u64) < PAGE {
-            return Ok(Verification { rows, first_broken: None });
-        }
-    }
 }
 
 #[cfg(test)]
