@@ -7,7 +7,7 @@ use chrono::Duration;
 use entity::{conversations, error_groups, run_latency, run_rollups, team_members};
 use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::Expr,
+    QuerySelect, Select, sea_query::Expr,
 };
 
 use super::{
@@ -211,6 +211,38 @@ impl By {
     pub const AGENT: By = By { bucket: false, agent: true, rule: false, model: false };
 }
 
+/// The key columns both rollup tables share.
+struct Keys<C> {
+    team: C,
+    grain: C,
+    start: C,
+    agent: C,
+    rule: C,
+    model: C,
+}
+
+/// A rollup table's rows over `pieces` within `scope`, selecting and grouping the `by`
+/// columns (the others read as '' or 0).
+fn grouped<E: EntityTrait>(scope: &Selection, pieces: &[Piece], by: By, keys: Keys<E::Column>) -> Select<E> {
+    let within = scope.condition(keys.team, keys.agent, keys.model);
+    let mut query = E::find().select_only().filter(rollups::covering(pieces, keys.grain, keys.start, within));
+    for (grouped, column, name) in [
+        (by.bucket, keys.start, "bucket_start"),
+        (by.agent, keys.agent, "agent"),
+        (by.rule, keys.rule, "rule"),
+        (by.model, keys.model, "model"),
+    ] {
+        query = if grouped {
+            query.column(column).group_by(column)
+        } else if name == "bucket_start" {
+            query.column_as(Expr::cust("CAST(0 AS BIGINT)"), name)
+        } else {
+            query.column_as(Expr::cust("''"), name)
+        };
+    }
+    query
+}
+
 #[derive(FromQueryResult)]
 struct SliceRow {
     bucket_start: i64,
@@ -242,26 +274,15 @@ pub async fn bucketed_slices(
         return Ok(Vec::new());
     }
     use run_rollups::Column as C;
-    let mut query = run_rollups::Entity::find().select_only().filter(rollups::covering(
-        pieces,
-        C::Grain,
-        C::BucketStart,
-        scope.condition(C::TeamId, C::Agent, C::Model),
-    ));
-    for (grouped, column, name) in [
-        (by.bucket, C::BucketStart, "bucket_start"),
-        (by.agent, C::Agent, "agent"),
-        (by.rule, C::Rule, "rule"),
-        (by.model, C::Model, "model"),
-    ] {
-        query = if grouped {
-            query.column(column).group_by(column)
-        } else if name == "bucket_start" {
-            query.column_as(Expr::cust("CAST(0 AS BIGINT)"), name)
-        } else {
-            query.column_as(Expr::cust("''"), name)
-        };
-    }
+    let keys = Keys {
+        team: C::TeamId,
+        grain: C::Grain,
+        start: C::BucketStart,
+        agent: C::Agent,
+        rule: C::Rule,
+        model: C::Model,
+    };
+    let mut query = grouped::<run_rollups::Entity>(scope, pieces, by, keys);
     for name in [
         "runs",
         "failures",
@@ -316,26 +337,15 @@ async fn histograms(
         return Ok(Vec::new());
     }
     use run_latency::Column as C;
-    let mut query = run_latency::Entity::find().select_only().filter(rollups::covering(
-        pieces,
-        C::Grain,
-        C::BucketStart,
-        scope.condition(C::TeamId, C::Agent, C::Model),
-    ));
-    for (grouped, column, name) in [
-        (by.bucket, C::BucketStart, "bucket_start"),
-        (by.agent, C::Agent, "agent"),
-        (by.rule, C::Rule, "rule"),
-        (by.model, C::Model, "model"),
-    ] {
-        query = if grouped {
-            query.column(column).group_by(column)
-        } else if name == "bucket_start" {
-            query.column_as(Expr::cust("CAST(0 AS BIGINT)"), name)
-        } else {
-            query.column_as(Expr::cust("''"), name)
-        };
-    }
+    let keys = Keys {
+        team: C::TeamId,
+        grain: C::Grain,
+        start: C::BucketStart,
+        agent: C::Agent,
+        rule: C::Rule,
+        model: C::Model,
+    };
+    let query = grouped::<run_latency::Entity>(scope, pieces, by, keys);
     let rows = query
         .column(C::LatencyMs)
         .group_by(C::LatencyMs)
