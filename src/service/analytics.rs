@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use chrono::Duration;
 use entity::{conversations, error_groups, run_latency, run_rollups, team_members};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, sea_query::Expr,
 };
 
 use super::{
@@ -205,10 +205,13 @@ pub struct By {
     pub agent: bool,
     pub rule: bool,
     pub model: bool,
+    /// Whether to read the latency histograms too (percentiles stay empty otherwise).
+    pub latency: bool,
 }
 
 impl By {
-    pub const AGENT: By = By { bucket: false, agent: true, rule: false, model: false };
+    /// Per agent, with percentiles.
+    pub const AGENT: By = By { bucket: false, agent: true, rule: false, model: false, latency: true };
 }
 
 /// The key columns both rollup tables share.
@@ -298,8 +301,10 @@ pub async fn bucketed_slices(
     }
     let rows = query.column_as(Expr::cust("SUM(cost_usd)"), "cost_usd").into_model::<SliceRow>().all(db).await?;
     let mut percentiles: HashMap<SliceKey, Vec<(i64, i64)>> = HashMap::new();
-    for (key, latency, runs) in histograms(db, scope, pieces, by).await? {
-        percentiles.entry(key).or_default().push((latency, runs));
+    if by.latency {
+        for (key, latency, runs) in histograms(db, scope, pieces, by).await? {
+            percentiles.entry(key).or_default().push((latency, runs));
+        }
     }
     Ok(rows
         .into_iter()
@@ -371,12 +376,23 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The percentile a latency metric plots.
+    fn percent(self) -> Option<u8> {
+        match self {
+            Self::LatencyP50 => Some(50),
+            Self::LatencyP95 => Some(95),
+            Self::LatencyP99 => Some(99),
+            _ => None,
+        }
+    }
+
     fn value(self, slice: &Slice) -> f64 {
         let t = &slice.totals;
         let ms = |p: Option<i64>| p.unwrap_or(0) as f64;
         match self {
             Self::Runs => t.runs as f64,
             Self::Failures => t.failures as f64,
+            // Read from the histograms by `percentile_series` instead.
             Self::LatencyP50 => ms(slice.latency.p50),
             Self::LatencyP95 => ms(slice.latency.p95),
             Self::LatencyP99 => ms(slice.latency.p99),
@@ -423,11 +439,14 @@ pub async fn series(
     };
     let scope = Selection { teams, agent: filter.0, model: filter.1 };
     let pieces = [Piece { grain, from, to }];
-    let by_bucket: HashMap<i64, f64> = bucketed_slices(db, &scope, &pieces, By { bucket: true, ..By::default() })
-        .await?
-        .into_iter()
-        .map(|(start, slice)| (start, metric.value(&slice)))
-        .collect();
+    let by_bucket: HashMap<i64, f64> = match metric.percent() {
+        Some(percent) => percentile_series(db, &scope, &pieces, percent).await?,
+        None => bucketed_slices(db, &scope, &pieces, By { bucket: true, ..By::default() })
+            .await?
+            .into_iter()
+            .map(|(start, slice)| (start, metric.value(&slice)))
+            .collect(),
+    };
     let points = (0..count)
         .map(|i| from + i * grain.seconds())
         .map(|start| (start, by_bucket.get(&start).copied().unwrap_or(0.0)))
@@ -444,6 +463,44 @@ pub async fn readable_team(
 ) -> Result<entity::teams::Model, AppError> {
     guard::key_scope(caller, Scope::AnalyticsRead)?;
     Ok(guard::team(db, caller, team_id, TeamRole::Viewer).await?.team)
+}
+
+/// A latency percentile per bucket, computed by the database from the histograms: a month of
+/// hourly histograms is tens of thousands of rows, and only one value per bucket comes back.
+/// Nearest-rank, as `rollups::percentile`: the smallest latency whose running count reaches
+/// `percent`% of the bucket's runs.
+async fn percentile_series(
+    db: &DatabaseConnection,
+    scope: &Selection,
+    pieces: &[Piece],
+    percent: u8,
+) -> Result<HashMap<i64, f64>, AppError> {
+    if scope.teams.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(HashMap::new());
+    }
+    use run_latency::Column as C;
+    let within = scope.condition(C::TeamId, C::Agent, C::Model);
+    let histogram = run_latency::Entity::find()
+        .select_only()
+        .column(C::BucketStart)
+        .column(C::LatencyMs)
+        .column_as(Expr::cust("SUM(runs)"), "n")
+        .filter(rollups::covering(pieces, C::Grain, C::BucketStart, within))
+        .group_by(C::BucketStart)
+        .group_by(C::LatencyMs)
+        .build(db.get_database_backend());
+    let sql = format!(
+        "SELECT bucket_start, MIN(latency_ms) FROM (SELECT bucket_start, latency_ms, \
+         SUM(n) OVER (PARTITION BY bucket_start ORDER BY latency_ms) AS seen, \
+         SUM(n) OVER (PARTITION BY bucket_start) AS total FROM ({}) histogram) running \
+         WHERE seen * 100 >= total * {percent} GROUP BY bucket_start",
+        histogram.sql
+    );
+    let rows = db.query_all_raw(Statement { sql, ..histogram }).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get_by_index::<i64>(0)?, row.try_get_by_index::<i64>(1)? as f64)))
+        .collect::<Result<_, sea_orm::DbErr>>()
+        .map_err(AppError::from)
 }
 
 /// The teams whose figures the caller may read across teams: none for every team (admins),

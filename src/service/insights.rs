@@ -76,7 +76,8 @@ pub async fn find(
         from: Grain::Hour.floor(range.from.timestamp()),
         to: Grain::Hour.ceil(range.to.timestamp()),
     }];
-    let hourly = analytics::bucketed_slices(db, &team_only, &hours, By { bucket: true, ..By::AGENT }).await?;
+    let hourly =
+        analytics::bucketed_slices(db, &team_only, &hours, By { bucket: true, latency: false, ..By::AGENT }).await?;
     findings.extend(retry_storm(&hourly));
     if team_totals.runs >= MIN_RUNS {
         let rules = analytics::slices(db, &team_only, &pieces, By { rule: true, ..By::default() }).await?;
