@@ -9,7 +9,10 @@ use std::collections::HashMap;
 
 use common::TestApp;
 use ensemble::auth::GlobalRole;
-use entity::{audit_logs, conversations, error_groups, messages, model_prices, runs, team_members, teams, users};
+use entity::{
+    audit_logs, conversations, error_groups, messages, model_prices, runs, team_members, teams, template_categories,
+    users,
+};
 use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
@@ -25,6 +28,8 @@ struct Setup {
     conversation: String,
     /// The fingerprint of the error group of a failed run of the team.
     group: String,
+    /// A template category.
+    category: String,
     message: String,
 }
 
@@ -89,6 +94,10 @@ async fn arrange(app: &TestApp) -> Setup {
     let link_token = made["token"].as_str().unwrap().to_string();
     let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hi\"}) { id } }";
     let run = must(app, &owner, run, json!({"team": team})).await["runTeam"]["id"].as_str().unwrap().to_string();
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    let category = "mutation { createTemplateCategory(input: {name: \"Support\"}) { id } }";
+    let category =
+        must(app, &admin, category, json!({})).await["createTemplateCategory"]["id"].as_str().unwrap().to_string();
     let fail = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"fail\"}) { status } }";
     must(app, &owner, fail, json!({"team": team})).await;
     let group = error_groups::Entity::find().one(&app.state.db).await.unwrap().expect("an error group").fingerprint;
@@ -100,7 +109,7 @@ async fn arrange(app: &TestApp) -> Setup {
         .as_str()
         .unwrap()
         .to_string();
-    Setup { team, keys, key_read_id, link_id, link_token, run, conversation, message, group }
+    Setup { team, keys, key_read_id, link_id, link_token, run, conversation, message, group, category }
 }
 
 /// Everything but the audit log and key bookkeeping, in a stable order.
@@ -119,7 +128,10 @@ async fn snapshot(app: &TestApp) -> String {
     let messages = messages::Entity::find().order_by_asc(messages::Column::Id).all(db).await.unwrap();
     let prices = model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(db).await.unwrap();
     let errors = error_groups::Entity::find().all(db).await.unwrap();
-    format!("{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}")
+    let categories = template_categories::Entity::find().all(db).await.unwrap();
+    format!(
+        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}"
+    )
 }
 
 /// Runs `query` as `principal`; returns "ok" or the code of the first error, and the answer.
@@ -128,6 +140,7 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
         "team": setup.team, "target": "user_target", "key": setup.key_read_id,
         "link": setup.link_id, "token": setup.link_token, "run": setup.run,
         "conversation": setup.conversation, "message": setup.message, "group": setup.group,
+        "category": setup.category,
     });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,

@@ -15,6 +15,7 @@ pub mod team_members;
 pub mod team_share_links;
 pub mod team_versions;
 pub mod teams;
+pub mod template_categories;
 pub mod usage_daily;
 pub mod users;
 pub mod webhook_events;

@@ -15,6 +15,7 @@ mod m0007_team_share_links;
 mod m0008_orchestration;
 mod m0009_monitoring;
 mod m0010_audit_indexes;
+mod m0011_template_categories;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_orchestration::Migration),
             Box::new(m0009_monitoring::Migration),
             Box::new(m0010_audit_indexes::Migration),
+            Box::new(m0011_template_categories::Migration),
         ]
     }
 }

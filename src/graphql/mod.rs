@@ -16,6 +16,7 @@ pub mod runs;
 pub mod share_links;
 pub mod system;
 pub mod teams;
+pub mod templates;
 pub mod transport;
 pub mod usage;
 pub mod users;
@@ -42,6 +43,7 @@ pub struct QueryRoot(
     analytics::AnalyticsQuery,
     usage::UsageQuery,
     audit::AuditQuery,
+    templates::TemplatesQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -55,6 +57,7 @@ pub struct MutationRoot(
     runs::RunsMutation,
     conversations::ConversationsMutation,
     admin::AdminMutation,
+    templates::TemplatesMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -40,6 +40,9 @@ pub mod actions {
     pub const API_KEY_ROTATE: &str = "api_key.rotate";
     pub const MODEL_PRICE_UPSERT: &str = "model_price.upsert";
     pub const ERROR_GROUP_RESOLVE: &str = "error_group.resolve";
+    pub const TEMPLATE_CATEGORY_CREATE: &str = "template_category.create";
+    pub const TEMPLATE_CATEGORY_UPDATE: &str = "template_category.update";
+    pub const TEMPLATE_CATEGORY_DELETE: &str = "template_category.delete";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -63,6 +66,9 @@ pub mod actions {
             "rotateApiKey" => (API_KEY_ROTATE, "api_key"),
             "upsertModelPrice" => (MODEL_PRICE_UPSERT, "model_price"),
             "resolveErrorGroup" => (ERROR_GROUP_RESOLVE, "error_group"),
+            "createTemplateCategory" => (TEMPLATE_CATEGORY_CREATE, "template_category"),
+            "updateTemplateCategory" => (TEMPLATE_CATEGORY_UPDATE, "template_category"),
+            "deleteTemplateCategory" => (TEMPLATE_CATEGORY_DELETE, "template_category"),
             _ => return None,
         })
     }

@@ -19,6 +19,7 @@ pub mod share_links;
 pub mod spec_diff;
 pub mod system;
 pub mod teams;
+pub mod template_categories;
 pub mod usage;
 pub mod usage_report;
 pub mod users;
