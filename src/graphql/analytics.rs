@@ -108,13 +108,14 @@ impl AnalyticsSubscription {
             return Err(AppError::bad_input("intervalSeconds must be between 1 and 3600.")).gql();
         }
         let state = ctx.data::<AppState>()?.clone();
+        let period = Duration::from_secs(interval_seconds as u64);
+        // The first overview goes out at once; the first tick comes one interval later.
         let watcher = Watcher {
             events: state.runner.events.subscribe(),
-            ticks: tokio::time::interval(Duration::from_secs(interval_seconds as u64)),
+            ticks: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
             caller: caller(ctx),
             team_id,
             state,
-            first: true,
         };
         // Access is checked by computing the first overview before the stream starts.
         let first = watcher.overview().await.gql()?;
@@ -135,7 +136,6 @@ struct Watcher {
     caller: Caller,
     team_id: ID,
     state: AppState,
-    first: bool,
 }
 
 impl Watcher {
@@ -148,11 +148,6 @@ impl Watcher {
     /// The next overview, after the first tick in which a run of the team changed; none when
     /// the team can no longer be read (the subscription ends).
     async fn next(&mut self) -> Option<TeamOverview> {
-        if self.first {
-            // The interval's first tick is immediate; the first overview was already sent.
-            self.ticks.tick().await;
-            self.first = false;
-        }
         loop {
             self.ticks.tick().await;
             if self.changed() {

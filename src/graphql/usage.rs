@@ -100,37 +100,29 @@ pub struct UsageRow {
     model: Option<String>,
     /// The UTC day, `YYYY-MM-DD`.
     day: Option<String>,
-    /// GraphQL operations (and CSV reports) made.
-    requests: i64,
-    /// Runs finished; a run counts on the row of the model that answered or tried last.
-    runs: i64,
-    tokens_in: i64,
-    tokens_out: i64,
-    cost_usd: f64,
+    #[graphql(flatten)]
+    figures: UsageTotals,
 }
 
 impl From<usage_report::UsageRow> for UsageRow {
     fn from(row: usage_report::UsageRow) -> Self {
-        let f = row.figures;
         Self {
             user_id: row.user_id.map(ID),
             team_id: row.team_id.map(ID),
             api_key_id: row.api_key_id.map(ID),
             model: row.model,
             day: row.day,
-            requests: f.requests,
-            runs: f.runs,
-            tokens_in: f.tokens_in,
-            tokens_out: f.tokens_out,
-            cost_usd: f.cost_usd,
+            figures: row.figures.into(),
         }
     }
 }
 
-/// The sums of a usage report.
+/// The sums of a usage report, or of one of its rows.
 #[derive(SimpleObject)]
 pub struct UsageTotals {
+    /// GraphQL operations (and CSV reports) made.
     requests: i64,
+    /// Runs finished; a run counts on the row of the model that answered or tried last.
     runs: i64,
     tokens_in: i64,
     tokens_out: i64,

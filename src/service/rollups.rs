@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use entity::{run_latency, run_rollups, runs};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
@@ -280,11 +280,6 @@ pub fn covering<C: ColumnTrait>(pieces: &[Piece], grain: C, start: C, within: Co
 /// Unix seconds as a UTC time.
 pub fn time(seconds: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(seconds, 0).single().unwrap_or_default()
-}
-
-/// A span in whole buckets of `grain`.
-pub fn buckets(span: Duration, grain: Grain) -> i64 {
-    span.num_seconds().div_euclid(grain.seconds())
 }
 
 #[cfg(test)]
