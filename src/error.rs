@@ -9,11 +9,21 @@ use serde::Serialize;
 pub struct Problem {
     pub path: String,
     pub message: String,
+    /// Where in a template's text the problem is (1-based), for template syntax errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
 }
 
 impl Problem {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self { path: path.into(), message: message.into(), line: None, column: None }
+    }
+
+    /// The same problem, placed at `line` and `column` of the text at its path.
+    pub fn at(self, line: u32, column: u32) -> Self {
+        Self { line: Some(line), column: Some(column), ..self }
     }
 }
 
@@ -91,6 +101,10 @@ impl ErrorExtensions for AppError {
                             let mut map = async_graphql::indexmap::IndexMap::new();
                             map.insert(async_graphql::Name::new("path"), p.path.clone().into());
                             map.insert(async_graphql::Name::new("message"), p.message.clone().into());
+                            if let (Some(line), Some(column)) = (p.line, p.column) {
+                                map.insert(async_graphql::Name::new("line"), line.into());
+                                map.insert(async_graphql::Name::new("column"), column.into());
+                            }
                             async_graphql::Value::Object(map)
                         })
                         .collect::<Vec<_>>();

@@ -28,6 +28,7 @@ use crate::{
     graphql::{self, transport, ws},
     metrics::Metrics,
     ops,
+    service::templates::{Templates, starters},
     service::{
         runs::{self, Runner},
         usage::UsageMeter,
@@ -72,6 +73,13 @@ impl App {
         if interrupted > 0 {
             tracing::warn!(interrupted, "runs left in progress by the last stop are marked failed (interrupted)");
         }
+        let templates = Arc::new(Templates::new(db.clone(), &metrics.caches));
+        if migrated {
+            let seeded = starters::seed(&db).await?;
+            tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
+            let starters = templates.prefetch().await?;
+            tracing::debug!(starters, "template caches prefetched");
+        }
         let events = Arc::new(EventBus::default());
         let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), events, &metrics.caches));
         let state = AppState {
@@ -80,6 +88,7 @@ impl App {
             usage,
             rate_limits,
             runner,
+            templates,
             audit_signal: Arc::default(),
             statements,
             db,

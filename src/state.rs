@@ -18,6 +18,8 @@ pub struct AppState {
     pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,
     /// Starts, cancels and tracks runs; owns the providers, prices and the event bus.
     pub runner: Arc<crate::service::runs::Runner>,
+    /// Templates and their cache.
+    pub templates: Arc<crate::service::templates::Templates>,
     /// Poked after every audited mutation; wakes `auditLogAdded` subscriptions.
     pub audit_signal: Arc<crate::events::AuditSignal>,
     /// SQL statements run since start.

@@ -11,7 +11,7 @@ use common::TestApp;
 use ensemble::auth::GlobalRole;
 use entity::{
     audit_logs, conversations, error_groups, messages, model_prices, runs, team_members, teams, template_categories,
-    users,
+    template_versions, templates, users,
 };
 use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
@@ -30,6 +30,12 @@ struct Setup {
     group: String,
     /// A template category.
     category: String,
+    /// A QUERY template the owner shares with the team, at version 2.
+    template: String,
+    /// A TEAM template the owner shares with the team.
+    team_template: String,
+    /// A WORKFLOW template the owner shares with the team, one step on agent `a`.
+    workflow: String,
     message: String,
 }
 
@@ -109,7 +115,49 @@ async fn arrange(app: &TestApp) -> Setup {
         .as_str()
         .unwrap()
         .to_string();
-    Setup { team, keys, key_read_id, link_id, link_token, run, conversation, message, group, category }
+    let (template, team_template, workflow) = arrange_templates(app, &owner, &team).await;
+    Setup {
+        team,
+        keys,
+        key_read_id,
+        link_id,
+        link_token,
+        run,
+        conversation,
+        message,
+        group,
+        category,
+        template,
+        team_template,
+        workflow,
+    }
+}
+
+/// Templates of each kind the owner shares with the team.
+async fn arrange_templates(app: &TestApp, owner: &str, team: &str) -> (String, String, String) {
+    let create = "mutation($input: TemplateInput!) { createTemplate(input: $input) { id } }";
+    let mut ids = Vec::new();
+    for (kind, body, variables) in [
+        (
+            "QUERY",
+            json!({"prompt": "Summarise {{ text }}"}),
+            json!([{"name": "text", "type": "string", "required": true}]),
+        ),
+        ("TEAM", json!({"format": "ensemble.team/v1", "agents": [{"name": "a", "model": "local/echo"}]}), json!([])),
+        (
+            "WORKFLOW",
+            json!({"steps": [{"id": "one", "agent": "a", "prompt": "About {{ topic }}"}]}),
+            json!([{"name": "topic", "type": "string", "default": "tea"}]),
+        ),
+    ] {
+        let input = json!({"kind": kind, "name": format!("Shared {kind}"), "visibility": "TEAM", "teamId": team,
+            "body": body, "variables": variables});
+        let made = must(app, owner, create, json!({"input": input})).await;
+        ids.push(made["createTemplate"]["id"].as_str().unwrap().to_string());
+    }
+    let update = "mutation($id: ID!) { updateTemplate(id: $id, input: {changelog: \"Second\"}) { version } }";
+    must(app, owner, update, json!({"id": ids[0]})).await;
+    (ids[0].clone(), ids[1].clone(), ids[2].clone())
 }
 
 /// Everything but the audit log and key bookkeeping, in a stable order.
@@ -129,8 +177,15 @@ async fn snapshot(app: &TestApp) -> String {
     let prices = model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(db).await.unwrap();
     let errors = error_groups::Entity::find().all(db).await.unwrap();
     let categories = template_categories::Entity::find().all(db).await.unwrap();
+    let templates = templates::Entity::find().order_by_asc(templates::Column::Id).all(db).await.unwrap();
+    let versions = template_versions::Entity::find()
+        .order_by_asc(template_versions::Column::TemplateId)
+        .order_by_asc(template_versions::Column::Version)
+        .all(db)
+        .await
+        .unwrap();
     format!(
-        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}"
+        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}\n{templates:?}\n{versions:?}"
     )
 }
 
@@ -140,7 +195,8 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
         "team": setup.team, "target": "user_target", "key": setup.key_read_id,
         "link": setup.link_id, "token": setup.link_token, "run": setup.run,
         "conversation": setup.conversation, "message": setup.message, "group": setup.group,
-        "category": setup.category,
+        "category": setup.category, "template": setup.template, "teamTemplate": setup.team_template,
+        "workflow": setup.workflow,
     });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,

@@ -224,6 +224,25 @@ async fn bad_inputs_are_refused_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn a_run_that_asks_for_an_agent_skips_routing() {
+    let app = TestApp::spawn().await;
+    let (token, team) = team(&app, spec()).await;
+    // "refund" would route to billing.
+    let asked = run(&app, &token, &team, json!({"content": "a refund please", "agent": "big"})).await;
+    assert_eq!(asked["status"], "SUCCEEDED", "{asked}");
+    assert_eq!((asked["routedAgent"].as_str(), asked["agent"].as_str()), (Some("big"), Some("big")));
+    assert_eq!((&asked["rule"], asked["ruleReason"].as_str()), (&Value::Null, Some("asked for agent `big`")));
+    assert!(asked["output"].as_str().unwrap().starts_with("[big] "), "{asked}");
+
+    let (_, body) = app.gql_as(&token, RUN, json!({"team": team, "input": {"content": "hi", "agent": "ghost"}})).await;
+    assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(problem_paths(&body), ["input.agent"]);
+    let message = body["errors"][0]["extensions"]["problems"][0]["message"].as_str().unwrap();
+    assert!(message.contains("no agent `ghost`") && message.contains("triage, billing, outage"), "{message}");
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 1, "the refused run is not stored");
+}
+
+#[tokio::test]
 async fn a_pinned_version_runs_that_version() {
     let app = TestApp::spawn().await;
     let (token, team) = team(&app, spec()).await;

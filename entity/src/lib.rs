@@ -16,6 +16,8 @@ pub mod team_share_links;
 pub mod team_versions;
 pub mod teams;
 pub mod template_categories;
+pub mod template_versions;
+pub mod templates;
 pub mod usage_daily;
 pub mod users;
 pub mod webhook_events;

@@ -16,6 +16,7 @@ mod m0008_orchestration;
 mod m0009_monitoring;
 mod m0010_audit_indexes;
 mod m0011_template_categories;
+mod m0012_templates;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_monitoring::Migration),
             Box::new(m0010_audit_indexes::Migration),
             Box::new(m0011_template_categories::Migration),
+            Box::new(m0012_templates::Migration),
         ]
     }
 }

@@ -46,6 +46,7 @@ impl EstimatesQuery {
             version,
             conversation_id: conversation_id.map(|id| id.0),
             parent_message_id: parent_message_id.map(|id| id.0),
+            ..Default::default()
         };
         estimates::estimate_cost(&state.runner, &caller(ctx), &team_id, input).await.map(CostEstimate::from).gql()
     }

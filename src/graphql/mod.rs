@@ -20,6 +20,7 @@ pub mod templates;
 pub mod transport;
 pub mod usage;
 pub mod users;
+pub mod workflows;
 pub mod ws;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema, extensions::Tracing};
@@ -58,6 +59,7 @@ pub struct MutationRoot(
     conversations::ConversationsMutation,
     admin::AdminMutation,
     templates::TemplatesMutation,
+    workflows::WorkflowsMutation,
 );
 
 #[derive(MergedSubscription, Default)]

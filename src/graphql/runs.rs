@@ -170,6 +170,9 @@ pub struct RunInput {
     pub conversation_id: Option<ID>,
     /// Answer this message (a new branch when it already has an answer).
     pub parent_message_id: Option<ID>,
+    /// Run this agent of the team, skipping routing (the run's rule is then null and its
+    /// reason says the agent was asked for).
+    pub agent: Option<String>,
 }
 
 impl From<RunInput> for NewRun {
@@ -180,6 +183,7 @@ impl From<RunInput> for NewRun {
             version: input.version,
             conversation_id: input.conversation_id.map(|id| id.0),
             parent_message_id: input.parent_message_id.map(|id| id.0),
+            agent: input.agent,
         }
     }
 }

@@ -10,11 +10,29 @@ use serde_json::{Map, Value};
 use super::spec::TeamSpec;
 use crate::error::Problem;
 
-/// Instructions one render may execute before it is stopped.
+/// The work one render may do before it is stopped: about this many instructions, or 64 times
+/// as many bytes of data. Loops over a few hundred items fit; runaway loops stop in milliseconds.
 const FUEL: u64 = 100_000;
 
-fn is_template(text: &str) -> bool {
+/// How deeply loops, conditions and macros may nest while rendering; well below what a worker
+/// thread's stack holds.
+const RECURSION_LIMIT: usize = 100;
+
+/// Whether `text` is template text rather than plain text.
+pub fn is_template(text: &str) -> bool {
     text.contains("{{") || text.contains("{%")
+}
+
+/// The environment every template is parsed and rendered in: no loader (so no file access and
+/// no includes), fuel and recursion limits, strict undefined variables, and no `debug()`, which
+/// would print the engine's state.
+pub fn sandbox() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
+    env.remove_global("debug");
+    env
 }
 
 /// The spec with every system prompt rendered with `variables`, or every problem: a variable a
@@ -23,9 +41,7 @@ pub fn render(spec: &Arc<TeamSpec>, variables: &Map<String, Value>) -> Result<Ar
     if !spec.agents.iter().any(|a| is_template(&a.system_prompt)) {
         return Ok(spec.clone());
     }
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_fuel(Some(FUEL));
+    let env = sandbox();
     let context = TemplateValue::from(minijinja::value::Serde(variables));
     let globals: BTreeSet<String> = env.globals().map(|(name, _)| name.to_string()).collect();
     let mut rendered = TeamSpec::clone(spec);

@@ -43,6 +43,13 @@ pub mod actions {
     pub const TEMPLATE_CATEGORY_CREATE: &str = "template_category.create";
     pub const TEMPLATE_CATEGORY_UPDATE: &str = "template_category.update";
     pub const TEMPLATE_CATEGORY_DELETE: &str = "template_category.delete";
+    pub const TEMPLATE_CREATE: &str = "template.create";
+    pub const TEMPLATE_UPDATE: &str = "template.update";
+    pub const TEMPLATE_RESTORE: &str = "template.restore";
+    pub const TEMPLATE_FORK: &str = "template.fork";
+    pub const TEMPLATE_DELETE: &str = "template.delete";
+    pub const TEMPLATE_INSTANTIATE: &str = "template.instantiate";
+    pub const WORKFLOW_RUN: &str = "template.workflow.run";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -69,6 +76,13 @@ pub mod actions {
             "createTemplateCategory" => (TEMPLATE_CATEGORY_CREATE, "template_category"),
             "updateTemplateCategory" => (TEMPLATE_CATEGORY_UPDATE, "template_category"),
             "deleteTemplateCategory" => (TEMPLATE_CATEGORY_DELETE, "template_category"),
+            "createTemplate" => (TEMPLATE_CREATE, "template"),
+            "updateTemplate" => (TEMPLATE_UPDATE, "template"),
+            "restoreTemplateVersion" => (TEMPLATE_RESTORE, "template"),
+            "forkTemplate" => (TEMPLATE_FORK, "template"),
+            "deleteTemplate" => (TEMPLATE_DELETE, "template"),
+            "instantiateTemplate" => (TEMPLATE_INSTANTIATE, "team"),
+            "runWorkflow" => (WORKFLOW_RUN, "template"),
             _ => return None,
         })
     }

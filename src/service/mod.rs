@@ -20,6 +20,7 @@ pub mod spec_diff;
 pub mod system;
 pub mod teams;
 pub mod template_categories;
+pub mod templates;
 pub mod usage;
 pub mod usage_report;
 pub mod users;

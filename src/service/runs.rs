@@ -89,6 +89,8 @@ pub struct RunInput {
     pub conversation_id: Option<String>,
     /// Answer from this message (a new branch when it already has answers).
     pub parent_message_id: Option<String>,
+    /// Run this agent of the team, skipping routing.
+    pub agent: Option<String>,
 }
 
 /// A run's input checked against its team, routed, with the messages its models are sent.
@@ -251,7 +253,10 @@ impl Runner {
             message: format!("{} problem(s) with the run's variables", problems.len()),
             problems,
         })?;
-        let route = routing::route(&spec, &input.content, &variables);
+        let route = match &input.agent {
+            Some(agent) => asked_for(&spec, agent)?,
+            None => routing::route(&spec, &input.content, &variables),
+        };
         let mut messages = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
         messages.push(ChatMessage { role: Role::User, content: input.content.clone() });
         Ok(Prepared { version, spec, thread, route, messages })
@@ -564,6 +569,21 @@ pub fn terminal_event(run: &runs::Model) -> RunEvent {
     event.error_class = run.error_code.clone();
     event.error = run.error.clone();
     event
+}
+
+/// The route to an agent the caller named, if the team has it.
+fn asked_for(spec: &TeamSpec, agent: &str) -> Result<Route, AppError> {
+    if spec.agents.iter().any(|a| a.name == agent) {
+        return Ok(Route { agent: agent.to_string(), rule: None, reason: format!("asked for agent `{agent}`") });
+    }
+    let names: Vec<&str> = spec.agents.iter().map(|a| a.name.as_str()).collect();
+    Err(AppError::BadUserInput {
+        message: format!("The team has no agent `{agent}`."),
+        problems: vec![Problem::new(
+            "input.agent",
+            format!("the team has no agent `{agent}`; it has {}", names.join(", ")),
+        )],
+    })
 }
 
 fn principal_ids(principal: &Principal) -> (Option<String>, Option<String>) {

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     auth::{
-        GlobalRole, Principal,
+        GlobalRole, Principal, UserPrincipal,
         api_key::Scope,
         guard::{self, TeamRole, acting_user},
     },
@@ -126,10 +126,22 @@ pub async fn create_as(
     action: &'static str,
 ) -> Result<teams::Model, AppError> {
     let me = acting_user(caller, Scope::TeamsWrite)?;
+    let spec = check_new(&new)?;
+    let txn = db::begin_write(db).await?;
+    let team = insert(&txn, me, new, spec).await?;
+    let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility, "version": 1});
+    audit::allowed(&txn, caller, Entry::new(action, "team", team.id.clone()).team(&team.id).changes(changes)).await?;
+    txn.commit().await?;
+    Ok(team)
+}
+
+/// Every problem with a new team, or its spec in canonical form (the default spec when none is
+/// given).
+pub fn check_new(new: &NewTeam) -> Result<Value, AppError> {
     let mut problems = Vec::new();
     check_name(&new.name, &mut problems);
     check_description(new.description.as_deref(), &mut problems);
-    let spec = match versions::validate_spec(&new.spec.unwrap_or_else(default_spec)) {
+    let spec = match versions::validate_spec(&new.spec.clone().unwrap_or_else(default_spec)) {
         Ok(spec) => Some(spec),
         Err(spec_problems) => {
             problems.extend(spec_problems);
@@ -137,15 +149,24 @@ pub async fn create_as(
         }
     };
     refuse(problems)?;
-    let spec = spec.unwrap_or_default();
+    Ok(spec.unwrap_or_default())
+}
+
+/// Inserts a checked team owned by `owner`, with its owner membership and first version (not
+/// audited: the caller's transaction says why it was made).
+pub async fn insert<C: ConnectionTrait>(
+    txn: &C,
+    owner: &UserPrincipal,
+    new: NewTeam,
+    spec: Value,
+) -> Result<teams::Model, AppError> {
     let id = format!("team_{}", uuid::Uuid::now_v7().simple());
     let now = Utc::now();
-    let txn = db::begin_write(db).await?;
     let team = teams::ActiveModel {
         id: Set(id.clone()),
-        owner_id: Set(me.id.clone()),
+        owner_id: Set(owner.id.clone()),
         name: Set(new.name.trim().to_string()),
-        slug: Set(free_slug(&txn, &new.name, &id).await?),
+        slug: Set(free_slug(txn, &new.name, &id).await?),
         description: Set(new.description),
         visibility: Set(new.visibility.unwrap_or(Visibility::Private).as_str().to_string()),
         spec: Set(spec.clone()),
@@ -154,20 +175,17 @@ pub async fn create_as(
         updated_at: Set(now),
         archived_at: Set(None),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
     team_members::ActiveModel {
         team_id: Set(id.clone()),
-        user_id: Set(me.id.clone()),
+        user_id: Set(owner.id.clone()),
         role: Set(TeamRole::Owner.as_str().to_string()),
         created_at: Set(now),
     }
-    .insert(&txn)
+    .insert(txn)
     .await?;
-    versions::record(&txn, &id, 1, spec, Some("Created".into()), &me.id).await?;
-    let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility, "version": 1});
-    audit::allowed(&txn, caller, Entry::new(action, "team", id.clone()).team(&id).changes(changes)).await?;
-    txn.commit().await?;
+    versions::record(txn, &id, 1, spec, Some("Created".into()), &owner.id).await?;
     Ok(team)
 }
 

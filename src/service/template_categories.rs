@@ -1,14 +1,18 @@
-//! Template categories: anyone signed in lists them; admins create, change and delete them
-//! (audited). Slugs are unique; a clash is CONFLICT.
+//! Template categories: anyone signed in lists them (from the templates cache); admins create,
+//! change and delete them (audited, the cache forgotten after commit). Slugs are unique; a clash
+//! is CONFLICT, and so is deleting a category templates are filed under.
 
 use chrono::{SubsecRound, Utc};
-use entity::template_categories as categories;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
+use std::sync::Arc;
+
+use entity::{template_categories as categories, templates};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
 use serde_json::json;
 
 use super::{
     audit::{self, Caller, Entry, actions},
     teams::slugify,
+    templates::Templates,
 };
 use crate::{
     auth::{Principal, guard},
@@ -26,20 +30,16 @@ pub struct CategoryInput {
 }
 
 /// Every category, in display order.
-pub async fn list(db: &DatabaseConnection, caller: &Caller) -> Result<Vec<categories::Model>, AppError> {
+pub async fn list(templates: &Templates, caller: &Caller) -> Result<Arc<Vec<categories::Model>>, AppError> {
     if matches!(caller.principal, Principal::Anonymous) {
         return Err(AppError::Unauthenticated("Sign in to do this.".into()));
     }
-    Ok(categories::Entity::find()
-        .order_by_asc(categories::Column::Position)
-        .order_by_asc(categories::Column::Slug)
-        .all(db)
-        .await?)
+    templates.categories().await
 }
 
 /// A new category (admins); its slug comes from the name unless given.
 pub async fn create(
-    db: &DatabaseConnection,
+    templates: &Templates,
     caller: &Caller,
     input: CategoryInput,
 ) -> Result<categories::Model, AppError> {
@@ -48,7 +48,7 @@ pub async fn create(
     let slug = input.slug.clone().unwrap_or_else(|| slugify(&name));
     check(&name, &slug, input.description.as_deref())?;
     let now = Utc::now().trunc_subsecs(6);
-    let txn = db::begin_write(db).await?;
+    let txn = db::begin_write(templates.db()).await?;
     unique_slug(&txn, &slug, None).await?;
     let row = categories::ActiveModel {
         id: Set(format!("cat_{}", uuid::Uuid::now_v7().simple())),
@@ -65,18 +65,19 @@ pub async fn create(
     let entry = Entry::new(actions::TEMPLATE_CATEGORY_CREATE, "template_category", row.id.clone()).changes(changes);
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    templates.categories_changed().await;
     Ok(row)
 }
 
 /// Changes the fields given (admins).
 pub async fn update(
-    db: &DatabaseConnection,
+    templates: &Templates,
     caller: &Caller,
     id: &str,
     input: CategoryInput,
 ) -> Result<categories::Model, AppError> {
     guard::admin(caller)?;
-    let txn = db::begin_write(db).await?;
+    let txn = db::begin_write(templates.db()).await?;
     let before = find(&txn, id).await?;
     let name = input.name.clone().unwrap_or_else(|| before.name.clone());
     let slug = input.slug.clone().unwrap_or_else(|| before.slug.clone());
@@ -101,19 +102,28 @@ pub async fn update(
     let entry = Entry::new(actions::TEMPLATE_CATEGORY_UPDATE, "template_category", after.id.clone()).changes(changes);
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    templates.categories_changed().await;
     Ok(after)
 }
 
 /// Deletes a category (admins); answers it as it was.
-pub async fn delete(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<categories::Model, AppError> {
+pub async fn delete(templates: &Templates, caller: &Caller, id: &str) -> Result<categories::Model, AppError> {
     guard::admin(caller)?;
-    let txn = db::begin_write(db).await?;
+    let txn = db::begin_write(templates.db()).await?;
     let row = find(&txn, id).await?;
+    let used = templates::Entity::find().filter(templates::Column::CategoryId.eq(id)).count(&txn).await?;
+    if used > 0 {
+        return Err(AppError::Conflict(format!(
+            "{used} template(s) are filed under `{}`; move them to another category first.",
+            row.slug
+        )));
+    }
     categories::Entity::delete_by_id(id).exec(&txn).await?;
     let changes = json!({"slug": row.slug, "name": row.name});
     let entry = Entry::new(actions::TEMPLATE_CATEGORY_DELETE, "template_category", row.id.clone()).changes(changes);
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    templates.categories_changed().await;
     Ok(row)
 }
 
