@@ -3,12 +3,11 @@
 use async_graphql::{ComplexObject, Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::{conversations as rows, messages};
-use tokio::sync::OnceCell;
 
-use super::{caller, runs::Run};
+use super::{caller, loaders::Loaders, runs::Run};
 use crate::{
     auth::guard::TeamRole,
-    error::GqlResultExt,
+    error::{AppError, GqlResultExt},
     service::{conversations, runs::RunInput},
     state::AppState,
 };
@@ -87,8 +86,6 @@ pub struct Conversation {
     /// The message this conversation was forked from.
     pub forked_from_message_id: Option<ID>,
     pub created_at: DateTime<Utc>,
-    #[graphql(skip)]
-    all: OnceCell<Vec<messages::Model>>,
 }
 
 impl From<rows::Model> for Conversation {
@@ -100,17 +97,16 @@ impl From<rows::Model> for Conversation {
             user_id: ID(c.user_id),
             forked_from_message_id: c.forked_from_message_id.map(ID),
             created_at: c.created_at,
-            all: OnceCell::new(),
         }
     }
 }
 
 impl Conversation {
-    /// Every message, loaded once per conversation object.
-    async fn all(&self, ctx: &Context<'_>) -> async_graphql::Result<&[messages::Model]> {
-        let state = ctx.data::<AppState>()?;
-        let all = self.all.get_or_try_init(|| conversations::messages_of(&state.db, &self.id)).await.gql()?;
-        Ok(all)
+    /// Every message, oldest first, loaded once per request with the other conversations'.
+    async fn all(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<messages::Model>> {
+        let loaders = ctx.data::<Loaders>()?;
+        let all = loaders.messages.load_one(self.id.to_string()).await.map_err(AppError::internal).gql()?;
+        Ok(all.unwrap_or_default())
     }
 }
 
@@ -118,7 +114,7 @@ impl Conversation {
 impl Conversation {
     /// The last message of every branch, oldest branch first.
     async fn branches(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Message>> {
-        Ok(conversations::leaves(self.all(ctx).await?).into_iter().map(Message::from).collect())
+        Ok(conversations::leaves(&self.all(ctx).await?).into_iter().map(Message::from).collect())
     }
 
     /// The path from the root to `leafId` (default: the newest message).
@@ -127,7 +123,7 @@ impl Conversation {
         let Some(leaf) = leaf_id.map(|id| id.0).or_else(|| all.last().map(|m| m.id.clone())) else {
             return Ok(Vec::new());
         };
-        Ok(conversations::path(all, &leaf).into_iter().map(Message::from).collect())
+        Ok(conversations::path(&all, &leaf).into_iter().map(Message::from).collect())
     }
 
     /// Every message with its parent, oldest first: enough to draw the whole tree.

@@ -1,12 +1,25 @@
 //! Per-request DataLoaders: nested lists (a team's members, a member's user) load in one
 //! batched query per level, whatever the number of parents. Each request (each websocket
 //! operation) gets its own, so what they cache lives only as long as that request.
+//!
+//! A connection's resolver may also load, up front, what its page's nodes will ask for
+//! (see [`node_fields`]): the nodes then answer from the loaders' cache, however they are
+//! scheduled, so a page costs the same statements at 5 rows as at 50.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
-use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
-use entity::{run_attempts, team_members, team_share_links, team_versions, users};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use async_graphql::{
+    Context, SelectionField, Value,
+    dataloader::{DataLoader, HashMapCache, Loader},
+};
+use entity::{messages, run_attempts, team_members, team_share_links, team_versions, teams as team_rows, users};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+};
 
 use crate::service::teams;
 
@@ -16,32 +29,65 @@ pub struct Loaders {
     pub members: Arc<DataLoader<MembersLoader, HashMapCache>>,
     pub users: Arc<DataLoader<UsersLoader, HashMapCache>>,
     pub version_counts: Arc<DataLoader<VersionCountLoader, HashMapCache>>,
+    pub versions: Arc<DataLoader<NewestVersionsLoader, HashMapCache>>,
+    pub version_at: Arc<DataLoader<VersionAtLoader, HashMapCache>>,
     pub share_links: Arc<DataLoader<ShareLinksLoader, HashMapCache>>,
     pub attempts: Arc<DataLoader<AttemptsLoader, HashMapCache>>,
+    pub messages: Arc<DataLoader<MessagesLoader, HashMapCache>>,
 }
 
 impl Loaders {
     pub fn new(db: &DatabaseConnection) -> Self {
         Self {
-            members: Arc::new(DataLoader::with_cache(MembersLoader(db.clone()), tokio::spawn, HashMapCache::default())),
-            users: Arc::new(DataLoader::with_cache(UsersLoader(db.clone()), tokio::spawn, HashMapCache::default())),
-            version_counts: Arc::new(DataLoader::with_cache(
-                VersionCountLoader(db.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )),
-            share_links: Arc::new(DataLoader::with_cache(
-                ShareLinksLoader(db.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )),
-            attempts: Arc::new(DataLoader::with_cache(
-                AttemptsLoader(db.clone()),
-                tokio::spawn,
-                HashMapCache::default(),
-            )),
+            members: batched(MembersLoader(db.clone())),
+            users: batched(UsersLoader(db.clone())),
+            version_counts: batched(VersionCountLoader(db.clone())),
+            versions: batched(NewestVersionsLoader(db.clone())),
+            version_at: batched(VersionAtLoader(db.clone())),
+            share_links: batched(ShareLinksLoader(db.clone())),
+            attempts: batched(AttemptsLoader(db.clone())),
+            messages: batched(MessagesLoader(db.clone())),
         }
     }
+}
+
+fn batched<T>(loader: T) -> Arc<DataLoader<T, HashMapCache>> {
+    Arc::new(DataLoader::with_cache(loader, tokio::spawn, HashMapCache::default()))
+}
+
+/// The fields at `path` (e.g. `["members", "user"]`) that the nodes of the connection being
+/// resolved select, under `nodes` or `edges { node }`: one per occurrence, aliases included.
+pub fn node_fields<'c>(ctx: &'c Context<'_>, path: &[&str]) -> Vec<SelectionField<'c>> {
+    let look = ctx.look_ahead();
+    [look.field("nodes"), look.field("edges").field("node")]
+        .into_iter()
+        .flat_map(|node| path.iter().fold(node, |at, name| at.field(name)).selection_fields())
+        .collect()
+}
+
+/// Whether the nodes of the connection being resolved select the field at `path`.
+pub fn nodes_select(ctx: &Context<'_>, path: &[&str]) -> bool {
+    !node_fields(ctx, path).is_empty()
+}
+
+/// The integer argument `name` of a selected field, variables resolved; None when it is absent,
+/// null or not an `Int`.
+pub fn int_argument(field: &SelectionField<'_>, name: &str) -> Option<i32> {
+    let arguments = field.arguments().ok()?;
+    let (_, value) = arguments.into_iter().find(|(argument, _)| argument.as_str() == name)?;
+    match value {
+        Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+        _ => None,
+    }
+}
+
+/// Rows grouped under the key `key` gives each.
+fn grouped<K: std::hash::Hash + Eq, V>(rows: Vec<V>, key: impl Fn(&V) -> K) -> HashMap<K, Vec<V>> {
+    let mut groups: HashMap<K, Vec<V>> = HashMap::new();
+    for row in rows {
+        groups.entry(key(&row)).or_default().push(row);
+    }
+    groups
 }
 
 /// Team id → its members.
@@ -53,11 +99,7 @@ impl Loader<String> for MembersLoader {
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows = teams::members_of(&self.0, keys).await.map_err(|e| e.to_string())?;
-        let mut by_team: HashMap<String, Self::Value> = HashMap::new();
-        for row in rows {
-            by_team.entry(row.team_id.clone()).or_default().push(row);
-        }
-        Ok(by_team)
+        Ok(grouped(rows, |row| row.team_id.clone()))
     }
 }
 
@@ -86,7 +128,6 @@ impl Loader<String> for VersionCountLoader {
     type Error = String;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        use sea_orm::QuerySelect;
         let rows: Vec<(String, i64)> = team_versions::Entity::find()
             .select_only()
             .column(team_versions::Column::TeamId)
@@ -101,6 +142,72 @@ impl Loader<String> for VersionCountLoader {
     }
 }
 
+/// (team id, n) → the team's newest `n` versions, newest first. Versions are numbered 1 to the
+/// team's current version without gaps, so these are the ones above `version - n`; one query
+/// per distinct `n` (a page asks for one).
+pub struct NewestVersionsLoader(DatabaseConnection);
+
+impl Loader<(String, u64)> for NewestVersionsLoader {
+    type Value = Vec<team_versions::Model>;
+    type Error = String;
+
+    async fn load(&self, keys: &[(String, u64)]) -> Result<HashMap<(String, u64), Self::Value>, Self::Error> {
+        let mut found = HashMap::new();
+        for (count, team_ids) in by_second(keys) {
+            let floor = Expr::col((team_rows::Entity, team_rows::Column::Version))
+                .sub(i64::try_from(count).unwrap_or(i64::MAX));
+            let rows = team_versions::Entity::find()
+                .join(JoinType::InnerJoin, versions_to_teams())
+                .filter(team_versions::Column::TeamId.is_in(team_ids))
+                .filter(Expr::col((team_versions::Entity, team_versions::Column::Version)).gt(floor))
+                .order_by_desc(team_versions::Column::Version)
+                .all(&self.0)
+                .await
+                .map_err(|e| e.to_string())?;
+            found.extend(grouped(rows, |row| (row.team_id.clone(), count)));
+        }
+        Ok(found)
+    }
+}
+
+fn versions_to_teams() -> sea_orm::RelationDef {
+    team_versions::Entity::belongs_to(team_rows::Entity)
+        .from(team_versions::Column::TeamId)
+        .to(team_rows::Column::Id)
+        .into()
+}
+
+/// (team id, n) → the team's version `n`; one query per distinct `n`.
+pub struct VersionAtLoader(DatabaseConnection);
+
+impl Loader<(String, i32)> for VersionAtLoader {
+    type Value = team_versions::Model;
+    type Error = String;
+
+    async fn load(&self, keys: &[(String, i32)]) -> Result<HashMap<(String, i32), Self::Value>, Self::Error> {
+        let mut found = HashMap::new();
+        for (version, team_ids) in by_second(keys) {
+            let rows = team_versions::Entity::find()
+                .filter(team_versions::Column::TeamId.is_in(team_ids))
+                .filter(team_versions::Column::Version.eq(version))
+                .all(&self.0)
+                .await
+                .map_err(|e| e.to_string())?;
+            found.extend(rows.into_iter().map(|row| ((row.team_id.clone(), version), row)));
+        }
+        Ok(found)
+    }
+}
+
+/// `(id, x)` keys as the ids wanted for each `x`.
+fn by_second<T: Ord + Copy>(keys: &[(String, T)]) -> BTreeMap<T, Vec<String>> {
+    let mut ids: BTreeMap<T, Vec<String>> = BTreeMap::new();
+    for (id, x) in keys {
+        ids.entry(*x).or_default().push(id.clone());
+    }
+    ids
+}
+
 /// Team id → its share links, newest first.
 pub struct ShareLinksLoader(DatabaseConnection);
 
@@ -109,18 +216,13 @@ impl Loader<String> for ShareLinksLoader {
     type Error = String;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        use sea_orm::QueryOrder;
         let rows = team_share_links::Entity::find()
             .filter(team_share_links::Column::TeamId.is_in(keys.iter().cloned()))
             .order_by_desc(team_share_links::Column::Id)
             .all(&self.0)
             .await
             .map_err(|e| e.to_string())?;
-        let mut by_team: HashMap<String, Self::Value> = HashMap::new();
-        for row in rows {
-            by_team.entry(row.team_id.clone()).or_default().push(row);
-        }
-        Ok(by_team)
+        Ok(grouped(rows, |row| row.team_id.clone()))
     }
 }
 
@@ -132,7 +234,6 @@ impl Loader<String> for AttemptsLoader {
     type Error = String;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        use sea_orm::QueryOrder;
         let rows = run_attempts::Entity::find()
             .filter(run_attempts::Column::RunId.is_in(keys.iter().cloned()))
             .order_by_asc(run_attempts::Column::RunId)
@@ -140,10 +241,24 @@ impl Loader<String> for AttemptsLoader {
             .all(&self.0)
             .await
             .map_err(|e| e.to_string())?;
-        let mut by_run: HashMap<String, Self::Value> = HashMap::new();
-        for row in rows {
-            by_run.entry(row.run_id.clone()).or_default().push(row);
-        }
-        Ok(by_run)
+        Ok(grouped(rows, |row| row.run_id.clone()))
+    }
+}
+
+/// Conversation id → all its messages, oldest first.
+pub struct MessagesLoader(DatabaseConnection);
+
+impl Loader<String> for MessagesLoader {
+    type Value = Vec<messages::Model>;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows = messages::Entity::find()
+            .filter(messages::Column::ConversationId.is_in(keys.iter().cloned()))
+            .order_by_asc(messages::Column::Id)
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(grouped(rows, |row| row.conversation_id.clone()))
     }
 }

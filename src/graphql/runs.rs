@@ -8,7 +8,10 @@ use futures_util::{Stream, StreamExt, stream};
 use serde_json::Value;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{caller, connection, loaders::Loaders};
+use super::{
+    caller, connection,
+    loaders::{Loaders, nodes_select},
+};
 use crate::{
     auth::guard::TeamRole,
     error::{AppError, GqlResultExt},
@@ -49,6 +52,11 @@ impl RunsQuery {
         let range = range.unwrap_or_default();
         let filter = RunFilter { status, from: range.from, to: range.to };
         let rows = state.runner.list(&caller(ctx), &team_id, filter, &page).await.gql()?;
+        if nodes_select(ctx, &["attempts"]) {
+            // Up front, in one query: see `loaders`.
+            let ids = rows.items.iter().map(|r| r.id.clone());
+            ctx.data::<Loaders>()?.attempts.load_many(ids).await.map_err(AppError::internal).gql()?;
+        }
         Ok(connection(&page, rows, |r| r.id.clone(), Run))
     }
 

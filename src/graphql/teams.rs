@@ -1,12 +1,20 @@
 //! Teams and members: `team`, `teams`, `createTeam`, `updateTeam`, `archiveTeam`,
 //! `deleteTeam`, `addTeamMember`, `updateTeamMember`, `removeTeamMember`.
 
+use std::collections::BTreeSet;
+
 use async_graphql::{Context, ErrorExtensions, ID, InputObject, Json, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
 use serde_json::Value;
 
-use super::{caller, connection, loaders::Loaders, principal, share_links::ShareLink, users::User};
+use super::{
+    caller, connection,
+    loaders::{Loaders, int_argument, node_fields, nodes_select},
+    principal,
+    share_links::ShareLink,
+    users::User,
+};
 use crate::{
     auth::{GlobalRole, Principal, guard::TeamRole},
     error::{AppError, GqlResultExt},
@@ -48,39 +56,50 @@ impl TeamsQuery {
 /// Loads what the selection asks of a page of teams in one query per kind, up front: the
 /// loaders then answer every team from their cache, however the list's items are scheduled.
 async fn prefetch(ctx: &Context<'_>, page: &[rows::Model]) -> async_graphql::Result<()> {
-    let look = ctx.look_ahead();
-    let nodes = [look.field("nodes"), look.field("edges").field("node")];
-    let wants = |path: &[&str]| {
-        nodes.iter().any(|node| {
-            let mut at = node.field(path[0]);
-            for field in &path[1..] {
-                at = at.field(field);
-            }
-            at.exists()
-        })
-    };
     let loaders = ctx.data::<Loaders>()?;
     let ids: Vec<String> = page.iter().map(|t| t.id.clone()).collect();
     let mut users: Vec<String> = Vec::new();
-    if wants(&["owner"]) {
+    if nodes_select(ctx, &["owner"]) {
         users.extend(page.iter().map(|t| t.owner_id.clone()));
     }
-    if wants(&["members"]) || wants(&["myRole"]) || wants(&["shareLinks"]) {
+    if nodes_select(ctx, &["members"]) || nodes_select(ctx, &["myRole"]) || nodes_select(ctx, &["shareLinks"]) {
         let members = loaders.members.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
-        if wants(&["members", "user"]) {
+        if nodes_select(ctx, &["members", "user"]) {
             users.extend(members.values().flatten().map(|m| m.user_id.clone()));
         }
     }
     if !users.is_empty() {
         loaders.users.load_many(users).await.map_err(AppError::internal).gql()?;
     }
-    if wants(&["versionCount"]) {
+    if nodes_select(ctx, &["versionCount"]) {
         loaders.version_counts.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
     }
-    if wants(&["shareLinks"]) {
-        loaders.share_links.load_many(ids).await.map_err(AppError::internal).gql()?;
+    if nodes_select(ctx, &["shareLinks"]) {
+        loaders.share_links.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+    }
+    prefetch_versions(ctx, loaders, &ids).await
+}
+
+/// The versions the page's `versions(first:)` and `versionAt(n:)` fields ask for.
+async fn prefetch_versions(ctx: &Context<'_>, loaders: &Loaders, ids: &[String]) -> async_graphql::Result<()> {
+    let max = ctx.data::<AppState>()?.config.limits.max_page_size;
+    let counts: BTreeSet<u64> =
+        node_fields(ctx, &["versions"]).iter().filter_map(|f| newest(int_argument(f, "first"), max).ok()).collect();
+    for count in counts {
+        let keys = ids.iter().map(|id| (id.clone(), count));
+        loaders.versions.load_many(keys).await.map_err(AppError::internal).gql()?;
+    }
+    let numbers: BTreeSet<i32> = node_fields(ctx, &["versionAt"]).iter().filter_map(|f| int_argument(f, "n")).collect();
+    for n in numbers {
+        let keys = ids.iter().map(|id| (id.clone(), n));
+        loaders.version_at.load_many(keys).await.map_err(AppError::internal).gql()?;
     }
     Ok(())
+}
+
+/// How many versions `Team.versions(first:)` answers: `first` as a page size.
+fn newest(first: Option<i32>, max: u64) -> Result<u64, AppError> {
+    PageRequest::new(first, None, max).map(|page| page.first)
 }
 
 #[derive(Default)]
@@ -335,8 +354,20 @@ impl Team {
 
     /// The spec as it was at version `n` (null if there is no such version).
     async fn version_at(&self, ctx: &Context<'_>, n: i32) -> async_graphql::Result<Option<TeamVersion>> {
+        let loaders = ctx.data::<Loaders>()?;
+        let version = loaders.version_at.load_one((self.0.id.clone(), n)).await.map_err(AppError::internal).gql()?;
+        Ok(version.map(TeamVersion))
+    }
+
+    /// The newest `first` versions (20 when absent), newest first; `teamVersions` pages
+    /// through them all.
+    #[graphql(complexity = "first.map_or(20, |n| n.max(1) as usize) * child_complexity")]
+    async fn versions(&self, ctx: &Context<'_>, first: Option<i32>) -> async_graphql::Result<Vec<TeamVersion>> {
         let state = ctx.data::<AppState>()?;
-        Ok(versions::at(&state.db, &self.0.id, n).await.gql()?.map(TeamVersion))
+        let count = newest(first, state.config.limits.max_page_size).gql()?;
+        let loaders = ctx.data::<Loaders>()?;
+        let rows = loaders.versions.load_one((self.0.id.clone(), count)).await.map_err(AppError::internal).gql()?;
+        Ok(rows.unwrap_or_default().into_iter().map(TeamVersion).collect())
     }
 
     /// Your role on this team (null when you only see it because it is public).

@@ -10,9 +10,14 @@ use chrono::{DateTime, Utc};
 use entity::{template_categories, template_versions, templates as rows};
 use serde_json::Value;
 
-use super::{caller, connection, teams::Team};
+use super::{
+    caller, connection,
+    loaders::{Loaders, nodes_select},
+    teams::Team,
+    users::User,
+};
 use crate::{
-    error::{GqlResultExt, Problem},
+    error::{AppError, GqlResultExt, Problem},
     service::{
         page::{Page, PageRequest},
         template_categories::{self as categories, CategoryInput},
@@ -49,6 +54,7 @@ impl TemplatesQuery {
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let filter = filter.map(Filter::from).unwrap_or_default();
         let rows = state.templates.list(&caller(ctx), &filter, &page).await.gql()?;
+        prefetch(ctx, &rows.items).await?;
         let versions = state.templates.current_versions(&rows.items).await.gql()?;
         let items = rows.items.into_iter().zip(versions).map(|(template, version)| Template::from((template, version)));
         let rows = Page { items: items.collect(), has_next: rows.has_next };
@@ -120,6 +126,20 @@ impl TemplatesQuery {
         let rows = categories::list(&state.templates, &caller(ctx)).await.gql()?;
         Ok(rows.iter().cloned().map(TemplateCategory::from).collect())
     }
+}
+
+/// Loads what the page's nodes ask of their owners and categories up front, once for the page
+/// (see `loaders`).
+async fn prefetch(ctx: &Context<'_>, page: &[Arc<rows::Model>]) -> async_graphql::Result<()> {
+    if nodes_select(ctx, &["owner"]) {
+        let owners = page.iter().filter_map(|t| t.owner_id.clone());
+        ctx.data::<Loaders>()?.users.load_many(owners).await.map_err(AppError::internal).gql()?;
+    }
+    if nodes_select(ctx, &["category"]) {
+        // One read of the cached list; every node's `category` then finds it there.
+        ctx.data::<AppState>()?.templates.categories().await.gql()?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -271,6 +291,16 @@ impl Template {
     /// Absent for starters.
     async fn owner_id(&self) -> Option<ID> {
         self.template.owner_id.clone().map(ID)
+    }
+
+    /// Who made it; null for starters.
+    async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let Some(owner_id) = &self.template.owner_id else {
+            return Ok(None);
+        };
+        let loaders = ctx.data::<Loaders>()?;
+        let user = loaders.users.load_one(owner_id.clone()).await.map_err(AppError::internal).gql()?;
+        Ok(user.map(User::from))
     }
 
     /// Shipped with the server (changed by admins and by new releases only).
