@@ -54,6 +54,44 @@ impl TestApp {
         Self { addr, client: reqwest::Client::new(), state, _dir: dir, _pg: pg, server }
     }
 
+    /// A server that writes nothing in the background (usage counts are flushed hourly), so
+    /// that `statements_for` counts only the request it runs.
+    pub async fn spawn_quiet() -> Self {
+        Self::spawn_with(|c| c.usage_flush_secs = 3600).await
+    }
+
+    /// Runs one operation as the bearer of `token`; answers how many SQL statements the server
+    /// ran for it, and the JSON answer. The count is the server's, so the app must come from
+    /// `spawn_quiet` and nothing else may be in flight: it first waits until no statement has
+    /// run for a moment (a run's last writes, the usage flush at start). A request with the same
+    /// token goes first, so that the sign-in cache is warm whatever the time spent before.
+    pub async fn statements_for(&self, token: &str, query: &str, variables: Value) -> (u64, Value) {
+        assert!(self.state.config.usage_flush_secs >= 3600, "count statements on a TestApp::spawn_quiet() server");
+        self.gql_as(token, "{ __typename }", json!({})).await;
+        self.until_quiet().await;
+        let before = self.statements_run();
+        let (_, body) = self.gql_as(token, query, variables).await;
+        (self.statements_run() - before, body)
+    }
+
+    fn statements_run(&self) -> u64 {
+        self.state.statements.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no statement has run for 100 ms.
+    async fn until_quiet(&self) {
+        let mut last = self.statements_run();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.statements_run();
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+        panic!("the server kept running SQL statements for 10 s");
+    }
+
     /// A dev-issuer token for `user`, valid for an hour.
     pub fn token(&self, user: &str, role: GlobalRole) -> String {
         let dev = self.state.auth.dev.as_ref().expect("dev auth");
