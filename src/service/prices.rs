@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use entity::model_prices;
-use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, Set, sea_query::OnConflict};
+use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, QuerySelect, Set, sea_query::OnConflict};
 use serde_json::json;
 
 use super::audit::{self, Caller, Entry, actions};
@@ -89,7 +89,7 @@ impl PriceBook {
             updated_at: Set(Utc::now().trunc_subsecs(6)),
         };
         let txn = db::begin_write(&self.db).await?;
-        let before = model_prices::Entity::find_by_id(&price.model).one(&txn).await?;
+        let before = model_prices::Entity::find_by_id(&price.model).lock_exclusive().one(&txn).await?;
         let replace = OnConflict::column(model_prices::Column::Model)
             .update_columns([
                 model_prices::Column::InputUsdPerMtok,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{
     audit::{self, Caller, Entry, actions},
     page::{Page, PageRequest},
+    teams,
 };
 use crate::{
     auth::guard::{self, TeamRole, account},
@@ -118,12 +119,16 @@ pub async fn accept(db: &DatabaseConnection, caller: &Caller, token: &str) -> Re
     let me = account(caller)?;
     let unusable = || AppError::NotFound("This share link does not exist, has expired or was revoked.".into());
     let txn = db::begin_write(db).await?;
+    // Locked, so a revocation either lands first or waits; then the team, so two acceptances
+    // (or an acceptance and an invitation) of one user take turns.
     let link = links::Entity::find()
         .filter(links::Column::TokenHash.eq(hash(token.trim())))
+        .lock_exclusive()
         .one(&txn)
         .await?
         .filter(|l| l.revoked_at.is_none() && l.expires_at.is_none_or(|at| at > Utc::now()))
         .ok_or_else(unusable)?;
+    teams::lock(&txn, &link.team_id).await?;
     let granted = TeamRole::parse(&link.role).unwrap_or(TeamRole::Viewer);
     let existing = team_members::Entity::find()
         .filter(team_members::Column::TeamId.eq(&link.team_id))

@@ -1,11 +1,11 @@
 //! Teams and their members. Access is decided by `auth::guard`; every change is audited in its
 //! own transaction.
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use entity::{team_members, teams, users};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set,
+    QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set, TryIntoModel, sea_query::OnConflict,
 };
 use serde_json::{Value, json};
 
@@ -107,10 +107,21 @@ pub fn slugify(name: &str) -> String {
     if slug.is_empty() { "team".into() } else { slug }
 }
 
-async fn free_slug<C: ConnectionTrait>(conn: &C, name: &str, id: &str) -> Result<String, AppError> {
-    let slug = slugify(name);
-    let taken = teams::Entity::find().filter(teams::Column::Slug.eq(&slug)).count(conn).await? > 0;
-    Ok(if taken { format!("{slug}-{}", &id[id.len() - 6..]) } else { slug })
+/// Inserts `team` under `slug` or, when another team holds that slug, under the slug followed
+/// by the end of `id`. The insert itself detects the clash, so a team of the same name that a
+/// concurrent transaction is creating (which no read beforehand can see) counts too.
+async fn insert_with_free_slug<C: ConnectionTrait>(
+    conn: &C,
+    mut team: teams::ActiveModel,
+    slug: &str,
+    id: &str,
+) -> Result<teams::Model, AppError> {
+    let plain = OnConflict::column(teams::Column::Slug).do_nothing().to_owned();
+    if teams::Entity::insert(team.clone()).on_conflict(plain).exec_without_returning(conn).await? == 0 {
+        team.slug = Set(format!("{slug}-{}", &id[id.len() - 6..]));
+        teams::Entity::insert(team.clone()).exec_without_returning(conn).await?;
+    }
+    Ok(team.try_into_model()?)
 }
 
 pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> Result<teams::Model, AppError> {
@@ -161,12 +172,14 @@ pub async fn insert<C: ConnectionTrait>(
     spec: Value,
 ) -> Result<teams::Model, AppError> {
     let id = format!("team_{}", uuid::Uuid::now_v7().simple());
-    let now = Utc::now();
-    let team = teams::ActiveModel {
+    // As precise as the databases store it, so the team answered is the team stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let slug = slugify(&new.name);
+    let row = teams::ActiveModel {
         id: Set(id.clone()),
         owner_id: Set(owner.id.clone()),
         name: Set(new.name.trim().to_string()),
-        slug: Set(free_slug(txn, &new.name, &id).await?),
+        slug: Set(slug.clone()),
         description: Set(new.description),
         visibility: Set(new.visibility.unwrap_or(Visibility::Private).as_str().to_string()),
         spec: Set(spec.clone()),
@@ -174,9 +187,8 @@ pub async fn insert<C: ConnectionTrait>(
         created_at: Set(now),
         updated_at: Set(now),
         archived_at: Set(None),
-    }
-    .insert(txn)
-    .await?;
+    };
+    let team = insert_with_free_slug(txn, row, &slug, &id).await?;
     team_members::ActiveModel {
         team_id: Set(id.clone()),
         user_id: Set(owner.id.clone()),
@@ -245,7 +257,7 @@ pub async fn update(
     };
     let txn = db::begin_write(db).await?;
     // Locked first, so concurrent updates take their turn and number versions without gaps.
-    teams::Entity::find_by_id(id).lock_exclusive().one(&txn).await?;
+    lock(&txn, id).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Editor).await?;
     refuse(problems)?;
     if let Some(expected) = changes.expected_version
@@ -293,6 +305,7 @@ pub async fn update(
 
 pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
     let txn = db::begin_write(db).await?;
+    lock(&txn, id).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
     let mut active: teams::ActiveModel = access.team.into();
     let now = Utc::now();
@@ -307,6 +320,7 @@ pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Resu
 /// Deletes the team and its memberships; returns what it was.
 pub async fn delete(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
     let txn = db::begin_write(db).await?;
+    lock(&txn, id).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
     team_members::Entity::delete_many().filter(team_members::Column::TeamId.eq(id)).exec(&txn).await?;
     teams::Entity::delete_by_id(id).exec(&txn).await?;
@@ -334,6 +348,7 @@ pub async fn add_member(
     role: TeamRole,
 ) -> Result<team_members::Model, AppError> {
     let txn = db::begin_write(db).await?;
+    lock(&txn, team_id).await?;
     guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
     let user = users::Entity::find_by_id(user_id).one(&txn).await?.filter(|u| u.deleted_at.is_none());
     if user.is_none() {
@@ -369,6 +384,7 @@ pub async fn update_member(
     role: TeamRole,
 ) -> Result<team_members::Model, AppError> {
     let txn = db::begin_write(db).await?;
+    lock(&txn, team_id).await?;
     guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
     let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
     let before = member.role.clone();
@@ -396,6 +412,7 @@ pub async fn remove_member(
     let leaving = matches!(&caller.principal, Principal::User(me) if me.id == user_id);
     let need = if leaving { TeamRole::Viewer } else { TeamRole::Owner };
     let txn = db::begin_write(db).await?;
+    lock(&txn, team_id).await?;
     guard::team(&txn, caller, team_id, need).await?;
     let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
     if member.role == TeamRole::Owner.as_str() {
@@ -425,6 +442,14 @@ async fn membership<C: ConnectionTrait>(
         .lock_exclusive()
         .one(conn)
         .await?)
+}
+
+/// Locks the team's row until `txn` ends, so that writers of one team (its members included)
+/// take turns on PostgreSQL as they do on SQLite, where `BEGIN IMMEDIATE` already admits one
+/// writer at a time. A missing team is left to the access check that follows.
+pub async fn lock<C: ConnectionTrait>(txn: &C, id: &str) -> Result<(), AppError> {
+    teams::Entity::find_by_id(id).lock_exclusive().one(txn).await?;
+    Ok(())
 }
 
 fn no_member() -> AppError {

@@ -6,7 +6,7 @@ use chrono::{SubsecRound, Utc};
 use std::sync::Arc;
 
 use entity::{template_categories as categories, templates};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set};
 use serde_json::json;
 
 use super::{
@@ -127,8 +127,10 @@ pub async fn delete(templates: &Templates, caller: &Caller, id: &str) -> Result<
     Ok(row)
 }
 
+/// The category, locked until the transaction ends: it is about to change.
 async fn find<C: sea_orm::ConnectionTrait>(conn: &C, id: &str) -> Result<categories::Model, AppError> {
     categories::Entity::find_by_id(id)
+        .lock_exclusive()
         .one(conn)
         .await?
         .ok_or_else(|| AppError::NotFound("No such template category.".into()))

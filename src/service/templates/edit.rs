@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{SubsecRound, Utc};
 use entity::{template_versions, templates};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TryIntoModel, sea_query::OnConflict,
 };
 use serde_json::{Map, Value, json};
 
@@ -226,13 +226,14 @@ impl Templates {
         let now = Utc::now().trunc_subsecs(6);
         let txn = db::begin_write(&self.db).await?;
         let team_id = if new.visibility == Visibility::Team { new.team_id } else { None };
-        let template = templates::ActiveModel {
+        let slug = slugify(&new.name);
+        let row = templates::ActiveModel {
             id: Set(id.clone()),
             owner_id: Set(Some(viewer.user.id.clone())),
             team_id: Set(team_id.clone()),
             kind: Set(new.kind.as_str().into()),
             category_id: Set(new.category_id),
-            slug: Set(free_slug(&txn, &new.name, &id).await?),
+            slug: Set(slug.clone()),
             name: Set(new.name),
             description: Set(new.description),
             visibility: Set(new.visibility.as_str().into()),
@@ -243,9 +244,8 @@ impl Templates {
             forked_from_version: Set(new.forked_from.as_ref().map(|(_, v)| *v)),
             created_at: Set(now),
             updated_at: Set(now),
-        }
-        .insert(&txn)
-        .await?;
+        };
+        let template = insert_with_free_slug(&txn, row, &slug, &id).await?;
         let version = record(&txn, &id, 1, new.checked, new.changelog, &viewer.user.id).await?;
         let mut changes = json!({"kind": template.kind, "name": template.name, "slug": template.slug,
             "visibility": template.visibility, "version": 1});
@@ -541,11 +541,23 @@ pub(super) async fn record<C: ConnectionTrait>(
     .await?)
 }
 
-/// The slug of `name`, made unique with the id's tail when taken (or when a starter may ship
-/// with it).
-async fn free_slug<C: ConnectionTrait>(conn: &C, name: &str, id: &str) -> Result<String, AppError> {
-    let slug = slugify(name);
-    let starter = super::starters::all().iter().any(|s| s.slug == slug);
-    let taken = starter || templates::Entity::find().filter(templates::Column::Slug.eq(&slug)).count(conn).await? > 0;
-    Ok(if taken { format!("{slug}-{}", &id[id.len() - 6..]) } else { slug })
+/// Inserts `template` under `slug` or, when a starter may ship with that slug or another
+/// template holds it, under the slug followed by the end of `id`. The insert itself detects the
+/// clash, so a template of the same name that a concurrent transaction is creating (which no
+/// read beforehand can see) counts too.
+async fn insert_with_free_slug<C: ConnectionTrait>(
+    conn: &C,
+    mut template: templates::ActiveModel,
+    slug: &str,
+    id: &str,
+) -> Result<templates::Model, AppError> {
+    if !super::starters::all().iter().any(|s| s.slug == slug) {
+        let plain = OnConflict::column(templates::Column::Slug).do_nothing().to_owned();
+        if templates::Entity::insert(template.clone()).on_conflict(plain).exec_without_returning(conn).await? == 1 {
+            return Ok(template.try_into_model()?);
+        }
+    }
+    template.slug = Set(format!("{slug}-{}", &id[id.len() - 6..]));
+    templates::Entity::insert(template.clone()).exec_without_returning(conn).await?;
+    Ok(template.try_into_model()?)
 }
