@@ -88,6 +88,14 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_RATE_LIMIT_BURST", default_value_t = 120, global = true)]
     pub rate_limit_burst: u32,
 
+    /// How often the server backs up a SQLite database: `30m`, `6h`, `1d` (off when unset).
+    #[arg(long, env = "ENSEMBLE_BACKUP_INTERVAL", value_parser = parse_interval, global = true)]
+    pub backup_interval: Option<Duration>,
+
+    /// Backups kept when scheduled backups prune older ones; the newest verified one always stays.
+    #[arg(long, env = "ENSEMBLE_BACKUP_KEEP", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub backup_keep: u32,
+
     #[command(flatten)]
     pub limits: Limits,
 
@@ -241,10 +249,29 @@ impl fmt::Debug for Config {
             .field("usage_flush_secs", &self.usage_flush_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("backup_interval", &self.backup_interval)
+            .field("backup_keep", &self.backup_keep)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .field("runs", &self.runs)
             .finish()
+    }
+}
+
+/// `90s`, `30m`, `6h`, `1d`: a positive whole number of seconds, minutes, hours or days.
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (digits, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 && scale > 0 => Ok(Duration::from_secs(n.saturating_mul(scale))),
+        _ => Err(format!("`{value}` is not an interval like 30m, 6h or 1d")),
     }
 }
 
@@ -270,6 +297,23 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("postgres://app:***@db.internal:5432/ensemble"), "{shown}");
+    }
+
+    #[test]
+    fn backup_intervals_read_like_people_write_them() {
+        assert_eq!(parse_interval("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_interval("6h"), Ok(Duration::from_secs(21_600)));
+        assert_eq!(parse_interval("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_interval("90s"), Ok(Duration::from_secs(90)));
+        for bad in ["6", "0h", "h", "1w", "-1h", ""] {
+            assert!(parse_interval(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn backups_are_off_and_keep_seven_unless_configured() {
+        let config = Config::from_env().unwrap();
+        assert_eq!((config.backup_interval, config.backup_keep), (None, 7));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::{
     ops,
     service::templates::{Templates, starters},
     service::{
+        backups::{Backups, DatabaseLock},
         runs::{self, Runner},
         usage::UsageMeter,
     },
@@ -41,6 +42,8 @@ pub struct App {
     router: Router,
     state: AppState,
     shutdown: watch::Sender<bool>,
+    /// Held while the server runs, so `ensemble backup restore` refuses meanwhile.
+    _lock: Option<DatabaseLock>,
 }
 
 impl App {
@@ -51,6 +54,7 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             AppError::internal(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
+        let lock = DatabaseLock::for_server(&config.database_url)?;
         let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
         db::count_statements(&mut db, statements.clone());
@@ -97,7 +101,7 @@ impl App {
             shutdown: stopping,
         };
         let router = router(&state);
-        Ok(Self { listener, router, state, shutdown })
+        Ok(Self { listener, router, state, shutdown, _lock: lock })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -123,6 +127,7 @@ impl App {
         );
         let shutdown = self.shutdown;
         let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
+        let backups = tokio::spawn(scheduled_backups(self.state.clone()));
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move {
@@ -132,6 +137,7 @@ impl App {
             })
             .await;
         housekeeping.abort();
+        backups.abort();
         if let Err(error) = self.state.usage.flush().await {
             tracing::error!(%error, "cannot write the last usage counts");
         }
@@ -151,6 +157,15 @@ async fn housekeeping(state: AppState) {
         if round % (60 / state.config.usage_flush_secs.clamp(1, 60)) == 0 {
             state.rate_limits.forget_idle();
         }
+    }
+}
+
+/// Backs up a SQLite database every `ENSEMBLE_BACKUP_INTERVAL` and prunes to
+/// `ENSEMBLE_BACKUP_KEEP`; does nothing when no interval is set.
+async fn scheduled_backups(state: AppState) {
+    if let Some(every) = state.config.backup_interval {
+        let backups = Backups::new(state.db.clone(), &state.config.data_dir);
+        backups.run_schedule(every, state.config.backup_keep).await;
     }
 }
 

@@ -1,7 +1,8 @@
 //! The authorization matrix: every operation in `tests/data/authorization.json` run by every
 //! principal (users and API keys), against the outcome the file expects. A refused operation
-//! changes nothing in the database but the audit log, where a refused mutation leaves one
-//! `denied` row.
+//! changes nothing in the database but the audit log, where a mutation refused as FORBIDDEN,
+//! NOT_FOUND or UNAUTHENTICATED leaves one `denied` row. An operation's `expect_postgres` overrides
+//! `expect` for the principals it names when the tests run on PostgreSQL.
 
 mod common;
 
@@ -10,10 +11,10 @@ use std::collections::HashMap;
 use common::TestApp;
 use ensemble::auth::GlobalRole;
 use entity::{
-    audit_logs, conversations, error_groups, messages, model_prices, runs, team_members, teams, template_categories,
-    template_versions, templates, users,
+    audit_logs, backups, conversations, error_groups, messages, model_prices, runs, team_members, teams,
+    template_categories, template_versions, templates, users,
 };
-use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
+use sea_orm::{DbBackend, EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 /// What every case starts from: the team, and the owner's keys by principal name.
@@ -37,6 +38,8 @@ struct Setup {
     /// A WORKFLOW template the owner shares with the team, one step on agent `a`.
     workflow: String,
     message: String,
+    /// A backup of the database (SQLite only; on PostgreSQL backups are refused before any lookup).
+    backup: String,
 }
 
 const USERS: [&str; 8] = [
@@ -116,6 +119,7 @@ async fn arrange(app: &TestApp) -> Setup {
         .unwrap()
         .to_string();
     let (template, team_template, workflow) = arrange_templates(app, &owner, &team).await;
+    let backup = arrange_backup(app, &admin).await;
     Setup {
         team,
         keys,
@@ -130,7 +134,17 @@ async fn arrange(app: &TestApp) -> Setup {
         template,
         team_template,
         workflow,
+        backup,
     }
+}
+
+/// A backup taken by the admin, on SQLite; PostgreSQL has none.
+async fn arrange_backup(app: &TestApp, admin: &str) -> String {
+    if app.state.db.get_database_backend() != DbBackend::Sqlite {
+        return "bak_none".into();
+    }
+    let made = must(app, admin, "mutation { createBackup { id } }", json!({})).await;
+    made["createBackup"]["id"].as_str().unwrap().to_string()
 }
 
 /// Templates of each kind the owner shares with the team.
@@ -178,6 +192,7 @@ async fn snapshot(app: &TestApp) -> String {
     let errors = error_groups::Entity::find().all(db).await.unwrap();
     let categories = template_categories::Entity::find().all(db).await.unwrap();
     let templates = templates::Entity::find().order_by_asc(templates::Column::Id).all(db).await.unwrap();
+    let backups = backups::Entity::find().order_by_asc(backups::Column::Id).all(db).await.unwrap();
     let versions = template_versions::Entity::find()
         .order_by_asc(template_versions::Column::TemplateId)
         .order_by_asc(template_versions::Column::Version)
@@ -185,7 +200,7 @@ async fn snapshot(app: &TestApp) -> String {
         .await
         .unwrap();
     format!(
-        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}\n{templates:?}\n{versions:?}"
+        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}\n{templates:?}\n{versions:?}\n{backups:?}"
     )
 }
 
@@ -196,7 +211,7 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
         "link": setup.link_id, "token": setup.link_token, "run": setup.run,
         "conversation": setup.conversation, "message": setup.message, "group": setup.group,
         "category": setup.category, "template": setup.template, "teamTemplate": setup.team_template,
-        "workflow": setup.workflow,
+        "workflow": setup.workflow, "backup": setup.backup,
     });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,
@@ -225,9 +240,12 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
     let mut failures = Vec::new();
     let shared = TestApp::spawn().await;
     let shared_setup = arrange(&shared).await;
+    let on_postgres = shared.state.db.get_database_backend() == DbBackend::Postgres;
     for principal in &principals {
-        let expected =
-            operation["expect"][principal.as_str()].as_str().unwrap_or_else(|| panic!("{name} lacks {principal}"));
+        let overridden = on_postgres.then(|| operation["expect_postgres"][principal.as_str()].as_str()).flatten();
+        let expected = overridden
+            .or_else(|| operation["expect"][principal.as_str()].as_str())
+            .unwrap_or_else(|| panic!("{name} lacks {principal}"));
         let fresh = if is_mutation && expected == "ok" { Some(TestApp::spawn().await) } else { None };
         let (app, setup) = match &fresh {
             Some(app) => (app, arrange(app).await),
@@ -243,7 +261,8 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
                 failures.push(format!("{name} as {principal}: refused, yet the database changed"));
             }
             let rows = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
-            let wanted = audited + u64::from(is_mutation_audited);
+            let denied = ["FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"].contains(&expected);
+            let wanted = audited + u64::from(is_mutation_audited && denied);
             if rows != wanted {
                 failures.push(format!("{name} as {principal}: {rows} audit rows, expected {wanted}"));
             }

@@ -17,6 +17,7 @@ mod m0009_monitoring;
 mod m0010_audit_indexes;
 mod m0011_template_categories;
 mod m0012_templates;
+mod m0013_backups;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0010_audit_indexes::Migration),
             Box::new(m0011_template_categories::Migration),
             Box::new(m0012_templates::Migration),
+            Box::new(m0013_backups::Migration),
         ]
     }
 }

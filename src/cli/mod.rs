@@ -1,5 +1,6 @@
-//! Subcommands: `serve` (the default), `migrate`, `schema`.
+//! Subcommands: `serve` (the default), `migrate`, `schema`, `token`, `backup`.
 
+mod backup;
 mod migrate;
 mod token;
 
@@ -29,6 +30,11 @@ enum Command {
     },
     /// Print the GraphQL schema (SDL), as committed in `schema.graphql`.
     Schema,
+    /// Take, list, verify or restore backups of a SQLite database.
+    Backup {
+        #[command(subcommand)]
+        action: backup::Action,
+    },
     /// Print a dev-issuer token (dev auth only): `ensemble token --user alice --role admin`.
     Token(token::TokenArgs),
 }
@@ -40,6 +46,7 @@ pub async fn run() -> ExitCode {
         Command::Serve => serve(cli.config).await,
         Command::Migrate { action } => migrate::run(action, &cli.config).await,
         Command::Token(args) => token::run(args, &cli.config).await,
+        Command::Backup { action } => backup::run(action, &cli.config).await,
         Command::Schema => {
             print!("{}", graphql::sdl(&cli.config));
             Ok(())

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod analytics;
 pub mod api_keys;
 pub mod audit;
+pub mod backups;
 pub mod conversations;
 pub mod denials;
 pub mod estimates;
@@ -45,6 +46,7 @@ pub struct QueryRoot(
     usage::UsageQuery,
     audit::AuditQuery,
     templates::TemplatesQuery,
+    backups::BackupsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -60,6 +62,7 @@ pub struct MutationRoot(
     admin::AdminMutation,
     templates::TemplatesMutation,
     workflows::WorkflowsMutation,
+    backups::BackupsMutation,
 );
 
 #[derive(MergedSubscription, Default)]

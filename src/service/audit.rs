@@ -50,6 +50,8 @@ pub mod actions {
     pub const TEMPLATE_DELETE: &str = "template.delete";
     pub const TEMPLATE_INSTANTIATE: &str = "template.instantiate";
     pub const WORKFLOW_RUN: &str = "template.workflow.run";
+    pub const BACKUP_CREATE: &str = "backup.create";
+    pub const BACKUP_DELETE: &str = "backup.delete";
 
     /// The action and resource type of a mutation field, for rows of refused calls.
     pub fn of_mutation(field: &str) -> Option<(&'static str, &'static str)> {
@@ -83,6 +85,8 @@ pub mod actions {
             "deleteTemplate" => (TEMPLATE_DELETE, "template"),
             "instantiateTemplate" => (TEMPLATE_INSTANTIATE, "team"),
             "runWorkflow" => (WORKFLOW_RUN, "template"),
+            "createBackup" => (BACKUP_CREATE, "backup"),
+            "deleteBackup" => (BACKUP_DELETE, "backup"),
             _ => return None,
         })
     }

@@ -1,0 +1,130 @@
+//! `ensemble backup create [--label L] | list | verify FILE | restore FILE` for a SQLite database
+//! (docs/operations.md). Taking, listing and verifying work while a server runs; restoring does not.
+
+use clap::Subcommand;
+use migration::{Migrator, MigratorTrait};
+
+use crate::{
+    auth::Principal,
+    config::Config,
+    db,
+    error::AppError,
+    service::{
+        audit::Caller,
+        backups::{self, Backups, Checked, Restored},
+    },
+};
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Take a snapshot of the database now (safe while a server runs).
+    Create {
+        /// A note to find it by, e.g. `before-upgrade`.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List the recorded backups, newest first.
+    List,
+    /// Check a backup against its checksum and SQLite's integrity check.
+    Verify {
+        /// A backup id, a file name in the backups folder, or the path of a backup file.
+        file: String,
+    },
+    /// Replace the database with a backup once it is checked; the server must be stopped.
+    Restore {
+        /// A file name in the backups folder, or the path of a backup file (with its `.sha256`).
+        file: String,
+    },
+}
+
+pub async fn run(action: Action, config: &Config) -> Result<(), String> {
+    if !db::is_sqlite(&config.database_url) {
+        return Err(message(backups::on_postgres()));
+    }
+    let caller = Caller { principal: Principal::System("cli"), meta: Default::default() };
+    match action {
+        Action::Create { label } => {
+            let row = open(config).await?.create(&caller, label).await.map_err(message)?;
+            let path = backups::folder(&config.data_dir).join(&row.file);
+            println!(
+                "created {} ({} bytes, sha256 {}, migration {})",
+                path.display(),
+                row.bytes,
+                row.sha256,
+                row.migration
+            );
+        }
+        Action::List => {
+            let rows = open(config).await?.list(&caller).await.map_err(message)?;
+            if rows.is_empty() {
+                println!("no backups yet");
+            }
+            for row in rows {
+                let verified = if row.verified_at.is_some() { "verified" } else { "NOT VERIFIED" };
+                let label = row.label.unwrap_or_default();
+                let created = row.created_at.format("%Y-%m-%d %H:%M:%S");
+                println!("{created}  {}  {} bytes  {verified}  {}  {label}", row.file, row.bytes, row.migration);
+            }
+        }
+        Action::Verify { file } => {
+            let checked = open(config).await?.verify(&caller, &file).await.map_err(message)?;
+            print_checked(&checked);
+        }
+        Action::Restore { file } => {
+            let restored = backups::restore(&config.database_url, &config.data_dir, &file).await.map_err(message)?;
+            print_restored(&restored);
+        }
+    }
+    Ok(())
+}
+
+/// The backups of the configured database, which must exist and be migrated (the `backups` table).
+async fn open(config: &Config) -> Result<Backups, String> {
+    if let Some(file) = backups::sqlite_file(&config.database_url).filter(|f| !f.is_file()) {
+        return Err(format!(
+            "there is no database at {} (`ensemble backup restore FILE` checks a backup before restoring it)",
+            file.display()
+        ));
+    }
+    let db = db::connect(&config.database_url, Some(1)).await.map_err(message)?;
+    let pending = Migrator::get_pending_migrations(&db).await.map_err(|e| e.to_string())?;
+    if !pending.is_empty() {
+        return Err(format!(
+            "the database has {} pending migration(s); run `ensemble migrate up` (or start the server) first",
+            pending.len()
+        ));
+    }
+    Ok(Backups::new(db, &config.data_dir))
+}
+
+fn print_checked(checked: &Checked) {
+    println!(
+        "ok: {} ({} bytes, sha256 {}, migration {}, integrity ok)",
+        checked.path.display(),
+        checked.bytes,
+        checked.sha256,
+        checked.migration
+    );
+}
+
+fn print_restored(restored: &Restored) {
+    println!("restored {} into {}", restored.from.path.display(), restored.database.display());
+    println!("migration level: {}", restored.from.migration);
+    match &restored.kept {
+        Some(kept) => println!("the replaced database is kept as {}", kept.display()),
+        None => println!("there was no database to replace"),
+    }
+    if !restored.pending.is_empty() {
+        println!("newer migrations, applied when the server starts: {}", restored.pending.join(", "));
+    }
+    println!("rows per table:");
+    let width = restored.from.tables.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (table, rows) in &restored.from.tables {
+        println!("  {table:<width$}  {rows}");
+    }
+}
+
+/// The error as the person at the terminal should read it.
+fn message(err: AppError) -> String {
+    err.to_string().trim_start_matches("internal error: ").to_string()
+}

@@ -1,0 +1,379 @@
+//! Backups of a SQLite database: online snapshots (`VACUUM INTO` a temporary name, checksummed,
+//! integrity-checked, then renamed) recorded in `backups`; listing, verifying, deleting, pruning
+//! and the schedule. Restoring (from the CLI, with no server running) lives in `restore`.
+//! PostgreSQL has its own tools: every operation there is BAD_USER_INPUT pointing to the guide.
+
+mod restore;
+mod snapshot;
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use chrono::{SubsecRound, Utc};
+use entity::backups;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, Set, Statement,
+};
+use serde_json::json;
+
+pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
+pub use snapshot::{Checked, check_file};
+
+use super::audit::{self, Caller, Entry, actions};
+use crate::{
+    auth::{Principal, guard},
+    db,
+    error::{AppError, Problem},
+};
+
+/// The operations guide: backups, restore, PostgreSQL dumps, D1 Time Travel.
+pub const GUIDE: &str = "docs/operations.md";
+
+/// The backups of one database, kept in `<data dir>/backups/`.
+pub struct Backups {
+    db: DatabaseConnection,
+    dir: PathBuf,
+}
+
+impl Backups {
+    pub fn new(db: DatabaseConnection, data_dir: &Path) -> Self {
+        Self { db, dir: folder(data_dir) }
+    }
+
+    /// Takes a snapshot of the live database while it serves, checks it and records it
+    /// (admins, the CLI and the schedule). On failure nothing is left behind.
+    #[tracing::instrument(skip_all)]
+    pub async fn create(&self, caller: &Caller, label: Option<String>) -> Result<backups::Model, AppError> {
+        authorize(caller)?;
+        self.sqlite_only()?;
+        let label = check_label(label)?;
+        let migration = current_level(&self.db).await?;
+        let id = format!("bak_{}", uuid::Uuid::now_v7().simple());
+        let file = format!("{id}.db");
+        let checked = self.snapshot(&file).await?;
+        let now = Utc::now().trunc_subsecs(6);
+        let row = backups::ActiveModel {
+            id: Set(id),
+            file: Set(file),
+            label: Set(label),
+            bytes: Set(i64::try_from(checked.bytes).unwrap_or(i64::MAX)),
+            sha256: Set(checked.sha256),
+            migration: Set(migration),
+            created_at: Set(now),
+            verified_at: Set(Some(now)),
+        };
+        let recorded = self.record(caller, row).await;
+        if recorded.is_err() {
+            remove_files(&checked.path);
+        }
+        recorded
+    }
+
+    /// Every recorded backup, newest first.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<backups::Model>, AppError> {
+        authorize(caller)?;
+        self.sqlite_only()?;
+        Ok(newest_first().all(&self.db).await?)
+    }
+
+    /// Checks a backup (an id, a file name in the backups folder, or a path) against its checksum
+    /// and the integrity check. A recorded backup's `verified_at` is set when it passes and
+    /// cleared when it fails.
+    pub async fn verify(&self, caller: &Caller, target: &str) -> Result<Checked, AppError> {
+        authorize(caller)?;
+        self.sqlite_only()?;
+        let (path, row) = self.locate(target).await?;
+        let checked = check_file(&path).await.and_then(|checked| match &row {
+            Some(row) if row.sha256 != checked.sha256 => Err(AppError::bad_input(format!(
+                "{} does not match the checksum recorded when it was taken: the file was replaced or damaged.",
+                path.display()
+            ))),
+            _ => Ok(checked),
+        });
+        if let Some(row) = row {
+            let mut row: backups::ActiveModel = row.into();
+            row.verified_at = Set(checked.is_ok().then(|| Utc::now().trunc_subsecs(6)));
+            row.update(&self.db).await?;
+        }
+        checked
+    }
+
+    /// Deletes a backup's row and files (admins); answers it as it was.
+    #[tracing::instrument(skip_all)]
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<backups::Model, AppError> {
+        authorize(caller)?;
+        self.sqlite_only()?;
+        let row = backups::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| AppError::NotFound("No such backup.".into()))?;
+        self.remove(caller, row).await
+    }
+
+    /// Deletes all but the `keep` newest backups, except the newest verified one, which stays
+    /// whatever its age. Answers the backups deleted.
+    #[tracing::instrument(skip_all)]
+    pub async fn prune(&self, caller: &Caller, keep: u32) -> Result<Vec<backups::Model>, AppError> {
+        authorize(caller)?;
+        self.sqlite_only()?;
+        let rows = newest_first().all(&self.db).await?;
+        let newest_verified = rows.iter().position(|row| row.verified_at.is_some());
+        let mut pruned = Vec::new();
+        for (index, row) in rows.into_iter().enumerate() {
+            if index >= keep as usize && Some(index) != newest_verified {
+                pruned.push(self.remove(caller, row).await?);
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Backs up every `every` and prunes to `keep`, until the task is dropped. Failures are
+    /// logged and the next round tries again.
+    pub async fn run_schedule(self, every: Duration, keep: u32) {
+        if self.sqlite_only().is_err() {
+            tracing::warn!("ENSEMBLE_BACKUP_INTERVAL is ignored: scheduled backups are for SQLite (see {GUIDE})");
+            return;
+        }
+        let caller = Caller { principal: Principal::System("scheduler"), meta: Default::default() };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.create(&caller, Some("scheduled".into())).await {
+                Ok(row) => tracing::info!(file = %row.file, bytes = row.bytes, "scheduled backup taken"),
+                Err(error) => tracing::error!(%error, "scheduled backup failed"),
+            }
+            match self.prune(&caller, keep).await {
+                Ok(pruned) if !pruned.is_empty() => tracing::info!(pruned = pruned.len(), keep, "older backups pruned"),
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "pruning backups failed"),
+            }
+        }
+    }
+
+    fn sqlite_only(&self) -> Result<(), AppError> {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => Ok(()),
+            _ => Err(on_postgres()),
+        }
+    }
+
+    /// `VACUUM INTO` a temporary file, check it, write its sidecar, then give it its name.
+    async fn snapshot(&self, file: &str) -> Result<Checked, AppError> {
+        let partial =
+            Partial::create(&self.dir, file).map_err(|e| storage_error(&self.dir, &e.to_string(), Some(&e)))?;
+        let target = partial.0.to_str().ok_or_else(|| AppError::internal("the backups folder's path is not UTF-8"))?;
+        let vacuum = Statement::from_sql_and_values(DbBackend::Sqlite, "VACUUM INTO ?", [target.into()]);
+        self.db.execute_raw(vacuum).await.map_err(|e| storage_error(&self.dir, &e.to_string(), None))?;
+        let contents = snapshot::inspect(&partial.0)
+            .await
+            .map_err(|why| AppError::internal(format!("the snapshot {why} The backup was discarded.")))?;
+        let dir = self.dir.clone();
+        let name = file.to_string();
+        let (bytes, sha256) = tokio::task::spawn_blocking(move || partial.commit(&name))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(|e| storage_error(&dir, &e.to_string(), Some(&e)))?;
+        let path = self.dir.join(file);
+        Ok(Checked { path, bytes, sha256, migration: contents.migration, tables: contents.tables })
+    }
+
+    async fn record(&self, caller: &Caller, row: backups::ActiveModel) -> Result<backups::Model, AppError> {
+        let txn = db::begin_write(&self.db).await?;
+        let row = row.insert(&txn).await?;
+        let changes = json!({"file": row.file, "label": row.label, "bytes": row.bytes, "sha256": row.sha256,
+            "migration": row.migration});
+        audit::allowed(&txn, caller, Entry::new(actions::BACKUP_CREATE, "backup", row.id.clone()).changes(changes))
+            .await?;
+        txn.commit().await?;
+        Ok(row)
+    }
+
+    /// Deletes the row (audited), then the files.
+    async fn remove(&self, caller: &Caller, row: backups::Model) -> Result<backups::Model, AppError> {
+        let txn = db::begin_write(&self.db).await?;
+        backups::Entity::delete_by_id(row.id.clone()).exec(&txn).await?;
+        let changes = json!({"file": row.file, "label": row.label});
+        audit::allowed(&txn, caller, Entry::new(actions::BACKUP_DELETE, "backup", row.id.clone()).changes(changes))
+            .await?;
+        txn.commit().await?;
+        remove_files(&self.dir.join(&row.file));
+        Ok(row)
+    }
+
+    /// The file `target` names and its row, if it is a recorded backup.
+    async fn locate(&self, target: &str) -> Result<(PathBuf, Option<backups::Model>), AppError> {
+        let by_name = Condition::any().add(backups::Column::Id.eq(target)).add(backups::Column::File.eq(target));
+        if let Some(row) = backups::Entity::find().filter(by_name).one(&self.db).await? {
+            return Ok((self.dir.join(&row.file), Some(row)));
+        }
+        let path = PathBuf::from(target);
+        if !path.is_file() {
+            return Err(AppError::bad_input(format!(
+                "No backup `{target}`: give a backup id, a file name in {}, or the path of a backup file.",
+                self.dir.display()
+            )));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let here = fs::canonicalize(&path).ok() == fs::canonicalize(self.dir.join(name)).ok();
+        let row = match here {
+            true => backups::Entity::find().filter(backups::Column::File.eq(name)).one(&self.db).await?,
+            false => None,
+        };
+        Ok((path, row))
+    }
+}
+
+/// `<data dir>/backups`.
+pub fn folder(data_dir: &Path) -> PathBuf {
+    data_dir.join("backups")
+}
+
+/// What every backup operation answers on PostgreSQL.
+pub fn on_postgres() -> AppError {
+    AppError::bad_input(format!(
+        "Backups here are snapshots of a SQLite database; this server uses PostgreSQL. Back it up with pg_dump and \
+         restore it with pg_restore as {GUIDE} explains."
+    ))
+}
+
+/// The newest migration applied to the live database.
+async fn current_level(db: &DatabaseConnection) -> Result<String, AppError> {
+    let applied = Migrator::get_applied_migrations(db).await?;
+    applied.last().map(|m| m.name().to_string()).ok_or_else(|| {
+        AppError::bad_input("The database has no migrations applied; run `ensemble migrate up` before backing it up.")
+    })
+}
+
+fn newest_first() -> sea_orm::Select<backups::Entity> {
+    backups::Entity::find().order_by_desc(backups::Column::CreatedAt).order_by_desc(backups::Column::Id)
+}
+
+/// Admins, and the server itself (the CLI, the schedule). Never an API key.
+fn authorize(caller: &Caller) -> Result<(), AppError> {
+    match caller.principal {
+        Principal::System(_) => Ok(()),
+        _ => guard::admin(caller).map(|_| ()),
+    }
+}
+
+fn check_label(label: Option<String>) -> Result<Option<String>, AppError> {
+    let label = label.map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
+    match &label {
+        Some(l) if l.chars().count() > 100 => Err(AppError::BadUserInput {
+            message: "The label is too long.".into(),
+            problems: vec![Problem::new("label", "must be at most 100 characters")],
+        }),
+        _ => Ok(label),
+    }
+}
+
+/// Why a backup could not be written, in words an operator can act on. `io` is the operating
+/// system's error when there is one; SQLite's errors come as text.
+fn storage_error(dir: &Path, cause: &str, io: Option<&io::Error>) -> AppError {
+    let lower = cause.to_lowercase();
+    let kind = io.map(io::Error::kind);
+    let why = if matches!(kind, Some(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+        || lower.contains("disk is full")
+        || lower.contains("no space")
+    {
+        "the disk is full".to_string()
+    } else if matches!(kind, Some(io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem))
+        || lower.contains("readonly")
+        || lower.contains("read-only")
+        || lower.contains("unable to open")
+    {
+        "the folder is not writable".to_string()
+    } else if matches!(kind, Some(io::ErrorKind::NotADirectory | io::ErrorKind::AlreadyExists)) {
+        "the path is not a folder".to_string()
+    } else {
+        tracing::error!(error = cause, "a backup could not be written");
+        format!("the snapshot could not be written ({cause})")
+    };
+    AppError::Conflict(format!("Cannot write a backup into {}: {why}. Earlier backups are untouched.", dir.display()))
+}
+
+/// A backup file being written under a temporary name; removed unless committed.
+struct Partial(PathBuf);
+
+impl Partial {
+    /// An empty file `.<name>.partial` in `dir` (made first), ready for `VACUUM INTO`.
+    fn create(dir: &Path, name: &str) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(format!(".{name}.partial"));
+        OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok(Self(path))
+    }
+
+    /// Flushes the file, writes its sidecar, then renames both into place. Answers its size and
+    /// SHA-256.
+    fn commit(self, name: &str) -> io::Result<(u64, String)> {
+        File::open(&self.0)?.sync_all()?;
+        let (bytes, sha256) = snapshot::digest(&self.0)?;
+        let dir = self.0.parent().unwrap_or(Path::new("."));
+        let final_path = dir.join(name);
+        let sidecar = Partial(dir.join(format!(".{name}.sha256.partial")));
+        fs::write(&sidecar.0, snapshot::sidecar_text(&sha256, name))?;
+        File::open(&sidecar.0)?.sync_all()?;
+        fs::rename(&sidecar.0, snapshot::sidecar(&final_path))?;
+        if let Err(e) = fs::rename(&self.0, &final_path) {
+            let _ = fs::remove_file(snapshot::sidecar(&final_path));
+            return Err(e);
+        }
+        File::open(dir)?.sync_all()?;
+        Ok((bytes, sha256))
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        // After a commit the temporary name is gone; otherwise this discards a partial file.
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Removes a backup file and its sidecar; one already gone is fine.
+fn remove_files(path: &Path) {
+    for file in [path.to_path_buf(), snapshot::sidecar(path)] {
+        if let Err(error) = fs::remove_file(&file)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, file = %file.display(), "cannot remove a backup file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(err: AppError) -> String {
+        assert_eq!(err.code(), "CONFLICT");
+        err.to_string()
+    }
+
+    #[test]
+    fn storage_failures_say_why_in_words_an_operator_can_act_on() {
+        let dir = Path::new("data/backups");
+        let full = storage_error(dir, "error returned from database: (code: 13) database or disk is full", None);
+        assert!(message(full).contains("data/backups: the disk is full"));
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(message(storage_error(dir, &denied.to_string(), Some(&denied))).contains("not writable"));
+        let file = io::Error::from(io::ErrorKind::NotADirectory);
+        assert!(message(storage_error(dir, &file.to_string(), Some(&file))).contains("not a folder"));
+        assert!(message(storage_error(dir, "unable to open database file", None)).contains("not writable"));
+    }
+
+    #[test]
+    fn labels_are_trimmed_and_bounded() {
+        assert_eq!(check_label(Some("  nightly ".into())).unwrap().as_deref(), Some("nightly"));
+        assert_eq!(check_label(Some("   ".into())).unwrap(), None);
+        assert_eq!(check_label(Some("x".repeat(101))).unwrap_err().code(), "BAD_USER_INPUT");
+    }
+}
