@@ -19,6 +19,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the in-process caches keep anything (docs/cache.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    On,
+    /// Every lookup reads its source: for benchmarks, and to rule the caches out.
+    Off,
+}
+
+impl CacheMode {
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
+}
+
 /// Everything the server reads at start. Every option has an environment variable.
 #[derive(Clone, Args)]
 pub struct Config {
@@ -87,6 +101,10 @@ pub struct Config {
     /// How many operations a principal may run at once before the per-minute rate applies.
     #[arg(long, env = "ENSEMBLE_RATE_LIMIT_BURST", default_value_t = 120, global = true)]
     pub rate_limit_burst: u32,
+
+    /// `on` or `off`: whether tokens, keys, users, specs, templates and prices are cached.
+    #[arg(long, env = "ENSEMBLE_CACHE", value_enum, default_value = "on", global = true)]
+    pub cache: CacheMode,
 
     #[command(flatten)]
     pub limits: Limits,
@@ -241,6 +259,7 @@ impl fmt::Debug for Config {
             .field("usage_flush_secs", &self.usage_flush_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("cache", &self.cache)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .field("runs", &self.runs)
