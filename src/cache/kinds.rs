@@ -149,7 +149,7 @@ impl Kind for ModelName {
     const POLICY: Policy = policy("model_prices", 300, 10_000);
 }
 
-/// Every kind, in the order `/metrics` lists them (the JWKS comes last, when configured).
+/// Every kind but the JWKS (which is no key-value cache).
 #[cfg(test)]
 pub const ALL: [Policy; 9] = [
     SessionToken::POLICY,
