@@ -19,6 +19,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether the in-process caches keep anything (docs/cache.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    On,
+    /// Every lookup reads its source: for benchmarks, and to rule the caches out.
+    Off,
+}
+
+impl CacheMode {
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
+}
+
 /// Everything the server reads at start. Every option has an environment variable.
 #[derive(Clone, Args)]
 pub struct Config {
@@ -95,6 +109,10 @@ pub struct Config {
     /// Backups kept when scheduled backups prune older ones; the newest verified one always stays.
     #[arg(long, env = "ENSEMBLE_BACKUP_KEEP", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub backup_keep: u32,
+
+    /// `on` or `off`: whether tokens, keys, users, specs, templates and prices are cached.
+    #[arg(long, env = "ENSEMBLE_CACHE", value_enum, default_value = "on", global = true)]
+    pub cache: CacheMode,
 
     #[command(flatten)]
     pub limits: Limits,
@@ -251,6 +269,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("backup_interval", &self.backup_interval)
             .field("backup_keep", &self.backup_keep)
+            .field("cache", &self.cache)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .field("runs", &self.runs)

@@ -1,6 +1,7 @@
 //! Ensemble: a GraphQL backend to build, version, share, run and watch teams of AI agents.
 
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;

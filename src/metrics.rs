@@ -1,11 +1,10 @@
 //! Process metrics in Prometheus text format: HTTP requests by status, GraphQL operations by
 //! name and outcome, a request latency histogram, database pool use, open websockets and
-//! subscriptions, and the hits and misses of every cache.
+//! subscriptions, and the hits, misses and evictions of every cache.
 
 use std::{
     collections::BTreeMap,
     fmt::Write,
-    hash::Hash,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -149,6 +148,7 @@ pub struct CacheCounter {
     name: &'static str,
     hits: AtomicU64,
     misses: AtomicU64,
+    evictions: Evictions,
     /// How many entries the cache holds now.
     entries: Box<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -161,12 +161,28 @@ impl CacheCounter {
     }
 }
 
+/// Entries a cache dropped on its own (expired, or to make room), counted by the cache as it
+/// drops them; explicit invalidations are not evictions.
+#[derive(Clone, Default)]
+pub struct Evictions(Arc<AtomicU64>);
+
+impl Evictions {
+    pub fn record(&self, count: u64) {
+        self.0.fetch_add(count, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What one cache has answered since start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheSnapshot {
     pub name: &'static str,
     pub hits: u64,
     pub misses: u64,
+    pub evictions: u64,
     pub entries: u64,
 }
 
@@ -183,28 +199,25 @@ impl CacheSnapshot {
 pub struct CacheStats(Mutex<Vec<Arc<CacheCounter>>>);
 
 impl CacheStats {
-    /// A counter for the cache `name`; `entries` tells how many entries it holds.
-    pub fn register(&self, name: &'static str, entries: impl Fn() -> u64 + Send + Sync + 'static) -> Arc<CacheCounter> {
+    /// A counter for the cache `name`; `entries` tells how many entries it holds, `evictions`
+    /// is what the cache counts as it drops entries.
+    pub fn register(
+        &self,
+        name: &'static str,
+        entries: impl Fn() -> u64 + Send + Sync + 'static,
+        evictions: Evictions,
+    ) -> Arc<CacheCounter> {
         let counter = Arc::new(CacheCounter {
             name,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            evictions,
             entries: Box::new(entries),
         });
         if let Ok(mut caches) = self.0.lock() {
             caches.push(counter.clone());
         }
         counter
-    }
-
-    /// A counter for a moka cache, whose entry count it reads (moka's count is approximate).
-    pub fn moka<K, V>(&self, name: &'static str, cache: &moka::future::Cache<K, V>) -> Arc<CacheCounter>
-    where
-        K: Hash + Eq + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
-    {
-        let cache = cache.clone();
-        self.register(name, move || cache.entry_count())
     }
 
     pub fn snapshot(&self) -> Vec<CacheSnapshot> {
@@ -217,6 +230,7 @@ impl CacheStats {
                 name: c.name,
                 hits: c.hits.load(Ordering::Relaxed),
                 misses: c.misses.load(Ordering::Relaxed),
+                evictions: c.evictions.count(),
                 entries: (c.entries)(),
             })
             .collect()
@@ -232,6 +246,9 @@ impl CacheStats {
         };
         family("ensemble_cache_hits_total", "counter", "Cache lookups answered from the cache.", |c| c.hits);
         family("ensemble_cache_misses_total", "counter", "Cache lookups that had to load.", |c| c.misses);
+        family("ensemble_cache_evictions_total", "counter", "Cache entries dropped on expiry or to make room.", |c| {
+            c.evictions
+        });
         family("ensemble_cache_entries", "gauge", "Entries held in a cache.", |c| c.entries);
     }
 }
@@ -270,18 +287,21 @@ mod tests {
     #[test]
     fn cache_lookups_are_counted_by_name_with_their_hit_rate() {
         let metrics = Metrics::default();
-        let counter = metrics.caches.register("specs", || 7);
+        let evictions = Evictions::default();
+        let counter = metrics.caches.register("specs", || 7, evictions.clone());
         assert_eq!(metrics.caches.snapshot()[0].hit_rate(), None);
+        evictions.record(2);
         counter.record(true);
         counter.record(true);
         counter.record(true);
         counter.record(false);
         let snapshot = &metrics.caches.snapshot()[0];
-        assert_eq!((snapshot.hits, snapshot.misses, snapshot.entries), (3, 1, 7));
+        assert_eq!((snapshot.hits, snapshot.misses, snapshot.evictions, snapshot.entries), (3, 1, 2, 7));
         assert_eq!(snapshot.hit_rate(), Some(0.75));
         let text = metrics.render((0, 0));
         assert!(text.contains("ensemble_cache_hits_total{cache=\"specs\"} 3"), "{text}");
         assert!(text.contains("ensemble_cache_misses_total{cache=\"specs\"} 1"), "{text}");
+        assert!(text.contains("ensemble_cache_evictions_total{cache=\"specs\"} 2"), "{text}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tower_http::{
 
 use crate::{
     auth::{Authenticator, rate_limit::RateLimits},
+    cache::Caches,
     config::Config,
     db,
     error::AppError,
@@ -65,7 +66,8 @@ impl App {
             .await
             .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
         let metrics = Arc::new(Metrics::default());
-        let auth = Arc::new(Authenticator::new(&config, db.clone(), &metrics.caches).await?);
+        let caches = Arc::new(Caches::new(&config, &metrics.caches));
+        let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone()).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst));
@@ -77,17 +79,19 @@ impl App {
         if interrupted > 0 {
             tracing::warn!(interrupted, "runs left in progress by the last stop are marked failed (interrupted)");
         }
-        let templates = Arc::new(Templates::new(db.clone(), &metrics.caches));
+        let templates = Arc::new(Templates::new(db.clone(), caches.clone()));
+        let events = Arc::new(EventBus::default());
+        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), events, caches.clone()));
         if migrated {
             let seeded = starters::seed(&db).await?;
             tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
             let starters = templates.prefetch().await?;
-            tracing::debug!(starters, "template caches prefetched");
+            let prices = runner.prices.prefetch().await?;
+            tracing::debug!(starters, prices, "caches prefetched");
         }
-        let events = Arc::new(EventBus::default());
-        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), events, &metrics.caches));
         let state = AppState {
             config: Arc::new(config),
+            caches,
             auth,
             usage,
             rate_limits,

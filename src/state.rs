@@ -13,6 +13,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
     pub metrics: Arc<Metrics>,
+    /// Every in-process cache (tokens, keys, users, specs, templates, prices).
+    pub caches: Arc<crate::cache::Caches>,
     pub auth: Arc<crate::auth::Authenticator>,
     pub usage: Arc<crate::service::usage::UsageMeter>,
     pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,

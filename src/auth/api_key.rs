@@ -1,7 +1,8 @@
 //! API keys on the wire: `ens_<prefix>_<secret>` (12 + 64 hex characters, 256 bits of secret),
-//! looked up by prefix through a cache and checked against a SHA-256 of the secret in constant
-//! time. A revoked key's cache entry is dropped at once; `last_used_at` is written at most
-//! once a minute per key, and never for a failed attempt.
+//! looked up by prefix through the caches (an unknown prefix is remembered for a few seconds)
+//! and checked against a SHA-256 of the secret in constant time. A revoked key's cache entry is
+//! dropped at once; `last_used_at` is written at most once a minute per key, and never for a
+//! failed attempt.
 
 use std::{
     collections::HashMap,
@@ -10,21 +11,21 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{api_keys, users};
+use entity::api_keys;
 use rand::RngCore;
-use sea_orm::{DatabaseConnection, EntityTrait, Set};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::principal::{GlobalRole, KeyPrincipal, UserPrincipal};
 use crate::{
+    cache::{Caches, KeyPrefix, UnknownKeyPrefix},
     error::AppError,
-    metrics::{CacheCounter, CacheStats},
+    service::users,
 };
 
 const PREFIX_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
-const CACHE_TTL: Duration = Duration::from_secs(60);
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 /// What a client may do with a key.
@@ -100,82 +101,74 @@ pub fn split(text: &str) -> Option<(&str, &str)> {
     (hexes(prefix, PREFIX_BYTES * 2) && hexes(secret, SECRET_BYTES * 2)).then_some((prefix, secret))
 }
 
-/// A key row with its owner, as cached.
-#[derive(Clone)]
-struct Cached {
-    key: api_keys::Model,
-    owner: users::Model,
-}
-
 pub struct KeyStore {
     db: DatabaseConnection,
-    /// Prefix → the key and its owner (`None`: no such key), for `CACHE_TTL`.
-    cache: moka::future::Cache<String, Option<Arc<Cached>>>,
-    stats: Arc<CacheCounter>,
+    /// Keys by prefix, unknown prefixes, and the owners' rows.
+    caches: Arc<Caches>,
     last_written: Mutex<HashMap<String, Instant>>,
 }
 
 impl KeyStore {
-    pub fn new(db: DatabaseConnection, caches: &CacheStats) -> Self {
-        let cache = moka::future::Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build();
-        Self { db, stats: caches.moka("api_keys", &cache), cache, last_written: Mutex::new(HashMap::new()) }
-    }
-
-    /// Forgets a key at once (revoked, rotated, its owner deleted).
-    pub async fn invalidate(&self, prefix: &str) {
-        self.cache.invalidate(prefix).await;
+    pub fn new(db: DatabaseConnection, caches: Arc<Caches>) -> Self {
+        Self { db, caches, last_written: Mutex::new(HashMap::new()) }
     }
 
     pub async fn authenticate(&self, text: &str) -> Result<KeyPrincipal, AppError> {
         let refused = || AppError::Unauthenticated("The API key is not valid.".into());
         let (prefix, secret) = split(text).ok_or_else(refused)?;
-        let db = self.db.clone();
-        let entry = self
-            .cache
-            .entry(prefix.to_string())
-            .or_try_insert_with(async move { load(&db, prefix).await })
-            .await
-            .map_err(|e| AppError::internal(e.to_string()))?;
-        self.stats.record(!entry.is_fresh());
-        let cached = entry.into_value().ok_or_else(refused)?;
+        let key = self.key(prefix).await?.ok_or_else(refused)?;
         let now = Utc::now();
         let given = hash(secret);
-        let current = bool::from(given.as_bytes().ct_eq(cached.key.secret_hash.as_bytes()));
-        let previous = cached.key.previous_expires_at.is_some_and(|until| until > now)
-            && cached
-                .key
-                .previous_secret_hash
-                .as_ref()
-                .is_some_and(|h| bool::from(given.as_bytes().ct_eq(h.as_bytes())));
+        let current = bool::from(given.as_bytes().ct_eq(key.secret_hash.as_bytes()));
+        let previous = key.previous_expires_at.is_some_and(|until| until > now)
+            && key.previous_secret_hash.as_ref().is_some_and(|h| bool::from(given.as_bytes().ct_eq(h.as_bytes())));
         if !(current || previous) {
             return Err(refused());
         }
-        if cached.key.revoked_at.is_some() {
+        if key.revoked_at.is_some() {
             return Err(AppError::Unauthenticated("The API key has been revoked.".into()));
         }
-        if cached.key.expires_at.is_some_and(|at| at <= now) {
+        if key.expires_at.is_some_and(|at| at <= now) {
             return Err(AppError::Unauthenticated("The API key has expired.".into()));
         }
-        if cached.owner.deleted_at.is_some() {
-            return Err(refused());
-        }
-        self.touch(&cached.key.id).await;
-        let scopes = serde_json::from_value::<Vec<String>>(cached.key.scopes.clone()).unwrap_or_default();
+        let owner = users::cached(&self.db, &self.caches, &key.user_id).await?;
+        let owner = owner.filter(|owner| owner.deleted_at.is_none()).ok_or_else(refused)?;
+        self.touch(&key.id).await;
+        let scopes = serde_json::from_value::<Vec<String>>(key.scopes.clone()).unwrap_or_default();
         Ok(KeyPrincipal {
-            key_id: cached.key.id.clone(),
-            prefix: cached.key.prefix.clone(),
-            team_id: cached.key.team_id.clone(),
+            key_id: key.id.clone(),
+            prefix: key.prefix.clone(),
+            team_id: key.team_id.clone(),
             scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
             owner: UserPrincipal {
-                id: cached.owner.id.clone(),
-                role: GlobalRole::parse(&cached.owner.role).unwrap_or(GlobalRole::Member),
-                email: cached.owner.email.clone(),
+                id: owner.id.clone(),
+                role: GlobalRole::parse(&owner.role).unwrap_or(GlobalRole::Member),
+                email: owner.email.clone(),
                 org: None,
-                expires_at: cached.key.expires_at.unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+                expires_at: key.expires_at.unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
             },
-            daily_token_budget: cached.key.daily_token_budget,
-            daily_cost_budget_usd: cached.key.daily_cost_budget_usd,
+            daily_token_budget: key.daily_token_budget,
+            daily_cost_budget_usd: key.daily_cost_budget_usd,
         })
+    }
+
+    /// The key with this prefix, if there is one. A prefix found unknown is refused without a
+    /// database read for a few seconds (unless a key is made with it meanwhile).
+    async fn key(&self, prefix: &str) -> Result<Option<Arc<api_keys::Model>>, AppError> {
+        let unknown = UnknownKeyPrefix(prefix.to_string());
+        if self.caches.unknown_api_keys.get(&unknown).await.is_some() {
+            return Ok(None);
+        }
+        let since = self.caches.unknown_api_keys.stamp();
+        let load = async {
+            let found = api_keys::Entity::find().filter(api_keys::Column::Prefix.eq(prefix)).one(&self.db).await?;
+            Ok(found.map(Arc::new))
+        };
+        let key = self.caches.api_keys.get_or_load_some(KeyPrefix(prefix.to_string()), load).await?;
+        if key.is_none() {
+            self.caches.unknown_api_keys.keep(since, unknown, ()).await;
+        }
+        Ok(key)
     }
 
     /// Records use, writing at most once a minute per key.
@@ -204,15 +197,6 @@ impl KeyStore {
             }
         }
     }
-}
-
-async fn load(db: &DatabaseConnection, prefix: &str) -> Result<Option<Arc<Cached>>, AppError> {
-    use sea_orm::{ColumnTrait, QueryFilter};
-    let Some(key) = api_keys::Entity::find().filter(api_keys::Column::Prefix.eq(prefix)).one(db).await? else {
-        return Ok(None);
-    };
-    let owner = users::Entity::find_by_id(&key.user_id).one(db).await?;
-    Ok(owner.map(|owner| Arc::new(Cached { key, owner })))
 }
 
 #[cfg(test)]

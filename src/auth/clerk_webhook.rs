@@ -69,13 +69,8 @@ pub async fn receive(State(http): State<HttpState>, headers: HeaderMap, body: By
     let Ok(event) = serde_json::from_slice::<Value>(&body) else {
         return reply(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
-    match users::apply_clerk_event(&http.state.db, &http.state.auth.keys, id, &event).await {
-        Ok(outcome) => {
-            if let Some(user_id) = event["data"]["id"].as_str() {
-                http.state.auth.forget_user(user_id).await;
-            }
-            (StatusCode::OK, axum::Json(json!({"status": outcome}))).into_response()
-        }
+    match users::apply_clerk_event(&http.state.db, &http.state.caches, id, &event).await {
+        Ok(outcome) => (StatusCode::OK, axum::Json(json!({"status": outcome}))).into_response(),
         Err(err) => {
             tracing::error!(error = %err, svix_id = id, "cannot apply a Clerk webhook");
             reply(StatusCode::INTERNAL_SERVER_ERROR, "the event could not be applied; Clerk will retry")

@@ -10,10 +10,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{
-    jwks::JwksCache,
-    principal::{GlobalRole, Org, UserPrincipal},
-};
+use super::principal::{GlobalRole, Org, UserPrincipal};
+use crate::cache::JwksCache;
 
 /// Tokens longer than this are refused without being decoded.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -24,7 +22,7 @@ pub enum KeySource {
     /// One key (Clerk's PEM, or the dev issuer's own), whatever the `kid`.
     Static(Arc<DecodingKey>),
     /// Clerk's JWKS endpoint, cached.
-    Jwks(Box<JwksCache>),
+    Jwks(Arc<JwksCache>),
 }
 
 pub struct Verifier {

@@ -5,7 +5,6 @@ pub mod api_key;
 pub mod clerk_webhook;
 pub mod dev;
 pub mod guard;
-pub mod jwks;
 pub mod jwt;
 pub mod principal;
 pub mod rate_limit;
@@ -21,30 +20,26 @@ use self::{
     jwt::{KeySource, Verifier},
 };
 use crate::{
+    cache::{Caches, SessionToken, UserId},
     config::Config,
     error::AppError,
-    metrics::{CacheCounter, CacheStats},
     service::users,
 };
 
 pub struct Authenticator {
     verifier: Verifier,
-    /// API keys, looked up through a cache.
+    /// API keys, looked up through the caches.
     pub keys: api_key::KeyStore,
-    /// User id → their stored standing, for a minute; dropped when the row changes.
-    standings: moka::future::Cache<String, users::Standing>,
-    standings_stats: Arc<CacheCounter>,
-    /// SHA-256 of a session token → what it verified to. A signature check costs more than the
-    /// rest of a small request; a token that verified once stays valid until it expires.
-    verified: moka::future::Cache<[u8; 32], UserPrincipal>,
-    verified_stats: Arc<CacheCounter>,
+    /// Verified session tokens (a signature check costs more than the rest of a small request)
+    /// and users' rows.
+    caches: Arc<Caches>,
     /// Present in dev mode: the issuer whose key `verifier` holds.
     pub dev: Option<DevIssuer>,
     db: DatabaseConnection,
 }
 
 impl Authenticator {
-    pub async fn new(config: &Config, db: DatabaseConnection, caches: &CacheStats) -> Result<Self, AppError> {
+    pub async fn new(config: &Config, db: DatabaseConnection, caches: Arc<Caches>) -> Result<Self, AppError> {
         let auth = &config.auth;
         let admin_users: HashSet<String> = auth.admin_users.iter().map(|u| u.trim().to_string()).collect();
         let verifier = |keys, issuer: String| Verifier {
@@ -65,49 +60,27 @@ impl Authenticator {
                 "DEV AUTH: this server signs its own tokens (no Clerk configured). Get one with `ensemble token --user alice --role admin`. Never expose it."
             );
             let verifier = verifier(KeySource::Static(dev.decoding.clone()), dev::ISSUER.to_string());
-            let keys = api_key::KeyStore::new(db.clone(), caches);
-            return Ok(Self::assemble(verifier, keys, Some(dev), db, caches));
+            return Ok(Self::assemble(verifier, Some(dev), db, caches));
         }
         let issuer = auth
             .clerk_issuer
             .clone()
             .ok_or_else(|| AppError::internal("CLERK_ISSUER is required with CLERK_JWKS_URL or CLERK_JWT_KEY"))?;
-        let keys = match (&auth.clerk_jwt_key, &auth.clerk_jwks_url) {
+        let keys = match (&auth.clerk_jwt_key, &caches.jwks) {
             (Some(pem), _) => {
                 let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem.replace("\\n", "\n").as_bytes())
                     .map_err(|e| AppError::internal(format!("CLERK_JWT_KEY is not an RSA public key: {e}")))?;
                 KeySource::Static(Arc::new(key))
             }
-            (None, Some(url)) => KeySource::Jwks(Box::new(jwks::JwksCache::new(
-                url.clone(),
-                std::time::Duration::from_secs(auth.clerk_jwks_refetch_secs),
-                caches,
-            ))),
+            (None, Some(jwks)) => KeySource::Jwks(jwks.clone()),
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
-        let verifier = verifier(keys, issuer);
-        let keys = api_key::KeyStore::new(db.clone(), caches);
-        Ok(Self::assemble(verifier, keys, None, db, caches))
+        Ok(Self::assemble(verifier(keys, issuer), None, db, caches))
     }
 
-    fn assemble(
-        verifier: Verifier,
-        keys: api_key::KeyStore,
-        dev: Option<DevIssuer>,
-        db: DatabaseConnection,
-        caches: &CacheStats,
-    ) -> Self {
-        let (standings, verified) = (standings(), verified());
-        Self {
-            verifier,
-            keys,
-            standings_stats: caches.moka("user_standings", &standings),
-            standings,
-            verified_stats: caches.moka("session_tokens", &verified),
-            verified,
-            dev,
-            db,
-        }
+    fn assemble(verifier: Verifier, dev: Option<DevIssuer>, db: DatabaseConnection, caches: Arc<Caches>) -> Self {
+        let keys = api_key::KeyStore::new(db.clone(), caches.clone());
+        Self { verifier, keys, caches, dev, db }
     }
 
     /// The principal of an HTTP request: `Authorization: Bearer <token or key>`, `x-api-key`,
@@ -131,20 +104,11 @@ impl Authenticator {
             return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
         }
         let mut user = self.verify(token).await?;
-        let cached = self.standings.get(&user.id).await;
-        self.standings_stats.record(cached.is_some());
-        let standing = match cached {
-            Some(standing) => standing,
-            None => {
-                let standing = users::sign_in(&self.db, &user).await?;
-                self.standings.insert(user.id.clone(), standing).await;
-                standing
-            }
-        };
-        if standing.deleted {
+        let stored = self.caches.users.get_or_load(UserId(user.id.clone()), users::sign_in(&self.db, &user)).await?;
+        if stored.deleted_at.is_some() {
             return Err(unauthenticated("This account has been deleted."));
         }
-        if standing.admin {
+        if GlobalRole::parse(&stored.role) == Some(GlobalRole::Admin) {
             user.role = GlobalRole::Admin;
         }
         Ok(Principal::User(user))
@@ -154,29 +118,15 @@ impl Authenticator {
     /// checked (signature, issuer, times, parties) and remembered.
     async fn verify(&self, token: &str) -> Result<UserPrincipal, AppError> {
         use sha2::{Digest, Sha256};
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self.verified.get(&key).await.filter(|user| user.expires_at > chrono::Utc::now());
-        self.verified_stats.record(cached.is_some());
+        let key = SessionToken(Sha256::digest(token.as_bytes()).into());
+        let cached = self.caches.session_tokens.get_if(&key, |user| user.expires_at > chrono::Utc::now()).await;
         if let Some(user) = cached {
             return Ok(user);
         }
         let user = self.verifier.verify(token).await.map_err(|r| unauthenticated(&r.0))?;
-        self.verified.insert(key, user.clone()).await;
+        self.caches.session_tokens.insert(key, user.clone()).await;
         Ok(user)
     }
-
-    /// Forgets what is cached of a user whose row changed (role, deletion).
-    pub async fn forget_user(&self, id: &str) {
-        self.standings.invalidate(id).await;
-    }
-}
-
-fn standings() -> moka::future::Cache<String, users::Standing> {
-    moka::future::Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(60)).build()
-}
-
-fn verified() -> moka::future::Cache<[u8; 32], UserPrincipal> {
-    moka::future::Cache::builder().max_capacity(100_000).time_to_live(std::time::Duration::from_secs(300)).build()
 }
 
 /// The token of a `Bearer` credential (the scheme is case-insensitive).

@@ -239,12 +239,15 @@ impl From<resources::ServerResources> for ServerResources {
 /// Lookups of one cache since this instance started.
 #[derive(SimpleObject)]
 pub struct CacheStats {
-    /// `session_tokens`, `user_standings`, `api_keys`, `team_specs`, `model_prices` or `jwks`.
+    /// The cache's name, as in `/metrics` (`session_tokens`, `api_keys`, `team_specs`, …; see
+    /// docs/cache.md).
     name: String,
     /// Lookups answered from the cache.
     hits: i64,
     /// Lookups that had to load (or verify) the value.
     misses: i64,
+    /// Entries the cache dropped on its own: expired, or to make room.
+    evictions: i64,
     /// Entries held now (approximate).
     entries: i64,
     /// Hits per lookup, 0 to 1; null before the first lookup.
@@ -258,6 +261,7 @@ impl From<CacheSnapshot> for CacheStats {
             name: c.name.to_string(),
             hits: c.hits as i64,
             misses: c.misses as i64,
+            evictions: c.evictions as i64,
             entries: c.entries as i64,
             hit_rate,
         }

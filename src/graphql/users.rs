@@ -59,15 +59,13 @@ impl UsersMutation {
     async fn update_profile(&self, ctx: &Context<'_>, input: UpdateProfileInput) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
         let changes = users::ProfileChanges { display_name: input.display_name, avatar_url: input.avatar_url };
-        users::update_profile(&state.db, &caller(ctx), changes).await.map(User::from).gql()
+        users::update_profile(&state.db, &state.caches, &caller(ctx), changes).await.map(User::from).gql()
     }
 
     /// Sets a user's global role (admins only).
     async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: GlobalRole) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        let user = users::set_role(&state.db, &caller(ctx), &user_id, role).await.gql()?;
-        state.auth.forget_user(&user.id).await;
-        Ok(User::from(user))
+        users::set_role(&state.db, &state.caches, &caller(ctx), &user_id, role).await.map(User::from).gql()
     }
 }
 

@@ -1,5 +1,6 @@
 //! API keys: created by a signed-in user (the secret is returned once), listed without
-//! secrets, revoked at once, rotated with a grace period for the old secret.
+//! secrets, revoked at once, rotated with a grace period for the old secret. Each change
+//! updates the key caches once committed.
 
 use chrono::{DateTime, Duration, Utc};
 use entity::api_keys;
@@ -14,9 +15,10 @@ use super::{
 };
 use crate::{
     auth::{
-        api_key::{self, KeyStore, Scope},
+        api_key::{self, NewSecret, Scope},
         guard::{self, TeamRole, account},
     },
+    cache::Caches,
     db,
     error::{AppError, Problem},
 };
@@ -39,7 +41,23 @@ pub struct WithSecret {
     pub secret: String,
 }
 
-pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewKey) -> Result<WithSecret, AppError> {
+pub async fn create(
+    db: &DatabaseConnection,
+    caches: &Caches,
+    caller: &Caller,
+    new: NewKey,
+) -> Result<WithSecret, AppError> {
+    create_with(db, caches, caller, new, api_key::generate()).await
+}
+
+/// Creates a key with a secret made beforehand by [`api_key::generate`].
+pub async fn create_with(
+    db: &DatabaseConnection,
+    caches: &Caches,
+    caller: &Caller,
+    new: NewKey,
+    secret: NewSecret,
+) -> Result<WithSecret, AppError> {
     let me = account(caller)?.clone();
     let mut problems = Vec::new();
     if new.name.trim().is_empty() || new.name.chars().count() > 100 {
@@ -67,7 +85,6 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewKey) -> Re
     if let Some(team_id) = &new.team_id {
         guard::team(&txn, caller, team_id, TeamRole::Viewer).await?;
     }
-    let secret = api_key::generate();
     let mut scopes: Vec<&str> = new.scopes.iter().map(|s| s.as_str()).collect();
     scopes.sort_unstable();
     scopes.dedup();
@@ -96,6 +113,7 @@ pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewKey) -> Re
     entry.team_id = key.team_id.clone();
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    caches.api_key_created(&key.prefix).await;
     Ok(WithSecret { key, secret: secret.full })
 }
 
@@ -127,7 +145,7 @@ async fn own_key(txn: &sea_orm::DatabaseTransaction, caller: &Caller, id: &str) 
 
 pub async fn revoke(
     db: &DatabaseConnection,
-    keys: &KeyStore,
+    caches: &Caches,
     caller: &Caller,
     id: &str,
 ) -> Result<api_keys::Model, AppError> {
@@ -142,7 +160,7 @@ pub async fn revoke(
     let key = active.update(&txn).await?;
     audit::allowed(&txn, caller, Entry::new(actions::API_KEY_REVOKE, "api_key", id.to_string())).await?;
     txn.commit().await?;
-    keys.invalidate(&prefix).await;
+    caches.api_key_changed(&prefix).await;
     Ok(key)
 }
 
@@ -150,7 +168,7 @@ pub async fn revoke(
 /// while a grace runs is refused, so a retried call cannot leave a third secret alive.
 pub async fn rotate(
     db: &DatabaseConnection,
-    keys: &KeyStore,
+    caches: &Caches,
     caller: &Caller,
     id: &str,
     grace_secs: i64,
@@ -182,7 +200,7 @@ pub async fn rotate(
         Entry::new(actions::API_KEY_ROTATE, "api_key", id.to_string()).changes(json!({"graceSeconds": grace_secs}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
-    keys.invalidate(&key.prefix).await;
+    caches.api_key_changed(&key.prefix).await;
     Ok(WithSecret { key, secret: secret.full })
 }
 

@@ -1,7 +1,7 @@
 //! Model prices: seeded with public list prices, changed by admins. A model without a row of
 //! its own takes its provider's `provider/*` row; a model with neither is free (and says so).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{SubsecRound, Utc};
 use entity::model_prices;
@@ -11,26 +11,30 @@ use serde_json::json;
 use super::audit::{self, Caller, Entry, actions};
 use crate::{
     auth::guard::admin,
+    cache::{Caches, ModelName},
     db,
     error::{AppError, Problem},
-    metrics::{CacheCounter, CacheStats},
     orchestrator::executor::Price,
 };
 
-/// How long a price is served from memory; `upsertModelPrice` clears it at once.
-const CACHE_TTL: Duration = Duration::from_secs(300);
-
-/// Prices by model, read through a cache.
+/// Prices by model, read through the cache; `upsertModelPrice` clears it at once.
 pub struct PriceBook {
     db: DatabaseConnection,
-    cache: moka::future::Cache<String, Option<Price>>,
-    stats: Arc<CacheCounter>,
+    caches: Arc<Caches>,
 }
 
 impl PriceBook {
-    pub fn new(db: DatabaseConnection, caches: &CacheStats) -> Self {
-        let cache = moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build();
-        Self { db, stats: caches.moka("model_prices", &cache), cache }
+    pub fn new(db: DatabaseConnection, caches: Arc<Caches>) -> Self {
+        Self { db, caches }
+    }
+
+    /// Loads every price row into the cache; answers how many.
+    pub async fn prefetch(&self) -> Result<usize, AppError> {
+        let rows = model_prices::Entity::find().all(&self.db).await?;
+        for row in &rows {
+            self.caches.model_prices.insert(ModelName(row.model.clone()), Some(price(row))).await;
+        }
+        Ok(rows.len())
     }
 
     /// The price of each of `models` that has one.
@@ -48,28 +52,16 @@ impl PriceBook {
     }
 
     async fn get(&self, model: &str) -> Result<Option<Price>, AppError> {
-        let db = self.db.clone();
-        let key = model.to_string();
-        let entry = self
-            .cache
-            .entry(key.clone())
-            .or_try_insert_with(async move {
-                let wildcard = key.split_once('/').map(|(provider, _)| format!("{provider}/*"));
-                let mut row = model_prices::Entity::find_by_id(&key).one(&db).await?;
-                if row.is_none()
-                    && let Some(wildcard) = wildcard
-                {
-                    row = model_prices::Entity::find_by_id(wildcard).one(&db).await?;
-                }
-                Ok::<_, sea_orm::DbErr>(row.map(|r| Price {
-                    input_usd_per_mtok: r.input_usd_per_mtok,
-                    output_usd_per_mtok: r.output_usd_per_mtok,
-                }))
-            })
-            .await
-            .map_err(|e| AppError::internal(e.as_ref()))?;
-        self.stats.record(!entry.is_fresh());
-        Ok(entry.into_value())
+        let load = async {
+            let mut row = model_prices::Entity::find_by_id(model).one(&self.db).await?;
+            if row.is_none()
+                && let Some((provider, _)) = model.split_once('/')
+            {
+                row = model_prices::Entity::find_by_id(format!("{provider}/*")).one(&self.db).await?;
+            }
+            Ok(row.as_ref().map(price))
+        };
+        self.caches.model_prices.get_or_load(ModelName(model.to_string()), load).await
     }
 
     /// Every price, by model name.
@@ -113,9 +105,13 @@ impl PriceBook {
         .await?;
         let saved = model_prices::Entity::find_by_id(&price.model).one(&txn).await?;
         txn.commit().await?;
-        self.cache.invalidate_all();
+        self.caches.prices_changed();
         saved.ok_or_else(|| AppError::internal("the price just written is missing"))
     }
+}
+
+fn price(row: &model_prices::Model) -> Price {
+    Price { input_usd_per_mtok: row.input_usd_per_mtok, output_usd_per_mtok: row.output_usd_per_mtok }
 }
 
 pub struct NewPrice {

@@ -30,6 +30,7 @@ use crate::{
         Principal,
         guard::{self, TeamRole},
     },
+    cache::{Caches, TeamVersion},
     config::RunConfig,
     error::{AppError, Problem},
     events::{EventBus, RunEvent, RunEventKind},
@@ -118,27 +119,19 @@ pub struct Runner {
     providers: Providers,
     pub prices: PriceBook,
     pub events: Arc<EventBus>,
-    /// Parsed specs by (team, version): versions never change, so entries never go stale.
-    specs: moka::future::Cache<(String, i32), Arc<TeamSpec>>,
-    specs_stats: Arc<crate::metrics::CacheCounter>,
+    /// Parsed specs by team and version (among the other caches).
+    caches: Arc<Caches>,
     active: Mutex<HashMap<String, Active>>,
     /// Stores runs as they start and end, many to a transaction.
     writer: RunWriter,
 }
 
 impl Runner {
-    pub fn new(
-        db: DatabaseConnection,
-        config: RunConfig,
-        events: Arc<EventBus>,
-        caches: &crate::metrics::CacheStats,
-    ) -> Self {
+    pub fn new(db: DatabaseConnection, config: RunConfig, events: Arc<EventBus>, caches: Arc<Caches>) -> Self {
         let providers = Providers::from_env(Duration::from_secs(config.provider_timeout_secs));
-        let specs = moka::future::Cache::builder().max_capacity(10_000).build();
         Self {
-            prices: PriceBook::new(db.clone(), caches),
-            specs_stats: caches.moka("team_specs", &specs),
-            specs,
+            prices: PriceBook::new(db.clone(), caches.clone()),
+            caches,
             active: Mutex::new(HashMap::new()),
             writer: RunWriter::spawn(db.clone()),
             db,
@@ -299,12 +292,13 @@ impl Runner {
     /// The version to run and its parsed spec: the pinned one, else the current one.
     async fn spec(&self, team: &entity::teams::Model, pinned: Option<i32>) -> Result<(i32, Arc<TeamSpec>), AppError> {
         let version = pinned.unwrap_or(team.version);
-        let key = (team.id.clone(), version);
-        let cached = self.specs.get(&key).await;
-        self.specs_stats.record(cached.is_some());
-        if let Some(spec) = cached {
-            return Ok((version, spec));
-        }
+        let key = TeamVersion { team_id: team.id.clone(), version };
+        let spec = self.caches.team_specs.get_or_load(key, self.parse_spec(team, version)).await?;
+        Ok((version, spec))
+    }
+
+    /// Version `version` of the team's spec, read (unless current) and parsed.
+    async fn parse_spec(&self, team: &entity::teams::Model, version: i32) -> Result<Arc<TeamSpec>, AppError> {
         let document = if version == team.version {
             team.spec.clone()
         } else {
@@ -320,9 +314,7 @@ impl Runner {
         let spec = spec::parse(&document, &orchestrator::known_provider).map_err(|problems| {
             AppError::BadUserInput { message: format!("Version {version} of the team's spec is not valid."), problems }
         })?;
-        let spec = Arc::new(spec);
-        self.specs.insert(key, spec.clone()).await;
-        Ok((version, spec))
+        Ok(Arc::new(spec))
     }
 
     /// Starts the run's task; the receiver gets the run as stored at its end (none when the

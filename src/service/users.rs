@@ -1,4 +1,7 @@
 //! Users: created the first time they sign in (just in time), read by themselves or admins.
+//! Every change to a user's row drops its cache entry once committed.
+
+use std::sync::Arc;
 
 use chrono::Utc;
 use entity::{users, webhook_events};
@@ -18,20 +21,14 @@ use crate::{
         GlobalRole, Principal, UserPrincipal,
         guard::{account, admin},
     },
+    cache::{Caches, UserId},
     db,
     error::{AppError, Problem},
 };
 
-/// What signing in needs to know of a user's row.
-#[derive(Clone, Copy, Debug)]
-pub struct Standing {
-    pub admin: bool,
-    pub deleted: bool,
-}
-
-/// Makes sure a verified user has a row (created on first sign-in) and reads their standing.
+/// Makes sure a verified user has a row (created on first sign-in) and reads it.
 #[tracing::instrument(skip_all, fields(user = %user.id))]
-pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<Standing, AppError> {
+pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<Arc<users::Model>, AppError> {
     let stored = match users::Entity::find_by_id(&user.id).one(db).await? {
         Some(stored) => stored,
         None => {
@@ -57,15 +54,18 @@ pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<St
                 .ok_or_else(|| AppError::internal("user row missing after insert"))?
         }
     };
-    Ok(Standing {
-        admin: GlobalRole::parse(&stored.role) == Some(GlobalRole::Admin),
-        deleted: stored.deleted_at.is_some(),
-    })
+    Ok(Arc::new(stored))
 }
 
 /// A user by id.
 pub async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<users::Model>, AppError> {
     Ok(users::Entity::find_by_id(id).one(db).await?)
+}
+
+/// A user by id, read through the cache of users' rows.
+pub async fn cached(db: &DatabaseConnection, caches: &Caches, id: &str) -> Result<Option<Arc<users::Model>>, AppError> {
+    let load = async { Ok(find(db, id).await?.map(Arc::new)) };
+    caches.users.get_or_load_some(UserId(id.to_string()), load).await
 }
 
 /// What a user may change about themselves.
@@ -138,6 +138,7 @@ pub async fn list(
 /// The caller edits their own profile.
 pub async fn update_profile(
     db: &DatabaseConnection,
+    caches: &Caches,
     caller: &Caller,
     changes: ProfileChanges,
 ) -> Result<users::Model, AppError> {
@@ -160,12 +161,14 @@ pub async fn update_profile(
     let entry = Entry::new(actions::USER_PROFILE_UPDATE, "user", me.id.clone()).changes(changed.into());
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    caches.user_changed(&row.id).await;
     Ok(row)
 }
 
-/// An admin sets someone's global role.
+/// An admin sets someone's global role; it applies from their next request.
 pub async fn set_role(
     db: &DatabaseConnection,
+    caches: &Caches,
     caller: &Caller,
     user_id: &str,
     role: GlobalRole,
@@ -187,15 +190,16 @@ pub async fn set_role(
         .changes(serde_json::json!({"role": {"from": before, "to": role.as_str()}}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    caches.user_changed(user_id).await;
     Ok(row)
 }
 
 /// Applies one Clerk webhook event, once per delivery id: `processed`, `duplicate` (a replay)
 /// or `ignored` (an event type this server does not use).
-#[tracing::instrument(skip(db, keys, event))]
+#[tracing::instrument(skip(db, caches, event))]
 pub async fn apply_clerk_event(
     db: &DatabaseConnection,
-    keys: &crate::auth::api_key::KeyStore,
+    caches: &Caches,
     delivery_id: &str,
     event: &Value,
 ) -> Result<&'static str, AppError> {
@@ -269,8 +273,9 @@ pub async fn apply_clerk_event(
         _ => "ignored",
     };
     txn.commit().await?;
+    caches.user_changed(user_id).await;
     for prefix in revoked {
-        keys.invalidate(&prefix).await;
+        caches.api_key_changed(&prefix).await;
     }
     Ok(outcome)
 }

@@ -4,8 +4,8 @@
 //! else gets NOT_FOUND. Changing one needs its owner, an editor of its team, or an admin
 //! (starters: admins only).
 //!
-//! Templates, their versions and the categories are cached (moka), read through, prefetched at
-//! start, and invalidated by the write that changes them, after it commits.
+//! Templates, their versions and the categories are read through the caches (`crate::cache`),
+//! prefetched at start, and invalidated by the write that changes them, after it commits.
 
 pub mod body;
 mod edit;
@@ -33,8 +33,8 @@ use super::{
 };
 use crate::{
     auth::{GlobalRole, Principal, UserPrincipal, api_key::Scope, guard::TeamRole},
+    cache::{AllCategories, Caches, TemplateId, TemplateVersion},
     error::{AppError, Problem},
-    metrics::{CacheCounter, CacheStats},
 };
 
 /// Who may use a template.
@@ -119,32 +119,15 @@ impl Viewer<'_> {
     }
 }
 
-/// Templates over the database, with their caches.
+/// Templates over the database, read through the caches.
 pub struct Templates {
     db: DatabaseConnection,
-    by_id: moka::future::Cache<String, Arc<templates::Model>>,
-    by_id_stats: Arc<CacheCounter>,
-    /// Versions never change, so entries only leave with their template.
-    versions: moka::future::Cache<(String, i32), Arc<template_versions::Model>>,
-    versions_stats: Arc<CacheCounter>,
-    categories: moka::future::Cache<(), Arc<Vec<template_categories::Model>>>,
-    categories_stats: Arc<CacheCounter>,
+    caches: Arc<Caches>,
 }
 
 impl Templates {
-    pub fn new(db: DatabaseConnection, caches: &CacheStats) -> Self {
-        let by_id = moka::future::Cache::builder().max_capacity(10_000).build();
-        let versions = moka::future::Cache::builder().max_capacity(10_000).build();
-        let categories = moka::future::Cache::builder().max_capacity(1).build();
-        Self {
-            db,
-            by_id_stats: caches.moka("templates", &by_id),
-            versions_stats: caches.moka("template_versions", &versions),
-            categories_stats: caches.moka("template_categories", &categories),
-            by_id,
-            versions,
-            categories,
-        }
+    pub fn new(db: DatabaseConnection, caches: Arc<Caches>) -> Self {
+        Self { db, caches }
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -158,67 +141,47 @@ impl Templates {
         let count = starters.len();
         for template in starters {
             self.version_of(&template.id, template.version).await?;
-            self.by_id.insert(template.id.clone(), Arc::new(template)).await;
+            self.caches.templates.insert(TemplateId(template.id.clone()), Arc::new(template)).await;
         }
         Ok(count)
     }
 
     /// Every category, in display order (read through the cache).
     pub async fn categories(&self) -> Result<Arc<Vec<template_categories::Model>>, AppError> {
-        let cached = self.categories.get(&()).await;
-        self.categories_stats.record(cached.is_some());
-        if let Some(all) = cached {
-            return Ok(all);
-        }
-        let all = Arc::new(
-            template_categories::Entity::find()
+        let load = async {
+            let all = template_categories::Entity::find()
                 .order_by_asc(template_categories::Column::Position)
                 .order_by_asc(template_categories::Column::Slug)
                 .all(&self.db)
-                .await?,
-        );
-        self.categories.insert((), all.clone()).await;
-        Ok(all)
+                .await?;
+            Ok(Arc::new(all))
+        };
+        self.caches.template_categories.get_or_load(AllCategories, load).await
     }
 
     /// Forgets the cached categories (after a category write commits).
     pub async fn categories_changed(&self) {
-        self.categories.invalidate(&()).await;
+        self.caches.categories_changed().await;
     }
 
     /// Forgets a cached template (after a write to it commits).
     async fn changed(&self, id: &str) {
-        self.by_id.invalidate(id).await;
+        self.caches.template_changed(id).await;
     }
 
     async fn row(&self, id: &str) -> Result<Option<Arc<templates::Model>>, AppError> {
-        let cached = self.by_id.get(id).await;
-        self.by_id_stats.record(cached.is_some());
-        if cached.is_some() {
-            return Ok(cached);
-        }
-        let Some(row) = templates::Entity::find_by_id(id).one(&self.db).await? else {
-            return Ok(None);
-        };
-        let row = Arc::new(row);
-        self.by_id.insert(id.to_string(), row.clone()).await;
-        Ok(Some(row))
+        let load = async { Ok(templates::Entity::find_by_id(id).one(&self.db).await?.map(Arc::new)) };
+        self.caches.templates.get_or_load_some(TemplateId(id.to_string()), load).await
     }
 
     /// Version `version` of a template, if it has it.
     async fn version_of(&self, id: &str, version: i32) -> Result<Option<Arc<template_versions::Model>>, AppError> {
-        let key = (id.to_string(), version);
-        let cached = self.versions.get(&key).await;
-        self.versions_stats.record(cached.is_some());
-        if cached.is_some() {
-            return Ok(cached);
-        }
-        let Some(row) = template_versions::Entity::find_by_id(key.clone()).one(&self.db).await? else {
-            return Ok(None);
+        let load = async {
+            let row = template_versions::Entity::find_by_id((id.to_string(), version)).one(&self.db).await?;
+            Ok(row.map(Arc::new))
         };
-        let row = Arc::new(row);
-        self.versions.insert(key, row.clone()).await;
-        Ok(Some(row))
+        let key = TemplateVersion { template_id: id.to_string(), version };
+        self.caches.template_versions.get_or_load_some(key, load).await
     }
 
     /// The template with this id (or slug) at `version` (the current one when absent), if the
@@ -306,7 +269,7 @@ impl Templates {
         let mut missing = Condition::any();
         let mut any_missing = false;
         for row in rows {
-            if !self.versions.contains_key(&(row.id.clone(), row.version)) {
+            if !self.caches.template_versions.contains(&version_key(row)) {
                 any_missing = true;
                 missing = missing.add(
                     Condition::all()
@@ -317,7 +280,8 @@ impl Templates {
         }
         if any_missing {
             for version in template_versions::Entity::find().filter(missing).all(&self.db).await? {
-                self.versions.insert((version.template_id.clone(), version.version), Arc::new(version)).await;
+                let key = TemplateVersion { template_id: version.template_id.clone(), version: version.version };
+                self.caches.template_versions.insert(key, Arc::new(version)).await;
             }
         }
         let mut out = Vec::with_capacity(rows.len());
@@ -330,6 +294,10 @@ impl Templates {
         }
         Ok(out)
     }
+}
+
+fn version_key(row: &templates::Model) -> TemplateVersion {
+    TemplateVersion { template_id: row.id.clone(), version: row.version }
 }
 
 /// The caller as a template user; anonymous callers and keys without `scope` are refused.

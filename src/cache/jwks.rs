@@ -1,5 +1,7 @@
 //! Clerk's JWKS, cached: fresh for 5 minutes, refetched at most once a minute (for an unknown
 //! `kid` or a stale set), and still used while the endpoint is down. No keys at all → refuse.
+//! Keys a refetch no longer lists count as evictions. `ENSEMBLE_CACHE=off` leaves it on: without
+//! it every request would fetch from Clerk.
 
 use std::{
     collections::HashMap,
@@ -10,9 +12,12 @@ use std::{
 use jsonwebtoken::{DecodingKey, jwk::JwkSet};
 use tokio::sync::{Mutex, RwLock};
 
-use super::jwt::Rejected;
-use crate::metrics::{CacheCounter, CacheStats};
+use crate::{
+    auth::jwt::Rejected,
+    metrics::{CacheCounter, CacheStats, Evictions},
+};
 
+/// How long a fetched set is used without asking again.
 const FRESH_FOR: Duration = Duration::from_secs(300);
 
 pub struct JwksCache {
@@ -22,6 +27,7 @@ pub struct JwksCache {
     refetch_every: Duration,
     keys: Arc<RwLock<Keys>>,
     stats: Arc<CacheCounter>,
+    evictions: Evictions,
     /// Held while fetching, so concurrent misses cause one fetch; holds the last attempt.
     fetching: Mutex<Option<Instant>>,
 }
@@ -43,8 +49,10 @@ impl JwksCache {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
         let keys = Arc::new(RwLock::new(Keys::default()));
         let held = keys.clone();
-        let stats = caches.register("jwks", move || held.try_read().map_or(0, |k| k.by_kid.len() as u64));
-        Self { url, client, refetch_every, keys, stats, fetching: Mutex::new(None) }
+        let evictions = Evictions::default();
+        let stats =
+            caches.register("jwks", move || held.try_read().map_or(0, |k| k.by_kid.len() as u64), evictions.clone());
+        Self { url, client, refetch_every, keys, stats, evictions, fetching: Mutex::new(None) }
     }
 
     /// The key for `kid`, fetching the set when it is unknown or stale (within the limits above).
@@ -67,7 +75,7 @@ impl JwksCache {
         if needs_fetch && last_attempt.is_none_or(|t| t.elapsed() >= self.refetch_every) {
             *last_attempt = Some(Instant::now());
             match self.fetch().await {
-                Ok(fetched) => *self.keys.write().await = Keys { by_kid: fetched, fetched_at: Some(Instant::now()) },
+                Ok(fetched) => self.replace(fetched).await,
                 Err(error) => {
                     tracing::warn!(url = %self.url, %error, "cannot fetch the JWKS; using the cached keys")
                 }
@@ -79,6 +87,14 @@ impl JwksCache {
             return Err(Rejected("Tokens cannot be verified right now: no signing keys are available.".into()));
         }
         keys.by_kid.get(kid).cloned().ok_or_else(|| Rejected("The token was signed with an unknown key (kid).".into()))
+    }
+
+    /// Puts a fetched set in place of the held one.
+    async fn replace(&self, fetched: HashMap<String, Arc<DecodingKey>>) {
+        let mut keys = self.keys.write().await;
+        let dropped = keys.by_kid.keys().filter(|kid| !fetched.contains_key(*kid)).count();
+        self.evictions.record(dropped as u64);
+        *keys = Keys { by_kid: fetched, fetched_at: Some(Instant::now()) };
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
