@@ -23,7 +23,7 @@ use crate::{
     auth::{Authenticator, rate_limit::RateLimits},
     cache::Caches,
     config::Config,
-    db,
+    dashboard, db,
     error::AppError,
     events::EventBus,
     graphql::{self, transport, ws},
@@ -187,6 +187,7 @@ fn router(state: &AppState) -> Router {
         .route("/webhooks/clerk", axum::routing::post(crate::auth::clerk_webhook::receive))
         .route("/teams/{id}/export", get(graphql::exports::download))
         .route("/reports/usage.csv", get(graphql::usage::csv::download))
+        .merge(dashboard::routes())
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
