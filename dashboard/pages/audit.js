@@ -24,7 +24,14 @@ export async function render({ view, me, params }) {
   const rows = h('tbody', {});
   const more = h('div', {});
   show(view, h('h1', {}, 'Audit log'), verification, form, note('loading', 'Loading the log…'));
-  const first = await gql(LOGS, { filter, after: null });
+  let first;
+  try {
+    first = await gql(LOGS, { filter, after: null });
+  } catch (error) {
+    // A refusal (a team the user does not own) keeps the form, so the filter can be changed.
+    show(view, h('h1', {}, 'Audit log'), verification, form, note('error', error.message));
+    return;
+  }
   const list = h('table', {}, h('caption', {}, 'Audit log rows, newest first'),
     h('thead', {}, h('tr', {}, HEADINGS.map((title) => h('th', { scope: 'col' }, title)))), rows);
   show(view, h('h1', {}, 'Audit log'), verification, form,
