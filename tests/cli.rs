@@ -12,15 +12,6 @@ use std::{
 use common::{PG_ENV, PgDatabase, WsClient};
 use serde_json::json;
 
-fn ensemble() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
-    for var in ["DATABASE_URL", "ENSEMBLE_LISTEN", "ENSEMBLE_ENV", "ENSEMBLE_DATA_DIR", "RUST_LOG"] {
-        command.env_remove(var);
-    }
-    command.env("NO_COLOR", "1");
-    command
-}
-
 /// A database for one test: PostgreSQL when configured, else a SQLite file in `dir`.
 async fn database(dir: &Path) -> (String, Option<PgDatabase>) {
     match std::env::var(PG_ENV) {
@@ -34,7 +25,7 @@ async fn database(dir: &Path) -> (String, Option<PgDatabase>) {
 
 #[test]
 fn help_documents_every_option_with_its_environment_variable() {
-    let output = ensemble().arg("--help").output().unwrap();
+    let output = common::ensemble().arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
     for var in [
@@ -63,7 +54,7 @@ fn help_documents_every_option_with_its_environment_variable() {
 
 #[test]
 fn the_database_password_never_reaches_the_help_text() {
-    let output = ensemble().arg("--help").env("DATABASE_URL", "postgres://u:s3cret@h/db").output().unwrap();
+    let output = common::ensemble().arg("--help").env("DATABASE_URL", "postgres://u:s3cret@h/db").output().unwrap();
     assert!(!String::from_utf8_lossy(&output.stdout).contains("s3cret"));
 }
 
@@ -72,7 +63,7 @@ async fn migrate_up_status_and_down_by_hand() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _pg) = database(dir.path()).await;
     let run = |args: &[&str]| {
-        let output = ensemble().args(["migrate"]).args(args).env("DATABASE_URL", &url).output().unwrap();
+        let output = common::ensemble().args(["migrate"]).args(args).env("DATABASE_URL", &url).output().unwrap();
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
@@ -91,7 +82,7 @@ async fn ensemble_token_prints_a_token_the_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     common::install_dev_key(&data);
-    let output = ensemble()
+    let output = common::ensemble()
         .args(["token", "--user", "alice", "--role", "admin", "--ttl", "15m"])
         .env("ENSEMBLE_DATA_DIR", &data)
         .output()
@@ -106,7 +97,7 @@ async fn ensemble_token_prints_a_token_the_server_accepts() {
 
 #[test]
 fn ensemble_token_refuses_when_clerk_issues_tokens() {
-    let output = ensemble()
+    let output = common::ensemble()
         .args(["token", "--user", "alice"])
         .env("CLERK_JWKS_URL", "https://clerk.example/.well-known/jwks.json")
         .output()
@@ -118,14 +109,14 @@ fn ensemble_token_refuses_when_clerk_issues_tokens() {
 #[test]
 fn the_first_start_creates_the_data_folder_and_database_file() {
     let dir = tempfile::tempdir().unwrap();
-    let output = ensemble().args(["migrate", "up"]).current_dir(dir.path()).output().unwrap();
+    let output = common::ensemble().args(["migrate", "up"]).current_dir(dir.path()).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(dir.path().join("data/ensemble.db").is_file());
 }
 
 #[test]
 fn schema_prints_the_committed_sdl() {
-    let output = ensemble().arg("schema").output().unwrap();
+    let output = common::ensemble().arg("schema").output().unwrap();
     assert!(output.status.success());
     let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schema.graphql")).unwrap();
     assert!(String::from_utf8(output.stdout).unwrap() == committed, "schema.graphql is stale");
@@ -133,7 +124,7 @@ fn schema_prints_the_committed_sdl() {
 
 #[test]
 fn an_unreachable_database_at_start_exits_non_zero_with_a_clear_error() {
-    let output = ensemble()
+    let output = common::ensemble()
         .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/ensemble")
         .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
         .output()
@@ -146,7 +137,7 @@ fn an_unreachable_database_at_start_exits_non_zero_with_a_clear_error() {
 
 #[test]
 fn a_sqlite_file_that_cannot_be_created_exits_non_zero() {
-    let output = ensemble().env("DATABASE_URL", "sqlite:///proc/ensemble/nope.db").output().unwrap();
+    let output = common::ensemble().env("DATABASE_URL", "sqlite:///proc/ensemble/nope.db").output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot create the folder /proc/ensemble"), "{stderr}");
@@ -154,7 +145,7 @@ fn a_sqlite_file_that_cannot_be_created_exits_non_zero() {
 
 #[test]
 fn an_unknown_environment_name_is_refused() {
-    let output = ensemble().env("ENSEMBLE_ENV", "prod").arg("schema").output().unwrap();
+    let output = common::ensemble().env("ENSEMBLE_ENV", "prod").arg("schema").output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: development, production"));
 }
@@ -164,7 +155,7 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _pg) = database(dir.path()).await;
     common::install_dev_key(&dir.path().join("data"));
-    let mut child = ensemble()
+    let mut child = common::ensemble()
         .env("DATABASE_URL", &url)
         .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
         .env("ENSEMBLE_DATA_DIR", dir.path().join("data"))

@@ -7,7 +7,7 @@ mod common;
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -41,7 +41,7 @@ impl Server {
     async fn start(data_dir: &Path, database_url: &str) -> Self {
         // A child cannot report the port it bound, so it is given one that was free a moment ago.
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = ensemble()
+        let child = common::ensemble()
             .arg("serve")
             .env("DATABASE_URL", database_url)
             .env("ENSEMBLE_LISTEN", addr.to_string())
@@ -87,19 +87,13 @@ impl Drop for Server {
     }
 }
 
-fn ensemble() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ensemble"));
-    for var in ["DATABASE_URL", "ENSEMBLE_LISTEN", "ENSEMBLE_ENV", "ENSEMBLE_DATA_DIR", "RUST_LOG"] {
-        command.env_remove(var);
-    }
-    command.env("NO_COLOR", "1");
-    command
-}
-
 /// A dev token for `user`, as `ensemble token` prints it.
 fn token(data_dir: &Path, user: &str) -> String {
-    let output =
-        ensemble().args(["token", "--user", user, "--ttl", "1h"]).env("ENSEMBLE_DATA_DIR", data_dir).output().unwrap();
+    let output = common::ensemble()
+        .args(["token", "--user", user, "--ttl", "1h"])
+        .env("ENSEMBLE_DATA_DIR", data_dir)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }

@@ -181,6 +181,16 @@ pub fn clerk_pem(config: &mut Config) {
     config.auth.clerk_issuer = Some(CLERK_ISSUER.into());
 }
 
+/// The real `ensemble` binary, without the settings of the environment the tests run in.
+pub fn ensemble() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ensemble"));
+    for var in ["DATABASE_URL", "ENSEMBLE_LISTEN", "ENSEMBLE_ENV", "ENSEMBLE_DATA_DIR", "RUST_LOG"] {
+        command.env_remove(var);
+    }
+    command.env("NO_COLOR", "1");
+    command
+}
+
 /// The `extensions.code` of the first error in a GraphQL answer.
 pub fn first_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<no code>")
