@@ -114,6 +114,15 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_CACHE", value_enum, default_value = "on", global = true)]
     pub cache: CacheMode,
 
+    /// Redis for the shared event bus and rate limits (`redis://host:6379`); unset: this
+    /// instance is the only one (docs/scale-out.md).
+    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel and key: instances that act as one share it.
+    #[arg(long, env = "ENSEMBLE_REDIS_NAMESPACE", default_value = "ensemble", global = true)]
+    pub redis_namespace: String,
+
     #[command(flatten)]
     pub limits: Limits,
 
@@ -270,6 +279,8 @@ impl fmt::Debug for Config {
             .field("backup_interval", &self.backup_interval)
             .field("backup_keep", &self.backup_keep)
             .field("cache", &self.cache)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_namespace", &self.redis_namespace)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .field("runs", &self.runs)

@@ -14,6 +14,9 @@ use crate::error::AppError;
 const SQLITE_POOL: u32 = 4;
 const POSTGRES_POOL: u32 = 10;
 
+/// The advisory lock key of start-up work (any number no other code uses).
+const STARTUP_LOCK: i64 = 0x656e_7365_6d62;
+
 /// Connects to `url`. A SQLite file and its folder are created when missing.
 pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnection, AppError> {
     let mut options = ConnectOptions::new(url.to_string());
@@ -35,6 +38,24 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
     let db = Database::connect(options).await.map_err(|e| AppError::internal(connect_error(url, &e)))?;
     db.ping().await.map_err(|e| AppError::internal(connect_error(url, &e)))?;
     Ok(db)
+}
+
+/// Runs `work` (migrations, seeding) while holding a PostgreSQL advisory lock on a connection
+/// of its own, so instances starting at the same moment on one database take turns; on SQLite
+/// it just runs `work`.
+pub async fn one_at_a_time<T>(
+    url: &str,
+    work: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    if is_sqlite(url) {
+        return work.await;
+    }
+    let lock = connect(url, Some(1)).await?;
+    lock.execute_unprepared(&format!("SELECT pg_advisory_lock({STARTUP_LOCK})")).await?;
+    let result = work.await;
+    let _ = lock.execute_unprepared(&format!("SELECT pg_advisory_unlock({STARTUP_LOCK})")).await;
+    let _ = lock.close().await;
+    result
 }
 
 /// Counts every SQL statement run through `db` (and its clones made afterwards) in `counter`.

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::{
     db,
+    events::Reach,
     service::system,
     state::{AppState, HttpState},
 };
@@ -24,10 +25,14 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the database answers, runs in WAL mode (SQLite) and is fully migrated.
+/// `GET /readyz`: the database answers, runs in WAL mode (SQLite) and is fully migrated; with
+/// `REDIS_URL`, `degraded` (still 200: the instance serves) while Redis is unavailable.
 pub async fn readyz(State(http): State<HttpState>) -> Response {
     match system::readiness(&http.state.db).await {
-        Ok(()) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => match http.state.bus.reach() {
+            Reach::Local | Reach::Shared => axum::Json(json!({"status": "ready"})).into_response(),
+            Reach::Degraded(reason) => axum::Json(json!({"status": "degraded", "reason": reason})).into_response(),
+        },
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": reason})))
@@ -44,6 +49,9 @@ pub async fn metrics(State(http): State<HttpState>) -> Response {
         "# HELP ensemble_db_statements_total SQL statements run.\n# TYPE ensemble_db_statements_total counter\n",
     );
     body.push_str(&format!("ensemble_db_statements_total {statements}\n"));
+    let shared = u8::from(http.state.bus.reach() == Reach::Shared);
+    body.push_str("# HELP ensemble_bus_shared 1 while the event bus reaches the other instances over Redis.\n# TYPE ensemble_bus_shared gauge\n");
+    body.push_str(&format!("ensemble_bus_shared {shared}\n"));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -11,7 +11,10 @@ use axum::{
     routing::get,
 };
 use migration::{Migrator, MigratorTrait};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, watch},
+};
 use tower_http::{
     compression::CompressionLayer,
     cors::{AllowOrigin, CorsLayer},
@@ -25,7 +28,7 @@ use crate::{
     config::Config,
     dashboard, db,
     error::AppError,
-    events::EventBus,
+    events::{EventBus, Notice},
     graphql::{self, transport, ws},
     metrics::Metrics,
     ops,
@@ -59,32 +62,40 @@ impl App {
         let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
         db::count_statements(&mut db, statements.clone());
-        if config.auto_migrate {
-            Migrator::up(&db, None).await.map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
-        }
+        let bus = match &config.redis_url {
+            Some(url) => EventBus::shared(url, &config.redis_namespace).map_err(AppError::internal)?,
+            None => EventBus::local(),
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
         let metrics = Arc::new(Metrics::default());
-        let caches = Arc::new(Caches::new(&config, &metrics.caches));
+        let caches = Arc::new(Caches::new(&config, &metrics.caches, bus.clone()));
         let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone()).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
-        let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst));
+        let link = bus.link().cloned();
+        let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst, link));
         // The tokenizer takes a moment to load; do it now rather than in the first run.
         tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
-        // Without its migrations the database may not have runs yet; `/readyz` says so.
-        let migrated = Migrator::get_pending_migrations(&db).await.map(|p| p.is_empty()).unwrap_or(false);
-        let interrupted = if migrated { runs::recover_interrupted(&db).await? } else { 0 };
-        if interrupted > 0 {
-            tracing::warn!(interrupted, "runs left in progress by the last stop are marked failed (interrupted)");
-        }
         let templates = Arc::new(Templates::new(db.clone(), caches.clone()));
-        let events = Arc::new(EventBus::default());
-        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), events, caches.clone()));
+        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone()));
+        // Instances starting at the same moment take turns to migrate, recover and seed.
+        let migrated = db::one_at_a_time(&config.database_url, async {
+            if config.auto_migrate {
+                Migrator::up(&db, None).await.map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
+            }
+            // Without its migrations the database may not have runs yet; `/readyz` says so.
+            let migrated = Migrator::get_pending_migrations(&db).await.map(|p| p.is_empty()).unwrap_or(false);
+            if migrated {
+                recover_interrupted_runs(&db, &bus).await?;
+                let seeded = starters::seed(&db).await?;
+                tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
+            }
+            Ok(migrated)
+        })
+        .await?;
         if migrated {
-            let seeded = starters::seed(&db).await?;
-            tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
             let starters = templates.prefetch().await?;
             let prices = runner.prices.prefetch().await?;
             tracing::debug!(starters, prices, "caches prefetched");
@@ -97,7 +108,7 @@ impl App {
             rate_limits,
             runner,
             templates,
-            audit_signal: Arc::default(),
+            bus,
             statements,
             db,
             metrics,
@@ -131,6 +142,7 @@ impl App {
         );
         let shutdown = self.shutdown;
         let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
+        let notices = tokio::spawn(follow_notices(self.state.clone()));
         let backups = tokio::spawn(scheduled_backups(self.state.clone()));
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, service)
@@ -141,6 +153,7 @@ impl App {
             })
             .await;
         housekeeping.abort();
+        notices.abort();
         backups.abort();
         if let Err(error) = self.state.usage.flush().await {
             tracing::error!(%error, "cannot write the last usage counts");
@@ -149,8 +162,43 @@ impl App {
     }
 }
 
-/// Writes usage counts every few seconds and lets the rate limiter forget idle callers (about
-/// once a minute).
+/// Fails the runs a stopped instance left in progress: all of them when no other instance is
+/// running, else only those older than any run may last (the others may be running there).
+async fn recover_interrupted_runs(db: &sea_orm::DatabaseConnection, bus: &EventBus) -> Result<(), AppError> {
+    let alone = match bus.link() {
+        None => true,
+        Some(link) => {
+            link.settled(std::time::Duration::from_secs(2)).await;
+            link.others_listening().await == Some(0)
+        }
+    };
+    let cutoff = (!alone).then(|| chrono::Utc::now() - runs::LONGEST_RUN);
+    let interrupted = runs::recover_interrupted(db, cutoff).await?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "runs left in progress by a stopped instance are marked failed (interrupted)");
+    }
+    Ok(())
+}
+
+/// Acts on what the other instances tell this one: cache invalidations, cancellations, and a
+/// full cache drop after this instance was out of touch.
+async fn follow_notices(state: AppState) {
+    let mut notices = state.bus.notices();
+    loop {
+        match notices.recv().await {
+            Ok(Notice::Invalidate(what)) => state.caches.apply(&what).await,
+            Ok(Notice::CancelRun(run_id)) => {
+                let runner = state.runner.clone();
+                tokio::spawn(async move { runner.cancel_here(&run_id).await });
+            }
+            Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => state.caches.clear(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Writes usage counts every few seconds; about once a minute, lets the rate limiter forget
+/// idle callers and fails runs left in progress past any run's deadline by a stopped instance.
 async fn housekeeping(state: AppState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(state.config.usage_flush_secs.max(1)));
     for round in 0u64.. {
@@ -158,8 +206,12 @@ async fn housekeeping(state: AppState) {
         if let Err(error) = state.usage.flush().await {
             tracing::error!(%error, "cannot write usage counts");
         }
-        if round % (60 / state.config.usage_flush_secs.clamp(1, 60)) == 0 {
+        if (round + 1) % (60 / state.config.usage_flush_secs.clamp(1, 60)) == 0 {
             state.rate_limits.forget_idle();
+            let cutoff = chrono::Utc::now() - runs::LONGEST_RUN;
+            if let Err(error) = runs::recover_interrupted(&state.db, Some(cutoff)).await {
+                tracing::error!(%error, "cannot fail the runs a stopped instance left");
+            }
         }
     }
 }

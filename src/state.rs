@@ -22,8 +22,8 @@ pub struct AppState {
     pub runner: Arc<crate::service::runs::Runner>,
     /// Templates and their cache.
     pub templates: Arc<crate::service::templates::Templates>,
-    /// Poked after every audited mutation; wakes `auditLogAdded` subscriptions.
-    pub audit_signal: Arc<crate::events::AuditSignal>,
+    /// Run events, audit wake-ups and notices, here and (with Redis) across instances.
+    pub bus: Arc<crate::events::EventBus>,
     /// SQL statements run since start.
     pub statements: Arc<std::sync::atomic::AtomicU64>,
     pub started_at: DateTime<Utc>,

@@ -85,7 +85,7 @@ async fn a_rolled_back_row_is_never_pushed_and_rows_written_outside_graphql_stil
 
     // Open across a wake-up and a poll, then rolled back.
     let never = append(&app, &team, "Never").await;
-    app.state.audit_signal.poke();
+    app.state.bus.audit_written();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     never.rollback().await.unwrap();
     // Committed with no wake-up: the once-a-second read finds it.

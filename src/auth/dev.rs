@@ -36,7 +36,10 @@ impl DevIssuer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(path = %path.display(), "creating the dev signing key");
                 let pem = tokio::task::spawn_blocking(generate_pem).await.map_err(AppError::internal)??;
-                write_private(&path, &pem)?;
+                // Another instance sharing the folder may have made one meanwhile: it wins.
+                if !write_private(&path, &pem)? {
+                    return Box::pin(Self::load_or_create(data_dir)).await;
+                }
                 pem
             }
             Err(e) => {
@@ -78,13 +81,23 @@ fn generate_pem() -> Result<String, AppError> {
     Ok(key.to_pkcs8_pem(LineEnding::LF).map_err(AppError::internal)?.to_string())
 }
 
-fn write_private(path: &Path, pem: &str) -> Result<(), AppError> {
+/// Writes the key beside `path`, then links it in place whole (readers never see half a key);
+/// false when a key is there already.
+fn write_private(path: &Path, pem: &str) -> Result<bool, AppError> {
     use std::io::Write;
+    let cannot = |e: std::io::Error| AppError::internal(format!("cannot create {}: {e}", path.display()));
+    let draft = path.with_extension(format!("pem.{}", uuid::Uuid::new_v4().simple()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file =
-        options.open(path).map_err(|e| AppError::internal(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(pem.as_bytes()).map_err(AppError::internal)
+    let written =
+        options.open(&draft).and_then(|mut file| file.write_all(pem.as_bytes()).and_then(|()| file.sync_all()));
+    let linked = written.and_then(|()| std::fs::hard_link(&draft, path));
+    let _ = std::fs::remove_file(&draft);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(cannot(e)),
+    }
 }

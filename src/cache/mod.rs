@@ -1,6 +1,7 @@
 //! Every in-process cache, behind typed keys: the kinds and their policies (`kinds`), the
 //! read-through cache that counts hits, misses and evictions (`store`), Clerk's JWKS (`jwks`),
-//! and the invalidations each write calls once it has committed. See docs/cache.md.
+//! and the invalidations each write calls once it has committed, which the event bus carries
+//! to the other instances. See docs/cache.md.
 
 pub mod jwks;
 mod kinds;
@@ -16,7 +17,30 @@ pub use self::{
     },
     store::{Cache, Stamp},
 };
-use crate::{config::Config, metrics::CacheStats};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::Config,
+    events::{EventBus, Notice},
+    metrics::CacheStats,
+};
+
+/// A committed write that makes cached values stale, here and on every other instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Invalidation {
+    /// `createApiKey`: its prefix (no longer unknown).
+    ApiKeyCreated(String),
+    /// A key revoked or rotated (or revoked with its deleted owner): its prefix.
+    ApiKeyChanged(String),
+    /// A user's row changed: role, profile, deletion, a sync from Clerk.
+    UserChanged(String),
+    /// A template saved (a new version, a move, a share) or deleted.
+    TemplateChanged(String),
+    /// A category created, changed or deleted.
+    CategoriesChanged,
+    /// A price set: any model may have been priced by it.
+    PricesChanged,
+}
 
 /// The caches of one server; what invalidates each is listed on its key type.
 pub struct Caches {
@@ -31,12 +55,13 @@ pub struct Caches {
     pub model_prices: Cache<ModelName>,
     /// Clerk's signing keys, when tokens are checked against `CLERK_JWKS_URL`.
     pub jwks: Option<Arc<JwksCache>>,
+    bus: Arc<EventBus>,
 }
 
 impl Caches {
     /// Every cache, empty (holding nothing at all with `ENSEMBLE_CACHE=off`), registered in
-    /// `stats`.
-    pub fn new(config: &Config, stats: &CacheStats) -> Self {
+    /// `stats`; invalidations go to the other instances over `bus`.
+    pub fn new(config: &Config, stats: &CacheStats, bus: Arc<EventBus>) -> Self {
         let on = config.cache.is_on();
         let jwks = config.auth.clerk_jwks_url.as_ref().filter(|_| config.auth.clerk_jwt_key.is_none()).map(|url| {
             let refetch_every = std::time::Duration::from_secs(config.auth.clerk_jwks_refetch_secs);
@@ -53,36 +78,39 @@ impl Caches {
             template_categories: Cache::new(on, stats),
             model_prices: Cache::new(on, stats),
             jwks,
+            bus,
         }
     }
 
-    /// After `createApiKey` commits: its prefix is no longer unknown.
-    pub async fn api_key_created(&self, prefix: &str) {
-        self.unknown_api_keys.invalidate(&UnknownKeyPrefix(prefix.to_string())).await;
+    /// Drops what `what` made stale here, then tells the other instances to do the same.
+    pub async fn invalidate(&self, what: Invalidation) {
+        self.apply(&what).await;
+        self.bus.tell_others(Notice::Invalidate(what));
     }
 
-    /// After a key is revoked or rotated (or revoked with its deleted owner).
-    pub async fn api_key_changed(&self, prefix: &str) {
-        self.api_keys.invalidate(&KeyPrefix(prefix.to_string())).await;
+    /// Drops what `what` made stale, on this instance only (for an invalidation from another).
+    pub async fn apply(&self, what: &Invalidation) {
+        match what {
+            Invalidation::ApiKeyCreated(prefix) => {
+                self.unknown_api_keys.invalidate(&UnknownKeyPrefix(prefix.clone())).await;
+            }
+            Invalidation::ApiKeyChanged(prefix) => self.api_keys.invalidate(&KeyPrefix(prefix.clone())).await,
+            Invalidation::UserChanged(id) => self.users.invalidate(&UserId(id.clone())).await,
+            Invalidation::TemplateChanged(id) => self.templates.invalidate(&TemplateId(id.clone())).await,
+            Invalidation::CategoriesChanged => self.template_categories.invalidate(&AllCategories).await,
+            Invalidation::PricesChanged => self.model_prices.invalidate_all(),
+        }
     }
 
-    /// After a user's row changes: role, profile, deletion, a sync from Clerk.
-    pub async fn user_changed(&self, id: &str) {
-        self.users.invalidate(&UserId(id.to_string())).await;
-    }
-
-    /// After a template is saved (a new version, a move, a share) or deleted.
-    pub async fn template_changed(&self, id: &str) {
-        self.templates.invalidate(&TemplateId(id.to_string())).await;
-    }
-
-    /// After a category is created, changed or deleted.
-    pub async fn categories_changed(&self) {
-        self.template_categories.invalidate(&AllCategories).await;
-    }
-
-    /// After a price is set: any model may have been priced by it.
-    pub fn prices_changed(&self) {
+    /// Drops every value that another instance's write could make stale (after this instance
+    /// may have missed invalidations). Immutable values (specs and template versions by
+    /// version, session tokens, Clerk's keys) stay.
+    pub fn clear(&self) {
+        self.api_keys.invalidate_all();
+        self.unknown_api_keys.invalidate_all();
+        self.users.invalidate_all();
+        self.templates.invalidate_all();
+        self.template_categories.invalidate_all();
         self.model_prices.invalidate_all();
     }
 }

@@ -1,18 +1,26 @@
-//! The event bus: what happens to runs, as it happens. In-process (a tokio broadcast channel)
-//! for now; subscribers filter by run or team. A subscriber that falls behind by more than the
-//! channel holds skips ahead rather than holding memory. `AuditSignal` wakes audit log followers.
+//! The event bus: what happens to runs, as it happens, and the notices instances owe each
+//! other. In-process (tokio channels) by default; with `REDIS_URL` every message also goes to
+//! the other instances over Redis pub/sub (`redis`), so a subscriber on one instance sees the
+//! runs of all. Subscribers filter by run or team; one that falls behind by more than the
+//! channel holds skips ahead rather than holding memory.
+
+mod redis;
 
 use std::sync::Arc;
 
 use async_graphql::{Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
+
+pub use self::redis::Link;
+use crate::cache::Invalidation;
 
 /// Events kept for subscribers that have not read them yet.
 const CAPACITY: usize = 4096;
 
 /// What happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum, Serialize, Deserialize)]
 pub enum RunEventKind {
     /// The run is stored and about to start.
     Queued,
@@ -41,7 +49,7 @@ impl RunEventKind {
 }
 
 /// One thing that happened to a run. Fields not relevant to `kind` are null.
-#[derive(Clone, Debug, SimpleObject)]
+#[derive(Clone, Debug, SimpleObject, Serialize, Deserialize)]
 pub struct RunEvent {
     pub run_id: ID,
     pub team_id: ID,
@@ -82,43 +90,135 @@ impl RunEvent {
     }
 }
 
-pub struct EventBus {
-    sender: broadcast::Sender<Arc<RunEvent>>,
+/// What one instance tells the others (never its own subscribers: it acts on these itself).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Notice {
+    /// A write committed that makes cached values stale.
+    Invalidate(Invalidation),
+    /// `cancelRun` for a run this instance may be executing.
+    CancelRun(String),
+    /// This instance may have missed notices (its link to the others was down): drop every
+    /// cached value. Never sent over the wire.
+    Resync,
 }
 
-impl Default for EventBus {
-    fn default() -> Self {
-        Self { sender: broadcast::channel(CAPACITY).0 }
-    }
+/// One message on the bus.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Message {
+    Run(Box<RunEvent>),
+    /// An audited mutation has ended (`auditLogAdded` followers re-read the log).
+    AuditWritten,
+    Notice(Notice),
+}
+
+/// Whether the bus reaches the other instances, for `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// No `REDIS_URL`: this instance is the only one.
+    Local,
+    /// Connected to Redis.
+    Shared,
+    /// `REDIS_URL` is set but Redis cannot be used: subscribers see this instance's events only.
+    Degraded(String),
+}
+
+pub struct EventBus {
+    runs: broadcast::Sender<Arc<RunEvent>>,
+    audit: watch::Sender<()>,
+    notices: broadcast::Sender<Notice>,
+    link: Option<Arc<Link>>,
 }
 
 impl EventBus {
-    /// Sends `event` to every current subscriber (none listening is fine).
-    pub fn publish(&self, event: RunEvent) {
-        if self.sender.receiver_count() > 0 {
-            let _ = self.sender.send(Arc::new(event));
+    /// An in-process bus.
+    pub fn local() -> Arc<Self> {
+        Arc::new(Self::new(None))
+    }
+
+    /// A bus shared over Redis at `url`, with channel and keys under `namespace`; it connects
+    /// (and reconnects) in the background, delivering to local subscribers meanwhile.
+    pub fn shared(url: &str, namespace: &str) -> Result<Arc<Self>, String> {
+        let link = Link::new(url, namespace)?;
+        let bus = Arc::new(Self::new(Some(link.clone())));
+        link.start(Arc::downgrade(&bus));
+        Ok(bus)
+    }
+
+    fn new(link: Option<Arc<Link>>) -> Self {
+        Self {
+            runs: broadcast::channel(CAPACITY).0,
+            audit: watch::channel(()).0,
+            notices: broadcast::channel(CAPACITY).0,
+            link,
         }
     }
 
+    /// Sends `event` to every subscriber, here and on the other instances.
+    pub fn publish(&self, event: RunEvent) {
+        if let Some(link) = &self.link {
+            link.send(&Message::Run(Box::new(event.clone())));
+        }
+        self.deliver_run(event);
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
-        self.sender.subscribe()
-    }
-}
-
-/// Wakes the followers of the audit log (`auditLogAdded`) when a mutation has ended, its
-/// transaction committed or rolled back; they then read what was committed. A hint, not the
-/// rows: followers also read every second, which covers rows written outside GraphQL.
-#[derive(Default)]
-pub struct AuditSignal {
-    sender: watch::Sender<()>,
-}
-
-impl AuditSignal {
-    pub fn poke(&self) {
-        self.sender.send_replace(());
+        self.runs.subscribe()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<()> {
-        self.sender.subscribe()
+    /// Wakes the followers of the audit log (`auditLogAdded`) when a mutation has ended, its
+    /// transaction committed or rolled back; they then read what was committed. A hint, not
+    /// the rows: followers also read every second, which covers rows written outside GraphQL.
+    pub fn audit_written(&self) {
+        if let Some(link) = &self.link {
+            link.send(&Message::AuditWritten);
+        }
+        self.audit.send_replace(());
+    }
+
+    pub fn audit_followers(&self) -> watch::Receiver<()> {
+        self.audit.subscribe()
+    }
+
+    /// Tells the other instances (this one has acted already).
+    pub fn tell_others(&self, notice: Notice) {
+        if let Some(link) = &self.link {
+            link.send(&Message::Notice(notice));
+        }
+    }
+
+    /// Notices from the other instances, and `Resync` after this one lost touch with them.
+    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    pub fn reach(&self) -> Reach {
+        match &self.link {
+            None => Reach::Local,
+            Some(link) => link.reach(),
+        }
+    }
+
+    /// The Redis link, when configured (shared rate limits use its connection).
+    pub fn link(&self) -> Option<&Arc<Link>> {
+        self.link.as_ref()
+    }
+
+    fn deliver_run(&self, event: RunEvent) {
+        if self.runs.receiver_count() > 0 {
+            let _ = self.runs.send(Arc::new(event));
+        }
+    }
+
+    /// A message from another instance.
+    fn deliver(&self, message: Message) {
+        match message {
+            Message::Run(event) => self.deliver_run(*event),
+            Message::AuditWritten => {
+                self.audit.send_replace(());
+            }
+            Message::Notice(notice) => {
+                let _ = self.notices.send(notice);
+            }
+        }
     }
 }

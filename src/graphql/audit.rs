@@ -85,7 +85,7 @@ impl AuditSubscription {
         team_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = AuditLog>> {
         let state = ctx.data::<AppState>()?;
-        let wake = state.audit_signal.subscribe();
+        let wake = state.bus.audit_followers();
         let rows = audit::follow(&state.db, &caller(ctx), &team_id, wake).await.gql()?;
         Ok(rows.map(AuditLog))
     }

@@ -45,7 +45,7 @@ impl Extension for AuditDenials {
             }
         }
         if let (Some(_), Ok(state)) = (action, ctx.data::<AppState>()) {
-            state.audit_signal.poke();
+            state.bus.audit_written();
         }
         result
     }

@@ -57,7 +57,7 @@ impl Extension for Metering {
         count(state, principal);
         let result = next.run(ctx).await?;
         let ip = ctx.data_opt::<RequestMeta>().and_then(|m| m.ip.as_deref());
-        match charge(state, principal, ip, result.complexity) {
+        match charge(state, principal, ip, result.complexity).await {
             Ok(()) => Ok(result),
             Err(err) => Err(vec![err.extend().into_server_error(Pos::default())]),
         }
@@ -73,8 +73,13 @@ pub fn count(state: &AppState, principal: &Principal) {
 }
 
 /// Charges `complexity` to the principal's rate limit: `RATE_LIMITED` when over it.
-pub fn charge(state: &AppState, principal: &Principal, ip: Option<&str>, complexity: usize) -> Result<(), AppError> {
-    state.rate_limits.check(principal, ip, complexity).map_err(|limited| AppError::RateLimited {
+pub async fn charge(
+    state: &AppState,
+    principal: &Principal,
+    ip: Option<&str>,
+    complexity: usize,
+) -> Result<(), AppError> {
+    state.rate_limits.check(principal, ip, complexity).await.map_err(|limited| AppError::RateLimited {
         message: format!("Too many requests: try again in {} s.", limited.retry_after_secs),
         retry_after_secs: Some(limited.retry_after_secs),
     })

@@ -10,6 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::error::Problem;
 
 pub const FORMAT: &str = "ensemble.team/v1";
+/// The largest `limits.timeoutMs` a spec may set: an hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 const MAX_AGENTS: usize = 50;
 const MAX_RULES: usize = 200;
 const MAX_REGEX_LEN: usize = 1000;
@@ -511,7 +513,7 @@ fn limits(c: &mut Checker, value: Option<&Value>) -> Limits {
         return Limits::default();
     };
     Limits {
-        timeout_ms: c.number(obj, "timeoutMs", "spec.limits", (1.0, 3_600_000.0)).map(|n| n as u64),
+        timeout_ms: c.number(obj, "timeoutMs", "spec.limits", (1.0, MAX_TIMEOUT_MS as f64)).map(|n| n as u64),
         max_cost_usd: c.number(obj, "maxCostUsd", "spec.limits", (0.0, 1_000_000.0)),
     }
 }

@@ -18,7 +18,7 @@ use crate::{
         api_key::{self, NewSecret, Scope},
         guard::{self, TeamRole, account},
     },
-    cache::Caches,
+    cache::{Caches, Invalidation},
     db,
     error::{AppError, Problem},
 };
@@ -113,7 +113,7 @@ pub async fn create_with(
     entry.team_id = key.team_id.clone();
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
-    caches.api_key_created(&key.prefix).await;
+    caches.invalidate(Invalidation::ApiKeyCreated(key.prefix.clone())).await;
     Ok(WithSecret { key, secret: secret.full })
 }
 
@@ -160,7 +160,7 @@ pub async fn revoke(
     let key = active.update(&txn).await?;
     audit::allowed(&txn, caller, Entry::new(actions::API_KEY_REVOKE, "api_key", id.to_string())).await?;
     txn.commit().await?;
-    caches.api_key_changed(&prefix).await;
+    caches.invalidate(Invalidation::ApiKeyChanged(prefix)).await;
     Ok(key)
 }
 
@@ -200,7 +200,7 @@ pub async fn rotate(
         Entry::new(actions::API_KEY_ROTATE, "api_key", id.to_string()).changes(json!({"graceSeconds": grace_secs}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
-    caches.api_key_changed(&key.prefix).await;
+    caches.invalidate(Invalidation::ApiKeyChanged(key.prefix.clone())).await;
     Ok(WithSecret { key, secret: secret.full })
 }
 

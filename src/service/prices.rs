@@ -11,7 +11,7 @@ use serde_json::json;
 use super::audit::{self, Caller, Entry, actions};
 use crate::{
     auth::guard::admin,
-    cache::{Caches, ModelName},
+    cache::{Caches, Invalidation, ModelName},
     db,
     error::{AppError, Problem},
     orchestrator::executor::Price,
@@ -105,7 +105,7 @@ impl PriceBook {
         .await?;
         let saved = model_prices::Entity::find_by_id(&price.model).one(&txn).await?;
         txn.commit().await?;
-        self.caches.prices_changed();
+        self.caches.invalidate(Invalidation::PricesChanged).await;
         saved.ok_or_else(|| AppError::internal("the price just written is missing"))
     }
 }

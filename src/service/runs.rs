@@ -14,7 +14,7 @@ use entity::{error_groups, run_attempts, runs, team_versions};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use super::{
     audit::Caller,
@@ -33,14 +33,14 @@ use crate::{
     cache::{Caches, TeamVersion},
     config::RunConfig,
     error::{AppError, Problem},
-    events::{EventBus, RunEvent, RunEventKind},
+    events::{EventBus, Notice, Reach, RunEvent, RunEventKind},
     orchestrator::{
         self,
         executor::{self, Outcome, Price, RunContext, Status},
         prompts,
         providers::{ChatMessage, Providers, Role},
         routing::{self, Route},
-        spec::{self, TeamSpec},
+        spec::{self, MAX_TIMEOUT_MS, TeamSpec},
     },
 };
 
@@ -510,33 +510,60 @@ impl Runner {
         if status.is_finished() {
             return Err(AppError::Conflict(format!("The run has already finished ({}).", status.as_str())));
         }
+        if !self.cancel_here(run_id).await && !self.cancel_elsewhere(&run).await {
+            // Running nowhere (lost): mark it so that a runner's end, should one come, is ignored.
+            runs::Entity::update_many()
+                .col_expr(runs::Column::Status, Expr::value(RunStatus::Cancelled.as_str()))
+                .col_expr(runs::Column::ErrorCode, Expr::value("cancelled"))
+                .col_expr(runs::Column::Error, Expr::value("the run was cancelled"))
+                .col_expr(runs::Column::FinishedAt, Expr::value(Utc::now().trunc_subsecs(6)))
+                .filter(runs::Column::Id.eq(run_id))
+                .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
+                .exec(&self.db)
+                .await?;
+            let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
+            event.error_class = Some("cancelled".into());
+            self.events.publish(event);
+        }
+        self.reload(run_id).await
+    }
+}
+
+impl Runner {
+    /// Stops the run if this instance is executing it, and waits (up to 10 s) for it to end;
+    /// false when it is not running here.
+    pub async fn cancel_here(&self, run_id: &str) -> bool {
         let active = self.active.lock().ok().and_then(|active| {
             active.get(run_id).map(|a| {
                 let _ = a.cancel.send(true);
                 a.done.clone()
             })
         });
-        match active {
-            Some(mut done) => {
-                let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
-            }
-            // Not running here (another instance, or lost): mark it so the runner's end is ignored.
-            None => {
-                runs::Entity::update_many()
-                    .col_expr(runs::Column::Status, Expr::value(RunStatus::Cancelled.as_str()))
-                    .col_expr(runs::Column::ErrorCode, Expr::value("cancelled"))
-                    .col_expr(runs::Column::Error, Expr::value("the run was cancelled"))
-                    .col_expr(runs::Column::FinishedAt, Expr::value(Utc::now().trunc_subsecs(6)))
-                    .filter(runs::Column::Id.eq(run_id))
-                    .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
-                    .exec(&self.db)
-                    .await?;
-                let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
-                event.error_class = Some("cancelled".into());
-                self.events.publish(event);
-            }
+        let Some(mut done) = active else {
+            return false;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
+        true
+    }
+
+    /// Asks the other instances to stop the run; false when its end does not come within 3 s
+    /// (no instance was running it, or Redis is down).
+    async fn cancel_elsewhere(&self, run: &runs::Model) -> bool {
+        if self.events.reach() != Reach::Shared {
+            return false;
         }
-        self.reload(run_id).await
+        let mut events = self.events.subscribe();
+        self.events.tell_others(Notice::CancelRun(run.id.clone()));
+        let ended = async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.run_id.as_str() == run.id && event.kind.is_terminal() => return true,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), ended).await.unwrap_or(false)
     }
 }
 
@@ -586,9 +613,21 @@ fn principal_ids(principal: &Principal) -> (Option<String>, Option<String>) {
     }
 }
 
-/// Runs a crash left `queued` or `running` are `failed` with code `interrupted`.
-pub async fn recover_interrupted(db: &DatabaseConnection) -> Result<u64, AppError> {
-    let result = runs::Entity::update_many()
+/// Longest a run may be in progress: the largest `limits.timeoutMs`, and a minute to store it.
+pub const LONGEST_RUN: Duration = Duration::from_millis(MAX_TIMEOUT_MS + 60_000);
+
+/// Runs a stopped instance left `queued` or `running` are `failed` with code `interrupted`:
+/// those created before `created_before` (the others may still be running on another
+/// instance), or every one when no other instance runs.
+pub async fn recover_interrupted(
+    db: &DatabaseConnection,
+    created_before: Option<DateTime<Utc>>,
+) -> Result<u64, AppError> {
+    let mut update = runs::Entity::update_many();
+    if let Some(cutoff) = created_before {
+        update = update.filter(runs::Column::CreatedAt.lt(cutoff));
+    }
+    let result = update
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Failed.as_str()))
         .col_expr(runs::Column::ErrorCode, Expr::value("interrupted"))
         .col_expr(runs::Column::Error, Expr::value("the server stopped while the run was in progress"))

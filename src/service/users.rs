@@ -21,7 +21,7 @@ use crate::{
         GlobalRole, Principal, UserPrincipal,
         guard::{account, admin},
     },
-    cache::{Caches, UserId},
+    cache::{Caches, Invalidation, UserId},
     db,
     error::{AppError, Problem},
 };
@@ -161,7 +161,7 @@ pub async fn update_profile(
     let entry = Entry::new(actions::USER_PROFILE_UPDATE, "user", me.id.clone()).changes(changed.into());
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
-    caches.user_changed(&row.id).await;
+    caches.invalidate(Invalidation::UserChanged(row.id.clone())).await;
     Ok(row)
 }
 
@@ -190,7 +190,7 @@ pub async fn set_role(
         .changes(serde_json::json!({"role": {"from": before, "to": role.as_str()}}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
-    caches.user_changed(user_id).await;
+    caches.invalidate(Invalidation::UserChanged(user_id.to_string())).await;
     Ok(row)
 }
 
@@ -273,9 +273,9 @@ pub async fn apply_clerk_event(
         _ => "ignored",
     };
     txn.commit().await?;
-    caches.user_changed(user_id).await;
+    caches.invalidate(Invalidation::UserChanged(user_id.to_string())).await;
     for prefix in revoked {
-        caches.api_key_changed(&prefix).await;
+        caches.invalidate(Invalidation::ApiKeyChanged(prefix)).await;
     }
     Ok(outcome)
 }

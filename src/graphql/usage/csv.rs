@@ -56,7 +56,7 @@ pub async fn download(
 /// then the same checks and the same report.
 async fn report(state: &AppState, caller: &Caller, params: Params) -> Result<Report, AppError> {
     metering::count(state, &caller.principal);
-    metering::charge(state, &caller.principal, caller.meta.ip.as_deref(), 0)?;
+    metering::charge(state, &caller.principal, caller.meta.ip.as_deref(), 0).await?;
     let visibility = usage_report::visibility(caller)?;
     let from = time("from", params.from)?;
     let to = time("to", params.to)?;

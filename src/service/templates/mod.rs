@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     auth::{GlobalRole, Principal, UserPrincipal, api_key::Scope, guard::TeamRole},
-    cache::{AllCategories, Caches, TemplateId, TemplateVersion},
+    cache::{AllCategories, Caches, Invalidation, TemplateId, TemplateVersion},
     error::{AppError, Problem},
 };
 
@@ -161,12 +161,12 @@ impl Templates {
 
     /// Forgets the cached categories (after a category write commits).
     pub async fn categories_changed(&self) {
-        self.caches.categories_changed().await;
+        self.caches.invalidate(Invalidation::CategoriesChanged).await;
     }
 
     /// Forgets a cached template (after a write to it commits).
     async fn changed(&self, id: &str) {
-        self.caches.template_changed(id).await;
+        self.caches.invalidate(Invalidation::TemplateChanged(id.to_string())).await;
     }
 
     async fn row(&self, id: &str) -> Result<Option<Arc<templates::Model>>, AppError> {
