@@ -416,3 +416,20 @@ async fn two_instances_starting_together_on_a_fresh_database_both_become_ready()
         assert_eq!(listed["templateCategories"].as_array().map(Vec::len), Some(categories as usize), "{listed}");
     }
 }
+
+#[tokio::test]
+async fn an_instance_starting_leaves_the_runs_of_a_live_instance_running() {
+    let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
+    let cluster = Cluster::new(&pg, Some(&redis)).await;
+    let a = cluster.start("A").await;
+    let alice = cluster.token("user_alice", GlobalRole::Member);
+    let team = create_team(&a, &alice).await;
+    let run = a.run(&alice, &team, "take your time", false).await;
+    assert_eq!(run["status"], "RUNNING", "{run}");
+
+    let b = cluster.start("B").await;
+    let stored = b.must(&alice, RUN, json!({"id": run["id"]})).await["run"].clone();
+    assert_eq!(stored["status"], "RUNNING", "B's start did not fail A's run: {stored}");
+    let cancel = "mutation($id: ID!) { cancelRun(id: $id) { status } }";
+    assert_eq!(b.must(&alice, cancel, json!({"id": run["id"]})).await["cancelRun"]["status"], "CANCELLED");
+}
