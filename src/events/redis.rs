@@ -17,8 +17,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::{EventBus, Message, Notice, Reach};
 
-/// Longest wait for Redis to accept a connection or answer a command.
+/// Longest wait for Redis to accept a connection or answer a command in a request.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for an answer on a working link before it counts as lost: generous, because a
+/// server busy fanning out events can be slow to read the answer, and a link dropped for that
+/// would lose events rather than save any.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(2);
@@ -227,16 +231,16 @@ impl Link {
     async fn connect(&self) -> Result<(MultiplexedConnection, PubSub), String> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_response_timeout(Some(LINK_TIMEOUT));
         let connection = self.client.get_multiplexed_async_connection_with_config(&config).await;
         let connection = connection.map_err(|e| self.unavailable(&e))?;
-        let mut pubsub = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub())
+        let mut pubsub = tokio::time::timeout(LINK_TIMEOUT, self.client.get_async_pubsub())
             .await
-            .map_err(|_| self.unavailable(&"no answer within 1 s"))?
+            .map_err(|_| self.unavailable(&"no answer within 10 s"))?
             .map_err(|e| self.unavailable(&e))?;
-        tokio::time::timeout(TIMEOUT, pubsub.subscribe(&self.channel))
+        tokio::time::timeout(LINK_TIMEOUT, pubsub.subscribe(&self.channel))
             .await
-            .map_err(|_| self.unavailable(&"no answer within 1 s"))?
+            .map_err(|_| self.unavailable(&"no answer within 10 s"))?
             .map_err(|e| self.unavailable(&e))?;
         Ok((connection, pubsub))
     }
