@@ -185,15 +185,23 @@ async fn recover_interrupted_runs(db: &sea_orm::DatabaseConnection, bus: &EventB
 async fn follow_notices(state: AppState) {
     let mut notices = state.bus.notices();
     loop {
-        match notices.recv().await {
-            Ok(Notice::Invalidate(what)) => state.caches.apply(&what).await,
-            Ok(Notice::CancelRun(run_id)) => {
-                let runner = state.runner.clone();
+        let received = match notices.recv().await {
+            Ok(received) => received,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                state.caches.clear();
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match &received.notice {
+            Notice::Invalidate(what) => state.caches.apply(what).await,
+            Notice::CancelRun(run_id) => {
+                let (runner, run_id) = (state.runner.clone(), run_id.clone());
                 tokio::spawn(async move { runner.cancel_here(&run_id).await });
             }
-            Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => state.caches.clear(),
-            Err(broadcast::error::RecvError::Closed) => return,
+            Notice::Resync => state.caches.clear(),
         }
+        state.bus.acted_on(&received);
     }
 }
 

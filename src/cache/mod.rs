@@ -82,10 +82,11 @@ impl Caches {
         }
     }
 
-    /// Drops what `what` made stale here, then tells the other instances to do the same.
+    /// Drops what `what` made stale here, then on the other instances, waiting for them: once
+    /// the write is answered, the next request to any instance sees it.
     pub async fn invalidate(&self, what: Invalidation) {
         self.apply(&what).await;
-        self.bus.tell_others(Notice::Invalidate(what));
+        self.bus.tell_others_and_wait(Notice::Invalidate(what)).await;
     }
 
     /// Drops what `what` made stale, on this instance only (for an invalidation from another).

@@ -102,13 +102,31 @@ pub enum Notice {
     Resync,
 }
 
+/// A notice from another instance. Once it is acted on, `EventBus::acted_on` tells the
+/// sender, which may be waiting for it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub notice: Notice,
+    /// The sender and its number for the notice, when it waits.
+    reply_to: Option<(String, u64)>,
+}
+
 /// One message on the bus.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 enum Message {
     Run(Box<RunEvent>),
     /// An audited mutation has ended (`auditLogAdded` followers re-read the log).
     AuditWritten,
-    Notice(Notice),
+    /// With `ack`, the sender waits for an `Ack` of it from every instance.
+    Notice {
+        notice: Notice,
+        ack: Option<u64>,
+    },
+    /// The instance `to` waits for this: its notice `ack` was acted on.
+    Ack {
+        to: String,
+        ack: u64,
+    },
 }
 
 /// Whether the bus reaches the other instances, for `/readyz`.
@@ -125,7 +143,7 @@ pub enum Reach {
 pub struct EventBus {
     runs: broadcast::Sender<Arc<RunEvent>>,
     audit: watch::Sender<()>,
-    notices: broadcast::Sender<Notice>,
+    notices: broadcast::Sender<Received>,
     link: Option<Arc<Link>>,
 }
 
@@ -182,13 +200,28 @@ impl EventBus {
     /// Tells the other instances (this one has acted already).
     pub fn tell_others(&self, notice: Notice) {
         if let Some(link) = &self.link {
-            link.send(&Message::Notice(notice));
+            link.send(&Message::Notice { notice, ack: None });
+        }
+    }
+
+    /// Tells the other instances and waits until every one listening has acted on it (at most
+    /// a second), so that a write answered here is seen fresh by the next request anywhere.
+    pub async fn tell_others_and_wait(&self, notice: Notice) {
+        if let Some(link) = &self.link {
+            link.send_and_wait(notice).await;
         }
     }
 
     /// Notices from the other instances, and `Resync` after this one lost touch with them.
-    pub fn notices(&self) -> broadcast::Receiver<Notice> {
+    pub fn notices(&self) -> broadcast::Receiver<Received> {
         self.notices.subscribe()
+    }
+
+    /// Tells the sender of `received` that this instance has acted on it.
+    pub fn acted_on(&self, received: &Received) {
+        if let (Some(link), Some((to, ack))) = (&self.link, &received.reply_to) {
+            link.send(&Message::Ack { to: to.clone(), ack: *ack });
+        }
     }
 
     pub fn reach(&self) -> Reach {
@@ -209,16 +242,22 @@ impl EventBus {
         }
     }
 
-    /// A message from another instance.
-    fn deliver(&self, message: Message) {
+    /// A message from the instance `from` (acknowledgements are the link's own business).
+    fn deliver(&self, message: Message, from: String) {
         match message {
             Message::Run(event) => self.deliver_run(*event),
             Message::AuditWritten => {
                 self.audit.send_replace(());
             }
-            Message::Notice(notice) => {
-                let _ = self.notices.send(notice);
+            Message::Notice { notice, ack } => {
+                let _ = self.notices.send(Received { notice, reply_to: ack.map(|ack| (from, ack)) });
             }
+            Message::Ack { .. } => {}
         }
+    }
+
+    /// After this instance was out of touch: it may have missed notices.
+    fn resync(&self) {
+        let _ = self.notices.send(Received { notice: Notice::Resync, reply_to: None });
     }
 }

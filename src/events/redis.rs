@@ -17,13 +17,19 @@ use tokio::sync::{mpsc, watch};
 
 use super::{EventBus, Message, Notice, Reach};
 
-/// Longest wait for Redis to accept a connection or answer a command.
+/// Longest wait for Redis to accept a connection or answer a command in a request.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for an answer on a working link before it counts as lost: generous, because a
+/// server busy fanning out events can be slow to read the answer, and a link dropped for that
+/// would lose events rather than save any.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(2);
 /// Messages waiting to be published; past it, new ones reach this instance only.
 const OUTBOX: usize = 16_384;
+/// Longest wait for the other instances to act on a notice.
+const ACK_WAIT: Duration = Duration::from_secs(1);
 /// Messages sent to Redis in one round trip.
 const BATCH: usize = 256;
 
@@ -35,8 +41,14 @@ enum State {
 }
 
 /// What goes over the wire: a message and the instance that sent it (which ignores its own).
-#[derive(Serialize, Deserialize)]
-struct Envelope {
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    from: &'a str,
+    message: &'a Message,
+}
+
+#[derive(Deserialize)]
+struct Incoming {
     from: String,
     message: Message,
 }
@@ -52,6 +64,8 @@ pub struct Link {
     outbox: mpsc::Sender<Vec<u8>>,
     pending: std::sync::Mutex<Option<mpsc::Receiver<Vec<u8>>>>,
     state: watch::Sender<State>,
+    /// Notices this instance waits to hear acted on, by number.
+    waiting: std::sync::Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<()>>>,
 }
 
 impl Link {
@@ -69,6 +83,7 @@ impl Link {
             outbox,
             pending: std::sync::Mutex::new(Some(pending)),
             state: watch::channel(State::Connecting).0,
+            waiting: std::sync::Mutex::default(),
         }))
     }
 
@@ -117,13 +132,60 @@ impl Link {
         Some(listening.saturating_sub(1))
     }
 
+    /// Publishes `notice` at once and waits (at most `ACK_WAIT`) until every other instance
+    /// that received it has acted on it; returns at once while Redis is down.
+    pub(super) async fn send_and_wait(&self, notice: Notice) {
+        let Some(mut connection) = self.connection() else {
+            return;
+        };
+        let ack = rand::random::<u64>();
+        let (acks, mut acked) = mpsc::unbounded_channel();
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(ack, acks);
+        }
+        let message = Message::Notice { notice, ack: Some(ack) };
+        let expected = match serde_json::to_vec(&Outgoing { from: &self.instance, message: &message }) {
+            Ok(bytes) => {
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(&self.channel).arg(bytes);
+                // Every instance listening received it, this one included.
+                let receivers = tokio::time::timeout(TIMEOUT, publish.query_async::<u64>(&mut connection)).await;
+                receivers.ok().and_then(Result::ok).unwrap_or(0).saturating_sub(1)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a bus message");
+                0
+            }
+        };
+        let deadline = tokio::time::Instant::now() + ACK_WAIT;
+        let mut heard = 0;
+        while heard < expected && tokio::time::timeout_at(deadline, acked.recv()).await.ok().flatten().is_some() {
+            heard += 1;
+        }
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(&ack);
+        }
+        if heard < expected {
+            tracing::warn!(
+                heard,
+                expected,
+                "not every instance confirmed a notice in time; the rest catch up by expiry"
+            );
+        }
+    }
+
+    fn acknowledged(&self, ack: u64) {
+        if let Some(acks) = self.waiting.lock().ok().and_then(|waiting| waiting.get(&ack).cloned()) {
+            let _ = acks.send(());
+        }
+    }
+
     /// Queues `message` for the other instances; dropped while Redis is down.
     pub(super) fn send(&self, message: &Message) {
         if !matches!(*self.state.borrow(), State::Up(_)) {
             return;
         }
-        let envelope = Envelope { from: self.instance.clone(), message: message.clone() };
-        match serde_json::to_vec(&envelope) {
+        match serde_json::to_vec(&Outgoing { from: &self.instance, message }) {
             Ok(bytes) => {
                 if self.outbox.try_send(bytes).is_err() {
                     tracing::warn!("the Redis outbox is full: a message reaches this instance only");
@@ -144,7 +206,7 @@ impl Link {
                     while outbox.try_recv().is_ok() {}
                     self.state.send_replace(State::Up(connection.clone()));
                     if missed && let Some(bus) = bus.upgrade() {
-                        let _ = bus.notices.send(Notice::Resync);
+                        bus.resync();
                     }
                     tracing::info!(server = %self.server, channel = %self.channel, "the event bus is shared over Redis");
                     self.pump(connection, &mut pubsub, &mut outbox, &bus).await
@@ -169,16 +231,16 @@ impl Link {
     async fn connect(&self) -> Result<(MultiplexedConnection, PubSub), String> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_response_timeout(Some(LINK_TIMEOUT));
         let connection = self.client.get_multiplexed_async_connection_with_config(&config).await;
         let connection = connection.map_err(|e| self.unavailable(&e))?;
-        let mut pubsub = tokio::time::timeout(TIMEOUT, self.client.get_async_pubsub())
+        let mut pubsub = tokio::time::timeout(LINK_TIMEOUT, self.client.get_async_pubsub())
             .await
-            .map_err(|_| self.unavailable(&"no answer within 1 s"))?
+            .map_err(|_| self.unavailable(&"no answer within 10 s"))?
             .map_err(|e| self.unavailable(&e))?;
-        tokio::time::timeout(TIMEOUT, pubsub.subscribe(&self.channel))
+        tokio::time::timeout(LINK_TIMEOUT, pubsub.subscribe(&self.channel))
             .await
-            .map_err(|_| self.unavailable(&"no answer within 1 s"))?
+            .map_err(|_| self.unavailable(&"no answer within 10 s"))?
             .map_err(|e| self.unavailable(&e))?;
         Ok((connection, pubsub))
     }
@@ -225,8 +287,9 @@ impl Link {
     }
 
     fn receive(&self, bus: &EventBus, payload: &[u8]) {
-        match serde_json::from_slice::<Envelope>(payload) {
-            Ok(envelope) if envelope.from != self.instance => bus.deliver(envelope.message),
+        match serde_json::from_slice::<Incoming>(payload) {
+            Ok(Incoming { message: Message::Ack { to, ack }, .. }) if to == self.instance => self.acknowledged(ack),
+            Ok(incoming) if incoming.from != self.instance => bus.deliver(incoming.message, incoming.from),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, channel = %self.channel, "ignored a message the bus cannot read"),
         }

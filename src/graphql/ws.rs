@@ -33,6 +33,8 @@ const LEGACY_WS: &str = "graphql-ws";
 const INIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Close reasons longer than this are cut by clients into a 1006.
 const MAX_CLOSE_REASON: usize = 123;
+/// Bytes read from a socket at a time.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// `GET /graphql/ws`: negotiates the subprotocol and hands the socket to its loop.
 pub async fn upgrade(
@@ -43,7 +45,13 @@ pub async fn upgrade(
 ) -> HttpResponse {
     // A message is held to the same limit as an HTTP body.
     let limit = http.state.config.limits.body_bytes;
-    let ws = ws.protocols([TRANSPORT_WS, LEGACY_WS]).max_message_size(limit).max_frame_size(limit);
+    // Clients send little after subscribing: a small read buffer (it grows for a large
+    // message) keeps an idle subscription cheap.
+    let ws = ws
+        .protocols([TRANSPORT_WS, LEGACY_WS])
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(READ_BUFFER_BYTES);
     let legacy = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(TRANSPORT_WS) => false,
         Some(LEGACY_WS) => true,
@@ -109,15 +117,33 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
 }
 
 /// Owns the socket's sending half; ends after a Close frame (closing the sink so the client
-/// sees the code, not a 1006).
+/// sees the code, not a 1006). Messages queued together go out in one write.
 async fn write_all(mut sink: futures_util::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
-    while let Some(message) = rx.recv().await {
-        let close = matches!(message, Message::Close(_));
-        if sink.send(message).await.is_err() || close {
+    'writing: while let Some(message) = rx.recv().await {
+        let mut close = matches!(message, Message::Close(_));
+        if sink.feed(message).await.is_err() {
+            break;
+        }
+        while !close && let Ok(next) = rx.try_recv() {
+            close = matches!(next, Message::Close(_));
+            if sink.feed(next).await.is_err() {
+                break 'writing;
+            }
+        }
+        if sink.flush().await.is_err() || close {
             break;
         }
     }
     let _ = sink.close().await;
+}
+
+/// A `next` message, written straight from the response (the hot path of every subscription).
+#[derive(serde::Serialize)]
+struct Next<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    payload: &'a Response,
 }
 
 /// The client is not reading fast enough and has been dropped.
@@ -421,8 +447,9 @@ impl Connection {
             let errors = serde_json::to_value(&response.errors).unwrap_or_default();
             return self.outbox.json(json!({"type": "error", "id": id, "payload": errors})).await;
         }
-        let payload = serde_json::to_value(&response).unwrap_or_default();
-        self.outbox.json(json!({"type": "next", "id": id, "payload": payload})).await
+        let next = Next { kind: "next", id: &id, payload: &response };
+        let text = serde_json::to_string(&next).unwrap_or_default();
+        self.outbox.send(Message::Text(text.into())).await
     }
 }
 
