@@ -97,6 +97,9 @@ enum Command {
         warmup_secs: f64,
         #[arg(long, default_value_t = 10.0)]
         measure_secs: f64,
+        /// Only these shapes (all when absent).
+        #[arg(long = "shape", value_enum)]
+        shapes: Vec<Shape>,
         /// Fixed rates, `shape=requests per second`, one per shape: an open loop instead of a closed one.
         #[arg(long = "rate", value_parser = parse_rate)]
         rates: Vec<(Shape, f64)>,
@@ -227,6 +230,7 @@ fn run(command: Command) -> Result<(), String> {
             connections,
             warmup_secs,
             measure_secs,
+            shapes,
             rates,
             strict,
             out,
@@ -239,7 +243,8 @@ fn run(command: Command) -> Result<(), String> {
                 round,
             };
             let rates: BTreeMap<&str, f64> = rates.iter().map(|(s, r)| (s.name(), *r)).collect();
-            runtime(false)?.block_on(load_all(&target, &settings, &rates, strict, &out))
+            let shapes = if shapes.is_empty() { Shape::ALL.to_vec() } else { shapes };
+            runtime(false)?.block_on(load_all(&target, &shapes, &settings, &rates, strict, &out))
         }
         Command::Rates { results, peer } => {
             for (shape, rate) in report::rates(&report::read(&results)?, &peer)? {
@@ -260,9 +265,10 @@ fn run(command: Command) -> Result<(), String> {
     }
 }
 
-/// Every shape in turn against one target, each line written as soon as it is measured.
+/// The shapes in turn against one target, each line written as soon as it is measured.
 async fn load_all(
     target: &Target,
+    shapes: &[Shape],
     settings: &Settings,
     rates: &BTreeMap<&str, f64>,
     strict: bool,
@@ -275,7 +281,7 @@ async fn load_all(
         .open(out)
         .map_err(|e| format!("cannot open {}: {e}", out.display()))?;
     let mut wrong = Vec::new();
-    for shape in Shape::ALL {
+    for &shape in shapes {
         let mode = if rates.is_empty() {
             Mode::Peak
         } else {

@@ -49,6 +49,9 @@ struct Summary {
     ok: u64,
     server_cpu: f64,
     postgres_cpu: Option<f64>,
+    /// The load generator's CPU seconds and the measured seconds, over all rounds.
+    client_cpu: f64,
+    seconds: f64,
     faults: Faults,
     dropped: u64,
     sizes: Vec<usize>,
@@ -72,6 +75,8 @@ impl Summary {
             ok: measured.iter().map(|o| o.ok).sum(),
             server_cpu: measured.iter().filter_map(|o| o.server_cpu_s).sum(),
             postgres_cpu: measured.iter().map(|o| o.postgres_cpu_s).sum::<Option<f64>>(),
+            client_cpu: measured.iter().map(|o| o.client_cpu_s).sum(),
+            seconds: measured.iter().map(|o| o.seconds).sum(),
             ..Summary::default()
         };
         for o in &runs {
@@ -95,6 +100,11 @@ impl Summary {
 
     fn per_server_cpu(&self) -> Option<f64> {
         (self.server_cpu > 0.0).then(|| self.ok as f64 / self.server_cpu)
+    }
+
+    /// How busy the load generator was, as a share of one core.
+    fn client_load(&self) -> Option<f64> {
+        (self.seconds > 0.0).then(|| self.client_cpu / self.seconds)
     }
 
     fn per_cpu_with_postgres(&self) -> Option<f64> {
@@ -275,15 +285,18 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
     let _ = writeln!(out, "## Peak (closed loop, {} connections)\n", meta(info, "connections"));
     let _ = writeln!(
         out,
-        "Median of the rounds (req/s with the lowest and highest round); latencies are the median of each round's percentile; requests per CPU-second sum all rounds.\n"
+        "Median of the rounds (req/s with the lowest and highest round); latencies are the median of each round's \
+         percentile; requests per CPU-second sum all rounds (CPU from `/proc/PID/stat`, utime + stime, over the \
+         measured seconds; PostgreSQL's over its processes the same way). The load generator's CPU is its own, as a \
+         share of one of the 2 cores it shares with the target.\n"
     );
     for shape in Shape::ALL {
         let _ = writeln!(out, "### {}\n", shape_title(shape));
         let _ = writeln!(
             out,
-            "| target | req/s (min–max) | p50 | p99 | p99.9 | req per server CPU-s | req per CPU-s with PostgreSQL | of static | answer bytes | wrong answers |"
+            "| target | req/s (min–max) | p50 | p99 | p99.9 | req per server CPU-s | req per CPU-s with PostgreSQL | of static | load generator CPU | answer bytes | wrong answers |"
         );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let limit = rps("static", shape);
         for (target, _) in TARGETS {
             let Some(s) = peak(target, shape) else { continue };
@@ -293,7 +306,7 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 label(target),
                 count(s.rps()),
                 range,
@@ -303,6 +316,7 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
                 count(s.per_server_cpu()),
                 count(s.per_cpu_with_postgres()),
                 if target == "static" { "—".into() } else { percent(ratio(s.rps(), limit)) },
+                percent(s.client_load()),
                 sizes(&s.sizes),
                 faults(&s),
             );
