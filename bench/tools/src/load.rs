@@ -89,6 +89,7 @@ pub struct Latency {
 
 /// One shape's run against one target: a line of `results.jsonl`.
 #[derive(Default, Serialize, Deserialize, Clone)]
+#[serde(default)]
 pub struct Outcome {
     pub target: String,
     pub round: u32,
@@ -116,6 +117,10 @@ pub struct Outcome {
     pub client_cpu_s: f64,
     pub server_peak_kib: Option<u64>,
     pub postgres_peak_pss_kib: Option<u64>,
+    /// CPU seconds the rest of the machine used meanwhile (other work sharing it), and how many
+    /// cores it has.
+    pub other_cpu_s: f64,
+    pub cores: usize,
 }
 
 struct Endpoint {
@@ -312,11 +317,13 @@ fn sample_postgres(database: String, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>
     })
 }
 
-/// CPU seconds of the server, of PostgreSQL and of this process at one instant.
+/// CPU seconds of the server, of PostgreSQL, of this process and of the whole machine at one
+/// instant.
 struct CpuReading {
     server: f64,
     postgres: std::collections::HashMap<u32, f64>,
     client: f64,
+    machine: f64,
 }
 
 fn read_cpu(target: &Target) -> CpuReading {
@@ -325,7 +332,7 @@ fn read_cpu(target: &Target) -> CpuReading {
         Some(db) => procfs::cpu_by_pid(&procfs::postgres_processes(db)),
         None => Default::default(),
     };
-    CpuReading { server, postgres, client: procfs::cpu_seconds("self") }
+    CpuReading { server, postgres, client: procfs::cpu_seconds("self"), machine: procfs::machine_busy_seconds() }
 }
 
 /// Runs one shape against one target: first answer, warm-up, measured time.
@@ -411,6 +418,9 @@ pub async fn run(target: &Target, shape: Shape, mode: Mode, settings: &Settings)
         outcome.postgres_cpu_s = Some(procfs::cpu_between(&before.postgres, &after.postgres));
         outcome.postgres_peak_pss_kib = Some(pss_peak.load(Ordering::Relaxed));
     }
+    let ours = outcome.client_cpu_s + outcome.server_cpu_s.unwrap_or(0.0) + outcome.postgres_cpu_s.unwrap_or(0.0);
+    outcome.other_cpu_s = (after.machine - before.machine - ours).max(0.0);
+    outcome.cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     outcome
 }
 

@@ -62,6 +62,13 @@ enum Command {
     },
     /// Prints a TCP port free on 127.0.0.1.
     Port,
+    /// Waits until the rest of the machine is idle: less than `--below` of its CPU busy over 2 s.
+    Idle {
+        #[arg(long, default_value_t = 0.1)]
+        below: f64,
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
     /// Waits until a target answers `{ __typename }` correctly.
     Wait {
         #[command(flatten)]
@@ -212,6 +219,25 @@ fn run(command: Command) -> Result<(), String> {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             println!("{}", listener.local_addr().map_err(|e| e.to_string())?.port());
             Ok(())
+        }
+        Command::Idle { below, timeout_secs } => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            loop {
+                let before = procfs::machine_busy_seconds();
+                std::thread::sleep(Duration::from_secs(2));
+                let busy = (procfs::machine_busy_seconds() - before) / (2.0 * cores);
+                if busy < below {
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "ensemble-bench: the machine is still {:.0} % busy after {timeout_secs} s; going on",
+                        busy * 100.0
+                    );
+                    return Ok(());
+                }
+            }
         }
         Command::Wait { target, timeout_secs } => {
             let target = target.target("target", None, None);

@@ -27,6 +27,16 @@ pub fn cpu_seconds(pid: &str) -> f64 {
     (ticks(14) + ticks(15)) as f64 / ticks_per_second()
 }
 
+/// CPU seconds the whole machine has been busy, all cores together (`/proc/stat`: user, nice,
+/// system, irq, softirq, steal).
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = fs::read_to_string("/proc/stat") else { return 0.0 };
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else { return 0.0 };
+    let ticks: Vec<u64> = cpu.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy as f64 / ticks_per_second()
+}
+
 /// A `kB` line of a `/proc` file (`VmHWM:`, `Pss:`), in KiB.
 fn kib_field(path: &str, field: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
@@ -106,6 +116,7 @@ mod tests {
             spin = (0..100_000u64).fold(spin, |a, b| a.wrapping_add(b * b));
         }
         assert!(super::cpu_seconds("self") > 0.0, "no CPU time read after spinning ({spin})");
+        assert!(super::machine_busy_seconds() >= super::cpu_seconds("self"));
         assert!(super::peak_rss_kib(std::process::id()).is_some_and(|k| k > 0));
     }
 }

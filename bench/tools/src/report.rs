@@ -52,6 +52,9 @@ struct Summary {
     /// The load generator's CPU seconds and the measured seconds, over all rounds.
     client_cpu: f64,
     seconds: f64,
+    /// Other work's CPU seconds meanwhile, and the machine's capacity over those seconds.
+    other_cpu: f64,
+    capacity: f64,
     faults: Faults,
     dropped: u64,
     sizes: Vec<usize>,
@@ -77,6 +80,8 @@ impl Summary {
             postgres_cpu: measured.iter().map(|o| o.postgres_cpu_s).sum::<Option<f64>>(),
             client_cpu: measured.iter().map(|o| o.client_cpu_s).sum(),
             seconds: measured.iter().map(|o| o.seconds).sum(),
+            other_cpu: measured.iter().map(|o| o.other_cpu_s).sum(),
+            capacity: measured.iter().map(|o| o.seconds * o.cores as f64).sum(),
             ..Summary::default()
         };
         for o in &runs {
@@ -100,6 +105,11 @@ impl Summary {
 
     fn per_server_cpu(&self) -> Option<f64> {
         (self.server_cpu > 0.0).then(|| self.ok as f64 / self.server_cpu)
+    }
+
+    /// How much of the machine other work took.
+    fn others(&self) -> Option<f64> {
+        (self.capacity > 0.0).then(|| self.other_cpu / self.capacity)
     }
 
     /// How busy the load generator was, as a share of one core.
@@ -222,6 +232,18 @@ fn memory(outcomes: &[Outcome], target: &str) -> (Option<u64>, Option<u64>) {
     (server, postgres)
 }
 
+/// The share of the machine other work took over all measured seconds, and in the busiest run.
+fn interference(outcomes: &[Outcome]) -> (Option<f64>, Option<f64>) {
+    let capacity: f64 = outcomes.iter().map(|o| o.seconds * o.cores as f64).sum();
+    let average = (capacity > 0.0).then(|| outcomes.iter().map(|o| o.other_cpu_s).sum::<f64>() / capacity);
+    let worst = outcomes
+        .iter()
+        .filter(|o| o.cores > 0 && o.seconds > 0.0)
+        .map(|o| o.other_cpu_s / (o.seconds * o.cores as f64))
+        .reduce(f64::max);
+    (average, worst)
+}
+
 fn meta<'a>(meta: &'a BTreeMap<String, String>, key: &str) -> &'a str {
     meta.get(key).map_or("?", String::as_str)
 }
@@ -250,6 +272,13 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
         meta(info, "memory_mib")
     );
     let _ = writeln!(out, "- **Quiet?** {}", meta(info, "quiet"));
+    let (others, worst) = interference(outcomes);
+    let _ = writeln!(
+        out,
+        "- **Other work during the measured seconds**: {} of the machine's CPU on average, {} in the busiest run (column \"other work\" below).",
+        percent(others),
+        percent(worst)
+    );
     let _ = writeln!(
         out,
         "- **Load**: {} rounds, targets interleaved (the order turns each round), per shape {} s warm-up + {} s measured, {} connections (HTTP/1.1 keep-alive); then one fixed-rate run per target and shape at half PostGraphile's median peak for that shape ({} s warm-up + {} s), latency measured from each request's intended start.",
@@ -288,15 +317,16 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
         "Median of the rounds (req/s with the lowest and highest round); latencies are the median of each round's \
          percentile; requests per CPU-second sum all rounds (CPU from `/proc/PID/stat`, utime + stime, over the \
          measured seconds; PostgreSQL's over its processes the same way). The load generator's CPU is its own, as a \
-         share of one of the 2 cores it shares with the target.\n"
+         share of one of the 2 cores it shares with the target; \"other work\" is what the rest of the machine \
+         (other processes, other databases' backends) used meanwhile, as a share of all its cores (`/proc/stat`).\n"
     );
     for shape in Shape::ALL {
         let _ = writeln!(out, "### {}\n", shape_title(shape));
         let _ = writeln!(
             out,
-            "| target | req/s (min–max) | p50 | p99 | p99.9 | req per server CPU-s | req per CPU-s with PostgreSQL | of static | load generator CPU | answer bytes | wrong answers |"
+            "| target | req/s (min–max) | p50 | p99 | p99.9 | req per server CPU-s | req per CPU-s with PostgreSQL | of static | load generator CPU | other work | answer bytes | wrong answers |"
         );
-        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let limit = rps("static", shape);
         for (target, _) in TARGETS {
             let Some(s) = peak(target, shape) else { continue };
@@ -306,7 +336,7 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 label(target),
                 count(s.rps()),
                 range,
@@ -317,6 +347,7 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
                 count(s.per_cpu_with_postgres()),
                 if target == "static" { "—".into() } else { percent(ratio(s.rps(), limit)) },
                 percent(s.client_load()),
+                percent(s.others()),
                 sizes(&s.sizes),
                 faults(&s),
             );
@@ -400,7 +431,11 @@ fn shape_title(shape: Shape) -> &'static str {
 }
 
 fn percent(value: Option<f64>) -> String {
-    value.map_or("—".into(), |v| format!("{:.0} %", v * 100.0))
+    match value {
+        None => "—".into(),
+        Some(v) if v < 0.1 => format!("{:.1} %", v * 100.0),
+        Some(v) => format!("{:.0} %", v * 100.0),
+    }
 }
 
 fn sizes(sizes: &[usize]) -> String {
