@@ -433,7 +433,7 @@ fn shape_title(shape: Shape) -> &'static str {
 fn percent(value: Option<f64>) -> String {
     match value {
         None => "—".into(),
-        Some(v) if v < 0.1 => format!("{:.1} %", v * 100.0),
+        Some(v) if v < 0.0995 => format!("{:.1} %", v * 100.0),
         Some(v) => format!("{:.0} %", v * 100.0),
     }
 }
