@@ -47,6 +47,9 @@ struct Deliveries {
     /// Distinct events seen by anyone, times the subscribers.
     expected: usize,
     events_per_run: (usize, usize),
+    /// p50, p99 and max of the time from a run's first event to its last (their `at`): how long
+    /// the server took to make the events, not to deliver them.
+    run_span_ms: Option<[f64; 3]>,
     latency_ms: Option<[f64; 3]>,
     /// p99 of the deliveries whose run started on another instance than the subscriber's.
     crossed_p99_ms: Option<f64>,
@@ -166,12 +169,14 @@ fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usiz
         }
     }
     let per_run: Vec<usize> = runs.keys().map(|run| events.get(run).map_or(0, HashSet::len)).collect();
+    let mut spans: Vec<i64> = events.values().filter_map(|at| Some(at.iter().max()? - at.iter().min()?)).collect();
     Deliveries {
         delivered: all.len(),
         expected: per_run.iter().sum::<usize>() * received.len(),
         events_per_run: (per_run.iter().copied().min().unwrap_or(0), per_run.iter().copied().max().unwrap_or(0)),
         latency_ms: percentiles(&mut all),
         crossed_p99_ms: percentiles(&mut crossed).map(|[_, p99, _]| p99),
+        run_span_ms: percentiles(&mut spans),
     }
 }
 
@@ -206,13 +211,15 @@ fn print_table(rows: &[Row]) {
     }
     println!();
     for row in rows {
-        let Deliveries { delivered, expected, events_per_run: (min, max), crossed_p99_ms, .. } = &row.deliveries;
+        let Deliveries { delivered, expected, events_per_run: (min, max), crossed_p99_ms, run_span_ms, .. } =
+            &row.deliveries;
+        let [span_p50, _, span_max] = run_span_ms.unwrap_or_default();
         let crossed =
             crossed_p99_ms.map_or(String::new(), |p99| format!("; p99 of deliveries across Redis {p99:.1} ms"));
         let per_delivery_us = row.cpu.0 * 1e6 / (*delivered).max(1) as f64;
         println!(
             "- {} × {}: {}/{} connected, {} subscriptions refused and asked again; {RUNS} runs of {min}–{max} events \
-             started and delivered in {:.1} s; CPU servers {:.1} s ({per_delivery_us:.0} µs per delivery), \
+             (made in {span_p50:.1} ms, at most {span_max:.1}) started and delivered in {:.1} s; CPU servers {:.1} s ({per_delivery_us:.0} µs per delivery), \
              client {:.1} s{crossed}",
             row.scenario,
             row.subscribers,

@@ -235,7 +235,7 @@ async fn scheduled_backups(state: AppState) {
 
 fn router(state: &AppState) -> Router {
     let schema = graphql::build_schema(&state.config, Some(state.clone()));
-    let http = HttpState { state: state.clone(), schema };
+    let http = HttpState { state: state.clone(), schema, shared: Arc::default() };
     let config = &state.config;
     Router::new()
         .route("/graphql", get(transport::get).post(transport::post))

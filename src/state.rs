@@ -51,9 +51,11 @@ impl RequestMeta {
     }
 }
 
-/// What the HTTP handlers get: the app state and the schema built over it.
+/// What the HTTP handlers get: the app state, the schema built over it, and the subscriptions
+/// the sockets share.
 #[derive(Clone)]
 pub struct HttpState {
     pub state: AppState,
     pub schema: crate::graphql::AppSchema,
+    pub shared: Arc<crate::graphql::sharing::Groups>,
 }

@@ -145,3 +145,84 @@ async fn subscribing_needs_access_to_the_run_or_team() {
         }
     }
 }
+
+async fn metrics(app: &TestApp) -> String {
+    app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+/// Subscribes and reads the answer to a refused subscription: its first error's code.
+async fn refused(ws: &mut WsClient, id: &str, query: String, variables: Value) -> String {
+    subscribe(ws, id, query, variables).await;
+    let message = ws.next_json().await;
+    let errors = if message["type"] == "error" { &message["payload"] } else { &message["payload"]["errors"] };
+    errors[0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("not refused: {message}")).to_string()
+}
+
+#[tokio::test]
+async fn sockets_watching_one_team_share_its_stream_yet_each_is_checked() {
+    let app = TestApp::spawn().await;
+    let owner = app.token("user_live", GlobalRole::Member);
+    let viewer = app.token("user_viewer", GlobalRole::Member);
+    let team = team(&app, &owner).await;
+    let (_, me) = app.gql_as(&viewer, "{ me { id } }", json!({})).await;
+    assert!(me.get("errors").is_none(), "{me}");
+    let add =
+        "mutation($t: ID!) { addTeamMember(teamId: $t, input: {userId: \"user_viewer\", role: VIEWER}) { userId } }";
+    let (_, added) = app.gql_as(&owner, add, json!({"t": team})).await;
+    assert!(added.get("errors").is_none(), "{added}");
+
+    // The same document and variables from two callers, on two sockets.
+    let query = "subscription($t: ID!) { teamActivity(teamId: $t) { runId kind } }".to_string();
+    let mut watching = signed_in(&app, &owner).await;
+    let mut also = signed_in(&app, &viewer).await;
+    subscribe(&mut watching, "mine", query.clone(), json!({"t": team})).await;
+    subscribe(&mut also, "theirs", query.clone(), json!({"t": team})).await;
+    // A stranger asking for the very same stream is refused while it runs.
+    let mut stranger = signed_in(&app, &app.token("user_stranger", GlobalRole::Member)).await;
+    assert_eq!(refused(&mut stranger, "s", query.clone(), json!({"t": team})).await, "NOT_FOUND");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(metrics(&app).await.contains("ensemble_subscriptions 2\n"), "{}", metrics(&app).await);
+
+    let run = start_run(&app, &owner, &team, "hello", true).await;
+    let (mine, theirs) = (until_end(&mut watching, "teamActivity").await, until_end(&mut also, "teamActivity").await);
+    assert_eq!(kinds(&mine), ["QUEUED", "ROUTED", "ATTEMPT_STARTED", "DELTA", "COMPLETED"]);
+    assert_eq!(mine, theirs);
+    assert!(mine.iter().all(|e| e["runId"] == run["id"]), "{mine:?}");
+
+    // One leaving does not end the other's.
+    also.send(json!({"type": "complete", "id": "theirs"})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(metrics(&app).await.contains("ensemble_subscriptions 1\n"));
+    start_run(&app, &owner, &team, "again", true).await;
+    assert_eq!(until_end(&mut watching, "teamActivity").await.last().unwrap()["kind"], "COMPLETED");
+
+    // Removed from the team, the viewer cannot rejoin the stream the owner still has open.
+    let remove = "mutation($t: ID!) { removeTeamMember(teamId: $t, userId: \"user_viewer\") { userId } }";
+    let (_, removed) = app.gql_as(&owner, remove, json!({"t": team})).await;
+    assert!(removed.get("errors").is_none(), "{removed}");
+    assert_eq!(refused(&mut also, "again", query, json!({"t": team})).await, "NOT_FOUND");
+    start_run(&app, &owner, &team, "once more", true).await;
+    assert_eq!(until_end(&mut watching, "teamActivity").await.last().unwrap()["kind"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn every_socket_sharing_a_runs_events_gets_its_end() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_live", GlobalRole::Member);
+    let team = team(&app, &token).await;
+    let run = start_run(&app, &token, &team, "go slowly", false).await;
+    let query = "subscription($r: ID!) { runEvents(runId: $r) { kind agent } }".to_string();
+    let mut sockets = Vec::new();
+    for id in ["a", "b", "c"] {
+        let mut ws = signed_in(&app, &token).await;
+        subscribe(&mut ws, id, query.clone(), json!({"r": run["id"]})).await;
+        sockets.push((id, ws));
+    }
+    for (id, ws) in &mut sockets {
+        let events = until_end(ws, "runEvents").await;
+        assert_eq!(events.last().unwrap()["kind"], "COMPLETED", "{events:?}");
+        assert_eq!(ws.next_json().await, json!({"type": "complete", "id": id}));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(metrics(&app).await.contains("ensemble_subscriptions 0\n"));
+}

@@ -10,6 +10,7 @@ use async_graphql::{
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
+use super::sharing::CountedBySocket;
 use crate::{
     auth::Principal,
     error::AppError,
@@ -36,6 +37,9 @@ impl Extension for Metering {
         let Ok(state) = ctx.data::<AppState>() else {
             return stream;
         };
+        if ctx.data_opt::<CountedBySocket>().is_some() {
+            return stream;
+        }
         let open = state.metrics.subscription_opened();
         // The stream holds the count; it ends when the stream is dropped.
         stream

@@ -15,6 +15,7 @@ pub mod loaders;
 pub mod metering;
 pub mod runs;
 pub mod share_links;
+pub mod sharing;
 pub mod system;
 pub mod teams;
 pub mod templates;

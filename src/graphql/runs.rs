@@ -11,6 +11,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::{
     caller, connection,
     loaders::{Loaders, nodes_select},
+    sharing,
 };
 use crate::{
     auth::guard::TeamRole,
@@ -144,7 +145,10 @@ impl RunsSubscription {
         });
         Ok(match finished {
             Some(last) => stream::iter([last]).left_stream(),
-            None => live.right_stream(),
+            None => {
+                sharing::shareable(ctx);
+                live.right_stream()
+            }
         })
     }
 
@@ -157,6 +161,7 @@ impl RunsSubscription {
         let state = ctx.data::<AppState>()?;
         let events = BroadcastStream::new(state.runner.events.subscribe());
         crate::auth::guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
+        sharing::shareable(ctx);
         let team_id = team_id.0;
         Ok(events.filter_map(move |event| {
             let event = event.ok().filter(|e| e.team_id.as_str() == team_id);

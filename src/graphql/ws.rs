@@ -3,7 +3,7 @@
 //! pings), the legacy `graphql-ws` by async-graphql's engine. Both write through one bounded
 //! queue: a client that stops reading is dropped instead of growing memory.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_graphql::{Data, Response, http::WsMessage};
 use axum::{
@@ -22,9 +22,14 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamMap;
 use tracing::Instrument;
 
-use super::{AppSchema, loaders::Loaders};
+use super::{
+    AppSchema,
+    loaders::Loaders,
+    sharing::{CountedBySocket, Groups, Membership, Notice, SocketOperation, Subscriber},
+};
 use crate::{
     auth::{Authenticator, Principal, bearer},
+    metrics::{Metrics, OpenSubscription},
     state::{HttpState, RequestMeta},
 };
 
@@ -209,7 +214,7 @@ enum ClientMessage {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
 struct SubscribePayload {
     query: String,
@@ -271,8 +276,26 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-/// One step of an operation's stream: its index, then a response, or `None` when it ended.
-type OperationStream = BoxStream<'static, (usize, Option<Response>)>;
+/// One step of an operation's own stream.
+enum Step {
+    /// Its `index`th response.
+    Response(usize, Box<Response>),
+    /// Its resolver declared it shareable (see `sharing`).
+    Shareable,
+    End,
+}
+
+type OperationStream = BoxStream<'static, Step>;
+
+/// An active operation of the socket: its own stream is in `Connection::streams`, unless it
+/// streams from a shared one.
+struct Operation {
+    payload: SubscribePayload,
+    shared: Option<Membership>,
+    /// Whether a response has been sent (it then keeps its own stream).
+    answered: bool,
+    _open: OpenSubscription,
+}
 
 /// Why the loop ended with a close of its own.
 enum Close {
@@ -297,11 +320,17 @@ struct Connection {
     origin_allowed: bool,
     init_received: bool,
     acked: bool,
-    operations: StreamMap<String, OperationStream>,
+    operations: HashMap<String, Operation>,
+    streams: StreamMap<String, OperationStream>,
+    groups: Arc<Groups>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+    notify: mpsc::UnboundedSender<Notice>,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
     fn new(http: &HttpState, outbox: Outbox, handshake: Handshake) -> Self {
+        let (notify, notices) = mpsc::unbounded_channel();
         Self {
             schema: http.schema.clone(),
             outbox,
@@ -315,7 +344,12 @@ impl Connection {
             origin_allowed: handshake.origin_allowed,
             init_received: false,
             acked: false,
-            operations: StreamMap::new(),
+            operations: HashMap::new(),
+            streams: StreamMap::new(),
+            groups: http.shared.clone(),
+            notices,
+            notify,
+            metrics: http.state.metrics.clone(),
         }
     }
 
@@ -337,9 +371,12 @@ impl Connection {
                     break Close::Code(4403, "Forbidden: the token has expired".into());
                 }
                 _ = keepalive.tick() => self.outbox.json(json!({"type": "ping"})).await?,
-                Some((id, (index, item))) = self.operations.next(), if !self.operations.is_empty() => {
-                    self.forward(id, index, item).await?;
-                }
+                Some((id, step)) = self.streams.next(), if !self.streams.is_empty() => match step {
+                    Step::Response(index, response) => self.forward(id, index, response).await?,
+                    Step::Shareable => self.share(id),
+                    Step::End => self.complete(id).await?,
+                },
+                Some(notice) = self.notices.recv() => self.shared(notice).await?,
                 message = incoming.next() => match message {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(close) = self.handle(text.as_str()).await? {
@@ -385,6 +422,7 @@ impl Connection {
                 let mut data = Data::default();
                 data.insert(self.meta.clone());
                 data.insert(principal);
+                data.insert(CountedBySocket);
                 self.session = Arc::new(data);
                 self.acked = true;
                 self.outbox.json(json!({"type": "connection_ack"})).await?;
@@ -407,45 +445,131 @@ impl Connection {
                 if self.operations.contains_key(&id) {
                     return Ok(Some(Close::Code(4409, format!("Subscriber for {id} already exists"))));
                 }
-                let stream = self.start(payload);
-                self.operations.insert(id, stream);
+                self.streams.insert(id.clone(), self.start(&payload, true));
+                let operation =
+                    Operation { payload, shared: None, answered: false, _open: self.metrics.subscription_opened() };
+                self.operations.insert(id, operation);
             }
             ClientMessage::Complete { id } => {
                 self.operations.remove(&id);
+                self.streams.remove(&id);
             }
         }
         Ok(None)
     }
 
-    fn start(&self, payload: SubscribePayload) -> OperationStream {
-        let mut request = async_graphql::Request::new(payload.query);
-        request.operation_name = payload.operation_name;
-        if let Some(variables) = payload.variables {
-            request.variables = async_graphql::Variables::from_json(variables);
+    /// Runs an operation's own stream; with `share`, one that asks no extensions may later join a
+    /// shared stream.
+    fn start(&self, payload: &SubscribePayload, share: bool) -> OperationStream {
+        let mut request = async_graphql::Request::new(payload.query.clone());
+        request.operation_name = payload.operation_name.clone();
+        if let Some(variables) = &payload.variables {
+            request.variables = async_graphql::Variables::from_json(variables.clone());
         }
-        if let Some(extensions) = payload.extensions.and_then(|e| serde_json::from_value(e).ok()) {
-            request.extensions = extensions;
-        }
-        let request = request.data(Loaders::new(&self.db));
+        let extensions = payload.extensions.clone().and_then(|e| serde_json::from_value(e).ok());
+        let (operation, shareable) = match extensions {
+            Some(extensions) => {
+                request.extensions = extensions;
+                (SocketOperation::alone(), None)
+            }
+            None if share => {
+                let (operation, shareable) = SocketOperation::shareable();
+                (operation, Some(shareable))
+            }
+            None => (SocketOperation::alone(), None),
+        };
+        let request = request.data(Loaders::new(&self.db)).data(operation);
         let responses = self.schema.execute_stream_with_session_data(request, self.session.clone());
-        responses.map(Some).chain(futures_util::stream::once(async { None })).enumerate().boxed()
+        let steps = responses
+            .enumerate()
+            .map(|(index, response)| Step::Response(index, Box::new(response)))
+            .chain(futures_util::stream::once(async { Step::End }));
+        match shareable {
+            Some(shareable) => {
+                let shareable = futures_util::stream::once(shareable)
+                    .filter_map(|declared| async move { declared.ok().map(|()| Step::Shareable) });
+                futures_util::stream::select(steps, shareable).boxed()
+            }
+            None => steps.boxed(),
+        }
+    }
+
+    /// Moves an operation whose resolver declared it shareable, and that has not answered yet,
+    /// from its own stream to the one shared under its key.
+    fn share(&mut self, id: String) {
+        let Some(operation) = self.operations.get_mut(&id).filter(|o| !o.answered) else {
+            return;
+        };
+        let Some(own) = self.streams.remove(&id) else {
+            return;
+        };
+        let payload = &operation.payload;
+        let key = Groups::key(&payload.query, payload.operation_name.as_deref(), payload.variables.as_ref());
+        let responses = own
+            .filter_map(|step| async move {
+                match step {
+                    Step::Response(_, response) => Some(*response),
+                    Step::Shareable | Step::End => None,
+                }
+            })
+            .boxed();
+        let subscriber = Subscriber { id, outbox: self.outbox.tx.clone(), notices: self.notify.clone() };
+        operation.shared = Some(self.groups.join(key, subscriber, responses));
+    }
+
+    /// What a shared stream says of one of this socket's operations; stale notices (of an
+    /// operation completed since) are ignored.
+    async fn shared(&mut self, notice: Notice) -> Result<(), SlowClient> {
+        let member = match &notice {
+            Notice::Frame { member, .. } | Notice::Ended { member, .. } => *member,
+        };
+        let Some(id) = self
+            .operations
+            .iter()
+            .find(|(_, o)| o.shared.as_ref().is_some_and(|m| m.number == member))
+            .map(|(id, _)| id.clone())
+        else {
+            return Ok(());
+        };
+        match notice {
+            Notice::Frame { message, .. } => self.outbox.send(message).await,
+            Notice::Ended { late: true, .. } => {
+                let Some(operation) = self.operations.get(&id) else {
+                    return Ok(());
+                };
+                let own = self.start(&operation.payload, false);
+                self.streams.insert(id.clone(), own);
+                if let Some(operation) = self.operations.get_mut(&id) {
+                    operation.shared = None;
+                }
+                Ok(())
+            }
+            Notice::Ended { late: false, .. } => self.complete(id).await,
+        }
+    }
+
+    /// The operation's stream ended: `complete`.
+    async fn complete(&mut self, id: String) -> Result<(), SlowClient> {
+        self.operations.remove(&id);
+        self.streams.remove(&id);
+        self.outbox.json(json!({"type": "complete", "id": id})).await
     }
 
     /// Sends one response: an operation refused before it ran is an `error` message (and no
-    /// `complete`); anything else is `next`, and the end of the stream is `complete`.
-    async fn forward(&mut self, id: String, index: usize, item: Option<Response>) -> Result<(), SlowClient> {
-        let Some(response) = item else {
-            self.operations.remove(&id);
-            return self.outbox.json(json!({"type": "complete", "id": id})).await;
-        };
+    /// `complete`); anything else is `next`.
+    async fn forward(&mut self, id: String, index: usize, response: Box<Response>) -> Result<(), SlowClient> {
         let refused = index == 0
             && response.data == async_graphql::Value::Null
             && !response.errors.is_empty()
             && response.errors.iter().all(|e| e.path.is_empty());
         if refused {
             self.operations.remove(&id);
+            self.streams.remove(&id);
             let errors = serde_json::to_value(&response.errors).unwrap_or_default();
             return self.outbox.json(json!({"type": "error", "id": id, "payload": errors})).await;
+        }
+        if let Some(operation) = self.operations.get_mut(&id) {
+            operation.answered = true;
         }
         let next = Next { kind: "next", id: &id, payload: &response };
         let text = serde_json::to_string(&next).unwrap_or_default();

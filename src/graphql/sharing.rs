@@ -1,0 +1,370 @@
+//! Subscriptions shared between sockets. `graphql-transport-ws` operations with the same document,
+//! operation name and variables, whose resolver declares its stream the same for every caller it
+//! lets in (`shareable`), run once: each event's payload is serialised once and written to every
+//! subscriber's socket queue. Every subscriber still runs its own operation up to and through the
+//! resolver (parse, validation, limits, rate limit, access check), so sharing changes what an
+//! event costs, never who sees it.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_graphql::{Context, Response};
+use axum::extract::ws::Message;
+use futures_util::{StreamExt, stream::BoxStream};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::AbortHandle,
+};
+
+/// How long a shared stream waits after an event for the next one to queue it with (a run's
+/// events come well under a millisecond apart), and at most after the first of a batch.
+const BATCH_GAP: Duration = Duration::from_millis(1);
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// Most events queued together (well under a socket's queue, `ENSEMBLE_WS_SEND_BUFFER`).
+const BATCH_MAX: usize = 32;
+
+/// In a socket operation's request data: how its resolver says the operation may be shared.
+pub struct SocketOperation {
+    share: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl SocketOperation {
+    /// An operation that may join a shared stream; the receiver completes when its resolver
+    /// declares it shareable.
+    pub fn shareable() -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Self { share: Mutex::new(Some(tx)) }, rx)
+    }
+
+    /// An operation that runs on its own.
+    pub fn alone() -> Self {
+        Self { share: Mutex::new(None) }
+    }
+}
+
+/// In a socket's session data: the socket counts its open operations itself (a shared operation
+/// has no stream of its own to hold the count).
+pub struct CountedBySocket;
+
+/// Called by a subscription resolver once the caller has passed its checks, when the stream it
+/// returns, and every field that can be selected under it, answer the same for every caller who
+/// passes them.
+pub fn shareable(ctx: &Context<'_>) {
+    if let Some(operation) = ctx.data_opt::<SocketOperation>()
+        && let Some(share) = locked(&operation.share).take()
+    {
+        let _ = share.send(());
+    }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a shared stream tells a subscriber's socket loop, in order with the frames it queued.
+pub enum Notice {
+    /// A frame the socket's queue had no room for: the loop sends it, waiting as for any other
+    /// (and so does every later frame of this member).
+    Frame { member: u64, message: Message },
+    /// The stream ended. `late`: the member joined after its last event and got nothing, so it
+    /// should run its operation again on its own (a run that ended just then answers its final
+    /// event).
+    Ended { member: u64, late: bool },
+}
+
+/// One socket operation joining a shared stream.
+pub struct Subscriber {
+    /// The operation's id on its socket.
+    pub id: String,
+    pub outbox: mpsc::Sender<Message>,
+    pub notices: mpsc::UnboundedSender<Notice>,
+}
+
+/// The shared streams of this instance, by operation key.
+#[derive(Default)]
+pub struct Groups {
+    live: Mutex<HashMap<String, Arc<Group>>>,
+    members: AtomicU64,
+}
+
+struct Group {
+    key: String,
+    members: Mutex<Members>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+#[derive(Default)]
+struct Members {
+    list: HashMap<u64, Member>,
+    /// Events delivered so far.
+    delivered: u64,
+}
+
+struct Member {
+    /// `{"type":"next","id":…,"payload":` for this member's operation id.
+    prefix: String,
+    /// The socket's queue, until it once has no room: from then on frames go through `notices`.
+    outbox: Option<mpsc::Sender<Message>>,
+    notices: mpsc::UnboundedSender<Notice>,
+    /// `delivered` when it joined.
+    joined_at: u64,
+}
+
+impl Member {
+    fn send(&mut self, number: u64, message: Message) {
+        let message = match &self.outbox {
+            Some(outbox) => match outbox.try_send(message) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(message)) => message,
+            },
+            None => message,
+        };
+        self.outbox = None;
+        let _ = self.notices.send(Notice::Frame { member: number, message });
+    }
+}
+
+/// A socket operation's place in a shared stream; dropping it leaves.
+pub struct Membership {
+    groups: Arc<Groups>,
+    group: Arc<Group>,
+    pub number: u64,
+}
+
+impl Groups {
+    /// The key operations share a stream under.
+    pub fn key(query: &str, operation_name: Option<&str>, variables: Option<&serde_json::Value>) -> String {
+        serde_json::json!([query, operation_name, variables]).to_string()
+    }
+
+    /// Joins `subscriber` to the stream shared under `key`; when there is none, `own` (the
+    /// subscriber's operation, past its resolver) becomes that stream.
+    pub fn join(
+        self: &Arc<Self>,
+        key: String,
+        subscriber: Subscriber,
+        own: BoxStream<'static, Response>,
+    ) -> Membership {
+        let number = self.members.fetch_add(1, Ordering::Relaxed);
+        let mut live = locked(&self.live);
+        let group = match live.get(&key) {
+            Some(group) => group.clone(),
+            None => {
+                let group = Arc::new(Group { key: key.clone(), members: Mutex::default(), task: Mutex::default() });
+                let task = tokio::spawn(pump(Arc::downgrade(self), group.clone(), own));
+                *locked(&group.task) = Some(task.abort_handle());
+                live.insert(key, group.clone());
+                group
+            }
+        };
+        let mut members = locked(&group.members);
+        let prefix = format!(r#"{{"type":"next","id":{},"payload":"#, serde_json::Value::from(subscriber.id));
+        let joined_at = members.delivered;
+        members
+            .list
+            .insert(number, Member { prefix, outbox: Some(subscriber.outbox), notices: subscriber.notices, joined_at });
+        drop(members);
+        Membership { groups: self.clone(), group, number }
+    }
+
+    /// Takes an ended group out of the registry and tells its members.
+    fn end(&self, group: &Arc<Group>) {
+        let mut live = locked(&self.live);
+        if live.get(&group.key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+            live.remove(&group.key);
+        }
+        let mut members = locked(&group.members);
+        let delivered = members.delivered;
+        for (number, member) in members.list.drain() {
+            let _ = member.notices.send(Notice::Ended { member: number, late: member.joined_at == delivered });
+        }
+    }
+}
+
+/// Runs a shared operation: each response is serialised once and queued for every member.
+/// Responses that follow each other closely (`BATCH_GAP`, `BATCH_WINDOW`) are queued together,
+/// so each socket is woken, and written to, once for them all rather than once each.
+async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<'static, Response>) {
+    let mut ended = false;
+    while !ended && let Some(first) = responses.next().await {
+        let mut batch = vec![serde_json::to_string(&first).unwrap_or_default()];
+        let window = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX {
+            let until = window.min(tokio::time::Instant::now() + BATCH_GAP);
+            match tokio::time::timeout_at(until, responses.next()).await {
+                Ok(Some(response)) => batch.push(serde_json::to_string(&response).unwrap_or_default()),
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        group.deliver(&batch);
+    }
+    if let Some(groups) = groups.upgrade() {
+        groups.end(&group);
+    }
+}
+
+impl Group {
+    /// Queues `payloads`, in order, for every member.
+    fn deliver(&self, payloads: &[String]) {
+        let mut members = locked(&self.members);
+        members.delivered += payloads.len() as u64;
+        for (&number, member) in members.list.iter_mut() {
+            for payload in payloads {
+                let mut frame = String::with_capacity(member.prefix.len() + payload.len() + 1);
+                frame.push_str(&member.prefix);
+                frame.push_str(payload);
+                frame.push('}');
+                member.send(number, Message::Text(frame.into()));
+            }
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let emptied = {
+            let mut members = locked(&self.group.members);
+            members.list.remove(&self.number);
+            members.list.is_empty()
+        };
+        if !emptied {
+            return;
+        }
+        // Again in lock order (registry, then members): somebody may have joined meanwhile.
+        let mut live = locked(&self.groups.live);
+        let members = locked(&self.group.members);
+        let current = live.get(&self.group.key).is_some_and(|g| Arc::ptr_eq(g, &self.group));
+        if current && members.list.is_empty() {
+            live.remove(&self.group.key);
+            if let Some(task) = locked(&self.group.task).take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use async_graphql::{Response, Value};
+    use axum::extract::ws::Message;
+    use futures_util::{StreamExt, stream::BoxStream};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    use super::{Groups, Membership, Notice, Subscriber};
+
+    struct Socket {
+        outbox: mpsc::Receiver<Message>,
+        notices: mpsc::UnboundedReceiver<Notice>,
+        membership: Membership,
+    }
+
+    /// Joins a socket whose queue holds `room` messages to the stream under "key", which must
+    /// exist: its own stream is never polled.
+    fn join(groups: &Arc<Groups>, id: &str, room: usize) -> Socket {
+        socket(groups, id, room, futures_util::stream::pending().boxed())
+    }
+
+    fn socket(groups: &Arc<Groups>, id: &str, room: usize, own: BoxStream<'static, Response>) -> Socket {
+        let (outbox, outbox_rx) = mpsc::channel(room);
+        let (notices, notices_rx) = mpsc::unbounded_channel();
+        let membership = groups.join("key".into(), Subscriber { id: id.into(), outbox, notices }, own);
+        Socket { outbox: outbox_rx, notices: notices_rx, membership }
+    }
+
+    fn event(n: i32) -> Response {
+        Response::new(Value::from_json(serde_json::json!({"n": n})).unwrap())
+    }
+
+    fn text(message: Message) -> String {
+        match message {
+            Message::Text(text) => text.to_string(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    async fn notice(socket: &mut Socket) -> Notice {
+        tokio::time::timeout(Duration::from_secs(5), socket.notices.recv()).await.unwrap().unwrap()
+    }
+
+    /// A group fed by the returned sender, with `first` as its first member.
+    fn group(groups: &Arc<Groups>, first: &str, room: usize) -> (mpsc::UnboundedSender<Response>, Socket) {
+        let (source, rx) = mpsc::unbounded_channel();
+        (source, socket(groups, first, room, UnboundedReceiverStream::new(rx).boxed()))
+    }
+
+    async fn frame(socket: &mut Socket) -> String {
+        text(tokio::time::timeout(Duration::from_secs(5), socket.outbox.recv()).await.unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn each_member_gets_every_event_once_under_its_own_id() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut a) = group(&groups, "a", 8);
+        let mut b = join(&groups, "b\"2", 8);
+        source.send(event(1)).unwrap();
+        assert_eq!(frame(&mut a).await, r#"{"type":"next","id":"a","payload":{"data":{"n":1}}}"#);
+        assert_eq!(frame(&mut b).await, r#"{"type":"next","id":"b\"2","payload":{"data":{"n":1}}}"#);
+        assert!(a.outbox.try_recv().is_err() && b.outbox.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_member_that_joined_after_the_last_event_is_told_to_run_again() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut early) = group(&groups, "early", 8);
+        source.send(event(1)).unwrap();
+        frame(&mut early).await;
+        let mut late = join(&groups, "late", 8);
+        drop(source);
+        assert!(
+            matches!(notice(&mut early).await, Notice::Ended { late: false, member } if member == early.membership.number)
+        );
+        assert!(
+            matches!(notice(&mut late).await, Notice::Ended { late: true, member } if member == late.membership.number)
+        );
+        // Ended, it is gone: the next subscriber starts a new stream.
+        assert!(groups.live.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sends_the_rest_through_the_socket_loop_in_order() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut slow) = group(&groups, "s", 1);
+        for n in 1..=3 {
+            source.send(event(n)).unwrap();
+        }
+        assert!(frame(&mut slow).await.contains(r#"{"n":1}"#));
+        for n in 2..=3 {
+            let Notice::Frame { message, .. } = notice(&mut slow).await else { panic!("not a frame") };
+            assert!(text(message).contains(&format!(r#"{{"n":{n}}}"#)));
+        }
+        // Once behind, always through the loop, even with room again.
+        source.send(event(4)).unwrap();
+        assert!(matches!(notice(&mut slow).await, Notice::Frame { .. }));
+        assert!(slow.outbox.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_last_member_leaving_stops_the_stream() {
+        let groups = Arc::new(Groups::default());
+        let (source, a) = group(&groups, "a", 8);
+        let b = join(&groups, "b", 8);
+        drop(a);
+        assert_eq!(groups.live.lock().unwrap().len(), 1, "b still watches");
+        drop(b);
+        assert!(groups.live.lock().unwrap().is_empty());
+        tokio::time::timeout(Duration::from_secs(5), source.closed()).await.expect("the stream was dropped");
+    }
+}
