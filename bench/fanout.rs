@@ -13,7 +13,11 @@
 //! 127.0.0.1:5432 or Redis on 127.0.0.1:6379 does not answer).
 //!
 //! `cargo bench --bench fanout` (release). `ENSEMBLE_BENCH_SUBSCRIBERS` (default `1000,10000`)
-//! lists the sizes. Clients and servers share the machine's cores.
+//! lists the sizes; `ENSEMBLE_BENCH_TOPOLOGY=single` or `pair` runs one scenario only.
+//!
+//! Clients and servers share the machine's cores, so the subscribers are kept lean: each opens
+//! its socket with a websocket client library, then reads frames straight off the socket. Each
+//! run reports the CPU the servers and the clients used.
 
 #[path = "fanout/cluster.rs"]
 mod cluster;
@@ -267,11 +271,15 @@ async fn main() {
     let sizes = sizes();
     cluster::ensure_fd_limit(sizes.iter().copied().max().unwrap_or(0) + 1024);
     let mut rows = Vec::new();
-    for &n in &sizes {
-        eprintln!("one instance, no Redis: {n} subscribers");
-        rows.push(measure("one instance, no Redis", Topology::Single, n).await);
+    let only = std::env::var("ENSEMBLE_BENCH_TOPOLOGY").unwrap_or_default();
+    if only != "pair" {
+        for &n in &sizes {
+            eprintln!("one instance, no Redis: {n} subscribers");
+            rows.push(measure("one instance, no Redis", Topology::Single, n).await);
+        }
     }
     match cluster::shared_services_reachable().await {
+        _ if only == "single" => {}
         Ok(()) => {
             for &n in &sizes {
                 eprintln!("two instances with Redis: {n} subscribers");

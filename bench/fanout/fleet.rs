@@ -15,6 +15,7 @@ use std::{
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     sync::{Semaphore, watch},
     task::JoinHandle,
 };
@@ -35,7 +36,7 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(300);
 const SUBSCRIBE_ATTEMPTS: u32 = 5;
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 const SUBSCRIPTION: &str = "subscription($t: ID!) { teamActivity(teamId: $t) { runId kind at } }";
-const TERMINAL: [&str; 3] = ["\"kind\":\"COMPLETED\"", "\"kind\":\"FAILED\"", "\"kind\":\"CANCELLED\""];
+const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 
 /// One event as one subscriber received it.
 pub struct Delivery {
@@ -165,7 +166,7 @@ async fn subscriber(
         let _turn = gate.acquire().await.expect("gate open");
         open(addr, init, subscribe_message(1, &payload)).await
     };
-    let mut socket = match opened {
+    let socket = match opened {
         Ok(socket) => socket,
         Err(problem) => {
             tally.problem(problem);
@@ -174,49 +175,104 @@ async fn subscriber(
         }
     };
     tally.open.fetch_add(1, Ordering::SeqCst);
+    // From here on frames are read straight off the socket: the client should spend as little
+    // of the CPU the server shares as it can, per message. Nothing is buffered yet: the server
+    // sends nothing between `connection_ack` and the first event.
+    let MaybeTlsStream::Plain(mut tcp) = socket.into_inner() else {
+        tally.problem("not a plain TCP socket".into());
+        return Vec::new();
+    };
     let mut received = Vec::with_capacity(256);
     let mut attempt = 1;
+    let mut buffer: Vec<u8> = Vec::with_capacity(READ_BUFFER);
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
-        let message = tokio::select! {
-            _ = stop.changed() => break,
-            message = socket.next() => message,
+        buffer.reserve(READ_BUFFER);
+        let read = tokio::select! {
+            biased;
+            read = tcp.read_buf(&mut buffer) => read,
+            _ = &mut stopped => break,
         };
         let arrived_ns = now_ns();
-        match message {
-            Some(Ok(Message::Text(text))) => {
-                if let Some(delivery) = delivery(&text, arrived_ns) {
-                    if TERMINAL.iter().any(|kind| text.contains(kind)) {
-                        tally.finished.fetch_add(1, Ordering::SeqCst);
-                    }
-                    received.push(delivery);
-                } else if text.contains("\"type\":\"error\"") || text.contains("\"errors\"") {
-                    tally.problem(text.to_string());
-                    tally.refused.fetch_add(1, Ordering::SeqCst);
-                    if attempt < SUBSCRIBE_ATTEMPTS {
-                        attempt += 1;
-                        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                        let _ = socket.send(Message::text(subscribe_message(attempt, &payload))).await;
-                    }
+        if !matches!(read, Ok(n) if n > 0) {
+            tally.problem(format!("socket ended: {read:?}"));
+            tally.dropped.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        let mut taken = 0;
+        let mut closed = false;
+        while let Some((opcode, body, length)) = frame(&buffer[taken..]) {
+            let text = std::str::from_utf8(body).unwrap_or_default();
+            taken += length;
+            if opcode == CLOSE {
+                tally.problem(format!("closed: {text}"));
+                tally.dropped.fetch_add(1, Ordering::SeqCst);
+                closed = true;
+                break;
+            }
+            if opcode != TEXT {
+                continue;
+            }
+            if let Some((delivery, kind)) = delivery(text, arrived_ns) {
+                if TERMINAL.contains(&kind) {
+                    tally.finished.fetch_add(1, Ordering::SeqCst);
+                }
+                received.push(delivery);
+            } else if text.contains("\"type\":\"error\"") || text.contains("\"errors\"") {
+                tally.problem(text.to_string());
+                tally.refused.fetch_add(1, Ordering::SeqCst);
+                if attempt < SUBSCRIBE_ATTEMPTS {
+                    attempt += 1;
+                    tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                    let _ = tcp.write_all(&masked_text(&subscribe_message(attempt, &payload))).await;
                 }
             }
-            Some(Ok(Message::Close(frame))) => {
-                tally.problem(format!("closed: {frame:?}"));
-                tally.dropped.fetch_add(1, Ordering::SeqCst);
-                break;
-            }
-            Some(Err(e)) => {
-                tally.problem(format!("websocket error: {e}"));
-                tally.dropped.fetch_add(1, Ordering::SeqCst);
-                break;
-            }
-            None => {
-                tally.dropped.fetch_add(1, Ordering::SeqCst);
-                break;
-            }
-            Some(Ok(_)) => {}
         }
+        if closed {
+            break;
+        }
+        buffer.drain(..taken);
     }
     received
+}
+
+const TEXT: u8 = 1;
+const CLOSE: u8 = 8;
+/// Bytes read from a socket at a time.
+const READ_BUFFER: usize = 4096;
+
+/// The first whole frame of `bytes` (from the server, so unmasked): its opcode, payload, and
+/// length in all; `None` until it has all arrived.
+fn frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    let (length, header) = match second & 0x7f {
+        126 => (u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize, 10),
+        short => (short as usize, 2),
+    };
+    let payload = bytes.get(header..header + length)?;
+    Some((first & 0x0f, payload, header + length))
+}
+
+/// A final text frame from a client (masked, as clients must).
+fn masked_text(text: &str) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x88];
+    let mut frame = vec![0x80 | TEXT];
+    match text.len() {
+        short @ 0..126 => frame.push(0x80 | short as u8),
+        medium @ 126..=0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(medium as u16).to_be_bytes());
+        }
+        long => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(long as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
 }
 
 /// A `subscribe` message with id `id` and the given payload (JSON text).
@@ -248,11 +304,12 @@ async fn open(addr: SocketAddr, init: String, subscribe: String) -> Result<Socke
     Ok(socket)
 }
 
-/// The run and creation time of a `next` message's event.
-fn delivery(text: &str, arrived_ns: i64) -> Option<Delivery> {
+/// The run and creation time of a `next` message's event, and its kind.
+fn delivery(text: &str, arrived_ns: i64) -> Option<(Delivery, &str)> {
     let at = field(text, "\"at\":\"")?;
     let at_ns = chrono::DateTime::parse_from_rfc3339(at).ok()?.timestamp_nanos_opt()?;
-    Some(Delivery { run: run_key(field(text, "\"runId\":\"")?), at_ns, arrived_ns })
+    let delivery = Delivery { run: run_key(field(text, "\"runId\":\"")?), at_ns, arrived_ns };
+    Some((delivery, field(text, "\"kind\":\"")?))
 }
 
 /// The string value following `prefix` (`"name":"`).

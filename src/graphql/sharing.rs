@@ -23,9 +23,10 @@ use tokio::{
 };
 
 /// How long a shared stream waits after an event for the next one to queue it with (a run's
-/// events come well under a millisecond apart), and at most after the first of a batch.
-const BATCH_GAP: Duration = Duration::from_millis(1);
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// events come a few milliseconds apart at most, database round trips included), and at most
+/// after the first of a batch.
+const BATCH_GAP: Duration = Duration::from_millis(2);
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Most events queued together (well under a socket's queue, `ENSEMBLE_WS_SEND_BUFFER`).
 const BATCH_MAX: usize = 32;
 
@@ -318,6 +319,26 @@ mod tests {
         assert_eq!(frame(&mut a).await, r#"{"type":"next","id":"a","payload":{"data":{"n":1}}}"#);
         assert_eq!(frame(&mut b).await, r#"{"type":"next","id":"b\"2","payload":{"data":{"n":1}}}"#);
         assert!(a.outbox.try_recv().is_err() && b.outbox.try_recv().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_that_come_together_are_queued_together() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut a) = group(&groups, "a", 8);
+        source.send(event(1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(a.outbox.is_empty(), "the first waits a moment for what follows");
+        source.send(event(2)).unwrap();
+        assert!(frame(&mut a).await.contains(r#"{"n":1}"#));
+        assert_eq!(a.outbox.len(), 1, "the second came with it");
+        assert!(frame(&mut a).await.contains(r#"{"n":2}"#));
+        // Further apart than the gap, they go on their own.
+        source.send(event(3)).unwrap();
+        assert!(frame(&mut a).await.contains(r#"{"n":3}"#));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        source.send(event(4)).unwrap();
+        assert!(frame(&mut a).await.contains(r#"{"n":4}"#));
+        assert!(a.outbox.is_empty());
     }
 
     #[tokio::test]
