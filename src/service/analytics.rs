@@ -154,7 +154,8 @@ pub async fn overview(
     range: TimeRange,
 ) -> Result<Overview, AppError> {
     readable_team(db, caller, team_id).await?;
-    let pieces = rollups::cover(range.from.timestamp(), range.to.timestamp());
+    let (from, to) = range.seconds();
+    let pieces = rollups::cover(from, to);
     let by_agent = slices(db, &Selection::team(team_id), &pieces, By::AGENT).await?;
     let mut totals = Totals::default();
     let mut histogram = Vec::new();
@@ -421,7 +422,8 @@ pub async fn series(
     range: TimeRange,
     filter: (Option<String>, Option<String>),
 ) -> Result<Series, AppError> {
-    let (from, to) = (grain.floor(range.from.timestamp()), grain.ceil(range.to.timestamp()));
+    let (from, to) = range.seconds();
+    let (from, to) = (grain.floor(from), grain.ceil(to));
     let count = (to - from) / grain.seconds();
     if count > MAX_POINTS {
         let message = format!(

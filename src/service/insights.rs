@@ -60,7 +60,8 @@ pub async fn find(
 ) -> Result<Vec<Finding>, AppError> {
     let team = analytics::readable_team(db, caller, team_id).await?;
     let team_only = Selection::team(team_id);
-    let pieces = rollups::cover(range.from.timestamp(), range.to.timestamp());
+    let (from, to) = range.seconds();
+    let pieces = rollups::cover(from, to);
     let agents = analytics::slices(db, &team_only, &pieces, By::AGENT).await?;
     let mut team_totals = Totals::default();
     agents.iter().for_each(|a| team_totals.add(&a.totals));
@@ -71,11 +72,7 @@ pub async fn find(
     findings.extend(measured.iter().filter_map(|a| failing(a)));
     findings.extend(measured.iter().filter_map(|a| fallback_hot_spot(a)));
     findings.extend(costliest(&agents, &team_totals));
-    let hours = [Piece {
-        grain: Grain::Hour,
-        from: Grain::Hour.floor(range.from.timestamp()),
-        to: Grain::Hour.ceil(range.to.timestamp()),
-    }];
+    let hours = [Piece { grain: Grain::Hour, from: Grain::Hour.floor(from), to: Grain::Hour.ceil(to) }];
     let hourly =
         analytics::bucketed_slices(db, &team_only, &hours, By { bucket: true, latency: false, ..By::AGENT }).await?;
     findings.extend(retry_storm(&hourly));

@@ -39,6 +39,13 @@ impl TimeRange {
     pub fn duration(&self) -> Duration {
         self.to - self.from
     }
+
+    /// The range in whole Unix seconds, widened outwards: a `to` of 12:05:00.4 becomes
+    /// 12:05:01, so whatever happened during its last second is inside.
+    pub fn seconds(&self) -> (i64, i64) {
+        let to = self.to.timestamp() + i64::from(self.to.timestamp_subsec_nanos() > 0);
+        (self.from.timestamp(), to)
+    }
 }
 
 fn invalid(path: &str, message: String) -> AppError {
@@ -57,5 +64,15 @@ mod tests {
         assert!(TimeRange::resolve(Some(to), Some(to - Duration::seconds(1)), Duration::hours(1)).is_err());
         assert!(TimeRange::resolve(Some(to - Duration::days(401)), Some(to), Duration::hours(1)).is_err());
         assert!(TimeRange::resolve(Some(to - Duration::days(400)), Some(to), Duration::hours(1)).is_ok());
+    }
+
+    #[test]
+    fn seconds_keep_the_last_part_second_inside() {
+        // 2027-01-15 08:00:00 UTC, the start of a minute.
+        let minute = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let range = |to| TimeRange { from: minute - Duration::hours(1), to };
+        let just_after = minute + Duration::milliseconds(400);
+        assert_eq!(range(just_after).seconds(), (minute.timestamp() - 3_600, minute.timestamp() + 1));
+        assert_eq!(range(minute).seconds().1, minute.timestamp());
     }
 }
