@@ -164,8 +164,9 @@ fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usiz
     for (subscriber, deliveries) in received.iter().enumerate() {
         for delivery in deliveries {
             let Some(&started_on) = runs.get(&delivery.run) else { continue };
-            events.entry(delivery.run).or_default().insert(delivery.at_ns);
-            let latency = delivery.arrived_ns - delivery.at_ns;
+            let Some(at_ns) = delivery.at_ns() else { continue };
+            events.entry(delivery.run).or_default().insert(at_ns);
+            let latency = delivery.arrived_ns - at_ns;
             all.push(latency);
             if started_on != subscriber % instances {
                 crossed.push(latency);

@@ -3,16 +3,16 @@
 //! then only searched for the few fields a delivery needs.
 
 use std::{
-    hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
     sync::{
-        Arc, OnceLock,
+        Arc, LazyLock, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::{SinkExt, StreamExt};
+use memchr::memmem::Finder;
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -42,16 +42,31 @@ const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 pub struct Delivery {
     /// `run_key` of the event's run.
     pub run: u64,
-    /// The event's `at`, nanoseconds since the epoch.
-    pub at_ns: i64,
+    /// The event's `at` as sent (RFC 3339), read only once the measurement is over.
+    at: [u8; AT_LENGTH],
     pub arrived_ns: i64,
 }
 
-/// A run id, shortened for counting.
+/// Longest `at` kept: `2026-11-26T13:09:27.396373123Z` and then some.
+const AT_LENGTH: usize = 40;
+
+impl Delivery {
+    /// The event's `at`, nanoseconds since the epoch.
+    pub fn at_ns(&self) -> Option<i64> {
+        let end = self.at.iter().position(|&b| b == 0).unwrap_or(AT_LENGTH);
+        let at = std::str::from_utf8(&self.at[..end]).ok()?;
+        chrono::DateTime::parse_from_rfc3339(at).ok()?.timestamp_nanos_opt()
+    }
+}
+
+/// A run id, shortened for counting: its bytes folded eight at a time (cheap enough for every
+/// frame; the ids differ in far more bits than a run's twenty need).
 pub fn run_key(run_id: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    run_id.hash(&mut hasher);
-    hasher.finish()
+    run_id.as_bytes().chunks(8).fold(0, |hash, chunk| {
+        let mut word = [0; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        (hash.rotate_left(29) ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    })
 }
 
 #[derive(Default)]
@@ -304,17 +319,21 @@ async fn open(addr: SocketAddr, init: String, subscribe: String) -> Result<Socke
     Ok(socket)
 }
 
-/// The run and creation time of a `next` message's event, and its kind.
+/// The run and arrival of a `next` message's event, and its kind.
 fn delivery(text: &str, arrived_ns: i64) -> Option<(Delivery, &str)> {
-    let at = field(text, "\"at\":\"")?;
-    let at_ns = chrono::DateTime::parse_from_rfc3339(at).ok()?.timestamp_nanos_opt()?;
-    let delivery = Delivery { run: run_key(field(text, "\"runId\":\"")?), at_ns, arrived_ns };
-    Some((delivery, field(text, "\"kind\":\"")?))
+    static FIELDS: LazyLock<[Finder<'static>; 3]> =
+        LazyLock::new(|| ["\"runId\":\"", "\"kind\":\"", "\"at\":\""].map(Finder::new));
+    let [run, kind, at] = &*FIELDS;
+    let at_text = field(text, at)?.as_bytes();
+    let mut at = [0; AT_LENGTH];
+    at.get_mut(..at_text.len())?.copy_from_slice(at_text);
+    let delivery = Delivery { run: run_key(field(text, run)?), at, arrived_ns };
+    Some((delivery, field(text, kind)?))
 }
 
 /// The string value following `prefix` (`"name":"`).
-fn field<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let start = text.find(prefix)? + prefix.len();
-    let length = text[start..].find('"')?;
-    Some(&text[start..start + length])
+fn field<'a>(text: &'a str, prefix: &Finder) -> Option<&'a str> {
+    let start = prefix.find(text.as_bytes())? + prefix.needle().len();
+    let length = memchr::memchr(b'"', &text.as_bytes()[start..])?;
+    text.get(start..start + length)
 }

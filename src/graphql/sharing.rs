@@ -27,8 +27,33 @@ use tokio::{
 /// after the first of a batch.
 const BATCH_GAP: Duration = Duration::from_millis(2);
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
-/// Most events queued together (well under a socket's queue, `ENSEMBLE_WS_SEND_BUFFER`).
+/// Most events queued together, as one item of a socket's queue.
 const BATCH_MAX: usize = 32;
+
+/// One item of a socket's queue: a message, or a batch of a shared stream's events for one of
+/// the socket's operations, which the socket's writer frames as a `next` message each (so the
+/// framing is spread over the writers, not done by the one task serving the stream).
+#[derive(Debug)]
+pub enum Outgoing {
+    Message(Message),
+    Events {
+        /// `{"type":"next","id":…,"payload":` for the operation's id.
+        prefix: Arc<str>,
+        /// Each event's payload, serialised once for every member.
+        payloads: Arc<[String]>,
+    },
+}
+
+impl Outgoing {
+    /// The `next` message of one event.
+    pub fn next(prefix: &str, payload: &str) -> Message {
+        let mut frame = String::with_capacity(prefix.len() + payload.len() + 1);
+        frame.push_str(prefix);
+        frame.push_str(payload);
+        frame.push('}');
+        Message::Text(frame.into())
+    }
+}
 
 /// In a socket operation's request data: how its resolver says the operation may be shared.
 pub struct SocketOperation {
@@ -70,9 +95,9 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What a shared stream tells a subscriber's socket loop, in order with the frames it queued.
 pub enum Notice {
-    /// A frame the socket's queue had no room for: the loop sends it, waiting as for any other
-    /// (and so does every later frame of this member).
-    Frame { member: u64, message: Message },
+    /// Events the socket's queue had no room for: the loop queues them, waiting as for any
+    /// other message (and so it does every later batch of this member).
+    Frame { member: u64, events: Outgoing },
     /// The stream ended. `late`: the member joined after its last event and got nothing, so it
     /// should run its operation again on its own (a run that ended just then answers its final
     /// event).
@@ -83,7 +108,7 @@ pub enum Notice {
 pub struct Subscriber {
     /// The operation's id on its socket.
     pub id: String,
-    pub outbox: mpsc::Sender<Message>,
+    pub outbox: mpsc::Sender<Outgoing>,
     pub notices: mpsc::UnboundedSender<Notice>,
 }
 
@@ -109,25 +134,26 @@ struct Members {
 
 struct Member {
     /// `{"type":"next","id":…,"payload":` for this member's operation id.
-    prefix: String,
-    /// The socket's queue, until it once has no room: from then on frames go through `notices`.
-    outbox: Option<mpsc::Sender<Message>>,
+    prefix: Arc<str>,
+    /// The socket's queue, until it once has no room: from then on events go through `notices`.
+    outbox: Option<mpsc::Sender<Outgoing>>,
     notices: mpsc::UnboundedSender<Notice>,
     /// `delivered` when it joined.
     joined_at: u64,
 }
 
 impl Member {
-    fn send(&mut self, number: u64, message: Message) {
-        let message = match &self.outbox {
-            Some(outbox) => match outbox.try_send(message) {
+    fn send(&mut self, number: u64, payloads: &Arc<[String]>) {
+        let events = Outgoing::Events { prefix: self.prefix.clone(), payloads: payloads.clone() };
+        let events = match &self.outbox {
+            Some(outbox) => match outbox.try_send(events) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(message)) => message,
+                Err(mpsc::error::TrySendError::Full(events)) => events,
             },
-            None => message,
+            None => events,
         };
         self.outbox = None;
-        let _ = self.notices.send(Notice::Frame { member: number, message });
+        let _ = self.notices.send(Notice::Frame { member: number, events });
     }
 }
 
@@ -165,7 +191,7 @@ impl Groups {
             }
         };
         let mut members = locked(&group.members);
-        let prefix = format!(r#"{{"type":"next","id":{},"payload":"#, serde_json::Value::from(subscriber.id));
+        let prefix = format!(r#"{{"type":"next","id":{},"payload":"#, serde_json::Value::from(subscriber.id)).into();
         let joined_at = members.delivered;
         members
             .list
@@ -207,7 +233,7 @@ async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<
                 Err(_) => break,
             }
         }
-        group.deliver(&batch);
+        group.deliver(batch.into());
     }
     if let Some(groups) = groups.upgrade() {
         groups.end(&group);
@@ -216,17 +242,11 @@ async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<
 
 impl Group {
     /// Queues `payloads`, in order, for every member.
-    fn deliver(&self, payloads: &[String]) {
+    fn deliver(&self, payloads: Arc<[String]>) {
         let mut members = locked(&self.members);
         members.delivered += payloads.len() as u64;
         for (&number, member) in members.list.iter_mut() {
-            for payload in payloads {
-                let mut frame = String::with_capacity(member.prefix.len() + payload.len() + 1);
-                frame.push_str(&member.prefix);
-                frame.push_str(payload);
-                frame.push('}');
-                member.send(number, Message::Text(frame.into()));
-            }
+            member.send(number, &payloads);
         }
     }
 }
@@ -264,10 +284,10 @@ mod tests {
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
-    use super::{Groups, Membership, Notice, Subscriber};
+    use super::{Groups, Membership, Notice, Outgoing, Subscriber};
 
     struct Socket {
-        outbox: mpsc::Receiver<Message>,
+        outbox: mpsc::Receiver<Outgoing>,
         notices: mpsc::UnboundedReceiver<Notice>,
         membership: Membership,
     }
@@ -289,10 +309,17 @@ mod tests {
         Response::new(Value::from_json(serde_json::json!({"n": n})).unwrap())
     }
 
-    fn text(message: Message) -> String {
-        match message {
+    /// The texts of a queue item, in order.
+    fn texts(item: Outgoing) -> Vec<String> {
+        let text = |message| match message {
             Message::Text(text) => text.to_string(),
             other => panic!("not text: {other:?}"),
+        };
+        match item {
+            Outgoing::Message(message) => vec![text(message)],
+            Outgoing::Events { prefix, payloads } => {
+                payloads.iter().map(|payload| text(Outgoing::next(&prefix, payload))).collect()
+            }
         }
     }
 
@@ -306,8 +333,9 @@ mod tests {
         (source, socket(groups, first, room, UnboundedReceiverStream::new(rx).boxed()))
     }
 
-    async fn frame(socket: &mut Socket) -> String {
-        text(tokio::time::timeout(Duration::from_secs(5), socket.outbox.recv()).await.unwrap().unwrap())
+    /// The texts of the next item on the socket's queue.
+    async fn item(socket: &mut Socket) -> Vec<String> {
+        texts(tokio::time::timeout(Duration::from_secs(5), socket.outbox.recv()).await.unwrap().unwrap())
     }
 
     #[tokio::test]
@@ -316,8 +344,8 @@ mod tests {
         let (source, mut a) = group(&groups, "a", 8);
         let mut b = join(&groups, "b\"2", 8);
         source.send(event(1)).unwrap();
-        assert_eq!(frame(&mut a).await, r#"{"type":"next","id":"a","payload":{"data":{"n":1}}}"#);
-        assert_eq!(frame(&mut b).await, r#"{"type":"next","id":"b\"2","payload":{"data":{"n":1}}}"#);
+        assert_eq!(item(&mut a).await, [r#"{"type":"next","id":"a","payload":{"data":{"n":1}}}"#]);
+        assert_eq!(item(&mut b).await, [r#"{"type":"next","id":"b\"2","payload":{"data":{"n":1}}}"#]);
         assert!(a.outbox.try_recv().is_err() && b.outbox.try_recv().is_err());
     }
 
@@ -329,15 +357,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(a.outbox.is_empty(), "the first waits a moment for what follows");
         source.send(event(2)).unwrap();
-        assert!(frame(&mut a).await.contains(r#"{"n":1}"#));
-        assert_eq!(a.outbox.len(), 1, "the second came with it");
-        assert!(frame(&mut a).await.contains(r#"{"n":2}"#));
+        let together = item(&mut a).await;
+        assert_eq!(together.len(), 2, "the second came with it: {together:?}");
+        assert!(together[0].contains(r#"{"n":1}"#) && together[1].contains(r#"{"n":2}"#));
         // Further apart than the gap, they go on their own.
         source.send(event(3)).unwrap();
-        assert!(frame(&mut a).await.contains(r#"{"n":3}"#));
+        let alone = item(&mut a).await;
+        assert!(alone.len() == 1 && alone[0].contains(r#"{"n":3}"#));
         tokio::time::sleep(Duration::from_millis(5)).await;
         source.send(event(4)).unwrap();
-        assert!(frame(&mut a).await.contains(r#"{"n":4}"#));
+        assert!(item(&mut a).await[0].contains(r#"{"n":4}"#));
         assert!(a.outbox.is_empty());
     }
 
@@ -346,7 +375,7 @@ mod tests {
         let groups = Arc::new(Groups::default());
         let (source, mut early) = group(&groups, "early", 8);
         source.send(event(1)).unwrap();
-        frame(&mut early).await;
+        item(&mut early).await;
         let mut late = join(&groups, "late", 8);
         drop(source);
         assert!(
@@ -359,17 +388,19 @@ mod tests {
         assert!(groups.live.lock().unwrap().is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_queue_sends_the_rest_through_the_socket_loop_in_order() {
         let groups = Arc::new(Groups::default());
         let (source, mut slow) = group(&groups, "s", 1);
+        // Each further apart than the gap, so each is a batch of its own.
         for n in 1..=3 {
             source.send(event(n)).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(frame(&mut slow).await.contains(r#"{"n":1}"#));
+        assert!(item(&mut slow).await[0].contains(r#"{"n":1}"#));
         for n in 2..=3 {
-            let Notice::Frame { message, .. } = notice(&mut slow).await else { panic!("not a frame") };
-            assert!(text(message).contains(&format!(r#"{{"n":{n}}}"#)));
+            let Notice::Frame { events, .. } = notice(&mut slow).await else { panic!("not a frame") };
+            assert!(texts(events)[0].contains(&format!(r#"{{"n":{n}}}"#)));
         }
         // Once behind, always through the loop, even with room again.
         source.send(event(4)).unwrap();

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::{
     AppSchema,
     loaders::Loaders,
-    sharing::{CountedBySocket, Groups, Membership, Notice, SocketOperation, Subscriber},
+    sharing::{CountedBySocket, Groups, Membership, Notice, Outgoing, SocketOperation, Subscriber},
 };
 use crate::{
     auth::{Authenticator, Principal, bearer},
@@ -123,16 +123,28 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
 
 /// Owns the socket's sending half; ends after a Close frame (closing the sink so the client
 /// sees the code, not a 1006). Messages queued together go out in one write.
-async fn write_all(mut sink: futures_util::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>) {
-    'writing: while let Some(message) = rx.recv().await {
-        let mut close = matches!(message, Message::Close(_));
-        if sink.feed(message).await.is_err() {
-            break;
-        }
-        while !close && let Ok(next) = rx.try_recv() {
-            close = matches!(next, Message::Close(_));
-            if sink.feed(next).await.is_err() {
-                break 'writing;
+async fn write_all(mut sink: futures_util::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outgoing>) {
+    'writing: while let Some(first) = rx.recv().await {
+        let mut close = false;
+        let mut item = Some(first);
+        while let Some(next) = item.take() {
+            match next {
+                Outgoing::Message(message) => {
+                    close = matches!(message, Message::Close(_));
+                    if sink.feed(message).await.is_err() {
+                        break 'writing;
+                    }
+                }
+                Outgoing::Events { prefix, payloads } => {
+                    for payload in payloads.iter() {
+                        if sink.feed(Outgoing::next(&prefix, payload)).await.is_err() {
+                            break 'writing;
+                        }
+                    }
+                }
+            }
+            if !close {
+                item = rx.try_recv().ok();
             }
         }
         if sink.flush().await.is_err() || close {
@@ -158,13 +170,17 @@ struct SlowClient;
 /// The bounded queue to the writer.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
     timeout: Duration,
 }
 
 impl Outbox {
     async fn send(&self, message: Message) -> Result<(), SlowClient> {
-        self.tx.send_timeout(message, self.timeout).await.map_err(|_| SlowClient)
+        self.queue(Outgoing::Message(message)).await
+    }
+
+    async fn queue(&self, item: Outgoing) -> Result<(), SlowClient> {
+        self.tx.send_timeout(item, self.timeout).await.map_err(|_| SlowClient)
     }
 
     async fn json(&self, value: Value) -> Result<(), SlowClient> {
@@ -532,7 +548,7 @@ impl Connection {
             return Ok(());
         };
         match notice {
-            Notice::Frame { message, .. } => self.outbox.send(message).await,
+            Notice::Frame { events, .. } => self.outbox.queue(events).await,
             Notice::Ended { late: true, .. } => {
                 let Some(operation) = self.operations.get(&id) else {
                     return Ok(());
