@@ -82,7 +82,8 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_WS_KEEPALIVE_SECS", default_value_t = 15, global = true)]
     pub ws_keepalive_secs: u64,
 
-    /// Messages a websocket may have waiting to be written before it counts as slow.
+    /// Items a websocket may have waiting to be written before it counts as slow: a message
+    /// each, or one batch of a shared subscription's events.
     #[arg(long, env = "ENSEMBLE_WS_SEND_BUFFER", default_value_t = 256, global = true)]
     pub ws_send_buffer: usize,
 
