@@ -298,8 +298,9 @@ pub fn render(outcomes: &[Outcome], info: &BTreeMap<String, String>) -> String {
     );
     let _ = writeln!(
         out,
-        "- **Software**: Ensemble {} (release build, `ENSEMBLE_ENV=production`, rate limits off), PostgreSQL {}, PostGraphile {} on Node {} (`NODE_ENV=production`), SQLite bundled with sqlx.",
+        "- **Software**: Ensemble {} ({} build, `ENSEMBLE_ENV=production`, rate limits off), PostgreSQL {}, PostGraphile {} on Node {} (`NODE_ENV=production`), SQLite bundled with sqlx.",
         meta(info, "ensemble"),
+        meta(info, "profile"),
         meta(info, "postgres"),
         meta(info, "postgraphile"),
         meta(info, "node"),
