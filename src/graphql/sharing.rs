@@ -93,11 +93,11 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What a shared stream tells a subscriber's socket loop, in order with the frames it queued.
+/// What a shared stream tells a subscriber's socket loop, in order with the events it queued.
 pub enum Notice {
     /// Events the socket's queue had no room for: the loop queues them, waiting as for any
     /// other message (and so it does every later batch of this member).
-    Frame { member: u64, events: Outgoing },
+    Events { member: u64, events: Outgoing },
     /// The stream ended. `late`: the member joined after its last event and got nothing, so it
     /// should run its operation again on its own (a run that ended just then answers its final
     /// event).
@@ -153,7 +153,7 @@ impl Member {
             None => events,
         };
         self.outbox = None;
-        let _ = self.notices.send(Notice::Frame { member: number, events });
+        let _ = self.notices.send(Notice::Events { member: number, events });
     }
 }
 
@@ -399,12 +399,12 @@ mod tests {
         }
         assert!(item(&mut slow).await[0].contains(r#"{"n":1}"#));
         for n in 2..=3 {
-            let Notice::Frame { events, .. } = notice(&mut slow).await else { panic!("not a frame") };
+            let Notice::Events { events, .. } = notice(&mut slow).await else { panic!("not events") };
             assert!(texts(events)[0].contains(&format!(r#"{{"n":{n}}}"#)));
         }
         // Once behind, always through the loop, even with room again.
         source.send(event(4)).unwrap();
-        assert!(matches!(notice(&mut slow).await, Notice::Frame { .. }));
+        assert!(matches!(notice(&mut slow).await, Notice::Events { .. }));
         assert!(slow.outbox.try_recv().is_err());
     }
 

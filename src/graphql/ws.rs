@@ -537,7 +537,7 @@ impl Connection {
     /// operation completed since) are ignored.
     async fn shared(&mut self, notice: Notice) -> Result<(), SlowClient> {
         let member = match &notice {
-            Notice::Frame { member, .. } | Notice::Ended { member, .. } => *member,
+            Notice::Events { member, .. } | Notice::Ended { member, .. } => *member,
         };
         let Some(id) = self
             .operations
@@ -548,7 +548,7 @@ impl Connection {
             return Ok(());
         };
         match notice {
-            Notice::Frame { events, .. } => self.outbox.queue(events).await,
+            Notice::Events { events, .. } => self.outbox.queue(events).await,
             Notice::Ended { late: true, .. } => {
                 let Some(operation) = self.operations.get(&id) else {
                     return Ok(());
