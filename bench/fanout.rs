@@ -16,8 +16,9 @@
 //! lists the sizes; `ENSEMBLE_BENCH_TOPOLOGY=single` or `pair` runs one scenario only.
 //!
 //! Clients and servers share the machine's cores, so the subscribers are kept lean: each opens
-//! its socket with a websocket client library, then reads frames straight off the socket. Each
-//! run reports the CPU the servers and the clients used.
+//! its socket with a websocket client library, then one thread reads frames straight off every
+//! socket through one edge-triggered epoll set. Each run reports the CPU the servers and the
+//! clients used.
 
 #[path = "fanout/cluster.rs"]
 mod cluster;

@@ -1,32 +1,32 @@
 //! The subscribers: one websocket and one `teamActivity` subscription each, spread over the
-//! cluster's servers. Each notes, as soon as a frame is read, when it arrived; the frame is
-//! then only searched for the few fields a delivery needs.
+//! cluster's servers. Each socket is opened by a websocket client library, then handed to one
+//! thread that reads every socket through one epoll set: it notes, as soon as a frame is read,
+//! when it arrived, and then only searches the frame for the few fields a delivery needs. The
+//! clients share the servers' cores, so they should spend as little CPU per message as they can.
 
 use std::{
-    net::SocketAddr,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, LazyLock, OnceLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
     },
+    thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::{SinkExt, StreamExt};
 use memchr::memmem::Finder;
 use serde_json::json;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::{Semaphore, watch},
-    task::JoinHandle,
-};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    MaybeTlsStream,
     tungstenite::{Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig},
 };
 
 use crate::cluster::Cluster;
-
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Handshakes in flight at once, so the listen backlog never overflows.
 const CONCURRENT_HANDSHAKES: usize = 64;
@@ -35,6 +35,11 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(300);
 /// Times one subscriber asks for its subscription when the server refuses it.
 const SUBSCRIBE_ATTEMPTS: u32 = 5;
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
+/// Longest the reading thread waits for a socket before looking for new sockets, subscriptions
+/// to ask for again, and whether to stop.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Ready sockets taken from the epoll set at a time.
+const READY_AT_ONCE: usize = 1024;
 const SUBSCRIPTION: &str = "subscription($t: ID!) { teamActivity(teamId: $t) { runId kind at } }";
 const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 
@@ -90,8 +95,8 @@ impl Tally {
 
 pub struct Fleet {
     tally: Arc<Tally>,
-    stop: watch::Sender<bool>,
-    subscribers: Vec<JoinHandle<Vec<Delivery>>>,
+    stop: Arc<AtomicBool>,
+    reader: JoinHandle<Vec<Vec<Delivery>>>,
 }
 
 impl Fleet {
@@ -99,19 +104,40 @@ impl Fleet {
     /// its `connection_ack` and has sent its `subscribe` (or failed).
     pub async fn open(cluster: &Cluster, size: usize) -> Self {
         let tally = Arc::new(Tally::default());
-        let (stop, stopped) = watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (opened, handed) = mpsc::channel();
+        let reader = {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("subscribers".into())
+                .spawn(move || read_all(size, &handed, &tally, &stop))
+                .expect("reading thread")
+        };
         let gate = Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES));
         let init =
             json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {}", cluster.token)}});
-        let subscribe = json!({"query": SUBSCRIPTION, "variables": {"t": cluster.team}});
-        let subscribers = (0..size)
-            .map(|i| {
-                let addr = cluster.servers[i % cluster.servers.len()].addr;
-                let messages = [init.to_string(), subscribe.to_string()];
-                tokio::spawn(subscriber(addr, messages, tally.clone(), gate.clone(), stopped.clone()))
-            })
-            .collect();
-        let fleet = Self { tally, stop, subscribers };
+        let subscribe = json!({"query": SUBSCRIPTION, "variables": {"t": cluster.team}}).to_string();
+        for index in 0..size {
+            let addr = cluster.servers[index % cluster.servers.len()].addr;
+            let (init, payload) = (init.to_string(), subscribe.clone());
+            let (tally, gate, opened) = (tally.clone(), gate.clone(), opened.clone());
+            tokio::spawn(async move {
+                let socket = {
+                    let _turn = gate.acquire().await.expect("gate open");
+                    connect(addr, init, subscribe_message(1, &payload)).await
+                };
+                match socket.and_then(|tcp| {
+                    opened.send(Opened { index, tcp, payload }).map_err(|_| "the reading thread ended".into())
+                }) {
+                    Ok(()) => tally.open.fetch_add(1, Ordering::SeqCst),
+                    Err(problem) => {
+                        tally.problem(problem);
+                        tally.failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            });
+        }
+        let fleet = Self { tally, stop, reader };
         let deadline = Instant::now() + OPEN_DEADLINE;
         while fleet.tally.open.load(Ordering::SeqCst) + fleet.tally.failed.load(Ordering::SeqCst) < size {
             assert!(Instant::now() < deadline, "subscribers still opening after {OPEN_DEADLINE:?}");
@@ -150,11 +176,10 @@ impl Fleet {
 
     /// Closes every subscriber; answers what each received, in the order they were opened.
     pub async fn close(self) -> Vec<Vec<Delivery>> {
-        let _ = self.stop.send(true);
-        let mut received = Vec::with_capacity(self.subscribers.len());
-        for subscriber in self.subscribers {
-            received.push(subscriber.await.expect("subscriber task"));
-        }
+        self.stop.store(true, Ordering::SeqCst);
+        let reader = self.reader;
+        let received = tokio::task::spawn_blocking(move || reader.join()).await;
+        let received = received.expect("joining the reading thread").expect("the reading thread");
         let dropped = self.tally.dropped.load(Ordering::SeqCst);
         if dropped > 0 {
             let problem = self.tally.first_problem.get().map_or("", String::as_str);
@@ -168,63 +193,132 @@ fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// One subscriber: connects, subscribes, then notes every event until told to stop. A refused
-/// subscription is asked for again, under a new id, after a pause (up to `SUBSCRIBE_ATTEMPTS`).
-async fn subscriber(
-    addr: SocketAddr,
-    [init, payload]: [String; 2],
-    tally: Arc<Tally>,
-    gate: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) -> Vec<Delivery> {
-    let opened = {
-        let _turn = gate.acquire().await.expect("gate open");
-        open(addr, init, subscribe_message(1, &payload)).await
-    };
-    let socket = match opened {
-        Ok(socket) => socket,
-        Err(problem) => {
-            tally.problem(problem);
-            tally.failed.fetch_add(1, Ordering::SeqCst);
-            return Vec::new();
+/// A subscriber's socket, subscribed, handed to the reading thread.
+struct Opened {
+    index: usize,
+    tcp: TcpStream,
+    /// The `subscribe` payload, to ask again with.
+    payload: String,
+}
+
+/// The reading thread: takes each opened socket into its epoll set and reads what is ready
+/// until told to stop; answers what each subscriber received, by index.
+fn read_all(size: usize, handed: &mpsc::Receiver<Opened>, tally: &Tally, stop: &AtomicBool) -> Vec<Vec<Delivery>> {
+    let ready = Epoll::new().expect("epoll set");
+    let mut subscribers: Vec<Option<Subscriber>> = (0..size).map(|_| None).collect();
+    let mut asking_again: Vec<(Instant, usize)> = Vec::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; READY_AT_ONCE];
+    let mut scratch = vec![0; READ_BUFFER];
+    while !stop.load(Ordering::Relaxed) {
+        for opened in handed.try_iter() {
+            if let Err(e) = ready.add(&opened.tcp, opened.index) {
+                tally.problem(format!("epoll: {e}"));
+                continue;
+            }
+            let index = opened.index;
+            subscribers[index] = Some(Subscriber::new(opened));
         }
-    };
-    tally.open.fetch_add(1, Ordering::SeqCst);
-    // From here on frames are read straight off the socket: the client should spend as little
-    // of the CPU the server shares as it can, per message. Nothing is buffered yet: the server
-    // sends nothing between `connection_ack` and the first event.
-    let MaybeTlsStream::Plain(mut tcp) = socket.into_inner() else {
-        tally.problem("not a plain TCP socket".into());
-        return Vec::new();
-    };
-    let mut received = Vec::with_capacity(256);
-    let mut attempt = 1;
-    let mut buffer: Vec<u8> = Vec::with_capacity(READ_BUFFER);
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    loop {
-        buffer.reserve(READ_BUFFER);
-        let read = tokio::select! {
-            biased;
-            read = tcp.read_buf(&mut buffer) => read,
-            _ = &mut stopped => break,
-        };
-        let arrived_ns = now_ns();
-        if !matches!(read, Ok(n) if n > 0) {
-            tally.problem(format!("socket ended: {read:?}"));
-            tally.dropped.fetch_add(1, Ordering::SeqCst);
-            break;
+        for index in ready.wait(&mut events, POLL_EVERY) {
+            let Some(subscriber) = subscribers.get_mut(index).and_then(Option::as_mut) else { continue };
+            match subscriber.read(&mut scratch, tally) {
+                Outcome::Open => {}
+                Outcome::Refused => asking_again.push((Instant::now() + RESUBSCRIBE_AFTER, index)),
+                Outcome::Ended => {
+                    let _ = ready.remove(&subscriber.tcp);
+                }
+            }
         }
+        let now = Instant::now();
+        asking_again.retain(|&(at, index)| {
+            let due = at <= now;
+            if due && let Some(subscriber) = subscribers[index].as_mut() {
+                subscriber.subscribe_again(tally);
+            }
+            !due
+        });
+    }
+    subscribers.into_iter().map(|s| s.map_or_else(Vec::new, |s| s.received)).collect()
+}
+
+/// Counts a socket that ended, with why.
+fn ended(problem: String, tally: &Tally) -> Outcome {
+    tally.problem(problem);
+    tally.dropped.fetch_add(1, Ordering::SeqCst);
+    Outcome::Ended
+}
+
+/// What a read left a subscriber as.
+enum Outcome {
+    Open,
+    /// The server refused its subscription; it should ask again after a pause.
+    Refused,
+    /// The socket ended or was closed: it is no longer read.
+    Ended,
+}
+
+/// One subscriber, on the reading thread.
+struct Subscriber {
+    tcp: TcpStream,
+    payload: String,
+    /// Bytes read and not yet part of a whole frame.
+    pending: Vec<u8>,
+    received: Vec<Delivery>,
+    attempt: u32,
+    /// The server refused the subscription, and it should be asked for again.
+    refused: bool,
+}
+
+impl Subscriber {
+    fn new(Opened { tcp, payload, .. }: Opened) -> Self {
+        Self { tcp, payload, pending: Vec::new(), received: Vec::with_capacity(256), attempt: 1, refused: false }
+    }
+
+    /// Reads all the socket holds (it is reported ready once per arrival: edge-triggered), through
+    /// `scratch`, and notes each event of the whole frames read.
+    fn read(&mut self, scratch: &mut [u8], tally: &Tally) -> Outcome {
+        loop {
+            let read = match self.tcp.read(scratch) {
+                Ok(0) => return ended("socket ended".into(), tally),
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return ended(format!("socket failed: {e}"), tally),
+            };
+            let arrived_ns = now_ns();
+            if let Err(problem) = self.note(&scratch[..read], arrived_ns, tally) {
+                return ended(problem, tally);
+            }
+            // A read short of the scratch emptied the socket.
+            if read < scratch.len() {
+                break;
+            }
+        }
+        if std::mem::take(&mut self.refused) { Outcome::Refused } else { Outcome::Open }
+    }
+
+    /// Notes the whole frames of what was pending and `bytes`; keeps the rest pending.
+    fn note(&mut self, bytes: &[u8], arrived_ns: i64, tally: &Tally) -> Result<(), String> {
+        if self.pending.is_empty() {
+            let taken = self.take(bytes, arrived_ns, tally)?;
+            self.pending.extend_from_slice(&bytes[taken..]);
+        } else {
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.extend_from_slice(bytes);
+            let taken = self.take(&pending, arrived_ns, tally)?;
+            pending.drain(..taken);
+            self.pending = pending;
+        }
+        Ok(())
+    }
+
+    /// Notes each event of the whole frames at the start of `bytes`; answers the bytes they took,
+    /// or why the socket ended.
+    fn take(&mut self, bytes: &[u8], arrived_ns: i64, tally: &Tally) -> Result<usize, String> {
         let mut taken = 0;
-        let mut closed = false;
-        while let Some((opcode, body, length)) = frame(&buffer[taken..]) {
+        while let Some((opcode, body, length)) = frame(&bytes[taken..]) {
             let text = std::str::from_utf8(body).unwrap_or_default();
             taken += length;
             if opcode == CLOSE {
-                tally.problem(format!("closed: {text}"));
-                tally.dropped.fetch_add(1, Ordering::SeqCst);
-                closed = true;
-                break;
+                return Err(format!("closed: {text}"));
             }
             if opcode != TEXT {
                 continue;
@@ -233,29 +327,72 @@ async fn subscriber(
                 if TERMINAL.contains(&kind) {
                     tally.finished.fetch_add(1, Ordering::SeqCst);
                 }
-                received.push(delivery);
+                self.received.push(delivery);
             } else if text.contains("\"type\":\"error\"") || text.contains("\"errors\"") {
                 tally.problem(text.to_string());
                 tally.refused.fetch_add(1, Ordering::SeqCst);
-                if attempt < SUBSCRIBE_ATTEMPTS {
-                    attempt += 1;
-                    tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                    let _ = tcp.write_all(&masked_text(&subscribe_message(attempt, &payload))).await;
-                }
+                self.refused = self.attempt < SUBSCRIBE_ATTEMPTS;
             }
         }
-        if closed {
-            break;
-        }
-        buffer.drain(..taken);
+        Ok(taken)
     }
-    received
+
+    /// Asks again for a refused subscription, under a new id.
+    fn subscribe_again(&mut self, tally: &Tally) {
+        self.attempt += 1;
+        let message = masked_text(&subscribe_message(self.attempt, &self.payload));
+        if let Err(e) = self.tcp.write_all(&message) {
+            tally.problem(format!("subscribing again: {e}"));
+        }
+    }
+}
+
+/// An epoll set, edge-triggered: a socket is reported ready when bytes arrive, once.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative answer is a new descriptor
+        // that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `socket` for reading, reported as `token`.
+    fn add(&self, socket: &TcpStream, token: usize) -> io::Result<()> {
+        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: token as u64 };
+        // SAFETY: both descriptors are open for the call; `event` is read during it only.
+        let answer =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, socket.as_raw_fd(), &mut event) };
+        if answer < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    fn remove(&self, socket: &TcpStream) -> io::Result<()> {
+        // SAFETY: both descriptors are open for the call; DEL reads no event.
+        let answer = unsafe {
+            libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, socket.as_raw_fd(), std::ptr::null_mut())
+        };
+        if answer < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Waits up to `timeout` for ready sockets; answers their tokens.
+    fn wait<'a>(&self, events: &'a mut [libc::epoll_event], timeout: Duration) -> impl Iterator<Item = usize> + 'a {
+        let capacity = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        // SAFETY: the kernel writes at most `capacity` events into `events`, which holds as many.
+        let ready =
+            unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), capacity, timeout.as_millis() as i32) };
+        events[..usize::try_from(ready).unwrap_or(0)].iter().map(|event| event.u64 as usize)
+    }
 }
 
 const TEXT: u8 = 1;
 const CLOSE: u8 = 8;
-/// Bytes read from a socket at a time.
-const READ_BUFFER: usize = 4096;
+/// Bytes read from a socket at a time (far more than a run's events).
+const READ_BUFFER: usize = 64 * 1024;
 
 /// The first whole frame of `bytes` (from the server, so unmasked): its opcode, payload, and
 /// length in all; `None` until it has all arrived.
@@ -295,8 +432,9 @@ fn subscribe_message(id: u32, payload: &str) -> String {
     format!(r#"{{"id":"{id}","type":"subscribe","payload":{payload}}}"#)
 }
 
-/// Connects, initialises with the token and subscribes.
-async fn open(addr: SocketAddr, init: String, subscribe: String) -> Result<Socket, String> {
+/// Connects, initialises with the token and subscribes; answers the bare socket (the server
+/// sends nothing between `connection_ack` and the first event, so the library holds no bytes).
+async fn connect(addr: SocketAddr, init: String, subscribe: String) -> Result<TcpStream, String> {
     let mut request = format!("ws://{addr}/graphql/ws").into_client_request().map_err(|e| e.to_string())?;
     request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("graphql-transport-ws"));
     // Small frames only: a small read buffer keeps ten thousand clients light.
@@ -316,7 +454,10 @@ async fn open(addr: SocketAddr, init: String, subscribe: String) -> Result<Socke
         }
     }
     socket.send(Message::text(subscribe)).await.map_err(|e| format!("send subscribe: {e}"))?;
-    Ok(socket)
+    let MaybeTlsStream::Plain(tcp) = socket.into_inner() else {
+        return Err("not a plain TCP socket".into());
+    };
+    tcp.into_std().map_err(|e| format!("taking the socket: {e}"))
 }
 
 /// The run and arrival of a `next` message's event, and its kind.

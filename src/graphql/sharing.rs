@@ -27,6 +27,13 @@ use tokio::{
 /// after the first of a batch.
 const BATCH_GAP: Duration = Duration::from_millis(2);
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// A stream with this many members or more waits longer, `CROWD_GAP` and `CROWD_WINDOW`: each
+/// batch costs a write to every member's socket, so one run's events split over two batches
+/// cost more CPU than the wait costs latency (a run on PostgreSQL makes its events over several
+/// milliseconds, one round trip each).
+const CROWD: usize = 1000;
+const CROWD_GAP: Duration = Duration::from_millis(6);
+const CROWD_WINDOW: Duration = Duration::from_millis(20);
 /// Most events queued together, as one item of a socket's queue.
 const BATCH_MAX: usize = 32;
 
@@ -215,15 +222,18 @@ impl Groups {
 }
 
 /// Runs a shared operation: each response is serialised once and queued for every member.
-/// Responses that follow each other closely (`BATCH_GAP`, `BATCH_WINDOW`) are queued together,
-/// so each socket is woken, and written to, once for them all rather than once each.
+/// Responses that follow each other closely (`BATCH_GAP`, `BATCH_WINDOW`; for a crowd,
+/// `CROWD_GAP`, `CROWD_WINDOW`) are queued together, so each socket is woken, and written to,
+/// once for them all rather than once each.
 async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<'static, Response>) {
     let mut ended = false;
     while !ended && let Some(first) = responses.next().await {
         let mut batch = vec![serde_json::to_string(&first).unwrap_or_default()];
-        let window = tokio::time::Instant::now() + BATCH_WINDOW;
+        let crowded = locked(&group.members).list.len() >= CROWD;
+        let (gap, window) = if crowded { (CROWD_GAP, CROWD_WINDOW) } else { (BATCH_GAP, BATCH_WINDOW) };
+        let window = tokio::time::Instant::now() + window;
         while batch.len() < BATCH_MAX {
-            let until = window.min(tokio::time::Instant::now() + BATCH_GAP);
+            let until = window.min(tokio::time::Instant::now() + gap);
             match tokio::time::timeout_at(until, responses.next()).await {
                 Ok(Some(response)) => batch.push(serde_json::to_string(&response).unwrap_or_default()),
                 Ok(None) => {
@@ -368,6 +378,26 @@ mod tests {
         source.send(event(4)).unwrap();
         assert!(item(&mut a).await[0].contains(r#"{"n":4}"#));
         assert!(a.outbox.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_waits_longer_for_what_follows() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut a) = group(&groups, "a", 8);
+        let crowd: Vec<Socket> = (1..super::CROWD).map(|n| join(&groups, &n.to_string(), 8)).collect();
+        source.send(event(1)).unwrap();
+        tokio::time::sleep(super::BATCH_GAP * 2).await;
+        assert!(a.outbox.is_empty(), "a crowd's first waits longer than the usual gap");
+        source.send(event(2)).unwrap();
+        assert_eq!(item(&mut a).await.len(), 2, "the second came with it");
+        // Events that keep coming, one every 4 ms, are still cut at the 20 ms window.
+        for n in 3..30 {
+            source.send(event(n)).unwrap();
+            tokio::time::sleep(super::BATCH_GAP * 2).await;
+        }
+        let first = item(&mut a).await;
+        assert!((2..=6).contains(&first.len()), "cut at the window: {first:?}");
+        drop(crowd);
     }
 
     #[tokio::test]
