@@ -9,6 +9,7 @@ use axum::{
     http::{HeaderName, Method, StatusCode, header},
     middleware,
     routing::get,
+    serve::ListenerExt,
 };
 use migration::{Migrator, MigratorTrait};
 use tokio::{
@@ -145,7 +146,14 @@ impl App {
         let notices = tokio::spawn(follow_notices(self.state.clone()));
         let backups = tokio::spawn(scheduled_backups(self.state.clone()));
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
+        // Small writes go out at once: a websocket event or a short answer must not wait for the
+        // client's delayed ACK of the previous write (Nagle's algorithm, up to 40 ms or more).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        let served = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 stop.await;
                 tracing::info!("shutting down: finishing in-flight requests");
