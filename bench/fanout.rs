@@ -58,6 +58,9 @@ struct Deliveries {
     latency_ms: Option<[f64; 3]>,
     /// p99 of the deliveries whose run started on another instance than the subscriber's.
     crossed_p99_ms: Option<f64>,
+    /// Each run's own p99, over the runs: p50, p99 and max. How far one slow run, or a slow
+    /// machine, moves the figure.
+    run_p99_ms: Option<[f64; 3]>,
 }
 
 /// One line of the table.
@@ -161,6 +164,7 @@ async fn measure(scenario: &'static str, topology: Topology, subscribers: usize)
 /// started on); `received[i]` is what subscriber `i`, on instance `i % instances`, received.
 fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usize) -> Deliveries {
     let mut events: HashMap<u64, HashSet<i64>> = HashMap::new();
+    let mut by_run: HashMap<u64, Vec<i64>> = HashMap::new();
     let (mut all, mut crossed) = (Vec::new(), Vec::new());
     for (subscriber, deliveries) in received.iter().enumerate() {
         for delivery in deliveries {
@@ -169,11 +173,16 @@ fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usiz
             events.entry(delivery.run).or_default().insert(at_ns);
             let latency = delivery.arrived_ns - at_ns;
             all.push(latency);
+            by_run.entry(delivery.run).or_default().push(latency);
             if started_on != subscriber % instances {
                 crossed.push(latency);
             }
         }
     }
+    let mut run_p99s: Vec<i64> = by_run
+        .values_mut()
+        .filter_map(|latencies| percentiles(latencies).map(|[_, p99, _]| (p99 * 1e6) as i64))
+        .collect();
     let per_run: Vec<usize> = runs.keys().map(|run| events.get(run).map_or(0, HashSet::len)).collect();
     let mut spans: Vec<i64> = events.values().filter_map(|at| Some(at.iter().max()? - at.iter().min()?)).collect();
     Deliveries {
@@ -182,6 +191,7 @@ fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usiz
         events_per_run: (per_run.iter().copied().min().unwrap_or(0), per_run.iter().copied().max().unwrap_or(0)),
         latency_ms: percentiles(&mut all),
         crossed_p99_ms: percentiles(&mut crossed).map(|[_, p99, _]| p99),
+        run_p99_ms: percentiles(&mut run_p99s),
         run_span_ms: percentiles(&mut spans),
     }
 }
@@ -217,15 +227,18 @@ fn print_table(rows: &[Row]) {
     }
     println!();
     for row in rows {
-        let Deliveries { delivered, expected, events_per_run: (min, max), crossed_p99_ms, run_span_ms, .. } =
-            &row.deliveries;
+        let Deliveries {
+            delivered, expected, events_per_run: (min, max), crossed_p99_ms, run_span_ms, run_p99_ms, ..
+        } = &row.deliveries;
         let [span_p50, _, span_max] = run_span_ms.unwrap_or_default();
+        let [run_p99_p50, _, run_p99_max] = run_p99_ms.unwrap_or_default();
         let crossed =
             crossed_p99_ms.map_or(String::new(), |p99| format!("; p99 of deliveries across Redis {p99:.1} ms"));
         let per_delivery_us = row.cpu.0 * 1e6 / (*delivered).max(1) as f64;
         println!(
             "- {} × {}: {}/{} connected, {} subscriptions refused and asked again; {RUNS} runs of {min}–{max} events \
-             (made in {span_p50:.1} ms, at most {span_max:.1}) started and delivered in {:.1} s; CPU servers {:.1} s ({per_delivery_us:.0} µs per delivery), \
+             (made in {span_p50:.1} ms, at most {span_max:.1}; each run's own p99 {run_p99_p50:.1} ms at the median run, \
+             {run_p99_max:.1} at the slowest) started and delivered in {:.1} s; CPU servers {:.1} s ({per_delivery_us:.0} µs per delivery), \
              client {:.1} s{crossed}",
             row.scenario,
             row.subscribers,
