@@ -2,7 +2,9 @@
 //! (graphql-transport-ws on `/graphql/ws`), against the real release binary. Measures
 //! - event-to-client latency: from an event's creation on the server (its `at`, nanoseconds of
 //!   the same clock) to its arrival at each subscriber, over every (event, subscriber) pair, while
-//!   20 runs of `local/echo` start one every 300 ms;
+//!   20 runs of `local/echo` start one every 300 ms; and, as a diagnostic, to when it landed on
+//!   the subscriber's socket (the kernel's receive timestamp), before the subscriber, sharing
+//!   the cores, got to read it;
 //! - server memory per idle subscription: resident size of the server process(es) once all N
 //!   subscriptions are open and idle for a few seconds, minus the size before the first was
 //!   opened (after a warm-up), over N.
@@ -58,6 +60,9 @@ struct Deliveries {
     latency_ms: Option<[f64; 3]>,
     /// p99 of the deliveries whose run started on another instance than the subscriber's.
     crossed_p99_ms: Option<f64>,
+    /// p99 of the time from an event's creation until it landed on the subscriber's socket
+    /// (before the subscriber, on the same cores, got to read it).
+    landed_p99_ms: Option<f64>,
     /// Each run's own p99, over the runs: p50, p99 and max. How far one slow run, or a slow
     /// machine, moves the figure.
     run_p99_ms: Option<[f64; 3]>,
@@ -165,7 +170,7 @@ async fn measure(scenario: &'static str, topology: Topology, subscribers: usize)
 fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usize) -> Deliveries {
     let mut events: HashMap<u64, HashSet<i64>> = HashMap::new();
     let mut by_run: HashMap<u64, Vec<i64>> = HashMap::new();
-    let (mut all, mut crossed) = (Vec::new(), Vec::new());
+    let (mut all, mut crossed, mut landed) = (Vec::new(), Vec::new(), Vec::new());
     for (subscriber, deliveries) in received.iter().enumerate() {
         for delivery in deliveries {
             let Some(&started_on) = runs.get(&delivery.run) else { continue };
@@ -173,6 +178,7 @@ fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usiz
             events.entry(delivery.run).or_default().insert(at_ns);
             let latency = delivery.arrived_ns - at_ns;
             all.push(latency);
+            landed.push(delivery.landed_ns - at_ns);
             by_run.entry(delivery.run).or_default().push(latency);
             if started_on != subscriber % instances {
                 crossed.push(latency);
@@ -191,6 +197,7 @@ fn count(received: &[Vec<Delivery>], runs: &HashMap<u64, usize>, instances: usiz
         events_per_run: (per_run.iter().copied().min().unwrap_or(0), per_run.iter().copied().max().unwrap_or(0)),
         latency_ms: percentiles(&mut all),
         crossed_p99_ms: percentiles(&mut crossed).map(|[_, p99, _]| p99),
+        landed_p99_ms: percentiles(&mut landed).map(|[_, p99, _]| p99),
         run_p99_ms: percentiles(&mut run_p99s),
         run_span_ms: percentiles(&mut spans),
     }
@@ -228,18 +235,27 @@ fn print_table(rows: &[Row]) {
     println!();
     for row in rows {
         let Deliveries {
-            delivered, expected, events_per_run: (min, max), crossed_p99_ms, run_span_ms, run_p99_ms, ..
+            delivered,
+            expected,
+            events_per_run: (min, max),
+            crossed_p99_ms,
+            landed_p99_ms,
+            run_span_ms,
+            run_p99_ms,
+            ..
         } = &row.deliveries;
         let [span_p50, _, span_max] = run_span_ms.unwrap_or_default();
         let [run_p99_p50, _, run_p99_max] = run_p99_ms.unwrap_or_default();
         let crossed =
             crossed_p99_ms.map_or(String::new(), |p99| format!("; p99 of deliveries across Redis {p99:.1} ms"));
+        let landed =
+            landed_p99_ms.map_or(String::new(), |p99| format!("; p99 until it landed on the socket {p99:.1} ms"));
         let per_delivery_us = row.cpu.0 * 1e6 / (*delivered).max(1) as f64;
         println!(
             "- {} × {}: {}/{} connected, {} subscriptions refused and asked again; {RUNS} runs of {min}–{max} events \
              (made in {span_p50:.1} ms, at most {span_max:.1}; each run's own p99 {run_p99_p50:.1} ms at the median run, \
              {run_p99_max:.1} at the slowest) started and delivered in {:.1} s; CPU servers {:.1} s ({per_delivery_us:.0} µs per delivery), \
-             client {:.1} s{crossed}",
+             client {:.1} s{crossed}{landed}",
             row.scenario,
             row.subscribers,
             row.connected,

@@ -5,7 +5,7 @@
 //! clients share the servers' cores, so they should spend as little CPU per message as they can.
 
 use std::{
-    io::{self, Read, Write},
+    io::{self, Write},
     net::{SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
@@ -49,7 +49,11 @@ pub struct Delivery {
     pub run: u64,
     /// The event's `at` as sent (RFC 3339), read only once the measurement is over.
     at: [u8; AT_LENGTH],
+    /// When this subscriber read it.
     pub arrived_ns: i64,
+    /// When its bytes reached the subscriber's socket, by the kernel's receive timestamp: what
+    /// the subscriber's own scheduling adds is `arrived_ns - landed_ns`.
+    pub landed_ns: i64,
 }
 
 /// Longest `at` kept: `2026-11-26T13:09:27.396373123Z` and then some.
@@ -270,6 +274,9 @@ struct Subscriber {
 
 impl Subscriber {
     fn new(Opened { tcp, payload, .. }: Opened) -> Self {
+        if let Err(e) = stamp_arrivals(&tcp) {
+            eprintln!("receive timestamps off: {e}");
+        }
         Self { tcp, payload, pending: Vec::new(), received: Vec::with_capacity(256), attempt: 1, refused: false }
     }
 
@@ -277,14 +284,15 @@ impl Subscriber {
     /// `scratch`, and notes each event of the whole frames read.
     fn read(&mut self, scratch: &mut [u8], tally: &Tally) -> Outcome {
         loop {
-            let read = match self.tcp.read(scratch) {
-                Ok(0) => return ended("socket ended".into(), tally),
+            let (read, landed_ns) = match receive(&self.tcp, scratch) {
+                Ok((0, _)) => return ended("socket ended".into(), tally),
                 Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return ended(format!("socket failed: {e}"), tally),
             };
             let arrived_ns = now_ns();
-            if let Err(problem) = self.note(&scratch[..read], arrived_ns, tally) {
+            let arrival = Arrival { read_ns: arrived_ns, landed_ns: landed_ns.unwrap_or(arrived_ns) };
+            if let Err(problem) = self.note(&scratch[..read], arrival, tally) {
                 return ended(problem, tally);
             }
             // A read short of the scratch emptied the socket.
@@ -296,14 +304,14 @@ impl Subscriber {
     }
 
     /// Notes the whole frames of what was pending and `bytes`; keeps the rest pending.
-    fn note(&mut self, bytes: &[u8], arrived_ns: i64, tally: &Tally) -> Result<(), String> {
+    fn note(&mut self, bytes: &[u8], arrival: Arrival, tally: &Tally) -> Result<(), String> {
         if self.pending.is_empty() {
-            let taken = self.take(bytes, arrived_ns, tally)?;
+            let taken = self.take(bytes, arrival, tally)?;
             self.pending.extend_from_slice(&bytes[taken..]);
         } else {
             let mut pending = std::mem::take(&mut self.pending);
             pending.extend_from_slice(bytes);
-            let taken = self.take(&pending, arrived_ns, tally)?;
+            let taken = self.take(&pending, arrival, tally)?;
             pending.drain(..taken);
             self.pending = pending;
         }
@@ -312,7 +320,7 @@ impl Subscriber {
 
     /// Notes each event of the whole frames at the start of `bytes`; answers the bytes they took,
     /// or why the socket ended.
-    fn take(&mut self, bytes: &[u8], arrived_ns: i64, tally: &Tally) -> Result<usize, String> {
+    fn take(&mut self, bytes: &[u8], arrival: Arrival, tally: &Tally) -> Result<usize, String> {
         let mut taken = 0;
         while let Some((opcode, body, length)) = frame(&bytes[taken..]) {
             let text = std::str::from_utf8(body).unwrap_or_default();
@@ -323,7 +331,7 @@ impl Subscriber {
             if opcode != TEXT {
                 continue;
             }
-            if let Some((delivery, kind)) = delivery(text, arrived_ns) {
+            if let Some((delivery, kind)) = delivery(text, arrival) {
                 if TERMINAL.contains(&kind) {
                     tally.finished.fetch_add(1, Ordering::SeqCst);
                 }
@@ -345,6 +353,65 @@ impl Subscriber {
             tally.problem(format!("subscribing again: {e}"));
         }
     }
+}
+
+/// When a read's bytes arrived: read by the subscriber, and landed on its socket (the first of
+/// them; a frame split over two arrivals counts the later, which never happens with the small
+/// frames here).
+#[derive(Clone, Copy)]
+struct Arrival {
+    read_ns: i64,
+    landed_ns: i64,
+}
+
+/// Asks the kernel to stamp each arrival on `socket` with the time it landed (`SO_TIMESTAMPNS`).
+fn stamp_arrivals(socket: &TcpStream) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open; the kernel reads `on`, an int, during the call only.
+    let answer = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if answer < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Reads from `socket` into `buffer`; answers the bytes read and, when the socket stamps its
+/// arrivals, when the first of them landed (nanoseconds since the epoch).
+fn receive(socket: &TcpStream, buffer: &mut [u8]) -> io::Result<(usize, Option<i64>)> {
+    // Room for one control message holding a timespec, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    let mut part = libc::iovec { iov_base: buffer.as_mut_ptr().cast(), iov_len: buffer.len() };
+    // SAFETY: an all-zero msghdr is valid (no name, no parts), filled in below.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut part;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = size_of_val(&control) as _;
+    // SAFETY: `message` points at `part` (into `buffer`) and `control`, which outlive the call,
+    // with their true lengths.
+    let read = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut message, libc::MSG_DONTWAIT) };
+    if read < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut landed = None;
+    // SAFETY: the kernel filled `control` up to `msg_controllen`; the CMSG macros walk it within
+    // that length, and a SCM_TIMESTAMPNS message's data is one timespec.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let at = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<libc::timespec>());
+                landed = Some(at.tv_sec * 1_000_000_000 + at.tv_nsec);
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    Ok((read as usize, landed))
 }
 
 /// An epoll set, edge-triggered: a socket is reported ready when bytes arrive, once.
@@ -461,14 +528,15 @@ async fn connect(addr: SocketAddr, init: String, subscribe: String) -> Result<Tc
 }
 
 /// The run and arrival of a `next` message's event, and its kind.
-fn delivery(text: &str, arrived_ns: i64) -> Option<(Delivery, &str)> {
+fn delivery(text: &str, arrival: Arrival) -> Option<(Delivery, &str)> {
     static FIELDS: LazyLock<[Finder<'static>; 3]> =
         LazyLock::new(|| ["\"runId\":\"", "\"kind\":\"", "\"at\":\""].map(Finder::new));
     let [run, kind, at] = &*FIELDS;
     let at_text = field(text, at)?.as_bytes();
     let mut at = [0; AT_LENGTH];
     at.get_mut(..at_text.len())?.copy_from_slice(at_text);
-    let delivery = Delivery { run: run_key(field(text, run)?), at, arrived_ns };
+    let delivery =
+        Delivery { run: run_key(field(text, run)?), at, arrived_ns: arrival.read_ns, landed_ns: arrival.landed_ns };
     Some((delivery, field(text, kind)?))
 }
 

@@ -22,6 +22,7 @@ pub mod templates;
 pub mod transport;
 pub mod usage;
 pub mod users;
+pub mod wire;
 pub mod workflows;
 pub mod ws;
 

@@ -1,9 +1,9 @@
 //! Subscriptions shared between sockets. `graphql-transport-ws` operations with the same document,
 //! operation name and variables, whose resolver declares its stream the same for every caller it
 //! lets in (`shareable`), run once: each event's payload is serialised once and written to every
-//! subscriber's socket queue. Every subscriber still runs its own operation up to and through the
-//! resolver (parse, validation, limits, rate limit, access check), so sharing changes what an
-//! event costs, never who sees it.
+//! subscriber's socket, straight or through its queue (`wire`). Every subscriber still runs its
+//! own operation up to and through the resolver (parse, validation, limits, rate limit, access
+//! check), so sharing changes what an event costs, never who sees it.
 
 use std::{
     collections::HashMap,
@@ -15,12 +15,13 @@ use std::{
 };
 
 use async_graphql::{Context, Response};
-use axum::extract::ws::Message;
 use futures_util::{StreamExt, stream::BoxStream};
 use tokio::{
     sync::{mpsc, oneshot},
-    task::AbortHandle,
+    task::{AbortHandle, JoinHandle, unconstrained},
 };
+
+use super::wire::{Outgoing, Wire};
 
 /// How long a shared stream waits after an event for the next one to queue it with (a run's
 /// events come a few milliseconds apart at most, database round trips included), and at most
@@ -36,31 +37,12 @@ const CROWD_GAP: Duration = Duration::from_millis(6);
 const CROWD_WINDOW: Duration = Duration::from_millis(20);
 /// Most events queued together, as one item of a socket's queue.
 const BATCH_MAX: usize = 32;
-
-/// One item of a socket's queue: a message, or a batch of a shared stream's events for one of
-/// the socket's operations, which the socket's writer frames as a `next` message each (so the
-/// framing is spread over the writers, not done by the one task serving the stream).
-#[derive(Debug)]
-pub enum Outgoing {
-    Message(Message),
-    Events {
-        /// `{"type":"next","id":…,"payload":` for the operation's id.
-        prefix: Arc<str>,
-        /// Each event's payload, serialised once for every member.
-        payloads: Arc<[String]>,
-    },
-}
-
-impl Outgoing {
-    /// The `next` message of one event.
-    pub fn next(prefix: &str, payload: &str) -> Message {
-        let mut frame = String::with_capacity(prefix.len() + payload.len() + 1);
-        frame.push_str(prefix);
-        frame.push_str(payload);
-        frame.push('}');
-        Message::Text(frame.into())
-    }
-}
+/// A group's members are kept in this many shards; a crowd's are written by a task per shard,
+/// so that its writes are spread over the cores.
+const SHARDS: usize = 16;
+/// Sockets written to in one turn: between turns the writing task yields, so that the runtime
+/// reads the network and runs other tasks, such as the run making the next events.
+const TURN: usize = 64;
 
 /// In a socket operation's request data: how its resolver says the operation may be shared.
 pub struct SocketOperation {
@@ -115,7 +97,7 @@ pub enum Notice {
 pub struct Subscriber {
     /// The operation's id on its socket.
     pub id: String,
-    pub outbox: mpsc::Sender<Outgoing>,
+    pub wire: Wire,
     pub notices: mpsc::UnboundedSender<Notice>,
 }
 
@@ -128,22 +110,25 @@ pub struct Groups {
 
 struct Group {
     key: String,
-    members: Mutex<Members>,
+    /// Members by `number % SHARDS`; never two shards locked at once.
+    shards: [Mutex<Members>; SHARDS],
     task: Mutex<Option<AbortHandle>>,
 }
 
 #[derive(Default)]
 struct Members {
     list: HashMap<u64, Member>,
-    /// Events delivered so far.
+    /// Events delivered to this shard so far.
     delivered: u64,
 }
 
 struct Member {
     /// `{"type":"next","id":…,"payload":` for this member's operation id.
     prefix: Arc<str>,
-    /// The socket's queue, until it once has no room: from then on events go through `notices`.
-    outbox: Option<mpsc::Sender<Outgoing>>,
+    wire: Wire,
+    /// Set once the socket could take an event neither straight nor in its queue: from then on
+    /// events go through `notices`, so they stay in order with those already there.
+    behind: bool,
     notices: mpsc::UnboundedSender<Notice>,
     /// `delivered` when it joined.
     joined_at: u64,
@@ -151,15 +136,25 @@ struct Member {
 
 impl Member {
     fn send(&mut self, number: u64, payloads: &Arc<[String]>) {
-        let events = Outgoing::Events { prefix: self.prefix.clone(), payloads: payloads.clone() };
-        let events = match &self.outbox {
-            Some(outbox) => match outbox.try_send(events) {
+        let rest = if self.behind {
+            payloads.clone()
+        } else {
+            match self.wire.write_now(&self.prefix, payloads) {
+                0 => payloads.clone(),
+                written if written == payloads.len() => return,
+                written => payloads[written..].into(),
+            }
+        };
+        let events = Outgoing::Events { prefix: self.prefix.clone(), payloads: rest };
+        let events = if self.behind {
+            events
+        } else {
+            match self.wire.try_queue(events) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
                 Err(mpsc::error::TrySendError::Full(events)) => events,
-            },
-            None => events,
+            }
         };
-        self.outbox = None;
+        self.behind = true;
         let _ = self.notices.send(Notice::Events { member: number, events });
     }
 }
@@ -190,19 +185,17 @@ impl Groups {
         let group = match live.get(&key) {
             Some(group) => group.clone(),
             None => {
-                let group = Arc::new(Group { key: key.clone(), members: Mutex::default(), task: Mutex::default() });
+                let group = Arc::new(Group { key: key.clone(), shards: Default::default(), task: Mutex::default() });
                 let task = tokio::spawn(pump(Arc::downgrade(self), group.clone(), own));
                 *locked(&group.task) = Some(task.abort_handle());
                 live.insert(key, group.clone());
                 group
             }
         };
-        let mut members = locked(&group.members);
+        let mut members = group.shard(number);
         let prefix = format!(r#"{{"type":"next","id":{},"payload":"#, serde_json::Value::from(subscriber.id)).into();
-        let joined_at = members.delivered;
-        members
-            .list
-            .insert(number, Member { prefix, outbox: Some(subscriber.outbox), notices: subscriber.notices, joined_at });
+        let (wire, notices, joined_at) = (subscriber.wire, subscriber.notices, members.delivered);
+        members.list.insert(number, Member { prefix, wire, behind: false, notices, joined_at });
         drop(members);
         Membership { groups: self.clone(), group, number }
     }
@@ -213,23 +206,27 @@ impl Groups {
         if live.get(&group.key).is_some_and(|g| Arc::ptr_eq(g, group)) {
             live.remove(&group.key);
         }
-        let mut members = locked(&group.members);
-        let delivered = members.delivered;
-        for (number, member) in members.list.drain() {
-            let _ = member.notices.send(Notice::Ended { member: number, late: member.joined_at == delivered });
+        for shard in &group.shards {
+            let mut members = locked(shard);
+            let delivered = members.delivered;
+            for (number, member) in members.list.drain() {
+                let _ = member.notices.send(Notice::Ended { member: number, late: member.joined_at == delivered });
+            }
         }
     }
 }
 
-/// Runs a shared operation: each response is serialised once and queued for every member.
+/// Runs a shared operation: each response is serialised once and written to every member.
 /// Responses that follow each other closely (`BATCH_GAP`, `BATCH_WINDOW`; for a crowd,
-/// `CROWD_GAP`, `CROWD_WINDOW`) are queued together, so each socket is woken, and written to,
-/// once for them all rather than once each.
+/// `CROWD_GAP`, `CROWD_WINDOW`) go together, so each socket is written to once for them all
+/// rather than once each. A crowd's batch is written by a task per shard while the next batch
+/// gathers; each batch waits for the last one's writes, so every member gets them in order.
 async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<'static, Response>) {
     let mut ended = false;
+    let mut writing: Vec<JoinHandle<()>> = Vec::new();
     while !ended && let Some(first) = responses.next().await {
         let mut batch = vec![serde_json::to_string(&first).unwrap_or_default()];
-        let crowded = locked(&group.members).list.len() >= CROWD;
+        let crowded = group.shards.iter().map(|shard| locked(shard).list.len()).sum::<usize>() >= CROWD;
         let (gap, window) = if crowded { (CROWD_GAP, CROWD_WINDOW) } else { (BATCH_GAP, BATCH_WINDOW) };
         let window = tokio::time::Instant::now() + window;
         while batch.len() < BATCH_MAX {
@@ -243,7 +240,28 @@ async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<
                 Err(_) => break,
             }
         }
-        group.deliver(batch.into());
+        for shard in writing.drain(..) {
+            let _ = shard.await;
+        }
+        let payloads: Arc<[String]> = batch.into();
+        if crowded {
+            writing = (0..SHARDS)
+                .map(|shard| {
+                    let (group, payloads) = (group.clone(), payloads.clone());
+                    tokio::spawn(unconstrained(async move { group.deliver(shard, &payloads).await }))
+                })
+                .collect();
+        } else {
+            unconstrained(async {
+                for shard in 0..SHARDS {
+                    group.deliver(shard, &payloads).await;
+                }
+            })
+            .await;
+        }
+    }
+    for shard in writing {
+        let _ = shard.await;
     }
     if let Some(groups) = groups.upgrade() {
         groups.end(&group);
@@ -251,31 +269,43 @@ async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<
 }
 
 impl Group {
-    /// Queues `payloads`, in order, for every member.
-    fn deliver(&self, payloads: Arc<[String]>) {
-        let mut members = locked(&self.members);
-        members.delivered += payloads.len() as u64;
-        for (&number, member) in members.list.iter_mut() {
-            member.send(number, &payloads);
+    fn shard(&self, number: u64) -> MutexGuard<'_, Members> {
+        locked(&self.shards[number as usize % SHARDS])
+    }
+
+    /// Writes `payloads`, in order, to every member of one shard, `TURN` at a time. A member
+    /// that joins meanwhile does not get them, and counts them as delivered before it joined.
+    async fn deliver(&self, shard: usize, payloads: &Arc<[String]>) {
+        let numbers: Vec<u64> = {
+            let mut members = locked(&self.shards[shard]);
+            members.delivered += payloads.len() as u64;
+            members.list.keys().copied().collect()
+        };
+        for (turn, numbers) in numbers.chunks(TURN).enumerate() {
+            if turn > 0 {
+                tokio::task::yield_now().await;
+            }
+            let mut members = locked(&self.shards[shard]);
+            for &number in numbers {
+                if let Some(member) = members.list.get_mut(&number) {
+                    member.send(number, payloads);
+                }
+            }
         }
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let emptied = {
-            let mut members = locked(&self.group.members);
-            members.list.remove(&self.number);
-            members.list.is_empty()
-        };
-        if !emptied {
+        self.group.shard(self.number).list.remove(&self.number);
+        let emptied = || self.group.shards.iter().all(|shard| locked(shard).list.is_empty());
+        if !emptied() {
             return;
         }
-        // Again in lock order (registry, then members): somebody may have joined meanwhile.
+        // Again holding the registry: somebody may have joined meanwhile.
         let mut live = locked(&self.groups.live);
-        let members = locked(&self.group.members);
         let current = live.get(&self.group.key).is_some_and(|g| Arc::ptr_eq(g, &self.group));
-        if current && members.list.is_empty() {
+        if current && emptied() {
             live.remove(&self.group.key);
             if let Some(task) = locked(&self.group.task).take() {
                 task.abort();
@@ -286,7 +316,11 @@ impl Drop for Membership {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, time::Duration};
+    use std::{
+        sync::Arc,
+        task::{Context, Waker},
+        time::Duration,
+    };
 
     use async_graphql::{Response, Value};
     use axum::extract::ws::Message;
@@ -294,42 +328,53 @@ mod tests {
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
-    use super::{Groups, Membership, Notice, Outgoing, Subscriber};
+    use super::{Groups, Membership, Notice, SHARDS, Subscriber, TURN};
+    use crate::graphql::wire::{Outgoing, Wire, testing};
 
     struct Socket {
-        outbox: mpsc::Receiver<Outgoing>,
+        wire: Wire,
+        /// What went through the socket's queue.
+        queue: mpsc::Receiver<Outgoing>,
+        /// What was written straight to the socket.
+        frames: mpsc::UnboundedReceiver<Message>,
         notices: mpsc::UnboundedReceiver<Notice>,
         membership: Membership,
     }
 
-    /// Joins a socket whose queue holds `room` messages to the stream under "key", which must
-    /// exist: its own stream is never polled.
-    fn join(groups: &Arc<Groups>, id: &str, room: usize) -> Socket {
-        socket(groups, id, room, futures_util::stream::pending().boxed())
+    /// Joins a socket that takes every frame to the stream under "key", which must exist: its
+    /// own stream is never polled.
+    fn join(groups: &Arc<Groups>, id: &str) -> Socket {
+        socket(groups, id, true, 8, futures_util::stream::pending().boxed())
     }
 
-    fn socket(groups: &Arc<Groups>, id: &str, room: usize, own: BoxStream<'static, Response>) -> Socket {
-        let (outbox, outbox_rx) = mpsc::channel(room);
+    /// Joins a socket that takes every frame (`taking`), or none, and whose queue holds `room`
+    /// items.
+    fn socket(groups: &Arc<Groups>, id: &str, taking: bool, room: usize, own: BoxStream<'static, Response>) -> Socket {
+        let (wire, queue, frames) = testing::wire(taking, room);
         let (notices, notices_rx) = mpsc::unbounded_channel();
-        let membership = groups.join("key".into(), Subscriber { id: id.into(), outbox, notices }, own);
-        Socket { outbox: outbox_rx, notices: notices_rx, membership }
+        let membership = groups.join("key".into(), Subscriber { id: id.into(), wire: wire.clone(), notices }, own);
+        Socket { wire, queue, frames, notices: notices_rx, membership }
     }
 
     fn event(n: i32) -> Response {
         Response::new(Value::from_json(serde_json::json!({"n": n})).unwrap())
     }
 
-    /// The texts of a queue item, in order.
-    fn texts(item: Outgoing) -> Vec<String> {
-        let text = |message| match message {
+    fn text(message: Message) -> String {
+        match message {
             Message::Text(text) => text.to_string(),
             other => panic!("not text: {other:?}"),
-        };
+        }
+    }
+
+    /// The texts of a queue item, in order.
+    fn texts(item: Outgoing) -> Vec<String> {
         match item {
             Outgoing::Message(message) => vec![text(message)],
             Outgoing::Events { prefix, payloads } => {
                 payloads.iter().map(|payload| text(Outgoing::next(&prefix, payload))).collect()
             }
+            Outgoing::Flush => vec![],
         }
     }
 
@@ -338,75 +383,118 @@ mod tests {
     }
 
     /// A group fed by the returned sender, with `first` as its first member.
-    fn group(groups: &Arc<Groups>, first: &str, room: usize) -> (mpsc::UnboundedSender<Response>, Socket) {
+    fn group(
+        groups: &Arc<Groups>,
+        first: &str,
+        taking: bool,
+        room: usize,
+    ) -> (mpsc::UnboundedSender<Response>, Socket) {
         let (source, rx) = mpsc::unbounded_channel();
-        (source, socket(groups, first, room, UnboundedReceiverStream::new(rx).boxed()))
+        (source, socket(groups, first, taking, room, UnboundedReceiverStream::new(rx).boxed()))
     }
 
     /// The texts of the next item on the socket's queue.
     async fn item(socket: &mut Socket) -> Vec<String> {
-        texts(tokio::time::timeout(Duration::from_secs(5), socket.outbox.recv()).await.unwrap().unwrap())
+        texts(tokio::time::timeout(Duration::from_secs(5), socket.queue.recv()).await.unwrap().unwrap())
+    }
+
+    /// The texts of the next frames written straight to the socket together.
+    async fn written(socket: &mut Socket) -> Vec<String> {
+        let first = tokio::time::timeout(Duration::from_secs(5), socket.frames.recv()).await.unwrap().unwrap();
+        let mut frames = vec![text(first)];
+        while let Ok(frame) = socket.frames.try_recv() {
+            frames.push(text(frame));
+        }
+        frames
     }
 
     #[tokio::test]
     async fn each_member_gets_every_event_once_under_its_own_id() {
         let groups = Arc::new(Groups::default());
-        let (source, mut a) = group(&groups, "a", 8);
-        let mut b = join(&groups, "b\"2", 8);
+        let (source, mut a) = group(&groups, "a", true, 8);
+        let mut b = join(&groups, "b\"2");
         source.send(event(1)).unwrap();
-        assert_eq!(item(&mut a).await, [r#"{"type":"next","id":"a","payload":{"data":{"n":1}}}"#]);
-        assert_eq!(item(&mut b).await, [r#"{"type":"next","id":"b\"2","payload":{"data":{"n":1}}}"#]);
-        assert!(a.outbox.try_recv().is_err() && b.outbox.try_recv().is_err());
+        assert_eq!(written(&mut a).await, [r#"{"type":"next","id":"a","payload":{"data":{"n":1}}}"#]);
+        assert_eq!(written(&mut b).await, [r#"{"type":"next","id":"b\"2","payload":{"data":{"n":1}}}"#]);
+        for socket in [&mut a, &mut b] {
+            assert!(socket.frames.try_recv().is_err() && socket.queue.try_recv().is_err(), "once, straight");
+        }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn events_that_come_together_are_queued_together() {
+    async fn events_that_come_together_are_written_together() {
         let groups = Arc::new(Groups::default());
-        let (source, mut a) = group(&groups, "a", 8);
+        let (source, mut a) = group(&groups, "a", true, 8);
         source.send(event(1)).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(a.outbox.is_empty(), "the first waits a moment for what follows");
+        assert!(a.frames.is_empty(), "the first waits a moment for what follows");
         source.send(event(2)).unwrap();
-        let together = item(&mut a).await;
+        let together = written(&mut a).await;
         assert_eq!(together.len(), 2, "the second came with it: {together:?}");
         assert!(together[0].contains(r#"{"n":1}"#) && together[1].contains(r#"{"n":2}"#));
         // Further apart than the gap, they go on their own.
         source.send(event(3)).unwrap();
-        let alone = item(&mut a).await;
+        let alone = written(&mut a).await;
         assert!(alone.len() == 1 && alone[0].contains(r#"{"n":3}"#));
         tokio::time::sleep(Duration::from_millis(5)).await;
         source.send(event(4)).unwrap();
-        assert!(item(&mut a).await[0].contains(r#"{"n":4}"#));
-        assert!(a.outbox.is_empty());
+        assert!(written(&mut a).await[0].contains(r#"{"n":4}"#));
+        assert!(a.frames.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_crowd_waits_longer_for_what_follows() {
+    async fn a_crowd_waits_longer_for_what_follows_and_every_member_gets_it() {
         let groups = Arc::new(Groups::default());
-        let (source, mut a) = group(&groups, "a", 8);
-        let crowd: Vec<Socket> = (1..super::CROWD).map(|n| join(&groups, &n.to_string(), 8)).collect();
+        let (source, mut a) = group(&groups, "a", true, 8);
+        let mut crowd: Vec<Socket> = (1..super::CROWD).map(|n| join(&groups, &n.to_string())).collect();
         source.send(event(1)).unwrap();
         tokio::time::sleep(super::BATCH_GAP * 2).await;
-        assert!(a.outbox.is_empty(), "a crowd's first waits longer than the usual gap");
+        assert!(a.frames.is_empty(), "a crowd's first waits longer than the usual gap");
         source.send(event(2)).unwrap();
-        assert_eq!(item(&mut a).await.len(), 2, "the second came with it");
+        assert_eq!(written(&mut a).await.len(), 2, "the second came with it");
+        for (n, member) in crowd.iter_mut().enumerate() {
+            let frames = written(member).await;
+            assert_eq!(frames.len(), 2, "member {n}: {frames:?}");
+            assert!(frames[1].starts_with(&format!(r#"{{"type":"next","id":"{}","#, n + 1)));
+        }
         // Events that keep coming, one every 4 ms, are still cut at the 20 ms window.
-        for n in 3..30 {
+        for n in 3.. {
+            assert!(n < 30, "never cut");
             source.send(event(n)).unwrap();
             tokio::time::sleep(super::BATCH_GAP * 2).await;
+            if !a.frames.is_empty() {
+                break;
+            }
         }
-        let first = item(&mut a).await;
+        let first = written(&mut a).await;
         assert!((2..=6).contains(&first.len()), "cut at the window: {first:?}");
-        drop(crowd);
+    }
+
+    #[tokio::test]
+    async fn a_shard_is_written_a_turn_at_a_time() {
+        let groups = Arc::new(Groups::default());
+        let (_source, first) = group(&groups, "0", true, 8);
+        let mut sockets: Vec<Socket> = (1..SHARDS * 100).map(|n| join(&groups, &n.to_string())).collect();
+        sockets.push(first);
+        sockets.retain(|socket| (socket.membership.number as usize).is_multiple_of(SHARDS));
+        assert_eq!(sockets.len(), 100);
+        let group = groups.live.lock().unwrap()["key"].clone();
+        let payloads: Arc<[String]> = vec!["{}".to_string()].into();
+        let mut delivery = std::pin::pin!(group.deliver(0, &payloads));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(delivery.as_mut().poll(&mut cx).is_pending(), "it gives other tasks a turn");
+        assert_eq!(sockets.iter().filter(|socket| !socket.frames.is_empty()).count(), TURN);
+        while delivery.as_mut().poll(&mut cx).is_pending() {}
+        assert!(sockets.iter().all(|socket| socket.frames.len() == 1), "each got it once");
     }
 
     #[tokio::test]
     async fn a_member_that_joined_after_the_last_event_is_told_to_run_again() {
         let groups = Arc::new(Groups::default());
-        let (source, mut early) = group(&groups, "early", 8);
+        let (source, mut early) = group(&groups, "early", true, 8);
         source.send(event(1)).unwrap();
-        item(&mut early).await;
-        let mut late = join(&groups, "late", 8);
+        written(&mut early).await;
+        let mut late = join(&groups, "late");
         drop(source);
         assert!(
             matches!(notice(&mut early).await, Notice::Ended { late: false, member } if member == early.membership.number)
@@ -418,10 +506,21 @@ mod tests {
         assert!(groups.live.lock().unwrap().is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_full_queue_sends_the_rest_through_the_socket_loop_in_order() {
+    #[tokio::test]
+    async fn events_wait_behind_what_the_socket_queued() {
         let groups = Arc::new(Groups::default());
-        let (source, mut slow) = group(&groups, "s", 1);
+        let (source, mut a) = group(&groups, "a", true, 8);
+        a.wire.try_queue(Outgoing::Message(Message::Text("first".into()))).unwrap();
+        source.send(event(1)).unwrap();
+        assert_eq!(item(&mut a).await, ["first"]);
+        assert!(item(&mut a).await[0].contains(r#"{"n":1}"#), "queued after it");
+        assert!(a.frames.is_empty(), "not written straight past it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_takes_nothing_gets_its_queue_then_the_socket_loop_in_order() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut slow) = group(&groups, "s", false, 1);
         // Each further apart than the gap, so each is a batch of its own.
         for n in 1..=3 {
             source.send(event(n)).unwrap();
@@ -435,14 +534,14 @@ mod tests {
         // Once behind, always through the loop, even with room again.
         source.send(event(4)).unwrap();
         assert!(matches!(notice(&mut slow).await, Notice::Events { .. }));
-        assert!(slow.outbox.try_recv().is_err());
+        assert!(slow.queue.try_recv().is_err() && slow.frames.is_empty());
     }
 
     #[tokio::test]
     async fn the_last_member_leaving_stops_the_stream() {
         let groups = Arc::new(Groups::default());
-        let (source, a) = group(&groups, "a", 8);
-        let b = join(&groups, "b", 8);
+        let (source, a) = group(&groups, "a", true, 8);
+        let b = join(&groups, "b");
         drop(a);
         assert_eq!(groups.live.lock().unwrap().len(), 1, "b still watches");
         drop(b);

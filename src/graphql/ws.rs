@@ -1,7 +1,7 @@
 //! GraphQL over websockets at `/graphql/ws`: `graphql-transport-ws` by our own loop (the close
 //! codes of the protocol, an `error` message for operations that fail validation, keepalive
 //! pings), the legacy `graphql-ws` by async-graphql's engine. Both write through one bounded
-//! queue: a client that stops reading is dropped instead of growing memory.
+//! queue (`wire`): a client that stops reading is dropped instead of growing memory.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response as HttpResponse},
 };
 use chrono::Utc;
-use futures_util::{SinkExt, StreamExt, stream::BoxStream};
+use futures_util::{StreamExt, stream::BoxStream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -25,7 +25,8 @@ use tracing::Instrument;
 use super::{
     AppSchema,
     loaders::Loaders,
-    sharing::{CountedBySocket, Groups, Membership, Notice, Outgoing, SocketOperation, Subscriber},
+    sharing::{CountedBySocket, Groups, Membership, Notice, SocketOperation, Subscriber},
+    wire::{Outgoing, Wire},
 };
 use crate::{
     auth::{Authenticator, Principal, bearer},
@@ -102,9 +103,9 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
     let metrics = http.state.metrics.clone();
     metrics.websocket_opened();
     let (sink, incoming) = socket.split();
-    let (tx, rx) = mpsc::channel(config.ws_send_buffer.max(1));
-    let mut writer = tokio::spawn(write_all(sink, rx));
-    let outbox = Outbox { tx, timeout: Duration::from_millis(config.ws_send_timeout_ms) };
+    let (wire, writer) = Wire::new(Box::pin(sink), config.ws_send_buffer);
+    let mut writer = tokio::spawn(writer.run());
+    let outbox = Outbox { wire, timeout: Duration::from_millis(config.ws_send_timeout_ms) };
     let ended = if handshake.legacy {
         serve_legacy(incoming, &outbox, &http, handshake).await
     } else {
@@ -119,39 +120,6 @@ async fn serve(socket: WebSocket, http: HttpState, handshake: Handshake) {
         writer.abort();
     }
     metrics.websocket_closed();
-}
-
-/// Owns the socket's sending half; ends after a Close frame (closing the sink so the client
-/// sees the code, not a 1006). Messages queued together go out in one write.
-async fn write_all(mut sink: futures_util::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outgoing>) {
-    'writing: while let Some(first) = rx.recv().await {
-        let mut close = false;
-        let mut item = Some(first);
-        while let Some(next) = item.take() {
-            match next {
-                Outgoing::Message(message) => {
-                    close = matches!(message, Message::Close(_));
-                    if sink.feed(message).await.is_err() {
-                        break 'writing;
-                    }
-                }
-                Outgoing::Events { prefix, payloads } => {
-                    for payload in payloads.iter() {
-                        if sink.feed(Outgoing::next(&prefix, payload)).await.is_err() {
-                            break 'writing;
-                        }
-                    }
-                }
-            }
-            if !close {
-                item = rx.try_recv().ok();
-            }
-        }
-        if sink.flush().await.is_err() || close {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }
 
 /// A `next` message, written straight from the response (the hot path of every subscription).
@@ -170,7 +138,7 @@ struct SlowClient;
 /// The bounded queue to the writer.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
+    wire: Wire,
     timeout: Duration,
 }
 
@@ -180,7 +148,7 @@ impl Outbox {
     }
 
     async fn queue(&self, item: Outgoing) -> Result<(), SlowClient> {
-        self.tx.send_timeout(item, self.timeout).await.map_err(|_| SlowClient)
+        self.wire.queue(item, self.timeout).await.map_err(|_| SlowClient)
     }
 
     async fn json(&self, value: Value) -> Result<(), SlowClient> {
@@ -529,7 +497,7 @@ impl Connection {
                 }
             })
             .boxed();
-        let subscriber = Subscriber { id, outbox: self.outbox.tx.clone(), notices: self.notify.clone() };
+        let subscriber = Subscriber { id, wire: self.outbox.wire.clone(), notices: self.notify.clone() };
         operation.shared = Some(self.groups.join(key, subscriber, responses));
     }
 
