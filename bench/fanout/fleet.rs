@@ -355,9 +355,8 @@ impl Subscriber {
     }
 }
 
-/// When a read's bytes arrived: read by the subscriber, and landed on its socket (the first of
-/// them; a frame split over two arrivals counts the later, which never happens with the small
-/// frames here).
+/// When a read's bytes arrived: read by the subscriber, and landed on its socket (the last of
+/// them to land, as TCP reports it; a run's events land together, one write per socket).
 #[derive(Clone, Copy)]
 struct Arrival {
     read_ns: i64,
@@ -381,7 +380,7 @@ fn stamp_arrivals(socket: &TcpStream) -> io::Result<()> {
 }
 
 /// Reads from `socket` into `buffer`; answers the bytes read and, when the socket stamps its
-/// arrivals, when the first of them landed (nanoseconds since the epoch).
+/// arrivals, when the last of them landed (nanoseconds since the epoch).
 fn receive(socket: &TcpStream, buffer: &mut [u8]) -> io::Result<(usize, Option<i64>)> {
     // Room for one control message holding a timespec, aligned as cmsghdr wants.
     let mut control = [0u64; 8];
