@@ -2,14 +2,15 @@
 //! cluster's servers. Each socket is opened by a websocket client library, then handed to one
 //! thread that reads every socket through one epoll set: it notes, as soon as a frame is read,
 //! when it arrived, and then only searches the frame for the few fields a delivery needs. The
-//! clients share the servers' cores, so they should spend as little CPU per message as they can.
+//! clients share the servers' cores, so they should spend as little CPU per message as they can,
+//! and they can be told to leave their sockets unread for a while (`hold_reading`).
 
 use std::{
     io::{self, Write},
     net::{SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
-        Arc, LazyLock, OnceLock,
+        Arc, LazyLock, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
@@ -99,6 +100,8 @@ impl Tally {
 
 pub struct Fleet {
     tally: Arc<Tally>,
+    /// Until when the reading thread leaves the sockets unread.
+    held: Arc<Mutex<Instant>>,
     stop: Arc<AtomicBool>,
     reader: JoinHandle<Vec<Vec<Delivery>>>,
 }
@@ -109,12 +112,13 @@ impl Fleet {
     pub async fn open(cluster: &Cluster, size: usize) -> Self {
         let tally = Arc::new(Tally::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Instant::now()));
         let (opened, handed) = mpsc::channel();
         let reader = {
-            let (tally, stop) = (tally.clone(), stop.clone());
+            let (tally, stop, held) = (tally.clone(), stop.clone(), held.clone());
             std::thread::Builder::new()
                 .name("subscribers".into())
-                .spawn(move || read_all(size, &handed, &tally, &stop))
+                .spawn(move || read_all(size, &handed, &tally, &stop, &held))
                 .expect("reading thread")
         };
         let gate = Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES));
@@ -141,7 +145,7 @@ impl Fleet {
                 };
             });
         }
-        let fleet = Self { tally, stop, reader };
+        let fleet = Self { tally, held, stop, reader };
         let deadline = Instant::now() + OPEN_DEADLINE;
         while fleet.tally.open.load(Ordering::SeqCst) + fleet.tally.failed.load(Ordering::SeqCst) < size {
             assert!(Instant::now() < deadline, "subscribers still opening after {OPEN_DEADLINE:?}");
@@ -163,6 +167,12 @@ impl Fleet {
     /// Subscriptions the server refused so far; each was asked for again.
     pub fn refused(&self) -> usize {
         self.tally.refused.load(Ordering::SeqCst)
+    }
+
+    /// Leaves every socket unread for `span` from now: what arrives meanwhile waits in the
+    /// kernel, stamped with when it landed, and the servers have the cores to themselves.
+    pub fn hold_reading(&self, span: Duration) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now() + span;
     }
 
     pub fn reset_finished(&self) {
@@ -206,8 +216,15 @@ struct Opened {
 }
 
 /// The reading thread: takes each opened socket into its epoll set and reads what is ready
-/// until told to stop; answers what each subscriber received, by index.
-fn read_all(size: usize, handed: &mpsc::Receiver<Opened>, tally: &Tally, stop: &AtomicBool) -> Vec<Vec<Delivery>> {
+/// (unless `held` says to wait) until told to stop; answers what each subscriber received, by
+/// index.
+fn read_all(
+    size: usize,
+    handed: &mpsc::Receiver<Opened>,
+    tally: &Tally,
+    stop: &AtomicBool,
+    held: &Mutex<Instant>,
+) -> Vec<Vec<Delivery>> {
     let ready = Epoll::new().expect("epoll set");
     let mut subscribers: Vec<Option<Subscriber>> = (0..size).map(|_| None).collect();
     let mut asking_again: Vec<(Instant, usize)> = Vec::new();
@@ -221,6 +238,11 @@ fn read_all(size: usize, handed: &mpsc::Receiver<Opened>, tally: &Tally, stop: &
             }
             let index = opened.index;
             subscribers[index] = Some(Subscriber::new(opened));
+        }
+        let left = held.lock().unwrap_or_else(PoisonError::into_inner).saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left.min(POLL_EVERY));
+            continue;
         }
         for index in ready.wait(&mut events, POLL_EVERY) {
             let Some(subscriber) = subscribers.get_mut(index).and_then(Option::as_mut) else { continue };

@@ -1,6 +1,8 @@
 //! Runs: `runTeam`, `run`, `runs`, `cancelRun`, `errorGroups`, and the live `runEvents` and
 //! `teamActivity` subscriptions.
 
+use std::collections::HashSet;
+
 use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{run_attempts, runs as rows};
@@ -161,12 +163,39 @@ impl RunsSubscription {
         let state = ctx.data::<AppState>()?;
         let events = BroadcastStream::new(state.runner.events.subscribe());
         crate::auth::guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
-        sharing::shareable(ctx);
+        let lull = sharing::shareable(ctx);
+        let mut under_way = UnderWay::default();
         let team_id = team_id.0;
         Ok(events.filter_map(move |event| {
             let event = event.ok().filter(|e| e.team_id.as_str() == team_id);
+            if event.as_ref().is_some_and(|event| under_way.ended_last(event)) {
+                lull.mark();
+            }
             async move { event.map(|e| (*e).clone()) }
         }))
+    }
+}
+
+/// The runs of a team under way, as its activity shows them.
+#[derive(Default)]
+struct UnderWay(HashSet<ID>);
+
+impl UnderWay {
+    /// Runs followed at most: past these, a run's end may be taken for the last (a lull only
+    /// writes sooner what was gathered).
+    const MOST: usize = 1024;
+
+    /// Notes `event`; answers whether it ended the last run under way.
+    fn ended_last(&mut self, event: &RunEvent) -> bool {
+        if event.kind.is_terminal() {
+            self.0.remove(&event.run_id);
+            self.0.is_empty()
+        } else {
+            if self.0.len() < Self::MOST {
+                self.0.insert(event.run_id.clone());
+            }
+            false
+        }
     }
 }
 
@@ -390,5 +419,22 @@ impl From<entity::error_groups::Model> for ErrorGroup {
             last_run_id: ID(g.last_run_id),
             resolved_at: g.resolved_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnderWay;
+    use crate::events::{RunEvent, RunEventKind};
+
+    #[test]
+    fn a_team_lulls_when_its_last_run_under_way_ends() {
+        let mut under_way = UnderWay::default();
+        let mut ends_last = |run: &str, kind| under_way.ended_last(&RunEvent::new(run, "team", kind));
+        assert!(!ends_last("a", RunEventKind::Queued));
+        assert!(!ends_last("b", RunEventKind::Routed), "joined mid-run: b is under way too");
+        assert!(!ends_last("a", RunEventKind::Completed), "b is still under way");
+        assert!(ends_last("b", RunEventKind::Failed));
+        assert!(ends_last("c", RunEventKind::Cancelled), "a run seen only ending leaves none under way");
     }
 }

@@ -4,6 +4,9 @@
 //! subscriber's socket, straight or through its queue (`wire`). Every subscriber still runs its
 //! own operation up to and through the resolver (parse, validation, limits, rate limit, access
 //! check), so sharing changes what an event costs, never who sees it.
+//!
+//! Events that come close together are written together; a resolver that knows when its events
+//! pause (a [`Lull`]) has what it gathered written at once.
 
 use std::{
     collections::HashMap,
@@ -31,9 +34,10 @@ const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// A stream with this many members or more waits longer, `CROWD_GAP` and `CROWD_WINDOW`: each
 /// batch costs a write to every member's socket, so one run's events split over two batches
 /// cost more CPU than the wait costs latency (a run on PostgreSQL makes its events over several
-/// milliseconds, one round trip each).
+/// milliseconds, one round trip each, and a busy machine stretches the round trips). A run's
+/// end is a lull (`Lull`), so its last batch does not wait out the gap.
 const CROWD: usize = 1000;
-const CROWD_GAP: Duration = Duration::from_millis(6);
+const CROWD_GAP: Duration = Duration::from_millis(15);
 const CROWD_WINDOW: Duration = Duration::from_millis(20);
 /// Most events queued together, as one item of a socket's queue.
 const BATCH_MAX: usize = 32;
@@ -46,13 +50,13 @@ const TURN: usize = 64;
 
 /// In a socket operation's request data: how its resolver says the operation may be shared.
 pub struct SocketOperation {
-    share: Mutex<Option<oneshot::Sender<()>>>,
+    share: Mutex<Option<oneshot::Sender<Lull>>>,
 }
 
 impl SocketOperation {
     /// An operation that may join a shared stream; the receiver completes when its resolver
-    /// declares it shareable.
-    pub fn shareable() -> (Self, oneshot::Receiver<()>) {
+    /// declares it shareable, with the lulls its stream will mark.
+    pub fn shareable() -> (Self, oneshot::Receiver<Lull>) {
         let (tx, rx) = oneshot::channel();
         (Self { share: Mutex::new(Some(tx)) }, rx)
     }
@@ -69,12 +73,32 @@ pub struct CountedBySocket;
 
 /// Called by a subscription resolver once the caller has passed its checks, when the stream it
 /// returns, and every field that can be selected under it, answer the same for every caller who
-/// passes them.
-pub fn shareable(ctx: &Context<'_>) {
+/// passes them. Its stream may mark the answered [`Lull`] (whether or not it ends up shared).
+pub fn shareable(ctx: &Context<'_>) -> Lull {
+    let lull = Lull::default();
     if let Some(operation) = ctx.data_opt::<SocketOperation>()
         && let Some(share) = locked(&operation.share).take()
     {
-        let _ = share.send(());
+        let _ = share.send(lull.clone());
+    }
+    lull
+}
+
+/// A shareable stream's word that its events pause: nothing more is expected soon (for
+/// `teamActivity`, no run of the team is under way). Marked by the stream before it yields its
+/// last event before the pause, so that the event's batch is written at once.
+#[derive(Clone, Default)]
+pub struct Lull(Arc<AtomicU64>);
+
+impl Lull {
+    pub fn mark(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether a lull was marked since `seen` marks; updates `seen`.
+    fn since(&self, seen: &mut u64) -> bool {
+        let marks = self.0.load(Ordering::Acquire);
+        std::mem::replace(seen, marks) != marks
     }
 }
 
@@ -173,12 +197,14 @@ impl Groups {
     }
 
     /// Joins `subscriber` to the stream shared under `key`; when there is none, `own` (the
-    /// subscriber's operation, past its resolver) becomes that stream.
+    /// subscriber's operation, past its resolver, marking its lulls on `lull`) becomes that
+    /// stream.
     pub fn join(
         self: &Arc<Self>,
         key: String,
         subscriber: Subscriber,
         own: BoxStream<'static, Response>,
+        lull: Lull,
     ) -> Membership {
         let number = self.members.fetch_add(1, Ordering::Relaxed);
         let mut live = locked(&self.live);
@@ -186,7 +212,7 @@ impl Groups {
             Some(group) => group.clone(),
             None => {
                 let group = Arc::new(Group { key: key.clone(), shards: Default::default(), task: Mutex::default() });
-                let task = tokio::spawn(pump(Arc::downgrade(self), group.clone(), own));
+                let task = tokio::spawn(pump(Arc::downgrade(self), group.clone(), own, lull));
                 *locked(&group.task) = Some(task.abort_handle());
                 live.insert(key, group.clone());
                 group
@@ -219,17 +245,19 @@ impl Groups {
 /// Runs a shared operation: each response is serialised once and written to every member.
 /// Responses that follow each other closely (`BATCH_GAP`, `BATCH_WINDOW`; for a crowd,
 /// `CROWD_GAP`, `CROWD_WINDOW`) go together, so each socket is written to once for them all
-/// rather than once each. A crowd's batch is written by a task per shard while the next batch
-/// gathers; each batch waits for the last one's writes, so every member gets them in order.
-async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<'static, Response>) {
+/// rather than once each; a lull ends a batch at once. A crowd's batch is written by a task per
+/// shard while the next batch gathers; each batch waits for the last one's writes, so every
+/// member gets them in order.
+async fn pump(groups: Weak<Groups>, group: Arc<Group>, mut responses: BoxStream<'static, Response>, lull: Lull) {
     let mut ended = false;
     let mut writing: Vec<JoinHandle<()>> = Vec::new();
+    let mut lulls = 0;
     while !ended && let Some(first) = responses.next().await {
         let mut batch = vec![serde_json::to_string(&first).unwrap_or_default()];
         let crowded = group.shards.iter().map(|shard| locked(shard).list.len()).sum::<usize>() >= CROWD;
         let (gap, window) = if crowded { (CROWD_GAP, CROWD_WINDOW) } else { (BATCH_GAP, BATCH_WINDOW) };
         let window = tokio::time::Instant::now() + window;
-        while batch.len() < BATCH_MAX {
+        while batch.len() < BATCH_MAX && !lull.since(&mut lulls) {
             let until = window.min(tokio::time::Instant::now() + gap);
             match tokio::time::timeout_at(until, responses.next()).await {
                 Ok(Some(response)) => batch.push(serde_json::to_string(&response).unwrap_or_default()),
@@ -328,7 +356,7 @@ mod tests {
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
-    use super::{Groups, Membership, Notice, SHARDS, Subscriber, TURN};
+    use super::{Groups, Lull, Membership, Notice, SHARDS, Subscriber, TURN};
     use crate::graphql::wire::{Outgoing, Wire, testing};
 
     struct Socket {
@@ -344,15 +372,23 @@ mod tests {
     /// Joins a socket that takes every frame to the stream under "key", which must exist: its
     /// own stream is never polled.
     fn join(groups: &Arc<Groups>, id: &str) -> Socket {
-        socket(groups, id, true, 8, futures_util::stream::pending().boxed())
+        socket(groups, id, true, 8, futures_util::stream::pending().boxed(), Lull::default())
     }
 
     /// Joins a socket that takes every frame (`taking`), or none, and whose queue holds `room`
     /// items.
-    fn socket(groups: &Arc<Groups>, id: &str, taking: bool, room: usize, own: BoxStream<'static, Response>) -> Socket {
+    fn socket(
+        groups: &Arc<Groups>,
+        id: &str,
+        taking: bool,
+        room: usize,
+        own: BoxStream<'static, Response>,
+        lull: Lull,
+    ) -> Socket {
         let (wire, queue, frames) = testing::wire(taking, room);
         let (notices, notices_rx) = mpsc::unbounded_channel();
-        let membership = groups.join("key".into(), Subscriber { id: id.into(), wire: wire.clone(), notices }, own);
+        let subscriber = Subscriber { id: id.into(), wire: wire.clone(), notices };
+        let membership = groups.join("key".into(), subscriber, own, lull);
         Socket { wire, queue, frames, notices: notices_rx, membership }
     }
 
@@ -389,8 +425,21 @@ mod tests {
         taking: bool,
         room: usize,
     ) -> (mpsc::UnboundedSender<Response>, Socket) {
+        let (source, _, first) = lulling_group(groups, first, taking, room);
+        (source, first)
+    }
+
+    /// A group fed by the returned sender, whose lulls are marked on the returned `Lull`.
+    fn lulling_group(
+        groups: &Arc<Groups>,
+        first: &str,
+        taking: bool,
+        room: usize,
+    ) -> (mpsc::UnboundedSender<Response>, Lull, Socket) {
         let (source, rx) = mpsc::unbounded_channel();
-        (source, socket(groups, first, taking, room, UnboundedReceiverStream::new(rx).boxed()))
+        let lull = Lull::default();
+        let first = socket(groups, first, taking, room, UnboundedReceiverStream::new(rx).boxed(), lull.clone());
+        (source, lull, first)
     }
 
     /// The texts of the next item on the socket's queue.
@@ -468,6 +517,27 @@ mod tests {
         }
         let first = written(&mut a).await;
         assert!((2..=6).contains(&first.len()), "cut at the window: {first:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lull_has_what_was_gathered_written_at_once() {
+        let groups = Arc::new(Groups::default());
+        let (source, lull, mut a) = lulling_group(&groups, "a", true, 8);
+        let _crowd: Vec<Socket> = (1..super::CROWD).map(|n| join(&groups, &n.to_string())).collect();
+        let began = tokio::time::Instant::now();
+        source.send(event(1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(a.frames.is_empty(), "gathering");
+        // The source marks the lull before it yields the last event before it.
+        lull.mark();
+        source.send(event(2)).unwrap();
+        assert_eq!(written(&mut a).await.len(), 2, "both, together");
+        assert!(began.elapsed() < super::CROWD_GAP, "without waiting out the gap: {:?}", began.elapsed());
+        // The next batch gathers as usual.
+        source.send(event(3)).unwrap();
+        tokio::time::sleep(super::CROWD_GAP / 2).await;
+        assert!(a.frames.is_empty(), "a lull counts once");
+        assert_eq!(written(&mut a).await.len(), 1);
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::{
     AppSchema,
     loaders::Loaders,
-    sharing::{CountedBySocket, Groups, Membership, Notice, SocketOperation, Subscriber},
+    sharing::{CountedBySocket, Groups, Lull, Membership, Notice, SocketOperation, Subscriber},
     wire::{Outgoing, Wire},
 };
 use crate::{
@@ -264,8 +264,8 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 enum Step {
     /// Its `index`th response.
     Response(usize, Box<Response>),
-    /// Its resolver declared it shareable (see `sharing`).
-    Shareable,
+    /// Its resolver declared it shareable (see `sharing`), with the lulls its stream marks.
+    Shareable(Lull),
     End,
 }
 
@@ -357,7 +357,7 @@ impl Connection {
                 _ = keepalive.tick() => self.outbox.json(json!({"type": "ping"})).await?,
                 Some((id, step)) = self.streams.next(), if !self.streams.is_empty() => match step {
                     Step::Response(index, response) => self.forward(id, index, response).await?,
-                    Step::Shareable => self.share(id),
+                    Step::Shareable(lull) => self.share(id, lull),
                     Step::End => self.complete(id).await?,
                 },
                 Some(notice) = self.notices.recv() => self.shared(notice).await?,
@@ -471,7 +471,7 @@ impl Connection {
         match shareable {
             Some(shareable) => {
                 let shareable = futures_util::stream::once(shareable)
-                    .filter_map(|declared| async move { declared.ok().map(|()| Step::Shareable) });
+                    .filter_map(|declared| async move { declared.ok().map(Step::Shareable) });
                 futures_util::stream::select(steps, shareable).boxed()
             }
             None => steps.boxed(),
@@ -480,7 +480,7 @@ impl Connection {
 
     /// Moves an operation whose resolver declared it shareable, and that has not answered yet,
     /// from its own stream to the one shared under its key.
-    fn share(&mut self, id: String) {
+    fn share(&mut self, id: String, lull: Lull) {
         let Some(operation) = self.operations.get_mut(&id).filter(|o| !o.answered) else {
             return;
         };
@@ -493,12 +493,12 @@ impl Connection {
             .filter_map(|step| async move {
                 match step {
                     Step::Response(_, response) => Some(*response),
-                    Step::Shareable | Step::End => None,
+                    Step::Shareable(_) | Step::End => None,
                 }
             })
             .boxed();
         let subscriber = Subscriber { id, wire: self.outbox.wire.clone(), notices: self.notify.clone() };
-        operation.shared = Some(self.groups.join(key, subscriber, responses));
+        operation.shared = Some(self.groups.join(key, subscriber, responses, lull));
     }
 
     /// What a shared stream says of one of this socket's operations; stale notices (of an
