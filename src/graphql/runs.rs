@@ -163,12 +163,13 @@ impl RunsSubscription {
         let state = ctx.data::<AppState>()?;
         let events = BroadcastStream::new(state.runner.events.subscribe());
         crate::auth::guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
-        let lull = sharing::shareable(ctx);
-        let mut under_way = UnderWay::default();
+        let mut lulls = sharing::shareable(ctx).map(|lull| (lull, UnderWay::default()));
         let team_id = team_id.0;
         Ok(events.filter_map(move |event| {
             let event = event.ok().filter(|e| e.team_id.as_str() == team_id);
-            if event.as_ref().is_some_and(|event| under_way.ended_last(event)) {
+            if let (Some((lull, under_way)), Some(event)) = (&mut lulls, &event)
+                && under_way.ended_last(event)
+            {
                 lull.mark();
             }
             async move { event.map(|e| (*e).clone()) }

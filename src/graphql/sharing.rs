@@ -73,15 +73,14 @@ pub struct CountedBySocket;
 
 /// Called by a subscription resolver once the caller has passed its checks, when the stream it
 /// returns, and every field that can be selected under it, answer the same for every caller who
-/// passes them. Its stream may mark the answered [`Lull`] (whether or not it ends up shared).
-pub fn shareable(ctx: &Context<'_>) -> Lull {
+/// passes them. Answers the [`Lull`] its stream may mark when the operation may be shared;
+/// none when it runs on its own (nothing would read the marks).
+pub fn shareable(ctx: &Context<'_>) -> Option<Lull> {
+    let operation = ctx.data_opt::<SocketOperation>()?;
+    let share = locked(&operation.share).take()?;
     let lull = Lull::default();
-    if let Some(operation) = ctx.data_opt::<SocketOperation>()
-        && let Some(share) = locked(&operation.share).take()
-    {
-        let _ = share.send(lull.clone());
-    }
-    lull
+    share.send(lull.clone()).ok()?;
+    Some(lull)
 }
 
 /// A shareable stream's word that its events pause: nothing more is expected soon (for
