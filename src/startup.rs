@@ -160,6 +160,7 @@ impl App {
                 let _ = shutdown.send(true);
             })
             .await;
+        websockets_closed(&self.state.metrics).await;
         housekeeping.abort();
         notices.abort();
         backups.abort();
@@ -167,6 +168,16 @@ impl App {
             tracing::error!(%error, "cannot write the last usage counts");
         }
         served
+    }
+}
+
+/// Waits, a moment at most, for every websocket to close once shutdown began. Upgraded
+/// connections are not in-flight requests to the server, which returns without them: their
+/// loops must still write their Close frame (1001) before the process exits.
+async fn websockets_closed(metrics: &crate::metrics::Metrics) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while metrics.open_websockets() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
