@@ -170,8 +170,7 @@ async fn the_readme_versioning_walkthrough_works() {
     assert_eq!(run("History", json!({"id": id})).await["teamVersions"]["nodes"].as_array().map(Vec::len), Some(3));
     assert_eq!(run("Rollback", json!({"id": id})).await["rollbackTeam"]["version"], 4);
     let exported = run("Export", json!({"id": id})).await["exportTeam"].clone();
-    let import =
-        "mutation($doc: JSON!) { importTeam(document: $doc, name: \"Support copy\") { team { version } warnings } }";
-    let (_, body) = app.gql_as(&token, import, json!({"doc": exported})).await;
-    assert_eq!(body["data"]["importTeam"]["team"]["version"], 1, "{body}");
+    let copy = run("Import", json!({"document": exported})).await;
+    assert_eq!(copy["importTeam"]["team"]["version"], 1, "{copy}");
+    assert_ne!(copy["importTeam"]["team"]["id"], id, "the copy is a new team");
 }
