@@ -69,8 +69,10 @@ impl Backups {
             verified_at: Set(Some(now)),
         };
         let recorded = self.record(caller, row).await;
-        if recorded.is_err() {
-            remove_files(&checked.path);
+        if recorded.is_err()
+            && let Err(error) = remove_files(&checked.path)
+        {
+            tracing::warn!(%error, file = %checked.path.display(), "cannot remove an unrecorded backup file");
         }
         recorded
     }
@@ -195,15 +197,18 @@ impl Backups {
         Ok(row)
     }
 
-    /// Deletes the row (audited), then the files.
+    /// Deletes the row (audited) and the files: the row stays, and the deletion fails saying
+    /// why, when the backup file cannot be removed.
     async fn remove(&self, caller: &Caller, row: backups::Model) -> Result<backups::Model, AppError> {
         let txn = db::begin_write(&self.db).await?;
         backups::Entity::delete_by_id(row.id.clone()).exec(&txn).await?;
         let changes = json!({"file": row.file, "label": row.label});
         audit::allowed(&txn, caller, Entry::new(actions::BACKUP_DELETE, "backup", row.id.clone()).changes(changes))
             .await?;
+        let path = self.dir.join(&row.file);
+        let removed = tokio::task::spawn_blocking(move || remove_files(&path)).await.map_err(AppError::internal)?;
+        removed.map_err(|e| removal_error(&self.dir, &row.file, &e))?;
         txn.commit().await?;
-        remove_files(&self.dir.join(&row.file));
         Ok(row)
     }
 
@@ -338,15 +343,36 @@ impl Drop for Partial {
     }
 }
 
-/// Removes a backup file and its sidecar; one already gone is fine.
-fn remove_files(path: &Path) {
-    for file in [path.to_path_buf(), snapshot::sidecar(path)] {
-        if let Err(error) = fs::remove_file(&file)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, file = %file.display(), "cannot remove a backup file");
-        }
+/// Removes a backup file, then its sidecar; a file already gone is fine. Fails when the backup
+/// file stays; a sidecar that stays once the backup is gone is only logged.
+fn remove_files(path: &Path) -> io::Result<()> {
+    let gone = |result: io::Result<()>| match result {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    gone(fs::remove_file(path))?;
+    let sidecar = snapshot::sidecar(path);
+    if let Err(error) = gone(fs::remove_file(&sidecar)) {
+        tracing::warn!(%error, file = %sidecar.display(), "cannot remove a backup's checksum file");
     }
+    Ok(())
+}
+
+/// Why a backup's file could not be deleted, for the admin who asked: the file's name, its
+/// folder and the operating system's reason.
+fn removal_error(dir: &Path, file: &str, err: &io::Error) -> AppError {
+    let why = match err.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => "the folder is not writable".to_string(),
+        io::ErrorKind::IsADirectory => "it is a folder, not a file".to_string(),
+        _ => {
+            tracing::error!(error = %err, file, "a backup file could not be removed");
+            err.to_string()
+        }
+    };
+    AppError::Conflict(format!(
+        "Cannot delete the backup file {file} in {}: {why}. The backup is kept; fix the cause and delete it again.",
+        dir.display()
+    ))
 }
 
 #[cfg(test)]
