@@ -163,8 +163,9 @@ async fn bad_parameters_are_400_naming_the_parameter() {
     app.state.usage.flush().await.unwrap();
     let alice = app.token("user_alice", GlobalRole::Member);
     let before = usage_rows(&app).await;
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (&[("groupBy", "USER,COLOR")], "groupBy"),
+        (&[("from", "2025-03-01"), ("from", "2025-03-02")], "query"),
         (&[("groupBy", "DAY,DAY")], "groupBy"),
         (&[("from", "yesterday")], "from"),
         (&[("from", "2025-03-02"), ("to", "2025-03-01")], "from"),
