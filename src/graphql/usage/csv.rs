@@ -38,7 +38,8 @@ pub async fn download(
 ) -> Result<Response, RestError> {
     let Query(params) = params.map_err(|e| bad_parameter("query", e.body_text()))?;
     let report = report(&http.state, &caller, params).await?;
-    let csv = usage_report::to_csv(&report);
+    let names = usage_report::names(&http.state.db, &report).await?;
+    let csv = usage_report::to_csv(&report, &names)?;
     let name = format!("attachment; filename=\"usage-{}-{}.csv\"", report.first_day, report.last_day);
     let headers = [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, name)];
     Ok((headers, csv).into_response())
