@@ -26,10 +26,11 @@ pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
 pub use snapshot::{Checked, check_file};
 
 use super::audit::{self, Caller, Entry, actions};
+use crate::service::name::Name;
 use crate::{
     auth::{Principal, guard},
     db,
-    error::{AppError, Problem},
+    error::AppError,
 };
 
 /// The operations guide: backups, restore, PostgreSQL dumps, D1 Time Travel.
@@ -268,14 +269,16 @@ fn authorize(caller: &Caller) -> Result<(), AppError> {
     }
 }
 
+/// A label is optional: a blank one is none.
 fn check_label(label: Option<String>) -> Result<Option<String>, AppError> {
-    let label = label.map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
-    match &label {
-        Some(l) if l.chars().count() > 100 => Err(AppError::BadUserInput {
-            message: "The label is too long.".into(),
-            problems: vec![Problem::new("label", "must be at most 100 characters")],
-        }),
-        _ => Ok(label),
+    let Some(label) = label.filter(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match Name::parse("label", &label, 100) {
+        Ok(label) => Ok(Some(label.into_string())),
+        Err(problem) => {
+            Err(AppError::BadUserInput { message: format!("label: {}", problem.message), problems: vec![problem] })
+        }
     }
 }
 
@@ -401,5 +404,10 @@ mod tests {
         assert_eq!(check_label(Some("  nightly ".into())).unwrap().as_deref(), Some("nightly"));
         assert_eq!(check_label(Some("   ".into())).unwrap(), None);
         assert_eq!(check_label(Some("x".repeat(101))).unwrap_err().code(), "BAD_USER_INPUT");
+        let hidden = check_label(Some("night\nly\u{202E}".into())).unwrap_err();
+        assert_eq!(
+            hidden.to_string(),
+            "label: must not contain control characters such as line breaks, tabs or NUL (U+000A at character 6)"
+        );
     }
 }
