@@ -78,6 +78,8 @@ pub async fn serve(
             slots.refused(peer);
             continue;
         };
+        // Small writes go out at once: a websocket event or a short answer must not wait for
+        // the client's delayed ACK of the previous write (Nagle's algorithm, 40 ms or more).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
         }
