@@ -125,6 +125,9 @@ pub struct Config {
     pub redis_namespace: String,
 
     #[command(flatten)]
+    pub connections: ConnectionLimits,
+
+    #[command(flatten)]
     pub limits: Limits,
 
     #[command(flatten)]
@@ -208,6 +211,22 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
+/// How long HTTP connections may take and how many may be open (docs/transport.md,
+/// "Connections").
+#[derive(Clone, Copy, Debug, Args)]
+pub struct ConnectionLimits {
+    /// Seconds a client may take from the first byte of a request to the end of its headers.
+    #[arg(long, env = "ENSEMBLE_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub header_timeout_secs: u64,
+    /// Seconds a keep-alive connection may stay idle between requests.
+    #[arg(long, env = "ENSEMBLE_IDLE_TIMEOUT_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub idle_timeout_secs: u64,
+    /// Connections served at once, websockets included; past it, a few more are served for
+    /// health checks only.
+    #[arg(long, env = "ENSEMBLE_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_connections: u32,
+}
+
 /// Limits on what one request may ask for (DESIGN §11).
 #[derive(Clone, Debug, Args, serde::Serialize)]
 pub struct Limits {
@@ -282,6 +301,7 @@ impl fmt::Debug for Config {
             .field("cache", &self.cache)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("redis_namespace", &self.redis_namespace)
+            .field("connections", &self.connections)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .field("runs", &self.runs)

@@ -9,7 +9,6 @@ use axum::{
     http::{HeaderName, Method, StatusCode, header},
     middleware,
     routing::get,
-    serve::ListenerExt,
 };
 use migration::{Migrator, MigratorTrait};
 use tokio::{
@@ -26,13 +25,13 @@ use tower_http::{
 use crate::{
     auth::{Authenticator, rate_limit::RateLimits},
     cache::Caches,
-    config::Config,
+    config::{Config, ConnectionLimits},
     dashboard, db,
     error::AppError,
     events::{EventBus, Notice},
     graphql::{self, transport, ws},
     metrics::Metrics,
-    ops,
+    ops, server,
     service::templates::{Templates, starters},
     service::{
         backups::{Backups, DatabaseLock},
@@ -145,21 +144,13 @@ impl App {
         let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
         let notices = tokio::spawn(follow_notices(self.state.clone()));
         let backups = tokio::spawn(scheduled_backups(self.state.clone()));
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        // Small writes go out at once: a websocket event or a short answer must not wait for the
-        // client's delayed ACK of the previous write (Nagle's algorithm, up to 40 ms or more).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        let served = axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                stop.await;
-                tracing::info!("shutting down: finishing in-flight requests");
-                let _ = shutdown.send(true);
-            })
-            .await;
+        let limits = connection_limits(&self.state.config.connections);
+        let served = server::serve(self.listener, self.router, limits, async move {
+            stop.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = shutdown.send(true);
+        })
+        .await;
         websockets_closed(&self.state.metrics).await;
         housekeeping.abort();
         notices.abort();
@@ -168,6 +159,28 @@ impl App {
             tracing::error!(%error, "cannot write the last usage counts");
         }
         served
+    }
+}
+
+/// The connection limits of `ENSEMBLE_HEADER_TIMEOUT_SECS`, `ENSEMBLE_IDLE_TIMEOUT_SECS` and
+/// `ENSEMBLE_MAX_CONNECTIONS`; warns when the open-file limit is too low for that many.
+fn connection_limits(config: &ConnectionLimits) -> server::Limits {
+    let max_connections = config.max_connections as usize;
+    let needed = (max_connections + server::RESERVE + 64) as u64;
+    if let Some(files) = server::open_file_limit()
+        && files < needed
+    {
+        tracing::warn!(
+            open_file_limit = files,
+            needed,
+            "the open-file limit is too low for ENSEMBLE_MAX_CONNECTIONS={max_connections}: raise it \
+             (`ulimit -n`, LimitNOFILE=) or lower ENSEMBLE_MAX_CONNECTIONS, or health checks may fail under load"
+        );
+    }
+    server::Limits {
+        header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
+        idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs),
+        max_connections,
     }
 }
 

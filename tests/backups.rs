@@ -236,6 +236,42 @@ async fn admins_take_list_and_delete_backups_and_postgres_points_to_pg_dump() {
     assert_eq!((audited("backup.create").await.unwrap(), audited("backup.delete").await.unwrap()), (2, 1));
 }
 
+#[tokio::test]
+async fn a_backup_whose_file_cannot_be_removed_is_kept_and_the_deletion_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new();
+    let app = site.serve_here(|_| {}).await;
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    let (_, body) = app.gql_as(&admin, CREATE, json!({"label": "keep me"})).await;
+    let backup = body["data"]["createBackup"].clone();
+    let file = site.backups().join(backup["file"].as_str().unwrap());
+    let folder = site.backups();
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Root removes files whatever the folder's mode: there, a folder stands where the file was.
+    let read_only = std::fs::write(folder.join("probe"), b"").is_err();
+    let why = if read_only {
+        "the folder is not writable"
+    } else {
+        std::fs::remove_file(folder.join("probe")).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        "it is a folder, not a file"
+    };
+    let (_, body) = app.gql_as(&admin, DELETE, json!({"id": backup["id"]})).await;
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    assert_eq!(first_code(&body), "CONFLICT", "{body}");
+    assert!(body["data"].is_null() || body["data"]["deleteBackup"].is_null(), "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains(backup["file"].as_str().unwrap()) && message.contains(why), "{message}");
+    assert!(message.contains("The backup is kept"), "{message}");
+    assert!(file.exists(), "the file is still there");
+    let (_, body) = app.gql_as(&admin, LIST, json!({})).await;
+    assert_eq!(body["data"]["backups"], json!([{"id": backup["id"], "file": backup["file"], "label": "keep me"}]));
+    let audited = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("backup.delete"));
+    assert_eq!(audited.count(&app.state.db).await.unwrap(), 0, "no deletion is recorded");
+}
+
 #[test]
 fn the_cli_on_postgres_points_to_pg_dump_without_connecting() {
     let output = Command::new(env!("CARGO_BIN_EXE_ensemble"))

@@ -192,6 +192,13 @@ async fn bad_inputs_are_refused_and_store_nothing() {
         (
             token.as_str(),
             team.as_str(),
+            json!({"content": "hi", "variables": {"customer": "x".repeat(101), "plan": "b"}}),
+            "BAD_USER_INPUT",
+            "input.variables",
+        ),
+        (
+            token.as_str(),
+            team.as_str(),
             json!({"content": "hi", "variables": {"plan": "pro"}}),
             "BAD_USER_INPUT",
             "input.variables.customer",

@@ -153,3 +153,120 @@ async fn archiving_keeps_the_team_and_deleting_removes_it() {
     let (_, body) = app.gql_as(&owner, "query($id: ID!) { team(id: $id) { id } }", json!({"id": team})).await;
     assert_eq!(first_code(&body), "NOT_FOUND");
 }
+
+/// `template` with every string `"$BAD"` in it replaced by `bad`.
+fn fill(template: &Value, bad: &str) -> Value {
+    match template {
+        Value::String(s) if s == "$BAD" => Value::String(bad.to_string()),
+        Value::Array(items) => Value::Array(items.iter().map(|v| fill(v, bad)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), fill(v, bad))).collect()),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test]
+async fn names_with_control_bidi_or_invisible_characters_are_refused_wherever_a_name_is_taken() {
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    let body = create(&app, &owner, json!({"name": "Support"})).await;
+    let team = body["data"]["createTeam"]["id"].as_str().unwrap().to_string();
+    let (_, exported) = app.gql_as(&owner, "query($id: ID!) { exportTeam(id: $id) }", json!({"id": team})).await;
+    let document = exported["data"]["exportTeam"].clone();
+    let agent = |name: &str| json!({"format": "ensemble.team/v1", "agents": [{"name": name, "model": "local/echo"}]});
+    let rule = json!({"format": "ensemble.team/v1", "agents": [{"name": "a", "model": "local/echo"}],
+        "routing": {"rules": [{"name": "$BAD", "when": {"contains": ["x"]}, "routeTo": "a"}], "default": "a"}});
+    let cases = [
+        (&owner, "mutation($v: String!) { createTeam(input: {name: $v}) { id } }", json!({"v": "$BAD"}), "name"),
+        (
+            &owner,
+            "mutation($v: String!, $id: ID!) { updateTeam(id: $id, input: {name: $v}) { id } }",
+            json!({"v": "$BAD", "id": team}),
+            "name",
+        ),
+        (
+            &owner,
+            "mutation($v: String!, $doc: JSON!) { importTeam(document: $doc, name: $v) { team { id } } }",
+            json!({"v": "$BAD", "doc": document}),
+            "name",
+        ),
+        (
+            &owner,
+            "mutation($v: String!) { createApiKey(input: {name: $v, scopes: [TEAMS_READ]}) { secret } }",
+            json!({"v": "$BAD"}),
+            "name",
+        ),
+        (
+            &owner,
+            "mutation($v: String!, $t: ID!) { startConversation(teamId: $t, title: $v) { id } }",
+            json!({"v": "$BAD", "t": team}),
+            "title",
+        ),
+        (
+            &owner,
+            "mutation($v: String!) { updateProfile(input: {displayName: $v}) { id } }",
+            json!({"v": "$BAD"}),
+            "displayName",
+        ),
+        (
+            &owner,
+            "mutation($v: String!) { createTemplate(input: {kind: QUERY, name: $v, body: {prompt: \"Hi\"}}) { id } }",
+            json!({"v": "$BAD"}),
+            "input.name",
+        ),
+        (
+            &admin,
+            "mutation($v: String!) { createTemplateCategory(input: {name: $v, slug: \"odd\"}) { id } }",
+            json!({"v": "$BAD"}),
+            "input.name",
+        ),
+        (
+            &owner,
+            "mutation($s: JSON, $id: ID!) { updateTeam(id: $id, input: {spec: $s}) { id } }",
+            json!({"s": agent("$BAD"), "id": team}),
+            "spec.agents[0].name",
+        ),
+        (
+            &owner,
+            "mutation($s: JSON, $id: ID!) { updateTeam(id: $id, input: {spec: $s}) { id } }",
+            json!({"s": rule, "id": team}),
+            "spec.routing.rules[0].name",
+        ),
+    ];
+    let templates_before = entity::templates::Entity::find().count(&app.state.db).await.unwrap();
+    let categories_before = entity::template_categories::Entity::find().count(&app.state.db).await.unwrap();
+    for bad in [
+        "Sup\nport",
+        "Sup\r\nport",
+        "Sup\0port",
+        "Sup\tport",
+        "invoice\u{202E}fdp.exe",
+        "ad\u{200B}min",
+        "a\u{2066}b\u{2069}",
+        "ad\u{200D}min",
+    ] {
+        for (token, query, variables, path) in &cases {
+            let (_, body) = app.gql_as(token, query, fill(variables, bad)).await;
+            assert_eq!(first_code(&body), "BAD_USER_INPUT", "{bad:?} in {query}: {body}");
+            assert_eq!(problem_paths(&body), [*path], "{bad:?} in {query}: {body}");
+            let message = body["errors"][0]["extensions"]["problems"][0]["message"].as_str().unwrap();
+            assert!(message.starts_with("must not contain "), "{message}");
+        }
+    }
+    let (_, answer) = app
+        .gql_as(&owner, "{ teams { nodes { name version } } me { displayName } apiKeys { nodes { id } } }", json!({}))
+        .await;
+    assert_eq!(answer["data"]["teams"]["nodes"], json!([{"name": "Support", "version": 1}]), "{answer}");
+    assert_eq!(answer["data"]["me"]["displayName"], Value::Null, "{answer}");
+    assert_eq!(answer["data"]["apiKeys"]["nodes"], json!([]), "{answer}");
+    assert_eq!(entity::conversations::Entity::find().count(&app.state.db).await.unwrap(), 0);
+    assert_eq!(entity::templates::Entity::find().count(&app.state.db).await.unwrap(), templates_before);
+    assert_eq!(entity::template_categories::Entity::find().count(&app.state.db).await.unwrap(), categories_before);
+
+    // Accents, scripts, emoji and the joiners real words need are names like any other.
+    for name in ["👩\u{200D}💻 Devs", "می\u{200C}خواهم", "Ünïcödé 日本語 ❤\u{FE0F}"] {
+        let body = create(&app, &owner, json!({"name": name})).await;
+        assert_eq!(body["data"]["createTeam"]["name"], name, "{body}");
+    }
+}

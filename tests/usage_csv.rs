@@ -142,6 +142,75 @@ async fn values_with_commas_and_quotes_are_quoted_and_the_file_is_named_by_its_d
 }
 
 #[tokio::test]
+async fn team_and_key_names_stand_beside_their_ids_and_cells_that_look_like_formulas_are_neutralised() {
+    let app = app().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let team_name = r#"=HYPERLINK("http://evil.test","Support")"#;
+    let key_name = "@SUM(1+1)*cmd|' /C calc'!A0";
+    let create = "mutation($name: String!) { createTeam(input: {name: $name}) { id } }";
+    let team =
+        must(&app, &alice, create, json!({"name": team_name})).await["createTeam"]["id"].as_str().unwrap().to_string();
+    let create = "mutation($name: String!, $team: ID) {
+        createApiKey(input: {name: $name, scopes: [TEAMS_READ], teamId: $team}) { apiKey { id } } }";
+    let made = must(&app, &alice, create, json!({"name": key_name, "team": team})).await;
+    let key = made["createApiKey"]["apiKey"]["id"].as_str().unwrap().to_string();
+    let row = |model: &str, team_id: &str, api_key_id: &str| usage_daily::Model {
+        day: "2025-03-01".into(),
+        user_id: "user_alice".into(),
+        team_id: team_id.into(),
+        api_key_id: api_key_id.into(),
+        model: model.into(),
+        requests: 1,
+        runs: 0,
+        tokens_in: 0,
+        tokens_out: 0,
+        cost_usd: 0.0,
+    };
+    for model in ["-2+3", "+1", "\tx", "local/echo"] {
+        usage_daily::Entity::insert(usage_daily::ActiveModel::from(row(model, &team, &key)))
+            .exec_without_returning(&app.state.db)
+            .await
+            .unwrap();
+    }
+    let range = [("from", "2025-03-01"), ("to", "2025-03-02")];
+
+    let response = csv(&app, Some(&alice), &[range[0], range[1], ("groupBy", "TEAM,API_KEY")]).await;
+    assert_eq!(response.status(), 200);
+    let records = parse_csv(&response.text().await.unwrap());
+    assert_eq!(
+        records,
+        [
+            vec![
+                "teamId",
+                "teamName",
+                "apiKeyId",
+                "apiKeyName",
+                "requests",
+                "runs",
+                "tokensIn",
+                "tokensOut",
+                "costUsd"
+            ],
+            vec![
+                team.as_str(),
+                &format!("'{team_name}"),
+                key.as_str(),
+                &format!("'{key_name}"),
+                "4",
+                "0",
+                "0",
+                "0",
+                "0"
+            ],
+        ]
+    );
+    let response = csv(&app, Some(&alice), &[range[0], range[1], ("groupBy", "MODEL")]).await;
+    let models: Vec<String> =
+        parse_csv(&response.text().await.unwrap()).into_iter().skip(1).map(|r| r[0].clone()).collect();
+    assert_eq!(models, ["'\tx", "'+1", "'-2+3", "local/echo"]);
+}
+
+#[tokio::test]
 async fn no_or_bad_credentials_are_401_in_json() {
     let app = app().await;
     for token in [None, Some("not-a-token"), Some("ens_0123456789ab_0000")] {
@@ -163,8 +232,9 @@ async fn bad_parameters_are_400_naming_the_parameter() {
     app.state.usage.flush().await.unwrap();
     let alice = app.token("user_alice", GlobalRole::Member);
     let before = usage_rows(&app).await;
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (&[("groupBy", "USER,COLOR")], "groupBy"),
+        (&[("from", "2025-03-01"), ("from", "2025-03-02")], "query"),
         (&[("groupBy", "DAY,DAY")], "groupBy"),
         (&[("from", "yesterday")], "from"),
         (&[("from", "2025-03-02"), ("to", "2025-03-01")], "from"),

@@ -2,17 +2,25 @@
 
 use async_graphql::{Context, ID, Json, Object, SimpleObject};
 use axum::{
-    extract::{ConnectInfo, Path, State},
-    http::{HeaderMap, StatusCode, header},
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
+    http::header,
     response::{IntoResponse, Response},
 };
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::{caller, teams::Team};
+use super::{
+    caller,
+    rest::{RestCaller, RestError, bad_parameter},
+    teams::Team,
+};
 use crate::{
-    error::{AppError, GqlResultExt},
-    service::{audit::Caller, exports},
-    state::{AppState, HttpState, RequestMeta},
+    error::GqlResultExt,
+    service::exports,
+    state::{AppState, HttpState},
 };
 
 #[derive(Default)]
@@ -54,37 +62,35 @@ pub struct ImportTeamResult {
     pub warnings: Vec<String>,
 }
 
-/// `GET /teams/{id}/export`: the same document as a download, for the bearer of the headers.
+/// The query string of the download: `version` picks an older version than the current one.
+#[derive(Deserialize)]
+pub struct DownloadParams {
+    version: Option<String>,
+}
+
+/// `GET /teams/{id}/export[?version=N]`: the same document as a download, for the caller the
+/// headers name, authenticated, counted and rate limited as `/graphql` is (`RestCaller`).
 pub async fn download(
     State(http): State<HttpState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let failure = |err: AppError| {
-        let status = match err {
-            AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            crate::error::INTERNAL_MESSAGE.to_string()
-        } else {
-            err.to_string()
-        };
-        (status, axum::Json(serde_json::json!({"error": {"code": err.code(), "message": message}}))).into_response()
+    RestCaller(caller): RestCaller,
+    id: Result<Path<String>, PathRejection>,
+    params: Result<Query<DownloadParams>, QueryRejection>,
+) -> Result<Response, RestError> {
+    let Path(id) = id.map_err(|_| bad_parameter("id", "is not a readable team id"))?;
+    let Query(params) = params.map_err(|e| bad_parameter("query", e.body_text()))?;
+    let version = match params.version.filter(|v| !v.is_empty()) {
+        None => None,
+        Some(text) => match text.parse::<i32>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => return Err(bad_parameter("version", format!("`{text}` is not a version number (1, 2, …)")).into()),
+        },
     };
-    let principal = match http.state.auth.from_headers(&headers).await {
-        Ok(principal) => principal,
-        Err(err) => return failure(err),
-    };
-    let caller = Caller { principal, meta: RequestMeta::from_headers(&headers, Some(peer)) };
-    match exports::export(&http.state.db, &caller, &id, None).await {
-        Ok(document) => {
-            let disposition = format!("attachment; filename=\"{id}.ensemble.json\"");
-            ([(header::CONTENT_DISPOSITION, disposition)], axum::Json(document)).into_response()
-        }
-        Err(err) => failure(err),
-    }
+    let document = exports::export(&http.state.db, &caller, &id, version).await?;
+    let disposition = format!("attachment; filename=\"{}.ensemble.json\"", file_name(&id));
+    Ok(([(header::CONTENT_DISPOSITION, disposition)], axum::Json(document)).into_response())
+}
+
+/// The id as a safe file name: only letters, digits, `-` and `_` (ids are made of those).
+fn file_name(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).collect()
 }

@@ -13,6 +13,7 @@ use super::{
     audit::{self, Caller, Entry, actions},
     page::{Page, PageRequest},
 };
+use crate::service::name::Name;
 use crate::{
     auth::{
         api_key::{self, NewSecret, Scope},
@@ -60,9 +61,7 @@ pub async fn create_with(
 ) -> Result<WithSecret, AppError> {
     let me = account(caller)?.clone();
     let mut problems = Vec::new();
-    if new.name.trim().is_empty() || new.name.chars().count() > 100 {
-        problems.push(Problem::new("name", "must be 1 to 100 characters"));
-    }
+    Name::check("name", &new.name, 100, &mut problems);
     if new.scopes.is_empty() {
         problems.push(Problem::new("scopes", "name at least one scope"));
     }

@@ -26,10 +26,11 @@ pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
 pub use snapshot::{Checked, check_file};
 
 use super::audit::{self, Caller, Entry, actions};
+use crate::service::name::Name;
 use crate::{
     auth::{Principal, guard},
     db,
-    error::{AppError, Problem},
+    error::AppError,
 };
 
 /// The operations guide: backups, restore, PostgreSQL dumps, D1 Time Travel.
@@ -69,8 +70,10 @@ impl Backups {
             verified_at: Set(Some(now)),
         };
         let recorded = self.record(caller, row).await;
-        if recorded.is_err() {
-            remove_files(&checked.path);
+        if recorded.is_err()
+            && let Err(error) = remove_files(&checked.path)
+        {
+            tracing::warn!(%error, file = %checked.path.display(), "cannot remove an unrecorded backup file");
         }
         recorded
     }
@@ -195,15 +198,18 @@ impl Backups {
         Ok(row)
     }
 
-    /// Deletes the row (audited), then the files.
+    /// Deletes the row (audited) and the files: the row stays, and the deletion fails saying
+    /// why, when the backup file cannot be removed.
     async fn remove(&self, caller: &Caller, row: backups::Model) -> Result<backups::Model, AppError> {
         let txn = db::begin_write(&self.db).await?;
         backups::Entity::delete_by_id(row.id.clone()).exec(&txn).await?;
         let changes = json!({"file": row.file, "label": row.label});
         audit::allowed(&txn, caller, Entry::new(actions::BACKUP_DELETE, "backup", row.id.clone()).changes(changes))
             .await?;
+        let path = self.dir.join(&row.file);
+        let removed = tokio::task::spawn_blocking(move || remove_files(&path)).await.map_err(AppError::internal)?;
+        removed.map_err(|e| removal_error(&self.dir, &row.file, &e))?;
         txn.commit().await?;
-        remove_files(&self.dir.join(&row.file));
         Ok(row)
     }
 
@@ -263,14 +269,16 @@ fn authorize(caller: &Caller) -> Result<(), AppError> {
     }
 }
 
+/// A label is optional: a blank one is none.
 fn check_label(label: Option<String>) -> Result<Option<String>, AppError> {
-    let label = label.map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
-    match &label {
-        Some(l) if l.chars().count() > 100 => Err(AppError::BadUserInput {
-            message: "The label is too long.".into(),
-            problems: vec![Problem::new("label", "must be at most 100 characters")],
-        }),
-        _ => Ok(label),
+    let Some(label) = label.filter(|l| !l.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match Name::parse("label", &label, 100) {
+        Ok(label) => Ok(Some(label.into_string())),
+        Err(problem) => {
+            Err(AppError::BadUserInput { message: format!("label: {}", problem.message), problems: vec![problem] })
+        }
     }
 }
 
@@ -338,15 +346,36 @@ impl Drop for Partial {
     }
 }
 
-/// Removes a backup file and its sidecar; one already gone is fine.
-fn remove_files(path: &Path) {
-    for file in [path.to_path_buf(), snapshot::sidecar(path)] {
-        if let Err(error) = fs::remove_file(&file)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, file = %file.display(), "cannot remove a backup file");
-        }
+/// Removes a backup file, then its sidecar; a file already gone is fine. Fails when the backup
+/// file stays; a sidecar that stays once the backup is gone is only logged.
+fn remove_files(path: &Path) -> io::Result<()> {
+    let gone = |result: io::Result<()>| match result {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    gone(fs::remove_file(path))?;
+    let sidecar = snapshot::sidecar(path);
+    if let Err(error) = gone(fs::remove_file(&sidecar)) {
+        tracing::warn!(%error, file = %sidecar.display(), "cannot remove a backup's checksum file");
     }
+    Ok(())
+}
+
+/// Why a backup's file could not be deleted, for the admin who asked: the file's name, its
+/// folder and the operating system's reason.
+fn removal_error(dir: &Path, file: &str, err: &io::Error) -> AppError {
+    let why = match err.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => "the folder is not writable".to_string(),
+        io::ErrorKind::IsADirectory => "it is a folder, not a file".to_string(),
+        _ => {
+            tracing::error!(error = %err, file, "a backup file could not be removed");
+            err.to_string()
+        }
+    };
+    AppError::Conflict(format!(
+        "Cannot delete the backup file {file} in {}: {why}. The backup is kept; fix the cause and delete it again.",
+        dir.display()
+    ))
 }
 
 #[cfg(test)]
@@ -375,5 +404,10 @@ mod tests {
         assert_eq!(check_label(Some("  nightly ".into())).unwrap().as_deref(), Some("nightly"));
         assert_eq!(check_label(Some("   ".into())).unwrap(), None);
         assert_eq!(check_label(Some("x".repeat(101))).unwrap_err().code(), "BAD_USER_INPUT");
+        let hidden = check_label(Some("night\nly\u{202E}".into())).unwrap_err();
+        assert_eq!(
+            hidden.to_string(),
+            "label: must not contain control characters such as line breaks, tabs or NUL (U+000A at character 6)"
+        );
     }
 }

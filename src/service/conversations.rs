@@ -9,6 +9,7 @@ use entity::{conversations, messages};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 
 use super::audit::Caller;
+use crate::service::name::Name;
 use crate::{
     auth::guard::{self, TeamRole},
     db,
@@ -30,11 +31,10 @@ fn bad(path: &str, message: &str) -> AppError {
 }
 
 fn check_title(title: &str) -> Result<String, AppError> {
-    let title = title.trim();
-    if title.is_empty() || title.chars().count() > 200 {
-        return Err(bad("title", "must be 1 to 200 characters"));
+    match Name::parse("title", title, 200) {
+        Ok(title) => Ok(title.into_string()),
+        Err(problem) => Err(bad("title", &problem.message)),
     }
-    Ok(title.to_string())
 }
 
 /// The thread a run in `team_id` continues: the conversation (given, or the parent message's),

@@ -9,6 +9,7 @@ pub mod error_groups;
 pub mod estimates;
 pub mod exports;
 pub mod insights;
+pub mod name;
 pub mod page;
 pub mod prices;
 pub mod range;

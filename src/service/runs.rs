@@ -283,6 +283,14 @@ impl Runner {
                 Map::new()
             }
         };
+        // Stored on the run and rendered into prompts: held to the same limit as the content.
+        let variables_bytes = serde_json::to_string(&variables).map_or(usize::MAX, |json| json.len());
+        if variables_bytes > self.config.max_input_bytes {
+            problems.push(Problem::new(
+                "input.variables",
+                format!("are {variables_bytes} bytes as JSON; the limit is {}", self.config.max_input_bytes),
+            ));
+        }
         match problems.len() {
             0 => Ok(variables),
             n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the run input"), problems }),

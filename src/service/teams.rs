@@ -14,6 +14,7 @@ use super::{
     page::{Page, PageRequest},
     versions,
 };
+use crate::service::name::Name;
 use crate::{
     auth::{
         GlobalRole, Principal, UserPrincipal,
@@ -75,9 +76,7 @@ pub struct TeamChanges {
 }
 
 fn check_name(name: &str, problems: &mut Vec<Problem>) {
-    if name.trim().is_empty() || name.chars().count() > 100 {
-        problems.push(Problem::new("name", "must be 1 to 100 characters"));
-    }
+    Name::check("name", name, 100, problems);
 }
 
 fn check_description(description: Option<&str>, problems: &mut Vec<Problem>) {

@@ -14,6 +14,7 @@ use super::{
     teams::slugify,
     templates::Templates,
 };
+use crate::service::name::Name;
 use crate::{
     auth::{Principal, guard},
     db,
@@ -150,10 +151,7 @@ async fn unique_slug<C: sea_orm::ConnectionTrait>(conn: &C, slug: &str, except: 
 
 fn check(name: &str, slug: &str, description: Option<&str>) -> Result<(), AppError> {
     let mut problems = Vec::new();
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        problems.push(Problem::new("input.name", "must be 1 to 100 characters"));
-    }
+    Name::check("input.name", name, 100, &mut problems);
     let slug_ok = !slug.is_empty()
         && slug.len() <= 64
         && slug.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');

@@ -1,10 +1,10 @@
 //! Usage reports: `usage_daily` summed over the UTC days of a range and grouped by any of user,
 //! team, API key, model and day, over the rows the caller may see; the same report as CSV.
 
-use std::{borrow::Cow, cmp::Ordering, ops::Add};
+use std::{borrow::Cow, cmp::Ordering, collections::HashMap, ops::Add};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use entity::{team_members, usage_daily};
+use entity::{api_keys, team_members, teams, usage_daily};
 use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
     sea_query::{Expr, Query, SelectStatement, SimpleExpr},
@@ -53,14 +53,15 @@ impl UsageGroup {
         Self::ALL.into_iter().find(|g| g.name().eq_ignore_ascii_case(name.trim()))
     }
 
-    /// The CSV column, named as the GraphQL field of a row.
-    fn csv_column(self) -> &'static str {
+    /// The CSV columns: the key, named as the GraphQL field of a row, and for a team or an API
+    /// key its name next to it.
+    fn csv_columns(self) -> &'static [&'static str] {
         match self {
-            Self::User => "userId",
-            Self::Team => "teamId",
-            Self::ApiKey => "apiKeyId",
-            Self::Model => "model",
-            Self::Day => "day",
+            Self::User => &["userId"],
+            Self::Team => &["teamId", "teamName"],
+            Self::ApiKey => &["apiKeyId", "apiKeyName"],
+            Self::Model => &["model"],
+            Self::Day => &["day"],
         }
     }
 
@@ -284,35 +285,99 @@ fn compare(group_by: &[UsageGroup], a: &UsageRow, b: &UsageRow) -> Ordering {
     group_by.iter().map(|g| g.value(a).cmp(&g.value(b))).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
 }
 
+/// The names of the teams and API keys a report's rows name, by id (a deleted team has none).
+#[derive(Debug, Default)]
+pub struct Names {
+    pub teams: HashMap<String, String>,
+    pub api_keys: HashMap<String, String>,
+}
+
+/// Most ids one `IN (…)` list holds: Cloudflare D1 binds at most 100 values per statement.
+const IDS_PER_QUERY: usize = 100;
+
+/// The names of the teams and API keys in the report's rows.
+pub async fn names(db: &DatabaseConnection, report: &Report) -> Result<Names, AppError> {
+    let ids = |group: UsageGroup| -> Vec<String> {
+        let mut ids: Vec<String> = report.rows.iter().filter_map(|r| group.value(r)).map(str::to_string).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    let mut names = Names::default();
+    for chunk in ids(UsageGroup::Team).chunks(IDS_PER_QUERY) {
+        let rows = teams::Entity::find()
+            .select_only()
+            .columns([teams::Column::Id, teams::Column::Name])
+            .filter(teams::Column::Id.is_in(chunk.iter().cloned()))
+            .into_tuple::<(String, String)>()
+            .all(db)
+            .await?;
+        names.teams.extend(rows);
+    }
+    for chunk in ids(UsageGroup::ApiKey).chunks(IDS_PER_QUERY) {
+        let rows = api_keys::Entity::find()
+            .select_only()
+            .columns([api_keys::Column::Id, api_keys::Column::Name])
+            .filter(api_keys::Column::Id.is_in(chunk.iter().cloned()))
+            .into_tuple::<(String, String)>()
+            .all(db)
+            .await?;
+        names.api_keys.extend(rows);
+    }
+    Ok(names)
+}
+
 /// The report as CSV (RFC 4180, CRLF line ends): a header line, then one line per row; a report
-/// with no groups has one line, its totals.
-pub fn to_csv(report: &Report) -> String {
-    let groups = &report.group_by;
-    let mut header: Vec<&str> = groups.iter().map(|g| g.csv_column()).collect();
+/// with no groups has one line, its totals. Grouping by team or API key adds the name beside
+/// the id. A text cell a spreadsheet would read as a formula is neutralised (`spreadsheet_safe`).
+pub fn to_csv(report: &Report, names: &Names) -> Result<String, AppError> {
+    let mut out = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+    let mut header: Vec<&str> = Vec::new();
+    for group in &report.group_by {
+        header.extend(group.csv_columns());
+    }
     header.extend(["requests", "runs", "tokensIn", "tokensOut", "costUsd"]);
-    let mut out = header.join(",") + "\r\n";
-    if groups.is_empty() {
-        out.push_str(&csv_line(&[], report.totals));
+    out.write_record(&header).map_err(AppError::internal)?;
+    if report.group_by.is_empty() {
+        out.write_record(figures(report.totals)).map_err(AppError::internal)?;
     }
     for row in &report.rows {
-        let keys: Vec<&str> = groups.iter().map(|g| g.value(row).unwrap_or_default()).collect();
-        out.push_str(&csv_line(&keys, row.figures));
+        let mut record: Vec<Cow<str>> = Vec::new();
+        for group in &report.group_by {
+            let key = group.value(row).unwrap_or_default();
+            record.push(spreadsheet_safe(key));
+            let name = match group {
+                UsageGroup::Team => Some(names.teams.get(key)),
+                UsageGroup::ApiKey => Some(names.api_keys.get(key)),
+                _ => None,
+            };
+            if let Some(name) = name {
+                record.push(spreadsheet_safe(name.map_or("", String::as_str)));
+            }
+        }
+        record.extend(figures(row.figures).map(Cow::Owned));
+        out.write_record(record.iter().map(|c| c.as_bytes())).map_err(AppError::internal)?;
     }
-    out
+    let bytes = out.into_inner().map_err(AppError::internal)?;
+    String::from_utf8(bytes).map_err(AppError::internal)
 }
 
-/// One CSV line: the group keys, then the figures.
-fn csv_line(keys: &[&str], f: Figures) -> String {
-    let mut fields: Vec<Cow<str>> = keys.iter().map(|key| csv_field(key)).collect();
-    fields.extend([f.requests, f.runs, f.tokens_in, f.tokens_out].map(|n| Cow::Owned(n.to_string())));
-    fields.push(Cow::Owned(f.cost_usd.to_string()));
-    fields.join(",") + "\r\n"
+/// Requests, runs, tokens in and out, and cost, as CSV cells.
+fn figures(f: Figures) -> [String; 5] {
+    [
+        f.requests.to_string(),
+        f.runs.to_string(),
+        f.tokens_in.to_string(),
+        f.tokens_out.to_string(),
+        f.cost_usd.to_string(),
+    ]
 }
 
-/// A field quoted when it holds a comma, quote or line break, its quotes doubled.
-fn csv_field(value: &str) -> Cow<'_, str> {
-    if value.contains([',', '"', '\r', '\n']) {
-        Cow::Owned(format!("\"{}\"", value.replace('"', "\"\"")))
+/// A text cell that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return) gets a `'` in front, as OWASP's CSV injection guidance says.
+fn spreadsheet_safe(value: &str) -> Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{value}"))
     } else {
         Cow::Borrowed(value)
     }
@@ -335,11 +400,13 @@ mod tests {
     }
 
     #[test]
-    fn csv_fields_with_commas_quotes_or_line_breaks_are_quoted() {
-        assert_eq!(csv_field("local/echo"), "local/echo");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    fn cells_a_spreadsheet_would_run_as_formulas_start_with_a_quote() {
+        for formula in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_safe(formula), format!("'{formula}"));
+        }
+        assert_eq!(spreadsheet_safe("local/echo"), "local/echo");
+        assert_eq!(spreadsheet_safe("a=b"), "a=b");
+        assert_eq!(spreadsheet_safe(""), "");
     }
 
     #[test]
@@ -353,7 +420,38 @@ mod tests {
             rows: Vec::new(),
             totals,
         };
-        assert_eq!(to_csv(&report), "requests,runs,tokensIn,tokensOut,costUsd\r\n3,2,10,20,0.5\r\n");
+        assert_eq!(
+            to_csv(&report, &Names::default()).unwrap(),
+            "requests,runs,tokensIn,tokensOut,costUsd\r\n3,2,10,20,0.5\r\n"
+        );
+    }
+
+    #[test]
+    fn team_and_key_names_stand_beside_their_ids_and_formulas_are_neutralised() {
+        let row = UsageRow {
+            user_id: None,
+            team_id: Some("team_1".into()),
+            api_key_id: Some("key_1".into()),
+            model: None,
+            day: None,
+            figures: Figures { requests: 1, runs: 0, tokens_in: 0, tokens_out: 0, cost_usd: 0.0 },
+        };
+        let report = Report {
+            range: range("2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z"),
+            first_day: "2025-03-01".parse().unwrap(),
+            last_day: "2025-03-01".parse().unwrap(),
+            group_by: vec![UsageGroup::Team, UsageGroup::ApiKey],
+            rows: vec![row],
+            totals: Figures::default(),
+        };
+        let mut names = Names::default();
+        names.teams.insert("team_1".into(), "Support, \"EU\"".into());
+        names.api_keys.insert("key_1".into(), "=HYPERLINK(\"http://x\")".into());
+        assert_eq!(
+            to_csv(&report, &names).unwrap(),
+            "teamId,teamName,apiKeyId,apiKeyName,requests,runs,tokensIn,tokensOut,costUsd\r\n\
+             team_1,\"Support, \"\"EU\"\"\",key_1,\"'=HYPERLINK(\"\"http://x\"\")\",1,0,0,0,0\r\n"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::{
     audit::{self, Caller, Entry, actions},
     page::{Page, PageRequest},
 };
+use crate::service::name::Name;
 use crate::{
     auth::{
         GlobalRole, Principal, UserPrincipal,
@@ -78,10 +79,8 @@ impl ProfileChanges {
     /// Every problem at once: a name of 1–100 characters, an http(s) URL of at most 2048.
     fn validate(&self) -> Result<(), AppError> {
         let mut problems = Vec::new();
-        if let Some(name) = &self.display_name
-            && (name.trim().is_empty() || name.chars().count() > 100)
-        {
-            problems.push(Problem::new("displayName", "must be 1 to 100 characters"));
+        if let Some(name) = &self.display_name {
+            Name::check("displayName", name, 100, &mut problems);
         }
         if let Some(url) = &self.avatar_url {
             let parsed = url::Url::parse(url).ok();

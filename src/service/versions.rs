@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{
     audit::{self, Caller, Entry, actions},
+    name,
     page::{Page, PageRequest},
     spec_diff,
 };
@@ -21,9 +22,18 @@ use crate::{
     orchestrator::{self, spec},
 };
 
-/// The canonical form of a valid spec, or every problem with it.
+/// The canonical form of a valid spec, or every problem with it. Agent and rule names must also
+/// be free of hidden characters (`name::hidden_character`); that is checked here, where specs
+/// are written, so that a spec stored before the rule still runs.
 pub fn validate_spec(value: &Value) -> Result<Value, Vec<Problem>> {
-    spec::parse(value, &orchestrator::known_provider).map(|spec| spec.to_json())
+    let spec = spec::parse(value, &orchestrator::known_provider)?;
+    let agents = spec.agents.iter().enumerate().map(|(i, a)| (format!("spec.agents[{i}].name"), &a.name));
+    let rules = spec.routing.rules.iter().enumerate().map(|(i, r)| (format!("spec.routing.rules[{i}].name"), &r.name));
+    let problems: Vec<Problem> = agents
+        .chain(rules)
+        .filter_map(|(path, name)| name::hidden_character(name).map(|why| Problem::new(path, why)))
+        .collect();
+    if problems.is_empty() { Ok(spec.to_json()) } else { Err(problems) }
 }
 
 /// Appends version `version` of a team.

@@ -16,6 +16,7 @@ use super::{
     body::{self, Checked, Kind, StepSource},
     member_role, refuse, viewer,
 };
+use crate::service::name::Name;
 use crate::{
     auth::{api_key::Scope, guard::TeamRole},
     db,
@@ -92,8 +93,8 @@ impl Templates {
         problems: &mut Vec<Problem>,
     ) -> Result<Option<Accepted>, AppError> {
         match (&input.name, current) {
-            (Some(name), _) if name.trim().is_empty() || name.chars().count() > 100 => {
-                problems.push(Problem::new("input.name", "must be 1 to 100 characters"));
+            (Some(name), _) => {
+                Name::check("input.name", name, 100, problems);
             }
             (None, None) => problems.push(Problem::new("input.name", "is required")),
             _ => {}
