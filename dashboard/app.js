@@ -1,5 +1,5 @@
 // The dashboard's shell: sign-in, the header, and routing between pages by the URL's hash
-// (`#/teams`, `#/team/<id>/<page>`, `#/usage`, `#/audit`).
+// (`#/teams`, `#/team/<id>/<page>`, `#/team/<id>/run/<run id>`, `#/usage`, `#/audit`).
 
 import { ApiError, LiveSocket, gql, onSignedOut, session } from './api.js';
 import { h, note, show } from './ui.js';
@@ -9,6 +9,7 @@ import * as errors from './pages/errors.js';
 import * as insights from './pages/insights.js';
 import * as overview from './pages/overview.js';
 import * as performance from './pages/performance.js';
+import * as run from './pages/run.js';
 import * as signin from './pages/signin.js';
 import * as teams from './pages/teams.js';
 import * as usage from './pages/usage.js';
@@ -79,12 +80,12 @@ async function route() {
 
 async function render(view) {
   const [path, query = ''] = location.hash.replace(/^#\/?/, '').split('?');
-  const [section, id, tab] = path.split('/');
+  const [section, id, tab, item] = path.split('/');
   const params = new URLSearchParams(query);
   if (!state.me && session.token()) await signInWith(session.token());
   if (!state.me) return showSignIn(view);
   const context = { view, me: state.me, live: state.live, params };
-  if (section === 'team' && id) return renderTeam({ ...context, teamId: decodeURIComponent(id) }, tab ?? 'overview');
+  if (section === 'team' && id) return renderTeam({ ...context, teamId: decodeURIComponent(id), item: item && decodeURIComponent(item) }, tab ?? 'overview');
   if (section === 'usage') return usage.render(context);
   if (section === 'audit') return audit.render(context);
   if (section !== 'teams') history.replaceState(null, '', '#/teams');
@@ -104,7 +105,8 @@ function showSignIn(view) {
 }
 
 async function renderTeam(context, tab) {
-  const page = TEAM_PAGES.find(([key]) => key === tab) ?? TEAM_PAGES[0];
+  const runPage = tab === 'run' && context.item ? ['run', 'Run', run] : null;
+  const page = runPage ?? TEAM_PAGES.find(([key]) => key === tab) ?? TEAM_PAGES[0];
   let team;
   try {
     ({ team } = await gql(TEAM, { id: context.teamId }));
@@ -121,5 +123,5 @@ async function renderTeam(context, tab) {
     h('a', { href: `#/audit?team=${encodeURIComponent(team.id)}` }, 'Audit log'));
   const body = h('section', { class: 'page' });
   show(context.view, h('h1', {}, team.name, team.archivedAt ? h('span', { class: 'badge' }, 'archived') : null), tabs, body);
-  return page[2].render({ ...context, view: body, team });
+  return page[2].render({ ...context, view: body, team, runId: context.item });
 }

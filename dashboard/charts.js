@@ -65,13 +65,15 @@ function round(value, digits = 10) {
 
 /**
  * A time chart. `series` is `[{ name, kind: 'line' | 'bar', points: [{ at, value }] }]`, `at`
- * an ISO time or ms; `from`/`to` bound the x axis (default: the points' own span). Lines and
- * bars share the y axis, which starts at 0. An empty chart says so instead of drawing nothing.
+ * an ISO time or ms; `from`/`to` bound the x axis (default: the points' own span). A `null`
+ * value is a bucket with nothing to measure (a latency where no run finished): a gap in a line,
+ * no bar. Lines and bars share the y axis, which starts at 0. A chart with no value says so
+ * instead of drawing nothing.
  */
 export function timeChart({ title, description, yLabel, xLabel = 'Time (UTC)', series, from, to, bucketMs, width = 640, height = 240, format = formatNumber }) {
   const id = `chart-${++nextId}`;
-  const all = series.map((s) => ({ ...s, points: s.points.map((p) => ({ at: toMs(p.at), value: Number(p.value) })) }));
-  const points = all.flatMap((s) => s.points);
+  const all = series.map((s) => ({ ...s, points: s.points.map((p) => ({ at: toMs(p.at), value: p.value == null ? null : Number(p.value) })) }));
+  const points = all.flatMap((s) => s.points.filter(measured));
   const plot = { x: MARGIN.left, y: MARGIN.top, w: width - MARGIN.left - MARGIN.right, h: height - MARGIN.top - MARGIN.bottom };
   const parts = [
     `<svg class="chart" role="img" viewBox="0 0 ${width} ${height}" aria-labelledby="${id}-title ${id}-desc">`,
@@ -102,6 +104,11 @@ export function timeChart({ title, description, yLabel, xLabel = 'Time (UTC)', s
   return parts.concat(axisLabels(plot, xLabel, yLabel), '</svg>').join('');
 }
 
+/** Whether a point has a value (a null one is a gap). */
+function measured(point) {
+  return point.value !== null;
+}
+
 function toMs(at) {
   return typeof at === 'number' ? at : Date.parse(at);
 }
@@ -115,9 +122,10 @@ function smallestGap(points) {
 function summary(series, format) {
   return series
     .map((s) => {
-      if (s.points.length === 0) return `${s.name}: no data`;
-      const values = s.points.map((p) => p.value);
-      return `${s.name}: ${s.points.length} points, from ${format(Math.min(...values))} to ${format(Math.max(...values))}`;
+      const values = s.points.filter(measured).map((p) => p.value);
+      if (values.length === 0) return `${s.name}: no data`;
+      const count = values.length === s.points.length ? `${values.length} points` : `${values.length} of ${s.points.length} buckets`;
+      return `${s.name}: ${count}, from ${format(Math.min(...values))} to ${format(Math.max(...values))}`;
     })
     .join('; ');
 }
@@ -156,17 +164,29 @@ function tooltip(series, point, format) {
   return `<title>${escapeXml(`${series.name} at ${new Date(point.at).toISOString().slice(0, 16).replace('T', ' ')} UTC: ${format(point.value)}`)}</title>`;
 }
 
+/** A line through the points with a value, broken at each gap; a dot (with its tooltip) per value. */
 function lineSeries(series, cls, scale, format) {
-  const coords = series.points.map((p) => `${fixed(scale.x(p.at))},${fixed(scale.y(p.value))}`);
-  const path = coords.length > 1 ? `<polyline class="line" points="${coords.join(' ')}"/>` : '';
-  const dots = series.points.map((p) => `<circle class="dot" cx="${fixed(scale.x(p.at))}" cy="${fixed(scale.y(p.value))}" r="3">${tooltip(series, p, format)}</circle>`);
+  const xy = (p) => `${fixed(scale.x(p.at))},${fixed(scale.y(p.value))}`;
+  const drawn = unbroken(series.points).filter((run) => run.length > 1);
+  const path = drawn.length > 0 ? `<path class="line" d="${drawn.map((run) => `M${run.map(xy).join(' L')}`).join(' ')}"/>` : '';
+  const dots = series.points.filter(measured).map((p) => `<circle class="dot" cx="${fixed(scale.x(p.at))}" cy="${fixed(scale.y(p.value))}" r="3">${tooltip(series, p, format)}</circle>`);
   return `<g class="${cls}" data-series="${escapeXml(series.name)}">${path}${dots.join('')}</g>`;
+}
+
+/** The runs of consecutive points that have a value. */
+function unbroken(points) {
+  const found = [[]];
+  for (const point of points) {
+    if (measured(point)) found.at(-1).push(point);
+    else if (found.at(-1).length > 0) found.push([]);
+  }
+  return found.filter((run) => run.length > 0);
 }
 
 function barSeries(series, cls, scale, index, count, format) {
   const width = scale.band / count;
   const zero = scale.y(0);
-  const rects = series.points.map((p) => {
+  const rects = series.points.filter(measured).map((p) => {
     const x = scale.x(p.at) - scale.band / 2 + index * width;
     const y = Math.min(zero, scale.y(p.value));
     return `<rect class="bar" x="${fixed(x)}" y="${fixed(y)}" width="${fixed(width)}" height="${fixed(Math.abs(zero - scale.y(p.value)))}">${tooltip(series, p, format)}</rect>`;

@@ -15,6 +15,13 @@ function count(svg, pattern) {
   return (svg.match(pattern) ?? []).length;
 }
 
+/** The segments of a line series' path (`M x,y L x,y …` per segment), each a list of [x, y]. */
+function segments(svg, series) {
+  const group = svg.match(new RegExp(`<g [^>]*data-series="${series}">(.*?)</g>`))?.[1] ?? '';
+  const d = group.match(/<path class="line" d="([^"]*)"/)?.[1] ?? '';
+  return d.split('M').filter(Boolean).map((segment) => segment.trim().split(/\s*L\s*/).map((xy) => xy.split(',').map(Number)));
+}
+
 test('an empty chart says there is no data and draws no series', () => {
   const svg = timeChart({ title: 'Runs', yLabel: 'runs', series: [{ name: 'Runs', kind: 'bar', points: [] }] });
   assert.match(svg, /No data in this range/);
@@ -25,7 +32,7 @@ test('an empty chart says there is no data and draws no series', () => {
 test('a single point is drawn as a dot in the middle of the plot, without a line', () => {
   const svg = timeChart({ title: 'p95', yLabel: 'ms', series: [{ name: 'p95', kind: 'line', points: points([120]) }] });
   assert.equal(count(svg, /<circle /g), 1);
-  assert.equal(count(svg, /<polyline/g), 0);
+  assert.equal(count(svg, /<path /g), 0);
   const cx = Number(svg.match(/<circle class="dot" cx="([\d.]+)"/)[1]);
   assert.equal(cx, 60 + (640 - 60 - 16) / 2);
   assert.doesNotMatch(svg, /NaN|Infinity|undefined/);
@@ -56,10 +63,34 @@ test('every point of every series is drawn, with its value in a tooltip', () => 
   });
   assert.equal(count(svg, /class="bar"/g), 4);
   assert.equal(count(svg, /<circle /g), 4);
-  assert.equal(svg.match(/<polyline class="line" points="([^"]*)"/)[1].split(' ').length, 4);
+  assert.deepEqual(segments(svg, 'Failures').map((s) => s.length), [4]);
   assert.match(svg, /<title>Runs at 2025-03-01 01:00 UTC: 10<\/title>/);
   assert.match(svg, /<title>Failures at 2025-03-01 02:00 UTC: 1<\/title>/);
   assert.match(svg, /class="legend"/);
+});
+
+test('buckets without a value (null) are gaps in a line, not zeros', () => {
+  const svg = timeChart({ title: 'p95', yLabel: 'ms', series: [{ name: 'p95', kind: 'line', points: points([120, 130, null, null, 200, null, 90, 95, 100]) }] });
+  const drawn = segments(svg, 'p95');
+  assert.deepEqual(drawn.map((s) => s.length), [2, 3], 'two segments around the gaps; the lone 200 is a dot');
+  assert.equal(count(svg, /<circle /g), 6, 'a dot per value, none for the gaps');
+  const zero = Number(svg.match(/<line class="grid" [^>]*y1="([\d.]+)"[^>]*\/><text [^>]*>0<\/text>/)[1]);
+  const ys = [...svg.matchAll(/<circle class="dot" cx="[\d.]+" cy="([\d.]+)"/g)].map((m) => Number(m[1]));
+  assert.ok(ys.every((y) => y < zero), `no point sits on 0 ms: ${ys} vs ${zero}`);
+  assert.match(svg, /<desc [^>]*>p95: 6 of 9 buckets, from 90 to 200<\/desc>/);
+  assert.doesNotMatch(svg, /NaN|Infinity|undefined/);
+});
+
+test('a line with no value at all says there is no data', () => {
+  const svg = timeChart({ title: 'p95', yLabel: 'ms', series: [{ name: 'p95', kind: 'line', points: points([null, null, null]) }] });
+  assert.match(svg, /No data in this range/);
+  assert.equal(count(svg, /<path |<circle /g), 0);
+});
+
+test('bars skip the buckets without a value', () => {
+  const svg = timeChart({ title: 'Cost', yLabel: 'USD', series: [{ name: 'Cost', kind: 'bar', points: points([1, null, 2]) }] });
+  assert.equal(count(svg, /class="bar"/g), 2);
+  assert.doesNotMatch(svg, /NaN/);
 });
 
 test('higher values are drawn higher', () => {

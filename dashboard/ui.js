@@ -34,11 +34,17 @@ export function h(tag, props = {}, ...children) {
   return element;
 }
 
-/** An SVG chart from `charts.js` markup (which escapes every text it holds). */
-export function chart(markup) {
-  const holder = h('div', { class: 'chart-holder' });
-  holder.innerHTML = markup;
-  return holder;
+/** An SVG chart from `charts.js` markup (which escapes every text it holds), under its title. */
+export function chart(title, markup) {
+  const drawing = h('div', { class: 'chart-drawing' });
+  drawing.innerHTML = markup;
+  return h('figure', { class: 'chart-holder' }, h('figcaption', { class: 'chart-title' }, title), drawing);
+}
+
+/** A name with its id after it (smaller); the id alone without a name, a dash without an id. */
+export function named(name, id) {
+  if (id == null) return '–';
+  return h('span', { class: 'named' }, name ? h('span', { class: 'name' }, name) : null, h('code', { class: 'id', title: id }, id));
 }
 
 /** A message in place of data: `kind` is `empty`, `loading` or `error`. */
@@ -46,11 +52,19 @@ export function note(kind, text) {
   return h('p', { class: `note ${kind}`, role: kind === 'error' ? 'alert' : null }, text);
 }
 
-/** A table from column headings and rows of cells; numeric columns are right-aligned. */
+/**
+ * A table from column headings and rows of cells; numeric columns are right-aligned. It scrolls
+ * sideways inside its own box when it is wider than the screen, never the page.
+ */
 export function table(caption, headings, rows, numeric = []) {
   const head = h('tr', {}, headings.map((title, i) => h('th', { scope: 'col', class: numeric.includes(i) ? 'num' : null }, title)));
   const body = rows.map((cells) => h('tr', {}, cells.map((cell, i) => h('td', { class: numeric.includes(i) ? 'num' : null }, cell))));
-  return h('table', {}, h('caption', {}, caption), h('thead', {}, head), h('tbody', {}, body));
+  return scrolling(h('table', {}, h('caption', {}, caption), h('thead', {}, head), h('tbody', {}, body)));
+}
+
+/** `element` in a box that scrolls sideways when it is wider than the screen. */
+export function scrolling(element) {
+  return h('div', { class: 'table-scroll' }, element);
 }
 
 /** A range picker; `onchange(key)` hears the new key. */

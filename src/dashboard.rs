@@ -46,6 +46,7 @@ const ASSETS: &[Asset] = &[
     asset!("pages/insights.js", JS),
     asset!("pages/overview.js", JS),
     asset!("pages/performance.js", JS),
+    asset!("pages/run.js", JS),
     asset!("pages/signin.js", JS),
     asset!("pages/teams.js", JS),
     asset!("pages/usage.js", JS),

@@ -6,8 +6,8 @@ mod common;
 
 use common::{PG_ENV, TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;
-use entity::audit_logs;
-use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
+use entity::{audit_logs, users};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
 use serde_json::{Value, json};
 
 const LOGS: &str = "query($filter: AuditLogFilter, $first: Int, $after: String) {
@@ -100,6 +100,47 @@ async fn owners_read_their_teams_rows_and_admins_read_every_row() {
     assert_eq!(first_code(&logs(&app, &carol, json!({"filter": {"teamId": mine}})).await), "NOT_FOUND");
     assert_eq!(nodes(&logs(&app, &carol, json!({})).await), Vec::<Value>::new());
     assert_eq!(first_code(&app.gql(LOGS, json!({})).await), "UNAUTHENTICATED");
+}
+
+/// The newest rows matching `filter`, with the names beside their ids.
+async fn named_rows(app: &TestApp, token: &str, filter: Value) -> Vec<Value> {
+    let named = "query($filter: AuditLogFilter) { auditLogs(filter: $filter, first: 10) {
+        nodes { action actorId actorName teamId teamName apiKeyId apiKeyName } } }";
+    nodes(&app.gql_as(token, named, json!({"filter": filter})).await.1)
+}
+
+#[tokio::test]
+async fn rows_name_their_actor_team_and_api_key_beside_the_ids() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    must(&app, &alice, PROFILE, json!({"n": "Alice Liddell"})).await;
+    let team = create_team(&app, &alice, "Support desk").await;
+    let key = "mutation($t: ID!) { createApiKey(input: {name: \"deploy bot\", scopes: [TEAMS_WRITE], teamId: $t}) { secret } }";
+    let secret =
+        must(&app, &alice, key, json!({"t": team})).await["createApiKey"]["secret"].as_str().unwrap().to_string();
+    must(&app, &secret, RENAME, json!({"id": team, "n": "Support"})).await;
+    let gone = create_team(&app, &alice, "Short-lived").await;
+    must(&app, &alice, "mutation($t: ID!) { deleteTeam(id: $t) { id } }", json!({"t": gone})).await;
+    let names = |row: &Value| {
+        [&row["action"], &row["actorName"], &row["teamName"], &row["apiKeyName"]]
+            .map(|v| v.as_str().unwrap_or("<null>").to_string())
+    };
+
+    let rows = named_rows(&app, &alice, json!({"teamId": team})).await;
+    let shown: Vec<[String; 4]> = rows.iter().map(names).collect();
+    assert_eq!(shown[0], ["team.update", "Alice Liddell", "Support", "deploy bot"], "{rows:?}");
+    assert_eq!(shown[1], ["api_key.create", "Alice Liddell", "Support", "<null>"], "{rows:?}");
+
+    // A deleted team, and then a deleted user, keep their ids and lose their names.
+    let rows = named_rows(&app, &admin, json!({"teamId": gone})).await;
+    assert!(rows.iter().all(|r| r["teamId"] == gone && r["teamName"].is_null()), "{rows:?}");
+    let deleted = users::Entity::update_many()
+        .col_expr(users::Column::DeletedAt, Expr::value(chrono::Utc::now()))
+        .filter(users::Column::Id.eq("user_alice"));
+    deleted.exec(&app.state.db).await.unwrap();
+    let rows = named_rows(&app, &admin, json!({"teamId": team})).await;
+    assert!(rows.iter().all(|r| r["actorId"] == "user_alice" && r["actorName"].is_null()), "{rows:?}");
 }
 
 #[tokio::test]

@@ -61,7 +61,8 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
 async fn every_module_the_page_loads_is_javascript_from_this_server() {
     let app = TestApp::spawn().await;
     let files = crawl(&app).await;
-    for page in ["overview", "performance", "agents", "errors", "insights", "usage", "audit", "teams", "signin"] {
+    for page in ["overview", "performance", "agents", "errors", "insights", "usage", "audit", "teams", "signin", "run"]
+    {
         assert!(files.contains_key(&format!("/dashboard/pages/{page}.js")), "{page} is not loaded: {:?}", files.keys());
     }
     assert_eq!(files["/dashboard/dashboard.css"].0, "text/css; charset=utf-8");
@@ -216,6 +217,8 @@ async fn the_dashboard_asks_only_for_what_the_schema_has() {
         "verifyAuditLog",
         "liveMetrics",
         "teamActivity",
+        "run",
+        "runEvents",
     ];
     for root in expected {
         assert!(roots.contains(root), "no dashboard page uses {root}: {roots:?}");
@@ -230,9 +233,14 @@ async fn every_dashboard_query_answers_without_errors_for_a_team_with_no_runs() 
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Quiet\", spec: $spec}) { id } }";
     let (_, created) = app.gql_as(&admin, create, json!({"spec": spec})).await;
     let team = created["data"]["createTeam"]["id"].clone();
+    // The run page needs a run: one of another team.
+    let busy = "mutation($spec: JSON) { createTeam(input: {name: \"Busy\", spec: $spec}) { id } }";
+    let (_, busy) = app.gql_as(&admin, busy, json!({"spec": spec})).await;
+    let run = "mutation($t: ID!) { runTeam(teamId: $t, input: {content: \"hello\"}) { id } }";
+    let (_, run) = app.gql_as(&admin, run, json!({"t": busy["data"]["createTeam"]["id"]})).await;
     let now = chrono::Utc::now();
     let variables = json!({
-        "id": team, "teamId": team, "after": null, "bucket": "HOUR", "groupBy": ["DAY", "MODEL"],
+        "id": team, "teamId": team, "runId": run["data"]["runTeam"]["id"], "after": null, "bucket": "HOUR", "groupBy": ["DAY", "MODEL"],
         "range": {"from": (now - chrono::Duration::hours(24)).to_rfc3339(), "to": now.to_rfc3339()},
         "filter": {"teamId": team},
     });

@@ -137,7 +137,7 @@ async fn percentiles_from_rollups_equal_a_brute_force_computation() {
     assert_eq!(busiest["runs"], triage.len());
     assert_eq!(busiest["latency"]["p95Ms"], json!(brute_force(&mut triage, 0.95)));
 
-    // Hourly p95 series: each point is the brute-force p95 of that hour's runs (0 when empty).
+    // Hourly p95 series: each point is the brute-force p95 of that hour's runs (null when empty).
     let (_, body) = app
         .gql_as(&token, SERIES, json!({"team": team, "metric": "LATENCY_P95", "bucket": "HOUR", "range": range}))
         .await;
@@ -150,8 +150,45 @@ async fn percentiles_from_rollups_equal_a_brute_force_computation() {
             .filter(|r| r.finished_at.unwrap() >= hour && r.finished_at.unwrap() < hour + Duration::hours(1))
             .map(|r| r.latency_ms.unwrap())
             .collect();
-        assert_eq!(point["value"].as_f64(), Some(brute_force(&mut in_hour, 0.95).unwrap_or(0) as f64), "{hour}");
+        assert_eq!(point["value"].as_f64(), brute_force(&mut in_hour, 0.95).map(|ms| ms as f64), "{hour}");
     }
+}
+
+#[tokio::test]
+async fn a_bucket_without_runs_has_no_latency_or_rate_but_counts_zero() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_owner", GlobalRole::Member);
+    let team = team(&app, &token, simple_spec()).await;
+    // Runs at 00:10 and 02:10; none between 01:00 and 02:00.
+    let start = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    let runs = [
+        finished(&team, "triage", "local/echo", start + Duration::minutes(10), 120, false),
+        finished(&team, "triage", "local/echo", start + Duration::minutes(130), 340, false),
+    ];
+    rollups::add(&app.state.db, &runs).await.unwrap();
+    let range = json!({"from": start, "to": start + Duration::hours(3)});
+    let series = |metric: &'static str| {
+        let (app, token, team, range) = (&app, &token, &team, &range);
+        async move {
+            let vars = json!({"team": team, "metric": metric, "bucket": "HOUR", "range": range});
+            let (_, body) = app.gql_as(token, SERIES, vars).await;
+            let points = body["data"]["metricsSeries"]["points"].as_array().unwrap_or_else(|| panic!("{body}")).clone();
+            points.iter().map(|p| p["value"].clone()).collect::<Vec<Value>>()
+        }
+    };
+    for metric in ["LATENCY_P50", "LATENCY_P95", "LATENCY_P99"] {
+        assert_eq!(
+            series(metric).await,
+            [json!(120.0), Value::Null, json!(340.0)],
+            "{metric}: no 0 ms where nothing ran"
+        );
+    }
+    for metric in ["RETRY_RATE", "FALLBACK_RATE"] {
+        assert_eq!(series(metric).await, [json!(0.0), Value::Null, json!(0.0)], "{metric}");
+    }
+    assert_eq!(series("RUNS").await, [json!(1.0), json!(0.0), json!(1.0)]);
+    assert_eq!(series("TOKENS").await, [json!(30.0), json!(0.0), json!(30.0)]);
+    assert_eq!(series("FAILURES").await, [json!(0.0), json!(0.0), json!(0.0)]);
 }
 
 #[tokio::test]

@@ -244,3 +244,70 @@ async fn a_conversation_with_its_messages_stays_within_budget() {
     }
     assert_within("conversation → messages, branches, tree", 4, &counts);
 }
+
+const AUDIT_WITH_NAMES: &str = "query($first: Int) { auditLogs(first: $first) {
+    nodes { seq actorId actorName teamId teamName apiKeyId apiKeyName } } }";
+
+#[tokio::test]
+async fn audit_rows_with_their_names_stay_within_budget() {
+    let mut counts = Vec::new();
+    for size in SIZES {
+        let app = TestApp::spawn_quiet().await;
+        let owner = sign_in(&app, "user_owner").await;
+        let key = "mutation($t: ID!, $n: String!) { createApiKey(input: {name: $n, scopes: [TEAMS_WRITE], teamId: $t}) { secret } }";
+        let rename = "mutation($t: ID!, $n: String!) { updateTeam(id: $t, input: {name: $n}) { id } }";
+        for i in 0..size / 2 {
+            let team = new_team(&app, &owner, &format!("Team {i}")).await;
+            let (_, made) = app.gql_as(&owner.token, key, json!({"t": team, "n": format!("key {i}")})).await;
+            let secret =
+                made["data"]["createApiKey"]["secret"].as_str().unwrap_or_else(|| panic!("{made}")).to_string();
+            let (_, renamed) = app.gql_as(&secret, rename, json!({"t": team, "n": format!("Renamed {i}")})).await;
+            assert!(renamed.get("errors").is_none(), "{renamed}");
+        }
+        let (count, body) = app.statements_for(&owner.token, AUDIT_WITH_NAMES, json!({"first": size})).await;
+        let rows = nodes(&body, "auditLogs");
+        assert_eq!(rows.len(), size, "{body}");
+        assert!(rows.iter().all(|r| r["teamName"].as_str().is_some_and(|n| n.starts_with("Renamed"))), "{body}");
+        // Each team wrote three rows: its creation, its key's, and its renaming through the key.
+        assert!(rows.iter().all(|r| r["apiKeyId"].is_null() == r["apiKeyName"].is_null()), "{body}");
+        assert!(rows.iter().filter(|r| r["apiKeyName"].is_string()).count() >= size / 3, "{body}");
+        counts.push(count);
+    }
+    assert_within("auditLogs → actorName, teamName, apiKeyName", 4, &counts);
+}
+
+const USAGE_WITH_NAMES: &str = "query { usageReport(groupBy: [USER, TEAM, API_KEY]) {
+    rows { userId userName teamId teamName apiKeyId apiKeyName runs } } }";
+
+#[tokio::test]
+async fn usage_rows_with_their_names_stay_within_budget() {
+    let mut counts = Vec::new();
+    for size in SIZES {
+        let app = TestApp::spawn_quiet().await;
+        let owner = sign_in(&app, "user_owner").await;
+        let key = "mutation($t: ID!, $n: String!) { createApiKey(input: {name: $n, scopes: [RUNS_EXECUTE], teamId: $t}) { secret } }";
+        let run = "mutation($t: ID!) { runTeam(teamId: $t, input: {content: \"hello\"}) { status } }";
+        for i in 0..size {
+            let team = new_team(&app, &owner, &format!("Team {i}")).await;
+            let (_, made) = app.gql_as(&owner.token, key, json!({"t": team, "n": format!("key {i}")})).await;
+            let secret =
+                made["data"]["createApiKey"]["secret"].as_str().unwrap_or_else(|| panic!("{made}")).to_string();
+            let (_, ran) = app.gql_as(&secret, run, json!({"t": team})).await;
+            assert_eq!(ran["data"]["runTeam"]["status"], "SUCCEEDED", "{ran}");
+        }
+        app.state.usage.flush().await.unwrap();
+        let (count, body) = app.statements_for(&owner.token, USAGE_WITH_NAMES, json!({})).await;
+        let rows: Vec<Value> =
+            body["data"]["usageReport"]["rows"].as_array().cloned().unwrap_or_else(|| panic!("{body}"));
+        let keyed: Vec<&Value> = rows.iter().filter(|r| r["apiKeyId"].is_string()).collect();
+        assert_eq!(keyed.len(), size, "{body}");
+        assert!(keyed.iter().all(|r| r["teamName"].is_string() && r["apiKeyName"].is_string()), "{body}");
+        assert!(
+            rows.iter()
+                .all(|r| r["userId"].is_null() || r["userName"] == "user_owner@example.com" || r["userName"].is_null()),
+            "{body}"
+        );
+        counts.push(count);
+    }
+    assert_within("usageReport → userName, teamName, apiKeyName", 4, &counts);
+}

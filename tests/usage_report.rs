@@ -194,6 +194,42 @@ async fn an_api_key_needs_teams_read_and_a_team_key_sees_only_its_team() {
 }
 
 #[tokio::test]
+async fn rows_name_their_user_team_and_api_key_beside_the_ids() {
+    let app = app().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    must(&app, &alice, "mutation { updateProfile(input: {displayName: \"Alice Liddell\"}) { id } }", json!({})).await;
+    let support = team(&app, &alice, "Support desk").await;
+    let create = "mutation($t: ID!) { createApiKey(input: {name: \"deploy bot\", scopes: [RUNS_EXECUTE], teamId: $t}) { secret apiKey { id } } }";
+    let made = must(&app, &alice, create, json!({"t": support})).await["createApiKey"].clone();
+    run(&app, made["secret"].as_str().unwrap(), &support).await;
+    let gone = team(&app, &alice, "Short-lived").await;
+    run(&app, &alice, &gone).await;
+    must(&app, &alice, "mutation($t: ID!) { deleteTeam(id: $t) { id } }", json!({"t": gone})).await;
+    app.state.usage.flush().await.unwrap();
+
+    let query = "query { usageReport(groupBy: [USER, TEAM, API_KEY]) {
+        rows { userId userName teamId teamName apiKeyId apiKeyName runs } } }";
+    let rows = must(&app, &alice, query, json!({})).await["usageReport"]["rows"].clone();
+    let row = |team: &str| {
+        let found = rows.as_array().unwrap().iter().find(|r| r["teamId"] == team && r["runs"] == 1);
+        found.unwrap_or_else(|| panic!("{team}: {rows}")).clone()
+    };
+    let keyed = row(&support);
+    assert_eq!(
+        (&keyed["userName"], &keyed["teamName"], &keyed["apiKeyId"], &keyed["apiKeyName"]),
+        (&json!("Alice Liddell"), &json!("Support desk"), &made["apiKey"]["id"], &json!("deploy bot")),
+        "{rows}"
+    );
+    let deleted = row(&gone);
+    assert_eq!(
+        (&deleted["teamName"], &deleted["apiKeyName"]),
+        (&Value::Null, &Value::Null),
+        "a deleted team has no name"
+    );
+    assert_eq!(deleted["userName"], "Alice Liddell");
+}
+
+#[tokio::test]
 async fn bad_ranges_and_repeated_groups_are_refused() {
     let app = app().await;
     let alice = app.token("user_alice", GlobalRole::Member);

@@ -1,12 +1,13 @@
 // Audit log: rows filtered by team, actor, action, resource and result, newest first and paged,
-// with the hash chain's verification for admins.
+// actors, teams and API keys by name beside their ids, with the hash chain's verification for
+// admins.
 
 import { gql } from '../api.js';
-import { fmt, h, note, show } from '../ui.js';
+import { fmt, h, named, note, scrolling, show } from '../ui.js';
 
 const LOGS = `query DashboardAuditLogs($filter: AuditLogFilter, $after: String) {
   auditLogs(filter: $filter, first: 50, after: $after) {
-    nodes { seq ts actorId actorKind apiKeyId action resourceType resourceId teamId result reason }
+    nodes { seq ts actorId actorName actorKind apiKeyId apiKeyName action resourceType resourceId teamId teamName result reason }
     pageInfo { hasNextPage endCursor }
   }
 }`;
@@ -32,8 +33,8 @@ export async function render({ view, me, params }) {
     show(view, h('h1', {}, 'Audit log'), verification, form, note('error', error.message));
     return;
   }
-  const list = h('table', {}, h('caption', {}, 'Audit log rows, newest first'),
-    h('thead', {}, h('tr', {}, HEADINGS.map((title) => h('th', { scope: 'col' }, title)))), rows);
+  const list = scrolling(h('table', {}, h('caption', {}, 'Audit log rows, newest first'),
+    h('thead', {}, h('tr', {}, HEADINGS.map((title) => h('th', { scope: 'col' }, title)))), rows));
   show(view, h('h1', {}, 'Audit log'), verification, form,
     first.auditLogs.nodes.length === 0 ? note('empty', 'No rows match these filters in the last 30 days.') : list, more);
   append(first.auditLogs, rows, more, filter);
@@ -58,8 +59,8 @@ function filterForm(params) {
 }
 
 function append(page, rows, more, filter) {
-  rows.append(...page.nodes.map((row) => h('tr', { class: row.result === 'DENIED' ? 'denied' : null },
-    [String(row.seq), fmt.time(row.ts), row.actorId ?? row.actorKind, row.action, [row.resourceType, row.resourceId].filter(Boolean).join(' '), row.teamId ?? '–', row.reason ? `${row.result}: ${row.reason}` : row.result]
+  rows.append(...page.nodes.map((row) => h('tr', { class: row.result === 'DENIED' ? 'denied' : null, 'data-seq': row.seq },
+    [String(row.seq), fmt.time(row.ts), actor(row), row.action, [row.resourceType, row.resourceId].filter(Boolean).join(' '), named(row.teamName, row.teamId), row.reason ? `${row.result}: ${row.reason}` : row.result]
       .map((cell, i) => h('td', { class: i === 0 ? 'num' : null }, cell)))));
   const next = async (event) => {
     event.target.disabled = true;
@@ -71,6 +72,14 @@ function append(page, rows, more, filter) {
     }
   };
   show(more, page.pageInfo.hasNextPage ? h('button', { type: 'button', onclick: next }, 'Older rows') : null);
+}
+
+/** Who acted: the user by name and id (a server task or `anonymous` by its kind), and the API key it came through. */
+function actor(row) {
+  const who = row.actorId ? named(row.actorName, row.actorId) : row.actorKind;
+  if (!row.apiKeyId) return who;
+  const via = ['via key', row.apiKeyName].filter(Boolean).join(' ');
+  return h('span', {}, who, h('span', { class: 'via' }, via, h('code', { class: 'id', title: row.apiKeyId }, row.apiKeyId)));
 }
 
 function chainStatus(me) {

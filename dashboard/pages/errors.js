@@ -1,4 +1,5 @@
-// Errors: the team's error groups, newest first, with a button to resolve an open one.
+// Errors: the team's error groups, newest first, each linking to its last run, with a button
+// to resolve an open one.
 
 import { gql } from '../api.js';
 import { fmt, h, note, show, table } from '../ui.js';
@@ -23,9 +24,10 @@ export async function render({ view, team }) {
   const status = h('div', { class: 'form-status' });
   const rows = errorGroups.nodes.map((group) => [
     group.agent, group.code, group.message, fmt.int(group.count), fmt.time(group.firstSeen), fmt.time(group.lastSeen),
+    h('a', { href: `#/team/${encodeURIComponent(team.id)}/run/${encodeURIComponent(group.lastRunId)}` }, 'last run'),
     state(group, status),
   ]);
-  show(view, status, table('Error groups', ['Agent', 'Code', 'Message', 'Count', 'First seen', 'Last seen', 'State'], rows, [3]));
+  show(view, status, table('Error groups', ['Agent', 'Code', 'Message', 'Count', 'First seen', 'Last seen', 'Run', 'State'], rows, [3]));
 }
 
 function state(group, status) {

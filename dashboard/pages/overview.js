@@ -1,5 +1,5 @@
 // Team overview: the last 24 hours in panels, kept fresh by `liveMetrics`, and an activity
-// feed of the team's runs from `teamActivity`.
+// feed of the team's runs from `teamActivity`, each linking to its run's page.
 
 import { gql } from '../api.js';
 import { fmt, h, note, rangeInput, show, table } from '../ui.js';
@@ -38,6 +38,7 @@ const PANELS = [
 
 /** Renders the overview and starts its two subscriptions; returns what stops them. */
 export async function render({ view, team, live }) {
+  show(view, note('loading', 'Loading the overview…'));
   const { teamOverview } = await gql(OVERVIEW, { teamId: team.id, range: rangeInput('24h') });
   const panels = h('div', { class: 'panels', 'aria-label': 'Last 24 hours' });
   const quiet = h('div', {});
@@ -64,7 +65,7 @@ export async function render({ view, team, live }) {
     next: ({ teamActivity: event }) => {
       if (event.kind === 'DELTA') return;
       feedEmpty.remove();
-      feed.prepend(activity(event));
+      feed.prepend(activity(team, event));
       while (feed.children.length > FEED_LENGTH) feed.lastElementChild.remove();
     },
     error: (error) => feed.before(note('error', `The activity feed stopped: ${error.message}`)),
@@ -81,11 +82,13 @@ function topErrors(overview) {
   return table('Error groups seen in the last 24 hours', ['Agent', 'Code', 'Message', 'Count', 'Last seen', 'State'], rows, [3]);
 }
 
-function activity(event) {
+/** One event of the feed; its run links to the run's page. */
+function activity(team, event) {
   const detail = [event.agent, event.model, event.attempt ? `attempt ${event.attempt}` : null, event.errorClass, event.error].filter(Boolean).join(' · ');
+  const page = `#/team/${encodeURIComponent(team.id)}/run/${encodeURIComponent(event.runId)}`;
   return h('li', { class: `event ${event.kind.toLowerCase()}`, 'data-run': event.runId },
     h('time', { datetime: event.at }, fmt.time(event.at)),
     h('span', { class: 'kind' }, event.kind.replaceAll('_', ' ').toLowerCase()),
-    h('span', { class: 'run' }, `run ${event.runId.slice(-8)}`),
+    h('a', { class: 'run', href: page, title: `Open run ${event.runId}` }, `run ${event.runId.slice(-8)}`),
     detail ? h('span', { class: 'detail' }, detail) : null);
 }

@@ -26,7 +26,10 @@ export async function render({ view, team, params }) {
   const data = await gql(SERIES, { teamId: team.id, bucket, range: rangeInput(key) });
   const span = { from: data.runs.from, to: data.runs.to, bucketMs };
   const quiet = data.runs.points.every((p) => p.value === 0);
-  const graph = (title, yLabel, series, format) => chart(timeChart({ ...span, title: `${title}, last ${label}`, yLabel, series, format }));
+  const graph = (title, yLabel, series, format) => {
+    const full = `${title}, last ${label}`;
+    return chart(full, timeChart({ ...span, title: full, yLabel, series, format }));
+  };
   show(view,
     picker,
     quiet ? note('empty', `No runs finished in the last ${label}: the graphs are flat.`) : null,
@@ -35,6 +38,7 @@ export async function render({ view, team, params }) {
         { name: 'Runs', kind: 'bar', points: data.runs.points },
         { name: 'Failures', kind: 'line', points: data.failures.points },
       ]),
+      // A bucket where no run finished has no latency (null): a gap in the lines, not 0 ms.
       graph('Latency percentiles', 'milliseconds', [
         { name: 'p50', kind: 'line', points: data.p50.points },
         { name: 'p95', kind: 'line', points: data.p95.points },

@@ -1,17 +1,18 @@
-// Usage: the caller's usage report (requests, runs, tokens, cost) grouped as chosen, and the
-// same report as a CSV file.
+// Usage: the caller's usage report (requests, runs, tokens, cost) grouped as chosen, users,
+// teams and API keys by name beside their ids, and the same report as a CSV file.
 
 import { downloadUsageCsv, gql } from '../api.js';
-import { RANGES, fmt, h, note, rangeInput, rangePicker, show, table } from '../ui.js';
+import { RANGES, fmt, h, named, note, rangeInput, rangePicker, show, table } from '../ui.js';
 
 const REPORT = `query DashboardUsage($range: TimeRangeInput, $groupBy: [UsageGroup!]!) {
   usageReport(range: $range, groupBy: $groupBy) {
     firstDay lastDay groupBy
-    rows { userId teamId apiKeyId model day requests runs tokensIn tokensOut costUsd }
+    rows { userId userName teamId teamName apiKeyId apiKeyName model day requests runs tokensIn tokensOut costUsd }
     totals { requests runs tokensIn tokensOut costUsd }
   }
 }`;
-const GROUPS = [['DAY', 'Day', 'day'], ['TEAM', 'Team', 'teamId'], ['MODEL', 'Model', 'model'], ['USER', 'User', 'userId'], ['API_KEY', 'API key', 'apiKeyId']];
+/** The groups: API name, heading, the row's key field, and the name shown beside that key. */
+const GROUPS = [['DAY', 'Day', 'day'], ['TEAM', 'Team', 'teamId', 'teamName'], ['MODEL', 'Model', 'model'], ['USER', 'User', 'userId', 'userName'], ['API_KEY', 'API key', 'apiKeyId', 'apiKeyName']];
 const FIGURES = ['Requests', 'Runs', 'Tokens in', 'Tokens out', 'Cost'];
 
 /** Renders the report for `?range=` (30 days by default) and `?groupBy=` (day and model). */
@@ -34,7 +35,8 @@ export async function render({ view, params }) {
   const { usageReport: report } = await gql(REPORT, { range, groupBy });
   const keys = report.groupBy.map((g) => GROUPS.find(([name]) => name === g));
   const figures = (r) => [fmt.int(r.requests), fmt.int(r.runs), fmt.int(r.tokensIn), fmt.int(r.tokensOut), fmt.usd(r.costUsd)];
-  const rows = report.rows.map((r) => [...keys.map(([, , field]) => r[field] ?? '–'), ...figures(r)]);
+  const keyCell = (r, [, , field, name]) => (name ? named(r[name], r[field]) : r[field] ?? '–');
+  const rows = report.rows.map((r) => [...keys.map((group) => keyCell(r, group)), ...figures(r)]);
   rows.push([...keys.map((_, i) => (i === 0 ? 'Total' : '')), ...figures(report.totals)]);
   if (keys.length === 0) rows[0].unshift('Total');
   const numeric = FIGURES.map((_, i) => Math.max(keys.length, 1) + i);

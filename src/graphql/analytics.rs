@@ -43,8 +43,9 @@ impl AnalyticsQuery {
         Ok(TeamOverview::new(team_id, overview))
     }
 
-    /// One metric per time bucket, for graphs: every bucket of the range is present (empty
-    /// ones as 0). Without `teamId`, every team you are a member of (admins: every team).
+    /// One metric per time bucket, for graphs: every bucket of the range is present; one
+    /// without runs is 0 for a count or a sum and null for a latency or a rate (a gap in a
+    /// graph). Without `teamId`, every team you are a member of (admins: every team).
     /// `agent` (the agent routing picked) and `model` (the model that answered) narrow it.
     #[allow(clippy::too_many_arguments)]
     async fn metrics_series(
@@ -288,7 +289,8 @@ pub struct MetricSeries {
 #[derive(SimpleObject)]
 pub struct Point {
     pub at: DateTime<Utc>,
-    pub value: f64,
+    /// Null for a latency or a rate in a bucket without runs.
+    pub value: Option<f64>,
 }
 
 /// How much a finding matters.

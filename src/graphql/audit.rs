@@ -6,7 +6,7 @@ use entity::audit_logs as rows;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::{caller, connection, runs::TimeRangeInput};
+use super::{caller, connection, loaders::node_fields, names, runs::TimeRangeInput};
 use crate::{
     error::GqlResultExt,
     service::{
@@ -55,6 +55,7 @@ impl AuditQuery {
             range: resolve(filter.range).gql()?,
         };
         let rows = audit::list(&state.db, &caller(ctx), filter, &page).await.gql()?;
+        names::preload(ctx, &node_fields(ctx, &[]), "actorName", named(&rows.items)).await?;
         Ok(connection(&page, rows, audit::cursor, AuditLog))
     }
 
@@ -89,6 +90,20 @@ impl AuditSubscription {
         let rows = audit::follow(&state.db, &caller(ctx), &team_id, wake).await.gql()?;
         Ok(rows.map(AuditLog))
     }
+}
+
+/// The users, teams and API keys `rows` name.
+fn named(rows: &[rows::Model]) -> names::Ids {
+    names::Ids {
+        users: rows.iter().filter_map(|r| acting_user(r).map(str::to_string)).collect(),
+        teams: rows.iter().filter_map(|r| r.team_id.clone()).collect(),
+        api_keys: rows.iter().filter_map(|r| r.api_key_id.clone()).collect(),
+    }
+}
+
+/// The user who acted (directly or through an API key); none for a server task or anonymous.
+fn acting_user(row: &rows::Model) -> Option<&str> {
+    matches!(row.actor_kind.as_str(), "user" | "api_key").then_some(row.actor_id.as_deref()).flatten()
 }
 
 /// Which audit rows to list; each field given narrows the list.
@@ -127,6 +142,11 @@ impl AuditLog {
     async fn actor_id(&self) -> Option<ID> {
         self.0.actor_id.clone().map(ID)
     }
+    /// The acting user's display name (or email); null for a server task, an anonymous
+    /// caller or a deleted user.
+    async fn actor_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        names::user(ctx, acting_user(&self.0)).await
+    }
     /// `user`, `api_key`, `system` or `anonymous`.
     async fn actor_kind(&self) -> &str {
         &self.0.actor_kind
@@ -134,6 +154,10 @@ impl AuditLog {
     /// The API key the action came through, if any.
     async fn api_key_id(&self) -> Option<ID> {
         self.0.api_key_id.clone().map(ID)
+    }
+    /// That API key's name (revoked keys keep theirs).
+    async fn api_key_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        names::api_key(ctx, self.0.api_key_id.as_deref()).await
     }
     /// What was done, e.g. `team.update`.
     async fn action(&self) -> &str {
@@ -150,6 +174,10 @@ impl AuditLog {
     /// The team the action belongs to, if any.
     async fn team_id(&self) -> Option<ID> {
         self.0.team_id.clone().map(ID)
+    }
+    /// That team's name; null for a deleted team.
+    async fn team_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        names::team(ctx, self.0.team_id.as_deref()).await
     }
     /// The `x-request-id` of the request, to find it in the server log.
     async fn request_id(&self) -> Option<&str> {

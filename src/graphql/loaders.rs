@@ -15,7 +15,9 @@ use async_graphql::{
     Context, SelectionField, Value,
     dataloader::{DataLoader, HashMapCache, Loader},
 };
-use entity::{messages, run_attempts, team_members, team_share_links, team_versions, teams as team_rows, users};
+use entity::{
+    api_keys, messages, run_attempts, team_members, team_share_links, team_versions, teams as team_rows, users,
+};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
@@ -34,6 +36,8 @@ pub struct Loaders {
     pub share_links: Arc<DataLoader<ShareLinksLoader, HashMapCache>>,
     pub attempts: Arc<DataLoader<AttemptsLoader, HashMapCache>>,
     pub messages: Arc<DataLoader<MessagesLoader, HashMapCache>>,
+    pub team_names: Arc<DataLoader<TeamNamesLoader, HashMapCache>>,
+    pub api_key_names: Arc<DataLoader<ApiKeyNamesLoader, HashMapCache>>,
 }
 
 impl Loaders {
@@ -47,6 +51,8 @@ impl Loaders {
             share_links: batched(ShareLinksLoader(db.clone())),
             attempts: batched(AttemptsLoader(db.clone())),
             messages: batched(MessagesLoader(db.clone())),
+            team_names: batched(TeamNamesLoader(db.clone())),
+            api_key_names: batched(ApiKeyNamesLoader(db.clone())),
         }
     }
 }
@@ -260,5 +266,45 @@ impl Loader<String> for MessagesLoader {
             .await
             .map_err(|e| e.to_string())?;
         Ok(grouped(rows, |row| row.conversation_id.clone()))
+    }
+}
+
+/// Team id → the team's name (a deleted team has none).
+pub struct TeamNamesLoader(DatabaseConnection);
+
+impl Loader<String> for TeamNamesLoader {
+    type Value = String;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows: Vec<(String, String)> = team_rows::Entity::find()
+            .select_only()
+            .columns([team_rows::Column::Id, team_rows::Column::Name])
+            .filter(team_rows::Column::Id.is_in(keys.iter().cloned()))
+            .into_tuple()
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+/// API key id → the key's name (revoked keys keep theirs).
+pub struct ApiKeyNamesLoader(DatabaseConnection);
+
+impl Loader<String> for ApiKeyNamesLoader {
+    type Value = String;
+    type Error = String;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let rows: Vec<(String, String)> = api_keys::Entity::find()
+            .select_only()
+            .columns([api_keys::Column::Id, api_keys::Column::Name])
+            .filter(api_keys::Column::Id.is_in(keys.iter().cloned()))
+            .into_tuple()
+            .all(&self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().collect())
     }
 }

@@ -13,6 +13,7 @@ pub mod exports;
 pub mod limits;
 pub mod loaders;
 pub mod metering;
+pub mod names;
 pub mod rest;
 pub mod runs;
 pub mod share_links;

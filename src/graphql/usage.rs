@@ -1,9 +1,9 @@
 //! Usage: `usageReport` (and the same report at `GET /reports/usage.csv`) and `resourceUsage`.
 
-use async_graphql::{Context, ID, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, ID, Object, SimpleObject};
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{caller, runs::TimeRangeInput};
+use super::{caller, names, runs::TimeRangeInput};
 use crate::{
     error::GqlResultExt,
     metrics::CacheSnapshot,
@@ -37,7 +37,10 @@ impl UsageQuery {
         let state = ctx.data::<AppState>()?;
         let visibility = usage_report::visibility(&caller(ctx)).gql()?;
         let range = range.unwrap_or_default();
-        usage_report::report(&state.db, &visibility, range.from, range.to, group_by).await.map(Into::into).gql()
+        let report = usage_report::report(&state.db, &visibility, range.from, range.to, group_by).await.gql()?;
+        let rows = ctx.look_ahead().field("rows").selection_fields();
+        names::preload(ctx, &rows, "userName", named(&report.rows)).await?;
+        Ok(report.into())
     }
 
     /// What you (your user, API keys and owned teams) used today and this month against your
@@ -51,6 +54,15 @@ impl UsageQuery {
             principals: principals.into_iter().map(Into::into).collect(),
             server: server.map(Into::into),
         })
+    }
+}
+
+/// The users, teams and API keys `rows` name.
+fn named(rows: &[usage_report::UsageRow]) -> names::Ids {
+    names::Ids {
+        users: rows.iter().filter_map(|r| r.user_id.clone()).collect(),
+        teams: rows.iter().filter_map(|r| r.team_id.clone()).collect(),
+        api_keys: rows.iter().filter_map(|r| r.api_key_id.clone()).collect(),
     }
 }
 
@@ -92,6 +104,7 @@ impl From<Report> for UsageReport {
 /// the usage has none: requests name no model, anonymous requests no user, signed-in sessions
 /// no API key, and only runs and requests made with a team-restricted API key name a team.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct UsageRow {
     user_id: Option<ID>,
     team_id: Option<ID>,
@@ -102,6 +115,22 @@ pub struct UsageRow {
     day: Option<String>,
     #[graphql(flatten)]
     figures: UsageTotals,
+}
+
+#[ComplexObject]
+impl UsageRow {
+    /// The user's display name (or email); null without `userId`, or for a deleted user.
+    async fn user_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        names::user(ctx, self.user_id.as_ref().map(|id| id.as_str())).await
+    }
+    /// The team's name; null without `teamId`, or for a deleted team.
+    async fn team_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        names::team(ctx, self.team_id.as_ref().map(|id| id.as_str())).await
+    }
+    /// The API key's name (revoked keys keep theirs); null without `apiKeyId`.
+    async fn api_key_name(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        names::api_key(ctx, self.api_key_id.as_ref().map(|id| id.as_str())).await
+    }
 }
 
 impl From<usage_report::UsageRow> for UsageRow {

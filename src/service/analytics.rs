@@ -387,28 +387,38 @@ impl Metric {
         }
     }
 
-    fn value(self, slice: &Slice) -> f64 {
+    /// The metric of `slice`; none for a latency or a rate without runs.
+    fn value(self, slice: &Slice) -> Option<f64> {
         let t = &slice.totals;
-        let ms = |p: Option<i64>| p.unwrap_or(0) as f64;
+        let ms = |p: Option<i64>| p.map(|ms| ms as f64);
         match self {
-            Self::Runs => t.runs as f64,
-            Self::Failures => t.failures as f64,
+            Self::Runs => Some(t.runs as f64),
+            Self::Failures => Some(t.failures as f64),
             // Read from the histograms by `percentile_series` instead.
             Self::LatencyP50 => ms(slice.latency.p50),
             Self::LatencyP95 => ms(slice.latency.p95),
             Self::LatencyP99 => ms(slice.latency.p99),
-            Self::Tokens => (t.tokens_in + t.tokens_out) as f64,
-            Self::Cost => t.cost_usd,
-            Self::RetryRate => t.per_run(t.retried_runs).unwrap_or(0.0),
-            Self::FallbackRate => t.per_run(t.fallback_runs).unwrap_or(0.0),
+            Self::Tokens => Some((t.tokens_in + t.tokens_out) as f64),
+            Self::Cost => Some(t.cost_usd),
+            Self::RetryRate => t.per_run(t.retried_runs),
+            Self::FallbackRate => t.per_run(t.fallback_runs),
+        }
+    }
+
+    /// The metric of a bucket without runs: 0 for a count or a sum, none for a latency or a
+    /// rate (there is nothing to measure, and 0 ms would be a lie).
+    fn empty(self) -> Option<f64> {
+        match self {
+            Self::Runs | Self::Failures | Self::Tokens | Self::Cost => Some(0.0),
+            Self::LatencyP50 | Self::LatencyP95 | Self::LatencyP99 | Self::RetryRate | Self::FallbackRate => None,
         }
     }
 }
 
-/// A series: one point per bucket of the range, empty buckets as zero.
+/// A series: one point per bucket of the range; see [`Metric::empty`] for buckets without runs.
 pub struct Series {
     pub range: TimeRange,
-    pub points: Vec<(i64, f64)>,
+    pub points: Vec<(i64, Option<f64>)>,
 }
 
 /// `metric` per `grain` bucket over `range`, for one team or (none) every team the caller may
@@ -441,8 +451,10 @@ pub async fn series(
     };
     let scope = Selection { teams, agent: filter.0, model: filter.1 };
     let pieces = [Piece { grain, from, to }];
-    let by_bucket: HashMap<i64, f64> = match metric.percent() {
-        Some(percent) => percentile_series(db, &scope, &pieces, percent).await?,
+    let by_bucket: HashMap<i64, Option<f64>> = match metric.percent() {
+        Some(percent) => {
+            percentile_series(db, &scope, &pieces, percent).await?.into_iter().map(|(at, ms)| (at, Some(ms))).collect()
+        }
         None => bucketed_slices(db, &scope, &pieces, By { bucket: true, ..By::default() })
             .await?
             .into_iter()
@@ -451,7 +463,7 @@ pub async fn series(
     };
     let points = (0..count)
         .map(|i| from + i * grain.seconds())
-        .map(|start| (start, by_bucket.get(&start).copied().unwrap_or(0.0)))
+        .map(|start| (start, by_bucket.get(&start).copied().unwrap_or(metric.empty())))
         .collect();
     Ok(Series { range: TimeRange { from: rollups::time(from), to: rollups::time(to) }, points })
 }
