@@ -21,11 +21,13 @@ use crate::{
     telemetry,
 };
 
+const ABOUT: &str = "Build, version, share, run and watch teams of AI agents over GraphQL.";
+
 #[derive(Parser)]
 #[command(
     name = "ensemble",
     version,
-    about = "Build, version, share, run and watch teams of AI agents over GraphQL.",
+    about = ABOUT,
     args_conflicts_with_subcommands = true,
     after_help = "With no command, `ensemble` serves: it takes the options of `ensemble serve`, listed above."
 )]
@@ -103,8 +105,12 @@ pub async fn run() -> ExitCode {
 fn parse(args: &[OsString]) -> Result<(LogFormat, Command), clap::Error> {
     let names_a_command = args.iter().skip(1).any(is_command_name);
     let mut command = Cli::command();
-    if !names_a_command {
-        command = Config::augment_args(command);
+    if names_a_command {
+        // `ensemble --log-format json token …`: a global option may come before the command.
+        command = command.args_conflicts_with_subcommands(false);
+    } else {
+        // The server's options, without the doc of `Config` replacing the binary's.
+        command = Config::augment_args(command).about(ABOUT).long_about(None);
     }
     let parsed = command.try_get_matches_from_mut(args).and_then(|matches| {
         let cli = Cli::from_arg_matches(&matches)?;

@@ -51,6 +51,7 @@ fn each_command_shows_only_its_own_options() {
 
 #[test]
 fn serve_and_the_bare_command_show_every_server_option() {
+    assert!(help(&[]).starts_with("Build, version, share, run and watch teams of AI agents"), "{}", help(&[]));
     for command in [&["serve"][..], &[][..]] {
         let text = help(command);
         for var in
@@ -78,6 +79,20 @@ fn a_refused_value_names_the_environment_variable_it_came_from() {
     // The same value given as a flag names the flag.
     let from_flag = refused(&["--listen", "foo"], ("ENSEMBLE_LISTEN", "127.0.0.1:0"));
     assert!(from_flag.contains("for '--listen <LISTEN>'") && !from_flag.contains("'ENSEMBLE_LISTEN'"), "{from_flag}");
+}
+
+#[test]
+fn the_log_format_may_come_before_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = common::ensemble()
+        .args(["--log-format", "json", "migrate", "up"])
+        .env("DATABASE_URL", format!("sqlite://{}/f.db", dir.path().display()))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.is_empty() && stderr.lines().all(|line| line.starts_with('{')), "JSON lines: {stderr}");
 }
 
 #[test]
