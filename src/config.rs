@@ -1,7 +1,12 @@
 //! Typed configuration: environment variables first, command-line flags override.
 //! Secrets (the database password) never reach logs or `Debug` output.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, ValueEnum};
 
@@ -33,95 +38,91 @@ impl CacheMode {
     }
 }
 
-/// Everything the server reads at start. Every option has an environment variable.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/ensemble.db";
+pub const DEFAULT_DATA_DIR: &str = "data";
+
+/// Everything the server reads at start. Every option has an environment variable. The options
+/// belong to `ensemble serve` alone; the other commands declare the few they use (src/cli).
 #[derive(Clone, Args)]
 pub struct Config {
-    /// Address to serve on (port 0 picks a free port).
-    #[arg(long, env = "ENSEMBLE_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    /// Address to serve on: `127.0.0.1:8080`, `0.0.0.0:8080`, `[::]:8080` or `localhost:8080`
+    /// (port 0 picks a free port).
+    #[arg(long, env = "ENSEMBLE_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// SQLite file (created on first start) or `postgres://…` URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://data/ensemble.db",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 
     /// Connections in the database pool (default: 4 on SQLite, 10 on PostgreSQL).
-    #[arg(long, env = "ENSEMBLE_DB_POOL_SIZE", global = true)]
+    #[arg(long, env = "ENSEMBLE_DB_POOL_SIZE")]
     pub db_pool_size: Option<u32>,
 
     /// Folder for the dev signing key and backups.
-    #[arg(long, env = "ENSEMBLE_DATA_DIR", default_value = "data", global = true)]
+    #[arg(long, env = "ENSEMBLE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// `development` or `production`.
-    #[arg(long = "env", env = "ENSEMBLE_ENV", value_enum, default_value = "development", global = true)]
+    #[arg(long = "env", env = "ENSEMBLE_ENV", value_enum, default_value = "development")]
     pub environment: Environment,
 
     /// Apply pending migrations at start.
-    #[arg(long, env = "ENSEMBLE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "ENSEMBLE_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_migrate: bool,
 
     /// Comma-separated origins allowed by CORS (none by default).
-    #[arg(long, env = "ENSEMBLE_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(long, env = "ENSEMBLE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
-    /// Log format: `text` or `json`. The level comes from `RUST_LOG`.
-    #[arg(long, env = "ENSEMBLE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
-    pub log_format: LogFormat,
-
     /// Seconds a request may take before it is answered with 408.
-    #[arg(long, env = "ENSEMBLE_REQUEST_TIMEOUT", default_value_t = 30, global = true)]
+    #[arg(long, env = "ENSEMBLE_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
     /// Seconds between the server's keepalive pings on a websocket.
-    #[arg(long, env = "ENSEMBLE_WS_KEEPALIVE_SECS", default_value_t = 15, global = true)]
+    #[arg(long, env = "ENSEMBLE_WS_KEEPALIVE_SECS", default_value_t = 15)]
     pub ws_keepalive_secs: u64,
 
     /// Items a websocket may have waiting to be written before it counts as slow: a message
     /// each, or one batch of a shared subscription's events.
-    #[arg(long, env = "ENSEMBLE_WS_SEND_BUFFER", default_value_t = 256, global = true)]
+    #[arg(long, env = "ENSEMBLE_WS_SEND_BUFFER", default_value_t = 256)]
     pub ws_send_buffer: usize,
 
     /// Milliseconds a slow websocket reader is waited for once its buffer is full; then it is dropped.
-    #[arg(long, env = "ENSEMBLE_WS_SEND_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    #[arg(long, env = "ENSEMBLE_WS_SEND_TIMEOUT_MS", default_value_t = 5000)]
     pub ws_send_timeout_ms: u64,
 
     /// Seconds between writes of the usage counts.
-    #[arg(long, env = "ENSEMBLE_USAGE_FLUSH_SECS", default_value_t = 5, global = true)]
+    #[arg(long, env = "ENSEMBLE_USAGE_FLUSH_SECS", default_value_t = 5)]
     pub usage_flush_secs: u64,
 
     /// Operations a principal may run per minute (one per 100 complexity points); 0 is unlimited.
-    #[arg(long, env = "ENSEMBLE_RATE_LIMIT_PER_MINUTE", default_value_t = 1200, global = true)]
+    #[arg(long, env = "ENSEMBLE_RATE_LIMIT_PER_MINUTE", default_value_t = 1200)]
     pub rate_limit_per_minute: u32,
 
     /// How many operations a principal may run at once before the per-minute rate applies.
-    #[arg(long, env = "ENSEMBLE_RATE_LIMIT_BURST", default_value_t = 120, global = true)]
+    #[arg(long, env = "ENSEMBLE_RATE_LIMIT_BURST", default_value_t = 120)]
     pub rate_limit_burst: u32,
 
     /// How often the server backs up a SQLite database: `30m`, `6h`, `1d` (off when unset).
-    #[arg(long, env = "ENSEMBLE_BACKUP_INTERVAL", value_parser = parse_interval, global = true)]
+    #[arg(long, env = "ENSEMBLE_BACKUP_INTERVAL", value_parser = parse_interval)]
     pub backup_interval: Option<Duration>,
 
     /// Backups kept when scheduled backups prune older ones; the newest verified one always stays.
-    #[arg(long, env = "ENSEMBLE_BACKUP_KEEP", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "ENSEMBLE_BACKUP_KEEP", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
     pub backup_keep: u32,
 
     /// `on` or `off`: whether tokens, keys, users, specs, templates and prices are cached.
-    #[arg(long, env = "ENSEMBLE_CACHE", value_enum, default_value = "on", global = true)]
+    #[arg(long, env = "ENSEMBLE_CACHE", value_enum, default_value = "on")]
     pub cache: CacheMode,
 
     /// Redis for the shared event bus and rate limits (`redis://host:6379`); unset: this
     /// instance is the only one (docs/scale-out.md).
-    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis channel and key: instances that act as one share it.
-    #[arg(long, env = "ENSEMBLE_REDIS_NAMESPACE", default_value = "ensemble", global = true)]
+    #[arg(long, env = "ENSEMBLE_REDIS_NAMESPACE", default_value = "ensemble")]
     pub redis_namespace: String,
 
     #[command(flatten)]
@@ -141,22 +142,22 @@ pub struct Config {
 #[derive(Clone, Debug, Args)]
 pub struct RunConfig {
     /// Seconds `runTeam(wait: true)` waits for the run before answering with it still running.
-    #[arg(long, env = "ENSEMBLE_RUN_WAIT_SECS", default_value_t = 25, global = true)]
+    #[arg(long, env = "ENSEMBLE_RUN_WAIT_SECS", default_value_t = 25)]
     pub run_wait_secs: u64,
     /// Milliseconds a run may take when its spec sets no `limits.timeoutMs`.
-    #[arg(long, env = "ENSEMBLE_RUN_TIMEOUT_MS", default_value_t = 120_000, global = true)]
+    #[arg(long, env = "ENSEMBLE_RUN_TIMEOUT_MS", default_value_t = 120_000)]
     pub run_timeout_ms: u64,
     /// Seconds one call to a model provider may take.
-    #[arg(long, env = "ENSEMBLE_PROVIDER_TIMEOUT_SECS", default_value_t = 60, global = true)]
+    #[arg(long, env = "ENSEMBLE_PROVIDER_TIMEOUT_SECS", default_value_t = 60)]
     pub provider_timeout_secs: u64,
     /// Largest message content in bytes.
-    #[arg(long, env = "ENSEMBLE_RUN_MAX_INPUT_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "ENSEMBLE_RUN_MAX_INPUT_BYTES", default_value_t = 64 * 1024)]
     pub max_input_bytes: usize,
     /// Tokens each user's runs may use per UTC day (unlimited when unset).
-    #[arg(long, env = "ENSEMBLE_DAILY_TOKEN_BUDGET", global = true)]
+    #[arg(long, env = "ENSEMBLE_DAILY_TOKEN_BUDGET")]
     pub daily_token_budget: Option<i64>,
     /// US dollars each user's runs may spend per UTC day (unlimited when unset).
-    #[arg(long, env = "ENSEMBLE_DAILY_COST_BUDGET_USD", global = true)]
+    #[arg(long, env = "ENSEMBLE_DAILY_COST_BUDGET_USD")]
     pub daily_cost_budget_usd: Option<f64>,
 }
 
@@ -164,28 +165,28 @@ pub struct RunConfig {
 #[derive(Clone, Args)]
 pub struct AuthConfig {
     /// Clerk's JWKS endpoint (`https://<app>.clerk.accounts.dev/.well-known/jwks.json`).
-    #[arg(long, env = "CLERK_JWKS_URL", global = true)]
+    #[arg(long, env = "CLERK_JWKS_URL")]
     pub clerk_jwks_url: Option<String>,
     /// Clerk's PEM public key, for networkless verification.
-    #[arg(long, env = "CLERK_JWT_KEY", global = true, hide_env_values = true)]
+    #[arg(long, env = "CLERK_JWT_KEY", hide_env_values = true)]
     pub clerk_jwt_key: Option<String>,
     /// The `iss` every Clerk token must carry (required with a Clerk key).
-    #[arg(long, env = "CLERK_ISSUER", global = true)]
+    #[arg(long, env = "CLERK_ISSUER")]
     pub clerk_issuer: Option<String>,
     /// Comma-separated `azp` values accepted (any when unset).
-    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',', global = true)]
+    #[arg(long, env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',')]
     pub clerk_authorized_parties: Vec<String>,
     /// Least seconds between two JWKS fetches caused by an unknown key id.
-    #[arg(long, env = "CLERK_JWKS_REFETCH_SECS", default_value_t = 60, global = true)]
+    #[arg(long, env = "CLERK_JWKS_REFETCH_SECS", default_value_t = 60)]
     pub clerk_jwks_refetch_secs: u64,
     /// `whsec_…` secret of the Clerk webhook endpoint.
-    #[arg(long, env = "CLERK_WEBHOOK_SECRET", global = true, hide_env_values = true)]
+    #[arg(long, env = "CLERK_WEBHOOK_SECRET", hide_env_values = true)]
     pub clerk_webhook_secret: Option<String>,
     /// Comma-separated user ids that are always ADMIN.
-    #[arg(long, env = "ENSEMBLE_ADMIN_USERS", value_delimiter = ',', global = true)]
+    #[arg(long, env = "ENSEMBLE_ADMIN_USERS", value_delimiter = ',')]
     pub admin_users: Vec<String>,
     /// Token claim holding the global role (`admin` or `member`); dots reach into objects.
-    #[arg(long, env = "ENSEMBLE_ROLE_CLAIM", default_value = "role", global = true)]
+    #[arg(long, env = "ENSEMBLE_ROLE_CLAIM", default_value = "role")]
     pub role_claim: String,
 }
 
@@ -216,14 +217,14 @@ impl fmt::Debug for AuthConfig {
 #[derive(Clone, Copy, Debug, Args)]
 pub struct ConnectionLimits {
     /// Seconds a client may take from the first byte of a request to the end of its headers.
-    #[arg(long, env = "ENSEMBLE_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "ENSEMBLE_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_secs: u64,
     /// Seconds a keep-alive connection may stay idle between requests.
-    #[arg(long, env = "ENSEMBLE_IDLE_TIMEOUT_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "ENSEMBLE_IDLE_TIMEOUT_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
     /// Connections served at once, websockets included; past it, a few more are served for
     /// health checks only.
-    #[arg(long, env = "ENSEMBLE_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "ENSEMBLE_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 }
 
@@ -231,42 +232,49 @@ pub struct ConnectionLimits {
 #[derive(Clone, Debug, Args, serde::Serialize)]
 pub struct Limits {
     /// Deepest selection nesting allowed.
-    #[arg(long, env = "ENSEMBLE_LIMIT_DEPTH", default_value_t = 10, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_DEPTH", default_value_t = 10)]
     pub depth: usize,
     /// Highest query complexity allowed (list fields weigh by `first`).
-    #[arg(long, env = "ENSEMBLE_LIMIT_COMPLEXITY", default_value_t = 5000, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_COMPLEXITY", default_value_t = 5000)]
     pub complexity: usize,
     /// Deepest recursion of the parser allowed.
-    #[arg(long, env = "ENSEMBLE_LIMIT_RECURSION", default_value_t = 32, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_RECURSION", default_value_t = 32)]
     pub recursion: usize,
     /// Most aliases one document may use.
-    #[arg(long, env = "ENSEMBLE_LIMIT_ALIASES", default_value_t = 30, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_ALIASES", default_value_t = 30)]
     pub aliases: usize,
     /// Most directives on one field.
-    #[arg(long, env = "ENSEMBLE_LIMIT_DIRECTIVES", default_value_t = 5, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_DIRECTIVES", default_value_t = 5)]
     pub directives: usize,
     /// Largest page a connection field returns.
-    #[arg(long, env = "ENSEMBLE_LIMIT_PAGE_SIZE", default_value_t = 100, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_PAGE_SIZE", default_value_t = 100)]
     pub max_page_size: u64,
     /// Largest request body in bytes.
-    #[arg(long, env = "ENSEMBLE_LIMIT_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub body_bytes: usize,
     /// Most operations in one batched request; 0 turns batching off.
-    #[arg(long, env = "ENSEMBLE_LIMIT_BATCH", default_value_t = 0, global = true)]
+    #[arg(long, env = "ENSEMBLE_LIMIT_BATCH", default_value_t = 0)]
     pub batch: usize,
 }
 
 impl Config {
     /// Configuration from the environment alone, as `ensemble serve` with no flags would read it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        use clap::{FromArgMatches, Parser};
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            config: Config,
-        }
-        let matches = <Only as clap::CommandFactory>::command().try_get_matches_from(["ensemble"])?;
-        Ok(Only::from_arg_matches(&matches)?.config)
+        Self::read(Self::command())
+    }
+
+    /// The built-in defaults, whatever the environment says (`ensemble schema` uses them).
+    pub fn defaults() -> Self {
+        Self::read(Self::command().mut_args(|arg| arg.env(None::<&str>))).expect("the built-in defaults are valid")
+    }
+
+    fn command() -> clap::Command {
+        <Self as clap::Args>::augment_args(clap::Command::new("ensemble"))
+    }
+
+    fn read(command: clap::Command) -> Result<Self, clap::Error> {
+        let matches = command.try_get_matches_from(["ensemble"])?;
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches)
     }
 
     pub fn is_production(&self) -> bool {
@@ -282,13 +290,12 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("database_url", &redact_url(&self.database_url))
+            .field("database_url", &crate::redact::url(&self.database_url))
             .field("db_pool_size", &self.db_pool_size)
             .field("data_dir", &self.data_dir)
             .field("environment", &self.environment)
             .field("auto_migrate", &self.auto_migrate)
             .field("cors_origins", &self.cors_origins)
-            .field("log_format", &self.log_format)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("ws_keepalive_secs", &self.ws_keepalive_secs)
             .field("ws_send_buffer", &self.ws_send_buffer)
@@ -299,7 +306,7 @@ impl fmt::Debug for Config {
             .field("backup_interval", &self.backup_interval)
             .field("backup_keep", &self.backup_keep)
             .field("cache", &self.cache)
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_url", &self.redis_url.as_deref().map(crate::redact::url))
             .field("redis_namespace", &self.redis_namespace)
             .field("connections", &self.connections)
             .field("limits", &self.limits)
@@ -326,14 +333,15 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
     }
 }
 
-/// The URL with its password replaced by `***`, fit for logs.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => raw.to_string(),
+/// `127.0.0.1:8080`, `0.0.0.0:8080`, `[::]:8080`, or `localhost:8080` (which is 127.0.0.1).
+pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    let value = value.trim();
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    match value.strip_prefix("localhost:").map(str::parse::<u16>) {
+        Some(Ok(port)) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        _ => Err(format!("`{value}` is not an address like 127.0.0.1:8080, 0.0.0.0:8080, [::]:8080 or localhost:8080")),
     }
 }
 
@@ -368,7 +376,21 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_url_without_password_is_shown_as_is() {
-        assert_eq!(redact_url("sqlite://data/ensemble.db"), "sqlite://data/ensemble.db");
+    fn listen_addresses_read_like_people_write_them() {
+        assert_eq!(parse_listen("localhost:9000"), Ok("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(parse_listen("0.0.0.0:80"), Ok("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(parse_listen("[::]:8080"), Ok("[::]:8080".parse().unwrap()));
+        for bad in ["foo", "localhost", "localhost:http", "8080", "example.com:80"] {
+            assert!(parse_listen(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn the_defaults_ignore_the_environment() {
+        let config = Config::defaults();
+        assert_eq!(
+            (config.listen.to_string(), config.database_url.as_str()),
+            (DEFAULT_LISTEN.into(), DEFAULT_DATABASE_URL)
+        );
     }
 }

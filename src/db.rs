@@ -4,27 +4,53 @@
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
-    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    sqlx::{
+        self, ConnectOptions as _, Connection as _,
+        postgres::PgConnectOptions,
+        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    },
 };
 
 use crate::error::AppError;
 
 const SQLITE_POOL: u32 = 4;
 const POSTGRES_POOL: u32 = 10;
+/// How long opening the first connection may take, and retrying a refused one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The advisory lock key of start-up work (any number no other code uses).
 const STARTUP_LOCK: i64 = 0x656e_7365_6d62;
 
+/// The database could not be reached or opened: what happened, in words, with the URL's
+/// secrets masked (src/redact.rs).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConnectError(String);
+
+impl ConnectError {
+    fn new(url: &str, message: impl std::fmt::Display) -> Self {
+        Self(crate::redact::text(&message.to_string(), url))
+    }
+}
+
+impl From<ConnectError> for AppError {
+    fn from(err: ConnectError) -> Self {
+        AppError::Internal(err.0)
+    }
+}
+
 /// Connects to `url`. A SQLite file and its folder are created when missing.
-pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnection, AppError> {
+pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnection, ConnectError> {
+    check_url(url)?;
     let mut options = ConnectOptions::new(url.to_string());
-    options.connect_timeout(Duration::from_secs(5)).acquire_timeout(Duration::from_secs(5)).sqlx_logging(false);
+    options.connect_timeout(CONNECT_TIMEOUT).acquire_timeout(CONNECT_TIMEOUT).sqlx_logging(false);
     if is_sqlite(url) {
         create_parent_dir(url)?;
         // Fails early with a clear message instead of deep inside sqlx.
-        SqliteConnectOptions::from_str(url).map_err(|e| AppError::internal(format!("bad DATABASE_URL: {e}")))?;
+        SqliteConnectOptions::from_str(url)
+            .map_err(|e| ConnectError::new(url, format!("DATABASE_URL is not a usable SQLite URL: {e}")))?;
         options.max_connections(pool_size.unwrap_or(SQLITE_POOL)).map_sqlx_sqlite_opts(|o| {
             o.create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -35,18 +61,21 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
     } else {
         options.max_connections(pool_size.unwrap_or(POSTGRES_POOL));
     }
-    let db = Database::connect(options).await.map_err(|e| AppError::internal(connect_error(url, &e)))?;
-    db.ping().await.map_err(|e| AppError::internal(connect_error(url, &e)))?;
+    let db = match Database::connect(options).await {
+        Ok(db) => db,
+        Err(err) => return Err(unreachable(url, &err).await),
+    };
+    db.ping().await.map_err(|e| cannot_connect(url, e))?;
     Ok(db)
 }
 
 /// Runs `work` (migrations, seeding) while holding a PostgreSQL advisory lock on a connection
 /// of its own, so instances starting at the same moment on one database take turns; on SQLite
 /// it just runs `work`.
-pub async fn one_at_a_time<T>(
+pub async fn one_at_a_time<T, E: From<ConnectError> + From<DbErr>>(
     url: &str,
-    work: impl std::future::Future<Output = Result<T, AppError>>,
-) -> Result<T, AppError> {
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     if is_sqlite(url) {
         return work.await;
     }
@@ -58,6 +87,106 @@ pub async fn one_at_a_time<T>(
     result
 }
 
+/// Refuses a `DATABASE_URL` Ensemble does not speak, suggesting the one the user likely meant:
+/// `data/ensemble.db` or `sqllite://data/ensemble.db` → `sqlite://data/ensemble.db`.
+pub fn check_url(url: &str) -> Result<(), ConnectError> {
+    let scheme = scheme_of(url);
+    if matches!(scheme, Some("sqlite" | "postgres" | "postgresql")) {
+        return Ok(());
+    }
+    let shown = crate::redact::url(url);
+    let message = match (scheme, suggestion(url, scheme)) {
+        (None, Some(meant)) => format!("DATABASE_URL `{shown}` has no scheme: did you mean {meant}?"),
+        (Some(scheme), Some(meant)) => {
+            format!(
+                "DATABASE_URL `{shown}` starts with `{scheme}:`, which Ensemble does not speak: did you mean {meant}?"
+            )
+        }
+        (_, None) => format!(
+            "DATABASE_URL `{shown}` is neither a SQLite URL (`{}`) nor a PostgreSQL one \
+             (`postgres://user:password@host:5432/ensemble`)",
+            crate::config::DEFAULT_DATABASE_URL
+        ),
+    };
+    Err(ConnectError::new(url, message))
+}
+
+/// The scheme of `url`: the word before `://`, or before `:` when it names a database.
+fn scheme_of(url: &str) -> Option<&str> {
+    let (head, rest) = url.split_once(':')?;
+    let word = head.len() > 1 && head.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let lower = head.to_ascii_lowercase();
+    let names_a_database = ["sql", "postg", "pg"].iter().any(|p| lower.starts_with(p));
+    (word && (rest.starts_with("//") || names_a_database)).then_some(head)
+}
+
+/// The URL `url` was probably meant to be, with the scheme Ensemble speaks that it is closest to.
+fn suggestion(url: &str, scheme: Option<&str>) -> Option<String> {
+    let meant = match scheme.map(str::to_ascii_lowercase) {
+        None => {
+            let host_port = url.split(['/', '?']).next().is_some_and(|h| h.contains(':'));
+            let kind = if url.contains('@') || host_port { "postgres" } else { "sqlite" };
+            return Some(crate::redact::text(&format!("{kind}://{url}"), url));
+        }
+        Some(s) if s.starts_with("sqlite") || distance(&s, "sqlite") <= 2 => "sqlite",
+        Some(s)
+            if ["pg", "psql", "pgsql"].contains(&s.as_str())
+                || s.starts_with("postg")
+                || distance(&s, "postgres") <= 2 =>
+        {
+            "postgres"
+        }
+        Some(_) => return None,
+    };
+    let rest = &url[scheme.map_or(0, str::len) + 1..];
+    Some(crate::redact::text(&format!("{meant}:{rest}"), url))
+}
+
+/// Levenshtein distance: how many single-character edits turn `a` into `b`.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Why the pool could not open its first connection. The pool retries a refused connection
+/// until its timeout and then reports only that it timed out: one direct attempt tells the cause.
+async fn unreachable(url: &str, err: &DbErr) -> ConnectError {
+    let timed_out = matches!(err, DbErr::Conn(RuntimeErr::SqlxError(e)) if matches!(**e, sqlx::Error::PoolTimedOut));
+    if !timed_out || is_sqlite(url) {
+        return cannot_connect(url, err);
+    }
+    let Ok(options) = PgConnectOptions::from_str(url) else {
+        return cannot_connect(url, err);
+    };
+    let place = format!("{}:{}", options.get_host(), options.get_port());
+    let cause = match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Err(sqlx::Error::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused: nothing listens on {place} (is PostgreSQL running there?)")
+        }
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            err.to_string()
+        }
+        Err(_) => format!("{place} did not answer within {} s", CONNECT_TIMEOUT.as_secs()),
+    };
+    cannot_connect(url, cause)
+}
+
+fn cannot_connect(url: &str, cause: impl std::fmt::Display) -> ConnectError {
+    ConnectError::new(url, format!("cannot connect to the database at `{}`: {cause}", crate::redact::url(url)))
+}
+
 /// Counts every SQL statement run through `db` (and its clones made afterwards) in `counter`.
 pub fn count_statements(db: &mut DatabaseConnection, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) {
     db.set_metric_callback(move |_| {
@@ -65,15 +194,11 @@ pub fn count_statements(db: &mut DatabaseConnection, counter: std::sync::Arc<std
     });
 }
 
-fn connect_error(url: &str, err: &DbErr) -> String {
-    format!("cannot connect to the database at {}: {err}", crate::config::redact_url(url))
-}
-
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
-fn create_parent_dir(url: &str) -> Result<(), AppError> {
+fn create_parent_dir(url: &str) -> Result<(), ConnectError> {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
@@ -81,7 +206,7 @@ fn create_parent_dir(url: &str) -> Result<(), AppError> {
     }
     match Path::new(path).parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
-            .map_err(|e| AppError::internal(format!("cannot create the folder {}: {e}", dir.display()))),
+            .map_err(|e| ConnectError::new(url, format!("cannot create the folder {}: {e}", dir.display()))),
         _ => Ok(()),
     }
 }
@@ -126,5 +251,44 @@ pub fn backend_name(db: &DatabaseConnection) -> &'static str {
         DbBackend::Sqlite => "sqlite",
         DbBackend::Postgres => "postgres",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(url: &str) -> String {
+        check_url(url).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn the_urls_ensemble_speaks_pass() {
+        for url in ["sqlite://data/ensemble.db", "sqlite::memory:", "postgres://u:p@h/db", "postgresql://h/db"] {
+            assert!(check_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_path_without_a_scheme_is_pointed_to_sqlite() {
+        assert!(refusal("data/ensemble.db").ends_with("did you mean sqlite://data/ensemble.db?"));
+        assert!(refusal("/var/lib/ensemble.db").ends_with("did you mean sqlite:///var/lib/ensemble.db?"));
+    }
+
+    #[test]
+    fn a_misspelt_scheme_gets_the_nearest_one() {
+        assert!(refusal("sqllite://data/ensemble.db").ends_with("did you mean sqlite://data/ensemble.db?"));
+        assert!(refusal("sqlite3:data/x.db").ends_with("did you mean sqlite:data/x.db?"));
+        assert!(refusal("SQLITE://x.db").ends_with("did you mean sqlite://x.db?"));
+        assert!(refusal("postgress://app:hunter2@h/db").ends_with("did you mean postgres://app:***@h/db?"));
+        assert!(refusal("pg://h/db").ends_with("did you mean postgres://h/db?"));
+        assert!(refusal("app:hunter2@h:5432/db").ends_with("did you mean postgres://app:***@h:5432/db?"));
+    }
+
+    #[test]
+    fn an_unrelated_scheme_is_told_what_ensemble_speaks() {
+        let message = refusal("mysql://app:hunter2@h/db");
+        assert!(message.contains("neither a SQLite URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

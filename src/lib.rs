@@ -12,6 +12,7 @@ pub mod graphql;
 pub mod metrics;
 pub mod ops;
 pub mod orchestrator;
+pub mod redact;
 pub mod server;
 pub mod service;
 pub mod startup;

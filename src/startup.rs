@@ -50,25 +50,59 @@ pub struct App {
     _lock: Option<DatabaseLock>,
 }
 
+/// Why the server did not start, in words for the person starting it (printed once by the CLI).
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "the database has {count} pending migration(s), up to {newest}, and ENSEMBLE_AUTO_MIGRATE=false: \
+         run `ensemble migrate up` (or start with ENSEMBLE_AUTO_MIGRATE=true)"
+    )]
+    PendingMigrations { count: usize, newest: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<AppError> for StartupError {
+    fn from(err: AppError) -> Self {
+        match err {
+            AppError::Internal(cause) => Self::Failed(cause),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<db::ConnectError> for StartupError {
+    fn from(err: db::ConnectError) -> Self {
+        Self::Failed(err.to_string())
+    }
+}
+
+impl From<sea_orm::DbErr> for StartupError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Failed(format!("database error: {err}"))
+    }
+}
+
 impl App {
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
         if config.is_production() {
             tracing::info!("running in production mode: introspection and suggestions are off");
         }
+        db::check_url(&config.database_url)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            AppError::internal(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
+            StartupError::Failed(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
         let lock = DatabaseLock::for_server(&config.database_url)?;
         let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
         db::count_statements(&mut db, statements.clone());
         let bus = match &config.redis_url {
-            Some(url) => EventBus::shared(url, &config.redis_namespace).map_err(AppError::internal)?,
+            Some(url) => EventBus::shared(url, &config.redis_namespace).map_err(StartupError::Failed)?,
             None => EventBus::local(),
         };
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|e| AppError::internal(format!("cannot listen on {}: {e}", config.listen)))?;
+            .map_err(|e| StartupError::Failed(format!("cannot listen on {} (ENSEMBLE_LISTEN): {e}", config.listen)))?;
         let metrics = Arc::new(Metrics::default());
         let caches = Arc::new(Caches::new(&config, &metrics.caches, bus.clone()));
         let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone()).await?);
@@ -81,25 +115,27 @@ impl App {
         let templates = Arc::new(Templates::new(db.clone(), caches.clone()));
         let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone()));
         // Instances starting at the same moment take turns to migrate, recover and seed.
-        let migrated = db::one_at_a_time(&config.database_url, async {
+        db::one_at_a_time(&config.database_url, async {
             if config.auto_migrate {
-                Migrator::up(&db, None).await.map_err(|e| AppError::internal(format!("migration failed: {e}")))?;
+                Migrator::up(&db, None).await.map_err(|e| StartupError::Failed(format!("migration failed: {e}")))?;
             }
-            // Without its migrations the database may not have runs yet; `/readyz` says so.
-            let migrated = Migrator::get_pending_migrations(&db).await.map(|p| p.is_empty()).unwrap_or(false);
-            if migrated {
-                recover_interrupted_runs(&db, &bus).await?;
-                let seeded = starters::seed(&db).await?;
-                tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
+            // Serving a database without its tables would answer INTERNAL to every query.
+            let pending = Migrator::get_pending_migrations(&db).await?;
+            if let Some(newest) = pending.last() {
+                return Err(StartupError::PendingMigrations {
+                    count: pending.len(),
+                    newest: newest.name().to_string(),
+                });
             }
-            Ok(migrated)
+            recover_interrupted_runs(&db, &bus).await?;
+            let seeded = starters::seed(&db).await?;
+            tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
+            Ok(())
         })
         .await?;
-        if migrated {
-            let starters = templates.prefetch().await?;
-            let prices = runner.prices.prefetch().await?;
-            tracing::debug!(starters, prices, "caches prefetched");
-        }
+        let starters = templates.prefetch().await?;
+        let prices = runner.prices.prefetch().await?;
+        tracing::debug!(starters, prices, "caches prefetched");
         let state = AppState {
             config: Arc::new(config),
             caches,

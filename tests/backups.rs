@@ -121,8 +121,8 @@ impl Site {
 
     /// The real binary serving this site, until `stop`.
     fn serve(&self) -> Server {
-        let mut child = self.command().env("ENSEMBLE_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut child = self.command().env("ENSEMBLE_LISTEN", "127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {
             let line = lines.next().expect("server log").unwrap();
             if let Some(rest) = line.split("GraphiQL at http://").nth(1) {

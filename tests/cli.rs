@@ -1,5 +1,17 @@
 //! The `ensemble` binary: help, migrations by hand, the schema, start-up failures and a
-//! graceful stop on SIGTERM.
+//! graceful stop on SIGTERM; in `cli/`, what it writes where, its options, `DATABASE_URL`
+//! and `ensemble healthcheck`.
+
+#[path = "cli/database.rs"]
+mod database;
+#[path = "cli/healthcheck.rs"]
+mod healthcheck;
+#[path = "cli/options.rs"]
+mod options;
+#[path = "cli/output.rs"]
+mod output;
+#[path = "cli/process.rs"]
+mod process;
 
 mod common;
 
@@ -124,14 +136,21 @@ fn schema_prints_the_committed_sdl() {
 
 #[test]
 fn an_unreachable_database_at_start_exits_non_zero_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
     let output = common::ensemble()
         .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/ensemble")
         .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
+        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot connect to the database at postgres://app:***@127.0.0.1:1/ensemble"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: cannot connect to the database at `postgres://app:***@127.0.0.1:1/ensemble`: connection refused"
+        ),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"));
 }
 
@@ -145,9 +164,11 @@ fn a_sqlite_file_that_cannot_be_created_exits_non_zero() {
 
 #[test]
 fn an_unknown_environment_name_is_refused() {
-    let output = common::ensemble().env("ENSEMBLE_ENV", "prod").arg("schema").output().unwrap();
+    let output = common::ensemble().env("ENSEMBLE_ENV", "prod").output().unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: development, production"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid value 'prod' for 'ENSEMBLE_ENV'"), "{stderr}");
+    assert!(stderr.contains("possible values: development, production"), "{stderr}");
 }
 
 #[tokio::test]
@@ -159,10 +180,10 @@ async fn sigterm_closes_websockets_and_exits_cleanly() {
         .env("DATABASE_URL", &url)
         .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
         .env("ENSEMBLE_DATA_DIR", dir.path().join("data"))
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines.next().expect("server log").unwrap();
         if let Some(rest) = line.split("GraphiQL at http://").nth(1) {

@@ -48,6 +48,7 @@ impl Server {
             .env("ENSEMBLE_DATA_DIR", data_dir)
             .env("ENSEMBLE_RATE_LIMIT_PER_MINUTE", "0")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut server = Self { child, addr };

@@ -106,17 +106,6 @@ async fn metrics_count_requests_operations_and_pool_use() {
 }
 
 #[tokio::test]
-async fn with_auto_migrate_off_the_server_starts_but_is_not_ready() {
-    let app = TestApp::spawn_with(|c| c.auto_migrate = false).await;
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    let body: Value = response.json().await.unwrap();
-    assert!(body["reason"].as_str().unwrap().contains("run `ensemble migrate up`"), "{body}");
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200, "alive all the same");
-}
-
-#[tokio::test]
 async fn a_request_that_outlives_the_timeout_is_answered_408() {
     let app = TestApp::spawn_with(|c| {
         c.request_timeout_secs = 1;

@@ -28,9 +28,14 @@ pub struct DevIssuer {
 }
 
 impl DevIssuer {
+    /// Where the key lives in `data_dir`.
+    pub fn key_path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join(KEY_FILE)
+    }
+
     /// Loads the key from `data_dir`, creating it (2048-bit RSA) on first start.
     pub async fn load_or_create(data_dir: &Path) -> Result<Self, AppError> {
-        let path = data_dir.join(KEY_FILE);
+        let path = Self::key_path(data_dir);
         let pem = match tokio::fs::read_to_string(&path).await {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

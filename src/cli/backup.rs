@@ -1,12 +1,14 @@
 //! `ensemble backup create [--label L] | list | verify FILE | restore FILE` for a SQLite database
 //! (docs/operations.md). Taking, listing and verifying work while a server runs; restoring does not.
 
-use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
 use migration::{Migrator, MigratorTrait};
 
 use crate::{
     auth::Principal,
-    config::Config,
+    config::{DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL},
     db,
     error::AppError,
     service::{
@@ -14,6 +16,18 @@ use crate::{
         backups::{self, Backups, Checked, Restored},
     },
 };
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    action: Action,
+    /// The SQLite database (`sqlite://…`) to back up or restore into.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, global = true)]
+    pub database_url: String,
+    /// Folder whose `backups/` holds the backups.
+    #[arg(long, env = "ENSEMBLE_DATA_DIR", default_value = DEFAULT_DATA_DIR, global = true)]
+    pub data_dir: PathBuf,
+}
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -37,15 +51,17 @@ pub enum Action {
     },
 }
 
-pub async fn run(action: Action, config: &Config) -> Result<(), String> {
-    if !db::is_sqlite(&config.database_url) {
+pub async fn run(args: BackupArgs) -> Result<(), String> {
+    let BackupArgs { action, database_url, data_dir } = args;
+    db::check_url(&database_url).map_err(|e| e.to_string())?;
+    if !db::is_sqlite(&database_url) {
         return Err(message(backups::on_postgres()));
     }
     let caller = Caller { principal: Principal::System("cli"), meta: Default::default() };
     match action {
         Action::Create { label } => {
-            let row = open(config).await?.create(&caller, label).await.map_err(message)?;
-            let path = backups::folder(&config.data_dir).join(&row.file);
+            let row = open(&database_url, &data_dir).await?.create(&caller, label).await.map_err(message)?;
+            let path = backups::folder(&data_dir).join(&row.file);
             println!(
                 "created {} ({} bytes, sha256 {}, migration {})",
                 path.display(),
@@ -55,7 +71,7 @@ pub async fn run(action: Action, config: &Config) -> Result<(), String> {
             );
         }
         Action::List => {
-            let rows = open(config).await?.list(&caller).await.map_err(message)?;
+            let rows = open(&database_url, &data_dir).await?.list(&caller).await.map_err(message)?;
             if rows.is_empty() {
                 println!("no backups yet");
             }
@@ -67,11 +83,11 @@ pub async fn run(action: Action, config: &Config) -> Result<(), String> {
             }
         }
         Action::Verify { file } => {
-            let checked = open(config).await?.verify(&caller, &file).await.map_err(message)?;
+            let checked = open(&database_url, &data_dir).await?.verify(&caller, &file).await.map_err(message)?;
             print_checked(&checked);
         }
         Action::Restore { file } => {
-            let restored = backups::restore(&config.database_url, &config.data_dir, &file).await.map_err(message)?;
+            let restored = backups::restore(&database_url, &data_dir, &file).await.map_err(message)?;
             print_restored(&restored);
         }
     }
@@ -79,14 +95,14 @@ pub async fn run(action: Action, config: &Config) -> Result<(), String> {
 }
 
 /// The backups of the configured database, which must exist and be migrated (the `backups` table).
-async fn open(config: &Config) -> Result<Backups, String> {
-    if let Some(file) = backups::sqlite_file(&config.database_url).filter(|f| !f.is_file()) {
+async fn open(database_url: &str, data_dir: &Path) -> Result<Backups, String> {
+    if let Some(file) = backups::sqlite_file(database_url).filter(|f| !f.is_file()) {
         return Err(format!(
             "there is no database at {} (`ensemble backup restore FILE` checks a backup before restoring it)",
             file.display()
         ));
     }
-    let db = db::connect(&config.database_url, Some(1)).await.map_err(message)?;
+    let db = db::connect(database_url, Some(1)).await.map_err(|e| e.to_string())?;
     let pending = Migrator::get_pending_migrations(&db).await.map_err(|e| e.to_string())?;
     if !pending.is_empty() {
         return Err(format!(
@@ -94,7 +110,7 @@ async fn open(config: &Config) -> Result<Backups, String> {
             pending.len()
         ));
     }
-    Ok(Backups::new(db, &config.data_dir))
+    Ok(Backups::new(db, data_dir))
 }
 
 fn print_checked(checked: &Checked) {

@@ -2,10 +2,19 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use migration::{Migrator, MigratorTrait};
 
-use crate::{config::Config, db};
+use crate::{config::DEFAULT_DATABASE_URL, db};
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    action: Action,
+    /// SQLite file (created when missing) or `postgres://…` URL.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, global = true)]
+    pub database_url: String,
+}
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -29,13 +38,12 @@ pub enum Action {
     },
 }
 
-pub async fn run(action: Action, config: &Config) -> Result<(), String> {
+pub async fn run(args: MigrateArgs) -> Result<(), String> {
+    let action = args.action;
     if let Action::ExportD1 { dir } = &action {
         return export_d1(dir).await;
     }
-    let db = db::connect(&config.database_url, config.db_pool_size)
-        .await
-        .map_err(|e| e.to_string().trim_start_matches("internal error: ").to_string())?;
+    let db = db::connect(&args.database_url, None).await.map_err(|e| e.to_string())?;
     let failed = |e: sea_orm::DbErr| format!("migration failed: {e}");
     match action {
         Action::Up { steps } => Migrator::up(&db, steps).await.map_err(failed)?,

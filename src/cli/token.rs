@@ -1,12 +1,13 @@
-//! `ensemble token`: a dev-issuer session token to paste into GraphiQL.
+//! `ensemble token`: a dev-issuer session token to paste into GraphiQL. The token alone goes
+//! to stdout, so `TOKEN=$(ensemble token --user alice)` captures nothing else.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
 use crate::{
     auth::{GlobalRole, dev::DevIssuer},
-    config::Config,
+    config::DEFAULT_DATA_DIR,
 };
 
 #[derive(Args)]
@@ -23,15 +24,32 @@ pub struct TokenArgs {
     /// How long the token is valid: `30s`, `15m`, `1h`, `7d`.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: Duration,
+    /// Folder holding the dev signing key (created there when missing).
+    #[arg(long, env = "ENSEMBLE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Set when Clerk issues the tokens: then there is no dev issuer to sign with.
+    #[arg(long, env = "CLERK_JWKS_URL", hide = true)]
+    clerk_jwks_url: Option<String>,
+    #[arg(long, env = "CLERK_JWT_KEY", hide = true, hide_env_values = true)]
+    clerk_jwt_key: Option<String>,
 }
 
-pub async fn run(args: TokenArgs, config: &Config) -> Result<(), String> {
-    if !config.auth.is_dev() {
+pub async fn run(args: TokenArgs) -> Result<(), String> {
+    if args.clerk_jwks_url.is_some() || args.clerk_jwt_key.is_some() {
         return Err("Clerk issues the tokens in this configuration (CLERK_JWKS_URL or CLERK_JWT_KEY is set)".into());
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-    let issuer = DevIssuer::load_or_create(&config.data_dir).await.map_err(|e| e.to_string())?;
+    let data_dir = &args.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let key = DevIssuer::key_path(data_dir);
+    let existed = key.exists();
+    let issuer = DevIssuer::load_or_create(data_dir).await.map_err(|e| e.to_string())?;
+    if !existed {
+        let shown = std::path::absolute(&key).unwrap_or(key);
+        eprintln!(
+            "created a new dev signing key at {}: servers using this data folder accept the tokens it signs",
+            shown.display()
+        );
+    }
     let token = issuer.sign(&args.user, args.email.as_deref(), args.role, args.ttl).map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
