@@ -14,7 +14,10 @@ use super::{
     spec::{Agent, RetryPolicy, TeamSpec},
     tokens,
 };
-use crate::events::{RunEvent, RunEventKind};
+use crate::{
+    events::{RunEvent, RunEventKind},
+    metrics::RunMetrics,
+};
 
 /// What a model costs, in US dollars per million tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -44,6 +47,8 @@ pub struct RunContext<'a> {
     pub default_max_tokens: Option<u32>,
     pub cancel: watch::Receiver<bool>,
     pub emit: &'a (dyn Fn(RunEvent) + Send + Sync),
+    /// Where each call's latency and error class are counted.
+    pub metrics: &'a RunMetrics,
 }
 
 /// One call to a model.
@@ -283,6 +288,12 @@ async fn try_agent(
         let began = Instant::now();
         let started_at = Utc::now();
         let result = guarded(provider.complete(&request, &on_delta), &mut ctx.cancel, ctx.deadline).await;
+        // Calls cut short by a cancel or the run's time limit are not the provider's doing.
+        if let Ok(answer) = &result {
+            let provider_name = agent.model.split_once('/').map_or("", |(name, _)| name);
+            let class = answer.as_ref().err().map(|error| error.class.as_str());
+            ctx.metrics.model_call(provider_name, began.elapsed(), class);
+        }
         let mut record = Attempt {
             agent: agent.name.clone(),
             model: agent.model.clone(),

@@ -35,6 +35,7 @@ use crate::{
     config::RunConfig,
     error::{AppError, Problem},
     events::{EventBus, Notice, Reach, RunEvent, RunEventKind},
+    metrics::Metrics,
     orchestrator::{
         self,
         executor::{self, Outcome, Price, RunContext, Status},
@@ -125,12 +126,20 @@ pub struct Runner {
     active: Mutex<HashMap<String, Active>>,
     /// Stores runs as they start and end, many to a transaction.
     writer: RunWriter,
+    metrics: Arc<Metrics>,
 }
 
 impl Runner {
-    pub fn new(db: DatabaseConnection, config: RunConfig, events: Arc<EventBus>, caches: Arc<Caches>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        config: RunConfig,
+        events: Arc<EventBus>,
+        caches: Arc<Caches>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let providers = Providers::from_env(Duration::from_secs(config.provider_timeout_secs));
         Self {
+            metrics,
             prices: PriceBook::new(db.clone(), caches.clone()),
             caches,
             active: Mutex::new(HashMap::new()),
@@ -140,6 +149,11 @@ impl Runner {
             providers,
             events,
         }
+    }
+
+    /// Runs executing on this instance.
+    pub fn in_progress(&self) -> usize {
+        self.active.lock().map_or(0, |active| active.len())
     }
 
     /// Checks and stores a run, starts it, and (with `wait`) waits for it up to the configured
@@ -214,6 +228,7 @@ impl Runner {
             }
             return Err(error);
         }
+        self.metrics.runs.run_started();
 
         self.events.publish(RunEvent::new(&run.id, team_id, RunEventKind::Queued));
         let mut routed = RunEvent::new(&run.id, team_id, RunEventKind::Routed);
@@ -277,7 +292,10 @@ impl Runner {
     async fn reserve(&self, principal: &Principal, day: &str, worst_case: Amount) -> Result<Option<Amount>, AppError> {
         match budgets::reserve(&self.db, principal, &self.config, day, worst_case).await? {
             Ok(reserved) => Ok(reserved),
-            Err(refused) => Err(refused.error),
+            Err(refused) => {
+                self.metrics.runs.budget_refused(refused.holder.as_str(), refused.measure.as_str());
+                Err(refused.error)
+            }
         }
     }
 
@@ -398,6 +416,7 @@ impl Runner {
             default_max_tokens: run.reserved_tokens.is_some().then_some(budgets::BUDGETED_ANSWER_TOKENS),
             cancel,
             emit: &emit,
+            metrics: &self.metrics.runs,
         };
         executor::execute(spec.clone(), agent, context).await
     }
@@ -473,6 +492,9 @@ impl Runner {
         };
         // Cancelled elsewhere while it ran: the row already says so.
         let stored = self.writer.finish(end).await?;
+        if stored {
+            self.metrics.runs.runs_finished(status.as_str(), 1);
+        }
         let status = if stored { status } else { RunStatus::Cancelled };
         let kind = match status {
             RunStatus::Succeeded => RunEventKind::Completed,
@@ -543,8 +565,10 @@ impl Runner {
             let now = Utc::now().trunc_subsecs(6);
             let txn = crate::db::begin_write(&self.db).await?;
             let lost = std::slice::from_ref(&run);
-            end_in_progress(&txn, lost, RunStatus::Cancelled, "cancelled", "the run was cancelled", now).await?;
+            let ended =
+                end_in_progress(&txn, lost, RunStatus::Cancelled, "cancelled", "the run was cancelled", now).await?;
             txn.commit().await?;
+            self.metrics.runs.runs_finished(RunStatus::Cancelled.as_str(), ended);
             let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
             event.error_class = Some("cancelled".into());
             self.events.publish(event);
