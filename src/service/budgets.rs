@@ -179,11 +179,13 @@ pub async fn reserve(
         }
     }
     for (done, account) in accounts.iter().enumerate() {
-        if hold(db, day, account, amount).await? {
+        let held = hold(db, day, account, amount).await;
+        if matches!(held, Ok(true)) {
             continue;
         }
         let given_back = accounts[..done].iter().map(|a| Settlement::release(day, a.holder, &a.id, amount));
         settle(db, given_back.collect()).await?;
+        held?;
         let row =
             budget_days::Entity::find_by_id((day.to_string(), account.holder.as_str().to_string(), account.id.clone()))
                 .one(db)
