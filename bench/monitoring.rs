@@ -148,6 +148,8 @@ fn seeded(random: &mut Random, teams: &[String], now: DateTime<Utc>, n: u64) -> 
         finished_at: Some(at),
         estimated_cost_usd: None,
         estimated_max_cost_usd: None,
+        reserved_tokens: None,
+        reserved_nano_usd: None,
     }
 }
 

@@ -125,6 +125,10 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_REDIS_NAMESPACE", default_value = "ensemble")]
     pub redis_namespace: String,
 
+    /// Bearer token `/metrics` asks for (open to anyone who can reach it when unset).
+    #[arg(long, env = "ENSEMBLE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     #[command(flatten)]
     pub connections: ConnectionLimits,
 
@@ -309,6 +313,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(crate::redact::url))
             .field("redis_namespace", &self.redis_namespace)
             .field("connections", &self.connections)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
             .field("limits", &self.limits)
             .field("auth", &self.auth)
             .field("runs", &self.runs)
@@ -348,6 +353,14 @@ pub fn parse_listen(value: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metrics_token_is_masked_in_debug_output() {
+        let mut config = Config::from_env().unwrap();
+        config.metrics_token = Some("scrape-me-7f3a".into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("scrape-me-7f3a") && shown.contains("metrics_token: Some(\"***\")"), "{shown}");
+    }
 
     #[test]
     fn database_password_is_masked_in_debug_output() {

@@ -1,6 +1,10 @@
 //! Process metrics in Prometheus text format: HTTP requests by status, GraphQL operations by
 //! name and outcome, a request latency histogram, database pool use, open websockets and
-//! subscriptions, and the hits, misses and evictions of every cache.
+//! subscriptions, the hits, misses and evictions of every cache, and runs (`runs`).
+
+mod runs;
+
+pub use runs::RunMetrics;
 
 use std::{
     collections::BTreeMap,
@@ -28,6 +32,8 @@ pub struct Metrics {
     open_websockets: AtomicI64,
     open_subscriptions: AtomicI64,
     pub caches: CacheStats,
+    /// Runs, model calls, budget refusals and workflow steps.
+    pub runs: RunMetrics,
 }
 
 impl Metrics {
@@ -130,6 +136,7 @@ impl Metrics {
         out.push_str("# TYPE ensemble_subscriptions gauge\n");
         let _ = writeln!(out, "ensemble_subscriptions {}", self.open_subscriptions());
         self.caches.render(&mut out);
+        self.runs.render(&mut out);
         out
     }
 }

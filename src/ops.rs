@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -41,8 +41,16 @@ pub async fn readyz(State(http): State<HttpState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(http): State<HttpState>) -> Response {
+/// `GET /metrics`: Prometheus text format; with `ENSEMBLE_METRICS_TOKEN`, only for a request
+/// that carries it as a bearer token (401 otherwise).
+pub async fn metrics(State(http): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(token) = http.state.config.metrics_token.as_deref()
+        && !bearer_is(&headers, token)
+    {
+        let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")];
+        return (StatusCode::UNAUTHORIZED, challenge, "/metrics needs the metrics token as a bearer token.\n")
+            .into_response();
+    }
     let mut body = http.state.metrics.render(db::pool_usage(&http.state.db));
     let statements = http.state.statements.load(std::sync::atomic::Ordering::Relaxed);
     body.push_str(
@@ -52,6 +60,12 @@ pub async fn metrics(State(http): State<HttpState>) -> Response {
     let shared = u8::from(http.state.bus.reach() == Reach::Shared);
     body.push_str("# HELP ensemble_bus_shared 1 while the event bus reaches the other instances over Redis.\n# TYPE ensemble_bus_shared gauge\n");
     body.push_str(&format!("ensemble_bus_shared {shared}\n"));
+    body.push_str(
+        "# HELP ensemble_runs_in_progress Runs executing on this instance.\n# TYPE ensemble_runs_in_progress gauge\n",
+    );
+    body.push_str(&format!("ensemble_runs_in_progress {}\n", http.state.runner.in_progress()));
+    body.push_str("# HELP ensemble_rate_limited_total Operations refused by the rate limit.\n# TYPE ensemble_rate_limited_total counter\n");
+    body.push_str(&format!("ensemble_rate_limited_total {}\n", http.state.rate_limits.refused()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -81,6 +95,20 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     response.headers_mut().insert(REQUEST_ID, value);
     state.metrics.record_request(&method, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Whether the request's `Authorization: Bearer …` is `token`, compared in constant time (of
+/// digests, so that not even the length shows).
+fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, given)| given.trim());
+    given.is_some_and(|given| bool::from(Sha256::digest(given).ct_eq(&Sha256::digest(token))))
 }
 
 fn is_sane_request_id(id: &str) -> bool {

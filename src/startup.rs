@@ -87,6 +87,9 @@ impl App {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         if config.is_production() {
             tracing::info!("running in production mode: introspection and suggestions are off");
+            if config.metrics_token.is_none() {
+                tracing::warn!("/metrics is open to anyone who can reach it: set ENSEMBLE_METRICS_TOKEN");
+            }
         }
         db::check_url(&config.database_url)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -113,7 +116,8 @@ impl App {
         // The tokenizer takes a moment to load; do it now rather than in the first run.
         tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
         let templates = Arc::new(Templates::new(db.clone(), caches.clone()));
-        let runner = Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone()));
+        let runner =
+            Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone(), metrics.clone()));
         // Instances starting at the same moment take turns to migrate, recover and seed.
         db::one_at_a_time(&config.database_url, async {
             if config.auto_migrate {
@@ -127,7 +131,7 @@ impl App {
                     newest: newest.name().to_string(),
                 });
             }
-            recover_interrupted_runs(&db, &bus).await?;
+            recover_interrupted_runs(&db, &bus, &metrics).await?;
             let seeded = starters::seed(&db).await?;
             tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
             Ok(())
@@ -232,7 +236,11 @@ async fn websockets_closed(metrics: &crate::metrics::Metrics) {
 
 /// Fails the runs a stopped instance left in progress: all of them when no other instance is
 /// running, else only those older than any run may last (the others may be running there).
-async fn recover_interrupted_runs(db: &sea_orm::DatabaseConnection, bus: &EventBus) -> Result<(), AppError> {
+async fn recover_interrupted_runs(
+    db: &sea_orm::DatabaseConnection,
+    bus: &EventBus,
+    metrics: &Metrics,
+) -> Result<(), AppError> {
     let alone = match bus.link() {
         None => true,
         Some(link) => {
@@ -242,6 +250,7 @@ async fn recover_interrupted_runs(db: &sea_orm::DatabaseConnection, bus: &EventB
     };
     let cutoff = (!alone).then(|| chrono::Utc::now() - runs::LONGEST_RUN);
     let interrupted = runs::recover_interrupted(db, cutoff).await?;
+    metrics.runs.runs_finished("failed", interrupted);
     if interrupted > 0 {
         tracing::warn!(interrupted, "runs left in progress by a stopped instance are marked failed (interrupted)");
     }
@@ -285,8 +294,9 @@ async fn housekeeping(state: AppState) {
         if (round + 1) % (60 / state.config.usage_flush_secs.clamp(1, 60)) == 0 {
             state.rate_limits.forget_idle();
             let cutoff = chrono::Utc::now() - runs::LONGEST_RUN;
-            if let Err(error) = runs::recover_interrupted(&state.db, Some(cutoff)).await {
-                tracing::error!(%error, "cannot fail the runs a stopped instance left");
+            match runs::recover_interrupted(&state.db, Some(cutoff)).await {
+                Ok(interrupted) => state.metrics.runs.runs_finished("failed", interrupted),
+                Err(error) => tracing::error!(%error, "cannot fail the runs a stopped instance left"),
             }
         }
     }

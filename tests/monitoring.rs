@@ -78,6 +78,8 @@ fn finished(team: &str, agent: &str, model: &str, at: DateTime<Utc>, latency_ms:
         finished_at: Some(at),
         estimated_cost_usd: None,
         estimated_max_cost_usd: None,
+        reserved_tokens: None,
+        reserved_nano_usd: None,
     }
 }
 

@@ -31,7 +31,9 @@ async fn run(app: &TestApp, token: &str, team: &Value) -> i64 {
 async fn each_principal_shows_todays_usage_against_its_budget() {
     let app = TestApp::spawn_with(|c| c.runs.daily_token_budget = Some(100_000)).await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
+    // Answers of at most 64 tokens: the key's runs reserve their worst case against its budget.
+    let spec =
+        json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo", "maxTokens": 64}]});
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Support\", spec: $spec}) { id } }";
     let team = must(&app, &alice, create, json!({"spec": spec})).await["createTeam"]["id"].clone();
     let create_key = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }";

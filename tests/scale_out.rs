@@ -12,6 +12,8 @@
 #[path = "scale_out/cluster.rs"]
 mod cluster;
 mod common;
+#[path = "scale_out/stub_model.rs"]
+mod stub_model;
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use common::first_code;
 use ensemble::{auth::GlobalRole, service::templates::starters};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde_json::{Value, json};
+use stub_model::StubModel;
 
 const ME: &str = "{ me { id role } }";
 const TEAM: &str = "query($id: ID!) { team(id: $id) { version spec } }";
@@ -432,4 +435,51 @@ async fn an_instance_starting_leaves_the_runs_of_a_live_instance_running() {
     assert_eq!(stored["status"], "RUNNING", "B's start did not fail A's run: {stored}");
     let cancel = "mutation($id: ID!) { cancelRun(id: $id) { status } }";
     assert_eq!(b.must(&alice, cancel, json!({"id": run["id"]})).await["cancelRun"]["status"], "CANCELLED");
+}
+
+#[tokio::test]
+async fn a_daily_budget_holds_for_parallel_runs_spread_over_two_instances() {
+    let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
+    let model = StubModel::start(Duration::from_secs(2)).await;
+    let cluster = Cluster::new(&pg, Some(&redis)).await;
+    let budget = 120;
+    let env = [
+        ("ENSEMBLE_DAILY_TOKEN_BUDGET", "120"),
+        ("ENSEMBLE_PROVIDER_STUB_BASE_URL", model.base_url.as_str()),
+        ("ENSEMBLE_PROVIDER_STUB_API_KEY", "sk-stub"),
+    ];
+    let (a, b) = (cluster.start_with("A", &env).await, cluster.start_with("B", &env).await);
+    let alice = cluster.token("user_alice", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "clerk", "model": "stub/steady", "maxTokens": 20}],
+                      "retry": {"maxAttempts": 1, "retryOn": []}});
+    let create = "mutation($s: JSON) { createTeam(input: {name: \"Support\", spec: $s}) { id } }";
+    let team = a.must(&alice, create, json!({"s": spec})).await["createTeam"]["id"].as_str().unwrap().to_string();
+    let estimate = "query($t: ID!) { estimateCost(teamId: $t, input: \"Where is my parcel?\") { worstCaseTokens } }";
+    let worst = a.must(&alice, estimate, json!({"t": team})).await["estimateCost"]["worstCaseTokens"].as_i64().unwrap();
+    let fit = (budget / worst) as usize;
+    assert!((1..5).contains(&fit), "{fit} runs of {worst} tokens fit");
+
+    let run = "mutation($t: ID!) { runTeam(teamId: $t, input: {content: \"Where is my parcel?\"}) { status tokensIn tokensOut } }";
+    let answers = futures_util::future::join_all((0..10).map(|i| {
+        let on = if i % 2 == 0 { &a } else { &b };
+        let (alice, team) = (alice.clone(), team.clone());
+        async move { on.gql(&alice, run, json!({"t": team})).await.1 }
+    }))
+    .await;
+
+    let ran: Vec<&Value> = answers.iter().filter(|body| body["data"]["runTeam"]["status"] == "SUCCEEDED").collect();
+    let refused = answers.iter().filter(|body| first_code(body) == "QUOTA_EXCEEDED").count();
+    assert_eq!((ran.len(), refused), (fit, 10 - fit), "{answers:?}");
+    assert_eq!(model.calls(), fit, "the refused runs called no model");
+    let spent: i64 = ran
+        .iter()
+        .map(|r| {
+            r["data"]["runTeam"]["tokensIn"].as_i64().unwrap() + r["data"]["runTeam"]["tokensOut"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(spent, fit as i64 * (stub_model::PROMPT_TOKENS as i64 + 20), "the provider's counts are the run's");
+    assert!(spent <= budget, "{spent} tokens spent over a budget of {budget}");
+    let usage = "{ resourceUsage { principals { kind today { tokens } } } }";
+    let principals = b.must(&alice, usage, json!({})).await["resourceUsage"]["principals"].clone();
+    assert_eq!(principals[0]["today"]["tokens"].as_i64(), Some(spent), "{principals}");
 }

@@ -223,3 +223,34 @@ async fn only_operators_of_a_team_they_can_see_run_workflows_on_it() {
     let done = run_workflow(&app, &token, &shared, &team, Value::Null).await;
     assert_eq!(done["status"], "SUCCEEDED", "the operator may: {done}");
 }
+
+/// `/metrics`' value of `series`; 0 before it first appears.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("{series} ");
+    text.lines().find_map(|line| line.strip_prefix(prefix.as_str())).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_workflow_steps_by_how_they_ended() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let team = team(&app, &token).await;
+    let steps = json!([
+        {"id": "draft", "agent": "writer", "prompt": "Write about {{ topic }}"},
+        {"id": "check", "agent": "broken", "prompt": "Check: {{ steps.draft.output }}"},
+        {"id": "publish", "agent": "editor", "prompt": "Publish: {{ steps.check.output }}"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+    let series = |status: &str| format!("ensemble_workflow_steps_total{{status=\"{status}\"}}");
+    let mut before = Vec::new();
+    for status in ["succeeded", "failed", "skipped"] {
+        before.push(metric(&app, &series(status)).await);
+    }
+
+    run_workflow(&app, &token, &article, &team, json!({"topic": "tides"})).await;
+
+    for (status, before) in ["succeeded", "failed", "skipped"].into_iter().zip(before) {
+        assert_eq!(metric(&app, &series(status)).await - before, 1.0, "{status}");
+    }
+}

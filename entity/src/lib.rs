@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod audit_head;
 pub mod audit_logs;
 pub mod backups;
+pub mod budget_days;
 pub mod conversations;
 pub mod error_groups;
 pub mod messages;

@@ -45,6 +45,11 @@ pub struct Model {
     pub estimated_cost_usd: Option<f64>,
     /// The most the run could cost, with every retry and fallback.
     pub estimated_max_cost_usd: Option<f64>,
+    /// The tokens the run holds against its daily budgets while in progress; null when no
+    /// budget applied.
+    pub reserved_tokens: Option<i64>,
+    /// The US dollars (in nano-dollars) it holds likewise.
+    pub reserved_nano_usd: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

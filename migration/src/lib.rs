@@ -18,6 +18,7 @@ mod m0010_audit_indexes;
 mod m0011_template_categories;
 mod m0012_templates;
 mod m0013_backups;
+mod m0014_budget_reservations;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_template_categories::Migration),
             Box::new(m0012_templates::Migration),
             Box::new(m0013_backups::Migration),
+            Box::new(m0014_budget_reservations::Migration),
         ]
     }
 }

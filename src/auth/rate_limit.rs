@@ -4,7 +4,14 @@
 //! expiring once the allowance is full again); without Redis, or while it is unavailable, in
 //! this process through governor, whose idle keys are dropped every minute.
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 
@@ -39,6 +46,8 @@ pub struct RateLimits {
     interval_us: u64,
     burst: u32,
     shared: Option<Shared>,
+    /// Checks refused since start (`/metrics`).
+    refused: AtomicU64,
 }
 
 /// The allowance kept in Redis.
@@ -68,11 +77,25 @@ impl RateLimits {
             interval_us: 60_000_000 / u64::from(per_minute.max(1)),
             burst,
             shared,
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Operations refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Charges `complexity` to the principal's allowance.
     pub async fn check(&self, principal: &Principal, ip: Option<&str>, complexity: usize) -> Result<(), Limited> {
+        let verdict = self.verdict(principal, ip, complexity).await;
+        if verdict.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+
+    async fn verdict(&self, principal: &Principal, ip: Option<&str>, complexity: usize) -> Result<(), Limited> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };

@@ -67,8 +67,9 @@ pub struct CostEstimate {
     /// Prompt tokens of one call to the routed agent: its system prompt, the conversation and
     /// the message, with the chat format's per-message overhead.
     pub input_tokens: i64,
-    /// Answer tokens reckoned for one call: the agent's `maxTokens`, or 0 when it sets none
-    /// (the answer's length is then unknown, and not priced).
+    /// Answer tokens reckoned for one call: the agent's `maxTokens`; when it sets none, 4096
+    /// for a caller held to a daily budget (its answers are cut there), else 0 (the answer's
+    /// length is then unknown, and not priced).
     pub output_tokens: i64,
     /// One successful call to the routed agent.
     pub expected_cost_usd: f64,
@@ -77,6 +78,9 @@ pub struct CostEstimate {
     pub worst_case_cost_usd: f64,
     /// How many calls that worst case makes (before any cost limit stops the run).
     pub worst_case_attempts: i32,
+    /// Input and output tokens of every call the run may make: what a run held to a daily
+    /// budget reserves before it starts.
+    pub worst_case_tokens: i64,
     /// Whether `limits.maxCostUsd` lowered the worst case.
     pub capped_by_limit: bool,
     /// The agents the run may call, in the order it would call them: the routed agent first.
@@ -126,6 +130,7 @@ impl From<Estimated> for CostEstimate {
             expected_cost_usd: estimate.expected_cost_usd,
             worst_case_cost_usd: estimate.worst_case_cost_usd,
             worst_case_attempts: estimate.worst_case_attempts as i32,
+            worst_case_tokens: i64::try_from(estimate.worst_case_tokens).unwrap_or(i64::MAX),
             capped_by_limit: estimate.capped_by_limit,
             steps: estimate.steps.iter().map(EstimateStep::from).collect(),
             unpriced_models: estimate.unpriced_models,

@@ -14,7 +14,10 @@ use super::{
     spec::{Agent, RetryPolicy, TeamSpec},
     tokens,
 };
-use crate::events::{RunEvent, RunEventKind};
+use crate::{
+    events::{RunEvent, RunEventKind},
+    metrics::RunMetrics,
+};
 
 /// What a model costs, in US dollars per million tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -40,8 +43,12 @@ pub struct RunContext<'a> {
     pub history: Vec<ChatMessage>,
     pub deadline: Instant,
     pub max_cost_usd: Option<f64>,
+    /// The answer limit of agents that set no `maxTokens` (a run held to a budget has one).
+    pub default_max_tokens: Option<u32>,
     pub cancel: watch::Receiver<bool>,
     pub emit: &'a (dyn Fn(RunEvent) + Send + Sync),
+    /// Where each call's latency and error class are counted.
+    pub metrics: &'a RunMetrics,
 }
 
 /// One call to a model.
@@ -108,10 +115,16 @@ pub fn system_message(agent: &Agent) -> Option<ChatMessage> {
     (!agent.system_prompt.is_empty()).then(|| ChatMessage { role: Role::System, content: agent.system_prompt.clone() })
 }
 
-/// The answer a call is reckoned to cost before it is made: the agent's `maxTokens`, or
-/// nothing when it sets none (providers then answer at whatever length they choose).
-pub fn answer_allowance(agent: &Agent) -> u32 {
-    agent.max_tokens.unwrap_or(0)
+/// The most answer tokens a call of `agent` asks for: its `maxTokens`, else `default` (a run
+/// held to a daily budget has one); with neither, providers answer at whatever length they choose.
+pub fn answer_limit(agent: &Agent, default: Option<u32>) -> Option<u32> {
+    agent.max_tokens.or(default)
+}
+
+/// The answer a call is reckoned to cost before it is made: its answer limit, or nothing when
+/// it has none.
+pub fn answer_allowance(agent: &Agent, default: Option<u32>) -> u32 {
+    answer_limit(agent, default).unwrap_or(0)
 }
 
 /// The most calls one agent gets in a run: every attempt of the policy, or only the first
@@ -234,7 +247,7 @@ async fn try_agent(
     let messages = prompt(agent, &ctx.history);
     let price = ctx.prices.get(&agent.model).copied().unwrap_or_default();
     // What the next call costs at least: its prompt, and the answer the agent allows.
-    let least = price.cost(tokens::count_messages(&messages), answer_allowance(agent));
+    let least = price.cost(tokens::count_messages(&messages), answer_allowance(agent, ctx.default_max_tokens));
     let attempts = most_attempts(policy);
     for attempt in 1..=attempts {
         if let Some(max) = ctx.max_cost_usd
@@ -261,7 +274,7 @@ async fn try_agent(
             model: model.to_string(),
             messages: messages.clone(),
             temperature: agent.temperature,
-            max_tokens: agent.max_tokens,
+            max_tokens: answer_limit(agent, ctx.default_max_tokens),
             attempt,
         };
         let delta_event = event(ctx, RunEventKind::Delta, agent);
@@ -275,6 +288,12 @@ async fn try_agent(
         let began = Instant::now();
         let started_at = Utc::now();
         let result = guarded(provider.complete(&request, &on_delta), &mut ctx.cancel, ctx.deadline).await;
+        // Calls cut short by a cancel or the run's time limit are not the provider's doing.
+        if let Ok(answer) = &result {
+            let provider_name = agent.model.split_once('/').map_or("", |(name, _)| name);
+            let class = answer.as_ref().err().map(|error| error.class.as_str());
+            ctx.metrics.model_call(provider_name, began.elapsed(), class);
+        }
         let mut record = Attempt {
             agent: agent.name.clone(),
             model: agent.model.clone(),

@@ -36,19 +36,22 @@ pub async fn estimate_cost(
     let Prepared { spec, route, messages, .. } =
         runner.prepare(caller, team_id, &input, TeamRole::Viewer).await.map_err(as_arguments)?;
     let prices = runner.prices.for_models(spec.agents.iter().map(|a| a.model.as_str())).await?;
-    let estimate = count(spec, route.agent.clone(), messages, prices).await?;
+    let answer_limit = runner.default_max_tokens(&caller.principal);
+    let estimate = count(spec, route.agent.clone(), messages, prices, answer_limit).await?;
     Ok(CostEstimate { route, estimate })
 }
 
-/// The estimate of a run routed to `agent`, counted off the async runtime: a long
-/// conversation keeps the tokenizer busy for a while.
+/// The estimate of a run routed to `agent` whose agents without `maxTokens` answer up to
+/// `default_max_tokens`, counted off the async runtime: a long conversation keeps the
+/// tokenizer busy for a while.
 pub async fn count(
     spec: Arc<TeamSpec>,
     agent: String,
     messages: Vec<ChatMessage>,
     prices: HashMap<String, Price>,
+    default_max_tokens: Option<u32>,
 ) -> Result<Estimate, AppError> {
-    tokio::task::spawn_blocking(move || estimate::estimate(&spec, &agent, &messages, &prices))
+    tokio::task::spawn_blocking(move || estimate::estimate(&spec, &agent, &messages, &prices, default_max_tokens))
         .await
         .map_err(AppError::internal)
 }

@@ -4,6 +4,7 @@ pub mod analytics;
 pub mod api_keys;
 pub mod audit;
 pub mod backups;
+pub mod budgets;
 pub mod conversations;
 pub mod error_groups;
 pub mod estimates;

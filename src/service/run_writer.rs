@@ -13,6 +13,7 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::budgets::{self, Settlement};
 use crate::{db, error::AppError};
 
 use sea_orm::sea_query::ExprTrait;
@@ -31,6 +32,8 @@ pub struct RunEnd {
     pub usage: Vec<usage_daily::Model>,
     /// The error group to count, for a failure.
     pub error: Option<error_groups::Model>,
+    /// What it spent and gives back on its user's and API key's budget rows.
+    pub budgets: Vec<Settlement>,
 }
 
 enum Job {
@@ -163,6 +166,7 @@ async fn finish(
     let mut answers = Vec::new();
     let mut usage: HashMap<(String, String, String, String, String), usage_daily::Model> = HashMap::new();
     let mut errors: HashMap<String, error_groups::Model> = HashMap::new();
+    let mut settlements = Vec::new();
     for (i, end) in ends {
         if !running.contains(&end.run.id) {
             continue;
@@ -170,6 +174,7 @@ async fn finish(
         stored.insert(*i);
         ended.push(runs::ActiveModel::from(end.run.clone()).reset_all());
         finished.push(end.run.clone());
+        settlements.extend(end.budgets.iter().cloned());
         attempts.extend(end.attempts.iter().map(|a| run_attempts::ActiveModel::from(a.clone()).reset_all()));
         answers.extend(end.answer.clone().map(|m| messages::ActiveModel::from(m).reset_all()));
         for row in &end.usage {
@@ -222,6 +227,7 @@ async fn finish(
     for row in usage.into_values() {
         super::usage::add(txn, row).await?;
     }
+    budgets::settle(txn, settlements).await?;
     for group in errors.into_values() {
         let bump = OnConflict::column(error_groups::Column::Fingerprint)
             .value(

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use super::{
     audit::Caller,
+    budgets::{self, Amount},
     conversations::{self, NewMessage, Thread},
     estimates,
     page::{Page, PageRequest},
@@ -34,6 +35,7 @@ use crate::{
     config::RunConfig,
     error::{AppError, Problem},
     events::{EventBus, Notice, Reach, RunEvent, RunEventKind},
+    metrics::Metrics,
     orchestrator::{
         self,
         executor::{self, Outcome, Price, RunContext, Status},
@@ -124,12 +126,20 @@ pub struct Runner {
     active: Mutex<HashMap<String, Active>>,
     /// Stores runs as they start and end, many to a transaction.
     writer: RunWriter,
+    metrics: Arc<Metrics>,
 }
 
 impl Runner {
-    pub fn new(db: DatabaseConnection, config: RunConfig, events: Arc<EventBus>, caches: Arc<Caches>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        config: RunConfig,
+        events: Arc<EventBus>,
+        caches: Arc<Caches>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let providers = Providers::from_env(Duration::from_secs(config.provider_timeout_secs));
         Self {
+            metrics,
             prices: PriceBook::new(db.clone(), caches.clone()),
             caches,
             active: Mutex::new(HashMap::new()),
@@ -139,6 +149,11 @@ impl Runner {
             providers,
             events,
         }
+    }
+
+    /// Runs executing on this instance.
+    pub fn in_progress(&self) -> usize {
+        self.active.lock().map_or(0, |active| active.len())
     }
 
     /// Checks and stores a run, starts it, and (with `wait`) waits for it up to the configured
@@ -152,10 +167,12 @@ impl Runner {
     ) -> Result<runs::Model, AppError> {
         let Prepared { version, spec, thread, route, messages } =
             self.prepare(caller, team_id, &input, TeamRole::Operator).await?;
-        usage::check_budgets(&self.db, &caller.principal, &self.config).await?;
         let prices = self.prices_of(&spec).await;
-        let estimate = estimates::count(spec.clone(), route.agent.clone(), messages.clone(), prices.clone()).await?;
+        let answer_limit = self.default_max_tokens(&caller.principal);
+        let estimate =
+            estimates::count(spec.clone(), route.agent.clone(), messages.clone(), prices.clone(), answer_limit).await?;
         let now = Utc::now().trunc_subsecs(6);
+        let reserved = self.reserve(&caller.principal, &budgets::day_of(now), Amount::worst_case(&estimate)).await?;
         let (user_id, api_key_id) = principal_ids(&caller.principal);
         let mut run = runs::Model {
             id: format!("run_{}", uuid::Uuid::now_v7().simple()),
@@ -189,6 +206,8 @@ impl Runner {
             finished_at: None,
             estimated_cost_usd: Some(estimate.expected_cost_usd),
             estimated_max_cost_usd: Some(estimate.worst_case_cost_usd),
+            reserved_tokens: reserved.map(|amount| amount.tokens),
+            reserved_nano_usd: reserved.map(|amount| amount.nano_usd),
         };
         let message = thread.as_ref().map(|thread| {
             conversations::new_message(NewMessage {
@@ -202,7 +221,14 @@ impl Runner {
             })
         });
         run.message_id = message.as_ref().map(|m| m.id.clone());
-        self.writer.start(run.clone(), message).await?;
+        if let Err(error) = self.writer.start(run.clone(), message).await {
+            // Not stored: what it reserved goes back at once.
+            if let Err(error) = budgets::settle(&self.db, budgets::settlements(&run, Amount::default())).await {
+                tracing::error!(run = %run.id, %error, "cannot give back the budget of a run that could not be stored");
+            }
+            return Err(error);
+        }
+        self.metrics.runs.run_started();
 
         self.events.publish(RunEvent::new(&run.id, team_id, RunEventKind::Queued));
         let mut routed = RunEvent::new(&run.id, team_id, RunEventKind::Routed);
@@ -253,6 +279,24 @@ impl Runner {
         let mut messages = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
         messages.push(ChatMessage { role: Role::User, content: input.content.clone() });
         Ok(Prepared { version, spec, thread, route, messages })
+    }
+
+    /// The answer limit of agents without `maxTokens` in runs of `principal`: one when a daily
+    /// budget holds them, so that their worst case has a bound.
+    pub fn default_max_tokens(&self, principal: &Principal) -> Option<u32> {
+        budgets::applies(principal, &self.config).then_some(budgets::BUDGETED_ANSWER_TOKENS)
+    }
+
+    /// Reserves a run's worst case against the daily budgets of `principal` (none when no
+    /// budget applies); QUOTA_EXCEEDED when it does not fit.
+    async fn reserve(&self, principal: &Principal, day: &str, worst_case: Amount) -> Result<Option<Amount>, AppError> {
+        match budgets::reserve(&self.db, principal, &self.config, day, worst_case).await? {
+            Ok(reserved) => Ok(reserved),
+            Err(refused) => {
+                self.metrics.runs.budget_refused(refused.holder.as_str(), refused.measure.as_str());
+                Err(refused.error)
+            }
+        }
     }
 
     /// The prices of the spec's models, from the price book's cache. A run goes on without
@@ -377,8 +421,10 @@ impl Runner {
             history,
             deadline: tokio::time::Instant::now() + Duration::from_millis(timeout),
             max_cost_usd: spec.limits.max_cost_usd,
+            default_max_tokens: run.reserved_tokens.is_some().then_some(budgets::BUDGETED_ANSWER_TOKENS),
             cancel,
             emit: &emit,
+            metrics: &self.metrics.runs,
         };
         executor::execute(spec.clone(), agent, context).await
     }
@@ -449,10 +495,14 @@ impl Runner {
             answer,
             usage: usage::run_rows(run, outcome),
             error: (status == RunStatus::Failed).then(|| error_group(run, outcome, now)),
+            budgets: budgets::settlements(run, Amount::spent((tokens_in + tokens_out) as i64, cost)),
             run: ended.clone(),
         };
         // Cancelled elsewhere while it ran: the row already says so.
         let stored = self.writer.finish(end).await?;
+        if stored {
+            self.metrics.runs.runs_finished(status.as_str(), 1);
+        }
         let status = if stored { status } else { RunStatus::Cancelled };
         let kind = match status {
             RunStatus::Succeeded => RunEventKind::Completed,
@@ -520,15 +570,13 @@ impl Runner {
         }
         if !self.cancel_here(run_id).await && !self.cancel_elsewhere(&run).await {
             // Running nowhere (lost): mark it so that a runner's end, should one come, is ignored.
-            runs::Entity::update_many()
-                .col_expr(runs::Column::Status, Expr::value(RunStatus::Cancelled.as_str()))
-                .col_expr(runs::Column::ErrorCode, Expr::value("cancelled"))
-                .col_expr(runs::Column::Error, Expr::value("the run was cancelled"))
-                .col_expr(runs::Column::FinishedAt, Expr::value(Utc::now().trunc_subsecs(6)))
-                .filter(runs::Column::Id.eq(run_id))
-                .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
-                .exec(&self.db)
-                .await?;
+            let now = Utc::now().trunc_subsecs(6);
+            let txn = crate::db::begin_write(&self.db).await?;
+            let lost = std::slice::from_ref(&run);
+            let ended =
+                end_in_progress(&txn, lost, RunStatus::Cancelled, "cancelled", "the run was cancelled", now).await?;
+            txn.commit().await?;
+            self.metrics.runs.runs_finished(RunStatus::Cancelled.as_str(), ended);
             let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
             event.error_class = Some("cancelled".into());
             self.events.publish(event);
@@ -626,24 +674,66 @@ pub const LONGEST_RUN: Duration = Duration::from_millis(MAX_TIMEOUT_MS + 60_000)
 
 /// Runs a stopped instance left `queued` or `running` are `failed` with code `interrupted`:
 /// those created before `created_before` (the others may still be running on another
-/// instance), or every one when no other instance runs.
+/// instance), or every one when no other instance runs. What they reserved goes back.
 pub async fn recover_interrupted(
     db: &DatabaseConnection,
     created_before: Option<DateTime<Utc>>,
 ) -> Result<u64, AppError> {
-    let mut update = runs::Entity::update_many();
+    let mut query = runs::Entity::find()
+        .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]));
     if let Some(cutoff) = created_before {
-        update = update.filter(runs::Column::CreatedAt.lt(cutoff));
+        query = query.filter(runs::Column::CreatedAt.lt(cutoff));
     }
-    let result = update
-        .col_expr(runs::Column::Status, Expr::value(RunStatus::Failed.as_str()))
-        .col_expr(runs::Column::ErrorCode, Expr::value("interrupted"))
-        .col_expr(runs::Column::Error, Expr::value("the server stopped while the run was in progress"))
-        .col_expr(runs::Column::FinishedAt, Expr::value(Utc::now().trunc_subsecs(6)))
-        .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected)
+    let mut recovered = 0;
+    loop {
+        let txn = crate::db::begin_write(db).await?;
+        let lost =
+            query.clone().order_by_asc(runs::Column::Id).limit(RECOVERY_BATCH).lock_exclusive().all(&txn).await?;
+        if lost.is_empty() {
+            return Ok(recovered);
+        }
+        let message = "the server stopped while the run was in progress";
+        let now = Utc::now().trunc_subsecs(6);
+        let ended = end_in_progress(&txn, &lost, RunStatus::Failed, "interrupted", message, now).await?;
+        txn.commit().await?;
+        recovered += ended;
+        if ended == 0 {
+            return Ok(recovered);
+        }
+    }
+}
+
+/// Runs recovered per transaction.
+const RECOVERY_BATCH: u64 = 500;
+
+/// Ends `lost` runs still queued or running with `status` and `code`, none of them running
+/// anywhere, and gives back what they reserved; answers how many it ended. The status change
+/// is conditional, so a run whose end was stored meanwhile keeps it (and its budgets).
+async fn end_in_progress(
+    conn: &impl sea_orm::ConnectionTrait,
+    lost: &[runs::Model],
+    status: RunStatus,
+    code: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let mut ended = 0;
+    for run in lost {
+        let result = runs::Entity::update_many()
+            .col_expr(runs::Column::Status, Expr::value(status.as_str()))
+            .col_expr(runs::Column::ErrorCode, Expr::value(code))
+            .col_expr(runs::Column::Error, Expr::value(message))
+            .col_expr(runs::Column::FinishedAt, Expr::value(now))
+            .filter(runs::Column::Id.eq(run.id.as_str()))
+            .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
+            .exec(conn)
+            .await?;
+        if result.rows_affected > 0 {
+            ended += 1;
+            budgets::settle(conn, budgets::settlements(run, Amount::default())).await?;
+        }
+    }
+    Ok(ended)
 }
 
 /// The error group a failed run counts in: team + agent + error code + the message with its

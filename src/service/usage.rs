@@ -89,14 +89,15 @@ impl UsageMeter {
     }
 }
 
-/// A finished run's usage: tokens and cost on the row of each model it called, and the run
-/// itself on the row of the model that answered or tried last.
+/// A finished run's usage, on the day it started: tokens and cost on the row of each model it
+/// called, and the run itself on the row of the model that answered or tried last.
 pub fn run_rows(
     run: &entity::runs::Model,
     outcome: &crate::orchestrator::executor::Outcome,
 ) -> Vec<usage_daily::Model> {
     let mut by_model: HashMap<&str, usage_daily::Model> = HashMap::new();
-    let day = Utc::now().format("%Y-%m-%d").to_string();
+    // The day it started, the day its reservation was made on (docs/runs.md).
+    let day = super::budgets::day_of(run.created_at);
     let row = |model: &str| -> usage_daily::Model {
         usage_daily::Model {
             day: day.clone(),
@@ -131,70 +132,5 @@ pub async fn add<C: sea_orm::ConnectionTrait>(conn: &C, row: usage_daily::Model)
         .to_owned();
     let row = usage_daily::ActiveModel::from(row).reset_all();
     usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(conn).await?;
-    Ok(())
-}
-
-/// Refuses a run when its user or API key has used up a daily budget (tokens or US dollars),
-/// before any model is called.
-pub async fn check_budgets(
-    db: &DatabaseConnection,
-    principal: &Principal,
-    config: &crate::config::RunConfig,
-) -> Result<(), AppError> {
-    let (user_id, key) = match principal {
-        Principal::User(user) => (&user.id, None),
-        Principal::ApiKey(key) => (&key.owner.id, Some(key)),
-        Principal::Anonymous | Principal::System(_) => return Ok(()),
-    };
-    let day = Utc::now().format("%Y-%m-%d").to_string();
-    if config.daily_token_budget.is_some() || config.daily_cost_budget_usd.is_some() {
-        let spent = spent(db, &day, usage_daily::Column::UserId, user_id).await?;
-        over_budget("Your", spent, config.daily_token_budget, config.daily_cost_budget_usd)?;
-    }
-    if let Some(key) = key
-        && (key.daily_token_budget.is_some() || key.daily_cost_budget_usd.is_some())
-    {
-        let spent = spent(db, &day, usage_daily::Column::ApiKeyId, &key.key_id).await?;
-        over_budget("This API key's", spent, key.daily_token_budget, key.daily_cost_budget_usd)?;
-    }
-    Ok(())
-}
-
-/// Tokens and US dollars spent today where `column` is `id`.
-async fn spent(
-    db: &DatabaseConnection,
-    day: &str,
-    column: usage_daily::Column,
-    id: &str,
-) -> Result<(i64, f64), AppError> {
-    use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
-    let total: Option<(i64, f64)> = usage_daily::Entity::find()
-        .select_only()
-        .column_as(Expr::cust("CAST(COALESCE(SUM(tokens_in + tokens_out), 0) AS BIGINT)"), "tokens")
-        .column_as(Expr::cust("COALESCE(SUM(cost_usd), 0.0)"), "cost")
-        .filter(usage_daily::Column::Day.eq(day))
-        .filter(column.eq(id))
-        .into_tuple()
-        .one(db)
-        .await?;
-    Ok(total.unwrap_or((0, 0.0)))
-}
-
-fn over_budget(
-    whose: &str,
-    (tokens, cost): (i64, f64),
-    max_tokens: Option<i64>,
-    max_cost: Option<f64>,
-) -> Result<(), AppError> {
-    if let Some(max) = max_tokens.filter(|max| tokens >= *max) {
-        return Err(AppError::QuotaExceeded(format!(
-            "{whose} daily token budget of {max} is used up ({tokens} used today); it resets at 00:00 UTC."
-        )));
-    }
-    if let Some(max) = max_cost.filter(|max| cost >= *max) {
-        return Err(AppError::QuotaExceeded(format!(
-            "{whose} daily budget of ${max:.2} is used up (${cost:.4} spent today); it resets at 00:00 UTC."
-        )));
-    }
     Ok(())
 }

@@ -50,6 +50,16 @@ pub enum StepStatus {
     Skipped,
 }
 
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
 /// A workflow run on a team: every step, in order.
 #[derive(Clone, Debug)]
 pub struct WorkflowResult {
@@ -153,6 +163,9 @@ pub async fn run(
     let steps = body::steps(&resolved.version.body);
     let values = check(&resolved, &access.team, &steps, variables)?;
     let steps = run_steps(state, caller, team_id, &steps, values).await?;
+    for step in &steps {
+        state.metrics.runs.workflow_step(step.status.as_str());
+    }
     let failed_step = steps.iter().find(|s| s.status == StepStatus::Failed).map(|s| s.id.clone());
     let result = WorkflowResult {
         template_id: resolved.template.id.clone(),
