@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod graphiql;
 pub mod graphql;
 pub mod metrics;
 pub mod ops;

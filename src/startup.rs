@@ -267,6 +267,7 @@ fn router(state: &AppState) -> Router {
         .route("/teams/{id}/export", get(graphql::exports::download))
         .route("/reports/usage.csv", get(graphql::usage::csv::download))
         .merge(dashboard::routes())
+        .merge(crate::graphiql::routes())
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))

@@ -1,0 +1,118 @@
+//! What a browser meets first: GraphiQL's page and its embedded assets (strict CSP, no outside
+//! URL).
+
+mod common;
+
+use common::TestApp;
+use regex::Regex;
+use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+
+/// The page GraphiQL is served as: what a browser gets at `/graphql`.
+async fn graphiql_page(app: &TestApp) -> reqwest::Response {
+    app.client.get(app.url("/graphql")).header("accept", "text/html").send().await.unwrap()
+}
+
+/// Every `src` and `href` of an HTML page.
+fn references(html: &str) -> Vec<String> {
+    let attribute = Regex::new(r#"(?:src|href)="([^"]*)""#).unwrap();
+    attribute.captures_iter(html).map(|c| c[1].to_string()).collect()
+}
+
+/// The directives of a page's Content-Security-Policy that a browser enforces strictly.
+fn assert_strict_policy(policy: &str) {
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.split(';').any(|d| d.trim() == directive), "{policy} lacks {directive}");
+    }
+    assert!(!policy.contains("unsafe") && !policy.contains("http") && !policy.contains('*'), "{policy}");
+}
+
+fn committed(file: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("graphiql/dist").join(file)).unwrap()
+}
+
+#[tokio::test]
+async fn graphiql_loads_only_its_own_embedded_assets_under_a_strict_policy() {
+    let app = TestApp::spawn().await;
+    let response = graphiql_page(&app).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(response.headers()[CACHE_CONTROL], "no-cache");
+    assert_strict_policy(response.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap());
+    let page = response.text().await.unwrap();
+
+    let scripts = Regex::new(r"<script[^>]*>").unwrap();
+    assert!(scripts.find_iter(&page).all(|tag| tag.as_str().contains(" src=\"/")), "no inline script: {page}");
+    assert!(!page.contains("style="), "no inline style: {page}");
+    let assets: Vec<_> = references(&page).into_iter().filter(|r| r != "data:,").collect();
+    assert_eq!(assets.len(), 2, "{page}");
+    for asset in assets {
+        assert!(asset.starts_with("/graphiql/"), "{asset} is this server's");
+        let response = app.client.get(app.url(&asset)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{asset}");
+        let name = asset.rsplit('/').next().unwrap();
+        let content_type =
+            if name.ends_with(".js") { "text/javascript; charset=utf-8" } else { "text/css; charset=utf-8" };
+        assert_eq!(response.headers()[CONTENT_TYPE], content_type);
+        let body = response.bytes().await.unwrap();
+        assert!(body == committed(name), "{asset} is graphiql/dist/{name}, as committed");
+        let text = String::from_utf8_lossy(&body);
+        for outside in ["unpkg.com", "jsdelivr", "esm.sh", "googleapis", "@import"] {
+            assert!(!text.contains(outside), "{asset} refers to {outside}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn graphiql_bundles_production_builds_of_pinned_versions() {
+    let script = String::from_utf8(committed("graphiql.js")).unwrap();
+    // React's production builds link their minified errors to react.dev and never check the
+    // environment at run time; its development builds print "Warning: …" checks instead.
+    assert!(script.contains("https://react.dev/errors/"), "React's production build");
+    assert!(!script.contains("process.env.NODE_ENV") && !script.contains("react-dom.development"));
+    assert!(script.len() / script.lines().count() > 1000, "minified: long lines");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("graphiql/package.json").unwrap()).unwrap();
+    for (name, version) in manifest["dependencies"].as_object().unwrap() {
+        let version = version.as_str().unwrap();
+        assert!(version.chars().all(|c| c.is_ascii_digit() || c == '.'), "{name} is pinned: {version}");
+    }
+    let licences = String::from_utf8(committed("THIRD-PARTY-LICENSES.txt")).unwrap();
+    for package in ["graphiql 4.1.2 (MIT)", "react 19.2.0 (MIT)", "react-dom 19.2.0 (MIT)", "graphql-ws "] {
+        assert!(licences.contains(package), "the licences name {package}");
+    }
+}
+
+#[tokio::test]
+async fn assets_are_cached_for_a_year_under_a_content_hashed_path_and_sent_compressed() {
+    let app = TestApp::spawn().await;
+    let path = ensemble::graphiql::assets_path();
+    assert!(Regex::new("^/graphiql/[0-9a-f]{16}$").unwrap().is_match(&path), "{path}");
+    for file in ["graphiql.js", "graphiql.css", "THIRD-PARTY-LICENSES.txt"] {
+        let response =
+            app.client.get(app.url(&format!("{path}/{file}"))).header("accept-encoding", "gzip").send().await.unwrap();
+        assert_eq!(response.status(), 200, "{file}");
+        assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=31536000, immutable");
+        assert_eq!(response.headers()["content-encoding"], "gzip", "{file}");
+    }
+
+    for stale in ["/graphiql/0000000000000000/graphiql.js", &format!("{path}/index.html")] {
+        let response = app.client.get(app.url(stale)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{stale}");
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{stale}");
+    }
+}
+
+#[tokio::test]
+async fn with_dev_auth_the_page_says_how_to_get_a_token() {
+    let app = TestApp::spawn().await;
+    let page = graphiql_page(&app).await.text().await.unwrap();
+    assert!(page.contains("ensemble token --user alice --role admin"), "{page}");
+    assert!(page.contains("into the Headers tab"), "{page}");
+}
