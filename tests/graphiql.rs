@@ -1,11 +1,13 @@
-//! What a browser meets first: GraphiQL's page and its embedded assets (strict CSP, no outside
-//! URL).
+//! What a browser and the usual GraphQL tools meet first: GraphiQL's page and its embedded
+//! assets (strict CSP, no outside URL), and the standard introspection query under the default
+//! limits.
 
 mod common;
 
-use common::TestApp;
+use common::{TestApp, first_code, fixture};
 use regex::Regex;
 use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use serde_json::json;
 
 /// The page GraphiQL is served as: what a browser gets at `/graphql`.
 async fn graphiql_page(app: &TestApp) -> reqwest::Response {
@@ -115,4 +117,63 @@ async fn with_dev_auth_the_page_says_how_to_get_a_token() {
     let page = graphiql_page(&app).await.text().await.unwrap();
     assert!(page.contains("ensemble token --user alice --role admin"), "{page}");
     assert!(page.contains("into the Headers tab"), "{page}");
+}
+
+#[tokio::test]
+async fn the_standard_introspection_query_passes_the_default_limits() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.state.config.limits.depth, 10, "the default depth limit");
+    // Generated from graphql-js 16's getIntrospectionQuery() by scripts/build-graphiql.
+    for file in ["introspection-query.graphql", "introspection-query-full.graphql"] {
+        let query = fixture(file);
+        let body = app.post_json(&json!({"query": query, "operationName": "IntrospectionQuery"})).await.1;
+        assert!(body.get("errors").is_none(), "{file}: {body}");
+        let types = body["data"]["__schema"]["types"].as_array().unwrap();
+        assert!(types.iter().any(|t| t["name"] == "Team"), "{file}");
+    }
+}
+
+#[tokio::test]
+async fn a_data_query_deeper_than_the_limit_is_still_refused() {
+    let app = TestApp::spawn().await;
+    // Twelve fields deep, partly through a fragment, next to a harmless introspection field.
+    let query = "query { __schema { queryType { name } } teams { edges { node { ...Deep } } } }
+        fragment Deep on Team { members { user { a { b { c { d { e { f { g } } } } } } } } }";
+    let body = app.gql(query, json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert_eq!(message, "The query nests fields 12 deep; at most 10 are allowed.");
+
+    let app = TestApp::spawn_with(|c| c.limits.depth = 3).await;
+    let body = app.gql("{ teams { edges { node { id } } } }", json!({})).await;
+    assert_eq!(body["errors"][0]["message"], "The query nests fields 4 deep; at most 3 are allowed.", "{body}");
+    let body = app.gql("{ serverInfo { limits { depth } } }", json!({})).await;
+    assert!(body.get("errors").is_none(), "three deep passes: {body}");
+}
+
+#[tokio::test]
+async fn introspection_deeper_than_its_own_bound_is_refused() {
+    let app = TestApp::spawn().await;
+    let of_types = |n: usize| format!("{}name{}", "ofType { ".repeat(n), " }".repeat(n));
+    // `__type` and `fields` and `type`, then the chain: 3 + 17 + the leaf = 21.
+    let query = format!("{{ __type(name: \"Query\") {{ fields {{ type {{ {} }} }} }} }}", of_types(17));
+    let body = app.gql(&query, json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert_eq!(body["errors"][0]["message"], "The introspection query nests fields 21 deep; at most 20 are allowed.");
+
+    let query = format!("{{ __type(name: \"Query\") {{ fields {{ type {{ {} }} }} }} }}", of_types(16));
+    let body = app.gql(&query, json!({})).await;
+    assert!(body.get("errors").is_none(), "twenty deep passes: {body}");
+}
+
+#[tokio::test]
+async fn production_still_refuses_the_standard_introspection_query() {
+    let app = TestApp::spawn_with(|c| {
+        c.environment = ensemble::config::Environment::Production;
+        common::clerk_pem(c);
+    })
+    .await;
+    let body = app.gql(&fixture("introspection-query.graphql"), json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert_eq!(body["errors"][0]["message"], "Introspection is turned off on this server.");
 }

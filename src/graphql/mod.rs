@@ -86,8 +86,8 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
         .extension(Tracing)
         .extension(denials::AuditDenials)
         .extension(metering::Metering)
+        // Depth is checked by `RequestLimits`, which measures introspection apart.
         .extension(limits::RequestLimits::new(limits, !config.is_production(), metrics))
-        .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_recursive_depth(limits.recursion)
         .limit_directives(limits.directives);
