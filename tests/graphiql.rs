@@ -1,6 +1,6 @@
 //! What a browser and the usual GraphQL tools meet first: GraphiQL's page and its embedded
-//! assets (strict CSP, no outside URL), and the standard introspection query under the default
-//! limits.
+//! assets (strict CSP, no outside URL), the standard introspection query under the default
+//! limits, and the `@specifiedBy` of the custom scalars.
 
 mod common;
 
@@ -176,4 +176,20 @@ async fn production_still_refuses_the_standard_introspection_query() {
     let body = app.gql(&fixture("introspection-query.graphql"), json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     assert_eq!(body["errors"][0]["message"], "Introspection is turned off on this server.");
+}
+
+#[tokio::test]
+async fn custom_scalars_say_where_they_are_specified() {
+    let rfc3339 = "https://datatracker.ietf.org/doc/html/rfc3339";
+    let rfc8259 = "https://datatracker.ietf.org/doc/html/rfc8259";
+    let sdl = ensemble::graphql::sdl(&ensemble::config::Config::from_env().unwrap());
+    assert!(sdl.contains(&format!("scalar DateTime @specifiedBy(url: \"{rfc3339}\")")), "DateTime in the SDL");
+    assert!(sdl.contains(&format!("scalar JSON @specifiedBy(url: \"{rfc8259}\")")), "JSON in the SDL");
+
+    let app = TestApp::spawn().await;
+    let body = app
+        .gql(r#"{ dateTime: __type(name: "DateTime") { specifiedByURL } json: __type(name: "JSON") { specifiedByURL } }"#, json!({}))
+        .await;
+    assert_eq!(body["data"]["dateTime"]["specifiedByURL"], rfc3339, "{body}");
+    assert_eq!(body["data"]["json"]["specifiedByURL"], rfc8259, "{body}");
 }

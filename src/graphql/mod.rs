@@ -14,6 +14,7 @@ pub mod limits;
 pub mod loaders;
 pub mod metering;
 pub mod runs;
+pub mod scalars;
 pub mod share_links;
 pub mod sharing;
 pub mod system;
@@ -129,7 +130,7 @@ pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller
     }
 }
 
-/// The schema in SDL, as committed in `schema.graphql`.
+/// The schema in SDL, as committed in `schema.graphql`, with the `@specifiedBy` of its scalars.
 pub fn sdl(config: &Config) -> String {
-    build_schema(config, None).sdl()
+    build_schema(config, None).sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
