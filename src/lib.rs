@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod graphiql;
 pub mod graphql;
+pub mod home;
 pub mod metrics;
 pub mod ops;
 pub mod orchestrator;

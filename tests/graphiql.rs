@@ -1,8 +1,16 @@
 //! What a browser and the usual GraphQL tools meet first: GraphiQL's page and its embedded
-//! assets (strict CSP, no outside URL), the standard introspection query under the default
-//! limits, and the `@specifiedBy` of the custom scalars.
+//! assets (strict CSP, no outside URL), `GET /`, the start-up line, the standard introspection
+//! query under the default limits, and the `@specifiedBy` of the custom scalars.
+//! `graphiql/browser.test.mjs` drives the same page in Chromium.
 
 mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    sync::mpsc,
+    time::Duration,
+};
 
 use common::{TestApp, first_code, fixture};
 use regex::Regex;
@@ -120,6 +128,26 @@ async fn with_dev_auth_the_page_says_how_to_get_a_token() {
 }
 
 #[tokio::test]
+async fn the_root_links_graphiql_the_dashboard_and_the_docs() {
+    let app = TestApp::spawn().await;
+    let response = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_strict_policy(response.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap());
+    let page = response.text().await.unwrap();
+    assert!(!page.contains("<script") && !page.contains("style="), "{page}");
+    assert!(page.contains("README.md") && page.contains("docs/"), "the docs are named: {page}");
+    let links = references(&page);
+    for wanted in ["/graphql", "/dashboard", "/home.css"] {
+        assert!(links.iter().any(|l| l == wanted), "{wanted} in {links:?}");
+    }
+    for link in links.iter().filter(|l| l.starts_with('/')) {
+        let response = app.client.get(app.url(link)).header("accept", "text/html").send().await.unwrap();
+        assert_eq!(response.status(), 200, "{link} answers");
+    }
+}
+
+#[tokio::test]
 async fn the_standard_introspection_query_passes_the_default_limits() {
     let app = TestApp::spawn().await;
     assert_eq!(app.state.config.limits.depth, 10, "the default depth limit");
@@ -192,4 +220,41 @@ async fn custom_scalars_say_where_they_are_specified() {
         .await;
     assert_eq!(body["data"]["dateTime"]["specifiedByURL"], rfc3339, "{body}");
     assert_eq!(body["data"]["json"]["specifiedByURL"], rfc8259, "{body}");
+}
+
+#[test]
+fn the_ready_line_names_graphiql_and_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    common::install_dev_key(&dir.path().join("data"));
+    let mut child = common::ensemble()
+        .arg("serve")
+        .env("ENSEMBLE_DATA_DIR", dir.path().join("data"))
+        .env("DATABASE_URL", format!("sqlite://{}/ensemble.db", dir.path().display()))
+        .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, received) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let to_lines = |stream: Box<dyn std::io::Read + Send>, lines: mpsc::Sender<String>| {
+        std::thread::spawn(move || {
+            BufReader::new(stream).lines().map_while(Result::ok).for_each(|l| drop(lines.send(l)))
+        })
+    };
+    to_lines(Box::new(stdout), lines.clone());
+    to_lines(Box::new(stderr), lines);
+    let ready = std::iter::from_fn(|| received.recv_timeout(Duration::from_secs(60)).ok())
+        .find(|line| line.contains("Ensemble is ready"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ready = ready.expect("the server says it is ready");
+    let urls =
+        Regex::new(r"GraphiQL at http://127\.0\.0\.1:(\d+)/graphql, dashboard at http://127\.0\.0\.1:(\d+)/dashboard")
+            .unwrap();
+    let found = urls.captures(&ready).unwrap_or_else(|| panic!("{ready}"));
+    assert_eq!(&found[1], &found[2]);
+    assert_ne!(&found[1], "0", "the bound port");
 }
