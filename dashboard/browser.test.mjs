@@ -3,7 +3,7 @@
 // a graph's points against `metricsSeries`, latency gaps and chart titles, a new run in the
 // activity feed within two seconds and its run page, names beside ids on the usage and audit
 // pages, a 420 px wide screen, a non-member's "team not found", empty states, and recovery
-// after the server goes away — with no console error. `scripts/dashboard-browser-test`
+// after the server goes away — with no console error. `scripts/browser-tests`
 // installs what it needs and runs it:
 //   ENSEMBLE_BIN=… PLAYWRIGHT_CORE=…/index.mjs CHROMIUM=/usr/bin/chromium SCREENSHOT=… node --test …
 

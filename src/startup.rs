@@ -175,10 +175,10 @@ impl App {
     /// Serves until `stop` completes; then open websockets are told to close and in-flight
     /// requests finish before this returns.
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let addr = self.local_addr();
+        let addr = browsable(self.local_addr());
         tracing::info!(
             database = db::backend_name(&self.state.db),
-            "Ensemble is ready: GraphiQL at http://{addr}/graphql"
+            "Ensemble is ready: GraphiQL at http://{addr}/graphql, dashboard at http://{addr}/dashboard"
         );
         let shutdown = self.shutdown;
         let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
@@ -221,6 +221,18 @@ fn connection_limits(config: &ConnectionLimits) -> server::Limits {
         header_timeout: std::time::Duration::from_secs(config.header_timeout_secs),
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs),
         max_connections,
+    }
+}
+
+/// The address a browser on this machine reaches the server at: loopback when it listens on
+/// every interface (`0.0.0.0` is not an address to browse to).
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
     }
 }
 
@@ -326,6 +338,7 @@ fn router(state: &AppState) -> Router {
         .route("/teams/{id}/export", get(graphql::exports::download))
         .route("/reports/usage.csv", get(graphql::usage::csv::download))
         .merge(dashboard::routes())
+        .merge(crate::graphiql::routes().merge(crate::home::routes()))
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
@@ -372,5 +385,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = interrupt => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_names_an_address_a_browser_can_open() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(browsable(addr("0.0.0.0:8080")), addr("127.0.0.1:8080"));
+        assert_eq!(browsable(addr("[::]:8080")), addr("[::1]:8080"));
+        assert_eq!(browsable(addr("10.0.0.5:8080")), addr("10.0.0.5:8080"));
     }
 }

@@ -1,6 +1,7 @@
 //! The audit log: `auditLogs`, `verifyAuditLog` and the live `auditLogAdded` subscription.
 
-use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, Subscription, connection::Connection};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Duration, Utc};
 use entity::audit_logs as rows;
 use futures_util::{Stream, StreamExt};

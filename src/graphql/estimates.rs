@@ -1,7 +1,8 @@
 //! `estimateCost`: what a run would cost before it runs, routed, counted and priced as the run
 //! would be.
 
-use async_graphql::{Context, ID, Json, Object, SimpleObject};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ID, Object, SimpleObject};
 use serde_json::Value;
 
 use super::caller;

@@ -1,6 +1,7 @@
 //! Export and import: `exportTeam`, `importTeam`, and `GET /teams/{id}/export`.
 
-use async_graphql::{Context, ID, Json, Object, SimpleObject};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ID, Object, SimpleObject};
 use axum::{
     extract::{
         Path, Query, State,

@@ -1,9 +1,10 @@
 //! Request limits async-graphql does not enforce by itself, and the request-level error codes.
 //!
 //! Before parsing, a lexical scan bounds nesting (a deep document would otherwise recurse in the
-//! parser). After parsing, aliases are counted and fragment fan-out is measured with one memoised
-//! pass, so a document that expands to millions of fields is refused in microseconds instead of
-//! being walked by every validation rule. Parse errors get `GRAPHQL_PARSE_FAILED`, every other
+//! parser). After parsing, field depth is measured with introspection apart (docs/graphiql.md),
+//! aliases are counted and fragment fan-out is measured with one memoised pass, so a document
+//! that expands to millions of fields is refused in microseconds instead of being walked by every
+//! validation rule. Parse errors get `GRAPHQL_PARSE_FAILED`, every other
 //! refusal before execution `GRAPHQL_VALIDATION_FAILED`; a field error that carries no code is a
 //! bad argument (`BAD_USER_INPUT`) or else `INTERNAL`, with its message hidden and logged.
 
@@ -28,6 +29,12 @@ use crate::metrics::Metrics;
 pub const PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
 pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
 
+/// The deepest `__schema` or `__type` selection allowed, whatever the data depth limit: the
+/// standard introspection query of graphql-js 16 nests 15 deep (its `ofType` chain), and this
+/// leaves room for the deeper type chains some tools ask for. Introspection reads the schema
+/// only, so its depth costs no data; the fan-out and complexity limits still bound its size.
+pub const INTROSPECTION_DEPTH: usize = 20;
+
 /// Installs the checks; built once per schema.
 pub struct RequestLimits {
     limits: Arc<Limits>,
@@ -36,6 +43,7 @@ pub struct RequestLimits {
 
 struct Limits {
     introspection: bool,
+    depth: usize,
     recursion: usize,
     aliases: usize,
     fields: usize,
@@ -46,6 +54,7 @@ impl RequestLimits {
         Self {
             limits: Arc::new(Limits {
                 introspection,
+                depth: config.depth,
                 recursion: config.recursion,
                 aliases: config.aliases,
                 // Every field costs at least 1 complexity point, so no document expanding to more
@@ -61,6 +70,19 @@ impl Limits {
     fn check(&self, doc: &ExecutableDocument) -> ServerResult<()> {
         if !self.introspection && uses_introspection(doc) {
             return Err(refusal("Introspection is turned off on this server."));
+        }
+        let depths = depths(doc);
+        if depths.data > self.depth {
+            return Err(refusal(format!(
+                "The query nests fields {} deep; at most {} are allowed.",
+                depths.data, self.depth
+            )));
+        }
+        if depths.introspection > INTROSPECTION_DEPTH {
+            return Err(refusal(format!(
+                "The introspection query nests fields {} deep; at most {INTROSPECTION_DEPTH} are allowed.",
+                depths.introspection
+            )));
         }
         let aliases = count_aliases(doc);
         if aliases > self.aliases {
@@ -248,6 +270,67 @@ fn uses_introspection(doc: &ExecutableDocument) -> bool {
     operations(doc).into_iter().chain(fragments).any(walk)
 }
 
+/// How deep the deepest operation nests fields (a leaf field counts 1): its data, and apart
+/// from it, the `__schema` and `__type` selections of its root.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Depths {
+    data: usize,
+    introspection: usize,
+}
+
+impl Depths {
+    fn max(self, other: Depths) -> Depths {
+        Depths { data: self.data.max(other.data), introspection: self.introspection.max(other.introspection) }
+    }
+}
+
+/// Field depth of the document with every fragment spread expanded, each fragment measured once
+/// (a fragment cycle counts 0 here and is reported by validation). Only root fields can be
+/// introspection: `__schema` deep inside a data selection counts as data.
+fn depths(doc: &ExecutableDocument) -> Depths {
+    struct Walker<'a> {
+        doc: &'a ExecutableDocument,
+        memo: HashMap<(&'a str, bool), Depths>,
+        visiting: HashSet<&'a str>,
+    }
+    impl<'a> Walker<'a> {
+        fn set(&mut self, set: &'a SelectionSet, root: bool) -> Depths {
+            set.items.iter().fold(Depths::default(), |deepest, item| {
+                let depths = match &item.node {
+                    Selection::Field(f) => {
+                        let depth = 1 + self.set(&f.node.selection_set.node, false).data;
+                        if root && matches!(f.node.name.node.as_str(), "__schema" | "__type") {
+                            Depths { data: 0, introspection: depth }
+                        } else {
+                            Depths { data: depth, introspection: 0 }
+                        }
+                    }
+                    Selection::InlineFragment(f) => self.set(&f.node.selection_set.node, root),
+                    Selection::FragmentSpread(s) => self.fragment(s.node.fragment_name.node.as_str(), root),
+                };
+                deepest.max(depths)
+            })
+        }
+        fn fragment(&mut self, name: &'a str, root: bool) -> Depths {
+            if let Some(depths) = self.memo.get(&(name, root)) {
+                return *depths;
+            }
+            let Some(fragment) = self.doc.fragments.get(name) else {
+                return Depths::default();
+            };
+            if !self.visiting.insert(name) {
+                return Depths::default();
+            }
+            let depths = self.set(&fragment.node.selection_set.node, root);
+            self.visiting.remove(name);
+            self.memo.insert((name, root), depths);
+            depths
+        }
+    }
+    let mut walker = Walker { doc, memo: HashMap::new(), visiting: HashSet::new() };
+    operations(doc).into_iter().map(|set| walker.set(set, true)).fold(Depths::default(), Depths::max)
+}
+
 /// Aliases written in the document (operations and fragments, each counted once).
 fn count_aliases(doc: &ExecutableDocument) -> usize {
     fn walk(set: &SelectionSet) -> usize {
@@ -332,6 +415,26 @@ mod tests {
     fn aliases_are_counted_in_operations_and_fragments() {
         let q = "query { a: x b: y { c: z } ...F } fragment F on Query { d: w }";
         assert_eq!(count_aliases(&parse(q)), 4);
+    }
+
+    #[test]
+    fn introspection_is_measured_apart_from_data() {
+        let q = "{ __schema { types { name } } serverInfo { version } }";
+        assert_eq!(depths(&parse(q)), Depths { data: 2, introspection: 3 });
+        let q = "{ ...Root } fragment Root on Query { __type(name: \"X\") { ofType { name } } }";
+        assert_eq!(depths(&parse(q)), Depths { data: 0, introspection: 3 });
+    }
+
+    #[test]
+    fn introspection_fields_below_the_root_count_as_data() {
+        let q = "{ me { __schema { types { fields { name } } } } }";
+        assert_eq!(depths(&parse(q)), Depths { data: 5, introspection: 0 });
+    }
+
+    #[test]
+    fn fragments_count_at_the_depth_they_are_spread() {
+        let q = "{ a { ...F } b { c { ...F } } } fragment F on T { d { e } }";
+        assert_eq!(depths(&parse(q)).data, 4);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod metering;
 pub mod names;
 pub mod rest;
 pub mod runs;
+pub mod scalars;
 pub mod share_links;
 pub mod sharing;
 pub mod system;
@@ -88,8 +89,8 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
         .extension(Tracing)
         .extension(denials::AuditDenials)
         .extension(metering::Metering)
+        // Depth is checked by `RequestLimits`, which measures introspection apart.
         .extension(limits::RequestLimits::new(limits, !config.is_production(), metrics))
-        .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .limit_recursive_depth(limits.recursion)
         .limit_directives(limits.directives);
@@ -131,7 +132,7 @@ pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller
     }
 }
 
-/// The schema in SDL, as committed in `schema.graphql`.
+/// The schema in SDL, as committed in `schema.graphql`, with the `@specifiedBy` of its scalars.
 pub fn sdl(config: &Config) -> String {
-    build_schema(config, None).sdl()
+    build_schema(config, None).sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }

@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, Subscription, connection::Connection};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{run_attempts, runs as rows};
 use futures_util::{Stream, StreamExt, stream};

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use async_graphql::{Context, ErrorExtensions, ID, InputObject, Json, Object, SimpleObject, connection::Connection};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
 use serde_json::Value;

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject, connection::Connection};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{template_categories, template_versions, templates as rows};
 use serde_json::Value;

@@ -1,14 +1,12 @@
 //! GraphQL over HTTP (DESIGN §11): POST with a JSON body, GET for queries only, GraphiQL for a
 //! browser. Transport failures answer with a GraphQL error body and a fitting status.
 
-use async_graphql::{
-    BatchRequest, BatchResponse, ErrorExtensions, ServerError, http::GraphiQLSource, parser::types::OperationType,
-};
+use async_graphql::{BatchRequest, BatchResponse, ErrorExtensions, ServerError, parser::types::OperationType};
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
 };
 use std::net::SocketAddr;
 
@@ -85,7 +83,7 @@ pub async fn get(
     let media = ResponseMedia::from_accept(&headers);
     let Some(query) = params.query else {
         if accepts(&headers, "text/html") {
-            return graphiql(state.auth.dev.is_some()).into_response();
+            return crate::graphiql::page(state.auth.dev.is_some());
         }
         return media.failure(StatusCode::BAD_REQUEST, PARSE_FAILED, "Pass the operation in the `query` parameter.");
     };
@@ -273,37 +271,4 @@ impl ResponseMedia {
         let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error])).unwrap_or_default();
         (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response()
     }
-}
-
-/// GraphiQL sends its Headers tab over HTTP only; this hands the same `Authorization` to the
-/// websocket's `connection_init`, read when the socket opens (at the first subscription).
-const SOCKET_AUTH: &str = r#"<script>
-      const socketParams = () => {
-        try {
-          const headers = JSON.parse(localStorage.getItem('graphiql:headers') || '{}');
-          const token = headers.Authorization || headers.authorization;
-          return token ? { authorization: token } : {};
-        } catch (e) {
-          return {};
-        }
-      };
-    </script>
-    <script>"#;
-
-fn graphiql(dev_auth: bool) -> Html<String> {
-    let page =
-        GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("Ensemble").finish();
-    let page = page.replacen("<script>\n      customFetch", &format!("{SOCKET_AUTH}\n      customFetch"), 1).replacen(
-        "subscriptionUrl:",
-        "wsConnectionParams: socketParams,\n            subscriptionUrl:",
-        1,
-    );
-    if !dev_auth {
-        return Html(page);
-    }
-    // How to act as someone: a token from the dev issuer in the Headers tab.
-    let banner = r#"<div style="font:13px sans-serif;padding:6px 12px;background:#fff4d6;border-bottom:1px solid #e0c36c">
-Dev auth: run <code>ensemble token --user alice --role admin</code> and paste
-<code>{"Authorization": "Bearer &lt;token&gt;"}</code> into the Headers tab below.</div>"#;
-    Html(page.replacen("<body>", &format!("<body>{banner}"), 1))
 }

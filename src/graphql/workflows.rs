@@ -1,6 +1,7 @@
 //! Workflows: `runWorkflow` runs a WORKFLOW template's steps, in order, on a team.
 
-use async_graphql::{Context, ID, Json, Object};
+use crate::graphql::scalars::Json;
+use async_graphql::{Context, ID, Object};
 use serde_json::Value;
 
 use super::{caller, runs::Run};
