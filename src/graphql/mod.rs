@@ -13,6 +13,7 @@ pub mod exports;
 pub mod limits;
 pub mod loaders;
 pub mod metering;
+pub mod rechecks;
 pub mod runs;
 pub mod share_links;
 pub mod sharing;
