@@ -2,17 +2,19 @@
 //! in with, a team deleted or made private, or changes this instance may have missed), the
 //! socket checks its subscriptions again: it signs in again when the account or key may have
 //! changed (closing with 4403 when that fails), then makes each concerned operation's check
-//! again and ends those that fail with the error. A shared
-//! operation is held meanwhile, so no event reaches it once the change is known here.
+//! again and ends those that fail with the error. A shared operation is held meanwhile, so no
+//! event reaches it once the change is known here.
 
 use serde_json::json;
 
-use super::super::SlowClient;
 use super::{Close, Connection, error_json};
 use crate::{
     error::AppError,
     events::AccessChange,
-    graphql::{rechecks::Recheck, ws::protocol::Protocol},
+    graphql::{
+        rechecks::Recheck,
+        ws::{SlowClient, protocol::Protocol},
+    },
     service::audit::Caller,
 };
 
