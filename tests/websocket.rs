@@ -51,7 +51,13 @@ async fn signed_in(app: &TestApp, protocol: &str, credential: &str) -> WsClient 
 
 /// A private team of `owner` whose agent answers at once; its id.
 async fn create_team(app: &TestApp, owner: &str) -> String {
-    let (_, made) = app.gql_as(owner, "mutation { createTeam(input: {name: \"Support\"}) { id } }", json!({})).await;
+    create_team_with(app, owner, Value::Null).await
+}
+
+/// A private team of `owner` with `spec` (the default one when null); its id.
+async fn create_team_with(app: &TestApp, owner: &str, spec: Value) -> String {
+    let create = "mutation($s: JSON) { createTeam(input: {name: \"Support\", spec: $s}) { id } }";
+    let (_, made) = app.gql_as(owner, create, json!({"s": spec})).await;
     made["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{made}")).to_string()
 }
 

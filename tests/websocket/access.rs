@@ -7,8 +7,8 @@ use ensemble::auth::GlobalRole;
 use serde_json::{Value, json};
 
 use super::{
-    LEGACY, TRANSPORT, add_member, audit_rows_live, create_team, events_until_end, live_activity, no_more_for, run,
-    signed_in, signed_in_users,
+    LEGACY, TRANSPORT, add_member, audit_rows_live, create_team, create_team_with, events_until_end, live_activity,
+    no_more_for, run, signed_in, signed_in_users, start,
 };
 use crate::common::{TestApp, first_code};
 
@@ -46,6 +46,59 @@ async fn a_member_removed_from_a_team_loses_its_activity_and_the_others_keep_the
     let events = events_until_end(&mut carol_ws, "a", &after).await;
     assert!(events.iter().any(|e| e["kind"] == "DELTA"), "carol still gets the streamed output: {events:?}");
     no_more_for(&mut bob_ws, TRANSPORT).await;
+}
+
+#[tokio::test]
+async fn a_member_removed_while_a_run_waits_on_its_model_gets_none_of_its_streamed_output() {
+    let app = TestApp::spawn().await;
+    let [alice, bob, carol] = signed_in_users(&app, ["user_alice", "user_bob", "user_carol"]).await;
+    let spec = json!({
+        "format": "ensemble.team/v1",
+        "agents": [{"name": "quick", "model": "local/echo"}, {"name": "sloth", "model": "local/slow-1500"}],
+        "routing": {"rules": [{"name": "slow", "when": {"contains": "slowly"}, "routeTo": "sloth"}], "default": "quick"}
+    });
+    let team = create_team_with(&app, &alice, spec).await;
+    add_member(&app, &alice, &team, "user_bob", "VIEWER").await;
+    add_member(&app, &alice, &team, "user_carol", "VIEWER").await;
+    let mut bob_ws = signed_in(&app, TRANSPORT, &bob).await;
+    let mut carol_ws = signed_in(&app, TRANSPORT, &carol).await;
+    live_activity(&app, TRANSPORT, &mut [&mut bob_ws, &mut carol_ws], "a", &team, &alice).await;
+
+    let start_run =
+        "mutation($t: ID!) { runTeam(teamId: $t, input: {content: \"answer slowly\"}, wait: false) { id } }";
+    let (_, started) = app.gql_as(&alice, start_run, json!({"t": team})).await;
+    let slow = started["data"]["runTeam"].clone();
+    // The model is called: its answer streams in 1.5 s.
+    loop {
+        let message = bob_ws.next_json().await;
+        assert_eq!(message["payload"]["data"]["teamActivity"]["runId"], slow["id"], "{message}");
+        if message["payload"]["data"]["teamActivity"]["kind"] == "ATTEMPT_STARTED" {
+            break;
+        }
+    }
+    app.gql_as(&alice, REMOVE, json!({"t": team, "u": "user_bob"})).await;
+    assert_eq!(ended_with_error(&bob_ws.next_json().await, "a")["extensions"]["code"], "NOT_FOUND");
+
+    let events = events_until_end(&mut carol_ws, "a", &slow).await;
+    assert!(events.iter().any(|e| e["kind"] == "DELTA"), "carol gets the streamed output: {events:?}");
+    no_more_for(&mut bob_ws, TRANSPORT).await;
+}
+
+#[tokio::test]
+async fn a_member_who_leaves_over_the_same_socket_loses_the_subscription_there() {
+    let app = TestApp::spawn().await;
+    let [alice, bob] = signed_in_users(&app, ["user_alice", "user_bob"]).await;
+    let team = create_team(&app, &alice).await;
+    add_member(&app, &alice, &team, "user_bob", "VIEWER").await;
+    let mut bob_ws = signed_in(&app, TRANSPORT, &bob).await;
+    live_activity(&app, TRANSPORT, &mut [&mut bob_ws], "a", &team, &alice).await;
+
+    bob_ws.send(start(TRANSPORT, "leave", REMOVE, json!({"t": team, "u": "user_bob"}))).await;
+    let error = ended_with_error(&bob_ws.next_json().await, "a");
+    assert_eq!(error["extensions"]["code"], "NOT_FOUND", "ended before the mutation answered: {error}");
+    let left = bob_ws.next_json().await;
+    assert_eq!(left["payload"]["data"]["removeTeamMember"]["userId"], "user_bob", "{left}");
+    assert_eq!(bob_ws.next_json().await, json!({"type": "complete", "id": "leave"}));
 }
 
 #[tokio::test]
