@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_WS_SEND_TIMEOUT_MS", default_value_t = 5000)]
     pub ws_send_timeout_ms: u64,
 
+    /// Operations a websocket may run at once; a `subscribe` beyond it is answered with an
+    /// `error` message (RATE_LIMITED) and the socket stays open.
+    #[arg(long, env = "ENSEMBLE_WS_MAX_SUBSCRIPTIONS", default_value_t = 100, global = true)]
+    pub ws_max_subscriptions: usize,
+
     /// Seconds between writes of the usage counts.
     #[arg(long, env = "ENSEMBLE_USAGE_FLUSH_SECS", default_value_t = 5)]
     pub usage_flush_secs: u64,
@@ -304,6 +309,7 @@ impl fmt::Debug for Config {
             .field("ws_keepalive_secs", &self.ws_keepalive_secs)
             .field("ws_send_buffer", &self.ws_send_buffer)
             .field("ws_send_timeout_ms", &self.ws_send_timeout_ms)
+            .field("ws_max_subscriptions", &self.ws_max_subscriptions)
             .field("usage_flush_secs", &self.usage_flush_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("rate_limit_burst", &self.rate_limit_burst)

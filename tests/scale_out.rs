@@ -272,6 +272,7 @@ async fn a_redis_outage_degrades_to_local_service_and_heals_on_the_same_socket()
     assert_eq!(events_until_end(&mut activity, "teamActivity", &run).await.last().unwrap()["kind"], "COMPLETED");
     let (key, key_id) = create_key(&b, &alice).await;
     assert_eq!(a.must(&key, ME, json!({})).await["me"]["id"], "user_alice", "A now holds the key");
+    let mut key_ws = a.ws(&key).await;
 
     redis.kill();
     for body in all_say(&mut [&mut a, &mut b], "degraded", Duration::from_secs(5)).await {
@@ -296,6 +297,8 @@ async fn a_redis_outage_degrades_to_local_service_and_heals_on_the_same_socket()
         (401, "UNAUTHENTICATED"),
         "A forgot what it held during the outage: {body}"
     );
+    let (code, reason) = key_ws.closed().await;
+    assert_eq!((code, reason.as_str()), (4403, "Forbidden: The API key has been revoked."), "checked again once back");
     let run = b.run(&alice, &team, "after the outage", true).await;
     let events = events_until_end(&mut activity, "teamActivity", &run).await;
     assert_eq!(
@@ -482,4 +485,108 @@ async fn a_daily_budget_holds_for_parallel_runs_spread_over_two_instances() {
     let usage = "{ resourceUsage { principals { kind today { tokens } } } }";
     let principals = b.must(&alice, usage, json!({})).await["resourceUsage"]["principals"].clone();
     assert_eq!(principals[0]["today"]["tokens"].as_i64(), Some(spent), "{principals}");
+}
+
+/// `user`'s membership of `team` as `role`, given by the owner `token` on `on`.
+async fn add_member(on: &cluster::Instance, token: &str, team: &str, user: &str, role: &str) {
+    let add = "mutation($t: ID!, $u: ID!, $r: TeamRole!) { addTeamMember(teamId: $t, input: {userId: $u, role: $r}) { role } }";
+    on.must(token, add, json!({"t": team, "u": user, "r": role})).await;
+}
+
+#[tokio::test]
+async fn a_member_removed_on_one_instance_loses_team_activity_on_another() {
+    let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
+    let cluster = Cluster::new(&pg, Some(&redis)).await;
+    let (a, b) = (cluster.start("A").await, cluster.start("B").await);
+    let (alice, bob) = (cluster.token("user_alice", GlobalRole::Member), cluster.token("user_bob", GlobalRole::Member));
+    a.must(&bob, ME, json!({})).await;
+    let team = create_team(&a, &alice).await;
+    add_member(&a, &alice, &team, "user_bob", "VIEWER").await;
+    let mut bob_ws = b.ws(&bob).await;
+    live_team_activity(&mut bob_ws, &b, &alice, &team).await;
+
+    let remove = "mutation($t: ID!, $u: ID!) { removeTeamMember(teamId: $t, userId: $u) { userId } }";
+    a.must(&alice, remove, json!({"t": team, "u": "user_bob"})).await;
+    // Answered on A: the subscription on B has ended already.
+    let ended = tokio::time::timeout(Duration::from_millis(200), bob_ws.next_json()).await.expect("ended already");
+    assert_eq!((ended["type"].as_str(), ended["id"].as_str()), (Some("error"), Some("activity")), "{ended}");
+    assert_eq!(ended["payload"][0]["extensions"]["code"], "NOT_FOUND", "{ended}");
+
+    // Runs on B reach a member's socket there, and never bob's.
+    let mut alice_ws = b.ws(&alice).await;
+    live_team_activity(&mut alice_ws, &b, &alice, &team).await;
+    bob_ws.send(json!({"type": "ping", "payload": {"after": true}})).await;
+    assert_eq!(bob_ws.next_json().await, json!({"type": "pong", "payload": {"after": true}}));
+}
+
+#[tokio::test]
+async fn a_user_deleted_through_the_webhook_on_one_instance_loses_sockets_on_another() {
+    let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
+    let cluster = Cluster::new(&pg, Some(&redis)).await;
+    let secret = clerk::secret();
+    let env = [("CLERK_WEBHOOK_SECRET", secret.as_str())];
+    let (a, b) = (cluster.start_with("A", &env).await, cluster.start_with("B", &env).await);
+    let bob = cluster.token("user_bob", GlobalRole::Member);
+    let (key, _) = create_key(&a, &bob).await;
+    let mut sockets = [b.ws(&bob).await, b.ws(&key).await];
+
+    let (status, answer) = clerk::deliver(&a, "msg_delete_bob", &clerk::user_deleted("user_bob")).await;
+    assert_eq!(status, 200, "{answer}");
+    for ws in &mut sockets {
+        let (code, reason) = ws.closed().await;
+        assert_eq!(code, 4403, "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_one_instance_closes_its_sockets_on_another() {
+    let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
+    let cluster = Cluster::new(&pg, Some(&redis)).await;
+    let (a, b) = (cluster.start("A").await, cluster.start("B").await);
+    let alice = cluster.token("user_alice", GlobalRole::Member);
+    let (key, id) = create_key(&a, &alice).await;
+    let mut key_ws = b.ws(&key).await;
+    let mut token_ws = b.ws(&alice).await;
+
+    a.must(&alice, "mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }", json!({"id": id})).await;
+    assert_eq!(key_ws.closed().await, (4403, "Forbidden: The API key has been revoked.".to_string()));
+    token_ws.send(json!({"type": "ping"})).await;
+    assert_eq!(token_ws.next_json().await, json!({"type": "pong"}), "the owner's token socket stays");
+}
+
+/// Signed Clerk webhook deliveries (Svix), as Clerk sends them.
+mod clerk {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use hmac::{Hmac, Mac};
+    use serde_json::{Value, json};
+    use sha2::Sha256;
+
+    const KEY: &[u8] = b"webhook-key-webhook-key-webhook!";
+
+    pub fn secret() -> String {
+        format!("whsec_{}", STANDARD.encode(KEY))
+    }
+
+    pub fn user_deleted(id: &str) -> String {
+        json!({"type": "user.deleted", "object": "event", "data": {"id": id, "deleted": true}}).to_string()
+    }
+
+    /// Delivers `body` to `on`, signed with the right key at this very second.
+    pub async fn deliver(on: &super::cluster::Instance, id: &str, body: &str) -> (u16, Value) {
+        let ts = chrono::Utc::now().timestamp();
+        let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+        mac.update(format!("{id}.{ts}.{body}").as_bytes());
+        let signature = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+        let response = reqwest::Client::new()
+            .post(on.url("/webhooks/clerk"))
+            .header("svix-id", id)
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", signature)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
 }

@@ -51,7 +51,7 @@ async fn new_version(app: &TestApp, owner: &Person, team: &str, n: usize) {
         message: Some(format!("take {n}")),
         expected_version: None,
     };
-    teams::update(&app.state.db, &owner.caller, team, changes).await.unwrap();
+    teams::update(&app.state.db, &app.state.caches, &owner.caller, team, changes).await.unwrap();
 }
 
 /// Runs `team` on a message and waits for it to finish.

@@ -1,19 +1,175 @@
 //! GraphQL over websockets: `graphql-transport-ws` with every close code of the protocol, the
-//! legacy `graphql-ws`, keepalive, and dropping a client that stops reading.
+//! legacy `graphql-ws` under the same rules (`legacy`), keepalive, the per-socket cap on
+//! operations, the size limit, dropping a client that stops reading, and subscriptions that end
+//! when access is taken away (`access`).
 
+#[path = "websocket/access.rs"]
+mod access;
 mod common;
+#[path = "websocket/legacy.rs"]
+mod legacy;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{TestApp, WsClient};
+use ensemble::auth::GlobalRole;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::Message;
 
 const HEARTBEAT: &str = "subscription { heartbeat(intervalSeconds: 1) { seq time } }";
+const TRANSPORT: &str = "graphql-transport-ws";
+const LEGACY: &str = "graphql-ws";
+const ACTIVITY: &str = "subscription($t: ID!) { teamActivity(teamId: $t) { runId kind delta } }";
 
 fn subscribe(id: &str, query: &str) -> serde_json::Value {
     json!({"id": id, "type": "subscribe", "payload": {"query": query}})
+}
+
+/// The message that starts `query` as `id`, in `protocol`'s words.
+fn start(protocol: &str, id: &str, query: &str, variables: Value) -> Value {
+    let kind = if protocol == LEGACY { "start" } else { "subscribe" };
+    json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}})
+}
+
+/// Tokens of users who have each made a request (so that they may be added to teams).
+async fn signed_in_users<const N: usize>(app: &TestApp, users: [&str; N]) -> [String; N] {
+    let tokens = users.map(|user| app.token(user, GlobalRole::Member));
+    for token in &tokens {
+        app.gql_as(token, "{ me { id } }", json!({})).await;
+    }
+    tokens
+}
+
+/// A socket of `protocol` signed in with `credential` (a session token or an API key).
+async fn signed_in(app: &TestApp, protocol: &str, credential: &str) -> WsClient {
+    let mut ws = app.ws(protocol).await;
+    ws.send(json!({"type": "connection_init", "payload": {"token": credential}})).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    ws
+}
+
+/// A private team of `owner` whose agent answers at once; its id.
+async fn create_team(app: &TestApp, owner: &str) -> String {
+    create_team_with(app, owner, Value::Null).await
+}
+
+/// A private team of `owner` with `spec` (the default one when null); its id.
+async fn create_team_with(app: &TestApp, owner: &str, spec: Value) -> String {
+    let create = "mutation($s: JSON) { createTeam(input: {name: \"Support\", spec: $s}) { id } }";
+    let (_, made) = app.gql_as(owner, create, json!({"s": spec})).await;
+    made["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{made}")).to_string()
+}
+
+async fn add_member(app: &TestApp, owner: &str, team: &str, user: &str, role: &str) {
+    let add = "mutation($t: ID!, $u: ID!, $r: TeamRole!) { addTeamMember(teamId: $t, input: {userId: $u, role: $r}) { role } }";
+    let (_, answer) = app.gql_as(owner, add, json!({"t": team, "u": user, "r": role})).await;
+    assert!(answer.get("errors").is_none(), "{answer}");
+}
+
+/// Runs `team` on `content` to its end; answers `{id status}`.
+async fn run(app: &TestApp, token: &str, team: &str, content: &str) -> Value {
+    let run = "mutation($t: ID!, $c: String!) { runTeam(teamId: $t, input: {content: $c}) { id status } }";
+    let (_, answer) = app.gql_as(token, run, json!({"t": team, "c": content})).await;
+    assert_eq!(answer["data"]["runTeam"]["status"], "SUCCEEDED", "{answer}");
+    answer["data"]["runTeam"].clone()
+}
+
+fn is_terminal(event: &Value) -> bool {
+    matches!(event["kind"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED"))
+}
+
+/// The `teamActivity` events operation `id` of `ws` receives until the end of `run` (messages of
+/// other operations are skipped).
+async fn events_until_end(ws: &mut WsClient, id: &str, run: &Value) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let message = ws.next_json().await;
+        if message["id"] != id {
+            continue;
+        }
+        assert!(matches!(message["type"].as_str(), Some("next" | "data")), "{message}");
+        let event = message["payload"]["data"]["teamActivity"].clone();
+        assert_eq!(event["runId"], run["id"], "an event of another run: {message}");
+        let ended = is_terminal(&event);
+        events.push(event);
+        if ended {
+            return events;
+        }
+    }
+}
+
+/// Subscribes every socket (of `protocol`) to `teamActivity` of `team` as `id`, and waits until
+/// each is live: runs of the team are started by `runner` until one's end reaches every socket.
+async fn live_activity(
+    app: &TestApp,
+    protocol: &str,
+    sockets: &mut [&mut WsClient],
+    id: &str,
+    team: &str,
+    runner: &str,
+) {
+    for ws in sockets.iter_mut() {
+        ws.send(start(protocol, id, ACTIVITY, json!({"t": team}))).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let probe = run(app, runner, team, "probe").await;
+        let mut live = 0;
+        for ws in sockets.iter_mut() {
+            let seen = tokio::time::timeout(Duration::from_millis(500), events_until_end(ws, id, &probe)).await;
+            live += usize::from(seen.is_ok());
+        }
+        if live == sockets.len() {
+            return;
+        }
+    }
+    panic!("teamActivity was not live on every socket within 15 s");
+}
+
+/// Subscribes every socket (`graphql-transport-ws`) to `auditLogAdded` of `team` as `audit`,
+/// and waits until each is live: `actor` changes the team until the change's row reaches every
+/// socket.
+async fn audit_rows_live(app: &TestApp, sockets: &mut [&mut WsClient], team: &str, actor: &str) {
+    let follow = "subscription($t: ID!) { auditLogAdded(teamId: $t) { seq action changes } }";
+    for ws in sockets.iter_mut() {
+        ws.send(start(TRANSPORT, "audit", follow, json!({"t": team}))).await;
+    }
+    let change = "mutation($t: ID!, $d: String!) { updateTeam(id: $t, input: {description: $d}) { id } }";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for probe in 0.. {
+        assert!(Instant::now() < deadline, "auditLogAdded was not live on every socket within 15 s");
+        let description = format!("probe {probe}");
+        app.gql_as(actor, change, json!({"t": team, "d": description})).await;
+        let mut live = 0;
+        for ws in sockets.iter_mut() {
+            let seen = tokio::time::timeout(Duration::from_millis(1500), async {
+                loop {
+                    let message = ws.next_json().await;
+                    let row = &message["payload"]["data"]["auditLogAdded"];
+                    if message["id"] == "audit" && row["changes"]["description"] == description.as_str() {
+                        return;
+                    }
+                }
+            });
+            live += usize::from(seen.await.is_ok());
+        }
+        if live == sockets.len() {
+            return;
+        }
+    }
+}
+
+/// Nothing more reaches `ws`: a round trip made now comes back before anything else.
+async fn no_more_for(ws: &mut WsClient, protocol: &str) {
+    if protocol == LEGACY {
+        ws.send(start(LEGACY, "after", "{ __typename }", json!({}))).await;
+        let message = ws.next_json().await;
+        assert_eq!((message["type"].as_str(), message["id"].as_str()), (Some("data"), Some("after")), "{message}");
+    } else {
+        ws.send(json!({"type": "ping", "payload": {"after": true}})).await;
+        assert_eq!(ws.next_json().await, json!({"type": "pong", "payload": {"after": true}}));
+    }
 }
 
 #[tokio::test]
@@ -121,7 +277,7 @@ async fn a_message_over_the_body_limit_ends_the_connection() {
     })
     .await
     .expect("the connection ends");
-    assert!(ended.is_none_or(|code| code == 1009), "closed with {ended:?}");
+    assert_eq!(ended, Some(1009), "the size limit's own close code");
 }
 
 #[tokio::test]
@@ -236,6 +392,7 @@ async fn a_client_that_stops_reading_is_dropped() {
         c.ws_send_buffer = 8;
         c.rate_limit_per_minute = 0;
         c.ws_send_timeout_ms = 300;
+        c.ws_max_subscriptions = 1000;
     })
     .await;
     let mut slow = WsClient::acked(app.addr).await;
@@ -261,4 +418,65 @@ async fn a_client_that_stops_reading_is_dropped() {
     let mut ws = WsClient::acked(app.addr).await;
     ws.send(subscribe("1", "{ serverInfo { version } }")).await;
     assert_eq!(ws.next_json().await["type"], "next");
+}
+
+#[tokio::test]
+async fn a_subscribe_beyond_the_socket_cap_answers_error_and_the_others_go_on() {
+    let app = TestApp::spawn_with(|c| c.ws_max_subscriptions = 2).await;
+    let mut ws = WsClient::acked(app.addr).await;
+    for id in ["1", "2"] {
+        ws.send(subscribe(id, HEARTBEAT)).await;
+        assert_eq!(ws.next_json().await["id"], id, "its first beat");
+    }
+    ws.send(subscribe("3", HEARTBEAT)).await;
+    let mut beats = 0;
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let message = ws.next_json().await;
+            if message["type"] != "next" || message["id"] == "3" {
+                return message;
+            }
+            beats += 1;
+        }
+    });
+    let refused = answer.await.expect("an answer for the third within 5 s");
+    assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("error"), Some("3")), "{refused}");
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{refused}");
+    let words = refused["payload"][0]["message"].as_str().unwrap();
+    assert!(words.contains("ENSEMBLE_WS_MAX_SUBSCRIPTIONS") && words.contains('2'), "{words}");
+    assert!(beats <= 2, "the others beat on meanwhile");
+
+    // The others go on; completing one makes room.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 2 {
+        let message = ws.next_json().await;
+        assert_eq!(message["type"], "next", "{message}");
+        seen.insert(message["id"].as_str().unwrap().to_string());
+    }
+    ws.send(json!({"id": "1", "type": "complete"})).await;
+    ws.send(subscribe("3", HEARTBEAT)).await;
+    loop {
+        let message = ws.next_json().await;
+        assert_eq!(message["type"], "next", "{message}");
+        if message["id"] == "3" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_socket_runs_at_most_a_hundred_operations_by_default() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    assert_eq!(app.state.config.ws_max_subscriptions, 100);
+    let mut ws = WsClient::acked(app.addr).await;
+    let slow = "subscription { heartbeat(intervalSeconds: 60) { seq } }";
+    for id in 0..100 {
+        ws.send(subscribe(&id.to_string(), slow)).await;
+    }
+    for _ in 0..100 {
+        assert_eq!(ws.next_json().await["type"], "next");
+    }
+    ws.send(subscribe("101st", slow)).await;
+    let refused = ws.next_json().await;
+    assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("error"), Some("101st")), "{refused}");
 }

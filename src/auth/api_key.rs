@@ -145,7 +145,14 @@ impl KeyStore {
                 role: GlobalRole::parse(&owner.role).unwrap_or(GlobalRole::Member),
                 email: owner.email.clone(),
                 org: None,
-                expires_at: key.expires_at.unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+                // The secret given stops working then: a rotated key's previous one at the end
+                // of its grace (a websocket signed in with it closes then).
+                expires_at: key
+                    .expires_at
+                    .into_iter()
+                    .chain(key.previous_expires_at.filter(|_| !current))
+                    .min()
+                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
             },
             daily_token_budget: key.daily_token_budget,
             daily_cost_budget_usd: key.daily_cost_budget_usd,

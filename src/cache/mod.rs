@@ -1,7 +1,8 @@
 //! Every in-process cache, behind typed keys: the kinds and their policies (`kinds`), the
 //! read-through cache that counts hits, misses and evictions (`store`), Clerk's JWKS (`jwks`),
 //! and the invalidations each write calls once it has committed, which the event bus carries
-//! to the other instances. See docs/cache.md.
+//! to the other instances. An invalidation that may take access away also has the open
+//! subscriptions it concerns checked again. See docs/cache.md.
 
 pub mod jwks;
 mod kinds;
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Config,
-    events::{EventBus, Notice},
+    events::{AccessChange, EventBus, Notice},
     metrics::CacheStats,
 };
 
@@ -40,6 +41,29 @@ pub enum Invalidation {
     CategoriesChanged,
     /// A price set: any model may have been priced by it.
     PricesChanged,
+    /// A member removed from a team or given another role (nothing is cached; open
+    /// subscriptions of the member on the team are checked again).
+    TeamMemberChanged { team_id: String, user_id: String },
+    /// A team deleted or made private (nothing is cached; every open subscription on the team
+    /// is checked again).
+    TeamAccessChanged(String),
+}
+
+impl Invalidation {
+    /// The open subscriptions it may end, if any.
+    fn access_change(&self) -> Option<AccessChange> {
+        Some(match self {
+            Self::ApiKeyChanged(prefix) => AccessChange::Key(prefix.clone()),
+            Self::UserChanged(id) => AccessChange::User(id.clone()),
+            Self::TeamMemberChanged { team_id, user_id } => {
+                AccessChange::Member { team_id: team_id.clone(), user_id: user_id.clone() }
+            }
+            Self::TeamAccessChanged(team_id) => AccessChange::Team(team_id.clone()),
+            Self::ApiKeyCreated(_) | Self::TemplateChanged(_) | Self::CategoriesChanged | Self::PricesChanged => {
+                return None;
+            }
+        })
+    }
 }
 
 /// The caches of one server; what invalidates each is listed on its key type.
@@ -89,8 +113,16 @@ impl Caches {
         self.bus.tell_others_and_wait(Notice::Invalidate(what)).await;
     }
 
-    /// Drops what `what` made stale, on this instance only (for an invalidation from another).
+    /// Drops what `what` made stale, on this instance only (for an invalidation from another),
+    /// then has the open subscriptions it concerns checked again, against what is now stored.
     pub async fn apply(&self, what: &Invalidation) {
+        self.drop_stale(what).await;
+        if let Some(change) = what.access_change() {
+            self.bus.access().changed(change).await;
+        }
+    }
+
+    async fn drop_stale(&self, what: &Invalidation) {
         match what {
             Invalidation::ApiKeyCreated(prefix) => {
                 self.unknown_api_keys.invalidate(&UnknownKeyPrefix(prefix.clone())).await;
@@ -100,12 +132,14 @@ impl Caches {
             Invalidation::TemplateChanged(id) => self.templates.invalidate(&TemplateId(id.clone())).await,
             Invalidation::CategoriesChanged => self.template_categories.invalidate(&AllCategories).await,
             Invalidation::PricesChanged => self.model_prices.invalidate_all(),
+            Invalidation::TeamMemberChanged { .. } | Invalidation::TeamAccessChanged(_) => {}
         }
     }
 
     /// Drops every value that another instance's write could make stale (after this instance
-    /// may have missed invalidations). Immutable values (specs and template versions by
-    /// version, session tokens, Clerk's keys) stay.
+    /// may have missed invalidations), and has every open subscription checked again in the
+    /// background. Immutable values (specs and template versions by version, session tokens,
+    /// Clerk's keys) stay.
     pub fn clear(&self) {
         self.api_keys.invalidate_all();
         self.unknown_api_keys.invalidate_all();
@@ -113,6 +147,10 @@ impl Caches {
         self.templates.invalidate_all();
         self.template_categories.invalidate_all();
         self.model_prices.invalidate_all();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let watchers = self.bus.access().clone();
+            runtime.spawn(async move { watchers.changed(AccessChange::Missed).await });
+        }
     }
 }
 

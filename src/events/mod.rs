@@ -2,8 +2,10 @@
 //! other. In-process (tokio channels) by default; with `REDIS_URL` every message also goes to
 //! the other instances over Redis pub/sub (`redis`), so a subscriber on one instance sees the
 //! runs of all. Subscribers filter by run or team; one that falls behind by more than the
-//! channel holds skips ahead rather than holding memory.
+//! channel holds skips ahead rather than holding memory. The open websockets that must hear
+//! when access may have changed are registered here too (`access`).
 
+mod access;
 mod redis;
 
 use std::sync::Arc;
@@ -13,7 +15,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-pub use self::redis::Link;
+pub use self::{
+    access::{AccessChange, Recheck, Watchers, Watching},
+    redis::Link,
+};
 use crate::cache::Invalidation;
 
 /// Events kept for subscribers that have not read them yet.
@@ -145,6 +150,7 @@ pub struct EventBus {
     audit: watch::Sender<()>,
     notices: broadcast::Sender<Received>,
     link: Option<Arc<Link>>,
+    access: Arc<Watchers>,
 }
 
 impl EventBus {
@@ -168,6 +174,7 @@ impl EventBus {
             audit: watch::channel(()).0,
             notices: broadcast::channel(CAPACITY).0,
             link,
+            access: Arc::default(),
         }
     }
 
@@ -222,6 +229,11 @@ impl EventBus {
         if let (Some(link), Some((to, ack))) = (&self.link, &received.reply_to) {
             link.send(&Message::Ack { to: to.clone(), ack: *ack });
         }
+    }
+
+    /// The sockets of this instance to tell when access may have changed.
+    pub fn access(&self) -> &Arc<Watchers> {
+        &self.access
     }
 
     pub fn reach(&self) -> Reach {

@@ -9,7 +9,7 @@ use futures_util::{Stream, stream};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use super::{
-    caller,
+    caller, rechecks,
     runs::{ErrorGroup, TimeRangeInput},
 };
 use crate::{
@@ -109,6 +109,11 @@ impl AnalyticsSubscription {
             return Err(AppError::bad_input("intervalSeconds must be between 1 and 3600.")).gql();
         }
         let state = ctx.data::<AppState>()?.clone();
+        let team = team_id.to_string();
+        rechecks::register(ctx, Some(&team_id), move |state, caller| {
+            let team = team.clone();
+            async move { analytics::readable_team(&state.db, &caller, &team).await.map(drop) }
+        });
         let period = Duration::from_secs(interval_seconds as u64);
         // The first overview goes out at once; the first tick comes one interval later.
         let watcher = Watcher {

@@ -7,7 +7,7 @@ use entity::audit_logs as rows;
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::{caller, connection, loaders::node_fields, names, runs::TimeRangeInput};
+use super::{caller, connection, loaders::node_fields, names, rechecks, runs::TimeRangeInput};
 use crate::{
     error::GqlResultExt,
     service::{
@@ -87,6 +87,11 @@ impl AuditSubscription {
         team_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = AuditLog>> {
         let state = ctx.data::<AppState>()?;
+        let team = team_id.to_string();
+        rechecks::register(ctx, Some(&team_id), move |state, caller| {
+            let team = team.clone();
+            async move { audit::may_follow(&state.db, &caller, &team).await }
+        });
         let wake = state.bus.audit_followers();
         let rows = audit::follow(&state.db, &caller(ctx), &team_id, wake).await.gql()?;
         Ok(rows.map(AuditLog))

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod loaders;
 pub mod metering;
 pub mod names;
+pub mod rechecks;
 pub mod rest;
 pub mod runs;
 pub mod scalars;

@@ -14,10 +14,10 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::{
     caller, connection,
     loaders::{Loaders, nodes_select},
-    sharing,
+    rechecks, sharing,
 };
 use crate::{
-    auth::guard::TeamRole,
+    auth::guard::{self, TeamRole},
     error::{AppError, GqlResultExt},
     events::RunEvent,
     service::{
@@ -128,6 +128,11 @@ impl RunsSubscription {
     async fn run_events(&self, ctx: &Context<'_>, run_id: ID) -> async_graphql::Result<impl Stream<Item = RunEvent>> {
         let state = ctx.data::<AppState>()?;
         let events = BroadcastStream::new(state.runner.events.subscribe());
+        let run = run_id.to_string();
+        rechecks::register(ctx, None, move |state, caller| {
+            let run = run.clone();
+            async move { state.runner.get(&caller, &run).await.map(drop) }
+        });
         let run = state.runner.get(&caller(ctx), &run_id).await.gql()?;
         let finished = RunStatus::parse(&run.status).is_finished().then(|| runs::terminal_event(&run));
         // Ends right after the run's terminal event.
@@ -163,7 +168,12 @@ impl RunsSubscription {
     ) -> async_graphql::Result<impl Stream<Item = RunEvent>> {
         let state = ctx.data::<AppState>()?;
         let events = BroadcastStream::new(state.runner.events.subscribe());
-        crate::auth::guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
+        let team = team_id.to_string();
+        rechecks::register(ctx, Some(&team_id), move |state, caller| {
+            let team = team.clone();
+            async move { guard::team(&state.db, &caller, &team, TeamRole::Viewer).await.map(drop) }
+        });
+        guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
         let mut lulls = sharing::shareable(ctx).map(|lull| (lull, UnderWay::default()));
         let team_id = team_id.0;
         Ok(events.filter_map(move |event| {

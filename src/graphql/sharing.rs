@@ -120,6 +120,8 @@ pub enum Notice {
 pub struct Subscriber {
     /// The operation's id on its socket.
     pub id: String,
+    /// The type of its socket's response messages: `next`, or the legacy protocol's `data`.
+    pub result_type: &'static str,
     pub wire: Wire,
     pub notices: mpsc::UnboundedSender<Notice>,
 }
@@ -218,7 +220,8 @@ impl Groups {
             }
         };
         let mut members = group.shard(number);
-        let prefix = format!(r#"{{"type":"next","id":{},"payload":"#, serde_json::Value::from(subscriber.id)).into();
+        let id = serde_json::Value::from(subscriber.id);
+        let prefix = format!(r#"{{"type":"{}","id":{id},"payload":"#, subscriber.result_type).into();
         let (wire, notices, joined_at) = (subscriber.wire, subscriber.notices, members.delivered);
         members.list.insert(number, Member { prefix, wire, behind: false, notices, joined_at });
         drop(members);
@@ -322,6 +325,17 @@ impl Group {
     }
 }
 
+impl Membership {
+    /// Sends this member's events through its socket's loop from now on (as for a member
+    /// behind), so that they wait while the loop checks the member's access again; an event
+    /// being written to the socket as this is called is written first.
+    pub fn hold(&self) {
+        if let Some(member) = self.group.shard(self.number).list.get_mut(&self.number) {
+            member.behind = true;
+        }
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.group.shard(self.number).list.remove(&self.number);
@@ -386,7 +400,7 @@ mod tests {
     ) -> Socket {
         let (wire, queue, frames) = testing::wire(taking, room);
         let (notices, notices_rx) = mpsc::unbounded_channel();
-        let subscriber = Subscriber { id: id.into(), wire: wire.clone(), notices };
+        let subscriber = Subscriber { id: id.into(), result_type: "next", wire: wire.clone(), notices };
         let membership = groups.join("key".into(), subscriber, own, lull);
         Socket { wire, queue, frames, notices: notices_rx, membership }
     }
@@ -604,6 +618,20 @@ mod tests {
         source.send(event(4)).unwrap();
         assert!(matches!(notice(&mut slow).await, Notice::Events { .. }));
         assert!(slow.queue.try_recv().is_err() && slow.frames.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_held_member_gets_events_through_its_socket_loop_and_the_others_straight() {
+        let groups = Arc::new(Groups::default());
+        let (source, mut a) = group(&groups, "a", true, 8);
+        let mut b = join(&groups, "b");
+        b.membership.hold();
+        source.send(event(1)).unwrap();
+        assert!(written(&mut a).await[0].contains(r#"{"n":1}"#));
+        let Notice::Events { events, member } = notice(&mut b).await else { panic!("not events") };
+        assert_eq!(member, b.membership.number);
+        assert!(texts(events)[0].contains(r#"{"n":1}"#));
+        assert!(b.frames.is_empty() && b.queue.try_recv().is_err(), "nothing went past its loop");
     }
 
     #[tokio::test]

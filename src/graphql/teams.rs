@@ -197,7 +197,7 @@ impl TeamsMutation {
             message: input.message,
             expected_version,
         };
-        teams::update(&state.db, &caller(ctx), &id, changes).await.map(Team).gql()
+        teams::update(&state.db, &state.caches, &caller(ctx), &id, changes).await.map(Team).gql()
     }
 
     /// Makes a new version equal to an old one (editors and owners).
@@ -221,7 +221,7 @@ impl TeamsMutation {
     /// Deletes a team and its memberships (owners); returns it as it was.
     async fn delete_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        teams::delete(&state.db, &caller(ctx), &id).await.map(Team).gql()
+        teams::delete(&state.db, &state.caches, &caller(ctx), &id).await.map(Team).gql()
     }
 
     /// Adds a user who has signed in before to a team (owners).
@@ -243,7 +243,10 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::update_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role).await.map(TeamMember).gql()
+        teams::update_member(&state.db, &state.caches, &caller(ctx), &team_id, &input.user_id, input.role)
+            .await
+            .map(TeamMember)
+            .gql()
     }
 
     /// Removes a member (owners), or leaves a team (anyone). The last owner cannot go.
@@ -254,7 +257,7 @@ impl TeamsMutation {
         user_id: ID,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::remove_member(&state.db, &caller(ctx), &team_id, &user_id).await.map(TeamMember).gql()
+        teams::remove_member(&state.db, &state.caches, &caller(ctx), &team_id, &user_id).await.map(TeamMember).gql()
     }
 }
 

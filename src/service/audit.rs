@@ -14,7 +14,7 @@ use crate::{auth::Principal, db, error::AppError, state::RequestMeta};
 mod logs;
 mod verify;
 
-pub use logs::{AuditResult, LogFilter, cursor, follow, list};
+pub use logs::{AuditResult, LogFilter, cursor, follow, list, may_follow};
 pub use verify::{Verification, verify, verify_as};
 
 /// The action names rows carry, and the mutation each belongs to.

@@ -21,6 +21,7 @@ use crate::{
         api_key::Scope,
         guard::{self, TeamRole, acting_user},
     },
+    cache::{Caches, Invalidation},
     db,
     error::{AppError, Problem},
 };
@@ -232,8 +233,10 @@ pub async fn list(
     Ok(page.page(rows))
 }
 
+/// Changes a team; making it private has the open subscriptions on it checked again.
 pub async fn update(
     db: &DatabaseConnection,
+    caches: &Caches,
     caller: &Caller,
     id: &str,
     changes: TeamChanges,
@@ -270,6 +273,8 @@ pub async fn update(
     let mut changed = serde_json::Map::new();
     let current = access.team.version;
     let new_spec = spec.filter(|spec| *spec != access.team.spec);
+    let made_private = changes.visibility == Some(Visibility::Private)
+        && Visibility::parse(&access.team.visibility) != Visibility::Private;
     let mut active: teams::ActiveModel = access.team.into();
     if let Some(spec) = new_spec {
         let author = caller.principal.user_id().unwrap_or_default().to_string();
@@ -299,6 +304,9 @@ pub async fn update(
     )
     .await?;
     txn.commit().await?;
+    if made_private {
+        caches.invalidate(Invalidation::TeamAccessChanged(id.to_string())).await;
+    }
     Ok(team)
 }
 
@@ -316,8 +324,14 @@ pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Resu
     Ok(team)
 }
 
-/// Deletes the team and its memberships; returns what it was.
-pub async fn delete(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
+/// Deletes the team and its memberships, ending every open subscription on it; returns what it
+/// was.
+pub async fn delete(
+    db: &DatabaseConnection,
+    caches: &Caches,
+    caller: &Caller,
+    id: &str,
+) -> Result<teams::Model, AppError> {
     let txn = db::begin_write(db).await?;
     lock(&txn, id).await?;
     let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
@@ -327,6 +341,7 @@ pub async fn delete(db: &DatabaseConnection, caller: &Caller, id: &str) -> Resul
     audit::allowed(&txn, caller, Entry::new(actions::TEAM_DELETE, "team", id.to_string()).team(id).changes(changes))
         .await?;
     txn.commit().await?;
+    caches.invalidate(Invalidation::TeamAccessChanged(id.to_string())).await;
     Ok(access.team)
 }
 
@@ -375,8 +390,10 @@ pub async fn add_member(
     Ok(member)
 }
 
+/// Gives a member another role; their open subscriptions on the team are checked again.
 pub async fn update_member(
     db: &DatabaseConnection,
+    caches: &Caches,
     caller: &Caller,
     team_id: &str,
     user_id: &str,
@@ -398,12 +415,15 @@ pub async fn update_member(
         .changes(json!({"role": {"from": before, "to": role.as_str()}}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    member_changed(caches, team_id, user_id).await;
     Ok(member)
 }
 
-/// Owners remove anyone; any member may leave. The last owner may do neither.
+/// Owners remove anyone; any member may leave. The last owner may do neither. The member's open
+/// subscriptions on the team end.
 pub async fn remove_member(
     db: &DatabaseConnection,
+    caches: &Caches,
     caller: &Caller,
     team_id: &str,
     user_id: &str,
@@ -427,7 +447,14 @@ pub async fn remove_member(
         .changes(json!({"userId": user_id, "role": member.role}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
+    member_changed(caches, team_id, user_id).await;
     Ok(member)
+}
+
+/// Has the member's open subscriptions on the team checked again, on every instance.
+async fn member_changed(caches: &Caches, team_id: &str, user_id: &str) {
+    let change = Invalidation::TeamMemberChanged { team_id: team_id.to_string(), user_id: user_id.to_string() };
+    caches.invalidate(change).await;
 }
 
 async fn membership<C: ConnectionTrait>(

@@ -144,6 +144,11 @@ fn seq_cursor(key: &str) -> Result<i64, AppError> {
     })
 }
 
+/// Whether the caller may follow a team's log: its owners and admins.
+pub async fn may_follow(db: &DatabaseConnection, caller: &Caller, team_id: &str) -> Result<(), AppError> {
+    guard::team(db, caller, team_id, TeamRole::Owner).await.map(drop)
+}
+
 /// A team's rows appended from now on, each once its transaction has committed, in `seq` order;
 /// for the team's owners (and admins), checked once here. `wake` hints that a transaction that
 /// may have appended has ended; without it the log is read every `POLL`.
@@ -153,7 +158,7 @@ pub async fn follow(
     team_id: &str,
     wake: watch::Receiver<()>,
 ) -> Result<impl Stream<Item = audit_logs::Model> + use<>, AppError> {
-    guard::team(db, caller, team_id, TeamRole::Owner).await?;
+    may_follow(db, caller, team_id).await?;
     let head = audit_head::Entity::find_by_id(1).one(db).await?.ok_or_else(|| AppError::internal("no audit_head"))?;
     let mut ticks = tokio::time::interval(POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,0 +1,72 @@
+//! A socket's operations on shared streams (see `sharing`): joining the stream shared under an
+//! operation's key once its resolver declared it shareable, and what the stream then says of it.
+
+use futures_util::StreamExt;
+
+use super::{Connection, Step};
+use crate::graphql::{
+    sharing::{Groups, Lull, Notice, Subscriber},
+    ws::SlowClient,
+};
+
+impl Connection {
+    /// Moves an operation whose resolver declared it shareable, and that has not answered yet,
+    /// from its own stream to the one shared under its key.
+    pub(super) fn share(&mut self, id: String, lull: Lull) {
+        let Some(operation) = self.operations.get_mut(&id).filter(|o| !o.answered) else {
+            return;
+        };
+        let Some(own) = self.streams.remove(&id) else {
+            return;
+        };
+        let payload = &operation.payload;
+        let key = Groups::key(&payload.query, payload.operation_name.as_deref(), payload.variables.as_ref());
+        let responses = own
+            .filter_map(|step| async move {
+                match step {
+                    Step::Response(_, response) => Some(*response),
+                    Step::Shareable(_) | Step::End => None,
+                }
+            })
+            .boxed();
+        let subscriber = Subscriber {
+            id,
+            result_type: self.protocol.result_type(),
+            wire: self.outbox.wire.clone(),
+            notices: self.notify.clone(),
+        };
+        operation.shared = Some(self.groups.join(key, subscriber, responses, lull));
+    }
+
+    /// What a shared stream says of one of this socket's operations; stale notices (of an
+    /// operation completed since) are ignored.
+    pub(super) async fn shared(&mut self, notice: Notice) -> Result<(), SlowClient> {
+        let member = match &notice {
+            Notice::Events { member, .. } | Notice::Ended { member, .. } => *member,
+        };
+        let Some(id) = self
+            .operations
+            .iter()
+            .find(|(_, o)| o.shared.as_ref().is_some_and(|m| m.number == member))
+            .map(|(id, _)| id.clone())
+        else {
+            return Ok(());
+        };
+        match notice {
+            Notice::Events { events, .. } => self.outbox.queue(events).await,
+            Notice::Ended { late: true, .. } => {
+                let Some(operation) = self.operations.get(&id) else {
+                    return Ok(());
+                };
+                let (own, recheck) = self.start(&operation.payload, false);
+                self.streams.insert(id.clone(), own);
+                if let Some(operation) = self.operations.get_mut(&id) {
+                    operation.shared = None;
+                    operation.recheck = recheck;
+                }
+                Ok(())
+            }
+            Notice::Ended { late: false, .. } => self.complete(id).await,
+        }
+    }
+}
