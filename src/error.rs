@@ -1,5 +1,5 @@
 //! One error type for the whole service, and the one place it becomes a GraphQL error
-//! with `extensions.code` (DESIGN §5). Internal causes are logged, never sent.
+//! with `extensions.code` (docs/transport.md). Internal causes are logged, never sent.
 
 use async_graphql::ErrorExtensions;
 use serde::Serialize;
@@ -27,6 +27,31 @@ impl Problem {
     }
 }
 
+/// The problem in words: `spec.agents[0].model: unknown provider "mistral" — …`, with the line
+/// and column when it has them.
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a `BAD_USER_INPUT` error says: its own sentence when it has one, else its first
+/// problem in words and how many more there are (client libraries show only the message).
+fn bad_input_message(message: &str, problems: &[Problem]) -> String {
+    match problems {
+        [first, ..] if message.is_empty() => match problems.len() - 1 {
+            0 => first.to_string(),
+            1 => format!("{first} (and 1 more problem)"),
+            more => format!("{first} (and {more} more problems)"),
+        },
+        _ => message.to_string(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
@@ -35,7 +60,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{message}")]
+    /// Input the caller must fix. With an empty `message` the answer's message is the first
+    /// problem in words (see [`AppError::invalid`]).
+    #[error("{}", bad_input_message(message, problems))]
     BadUserInput { message: String, problems: Vec<Problem> },
     #[error("{0}")]
     Conflict(String),
@@ -51,6 +78,18 @@ pub enum AppError {
 impl AppError {
     pub fn bad_input(message: impl Into<String>) -> Self {
         Self::BadUserInput { message: message.into(), problems: Vec::new() }
+    }
+
+    /// Input refused for `problems` (at least one): the message is the first of them in words,
+    /// even after their paths are moved under another (`input.…`); all are in
+    /// `extensions.problems`.
+    pub fn invalid(problems: Vec<Problem>) -> Self {
+        Self::BadUserInput { message: String::new(), problems }
+    }
+
+    /// [`AppError::invalid`] when there are problems, `Ok` otherwise.
+    pub fn refuse(problems: Vec<Problem>) -> Result<(), Self> {
+        if problems.is_empty() { Ok(()) } else { Err(Self::invalid(problems)) }
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -117,6 +156,17 @@ impl ErrorExtensions for AppError {
     }
 }
 
+impl AppError {
+    /// This error as one of the request as a whole: no `path`, and no `locations` (an error
+    /// that is about no place in the document has none, rather than line 0).
+    pub fn request_error(&self) -> async_graphql::ServerError {
+        let error = self.extend();
+        let mut server_error = async_graphql::ServerError::new(error.message, None);
+        server_error.extensions = error.extensions;
+        server_error
+    }
+}
+
 /// `result.gql()?` in a resolver: the error keeps its `extensions.code`.
 pub trait GqlResultExt<T> {
     fn gql(self) -> async_graphql::Result<T>;
@@ -141,13 +191,37 @@ mod tests {
     }
 
     #[test]
+    fn a_request_error_has_no_locations() {
+        let error = AppError::Unauthenticated("The token has expired.".into()).request_error();
+        let json = serde_json::to_value(&error).unwrap();
+        assert!(json.get("locations").is_none(), "{json}");
+        assert_eq!(json["extensions"]["code"], "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn bad_input_says_its_first_problem_in_words() {
+        let one = AppError::invalid(vec![Problem::new("spec.agents[0].model", "unknown provider \"mistral\"")]);
+        assert_eq!(one.extend().message, "spec.agents[0].model: unknown provider \"mistral\"");
+        let three = AppError::invalid(vec![
+            Problem::new("name", "must be 1 to 100 characters").at(1, 2),
+            Problem::new("b", "y"),
+            Problem::new("c", "z"),
+        ]);
+        assert_eq!(
+            three.extend().message,
+            "name: must be 1 to 100 characters (line 1, column 2) (and 2 more problems)"
+        );
+        let own =
+            AppError::BadUserInput { message: "Version 3 is current.".into(), problems: vec![Problem::new("a", "x")] };
+        assert_eq!(own.extend().message, "Version 3 is current.", "a sentence of its own is kept");
+    }
+
+    #[test]
     fn bad_input_lists_every_problem() {
-        let err = AppError::BadUserInput {
-            message: "2 problems".into(),
-            problems: vec![Problem::new("a", "x"), Problem::new("b", "y")],
-        }
-        .extend();
-        let value = async_graphql::Response::from_errors(vec![err.into_server_error(async_graphql::Pos::default())]);
+        let err = AppError::invalid(vec![Problem::new("a", "x"), Problem::new("b", "y")]).extend();
+        let value = async_graphql::Response::from_errors(vec![
+            err.into_server_error(async_graphql::Pos { line: 1, column: 1 }),
+        ]);
         let json = serde_json::to_value(&value).unwrap();
         let ext = &json["errors"][0]["extensions"];
         assert_eq!(ext["code"], "BAD_USER_INPUT");

@@ -176,6 +176,13 @@ async fn imports_refuse_what_they_cannot_read() {
 
     let (_, body) = app.gql_as(&owner, IMPORT, json!({"doc": "not an object"})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT");
+    assert_eq!(body["errors"][0]["message"], "document: must be a JSON object", "{body}");
+
+    let mut elsewhere = document.clone();
+    elsewhere["spec"]["agents"][0]["model"] = json!("mistral/large");
+    let (_, body) = app.gql_as(&owner, IMPORT, json!({"doc": elsewhere})).await;
+    let unknown = "spec.agents[0].model: unknown provider \"mistral\" — set ENSEMBLE_PROVIDER_MISTRAL_BASE_URL";
+    assert_eq!(body["errors"][0]["message"], unknown, "the first problem in words: {body}");
 
     let mut older = document.clone();
     older.as_object_mut().unwrap().remove("minor");

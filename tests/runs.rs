@@ -230,6 +230,16 @@ async fn bad_inputs_are_refused_and_store_nothing() {
     assert_eq!(ok["status"], "SUCCEEDED", "{ok}");
 }
 
+/// Apollo Client and urql show an error's `message` only: it says the first problem in words.
+#[tokio::test]
+async fn a_refused_run_says_its_first_problem_in_the_message() {
+    let app = TestApp::spawn().await;
+    let (token, team) = team(&app, spec()).await;
+    let (_, body) = app.gql_as(&token, RUN, json!({"team": team, "input": {"content": " ", "variables": [1]}})).await;
+    assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["message"], "input.content: must not be empty (and 1 more problem)", "{body}");
+}
+
 #[tokio::test]
 async fn a_run_that_asks_for_an_agent_skips_routing() {
     let app = TestApp::spawn().await;

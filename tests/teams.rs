@@ -56,6 +56,26 @@ async fn bad_team_input_lists_every_problem_and_creates_nothing() {
     assert_eq!(list["data"]["teams"]["nodes"], json!([]));
 }
 
+/// Apollo Client and urql show an error's `message` only: it says the first problem in words.
+#[tokio::test]
+async fn a_refused_team_says_its_first_problem_in_the_message() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let mistral = json!({"format": "ensemble.team/v1", "agents": [{"name": "a", "model": "mistral/large"}]});
+    let unknown = "spec.agents[0].model: unknown provider \"mistral\" — set ENSEMBLE_PROVIDER_MISTRAL_BASE_URL";
+    let body = create(&app, &owner, json!({"name": "Mistral", "spec": mistral})).await;
+    assert_eq!(body["errors"][0]["message"], unknown, "{body}");
+    assert_eq!(problem_paths(&body), ["spec.agents[0].model"], "the list is still there");
+
+    let body = create(&app, &owner, json!({"name": " ", "description": "d".repeat(2001), "spec": [1, 2]})).await;
+    assert_eq!(body["errors"][0]["message"], "name: must be 1 to 100 characters (and 2 more problems)", "{body}");
+
+    let id = create(&app, &owner, json!({"name": "Fine"})).await["data"]["createTeam"]["id"].clone();
+    let update = "mutation($id: ID!, $spec: JSON) { updateTeam(id: $id, input: {spec: $spec}) { version } }";
+    let (_, body) = app.gql_as(&owner, update, json!({"id": id, "spec": mistral})).await;
+    assert_eq!(body["errors"][0]["message"], unknown, "{body}");
+}
+
 #[tokio::test]
 async fn teams_lists_your_teams_newest_first_page_by_page() {
     let app = TestApp::spawn().await;

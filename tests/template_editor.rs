@@ -201,6 +201,31 @@ async fn validation_lists_every_problem_with_its_place_and_saves_nothing() {
     assert_eq!(saved, 0);
 }
 
+/// Apollo Client and urql show an error's `message` only: it says the first problem in words,
+/// under the path the caller knows it by.
+#[tokio::test]
+async fn refused_saves_and_instantiations_say_their_first_problem_in_the_message() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let input = json!({"kind": "QUERY", "name": " ", "category": "nope", "body": {}});
+    let (_, body) = app.gql_as(&alice, &create_doc(), json!({"input": input})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("input.name: ") && message.ends_with(" more problems)"), "{body}");
+
+    let spec = json!({"format": "ensemble.team/v1",
+        "agents": [{"name": "support", "model": "local/echo", "systemPrompt": "You help customers of {{ company }}."}]});
+    let template = json!({"kind": "TEAM", "name": "Helpdesk", "body": spec,
+        "variables": [{"name": "company", "type": "string", "required": true}]});
+    let id = must(&app, &alice, &create_doc(), json!({"input": template})).await["createTemplate"]["id"].clone();
+    let instantiate =
+        "mutation($id: ID!, $input: InstantiateTemplateInput!) { instantiateTemplate(id: $id, input: $input) { id } }";
+    let (_, body) = app.gql_as(&alice, instantiate, json!({"id": id, "input": {"name": "Desk"}})).await;
+    assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("variables.company: "), "{body}");
+    let input = json!({"name": " ", "variables": {"company": "Acme"}});
+    let (_, body) = app.gql_as(&alice, instantiate, json!({"id": id, "input": input})).await;
+    assert_eq!(body["errors"][0]["message"], "input.name: must be 1 to 100 characters", "{body}");
+}
+
 #[tokio::test]
 async fn renders_name_every_bad_variable_and_stop_runaway_loops() {
     let app = TestApp::spawn().await;

@@ -1,4 +1,4 @@
-//! GraphQL over HTTP: the transport rules and request limits of DESIGN §11.
+//! GraphQL over HTTP: the transport rules and request limits of docs/transport.md.
 
 mod common;
 
@@ -289,15 +289,13 @@ async fn introspection_works_in_development() {
 }
 
 #[tokio::test]
-async fn an_int_literal_beyond_i32_is_bad_user_input() {
+async fn an_int_literal_beyond_32_bits_is_a_validation_error_on_a_websocket_too() {
     let app = TestApp::spawn().await;
     let mut ws = common::WsClient::acked(app.addr).await;
     ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { heartbeat(intervalSeconds: 3000000000) { seq } }"}})).await;
     let message = ws.next_json().await;
-    let code = message["payload"][0]["extensions"]["code"]
-        .as_str()
-        .or(message["payload"]["errors"][0]["extensions"]["code"].as_str());
-    assert_eq!(code, Some("BAD_USER_INPUT"), "{message}");
+    assert_eq!(message["type"], "error", "refused before it runs: {message}");
+    assert_eq!(message["payload"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED", "{message}");
     assert!(message.to_string().contains("2147483647"), "says the range: {message}");
 }
 
@@ -404,4 +402,165 @@ async fn responses_are_compressed_when_asked() {
         .await
         .unwrap();
     assert_eq!(response.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+}
+
+/// POSTs `body` asking for `application/graphql-response+json`; answers the status and JSON.
+async fn post_graphql_response(app: &TestApp, body: &Value) -> (u16, Value) {
+    let request = app.client.post(app.url("/graphql")).header("accept", "application/graphql-response+json");
+    let response = request.json(body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_request_that_fails_before_execution_has_no_data_entry_for_graphql_response_clients() {
+    let app = TestApp::spawn().await;
+    for (query, code) in [("{ nope }", "GRAPHQL_VALIDATION_FAILED"), ("{ serverInfo {", "GRAPHQL_PARSE_FAILED")] {
+        let (status, body) = post_graphql_response(&app, &json!({"query": query})).await;
+        assert_eq!((status, first_code(&body)), (400, code), "{body}");
+        assert!(body.get("data").is_none(), "no data entry: {body}");
+    }
+    let (status, body) = post_graphql_response(&app, &json!({"query": "query A { nope }", "operationName": "B"})).await;
+    assert!(status == 400 && body.get("data").is_none(), "{body}");
+
+    // An error while executing keeps `data` (null here: `team` is non-null), with a 200.
+    let (status, body) = post_graphql_response(&app, &json!({"query": "{ team(id: \"nope\") { id } }"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("data").is_some_and(Value::is_null), "{body}");
+
+    // Legacy `application/json` clients still get `"data": null`.
+    let (_, body) = app.post_json(&json!({"query": "{ nope }"})).await;
+    assert!(body.get("data").is_some_and(Value::is_null), "{body}");
+}
+
+#[tokio::test]
+async fn no_error_has_a_location_at_line_zero() {
+    let app = TestApp::spawn().await;
+    let response = app.client.post(app.url("/graphql")).bearer_auth("not-a-jwt").json(&json!({"query": INFO}));
+    let response = response.send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(first_code(&body), "UNAUTHENTICATED", "{body}");
+    assert!(body["errors"][0].get("locations").is_none(), "{body}");
+
+    let limited = TestApp::spawn_with(|c| {
+        c.rate_limit_per_minute = 1;
+        c.rate_limit_burst = 1;
+    })
+    .await;
+    limited.gql(INFO, json!({})).await;
+    let body = limited.gql(INFO, json!({})).await;
+    assert_eq!(first_code(&body), "RATE_LIMITED", "{body}");
+    assert!(body["errors"][0].get("locations").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn an_answer_lists_at_most_a_hundred_errors_and_says_how_many_were_left_out() {
+    let app = TestApp::spawn().await;
+    let unused: Vec<String> = (0..40_000).map(|i| format!("$v{i}: Int")).collect();
+    let query = format!("query({}) {{ __typename }}", unused.join(", "));
+    let response = app.post_body("application/json", json!({"query": query}).to_string()).await;
+    let text = response.text().await.unwrap();
+    assert!(text.len() < 50_000, "the answer is {} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 101, "{}", errors[100]);
+    assert_eq!(errors[0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
+    assert_eq!(errors[100]["message"], "39900 more errors were left out: an answer lists at most 100.");
+    assert_eq!(errors[100]["extensions"]["leftOut"], 39_900);
+}
+
+/// Three operations of 200 complexity points (two rate-limit units) each, as a README block
+/// pasted into GraphiQL holds several.
+const THREE_OPERATIONS: &str = "query A { teams(first: 100) { edges { cursor } } } \
+    query B { teams(first: 100) { edges { cursor } } } \
+    query C { teams(first: 100) { edges { cursor } } ...Info } \
+    fragment Info on Query { serverInfo { version } }";
+
+#[tokio::test]
+async fn the_rate_limit_charges_only_the_operation_that_runs() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_minute = 1;
+        c.rate_limit_burst = 4;
+    })
+    .await;
+    let token = app.token("user_paster", ensemble::auth::GlobalRole::Member);
+    let run_a = json!({"query": THREE_OPERATIONS, "operationName": "A"});
+    for attempt in 1..=2 {
+        let response = app.client.post(app.url("/graphql")).bearer_auth(&token).json(&run_a).send().await.unwrap();
+        let body: Value = response.json().await.unwrap();
+        assert!(body.get("errors").is_none(), "run {attempt} costs 2 of 4 units: {body}");
+    }
+    let response = app.client.post(app.url("/graphql")).bearer_auth(&token).json(&run_a).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(first_code(&body), "RATE_LIMITED", "the allowance is spent: {body}");
+}
+
+#[tokio::test]
+async fn the_complexity_limit_measures_the_operation_that_runs() {
+    let app = TestApp::spawn_with(|c| c.limits.complexity = 300).await;
+    let token = app.token("user_paster", ensemble::auth::GlobalRole::Member);
+    let (_, body) = app.post_json(&json!({"query": THREE_OPERATIONS, "operationName": "B"})).await;
+    assert_ne!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "600 points in all, 200 run: {body}");
+    let run_c = json!({"query": THREE_OPERATIONS, "operationName": "C"});
+    let response = app.client.post(app.url("/graphql")).bearer_auth(&token).json(&run_c).send().await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert!(body.get("errors").is_none(), "C's fragment is kept and not reported unused elsewhere: {body}");
+    assert!(body["data"]["serverInfo"]["version"].is_string(), "{body}");
+    let one = json!({"query": "query D { teams(first: 100) { edges { cursor node { id name slug } } } }"});
+    let (_, body) = app.post_json(&one).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "one operation over the limit still is: {body}");
+}
+
+#[tokio::test]
+async fn an_int_literal_beyond_32_bits_is_a_validation_error_and_nothing_runs() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_ints", ensemble::auth::GlobalRole::Member);
+    let both = "mutation { a: createTeam(input: {name: \"Made\"}) { id } \
+                b: rollbackTeam(teamId: \"team_x\", version: 3000000000) { id } }";
+    let (_, body) = app.gql_as(&token, both, json!({})).await;
+    assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "The value 3000000000 of argument \"version\" of \"rollbackTeam\" is outside Int's range (-2147483648 to 2147483647).",
+    );
+    assert_eq!(body["errors"][0]["locations"], json!([{"line": 1, "column": 90}]), "{body}");
+    let (_, teams) = app.gql_as(&token, "{ teams { nodes { id } } }", json!({})).await;
+    assert_eq!(teams["data"]["teams"]["nodes"], json!([]), "the first field did not run: {teams}");
+
+    let (status, body) =
+        post_graphql_response(&app, &json!({"query": "{ teams(first: -3000000000) { nodes { id } } }"})).await;
+    assert_eq!((status, first_code(&body)), (400, "GRAPHQL_VALIDATION_FAILED"), "{body}");
+}
+
+#[tokio::test]
+async fn a_variable_that_does_not_fit_its_type_is_bad_user_input_naming_it() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_ints", ensemble::auth::GlobalRole::Member);
+    let teams = "query($n: Int) { teams(first: $n) { nodes { id } } }";
+    let (_, body) = app.gql_as(&token, teams, json!({"n": 3_000_000_000_u64})).await;
+    assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "variables.n: 3000000000 is outside Int's range (-2147483648 to 2147483647)"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["problems"][0]["path"], "variables.n");
+    let (status, body) =
+        post_graphql_response(&app, &json!({"query": teams, "variables": {"n": 3_000_000_000_u64}})).await;
+    assert!(status == 400 && body.get("data").is_none(), "refused before execution: {status} {body}");
+
+    let create = "mutation($input: CreateTeamInput!) { createTeam(input: $input) { id } }";
+    let cases = [
+        (json!({"input": {"name": 5}}), "variables.input.name: must be a String, not 5"),
+        (json!({"input": {}}), "variables.input.name: is required (a String!)"),
+        (json!({"input": {"name": "x", "visibility": "SECRET"}}), "variables.input.visibility: must be one of"),
+        (json!({"input": {"name": "x", "colour": "red"}}), "variables.input.colour: is not a field of CreateTeamInput"),
+        (json!({}), "variables.input: is required (a CreateTeamInput!) and was not given"),
+    ];
+    for (variables, message) in cases {
+        let (_, body) = app.gql_as(&token, create, variables.clone()).await;
+        assert_eq!(first_code(&body), "BAD_USER_INPUT", "{variables}: {body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().starts_with(message), "{variables}: {body}");
+    }
+    let (_, listed) = app.gql_as(&token, "{ teams { nodes { id } } }", json!({})).await;
+    assert_eq!(listed["data"]["teams"]["nodes"], json!([]), "nothing was created: {listed}");
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
+    answers::warn_missing_keys,
     caller,
     rest::{RestCaller, RestError, bad_parameter},
     teams::Team,
@@ -51,6 +52,7 @@ impl ExportsMutation {
     ) -> async_graphql::Result<ImportTeamResult> {
         let state = ctx.data::<AppState>()?;
         let imported = exports::import(&state.db, &caller(ctx), &document, name).await.gql()?;
+        warn_missing_keys(ctx, &imported.team.spec);
         Ok(ImportTeamResult { team: Team(imported.team), warnings: imported.warnings })
     }
 }

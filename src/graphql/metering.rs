@@ -1,16 +1,17 @@
 //! Every operation counts against its principal's usage, and is charged to its rate limit by
 //! its complexity once validation has measured it (`RATE_LIMITED` with `retryAfter` when over).
+//! Only the operation that runs is measured, not every operation of the document.
 //! An operation streamed over a websocket counts as an open subscription while it streams.
 
 use std::sync::Arc;
 
 use async_graphql::{
-    ErrorExtensions, Pos, Response, ServerError, ValidationResult,
-    extensions::{Extension, ExtensionContext, ExtensionFactory, NextSubscribe, NextValidation},
+    Request, Response, ServerError, ServerResult, ValidationResult,
+    extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextSubscribe, NextValidation},
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::sharing::CountedBySocket;
+use super::{operation, sharing::CountedBySocket};
 use crate::{
     auth::Principal,
     error::AppError,
@@ -49,6 +50,27 @@ impl Extension for Metering {
             .boxed()
     }
 
+    /// Once the document is parsed (by the limits, after their lexical check), a document of
+    /// several operations is cut down to the one that runs: only that one is validated,
+    /// measured and charged.
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let mut request = next.run(ctx, request).await?;
+        let name = request.operation_name.clone();
+        if let Ok(doc) = request.parsed_query()
+            && operation::has_others(doc, name.as_deref())
+        {
+            let mut doc = doc.clone();
+            operation::keep_selected(&mut doc, name.as_deref());
+            request.set_parsed_query(doc);
+        }
+        Ok(request)
+    }
+
     async fn validation(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -63,7 +85,7 @@ impl Extension for Metering {
         let ip = ctx.data_opt::<RequestMeta>().and_then(|m| m.ip.as_deref());
         match charge(state, principal, ip, result.complexity).await {
             Ok(()) => Ok(result),
-            Err(err) => Err(vec![err.extend().into_server_error(Pos::default())]),
+            Err(err) => Err(vec![err.request_error()]),
         }
     }
 }

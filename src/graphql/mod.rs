@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod answers;
 pub mod api_keys;
 pub mod audit;
 pub mod backups;
@@ -10,10 +11,12 @@ pub mod conversations;
 pub mod denials;
 pub mod estimates;
 pub mod exports;
+pub mod inputs;
 pub mod limits;
 pub mod loaders;
 pub mod metering;
 pub mod names;
+pub mod operation;
 pub mod rechecks;
 pub mod rest;
 pub mod runs;
@@ -90,6 +93,7 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
         .extension(Tracing)
         .extension(denials::AuditDenials)
         .extension(metering::Metering)
+        .extension(answers::Answers)
         // Depth is checked by `RequestLimits`, which measures introspection apart.
         .extension(limits::RequestLimits::new(limits, !config.is_production(), metrics))
         .limit_complexity(limits.complexity)

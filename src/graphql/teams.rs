@@ -10,6 +10,7 @@ use entity::{team_members, teams as rows};
 use serde_json::Value;
 
 use super::{
+    answers::warn_missing_keys,
     caller, connection,
     loaders::{Loaders, int_argument, node_fields, nodes_select},
     principal,
@@ -177,7 +178,9 @@ impl TeamsMutation {
             visibility: input.visibility,
             spec: input.spec.map(|s| s.0),
         };
-        teams::create(&state.db, &caller(ctx), new).await.map(Team).gql()
+        let team = teams::create(&state.db, &caller(ctx), new).await.gql()?;
+        warn_missing_keys(ctx, &team.spec);
+        Ok(Team(team))
     }
 
     /// Renames or redescribes a team (editors and owners). A stale `expectedVersion` is CONFLICT.
@@ -189,6 +192,7 @@ impl TeamsMutation {
         expected_version: Option<i32>,
     ) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
+        let spec_changed = input.spec.is_some();
         let changes = TeamChanges {
             name: input.name,
             description: input.description,
@@ -197,7 +201,11 @@ impl TeamsMutation {
             message: input.message,
             expected_version,
         };
-        teams::update(&state.db, &state.caches, &caller(ctx), &id, changes).await.map(Team).gql()
+        let team = teams::update(&state.db, &state.caches, &caller(ctx), &id, changes).await.gql()?;
+        if spec_changed {
+            warn_missing_keys(ctx, &team.spec);
+        }
+        Ok(Team(team))
     }
 
     /// Makes a new version equal to an old one (editors and owners).
@@ -209,7 +217,9 @@ impl TeamsMutation {
         message: Option<String>,
     ) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        versions::rollback(&state.db, &caller(ctx), &team_id, version, message).await.map(Team).gql()
+        let team = versions::rollback(&state.db, &caller(ctx), &team_id, version, message).await.gql()?;
+        warn_missing_keys(ctx, &team.spec);
+        Ok(Team(team))
     }
 
     /// Archives a team (owners): it stays readable.

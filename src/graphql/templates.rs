@@ -12,6 +12,7 @@ use entity::{template_categories, template_versions, templates as rows};
 use serde_json::Value;
 
 use super::{
+    answers::warn_missing_keys,
     caller, connection,
     loaders::{Loaders, nodes_select},
     teams::Team,
@@ -207,7 +208,9 @@ impl TemplatesMutation {
         input: InstantiateTemplateInput,
     ) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        state.templates.instantiate(&caller(ctx), &id, input.into()).await.map(Team).gql()
+        let team = state.templates.instantiate(&caller(ctx), &id, input.into()).await.gql()?;
+        warn_missing_keys(ctx, &team.spec);
+        Ok(Team(team))
     }
 
     /// A new category (admins). The slug comes from the name unless given; a taken slug is

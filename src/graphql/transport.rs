@@ -1,7 +1,7 @@
-//! GraphQL over HTTP (DESIGN §11): POST with a JSON body, GET for queries only, GraphiQL for a
+//! GraphQL over HTTP (docs/transport.md): POST with a JSON body, GET for queries only, GraphiQL for a
 //! browser. Transport failures answer with a GraphQL error body and a fitting status.
 
-use async_graphql::{BatchRequest, BatchResponse, ErrorExtensions, ServerError, parser::types::OperationType};
+use async_graphql::{BatchRequest, BatchResponse, ServerError, parser::types::OperationType};
 use axum::{
     body::{Body, Bytes},
     extract::{ConnectInfo, Query, State},
@@ -241,12 +241,11 @@ impl ResponseMedia {
                 if let Ok(value) = HeaderValue::from_str(&retry) {
                     extra.insert(header::RETRY_AFTER, value);
                 }
-            } else if self.graphql_response && r.data == async_graphql::Value::Null && !r.errors.is_empty() {
+            } else if self.graphql_response && failed_before_execution(r) {
                 status = StatusCode::BAD_REQUEST;
             }
         }
-        let body = serde_json::to_vec(&response).unwrap_or_default();
-        let mut res = (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
+        let mut res = (status, [(header::CONTENT_TYPE, self.content_type())], self.body(&response)).into_response();
         res.headers_mut().extend(extra);
         res
     }
@@ -257,8 +256,7 @@ impl ResponseMedia {
             AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let error = err.extend().into_server_error(async_graphql::Pos::default());
-        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error])).unwrap_or_default();
+        let body = self.body(&BatchResponse::Single(async_graphql::Response::from_errors(vec![err.request_error()])));
         let mut response = (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -268,7 +266,55 @@ impl ResponseMedia {
 
     fn failure(self, status: StatusCode, code: &str, message: &str) -> Response {
         let error = limits::with_code(ServerError::new(message, None), code);
-        let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error])).unwrap_or_default();
+        let body = self.body(&BatchResponse::Single(async_graphql::Response::from_errors(vec![error])));
         (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response()
+    }
+
+    /// The answer's JSON. A graphql-response+json answer to a request that failed before
+    /// execution has no `data` entry, as the GraphQL-over-HTTP spec asks; `application/json`
+    /// clients get `"data": null` as before.
+    fn body(self, response: &BatchResponse) -> Vec<u8> {
+        let item = |r| {
+            if self.graphql_response && failed_before_execution(r) {
+                Item::Refused(r.into())
+            } else {
+                Item::Executed(r)
+            }
+        };
+        let written = match response {
+            BatchResponse::Single(r) => serde_json::to_vec(&item(r)),
+            BatchResponse::Batch(list) => serde_json::to_vec(&list.iter().map(item).collect::<Vec<_>>()),
+        };
+        written.unwrap_or_default()
+    }
+}
+
+/// Whether a response answers a request that failed before execution: no data, and only errors
+/// of the request as a whole (an execution error has a path).
+fn failed_before_execution(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty())
+}
+
+/// One response as written.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Item<'a> {
+    Executed(&'a async_graphql::Response),
+    Refused(Refused<'a>),
+}
+
+/// A response to a request that failed before execution: no `data` entry.
+#[derive(serde::Serialize)]
+struct Refused<'a> {
+    errors: &'a [ServerError],
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    extensions: &'a std::collections::BTreeMap<String, async_graphql::Value>,
+}
+
+impl<'a> From<&'a async_graphql::Response> for Refused<'a> {
+    fn from(response: &'a async_graphql::Response) -> Self {
+        Self { errors: &response.errors, extensions: &response.extensions }
     }
 }

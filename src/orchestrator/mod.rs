@@ -11,6 +11,89 @@ pub mod tokens;
 /// Whether `provider/…` models can be reached: the offline `local`, OpenAI, or a provider
 /// configured with `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`.
 pub fn known_provider(name: &str) -> bool {
-    matches!(name, "local" | "openai")
-        || std::env::var(format!("ENSEMBLE_PROVIDER_{}_BASE_URL", name.to_ascii_uppercase())).is_ok()
+    matches!(name, "local" | "openai") || std::env::var(providers::openai::base_url_variable(name)).is_ok()
+}
+
+/// The variable to set for `provider`'s API key, when the provider is configured without one
+/// (`local` needs none; an unknown provider is the spec's problem, not this).
+pub fn missing_key(provider: &str) -> Option<String> {
+    let endpoints = providers::openai::endpoints_from_env();
+    let (_, endpoint) = endpoints.into_iter().find(|(name, _)| name == provider)?;
+    endpoint.api_key.is_none().then_some(endpoint.key_variable)
+}
+
+/// A provider a spec's agents use that has no API key configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingKey {
+    /// Where the spec first uses it: `spec.agents[0].model`.
+    pub path: String,
+    pub provider: String,
+    /// The variable to set: `OPENAI_API_KEY`, `ENSEMBLE_PROVIDER_<NAME>_API_KEY`.
+    pub variable: String,
+}
+
+impl std::fmt::Display for MissingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: provider \"{}\" has no API key configured; set {} if it needs one, or its runs will fail",
+            self.path, self.provider, self.variable
+        )
+    }
+}
+
+/// One [`MissingKey`] per provider of a (valid) spec's agents that has no API key configured.
+pub fn missing_keys(spec: &serde_json::Value) -> Vec<MissingKey> {
+    missing_keys_with(spec, &missing_key)
+}
+
+/// [`missing_keys`] with `missing_key` saying which variable a provider lacks.
+fn missing_keys_with(spec: &serde_json::Value, missing_key: &dyn Fn(&str) -> Option<String>) -> Vec<MissingKey> {
+    let agents = spec.get("agents").and_then(serde_json::Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    let mut missing = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let model = agent.get("model").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let Some((provider, _)) = model.split_once('/') else { continue };
+        if !seen.insert(provider) {
+            continue;
+        }
+        if let Some(variable) = missing_key(provider) {
+            let path = format!("spec.agents[{i}].model");
+            missing.push(MissingKey { path, provider: provider.to_owned(), variable });
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn each_keyless_provider_is_named_once_where_the_spec_first_uses_it() {
+        let spec = json!({"agents": [
+            {"name": "a", "model": "local/echo"},
+            {"name": "b", "model": "acme/big"},
+            {"name": "c", "model": "openai/gpt-4o-mini"},
+            {"name": "d", "model": "acme/small"}
+        ]});
+        let keyless = |provider: &str| (provider == "acme").then(|| "ENSEMBLE_PROVIDER_ACME_API_KEY".to_owned());
+        let missing = missing_keys_with(&spec, &keyless);
+        assert_eq!(
+            missing,
+            [MissingKey {
+                path: "spec.agents[1].model".into(),
+                provider: "acme".into(),
+                variable: "ENSEMBLE_PROVIDER_ACME_API_KEY".into()
+            }]
+        );
+        assert_eq!(
+            missing[0].to_string(),
+            "spec.agents[1].model: provider \"acme\" has no API key configured; set ENSEMBLE_PROVIDER_ACME_API_KEY \
+             if it needs one, or its runs will fail"
+        );
+    }
 }

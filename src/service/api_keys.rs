@@ -74,12 +74,7 @@ pub async fn create_with(
     if new.daily_cost_budget_usd.is_some_and(|usd| !(usd >= 0.0 && usd.is_finite())) {
         problems.push(Problem::new("dailyCostBudgetUsd", "must not be negative"));
     }
-    if !problems.is_empty() {
-        return Err(AppError::BadUserInput {
-            message: format!("{} problem(s) with the key", problems.len()),
-            problems,
-        });
-    }
+    AppError::refuse(problems)?;
     let txn = db::begin_write(db).await?;
     if let Some(team_id) = &new.team_id {
         guard::team(&txn, caller, team_id, TeamRole::Viewer).await?;

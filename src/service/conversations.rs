@@ -27,7 +27,7 @@ pub struct Thread {
 }
 
 fn bad(path: &str, message: &str) -> AppError {
-    AppError::BadUserInput { message: message.to_string(), problems: vec![Problem::new(path, message)] }
+    AppError::invalid(vec![Problem::new(path, message)])
 }
 
 fn check_title(title: &str) -> Result<String, AppError> {

@@ -62,10 +62,7 @@ pub async fn import(
     document: &Value,
     name: Option<String>,
 ) -> Result<Imported, AppError> {
-    let refuse = |path: &str, message: String| AppError::BadUserInput {
-        message: message.clone(),
-        problems: vec![Problem::new(path, message)],
-    };
+    let refuse = |path: &str, message: String| AppError::invalid(vec![Problem::new(path, message)]);
     let doc = document.as_object().ok_or_else(|| refuse("document", "must be a JSON object".into()))?;
     let format = doc.get("format").and_then(Value::as_str).unwrap_or_default();
     let major = format

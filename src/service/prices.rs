@@ -136,8 +136,5 @@ fn check(price: &NewPrice) -> Result<(), AppError> {
     if price.context_window.is_some_and(|w| w < 1) {
         problems.push(Problem::new("contextWindow", "must be at least 1 token"));
     }
-    match problems.len() {
-        0 => Ok(()),
-        n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the price"), problems }),
-    }
+    AppError::refuse(problems)
 }

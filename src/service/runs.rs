@@ -268,10 +268,7 @@ impl Runner {
             input.parent_message_id.as_deref(),
         )
         .await?;
-        let spec = prompts::render(&spec, &variables).map_err(|problems| AppError::BadUserInput {
-            message: format!("{} problem(s) with the run's variables", problems.len()),
-            problems,
-        })?;
+        let spec = prompts::render(&spec, &variables).map_err(AppError::invalid)?;
         let route = match &input.agent {
             Some(agent) => asked_for(&spec, agent)?,
             None => routing::route(&spec, &input.content, &variables),
@@ -335,10 +332,7 @@ impl Runner {
                 format!("are {variables_bytes} bytes as JSON; the limit is {}", self.config.max_input_bytes),
             ));
         }
-        match problems.len() {
-            0 => Ok(variables),
-            n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the run input"), problems }),
-        }
+        AppError::refuse(problems).map(|()| variables)
     }
 
     /// The version to run and its parsed spec: the pinned one, else the current one.
@@ -364,7 +358,9 @@ impl Runner {
                 .spec
         };
         let spec = spec::parse(&document, &orchestrator::known_provider).map_err(|problems| {
-            AppError::BadUserInput { message: format!("Version {version} of the team's spec is not valid."), problems }
+            let first = problems.first().map(ToString::to_string).unwrap_or_default();
+            let message = format!("Version {version} of the team's spec is not valid: {first}");
+            AppError::BadUserInput { message, problems }
         })?;
         Ok(Arc::new(spec))
     }

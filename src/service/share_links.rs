@@ -48,12 +48,7 @@ pub async fn create(
     }
     let txn = db::begin_write(db).await?;
     guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
-    if !problems.is_empty() {
-        return Err(AppError::BadUserInput {
-            message: format!("{} problem(s) with the link", problems.len()),
-            problems,
-        });
-    }
+    AppError::refuse(problems)?;
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     let token = format!("ens_share_{}", hex::encode(secret));

@@ -87,10 +87,7 @@ fn check_description(description: Option<&str>, problems: &mut Vec<Problem>) {
 }
 
 fn refuse(problems: Vec<Problem>) -> Result<(), AppError> {
-    match problems.len() {
-        0 => Ok(()),
-        n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the team"), problems }),
-    }
+    AppError::refuse(problems)
 }
 
 /// `Support Triage!` → `support-triage`.

@@ -161,8 +161,5 @@ fn check(name: &str, slug: &str, description: Option<&str>) -> Result<(), AppErr
     if description.is_some_and(|d| d.chars().count() > 1_000) {
         problems.push(Problem::new("input.description", "must be at most 1000 characters"));
     }
-    match problems.len() {
-        0 => Ok(()),
-        n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the category"), problems }),
-    }
+    AppError::refuse(problems)
 }

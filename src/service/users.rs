@@ -88,10 +88,7 @@ impl ProfileChanges {
                 problems.push(Problem::new("avatarUrl", "must be an http(s) URL of at most 2048 characters"));
             }
         }
-        match problems.len() {
-            0 => Ok(()),
-            n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the profile"), problems }),
-        }
+        AppError::refuse(problems)
     }
 }
 

@@ -115,11 +115,20 @@ pub struct Providers {
 impl Providers {
     /// `local`, `openai` (`OPENAI_API_KEY`, or `ENSEMBLE_PROVIDER_OPENAI_*`), and every
     /// provider named by an `ENSEMBLE_PROVIDER_<NAME>_BASE_URL` variable; `timeout` bounds
-    /// each HTTP call.
+    /// each HTTP call. Each provider without an API key is logged as a warning naming the
+    /// variable to set.
     pub fn from_env(timeout: Duration) -> Self {
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         by_name.insert("local".into(), Arc::new(local::Local));
         for (name, endpoint) in openai::endpoints_from_env() {
+            if endpoint.api_key.is_none() {
+                let variable = &endpoint.key_variable;
+                tracing::warn!(
+                    provider = %name,
+                    %variable,
+                    "provider \"{name}\" has no API key: set {variable} if it needs one, or runs of its models will fail"
+                );
+            }
             by_name.insert(name, Arc::new(openai::OpenAiCompatible::new(endpoint, timeout)));
         }
         Self { by_name }

@@ -30,12 +30,32 @@ const MAX_ERROR_CHARS: usize = 300;
 pub struct Endpoint {
     pub base_url: String,
     pub api_key: Option<String>,
+    /// The variable the key comes from, or the one to set when there is none.
+    pub key_variable: String,
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = self.api_key.as_ref().map(|_| "<redacted>");
-        f.debug_struct("Endpoint").field("base_url", &self.base_url).field("api_key", &key).finish()
+        f.debug_struct("Endpoint")
+            .field("base_url", &self.base_url)
+            .field("api_key", &key)
+            .field("key_variable", &self.key_variable)
+            .finish()
+    }
+}
+
+/// The variable that configures `provider`'s base URL: `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`.
+pub fn base_url_variable(provider: &str) -> String {
+    format!("{ENV_PREFIX}{}_BASE_URL", provider.to_ascii_uppercase())
+}
+
+/// The variable to set for `provider`'s API key: `OPENAI_API_KEY` for OpenAI (which also reads
+/// `ENSEMBLE_PROVIDER_OPENAI_API_KEY`), `ENSEMBLE_PROVIDER_<NAME>_API_KEY` for the others.
+pub fn key_variable(provider: &str) -> String {
+    match provider {
+        "openai" => "OPENAI_API_KEY".to_owned(),
+        other => format!("{ENV_PREFIX}{}_API_KEY", other.to_ascii_uppercase()),
     }
 }
 
@@ -52,9 +72,12 @@ pub fn endpoints_from_env() -> Vec<(String, Endpoint)> {
 fn endpoints_from(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, Endpoint)> {
     let vars: HashMap<String, String> = vars.into_iter().filter(|(_, value)| !value.trim().is_empty()).collect();
     let var = |name: &str| vars.get(name).cloned();
+    let openai_key =
+        ["ENSEMBLE_PROVIDER_OPENAI_API_KEY", "OPENAI_API_KEY"].into_iter().find_map(|name| Some((name, var(name)?)));
     let openai = Endpoint {
         base_url: var("ENSEMBLE_PROVIDER_OPENAI_BASE_URL").unwrap_or_else(|| OPENAI_BASE_URL.to_owned()),
-        api_key: var("ENSEMBLE_PROVIDER_OPENAI_API_KEY").or_else(|| var("OPENAI_API_KEY")),
+        key_variable: openai_key.as_ref().map_or_else(|| key_variable("openai"), |(name, _)| (*name).to_owned()),
+        api_key: openai_key.map(|(_, key)| key),
     };
     let mut endpoints = vec![("openai".to_owned(), openai)];
     for (key, base_url) in &vars {
@@ -63,8 +86,9 @@ fn endpoints_from(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(Stri
         };
         let lowercase = name.to_ascii_lowercase();
         if !matches!(lowercase.as_str(), "" | "openai" | "local") {
-            let api_key = var(&format!("{ENV_PREFIX}{name}_API_KEY"));
-            endpoints.push((lowercase, Endpoint { base_url: base_url.clone(), api_key }));
+            let key_variable = format!("{ENV_PREFIX}{name}_API_KEY");
+            let api_key = var(&key_variable);
+            endpoints.push((lowercase, Endpoint { base_url: base_url.clone(), api_key, key_variable }));
         }
     }
     endpoints.sort_by(|a, b| a.0.cmp(&b.0));
@@ -91,6 +115,10 @@ impl OpenAiCompatible {
     }
 
     async fn call(&self, request: &CompletionRequest, on_delta: DeltaSink<'_>) -> Result<Completion, ProviderError> {
+        if self.endpoint.api_key.is_none() && self.endpoint.base_url == OPENAI_BASE_URL {
+            // OpenAI itself answers nothing without a key: no call is made.
+            return Err(ProviderError::new(ErrorClass::Auth, "OpenAI's API needs an API key"));
+        }
         let client = self.client.as_ref().map_err(|error| {
             ProviderError::new(ErrorClass::Connection, format!("the HTTP client could not start: {error}"))
         })?;
@@ -121,6 +149,19 @@ impl OpenAiCompatible {
         }
         error
     }
+
+    /// Says which variable holds the key when the provider refused the call as unauthenticated.
+    fn explain(&self, mut error: ProviderError) -> ProviderError {
+        if error.class == ErrorClass::Auth {
+            let variable = &self.endpoint.key_variable;
+            let hint = match self.endpoint.api_key {
+                None => format!("no API key is configured: set {variable}"),
+                Some(_) => format!("the provider refused the API key in {variable}"),
+            };
+            error.message = format!("{} ({hint})", error.message);
+        }
+        error
+    }
 }
 
 #[async_trait::async_trait]
@@ -134,7 +175,7 @@ impl Provider for OpenAiCompatible {
             let message = format!("the provider did not finish answering within {:?}", self.timeout);
             Err(ProviderError::new(ErrorClass::Timeout, message))
         });
-        result.map_err(|error| self.redact(error))
+        result.map_err(|error| self.explain(self.redact(error)))
     }
 }
 

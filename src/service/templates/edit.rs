@@ -199,7 +199,7 @@ impl Templates {
             None => None,
         };
         let (Some(kind), Some(checked), true) = (kind, checked, problems.is_empty()) else {
-            return Err(refuse("template", problems));
+            return Err(refuse(problems));
         };
         let name = input.name.unwrap_or_default().trim().to_string();
         let new = New {
@@ -275,7 +275,7 @@ impl Templates {
         }
         let checked = self.check(caller, &viewer, current.kind, &input, Some(&current), &mut problems).await?;
         let (Some(checked), true) = (checked, problems.is_empty()) else {
-            return Err(refuse("template", problems));
+            return Err(refuse(problems));
         };
         let changelog = input.changelog.clone();
         self.save(caller, &current.template.id, expected_version, actions::TEMPLATE_UPDATE, |template| {
@@ -399,7 +399,7 @@ impl Templates {
         };
         let checked = self.check(caller, &viewer, source.kind, &input, None, &mut problems).await?;
         let (Some(checked), true) = (checked, problems.is_empty()) else {
-            return Err(refuse("fork", problems));
+            return Err(refuse(problems));
         };
         let from = (source.template.id.clone(), source.version.version);
         let new = New {

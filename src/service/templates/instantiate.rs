@@ -45,8 +45,7 @@ impl Templates {
             return Err(not_kind(&resolved, "id", "only TEAM and DEMO templates make teams"));
         }
         let values = resolved.values(&input.variables)?;
-        let spec = body::team_spec(resolved.kind, &resolved.version.body, &values)
-            .map_err(|problems| refuse("template's system prompts", problems))?;
+        let spec = body::team_spec(resolved.kind, &resolved.version.body, &values).map_err(refuse)?;
         let new = NewTeam {
             name: input.name,
             description: resolved.template.description.clone(),
@@ -90,7 +89,7 @@ impl Templates {
         }
         let values = resolved.values(variables)?;
         let prompt = resolved.version.body["prompt"].as_str().unwrap_or_default();
-        body::render("template", prompt, &values).map_err(|problems| refuse("render", problems))
+        body::render("template", prompt, &values).map_err(refuse)
     }
 }
 

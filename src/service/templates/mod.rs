@@ -95,10 +95,7 @@ impl Resolved {
 
     /// `given` checked against the declarations, defaults filled in.
     pub fn values(&self, given: &Value) -> Result<Map<String, Value>, AppError> {
-        body::values(&self.variables(), given).map_err(|problems| AppError::BadUserInput {
-            message: format!("{} problem(s) with the template's variables", problems.len()),
-            problems,
-        })
+        body::values(&self.variables(), given).map_err(AppError::invalid)
     }
 }
 
@@ -388,7 +385,7 @@ fn search_condition(search: &str) -> Condition {
         .add(like(templates::Column::Description))
 }
 
-/// One problem list as the BAD_USER_INPUT error `what` had.
-fn refuse(what: &str, problems: Vec<Problem>) -> AppError {
-    AppError::BadUserInput { message: format!("{} problem(s) with the {what}", problems.len()), problems }
+/// One problem list as a BAD_USER_INPUT error.
+fn refuse(problems: Vec<Problem>) -> AppError {
+    AppError::invalid(problems)
 }

@@ -225,7 +225,7 @@ fn canonical() -> Result<Vec<Canonical>, AppError> {
 }
 
 fn invalid(starter: &Starter, problems: &[Problem]) -> AppError {
-    let listed: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+    let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
     AppError::internal(format!("the shipped starter `{}` is invalid: {}", starter.slug, listed.join("; ")))
 }
 

@@ -108,7 +108,7 @@ impl StepResult {
         self.error = Some(match error {
             AppError::Internal(_) => return Err(error),
             AppError::BadUserInput { problems, .. } if !problems.is_empty() => {
-                problems.iter().map(describe).collect::<Vec<_>>().join("; ")
+                problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
             }
             other => other.to_string(),
         });
@@ -193,17 +193,14 @@ fn check(
         Map::new()
     });
     problems.extend(missing_agents(team, steps)?);
-    match problems.len() {
-        0 => Ok(values),
-        n => Err(AppError::BadUserInput { message: format!("{n} problem(s) with the workflow's input"), problems }),
-    }
+    AppError::refuse(problems).map(|()| values)
 }
 
 /// A problem for each step naming an agent the team's current spec does not have.
 fn missing_agents(team: &teams::Model, steps: &[Step]) -> Result<Vec<Problem>, AppError> {
-    let spec = spec::parse(&team.spec, &orchestrator::known_provider).map_err(|problems| AppError::BadUserInput {
-        message: "The team's current spec is not valid.".into(),
-        problems,
+    let spec = spec::parse(&team.spec, &orchestrator::known_provider).map_err(|problems| {
+        let first = problems.first().map(ToString::to_string).unwrap_or_default();
+        AppError::BadUserInput { message: format!("The team's current spec is not valid: {first}"), problems }
     })?;
     let names: Vec<&str> = spec.agents.iter().map(|a| a.name.as_str()).collect();
     let missing = steps.iter().enumerate().filter_map(|(i, step)| {
@@ -321,17 +318,7 @@ fn render_variables(
 }
 
 fn unrenderable(problems: Vec<Problem>) -> AppError {
-    AppError::BadUserInput { message: "The step's text cannot be rendered.".into(), problems }
-}
-
-/// A problem as one line of a step's error.
-fn describe(problem: &Problem) -> String {
-    match (problem.line, problem.column) {
-        (Some(line), Some(column)) => {
-            format!("{}: {} (line {line}, column {column})", problem.path, problem.message)
-        }
-        _ => format!("{}: {}", problem.path, problem.message),
-    }
+    AppError::invalid(problems)
 }
 
 /// The audit row of a workflow that ran, in a write transaction of its own.

@@ -75,7 +75,8 @@ fn json_response(status: &str, headers: &str, body: &str) -> String {
 }
 
 fn client(url: &str, timeout: Duration) -> OpenAiCompatible {
-    OpenAiCompatible::new(Endpoint { base_url: url.into(), api_key: Some(KEY.into()) }, timeout)
+    let key_variable = "ENSEMBLE_PROVIDER_STUB_API_KEY".to_owned();
+    OpenAiCompatible::new(Endpoint { base_url: url.into(), api_key: Some(KEY.into()), key_variable }, timeout)
 }
 
 /// Calls the provider at `url` and returns the result with the deltas it streamed.
@@ -177,6 +178,37 @@ async fn error_messages_are_truncated_and_never_show_the_api_key() {
 }
 
 #[tokio::test]
+async fn an_unauthorised_call_names_the_key_variable_and_never_the_key() {
+    let body = json!({"error": {"message": format!("Incorrect API key provided: {KEY}")}}).to_string();
+    let refused = error_for(json_response("401 Unauthorized", "", &body)).await;
+    assert_eq!(
+        refused.message,
+        "HTTP 401 Unauthorized: Incorrect API key provided: <redacted> \
+         (the provider refused the API key in ENSEMBLE_PROVIDER_STUB_API_KEY)"
+    );
+
+    let body = r#"{"error":{"message":"You didn't provide an API key.","type":"invalid_request_error"}}"#;
+    let (url, _server) = stub(vec![json_response("401 Unauthorized", "", body)], Duration::ZERO).await;
+    let endpoint = Endpoint { base_url: url, api_key: None, key_variable: "OPENAI_API_KEY".into() };
+    let keyless = OpenAiCompatible::new(endpoint, Duration::from_secs(5));
+    let error = keyless.complete(&request(), &|_| {}).await.unwrap_err();
+    assert_eq!(error.class, ErrorClass::Auth);
+    assert_eq!(
+        error.message,
+        "HTTP 401 Unauthorized: You didn't provide an API key. (no API key is configured: set OPENAI_API_KEY)"
+    );
+}
+
+#[tokio::test]
+async fn openai_without_a_key_is_not_called_and_names_the_variable() {
+    let endpoint = Endpoint { base_url: OPENAI_BASE_URL.into(), api_key: None, key_variable: "OPENAI_API_KEY".into() };
+    let error =
+        OpenAiCompatible::new(endpoint, Duration::from_secs(5)).complete(&request(), &|_| {}).await.unwrap_err();
+    assert_eq!(error.class, ErrorClass::Auth, "not a connection error: {}", error.message);
+    assert_eq!(error.message, "OpenAI's API needs an API key (no API key is configured: set OPENAI_API_KEY)");
+}
+
+#[tokio::test]
 async fn a_content_filter_finish_is_a_content_filter_error() {
     let chunk = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\ndata: [DONE]\n\n";
     assert_eq!(error_for(format!("{SSE_HEAD}{chunk}")).await.class, ErrorClass::ContentFilter);
@@ -244,14 +276,16 @@ fn endpoints_come_from_provider_variables() {
         ("PATH", "/usr/bin"),
     ];
     let endpoints = endpoints_from(vars.map(|(key, value)| (key.to_owned(), value.to_owned())));
-    let summary: Vec<_> =
-        endpoints.iter().map(|(name, e)| (name.as_str(), e.base_url.as_str(), e.api_key.as_deref())).collect();
+    let summary: Vec<_> = endpoints
+        .iter()
+        .map(|(name, e)| (name.as_str(), e.base_url.as_str(), e.api_key.as_deref(), e.key_variable.as_str()))
+        .collect();
     assert_eq!(
         summary,
         [
-            ("groq", "https://api.groq.com/openai/v1", Some("gsk-1")),
-            ("ollama", "http://localhost:11434/v1", None),
-            ("openai", OPENAI_BASE_URL, Some("sk-openai")),
+            ("groq", "https://api.groq.com/openai/v1", Some("gsk-1"), "ENSEMBLE_PROVIDER_GROQ_API_KEY"),
+            ("ollama", "http://localhost:11434/v1", None, "ENSEMBLE_PROVIDER_OLLAMA_API_KEY"),
+            ("openai", OPENAI_BASE_URL, Some("sk-openai"), "OPENAI_API_KEY"),
         ]
     );
 }
@@ -266,14 +300,20 @@ fn the_openai_specific_variables_win_over_the_generic_key() {
     let endpoints = endpoints_from(vars.map(|(key, value)| (key.to_owned(), value.to_owned())));
     assert_eq!(endpoints.len(), 1);
     assert_eq!(
-        (endpoints[0].1.base_url.as_str(), endpoints[0].1.api_key.as_deref()),
-        ("http://proxy/v1", Some("sk-ensemble"))
+        (endpoints[0].1.base_url.as_str(), endpoints[0].1.api_key.as_deref(), endpoints[0].1.key_variable.as_str()),
+        ("http://proxy/v1", Some("sk-ensemble"), "ENSEMBLE_PROVIDER_OPENAI_API_KEY")
     );
+    let keyless = endpoints_from([("ENSEMBLE_PROVIDER_OPENAI_BASE_URL".to_owned(), "http://proxy/v1".to_owned())]);
+    assert_eq!((keyless[0].1.api_key.as_deref(), keyless[0].1.key_variable.as_str()), (None, "OPENAI_API_KEY"));
 }
 
 #[test]
 fn an_endpoints_debug_hides_its_key() {
-    let endpoint = Endpoint { base_url: "https://api.openai.com/v1".into(), api_key: Some(KEY.into()) };
+    let endpoint = Endpoint {
+        base_url: "https://api.openai.com/v1".into(),
+        api_key: Some(KEY.into()),
+        key_variable: "OPENAI_API_KEY".into(),
+    };
     let debug = format!("{endpoint:?}");
     assert!(!debug.contains(KEY) && debug.contains("<redacted>"), "{debug}");
 }
