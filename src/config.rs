@@ -170,7 +170,7 @@ pub struct RunConfig {
     pub daily_cost_budget_usd: Option<f64>,
 }
 
-/// Who may call: Clerk's keys and claims, or the dev issuer when none is given (DESIGN §3).
+/// Who may call: Clerk's keys and claims, or the dev issuer when none is given (docs/auth.md).
 #[derive(Clone, Args)]
 pub struct AuthConfig {
     /// Clerk's JWKS endpoint (`https://<app>.clerk.accounts.dev/.well-known/jwks.json`).
@@ -237,7 +237,7 @@ pub struct ConnectionLimits {
     pub max_connections: u32,
 }
 
-/// Limits on what one request may ask for (DESIGN §11).
+/// Limits on what one request may ask for (docs/transport.md).
 #[derive(Clone, Debug, Args, serde::Serialize)]
 pub struct Limits {
     /// Deepest selection nesting allowed.

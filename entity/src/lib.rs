@@ -1,4 +1,4 @@
-//! sea-orm entities, one file per table (DESIGN §2).
+//! sea-orm entities, one file per table (docs/database.md).
 
 pub mod api_keys;
 pub mod audit_head;

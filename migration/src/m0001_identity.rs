@@ -1,4 +1,4 @@
-//! Users (a mirror of Clerk's), teams, team membership and the audit log (DESIGN §2).
+//! Users (a mirror of Clerk's), teams, team membership and the audit log (docs/database.md).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
