@@ -70,10 +70,12 @@ async function until(check, ms, what, every = 50) {
   assert.fail(`timed out waiting for ${what}`);
 }
 
-/** A fresh GraphiQL page; `frames` collects what its websockets send. */
+/** A fresh GraphiQL page; `frames` collects what its websockets send, `posted` its POST bodies. */
 async function graphiql() {
   const page = await context.newPage();
   const frames = [];
+  const posted = [];
+  page.on('request', (request) => request.method() === 'POST' && posted.push(request.postData()));
   page.on('console', (m) => m.type() === 'error' && logged.push(m.text()));
   page.on('pageerror', (e) => logged.push(e.message));
   page.on('websocket', (socket) => {
@@ -82,7 +84,7 @@ async function graphiql() {
   });
   await page.goto(`${base}/graphql`);
   await page.waitForSelector('.graphiql-container .graphiql-query-editor .CodeMirror');
-  return { page, frames };
+  return { page, frames, posted };
 }
 
 const editor = (page, selector) => page.locator(`${selector} .CodeMirror`).first();
@@ -162,7 +164,7 @@ test('a query runs, with the Headers tab sent over HTTP', async () => {
 });
 
 test("a subscription gets the Headers tab's values in connection_init", async () => {
-  const { page, frames } = await graphiql();
+  const { page, frames, posted } = await graphiql();
   await setQuery(page, `subscription { auditLogAdded(teamId: "${team}") { action resourceId } }`);
 
   // Anonymous, the subscription is refused: headers that did not reach the socket fail here.
@@ -183,6 +185,8 @@ test("a subscription gets the Headers tab's values in connection_init", async ()
     return (await response(page)).includes('team.update');
   }, 10_000, 'the audit row in the response pane', 500);
   assert.match(await response(page), new RegExp(`"resourceId": "${team}"`));
+  // Run at once after the editor changed, the subscription still went over the websocket only.
+  assert.deepEqual(posted.filter((body) => body?.includes('auditLogAdded')), []);
   await page.close();
 });
 

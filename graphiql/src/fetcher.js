@@ -15,12 +15,16 @@ const clients = new Map();
 /** GraphiQL's fetcher: a promise of the response, or an observable of a subscription's. */
 export function fetcher(params, opts = {}) {
   const headers = opts.headers ?? {};
-  return isSubscription(params, opts.documentAST) ? subscribe(params, headers) : post(params, headers);
+  return isSubscription(params) ? subscribe(params, headers) : post(params, headers);
 }
 
-function isSubscription(params, documentAST) {
+/**
+ * Whether the operation sent is a subscription, read from the text sent: GraphiQL's own parsed
+ * document (`opts.documentAST`) can still be the editor's previous content just after a change.
+ */
+function isSubscription(params) {
   try {
-    const document = documentAST ?? parse(params.query);
+    const document = parse(params.query);
     return getOperationAST(document, params.operationName ?? undefined)?.operation === 'subscription';
   } catch {
     // A document that does not parse goes to the server, which says why.
