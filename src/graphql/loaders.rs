@@ -25,7 +25,8 @@ use sea_orm::{
 
 use crate::service::teams;
 
-/// The loaders of one request (or websocket); each batches the loads of one resolution step.
+/// The loaders of one request (or one websocket operation); each batches the loads of one
+/// resolution step.
 #[derive(Clone)]
 pub struct Loaders {
     pub members: Arc<DataLoader<MembersLoader, HashMapCache>>,

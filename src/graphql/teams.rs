@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::graphql::scalars::Json;
-use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject, connection::Connection};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
 use serde_json::Value;
@@ -13,12 +13,11 @@ use super::{
     answers::warn_missing_keys,
     caller, connection,
     loaders::{Loaders, int_argument, node_fields, nodes_select},
-    principal,
     share_links::ShareLink,
     users::User,
 };
 use crate::{
-    auth::{GlobalRole, Principal, guard::TeamRole},
+    auth::guard::{self, TeamRole},
     error::{AppError, GqlResultExt},
     service::{
         page::PageRequest,
@@ -351,9 +350,9 @@ impl Team {
     /// The team's share links (owners only), newest first.
     async fn share_links(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ShareLink>> {
         let members = self.load_members(ctx).await?;
-        if self.role_among(ctx, &members) != Some(TeamRole::Owner) {
-            return Err(AppError::Forbidden("Only owners see a team's share links.".into()).extend());
-        }
+        let caller = caller(ctx);
+        let role = guard::membership(&caller, &self.0.id, &members);
+        guard::member_may(&caller, role, TeamRole::Owner, "Only owners see a team's share links.").gql()?;
         let loaders = ctx.data::<Loaders>()?;
         let links = loaders.share_links.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
         Ok(links.unwrap_or_default().into_iter().map(ShareLink::from).collect())
@@ -387,34 +386,20 @@ impl Team {
     /// Your role on this team (null when you only see it because it is public).
     async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
         let members = self.load_members(ctx).await?;
-        Ok(self.role_among(ctx, &members))
+        Ok(guard::membership(&caller(ctx), &self.0.id, &members))
     }
 
     /// Who belongs to the team (members and admins only).
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
         let members = self.load_members(ctx).await?;
-        if self.role_among(ctx, &members).is_none() {
-            return Err(AppError::Forbidden("Only members see who belongs to a team.".into()).extend());
-        }
+        let caller = caller(ctx);
+        let role = guard::membership(&caller, &self.0.id, &members);
+        guard::member_may(&caller, role, TeamRole::Viewer, "Only members see who belongs to a team.").gql()?;
         Ok(members.into_iter().map(TeamMember).collect())
     }
 }
 
 impl Team {
-    /// The caller's role given the team's members: admins own every team; an API key acts as its
-    /// owner on its own team.
-    fn role_among(&self, ctx: &Context<'_>, members: &[team_members::Model]) -> Option<TeamRole> {
-        let user = match principal(ctx) {
-            Principal::User(user) => user,
-            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => &key.owner,
-            _ => return None,
-        };
-        if user.role == GlobalRole::Admin {
-            return Some(TeamRole::Owner);
-        }
-        members.iter().find(|m| m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role))
-    }
-
     async fn load_members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<team_members::Model>> {
         let loaders = ctx.data::<Loaders>()?;
         let members = loaders.members.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;

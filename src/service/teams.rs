@@ -17,7 +17,7 @@ use super::{
 use crate::service::name::Name;
 use crate::{
     auth::{
-        GlobalRole, Principal, UserPrincipal,
+        Principal, UserPrincipal,
         api_key::Scope,
         guard::{self, TeamRole, acting_user},
     },
@@ -218,7 +218,7 @@ pub async fn list(
         }
         _ => acting_user(caller, Scope::TeamsRead)?,
     };
-    if me.role != GlobalRole::Admin {
+    if !guard::sees_all(caller) {
         query = query
             .join(JoinType::InnerJoin, teams::Relation::Members.def())
             .filter(team_members::Column::UserId.eq(&me.id));
