@@ -497,3 +497,17 @@ async fn each_operation_on_a_long_lived_socket_loads_afresh() {
     ws.send(start(TRANSPORT, "after", members, json!({"t": team}))).await;
     assert_eq!(count(ws.next_json().await), Some(2), "not what an earlier operation loaded");
 }
+
+#[tokio::test]
+async fn a_database_outage_at_connection_init_closes_with_1011_not_4403() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn().await;
+    // Signing in a user never seen before writes their row: the table is gone.
+    app.state.db.execute_unprepared("ALTER TABLE users RENAME TO users_gone").await.expect("users renamed");
+    for protocol in [TRANSPORT, LEGACY] {
+        let token = app.token(&format!("user_new_{}", protocol.len()), GlobalRole::Member);
+        let mut ws = app.ws(protocol).await;
+        ws.send(json!({"type": "connection_init", "payload": {"token": token}})).await;
+        assert_eq!(ws.closed().await, (1011, "Internal server error".to_string()), "{protocol}");
+    }
+}

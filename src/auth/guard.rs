@@ -70,6 +70,14 @@ pub fn account(caller: &Caller) -> Result<&UserPrincipal, AppError> {
     }
 }
 
+/// Anyone signed in, by session or by API key; anonymous callers are UNAUTHENTICATED.
+pub fn signed_in(caller: &Caller) -> Result<(), AppError> {
+    match caller.principal {
+        Principal::Anonymous => Err(unauthenticated()),
+        Principal::User(_) | Principal::ApiKey(_) | Principal::System(_) => Ok(()),
+    }
+}
+
 /// The signed-in admin (never an API key).
 pub fn admin(caller: &Caller) -> Result<&UserPrincipal, AppError> {
     let user = account(caller)?;

@@ -64,19 +64,19 @@ async fn prefetch(ctx: &Context<'_>, page: &[rows::Model]) -> async_graphql::Res
         users.extend(page.iter().map(|t| t.owner_id.clone()));
     }
     if nodes_select(ctx, &["members"]) || nodes_select(ctx, &["myRole"]) || nodes_select(ctx, &["shareLinks"]) {
-        let members = loaders.members.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        let members = loaders.members.load_many(ids.clone()).await.gql()?;
         if nodes_select(ctx, &["members", "user"]) {
             users.extend(members.values().flatten().map(|m| m.user_id.clone()));
         }
     }
     if !users.is_empty() {
-        loaders.users.load_many(users).await.map_err(AppError::internal).gql()?;
+        loaders.users.load_many(users).await.gql()?;
     }
     if nodes_select(ctx, &["versionCount"]) {
-        loaders.version_counts.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        loaders.version_counts.load_many(ids.clone()).await.gql()?;
     }
     if nodes_select(ctx, &["shareLinks"]) {
-        loaders.share_links.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        loaders.share_links.load_many(ids.clone()).await.gql()?;
     }
     prefetch_versions(ctx, loaders, &ids).await
 }
@@ -88,12 +88,12 @@ async fn prefetch_versions(ctx: &Context<'_>, loaders: &Loaders, ids: &[String])
         node_fields(ctx, &["versions"]).iter().filter_map(|f| newest(int_argument(f, "first"), max).ok()).collect();
     for count in counts {
         let keys = ids.iter().map(|id| (id.clone(), count));
-        loaders.versions.load_many(keys).await.map_err(AppError::internal).gql()?;
+        loaders.versions.load_many(keys).await.gql()?;
     }
     let numbers: BTreeSet<i32> = node_fields(ctx, &["versionAt"]).iter().filter_map(|f| int_argument(f, "n")).collect();
     for n in numbers {
         let keys = ids.iter().map(|id| (id.clone(), n));
-        loaders.version_at.load_many(keys).await.map_err(AppError::internal).gql()?;
+        loaders.version_at.load_many(keys).await.gql()?;
     }
     Ok(())
 }
@@ -343,7 +343,7 @@ impl Team {
     /// How many versions the team has.
     async fn version_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
         let loaders = ctx.data::<Loaders>()?;
-        let count = loaders.version_counts.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let count = loaders.version_counts.load_one(self.0.id.clone()).await.gql()?;
         Ok(count.unwrap_or(0))
     }
 
@@ -354,21 +354,21 @@ impl Team {
         let role = guard::membership(&caller, &self.0.id, &members);
         guard::member_may(&caller, role, TeamRole::Owner, "Only owners see a team's share links.").gql()?;
         let loaders = ctx.data::<Loaders>()?;
-        let links = loaders.share_links.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let links = loaders.share_links.load_one(self.0.id.clone()).await.gql()?;
         Ok(links.unwrap_or_default().into_iter().map(ShareLink::from).collect())
     }
 
     /// Who created the team.
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loaders = ctx.data::<Loaders>()?;
-        let user = loaders.users.load_one(self.0.owner_id.clone()).await.map_err(AppError::internal).gql()?;
+        let user = loaders.users.load_one(self.0.owner_id.clone()).await.gql()?;
         Ok(user.map(User::from))
     }
 
     /// The spec as it was at version `n` (null if there is no such version).
     async fn version_at(&self, ctx: &Context<'_>, n: i32) -> async_graphql::Result<Option<TeamVersion>> {
         let loaders = ctx.data::<Loaders>()?;
-        let version = loaders.version_at.load_one((self.0.id.clone(), n)).await.map_err(AppError::internal).gql()?;
+        let version = loaders.version_at.load_one((self.0.id.clone(), n)).await.gql()?;
         Ok(version.map(TeamVersion))
     }
 
@@ -379,7 +379,7 @@ impl Team {
         let state = ctx.data::<AppState>()?;
         let count = newest(first, state.config.limits.max_page_size).gql()?;
         let loaders = ctx.data::<Loaders>()?;
-        let rows = loaders.versions.load_one((self.0.id.clone(), count)).await.map_err(AppError::internal).gql()?;
+        let rows = loaders.versions.load_one((self.0.id.clone(), count)).await.gql()?;
         Ok(rows.unwrap_or_default().into_iter().map(TeamVersion).collect())
     }
 
@@ -402,7 +402,7 @@ impl Team {
 impl Team {
     async fn load_members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<team_members::Model>> {
         let loaders = ctx.data::<Loaders>()?;
-        let members = loaders.members.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let members = loaders.members.load_one(self.0.id.clone()).await.gql()?;
         Ok(members.unwrap_or_default())
     }
 }
@@ -424,7 +424,7 @@ impl TeamMember {
     }
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loaders = ctx.data::<Loaders>()?;
-        let user = loaders.users.load_one(self.0.user_id.clone()).await.map_err(AppError::internal).gql()?;
+        let user = loaders.users.load_one(self.0.user_id.clone()).await.gql()?;
         Ok(user.map(User::from))
     }
 }
