@@ -177,7 +177,7 @@ impl TeamsMutation {
             visibility: input.visibility,
             spec: input.spec.map(|s| s.0),
         };
-        let team = teams::create(&state.db, &caller(ctx), new).await.gql()?;
+        let team = teams::create(&state.db, &state.config.runs.providers, &caller(ctx), new).await.gql()?;
         warn_missing_keys(ctx, &team.spec);
         Ok(Team(team))
     }
@@ -200,7 +200,9 @@ impl TeamsMutation {
             message: input.message,
             expected_version,
         };
-        let team = teams::update(&state.db, &state.caches, &caller(ctx), &id, changes).await.gql()?;
+        let team = teams::update(&state.db, &state.caches, &state.config.runs.providers, &caller(ctx), &id, changes)
+            .await
+            .gql()?;
         if spec_changed {
             warn_missing_keys(ctx, &team.spec);
         }

@@ -38,6 +38,7 @@ use crate::{
         guard::{self, TeamRole},
     },
     cache::{AllCategories, Caches, Invalidation, TemplateId, TemplateVersion},
+    config::ProviderSettings,
     error::{AppError, Problem},
 };
 
@@ -125,11 +126,13 @@ impl Viewer<'_> {
 pub struct Templates {
     db: DatabaseConnection,
     caches: Arc<Caches>,
+    /// The providers a TEAM body's agents may use.
+    providers: ProviderSettings,
 }
 
 impl Templates {
-    pub fn new(db: DatabaseConnection, caches: Arc<Caches>) -> Self {
-        Self { db, caches }
+    pub fn new(db: DatabaseConnection, caches: Arc<Caches>, providers: ProviderSettings) -> Self {
+        Self { db, caches, providers }
     }
 
     pub fn db(&self) -> &DatabaseConnection {
