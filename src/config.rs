@@ -10,6 +10,10 @@ use std::{
 
 use clap::{Args, ValueEnum};
 
+pub mod providers;
+
+pub use self::providers::ProviderSettings;
+
 /// Where the server runs: `production` turns off introspection, suggestions and dev auth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Environment {
@@ -159,6 +163,9 @@ pub struct RunConfig {
     /// Seconds one call to a model provider may take.
     #[arg(long, env = "ENSEMBLE_PROVIDER_TIMEOUT_SECS", default_value_t = 60)]
     pub provider_timeout_secs: u64,
+    /// OpenAI and the `ENSEMBLE_PROVIDER_<NAME>_*` providers, read once with the rest.
+    #[arg(skip = ProviderSettings::from_env())]
+    pub providers: ProviderSettings,
     /// Largest message content in bytes.
     #[arg(long, env = "ENSEMBLE_RUN_MAX_INPUT_BYTES", default_value_t = 64 * 1024)]
     pub max_input_bytes: usize,
@@ -274,7 +281,10 @@ impl Config {
 
     /// The built-in defaults, whatever the environment says (`ensemble schema` uses them).
     pub fn defaults() -> Self {
-        Self::read(Self::command().mut_args(|arg| arg.env(None::<&str>))).expect("the built-in defaults are valid")
+        let mut config =
+            Self::read(Self::command().mut_args(|arg| arg.env(None::<&str>))).expect("the built-in defaults are valid");
+        config.runs.providers = ProviderSettings::default();
+        config
     }
 
     fn command() -> clap::Command {

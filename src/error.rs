@@ -52,7 +52,7 @@ fn bad_input_message(message: &str, problems: &[Problem]) -> String {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     Unauthenticated(String),

@@ -115,7 +115,7 @@ impl App {
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst, link));
         // The tokenizer takes a moment to load; do it now rather than in the first run.
         tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
-        let templates = Arc::new(Templates::new(db.clone(), caches.clone()));
+        let templates = Arc::new(Templates::new(db.clone(), caches.clone(), config.runs.providers.clone()));
         let runner =
             Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone(), metrics.clone()));
         // Instances starting at the same moment take turns to migrate, recover and seed.

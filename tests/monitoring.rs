@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{TestApp, WsClient, first_code, problem_paths};
 use ensemble::{
     auth::GlobalRole,
+    events::{RunEvent, RunEventKind},
     service::rollups::{self, latency_bucket},
 };
 use entity::runs;
@@ -387,6 +388,27 @@ async fn live_metrics_push_a_fresh_overview_after_a_run() {
     ws.send(json!({"type": "subscribe", "id": "m", "payload": {"query": query, "variables": {"team": team}}})).await;
     let refused = ws.next_json().await;
     assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{refused}");
+}
+
+#[tokio::test]
+async fn a_database_error_ends_live_metrics_with_internal() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn().await;
+    let token = app.token("user_owner", GlobalRole::Member);
+    let team = team(&app, &token, simple_spec()).await;
+    let mut ws = WsClient::connect(app.addr, "graphql-transport-ws").await;
+    ws.send(json!({"type": "connection_init", "payload": {"token": token}})).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    let query = "subscription($team: ID!) { liveMetrics(teamId: $team, intervalSeconds: 1) { runs } }";
+    ws.send(json!({"type": "subscribe", "id": "m", "payload": {"query": query, "variables": {"team": team}}})).await;
+    assert_eq!(ws.next_json().await["payload"]["data"]["liveMetrics"]["runs"], 0);
+
+    // The overview reads conversations: the table is gone when the next run of the team ends.
+    app.state.db.execute_unprepared("ALTER TABLE conversations RENAME TO conversations_gone").await.unwrap();
+    app.state.runner.events.publish(RunEvent::new("run_gone", &team, RunEventKind::Completed));
+    let ended = ws.next_json().await;
+    assert_eq!((&ended["type"], &ended["id"]), (&json!("error"), &json!("m")), "{ended}");
+    assert_eq!(ended["payload"][0]["extensions"]["code"], "INTERNAL", "{ended}");
 }
 
 /// The README's monitoring walkthrough, run as written.

@@ -152,3 +152,22 @@ async fn the_start_up_log_names_each_keyless_provider_and_the_variable_to_set() 
     assert!(!text.contains("provider \"openai\" has no API key"), "{text}");
     assert!(!text.contains(SECRET) && !text.contains("sk-openai-for-this-test"), "no key in the log: {text}");
 }
+
+#[tokio::test]
+async fn an_empty_base_url_is_refused_as_an_unset_one_is() {
+    let app = TestApp::spawn_with(|config| {
+        let empty = [("ENSEMBLE_PROVIDER_BLANK_BASE_URL".to_owned(), String::new())];
+        config.runs.providers = ensemble::config::ProviderSettings::from_vars(empty);
+    })
+    .await;
+    let token = app.token("user_blank", GlobalRole::Member);
+    let create = "mutation($spec: JSON) { createTeam(input: {name: \"Blank\", spec: $spec}) { id } }";
+    let spec = |model: &str| json!({"format": "ensemble.team/v1", "agents": [{"name": "a", "model": model}], "routing": {"default": "a"}});
+    let (_, blank) = app.gql_as(&token, create, json!({"spec": spec("blank/model")})).await;
+    let (_, unset) = app.gql_as(&token, create, json!({"spec": spec("unset/model")})).await;
+    for (body, provider) in [(&blank, "BLANK"), (&unset, "UNSET")] {
+        assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("set ENSEMBLE_PROVIDER_{provider}_BASE_URL")), "{message}");
+    }
+}

@@ -86,3 +86,25 @@ async fn links_grant_at_most_editor_and_only_owners_make_them() {
     let body = link(&app, &viewer, &team, "VIEWER", Value::Null).await;
     assert_eq!(first_code(&body), "FORBIDDEN", "a viewer cannot make links");
 }
+
+#[tokio::test]
+async fn an_owners_read_only_key_lists_no_share_links() {
+    let app = TestApp::spawn().await;
+    let (owner, team) = setup(&app).await;
+    link(&app, &owner, &team, "VIEWER", Value::Null).await;
+    let make_key = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret } }";
+    let key_for = |scopes: Value| json!({"input": {"name": "ci", "scopes": scopes}});
+    let list = "query($id: ID!) { team(id: $id) { name shareLinks { id } } }";
+
+    let (_, made) = app.gql_as(&owner, make_key, key_for(json!(["TEAMS_READ"]))).await;
+    let reader = made["data"]["createApiKey"]["secret"].as_str().unwrap_or_else(|| panic!("{made}")).to_string();
+    let (_, body) = app.gql_as(&reader, list, json!({"id": team})).await;
+    assert_eq!(body["data"]["team"]["name"], "Shared", "the key reads the team: {body}");
+    assert_eq!(first_code(&body), "FORBIDDEN", "but not its share links: {body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap_or_default().contains("teams:write"), "{body}");
+
+    let (_, made) = app.gql_as(&owner, make_key, key_for(json!(["TEAMS_READ", "TEAMS_WRITE"]))).await;
+    let writer = made["data"]["createApiKey"]["secret"].as_str().unwrap().to_string();
+    let (_, body) = app.gql_as(&writer, list, json!({"id": team})).await;
+    assert_eq!(body["data"]["team"]["shareLinks"].as_array().map(Vec::len), Some(1), "{body}");
+}

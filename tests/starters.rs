@@ -52,7 +52,7 @@ async fn every_starter_is_public_at_version_one_once_the_server_has_started() {
         let category = template_categories::Entity::find_by_id(row.category_id.clone().unwrap()).one(db).await;
         assert_eq!(category.unwrap().unwrap().slug, starter.category);
         let first = version(db, &row.id, 1).await;
-        let canonical = body::check(starter.kind, &starter.body, &starter.variables).unwrap();
+        let canonical = body::check(starter.kind, &starter.body, &starter.variables, &Default::default()).unwrap();
         assert_eq!(first.body, canonical.body, "{}: the canonical body is stored", starter.slug);
         assert_eq!((first.changelog.as_deref(), first.author_id), (Some(SHIPPED), None));
     }

@@ -36,7 +36,7 @@ async fn sign_in(app: &TestApp, user: &str) -> Person {
 
 async fn new_team(app: &TestApp, owner: &Person, name: &str) -> String {
     let new = NewTeam { name: name.into(), description: None, visibility: None, spec: None };
-    teams::create(&app.state.db, &owner.caller, new).await.unwrap().id
+    teams::create(&app.state.db, &app.state.config.runs.providers, &owner.caller, new).await.unwrap().id
 }
 
 /// Saves a new spec version of `team`, changing its agent's system prompt.
@@ -51,7 +51,9 @@ async fn new_version(app: &TestApp, owner: &Person, team: &str, n: usize) {
         message: Some(format!("take {n}")),
         expected_version: None,
     };
-    teams::update(&app.state.db, &app.state.caches, &owner.caller, team, changes).await.unwrap();
+    teams::update(&app.state.db, &app.state.caches, &app.state.config.runs.providers, &owner.caller, team, changes)
+        .await
+        .unwrap();
 }
 
 /// Runs `team` on a message and waits for it to finish.

@@ -480,3 +480,34 @@ async fn a_socket_runs_at_most_a_hundred_operations_by_default() {
     let refused = ws.next_json().await;
     assert_eq!((refused["type"].as_str(), refused["id"].as_str()), (Some("error"), Some("101st")), "{refused}");
 }
+
+#[tokio::test]
+async fn each_operation_on_a_long_lived_socket_loads_afresh() {
+    let app = TestApp::spawn().await;
+    let [alice, _] = signed_in_users(&app, ["user_alice", "user_bob"]).await;
+    let team = create_team(&app, &alice).await;
+    let mut ws = signed_in(&app, TRANSPORT, &alice).await;
+    let members = "query($t: ID!) { team(id: $t) { members { userId } } }";
+    let count = |message: Value| message["payload"]["data"]["team"]["members"].as_array().map(Vec::len);
+
+    ws.send(start(TRANSPORT, "before", members, json!({"t": team}))).await;
+    assert_eq!(count(ws.next_json().await), Some(1));
+    assert_eq!(ws.next_json().await["type"], "complete");
+    add_member(&app, &alice, &team, "user_bob", "VIEWER").await;
+    ws.send(start(TRANSPORT, "after", members, json!({"t": team}))).await;
+    assert_eq!(count(ws.next_json().await), Some(2), "not what an earlier operation loaded");
+}
+
+#[tokio::test]
+async fn a_database_outage_at_connection_init_closes_with_1011_not_4403() {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn().await;
+    // Signing in a user never seen before writes their row: the table is gone.
+    app.state.db.execute_unprepared("ALTER TABLE users RENAME TO users_gone").await.expect("users renamed");
+    for protocol in [TRANSPORT, LEGACY] {
+        let token = app.token(&format!("user_new_{}", protocol.len()), GlobalRole::Member);
+        let mut ws = app.ws(protocol).await;
+        ws.send(json!({"type": "connection_init", "payload": {"token": token}})).await;
+        assert_eq!(ws.closed().await, (1011, "Internal server error".to_string()), "{protocol}");
+    }
+}

@@ -70,6 +70,14 @@ pub fn account(caller: &Caller) -> Result<&UserPrincipal, AppError> {
     }
 }
 
+/// Anyone signed in, by session or by API key; anonymous callers are UNAUTHENTICATED.
+pub fn signed_in(caller: &Caller) -> Result<(), AppError> {
+    match caller.principal {
+        Principal::Anonymous => Err(unauthenticated()),
+        Principal::User(_) | Principal::ApiKey(_) | Principal::System(_) => Ok(()),
+    }
+}
+
 /// The signed-in admin (never an API key).
 pub fn admin(caller: &Caller) -> Result<&UserPrincipal, AppError> {
     let user = account(caller)?;
@@ -117,6 +125,57 @@ fn require_scope(key: &KeyPrincipal, scope: Scope) -> Result<(), AppError> {
     }
 }
 
+/// Whether the caller is a global admin, who sees every team's rows, by session or by an
+/// admin's API key. A key restricted to one team still sees that team only: whoever lists rows
+/// applies the restriction first.
+pub fn sees_all(caller: &Caller) -> bool {
+    match &caller.principal {
+        Principal::User(user) => user.role == GlobalRole::Admin,
+        Principal::ApiKey(key) => key.owner.role == GlobalRole::Admin,
+        Principal::Anonymous | Principal::System(_) => false,
+    }
+}
+
+/// The user the caller acts as on team `team_id`: a signed-in user, or an API key's owner when
+/// the key is not restricted to another team.
+fn member_on<'c>(caller: &'c Caller, team_id: &str) -> Option<&'c UserPrincipal> {
+    match &caller.principal {
+        Principal::User(user) => Some(user),
+        Principal::ApiKey(key) if key.team_id.as_deref().is_none_or(|t| t == team_id) => Some(&key.owner),
+        Principal::ApiKey(_) | Principal::Anonymous | Principal::System(_) => None,
+    }
+}
+
+/// The caller's role on team `team_id` as a member, given the team's member rows (`members`
+/// holds at least the acting user's row, if any): admins as owners, an API key as its owner and
+/// only on its team. None for anyone else, even on a public team.
+pub fn membership(caller: &Caller, team_id: &str, members: &[team_members::Model]) -> Option<TeamRole> {
+    let user = member_on(caller, team_id)?;
+    if user.role == GlobalRole::Admin {
+        return Some(TeamRole::Owner);
+    }
+    members.iter().find(|m| m.team_id == team_id && m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role))
+}
+
+/// [`membership`], reading the acting user's row.
+pub async fn member_role<C: ConnectionTrait>(
+    conn: &C,
+    caller: &Caller,
+    team_id: &str,
+) -> Result<Option<TeamRole>, AppError> {
+    let row = match member_on(caller, team_id) {
+        Some(user) if user.role != GlobalRole::Admin => {
+            team_members::Entity::find()
+                .filter(team_members::Column::TeamId.eq(team_id))
+                .filter(team_members::Column::UserId.eq(&user.id))
+                .one(conn)
+                .await?
+        }
+        _ => None,
+    };
+    Ok(membership(caller, team_id, row.as_slice()))
+}
+
 /// The caller's role on a team, if any: members by their row (an API key by its owner's, and
 /// only on its team), admins as owners, anyone as a viewer of a public team.
 pub async fn role_on<C: ConnectionTrait>(
@@ -124,23 +183,27 @@ pub async fn role_on<C: ConnectionTrait>(
     caller: &Caller,
     team: &teams::Model,
 ) -> Result<Option<TeamRole>, AppError> {
-    let user = match &caller.principal {
-        Principal::User(user) => Some(user),
-        Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == team.id) => Some(&key.owner),
-        Principal::ApiKey(_) => return Ok(None),
-        Principal::Anonymous | Principal::System(_) => None,
-    };
-    let member = match user {
-        Some(user) if user.role == GlobalRole::Admin => return Ok(Some(TeamRole::Owner)),
-        Some(user) => team_members::Entity::find()
-            .filter(team_members::Column::TeamId.eq(&team.id))
-            .filter(team_members::Column::UserId.eq(&user.id))
-            .one(conn)
-            .await?
-            .and_then(|m| TeamRole::parse(&m.role)),
-        None => None,
-    };
+    if let Principal::ApiKey(key) = &caller.principal
+        && key.team_id.as_ref().is_some_and(|t| *t != team.id)
+    {
+        return Ok(None);
+    }
+    let member = member_role(conn, caller, &team.id).await?;
     Ok(member.or((team.visibility == "public").then_some(TeamRole::Viewer)))
+}
+
+/// Whether the caller, holding `role` as a member of a team it already sees (see
+/// [`membership`]), may read or do what takes `need` there: the role must reach `need` and an
+/// API key must hold the scope `need` takes. Refusals are FORBIDDEN, worded by `refusal`
+/// unless the key lacks the scope.
+pub fn member_may(caller: &Caller, role: Option<TeamRole>, need: TeamRole, refusal: &str) -> Result<(), AppError> {
+    if let Principal::ApiKey(key) = &caller.principal {
+        require_scope(key, scope_for(need))?;
+    }
+    match role {
+        Some(role) if role >= need => Ok(()),
+        _ => Err(AppError::Forbidden(refusal.into())),
+    }
 }
 
 /// The team `team_id` if the caller holds at least `need` on it (and, for an API key, the

@@ -152,10 +152,6 @@ impl RateLimits {
             limiter.shrink_to_fit();
         }
     }
-
-    pub fn tracked(&self) -> usize {
-        self.limiter.as_ref().map_or(0, |l| l.len())
-    }
 }
 
 #[cfg(test)]

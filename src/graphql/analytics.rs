@@ -104,7 +104,7 @@ impl AnalyticsSubscription {
         ctx: &Context<'_>,
         team_id: ID,
         #[graphql(default = 5)] interval_seconds: i32,
-    ) -> async_graphql::Result<impl Stream<Item = TeamOverview>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<TeamOverview>>> {
         if !(1..=3600).contains(&interval_seconds) {
             return Err(AppError::bad_input("intervalSeconds must be between 1 and 3600.")).gql();
         }
@@ -125,12 +125,16 @@ impl AnalyticsSubscription {
         };
         // Access is checked by computing the first overview before the stream starts.
         let first = watcher.overview().await.gql()?;
-        Ok(stream::unfold((watcher, Some(first)), |(mut watcher, first)| async move {
+        // After an error the stream ends (`None` as the watcher).
+        Ok(stream::unfold((Some(watcher), Some(first)), |(watcher, first)| async move {
+            let mut watcher = watcher?;
             if let Some(first) = first {
-                return Some((first, (watcher, None)));
+                return Some((Ok(first), (Some(watcher), None)));
             }
-            let next = watcher.next().await?;
-            Some((next, (watcher, None)))
+            match watcher.next().await? {
+                Ok(next) => Some((Ok(next), (Some(watcher), None))),
+                Err(failed) => Some((Err(failed).gql(), (None, None))),
+            }
         }))
     }
 }
@@ -152,12 +156,17 @@ impl Watcher {
     }
 
     /// The next overview, after the first tick in which a run of the team changed; none when
-    /// the team can no longer be read (the subscription ends).
-    async fn next(&mut self) -> Option<TeamOverview> {
+    /// the team can no longer be read (the subscription ends), an error when it could not be
+    /// computed (the cause is logged; the subscription ends with INTERNAL).
+    async fn next(&mut self) -> Option<Result<TeamOverview, AppError>> {
         loop {
             self.ticks.tick().await;
             if self.changed() {
-                return self.overview().await.ok();
+                return match self.overview().await {
+                    Ok(overview) => Some(Ok(overview)),
+                    Err(failed @ AppError::Internal(_)) => Some(Err(failed)),
+                    Err(_) => None,
+                };
             }
         }
     }

@@ -75,7 +75,8 @@ pub fn warn(ctx: &Context<'_>, code: &'static str, message: String, details: Vec
 /// Warns (`PROVIDER_KEY_MISSING`) of each provider the team's agents use that has no API key
 /// configured: the team is saved, and its runs fail if the provider needs one.
 pub fn warn_missing_keys(ctx: &Context<'_>, spec: &serde_json::Value) {
-    for missing in orchestrator::missing_keys(spec) {
+    let Ok(state) = ctx.data::<crate::state::AppState>() else { return };
+    for missing in orchestrator::missing_keys(spec, &state.config.runs.providers) {
         let message = missing.to_string();
         warn(
             ctx,

@@ -7,7 +7,7 @@ use entity::{conversations as rows, messages};
 use super::{caller, loaders::Loaders, runs::Run};
 use crate::{
     auth::guard::TeamRole,
-    error::{AppError, GqlResultExt},
+    error::GqlResultExt,
     service::{conversations, runs::RunInput},
     state::AppState,
 };
@@ -105,7 +105,7 @@ impl Conversation {
     /// Every message, oldest first, loaded once per request with the other conversations'.
     async fn all(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<messages::Model>> {
         let loaders = ctx.data::<Loaders>()?;
-        let all = loaders.messages.load_one(self.id.to_string()).await.map_err(AppError::internal).gql()?;
+        let all = loaders.messages.load_one(self.id.to_string()).await.gql()?;
         Ok(all.unwrap_or_default())
     }
 }

@@ -51,7 +51,8 @@ impl ExportsMutation {
         name: Option<String>,
     ) -> async_graphql::Result<ImportTeamResult> {
         let state = ctx.data::<AppState>()?;
-        let imported = exports::import(&state.db, &caller(ctx), &document, name).await.gql()?;
+        let imported =
+            exports::import(&state.db, &state.config.runs.providers, &caller(ctx), &document, name).await.gql()?;
         warn_missing_keys(ctx, &imported.team.spec);
         Ok(ImportTeamResult { team: Team(imported.team), warnings: imported.warnings })
     }

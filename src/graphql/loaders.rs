@@ -23,9 +23,10 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 
-use crate::service::teams;
+use crate::{error::AppError, service::teams};
 
-/// The loaders of one request (or websocket); each batches the loads of one resolution step.
+/// The loaders of one request (or one websocket operation); each batches the loads of one
+/// resolution step.
 #[derive(Clone)]
 pub struct Loaders {
     pub members: Arc<DataLoader<MembersLoader, HashMapCache>>,
@@ -101,10 +102,10 @@ pub struct MembersLoader(DatabaseConnection);
 
 impl Loader<String> for MembersLoader {
     type Value = Vec<team_members::Model>;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let rows = teams::members_of(&self.0, keys).await.map_err(|e| e.to_string())?;
+        let rows = teams::members_of(&self.0, keys).await?;
         Ok(grouped(rows, |row| row.team_id.clone()))
     }
 }
@@ -114,14 +115,10 @@ pub struct UsersLoader(DatabaseConnection);
 
 impl Loader<String> for UsersLoader {
     type Value = users::Model;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let rows = users::Entity::find()
-            .filter(users::Column::Id.is_in(keys.iter().cloned()))
-            .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rows = users::Entity::find().filter(users::Column::Id.is_in(keys.iter().cloned())).all(&self.0).await?;
         Ok(rows.into_iter().map(|u| (u.id.clone(), u)).collect())
     }
 }
@@ -131,7 +128,7 @@ pub struct VersionCountLoader(DatabaseConnection);
 
 impl Loader<String> for VersionCountLoader {
     type Value = i64;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows: Vec<(String, i64)> = team_versions::Entity::find()
@@ -142,8 +139,7 @@ impl Loader<String> for VersionCountLoader {
             .group_by(team_versions::Column::TeamId)
             .into_tuple()
             .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(rows.into_iter().collect())
     }
 }
@@ -155,7 +151,7 @@ pub struct NewestVersionsLoader(DatabaseConnection);
 
 impl Loader<(String, u64)> for NewestVersionsLoader {
     type Value = Vec<team_versions::Model>;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[(String, u64)]) -> Result<HashMap<(String, u64), Self::Value>, Self::Error> {
         let mut found = HashMap::new();
@@ -168,8 +164,7 @@ impl Loader<(String, u64)> for NewestVersionsLoader {
                 .filter(Expr::col((team_versions::Entity, team_versions::Column::Version)).gt(floor))
                 .order_by_desc(team_versions::Column::Version)
                 .all(&self.0)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             found.extend(grouped(rows, |row| (row.team_id.clone(), count)));
         }
         Ok(found)
@@ -188,7 +183,7 @@ pub struct VersionAtLoader(DatabaseConnection);
 
 impl Loader<(String, i32)> for VersionAtLoader {
     type Value = team_versions::Model;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[(String, i32)]) -> Result<HashMap<(String, i32), Self::Value>, Self::Error> {
         let mut found = HashMap::new();
@@ -197,8 +192,7 @@ impl Loader<(String, i32)> for VersionAtLoader {
                 .filter(team_versions::Column::TeamId.is_in(team_ids))
                 .filter(team_versions::Column::Version.eq(version))
                 .all(&self.0)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             found.extend(rows.into_iter().map(|row| ((row.team_id.clone(), version), row)));
         }
         Ok(found)
@@ -219,15 +213,14 @@ pub struct ShareLinksLoader(DatabaseConnection);
 
 impl Loader<String> for ShareLinksLoader {
     type Value = Vec<team_share_links::Model>;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows = team_share_links::Entity::find()
             .filter(team_share_links::Column::TeamId.is_in(keys.iter().cloned()))
             .order_by_desc(team_share_links::Column::Id)
             .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(grouped(rows, |row| row.team_id.clone()))
     }
 }
@@ -237,7 +230,7 @@ pub struct AttemptsLoader(DatabaseConnection);
 
 impl Loader<String> for AttemptsLoader {
     type Value = Vec<run_attempts::Model>;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows = run_attempts::Entity::find()
@@ -245,8 +238,7 @@ impl Loader<String> for AttemptsLoader {
             .order_by_asc(run_attempts::Column::RunId)
             .order_by_asc(run_attempts::Column::Seq)
             .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(grouped(rows, |row| row.run_id.clone()))
     }
 }
@@ -256,15 +248,14 @@ pub struct MessagesLoader(DatabaseConnection);
 
 impl Loader<String> for MessagesLoader {
     type Value = Vec<messages::Model>;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows = messages::Entity::find()
             .filter(messages::Column::ConversationId.is_in(keys.iter().cloned()))
             .order_by_asc(messages::Column::Id)
             .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(grouped(rows, |row| row.conversation_id.clone()))
     }
 }
@@ -274,7 +265,7 @@ pub struct TeamNamesLoader(DatabaseConnection);
 
 impl Loader<String> for TeamNamesLoader {
     type Value = String;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows: Vec<(String, String)> = team_rows::Entity::find()
@@ -283,8 +274,7 @@ impl Loader<String> for TeamNamesLoader {
             .filter(team_rows::Column::Id.is_in(keys.iter().cloned()))
             .into_tuple()
             .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(rows.into_iter().collect())
     }
 }
@@ -294,7 +284,7 @@ pub struct ApiKeyNamesLoader(DatabaseConnection);
 
 impl Loader<String> for ApiKeyNamesLoader {
     type Value = String;
-    type Error = String;
+    type Error = AppError;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
         let rows: Vec<(String, String)> = api_keys::Entity::find()
@@ -303,8 +293,7 @@ impl Loader<String> for ApiKeyNamesLoader {
             .filter(api_keys::Column::Id.is_in(keys.iter().cloned()))
             .into_tuple()
             .all(&self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(rows.into_iter().collect())
     }
 }

@@ -1,7 +1,6 @@
 //! The GraphQL schema: one module per area merged at the root, the request limits, and the
 //! HTTP and websocket transports that serve it.
 
-pub mod admin;
 pub mod analytics;
 pub mod answers;
 pub mod api_keys;
@@ -17,6 +16,7 @@ pub mod loaders;
 pub mod metering;
 pub mod names;
 pub mod operation;
+pub mod prices;
 pub mod rechecks;
 pub mod rest;
 pub mod runs;
@@ -50,7 +50,7 @@ pub struct QueryRoot(
     runs::RunsQuery,
     estimates::EstimatesQuery,
     conversations::ConversationsQuery,
-    admin::AdminQuery,
+    prices::PricesQuery,
     analytics::AnalyticsQuery,
     usage::UsageQuery,
     audit::AuditQuery,
@@ -68,7 +68,7 @@ pub struct MutationRoot(
     exports::ExportsMutation,
     runs::RunsMutation,
     conversations::ConversationsMutation,
-    admin::AdminMutation,
+    prices::PricesMutation,
     templates::TemplatesMutation,
     workflows::WorkflowsMutation,
     backups::BackupsMutation,

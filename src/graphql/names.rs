@@ -5,25 +5,25 @@
 use async_graphql::{Context, SelectionField};
 
 use super::loaders::Loaders;
-use crate::error::{AppError, GqlResultExt};
+use crate::error::GqlResultExt;
 
 /// A user's display name, else their email; none for a deleted user or one without either.
 pub async fn user(ctx: &Context<'_>, id: Option<&str>) -> async_graphql::Result<Option<String>> {
     let Some(id) = id else { return Ok(None) };
-    let user = ctx.data::<Loaders>()?.users.load_one(id.to_string()).await.map_err(AppError::internal).gql()?;
+    let user = ctx.data::<Loaders>()?.users.load_one(id.to_string()).await.gql()?;
     Ok(user.filter(|u| u.deleted_at.is_none()).and_then(|u| u.display_name.or(u.email)))
 }
 
 /// A team's name; none for a deleted team.
 pub async fn team(ctx: &Context<'_>, id: Option<&str>) -> async_graphql::Result<Option<String>> {
     let Some(id) = id else { return Ok(None) };
-    ctx.data::<Loaders>()?.team_names.load_one(id.to_string()).await.map_err(AppError::internal).gql()
+    ctx.data::<Loaders>()?.team_names.load_one(id.to_string()).await.gql()
 }
 
 /// An API key's name, revoked or not.
 pub async fn api_key(ctx: &Context<'_>, id: Option<&str>) -> async_graphql::Result<Option<String>> {
     let Some(id) = id else { return Ok(None) };
-    ctx.data::<Loaders>()?.api_key_names.load_one(id.to_string()).await.map_err(AppError::internal).gql()
+    ctx.data::<Loaders>()?.api_key_names.load_one(id.to_string()).await.gql()
 }
 
 /// The ids named by one page of rows.
@@ -46,13 +46,13 @@ pub async fn preload(
     let selects = |name: &str| rows.iter().any(|row| row.selection_set().any(|field| field.name() == name));
     let loaders = ctx.data::<Loaders>()?;
     if selects(user_field) && !ids.users.is_empty() {
-        loaders.users.load_many(ids.users).await.map_err(AppError::internal).gql()?;
+        loaders.users.load_many(ids.users).await.gql()?;
     }
     if selects("teamName") && !ids.teams.is_empty() {
-        loaders.team_names.load_many(ids.teams).await.map_err(AppError::internal).gql()?;
+        loaders.team_names.load_many(ids.teams).await.gql()?;
     }
     if selects("apiKeyName") && !ids.api_keys.is_empty() {
-        loaders.api_key_names.load_many(ids.api_keys).await.map_err(AppError::internal).gql()?;
+        loaders.api_key_names.load_many(ids.api_keys).await.gql()?;
     }
     Ok(())
 }

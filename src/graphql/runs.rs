@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     auth::guard::{self, TeamRole},
-    error::{AppError, GqlResultExt},
+    error::GqlResultExt,
     events::RunEvent,
     service::{
         error_groups,
@@ -59,7 +59,7 @@ impl RunsQuery {
         if nodes_select(ctx, &["attempts"]) {
             // Up front, in one query: see `loaders`.
             let ids = rows.items.iter().map(|r| r.id.clone());
-            ctx.data::<Loaders>()?.attempts.load_many(ids).await.map_err(AppError::internal).gql()?;
+            ctx.data::<Loaders>()?.attempts.load_many(ids).await.gql()?;
         }
         Ok(connection(&page, rows, |r| r.id.clone(), Run))
     }
@@ -359,7 +359,7 @@ impl Run {
     /// Every call to a model, in order.
     async fn attempts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunAttempt>> {
         let loaders = ctx.data::<Loaders>()?;
-        let rows = loaders.attempts.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let rows = loaders.attempts.load_one(self.0.id.clone()).await.gql()?;
         Ok(rows.unwrap_or_default().into_iter().map(RunAttempt::from).collect())
     }
 }

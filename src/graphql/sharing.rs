@@ -106,7 +106,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// What a shared stream tells a subscriber's socket loop, in order with the events it queued.
-pub enum Notice {
+pub enum StreamNotice {
     /// Events the socket's queue had no room for: the loop queues them, waiting as for any
     /// other message (and so it does every later batch of this member).
     Events { member: u64, events: Outgoing },
@@ -123,7 +123,7 @@ pub struct Subscriber {
     /// The type of its socket's response messages: `next`, or the legacy protocol's `data`.
     pub result_type: &'static str,
     pub wire: Wire,
-    pub notices: mpsc::UnboundedSender<Notice>,
+    pub notices: mpsc::UnboundedSender<StreamNotice>,
 }
 
 /// The shared streams of this instance, by operation key.
@@ -154,7 +154,7 @@ struct Member {
     /// Set once the socket could take an event neither straight nor in its queue: from then on
     /// events go through `notices`, so they stay in order with those already there.
     behind: bool,
-    notices: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::UnboundedSender<StreamNotice>,
     /// `delivered` when it joined.
     joined_at: u64,
 }
@@ -180,7 +180,7 @@ impl Member {
             }
         };
         self.behind = true;
-        let _ = self.notices.send(Notice::Events { member: number, events });
+        let _ = self.notices.send(StreamNotice::Events { member: number, events });
     }
 }
 
@@ -238,7 +238,8 @@ impl Groups {
             let mut members = locked(shard);
             let delivered = members.delivered;
             for (number, member) in members.list.drain() {
-                let _ = member.notices.send(Notice::Ended { member: number, late: member.joined_at == delivered });
+                let _ =
+                    member.notices.send(StreamNotice::Ended { member: number, late: member.joined_at == delivered });
             }
         }
     }
@@ -369,7 +370,7 @@ mod tests {
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
-    use super::{Groups, Lull, Membership, Notice, SHARDS, Subscriber, TURN};
+    use super::{Groups, Lull, Membership, SHARDS, StreamNotice, Subscriber, TURN};
     use crate::graphql::wire::{Outgoing, Wire, testing};
 
     struct Socket {
@@ -378,7 +379,7 @@ mod tests {
         queue: mpsc::Receiver<Outgoing>,
         /// What was written straight to the socket.
         frames: mpsc::UnboundedReceiver<Message>,
-        notices: mpsc::UnboundedReceiver<Notice>,
+        notices: mpsc::UnboundedReceiver<StreamNotice>,
         membership: Membership,
     }
 
@@ -427,7 +428,7 @@ mod tests {
         }
     }
 
-    async fn notice(socket: &mut Socket) -> Notice {
+    async fn notice(socket: &mut Socket) -> StreamNotice {
         tokio::time::timeout(Duration::from_secs(5), socket.notices.recv()).await.unwrap().unwrap()
     }
 
@@ -580,10 +581,10 @@ mod tests {
         let mut late = join(&groups, "late");
         drop(source);
         assert!(
-            matches!(notice(&mut early).await, Notice::Ended { late: false, member } if member == early.membership.number)
+            matches!(notice(&mut early).await, StreamNotice::Ended { late: false, member } if member == early.membership.number)
         );
         assert!(
-            matches!(notice(&mut late).await, Notice::Ended { late: true, member } if member == late.membership.number)
+            matches!(notice(&mut late).await, StreamNotice::Ended { late: true, member } if member == late.membership.number)
         );
         // Ended, it is gone: the next subscriber starts a new stream.
         assert!(groups.live.lock().unwrap().is_empty());
@@ -611,12 +612,12 @@ mod tests {
         }
         assert!(item(&mut slow).await[0].contains(r#"{"n":1}"#));
         for n in 2..=3 {
-            let Notice::Events { events, .. } = notice(&mut slow).await else { panic!("not events") };
+            let StreamNotice::Events { events, .. } = notice(&mut slow).await else { panic!("not events") };
             assert!(texts(events)[0].contains(&format!(r#"{{"n":{n}}}"#)));
         }
         // Once behind, always through the loop, even with room again.
         source.send(event(4)).unwrap();
-        assert!(matches!(notice(&mut slow).await, Notice::Events { .. }));
+        assert!(matches!(notice(&mut slow).await, StreamNotice::Events { .. }));
         assert!(slow.queue.try_recv().is_err() && slow.frames.is_empty());
     }
 
@@ -628,7 +629,7 @@ mod tests {
         b.membership.hold();
         source.send(event(1)).unwrap();
         assert!(written(&mut a).await[0].contains(r#"{"n":1}"#));
-        let Notice::Events { events, member } = notice(&mut b).await else { panic!("not events") };
+        let StreamNotice::Events { events, member } = notice(&mut b).await else { panic!("not events") };
         assert_eq!(member, b.membership.number);
         assert!(texts(events)[0].contains(r#"{"n":1}"#));
         assert!(b.frames.is_empty() && b.queue.try_recv().is_err(), "nothing went past its loop");

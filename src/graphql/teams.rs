@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::graphql::scalars::Json;
-use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject, connection::Connection};
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
 use serde_json::Value;
@@ -13,12 +13,11 @@ use super::{
     answers::warn_missing_keys,
     caller, connection,
     loaders::{Loaders, int_argument, node_fields, nodes_select},
-    principal,
     share_links::ShareLink,
     users::User,
 };
 use crate::{
-    auth::{GlobalRole, Principal, guard::TeamRole},
+    auth::guard::{self, TeamRole},
     error::{AppError, GqlResultExt},
     service::{
         page::PageRequest,
@@ -65,19 +64,19 @@ async fn prefetch(ctx: &Context<'_>, page: &[rows::Model]) -> async_graphql::Res
         users.extend(page.iter().map(|t| t.owner_id.clone()));
     }
     if nodes_select(ctx, &["members"]) || nodes_select(ctx, &["myRole"]) || nodes_select(ctx, &["shareLinks"]) {
-        let members = loaders.members.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        let members = loaders.members.load_many(ids.clone()).await.gql()?;
         if nodes_select(ctx, &["members", "user"]) {
             users.extend(members.values().flatten().map(|m| m.user_id.clone()));
         }
     }
     if !users.is_empty() {
-        loaders.users.load_many(users).await.map_err(AppError::internal).gql()?;
+        loaders.users.load_many(users).await.gql()?;
     }
     if nodes_select(ctx, &["versionCount"]) {
-        loaders.version_counts.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        loaders.version_counts.load_many(ids.clone()).await.gql()?;
     }
     if nodes_select(ctx, &["shareLinks"]) {
-        loaders.share_links.load_many(ids.clone()).await.map_err(AppError::internal).gql()?;
+        loaders.share_links.load_many(ids.clone()).await.gql()?;
     }
     prefetch_versions(ctx, loaders, &ids).await
 }
@@ -89,12 +88,12 @@ async fn prefetch_versions(ctx: &Context<'_>, loaders: &Loaders, ids: &[String])
         node_fields(ctx, &["versions"]).iter().filter_map(|f| newest(int_argument(f, "first"), max).ok()).collect();
     for count in counts {
         let keys = ids.iter().map(|id| (id.clone(), count));
-        loaders.versions.load_many(keys).await.map_err(AppError::internal).gql()?;
+        loaders.versions.load_many(keys).await.gql()?;
     }
     let numbers: BTreeSet<i32> = node_fields(ctx, &["versionAt"]).iter().filter_map(|f| int_argument(f, "n")).collect();
     for n in numbers {
         let keys = ids.iter().map(|id| (id.clone(), n));
-        loaders.version_at.load_many(keys).await.map_err(AppError::internal).gql()?;
+        loaders.version_at.load_many(keys).await.gql()?;
     }
     Ok(())
 }
@@ -178,7 +177,7 @@ impl TeamsMutation {
             visibility: input.visibility,
             spec: input.spec.map(|s| s.0),
         };
-        let team = teams::create(&state.db, &caller(ctx), new).await.gql()?;
+        let team = teams::create(&state.db, &state.config.runs.providers, &caller(ctx), new).await.gql()?;
         warn_missing_keys(ctx, &team.spec);
         Ok(Team(team))
     }
@@ -201,7 +200,9 @@ impl TeamsMutation {
             message: input.message,
             expected_version,
         };
-        let team = teams::update(&state.db, &state.caches, &caller(ctx), &id, changes).await.gql()?;
+        let team = teams::update(&state.db, &state.caches, &state.config.runs.providers, &caller(ctx), &id, changes)
+            .await
+            .gql()?;
         if spec_changed {
             warn_missing_keys(ctx, &team.spec);
         }
@@ -344,32 +345,32 @@ impl Team {
     /// How many versions the team has.
     async fn version_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
         let loaders = ctx.data::<Loaders>()?;
-        let count = loaders.version_counts.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let count = loaders.version_counts.load_one(self.0.id.clone()).await.gql()?;
         Ok(count.unwrap_or(0))
     }
 
     /// The team's share links (owners only), newest first.
     async fn share_links(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ShareLink>> {
         let members = self.load_members(ctx).await?;
-        if self.role_among(ctx, &members) != Some(TeamRole::Owner) {
-            return Err(AppError::Forbidden("Only owners see a team's share links.".into()).extend());
-        }
+        let caller = caller(ctx);
+        let role = guard::membership(&caller, &self.0.id, &members);
+        guard::member_may(&caller, role, TeamRole::Owner, "Only owners see a team's share links.").gql()?;
         let loaders = ctx.data::<Loaders>()?;
-        let links = loaders.share_links.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let links = loaders.share_links.load_one(self.0.id.clone()).await.gql()?;
         Ok(links.unwrap_or_default().into_iter().map(ShareLink::from).collect())
     }
 
     /// Who created the team.
     async fn owner(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loaders = ctx.data::<Loaders>()?;
-        let user = loaders.users.load_one(self.0.owner_id.clone()).await.map_err(AppError::internal).gql()?;
+        let user = loaders.users.load_one(self.0.owner_id.clone()).await.gql()?;
         Ok(user.map(User::from))
     }
 
     /// The spec as it was at version `n` (null if there is no such version).
     async fn version_at(&self, ctx: &Context<'_>, n: i32) -> async_graphql::Result<Option<TeamVersion>> {
         let loaders = ctx.data::<Loaders>()?;
-        let version = loaders.version_at.load_one((self.0.id.clone(), n)).await.map_err(AppError::internal).gql()?;
+        let version = loaders.version_at.load_one((self.0.id.clone(), n)).await.gql()?;
         Ok(version.map(TeamVersion))
     }
 
@@ -380,44 +381,30 @@ impl Team {
         let state = ctx.data::<AppState>()?;
         let count = newest(first, state.config.limits.max_page_size).gql()?;
         let loaders = ctx.data::<Loaders>()?;
-        let rows = loaders.versions.load_one((self.0.id.clone(), count)).await.map_err(AppError::internal).gql()?;
+        let rows = loaders.versions.load_one((self.0.id.clone(), count)).await.gql()?;
         Ok(rows.unwrap_or_default().into_iter().map(TeamVersion).collect())
     }
 
     /// Your role on this team (null when you only see it because it is public).
     async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
         let members = self.load_members(ctx).await?;
-        Ok(self.role_among(ctx, &members))
+        Ok(guard::membership(&caller(ctx), &self.0.id, &members))
     }
 
     /// Who belongs to the team (members and admins only).
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMember>> {
         let members = self.load_members(ctx).await?;
-        if self.role_among(ctx, &members).is_none() {
-            return Err(AppError::Forbidden("Only members see who belongs to a team.".into()).extend());
-        }
+        let caller = caller(ctx);
+        let role = guard::membership(&caller, &self.0.id, &members);
+        guard::member_may(&caller, role, TeamRole::Viewer, "Only members see who belongs to a team.").gql()?;
         Ok(members.into_iter().map(TeamMember).collect())
     }
 }
 
 impl Team {
-    /// The caller's role given the team's members: admins own every team; an API key acts as its
-    /// owner on its own team.
-    fn role_among(&self, ctx: &Context<'_>, members: &[team_members::Model]) -> Option<TeamRole> {
-        let user = match principal(ctx) {
-            Principal::User(user) => user,
-            Principal::ApiKey(key) if key.team_id.as_ref().is_none_or(|t| *t == self.0.id) => &key.owner,
-            _ => return None,
-        };
-        if user.role == GlobalRole::Admin {
-            return Some(TeamRole::Owner);
-        }
-        members.iter().find(|m| m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role))
-    }
-
     async fn load_members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<team_members::Model>> {
         let loaders = ctx.data::<Loaders>()?;
-        let members = loaders.members.load_one(self.0.id.clone()).await.map_err(AppError::internal).gql()?;
+        let members = loaders.members.load_one(self.0.id.clone()).await.gql()?;
         Ok(members.unwrap_or_default())
     }
 }
@@ -439,7 +426,7 @@ impl TeamMember {
     }
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
         let loaders = ctx.data::<Loaders>()?;
-        let user = loaders.users.load_one(self.0.user_id.clone()).await.map_err(AppError::internal).gql()?;
+        let user = loaders.users.load_one(self.0.user_id.clone()).await.gql()?;
         Ok(user.map(User::from))
     }
 }

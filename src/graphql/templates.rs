@@ -19,7 +19,7 @@ use super::{
     users::User,
 };
 use crate::{
-    error::{AppError, GqlResultExt, Problem},
+    error::{GqlResultExt, Problem},
     service::{
         page::{Page, PageRequest},
         template_categories::{self as categories, CategoryInput},
@@ -135,7 +135,7 @@ impl TemplatesQuery {
 async fn prefetch(ctx: &Context<'_>, page: &[Arc<rows::Model>]) -> async_graphql::Result<()> {
     if nodes_select(ctx, &["owner"]) {
         let owners = page.iter().filter_map(|t| t.owner_id.clone());
-        ctx.data::<Loaders>()?.users.load_many(owners).await.map_err(AppError::internal).gql()?;
+        ctx.data::<Loaders>()?.users.load_many(owners).await.gql()?;
     }
     if nodes_select(ctx, &["category"]) {
         // One read of the cached list; every node's `category` then finds it there.
@@ -303,7 +303,7 @@ impl Template {
             return Ok(None);
         };
         let loaders = ctx.data::<Loaders>()?;
-        let user = loaders.users.load_one(owner_id.clone()).await.map_err(AppError::internal).gql()?;
+        let user = loaders.users.load_one(owner_id.clone()).await.gql()?;
         Ok(user.map(User::from))
     }
 

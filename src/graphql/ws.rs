@@ -29,6 +29,7 @@ use self::{
 use super::wire::{Outgoing, Wire};
 use crate::{
     auth::{Authenticator, Principal, bearer},
+    error::AppError,
     state::{HttpState, RequestMeta},
 };
 
@@ -156,6 +157,9 @@ enum InitRefusal {
     BadPayload,
     /// 4403: a foreign origin, or credentials that do not verify or have expired.
     Forbidden,
+    /// 1011: the credentials could not be checked (e.g. the database is down); the cause is
+    /// logged, never sent.
+    Internal(String),
 }
 
 /// Who `connection_init` signs in as: `{"authorization": "Bearer …"}` or `{"token": "…"}`;
@@ -181,7 +185,10 @@ async fn authorize_init(
         (None, None) => return Ok((Principal::Anonymous, None)),
         _ => return Err(InitRefusal::BadPayload),
     };
-    let principal = auth.from_token(token).await.map_err(|_| InitRefusal::Forbidden)?;
+    let principal = auth.from_token(token).await.map_err(|refused| match refused {
+        AppError::Internal(cause) => InitRefusal::Internal(cause),
+        _ => InitRefusal::Forbidden,
+    })?;
     if principal.expires_at().is_some_and(|at| at <= Utc::now()) {
         return Err(InitRefusal::Forbidden);
     }

@@ -8,20 +8,6 @@ pub mod routing;
 pub mod spec;
 pub mod tokens;
 
-/// Whether `provider/…` models can be reached: the offline `local`, OpenAI, or a provider
-/// configured with `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`.
-pub fn known_provider(name: &str) -> bool {
-    matches!(name, "local" | "openai") || std::env::var(providers::openai::base_url_variable(name)).is_ok()
-}
-
-/// The variable to set for `provider`'s API key, when the provider is configured without one
-/// (`local` needs none; an unknown provider is the spec's problem, not this).
-pub fn missing_key(provider: &str) -> Option<String> {
-    let endpoints = providers::openai::endpoints_from_env();
-    let (_, endpoint) = endpoints.into_iter().find(|(name, _)| name == provider)?;
-    endpoint.api_key.is_none().then_some(endpoint.key_variable)
-}
-
 /// A provider a spec's agents use that has no API key configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingKey {
@@ -42,9 +28,10 @@ impl std::fmt::Display for MissingKey {
     }
 }
 
-/// One [`MissingKey`] per provider of a (valid) spec's agents that has no API key configured.
-pub fn missing_keys(spec: &serde_json::Value) -> Vec<MissingKey> {
-    missing_keys_with(spec, &missing_key)
+/// One [`MissingKey`] per provider of a (valid) spec's agents that `providers` configure
+/// without an API key.
+pub fn missing_keys(spec: &serde_json::Value, providers: &crate::config::ProviderSettings) -> Vec<MissingKey> {
+    missing_keys_with(spec, &|provider| providers.missing_key(provider))
 }
 
 /// [`missing_keys`] with `missing_key` saying which variable a provider lacks.

@@ -201,7 +201,7 @@ fn agents(c: &mut Checker, value: Option<&Value>) -> Vec<Agent> {
             match model.split_once('/') {
                 Some((provider, name)) if !provider.is_empty() && !name.is_empty() => {
                     if !(c.known_provider)(provider) {
-                        let variable = super::providers::openai::base_url_variable(provider);
+                        let variable = crate::config::providers::base_url_variable(provider);
                         c.problem(format!("{path}.model"), format!("unknown provider \"{provider}\" — set {variable}"));
                     } else if provider == "local"
                         && let Err(why) = super::providers::local::check_model(name)

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     auth::{
-        GlobalRole, Principal,
+        Principal,
         api_key::Scope,
         guard::{self, TeamRole},
     },
@@ -534,7 +534,7 @@ pub async fn visible_teams(
         }
         _ => guard::account(caller)?,
     };
-    if user.role == GlobalRole::Admin {
+    if guard::sees_all(caller) {
         return Ok(None);
     }
     let teams = team_members::Entity::find()

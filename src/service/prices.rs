@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::audit::{self, Caller, Entry, actions};
 use crate::{
-    auth::guard::admin,
+    auth::guard::{admin, signed_in},
     cache::{Caches, Invalidation, ModelName},
     db,
     error::{AppError, Problem},
@@ -64,8 +64,9 @@ impl PriceBook {
         self.caches.model_prices.get_or_load(ModelName(model.to_string()), load).await
     }
 
-    /// Every price, by model name.
-    pub async fn list(&self) -> Result<Vec<model_prices::Model>, AppError> {
+    /// Every price, by model name, for anyone signed in.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<model_prices::Model>, AppError> {
+        signed_in(caller)?;
         Ok(model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(&self.db).await?)
     }
 

@@ -37,7 +37,6 @@ use crate::{
     events::{EventBus, Notice, Reach, RunEvent, RunEventKind},
     metrics::Metrics,
     orchestrator::{
-        self,
         executor::{self, Outcome, Price, RunContext, Status},
         prompts,
         providers::{ChatMessage, Providers, Role},
@@ -137,7 +136,7 @@ impl Runner {
         caches: Arc<Caches>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let providers = Providers::from_env(Duration::from_secs(config.provider_timeout_secs));
+        let providers = Providers::new(&config.providers, Duration::from_secs(config.provider_timeout_secs));
         Self {
             metrics,
             prices: PriceBook::new(db.clone(), caches.clone()),
@@ -357,7 +356,7 @@ impl Runner {
                 })?
                 .spec
         };
-        let spec = spec::parse(&document, &orchestrator::known_provider).map_err(|problems| {
+        let spec = spec::parse(&document, &|provider| self.config.providers.known(provider)).map_err(|problems| {
             let first = problems.first().map(ToString::to_string).unwrap_or_default();
             let message = format!("Version {version} of the team's spec is not valid: {first}");
             AppError::BadUserInput { message, problems }

@@ -17,11 +17,12 @@ use super::{
 use crate::service::name::Name;
 use crate::{
     auth::{
-        GlobalRole, Principal, UserPrincipal,
+        Principal, UserPrincipal,
         api_key::Scope,
         guard::{self, TeamRole, acting_user},
     },
     cache::{Caches, Invalidation},
+    config::ProviderSettings,
     db,
     error::{AppError, Problem},
 };
@@ -121,20 +122,26 @@ async fn insert_with_free_slug<C: ConnectionTrait>(
     Ok(team.try_into_model()?)
 }
 
-pub async fn create(db: &DatabaseConnection, caller: &Caller, new: NewTeam) -> Result<teams::Model, AppError> {
-    create_as(db, caller, new, actions::TEAM_CREATE).await
+pub async fn create(
+    db: &DatabaseConnection,
+    providers: &ProviderSettings,
+    caller: &Caller,
+    new: NewTeam,
+) -> Result<teams::Model, AppError> {
+    create_as(db, providers, caller, new, actions::TEAM_CREATE).await
 }
 
 /// Creates a team, audited as `action` (`team.create`, `team.import`).
 #[tracing::instrument(skip_all)]
 pub async fn create_as(
     db: &DatabaseConnection,
+    providers: &ProviderSettings,
     caller: &Caller,
     new: NewTeam,
     action: &'static str,
 ) -> Result<teams::Model, AppError> {
     let me = acting_user(caller, Scope::TeamsWrite)?;
-    let spec = check_new(&new)?;
+    let spec = check_new(&new, providers)?;
     let txn = db::begin_write(db).await?;
     let team = insert(&txn, me, new, spec).await?;
     let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility, "version": 1});
@@ -145,11 +152,11 @@ pub async fn create_as(
 
 /// Every problem with a new team, or its spec in canonical form (the default spec when none is
 /// given).
-pub fn check_new(new: &NewTeam) -> Result<Value, AppError> {
+pub fn check_new(new: &NewTeam, providers: &ProviderSettings) -> Result<Value, AppError> {
     let mut problems = Vec::new();
     check_name(&new.name, &mut problems);
     check_description(new.description.as_deref(), &mut problems);
-    let spec = match versions::validate_spec(&new.spec.clone().unwrap_or_else(default_spec)) {
+    let spec = match versions::validate_spec(&new.spec.clone().unwrap_or_else(default_spec), providers) {
         Ok(spec) => Some(spec),
         Err(spec_problems) => {
             problems.extend(spec_problems);
@@ -218,7 +225,7 @@ pub async fn list(
         }
         _ => acting_user(caller, Scope::TeamsRead)?,
     };
-    if me.role != GlobalRole::Admin {
+    if !guard::sees_all(caller) {
         query = query
             .join(JoinType::InnerJoin, teams::Relation::Members.def())
             .filter(team_members::Column::UserId.eq(&me.id));
@@ -234,6 +241,7 @@ pub async fn list(
 pub async fn update(
     db: &DatabaseConnection,
     caches: &Caches,
+    providers: &ProviderSettings,
     caller: &Caller,
     id: &str,
     changes: TeamChanges,
@@ -246,7 +254,7 @@ pub async fn update(
     if changes.message.as_ref().is_some_and(|m| m.chars().count() > 500) {
         problems.push(Problem::new("message", "must be at most 500 characters"));
     }
-    let spec = match changes.spec.as_ref().map(versions::validate_spec) {
+    let spec = match changes.spec.as_ref().map(|spec| versions::validate_spec(spec, providers)) {
         Some(Ok(spec)) => Some(spec),
         Some(Err(spec_problems)) => {
             problems.extend(spec_problems);

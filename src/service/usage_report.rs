@@ -12,7 +12,7 @@ use sea_orm::{
 
 use super::{audit::Caller, range::TimeRange};
 use crate::{
-    auth::{GlobalRole, api_key::Scope, guard},
+    auth::{api_key::Scope, guard},
     error::{AppError, Problem},
 };
 
@@ -175,7 +175,7 @@ pub struct Visibility {
 /// owner (and, when restricted to a team, within it).
 pub fn visibility(caller: &Caller) -> Result<Visibility, AppError> {
     let (user, team) = guard::acting_user_within(caller, Scope::TeamsRead)?;
-    Ok(Visibility { user: (user.role != GlobalRole::Admin).then(|| user.id.clone()), team: team.map(str::to_string) })
+    Ok(Visibility { user: (!guard::sees_all(caller)).then(|| user.id.clone()), team: team.map(str::to_string) })
 }
 
 impl Visibility {

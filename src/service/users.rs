@@ -20,7 +20,7 @@ use crate::service::name::Name;
 use crate::{
     auth::{
         GlobalRole, Principal, UserPrincipal,
-        guard::{account, admin},
+        guard::{self, account, admin},
     },
     cache::{Caches, Invalidation, UserId},
     db,
@@ -95,7 +95,7 @@ impl ProfileChanges {
 /// A user the caller may see: themselves, or anyone for an admin. Others are not found.
 pub async fn get(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<users::Model, AppError> {
     let me = account(caller)?;
-    if me.id != id && me.role != GlobalRole::Admin {
+    if me.id != id && !guard::sees_all(caller) {
         return Err(not_found());
     }
     find(db, id).await?.filter(|u| u.deleted_at.is_none()).ok_or_else(not_found)

@@ -17,16 +17,17 @@ use super::{
 };
 use crate::{
     auth::guard::{self, TeamRole},
+    config::ProviderSettings,
     db,
     error::{AppError, Problem},
-    orchestrator::{self, spec},
+    orchestrator::spec,
 };
 
 /// The canonical form of a valid spec, or every problem with it. Agent and rule names must also
 /// be free of hidden characters (`name::hidden_character`); that is checked here, where specs
 /// are written, so that a spec stored before the rule still runs.
-pub fn validate_spec(value: &Value) -> Result<Value, Vec<Problem>> {
-    let spec = spec::parse(value, &orchestrator::known_provider)?;
+pub fn validate_spec(value: &Value, providers: &ProviderSettings) -> Result<Value, Vec<Problem>> {
+    let spec = spec::parse(value, &|provider| providers.known(provider))?;
     let agents = spec.agents.iter().enumerate().map(|(i, a)| (format!("spec.agents[{i}].name"), &a.name));
     let rules = spec.routing.rules.iter().enumerate().map(|(i, r)| (format!("spec.routing.rules[{i}].name"), &r.name));
     let problems: Vec<Problem> = agents

@@ -28,7 +28,7 @@ use crate::{
         AppSchema,
         loaders::Loaders,
         rechecks::RecheckSlot,
-        sharing::{CountedBySocket, Groups, Lull, Membership, Notice, SocketOperation},
+        sharing::{CountedBySocket, Groups, Lull, Membership, SocketOperation, StreamNotice},
     },
     metrics::{Metrics, OpenSubscription},
     state::{AppState, HttpState, RequestMeta},
@@ -118,8 +118,8 @@ pub(super) struct Connection {
     operations: HashMap<String, Operation>,
     streams: StreamMap<String, OperationStream>,
     groups: Arc<Groups>,
-    notices: mpsc::UnboundedReceiver<Notice>,
-    notify: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::UnboundedReceiver<StreamNotice>,
+    notify: mpsc::UnboundedSender<StreamNotice>,
     /// Word that access may have changed, once signed in (`watching`).
     rechecks: mpsc::UnboundedReceiver<AccessRecheck>,
     recheck_sender: mpsc::UnboundedSender<AccessRecheck>,
@@ -260,6 +260,11 @@ impl Connection {
                     return self.refuse_init(4400, "connection_init payload must be an object").await;
                 }
                 Err(InitRefusal::Forbidden) => return self.refuse_init(4403, "Forbidden").await,
+                Err(InitRefusal::Internal(cause)) => {
+                    // The surrounding span carries the request id.
+                    tracing::error!(error = %cause, "connection_init could not sign in");
+                    return self.refuse_init(1011, "Internal server error").await;
+                }
             };
         let key_prefix = match &principal {
             Principal::ApiKey(key) => Some(key.prefix.clone()),
@@ -376,14 +381,14 @@ impl Connection {
         self.outbox.json(json!({"type": "complete", "id": id})).await
     }
 
-    /// Sends one response. On `graphql-transport-ws`, an operation refused before it ran is an
-    /// `error` message (and no `complete`); anything else is `next` (the legacy `data`).
+    /// Sends one response. On `graphql-transport-ws`, an operation refused before it ran, or a
+    /// subscription whose stream failed after its first result, is an `error` message (and no
+    /// `complete`); anything else is `next` (the legacy `data`).
     async fn forward(&mut self, id: String, index: usize, response: Box<Response>) -> Result<(), SlowClient> {
+        let failed = response.data == async_graphql::Value::Null && !response.errors.is_empty();
         let refused = self.protocol == Protocol::Transport
-            && index == 0
-            && response.data == async_graphql::Value::Null
-            && !response.errors.is_empty()
-            && response.errors.iter().all(|e| e.path.is_empty());
+            && failed
+            && (index > 0 || response.errors.iter().all(|e| e.path.is_empty()));
         if refused {
             self.operations.remove(&id);
             self.streams.remove(&id);

@@ -1,11 +1,13 @@
 //! Model providers behind one trait, chosen by the `provider/model` prefix: `local/*` answers
 //! offline and deterministically; any other provider speaks the OpenAI-compatible chat
-//! completions API at a base URL from the environment.
+//! completions API at a base URL from the configuration (`config::providers`).
 
 pub mod local;
 pub mod openai;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use crate::config::ProviderSettings;
 
 /// Why an attempt failed; the names are the spec's `retryOn` classes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,14 +115,13 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// `local`, `openai` (`OPENAI_API_KEY`, or `ENSEMBLE_PROVIDER_OPENAI_*`), and every
-    /// provider named by an `ENSEMBLE_PROVIDER_<NAME>_BASE_URL` variable; `timeout` bounds
-    /// each HTTP call. Each provider without an API key is logged as a warning naming the
-    /// variable to set.
-    pub fn from_env(timeout: Duration) -> Self {
+    /// `local` and the providers `settings` configure (docs/runs.md); `timeout` bounds each
+    /// HTTP call. Each provider without an API key is logged as a warning naming the variable
+    /// to set.
+    pub fn new(settings: &ProviderSettings, timeout: Duration) -> Self {
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         by_name.insert("local".into(), Arc::new(local::Local));
-        for (name, endpoint) in openai::endpoints_from_env() {
+        for (name, endpoint) in settings.endpoints().iter().cloned() {
             if endpoint.api_key.is_none() {
                 let variable = &endpoint.key_variable;
                 tracing::warn!(

@@ -1,11 +1,11 @@
 //! The OpenAI-compatible chat completions client: OpenAI itself, and any server speaking its API
-//! (Ollama, vLLM, LiteLLM, …) at a base URL from the environment.
+//! (Ollama, vLLM, LiteLLM, …) at a base URL from the configuration (`config::providers`).
 
 mod sse;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, error::Error, fmt, time::Duration};
+use std::{error::Error, time::Duration};
 
 use futures_util::StreamExt;
 use reqwest::{
@@ -16,84 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Completion, CompletionRequest, DeltaSink, ErrorClass, Provider, ProviderError};
-use crate::orchestrator::tokens;
+pub use crate::config::providers::Endpoint;
+use crate::{config::providers::OPENAI_BASE_URL, orchestrator::tokens};
 
-const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-const ENV_PREFIX: &str = "ENSEMBLE_PROVIDER_";
 /// Connecting should take far less than answering; past this the host is unreachable.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of a provider's error message is kept in the run's record.
 const MAX_ERROR_CHARS: usize = 300;
-
-/// Where a provider lives and the key it wants (none for e.g. a local Ollama).
-#[derive(Clone)]
-pub struct Endpoint {
-    pub base_url: String,
-    pub api_key: Option<String>,
-    /// The variable the key comes from, or the one to set when there is none.
-    pub key_variable: String,
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = self.api_key.as_ref().map(|_| "<redacted>");
-        f.debug_struct("Endpoint")
-            .field("base_url", &self.base_url)
-            .field("api_key", &key)
-            .field("key_variable", &self.key_variable)
-            .finish()
-    }
-}
-
-/// The variable that configures `provider`'s base URL: `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`.
-pub fn base_url_variable(provider: &str) -> String {
-    format!("{ENV_PREFIX}{}_BASE_URL", provider.to_ascii_uppercase())
-}
-
-/// The variable to set for `provider`'s API key: `OPENAI_API_KEY` for OpenAI (which also reads
-/// `ENSEMBLE_PROVIDER_OPENAI_API_KEY`), `ENSEMBLE_PROVIDER_<NAME>_API_KEY` for the others.
-pub fn key_variable(provider: &str) -> String {
-    match provider {
-        "openai" => "OPENAI_API_KEY".to_owned(),
-        other => format!("{ENV_PREFIX}{}_API_KEY", other.to_ascii_uppercase()),
-    }
-}
-
-/// `openai`, plus one provider per `ENSEMBLE_PROVIDER_<NAME>_BASE_URL`, sorted by name.
-pub fn endpoints_from_env() -> Vec<(String, Endpoint)> {
-    // `vars()` panics on a non-Unicode variable; such variables cannot configure us anyway.
-    endpoints_from(
-        std::env::vars_os().filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?))),
-    )
-}
-
-/// [`endpoints_from_env`] over given variables, so tests need not touch the process environment.
-/// Empty values count as unset; `local` stays the offline provider.
-fn endpoints_from(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, Endpoint)> {
-    let vars: HashMap<String, String> = vars.into_iter().filter(|(_, value)| !value.trim().is_empty()).collect();
-    let var = |name: &str| vars.get(name).cloned();
-    let openai_key =
-        ["ENSEMBLE_PROVIDER_OPENAI_API_KEY", "OPENAI_API_KEY"].into_iter().find_map(|name| Some((name, var(name)?)));
-    let openai = Endpoint {
-        base_url: var("ENSEMBLE_PROVIDER_OPENAI_BASE_URL").unwrap_or_else(|| OPENAI_BASE_URL.to_owned()),
-        key_variable: openai_key.as_ref().map_or_else(|| key_variable("openai"), |(name, _)| (*name).to_owned()),
-        api_key: openai_key.map(|(_, key)| key),
-    };
-    let mut endpoints = vec![("openai".to_owned(), openai)];
-    for (key, base_url) in &vars {
-        let Some(name) = key.strip_prefix(ENV_PREFIX).and_then(|rest| rest.strip_suffix("_BASE_URL")) else {
-            continue;
-        };
-        let lowercase = name.to_ascii_lowercase();
-        if !matches!(lowercase.as_str(), "" | "openai" | "local") {
-            let key_variable = format!("{ENV_PREFIX}{name}_API_KEY");
-            let api_key = var(&key_variable);
-            endpoints.push((lowercase, Endpoint { base_url: base_url.clone(), api_key, key_variable }));
-        }
-    }
-    endpoints.sort_by(|a, b| a.0.cmp(&b.0));
-    endpoints
-}
 
 /// One OpenAI-compatible endpoint, with a connection pool shared by every call to it.
 pub struct OpenAiCompatible {

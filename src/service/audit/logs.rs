@@ -14,7 +14,7 @@ use tokio_stream::wrappers::{IntervalStream, WatchStream};
 use super::Caller;
 use crate::{
     auth::{
-        GlobalRole, Principal,
+        Principal,
         guard::{self, TeamRole},
     },
     error::{AppError, Problem},
@@ -95,7 +95,7 @@ async fn visible(db: &DatabaseConnection, caller: &Caller, team_id: Option<&str>
     if matches!(caller.principal, Principal::Anonymous) {
         return Err(AppError::Unauthenticated("Sign in to read the audit log.".into()));
     }
-    let admin = matches!(&caller.principal, Principal::User(user) if user.role == GlobalRole::Admin);
+    let admin = matches!(caller.principal, Principal::User(_)) && guard::sees_all(caller);
     match (team_id, admin) {
         (Some(id), true) => Ok(Visible::Team(id.to_string())),
         (Some(id), false) => guard::team(db, caller, id, TeamRole::Owner).await.map(|_| Visible::Team(id.to_string())),

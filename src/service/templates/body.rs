@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use self::text::Scope;
-use crate::{error::Problem, orchestrator::prompts::is_template, service::versions};
+use crate::{config::ProviderSettings, error::Problem, orchestrator::prompts::is_template, service::versions};
 
 /// The longest prompt a QUERY template or a workflow step may hold, in characters.
 const MAX_PROMPT_CHARS: usize = 100_000;
@@ -132,16 +132,22 @@ pub struct DemoMessage {
 
 /// Checks a body and its variable declarations for `kind`, listing every problem with its path
 /// (`body.…`, `variables[i].…`) and, for template syntax errors, line and column.
-pub fn check(kind: Kind, body: &Value, variables: &Value) -> Result<Checked, Vec<Problem>> {
+/// A TEAM body's agents (a DEMO's team's) may use the providers `providers` configure.
+pub fn check(
+    kind: Kind,
+    body: &Value,
+    variables: &Value,
+    providers: &ProviderSettings,
+) -> Result<Checked, Vec<Problem>> {
     let mut problems = Vec::new();
     let declared = declarations::parse(variables, &mut problems);
     let names = declarations::names(variables);
     let scope = Scope { variables: &names, steps: None };
     let body = match kind {
-        Kind::Team => team("body", body, &scope, &mut problems),
+        Kind::Team => team("body", body, &scope, providers, &mut problems),
         Kind::Query => query(body, &scope, &mut problems),
         Kind::Workflow => steps::check(body, &names, &mut problems),
-        Kind::Demo => demo::check(body, &scope, &mut problems),
+        Kind::Demo => demo::check(body, &scope, providers, &mut problems),
     };
     if problems.is_empty() { Ok(Checked { body, variables: declared }) } else { Err(problems) }
 }
@@ -198,8 +204,8 @@ pub fn conversation(body: &Value) -> Vec<DemoMessage> {
 /// The canonical spec of a TEAM body (or a DEMO's team) at `path`, or null: problems from
 /// `validate_spec` moved under `path`, and every system prompt that is a template checked
 /// against `scope`.
-fn team(path: &str, spec: &Value, scope: &Scope, problems: &mut Vec<Problem>) -> Value {
-    let canonical = versions::validate_spec(spec).unwrap_or_else(|found| {
+fn team(path: &str, spec: &Value, scope: &Scope, providers: &ProviderSettings, problems: &mut Vec<Problem>) -> Value {
+    let canonical = versions::validate_spec(spec, providers).unwrap_or_else(|found| {
         problems.extend(found.into_iter().map(|problem| {
             let rest = problem.path.strip_prefix("spec").unwrap_or(&problem.path);
             Problem { path: format!("{path}{rest}"), ..problem }

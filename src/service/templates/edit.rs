@@ -127,7 +127,7 @@ impl Templates {
             problems.push(Problem::new("input.body", "is required"));
             return Ok(None);
         };
-        let checked = match body::check(kind, &body, &variables.unwrap_or(Value::Null)) {
+        let checked = match body::check(kind, &body, &variables.unwrap_or(Value::Null), &self.providers) {
             Ok(checked) => checked,
             Err(found) => {
                 problems.extend(found.into_iter().map(|p| Problem { path: format!("input.{}", p.path), ..p }));

@@ -32,8 +32,13 @@ use super::{
     page::{Page, PageRequest},
 };
 use crate::{
-    auth::{GlobalRole, Principal, UserPrincipal, api_key::Scope, guard::TeamRole},
+    auth::{
+        Principal, UserPrincipal,
+        api_key::Scope,
+        guard::{self, TeamRole},
+    },
     cache::{AllCategories, Caches, Invalidation, TemplateId, TemplateVersion},
+    config::ProviderSettings,
     error::{AppError, Problem},
 };
 
@@ -101,6 +106,7 @@ impl Resolved {
 
 /// Who asks, as far as templates care.
 struct Viewer<'a> {
+    caller: &'a Caller,
     user: &'a UserPrincipal,
     /// The one team an API key is restricted to.
     key_team: Option<&'a str>,
@@ -108,7 +114,7 @@ struct Viewer<'a> {
 
 impl Viewer<'_> {
     fn is_admin(&self) -> bool {
-        self.user.role == GlobalRole::Admin && self.key_team.is_none()
+        guard::sees_all(self.caller) && self.key_team.is_none()
     }
 
     fn owns(&self, template: &templates::Model) -> bool {
@@ -120,11 +126,13 @@ impl Viewer<'_> {
 pub struct Templates {
     db: DatabaseConnection,
     caches: Arc<Caches>,
+    /// The providers a TEAM body's agents may use.
+    providers: ProviderSettings,
 }
 
 impl Templates {
-    pub fn new(db: DatabaseConnection, caches: Arc<Caches>) -> Self {
-        Self { db, caches }
+    pub fn new(db: DatabaseConnection, caches: Arc<Caches>, providers: ProviderSettings) -> Self {
+        Self { db, caches, providers }
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -300,10 +308,10 @@ fn version_key(row: &templates::Model) -> TemplateVersion {
 /// The caller as a template user; anonymous callers and keys without `scope` are refused.
 fn viewer(caller: &Caller, scope: Scope) -> Result<Viewer<'_>, AppError> {
     match &caller.principal {
-        Principal::User(user) => Ok(Viewer { user, key_team: None }),
+        Principal::User(user) => Ok(Viewer { caller, user, key_team: None }),
         Principal::ApiKey(key) => {
-            crate::auth::guard::key_scope(caller, scope)?;
-            Ok(Viewer { user: &key.owner, key_team: key.team_id.as_deref() })
+            guard::key_scope(caller, scope)?;
+            Ok(Viewer { caller, user: &key.owner, key_team: key.team_id.as_deref() })
         }
         Principal::Anonymous | Principal::System(_) => Err(AppError::Unauthenticated("Sign in to do this.".into())),
     }
@@ -315,18 +323,7 @@ async fn member_role<C: ConnectionTrait>(
     viewer: &Viewer<'_>,
     team_id: &str,
 ) -> Result<Option<TeamRole>, AppError> {
-    if viewer.key_team.is_some_and(|t| t != team_id) {
-        return Ok(None);
-    }
-    if viewer.user.role == GlobalRole::Admin {
-        return Ok(Some(TeamRole::Owner));
-    }
-    Ok(team_members::Entity::find()
-        .filter(team_members::Column::TeamId.eq(team_id))
-        .filter(team_members::Column::UserId.eq(&viewer.user.id))
-        .one(conn)
-        .await?
-        .and_then(|m| TeamRole::parse(&m.role)))
+    guard::member_role(conn, viewer.caller, team_id).await
 }
 
 async fn may_use<C: ConnectionTrait>(

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::body::{self, Kind};
 use crate::{
+    config::ProviderSettings,
     db,
     error::{AppError, Problem},
 };
@@ -211,12 +212,14 @@ pub async fn seed(db: &DatabaseConnection) -> Result<SeedReport, AppError> {
     Ok(report)
 }
 
-/// Every starter checked; one that fails is a bug in the shipped files.
+/// Every starter checked; one that fails is a bug in the shipped files. Their agents use the
+/// built-in providers only, so they seed whatever providers the server configures.
 fn canonical() -> Result<Vec<Canonical>, AppError> {
+    let providers = ProviderSettings::default();
     all()
         .iter()
         .map(|starter| {
-            let checked = body::check(starter.kind, &starter.body, &starter.variables)
+            let checked = body::check(starter.kind, &starter.body, &starter.variables, &providers)
                 .map_err(|problems| invalid(starter, &problems))?;
             let variables = serde_json::to_value(&checked.variables).map_err(AppError::internal)?;
             Ok(Canonical { starter, body: checked.body, variables })
@@ -544,7 +547,7 @@ mod tests {
         use crate::service::templates::body::{Checked, StepSource};
 
         fn checked(starter: &Starter) -> Checked {
-            body::check(starter.kind, &starter.body, &starter.variables)
+            body::check(starter.kind, &starter.body, &starter.variables, &ProviderSettings::default())
                 .unwrap_or_else(|problems| panic!("{}: {problems:?}", starter.slug))
         }
 

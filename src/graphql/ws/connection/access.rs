@@ -27,10 +27,17 @@ impl Connection {
                 shared.hold();
             }
         }
-        if matches!(change, AccessChange::User(_) | AccessChange::Key(_) | AccessChange::Missed)
-            && let Err(refused) = self.sign_in_again().await
-        {
-            return Ok(Some(Close::Code(4403, format!("Forbidden: {}", close_reason(&refused)))));
+        if matches!(change, AccessChange::User(_) | AccessChange::Key(_) | AccessChange::Missed) {
+            match self.sign_in_again().await {
+                Ok(()) => {}
+                Err(AppError::Internal(cause)) => {
+                    tracing::error!(error = %cause, "signing a socket in again failed");
+                    return Ok(Close::new(1011, "Internal server error"));
+                }
+                Err(refused) => {
+                    return Ok(Some(Close::Code(4403, format!("Forbidden: {}", close_reason(&refused)))));
+                }
+            }
         }
         for (id, recheck) in concerned {
             let caller = Caller { principal: self.principal.clone(), meta: self.meta.clone() };

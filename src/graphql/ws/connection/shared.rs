@@ -5,7 +5,7 @@ use futures_util::StreamExt;
 
 use super::{Connection, Step};
 use crate::graphql::{
-    sharing::{Groups, Lull, Notice, Subscriber},
+    sharing::{Groups, Lull, StreamNotice, Subscriber},
     ws::SlowClient,
 };
 
@@ -40,9 +40,9 @@ impl Connection {
 
     /// What a shared stream says of one of this socket's operations; stale notices (of an
     /// operation completed since) are ignored.
-    pub(super) async fn shared(&mut self, notice: Notice) -> Result<(), SlowClient> {
+    pub(super) async fn shared(&mut self, notice: StreamNotice) -> Result<(), SlowClient> {
         let member = match &notice {
-            Notice::Events { member, .. } | Notice::Ended { member, .. } => *member,
+            StreamNotice::Events { member, .. } | StreamNotice::Ended { member, .. } => *member,
         };
         let Some(id) = self
             .operations
@@ -53,8 +53,8 @@ impl Connection {
             return Ok(());
         };
         match notice {
-            Notice::Events { events, .. } => self.outbox.queue(events).await,
-            Notice::Ended { late: true, .. } => {
+            StreamNotice::Events { events, .. } => self.outbox.queue(events).await,
+            StreamNotice::Ended { late: true, .. } => {
                 let Some(operation) = self.operations.get(&id) else {
                     return Ok(());
                 };
@@ -66,7 +66,7 @@ impl Connection {
                 }
                 Ok(())
             }
-            Notice::Ended { late: false, .. } => self.complete(id).await,
+            StreamNotice::Ended { late: false, .. } => self.complete(id).await,
         }
     }
 }

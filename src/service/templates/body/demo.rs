@@ -6,20 +6,20 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use super::{DemoMessage, object, string_field, team, text::Scope, unknown_fields};
-use crate::error::Problem;
+use crate::{config::ProviderSettings, error::Problem};
 
 const MAX_MESSAGES: usize = 100;
 const MAX_CONTENT_CHARS: usize = 20_000;
 const MESSAGE_FIELDS: [&str; 3] = ["role", "agent", "content"];
 
 /// The canonical body, checking the team (as a TEAM body, at `body.team`) and the conversation.
-pub(super) fn check(body: &Value, scope: &Scope, problems: &mut Vec<Problem>) -> Value {
+pub(super) fn check(body: &Value, scope: &Scope, providers: &ProviderSettings, problems: &mut Vec<Problem>) -> Value {
     let Some(obj) = object(body, "body", "must be an object with a `team` and a `conversation`", problems) else {
         return Value::Null;
     };
     unknown_fields("body", obj, &["team", "conversation"], "demo", problems);
     let spec = obj.get("team").unwrap_or(&Value::Null);
-    let team = team("body.team", spec, scope, problems);
+    let team = team("body.team", spec, scope, providers, problems);
     let conversation = messages(obj, &agent_names(spec), problems);
     json!({"team": team, "conversation": conversation})
 }

@@ -4,35 +4,27 @@ use async_graphql::{Context, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use entity::model_prices;
 
-use super::{caller, principal};
-use crate::{
-    auth::Principal,
-    error::{AppError, GqlResultExt},
-    service::prices::NewPrice,
-    state::AppState,
-};
+use super::caller;
+use crate::{error::GqlResultExt, service::prices::NewPrice, state::AppState};
 
 #[derive(Default)]
-pub struct AdminQuery;
+pub struct PricesQuery;
 
 #[Object]
-impl AdminQuery {
+impl PricesQuery {
     /// What each model costs; `provider/*` prices every model of a provider without its own row.
     async fn model_prices(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ModelPrice>> {
-        if matches!(principal(ctx), Principal::Anonymous) {
-            return Err(AppError::Unauthenticated("Sign in to do this.".into())).gql();
-        }
         let state = ctx.data::<AppState>()?;
-        let rows = state.runner.prices.list().await.gql()?;
+        let rows = state.runner.prices.list(&caller(ctx)).await.gql()?;
         Ok(rows.into_iter().map(ModelPrice::from).collect())
     }
 }
 
 #[derive(Default)]
-pub struct AdminMutation;
+pub struct PricesMutation;
 
 #[Object]
-impl AdminMutation {
+impl PricesMutation {
     /// Sets a model's price (admins); runs from now on are priced with it.
     async fn upsert_model_price(&self, ctx: &Context<'_>, input: ModelPriceInput) -> async_graphql::Result<ModelPrice> {
         let state = ctx.data::<AppState>()?;
