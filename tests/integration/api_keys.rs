@@ -1,7 +1,7 @@
 //! API keys: the secret once, hashes only, scopes and team restriction, revocation through
 //! the cache, rotation with grace, expiry, and last use.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

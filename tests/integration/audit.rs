@@ -1,7 +1,7 @@
 //! The audit trail: a row per mutation (denied ones too), append-only on both databases, a
 //! hash chain that verifies and names the first broken link, and no change without its row.
 
-mod common;
+use crate::common;
 
 use common::{PG_ENV, TestApp, first_code};
 use ensemble::{auth::GlobalRole, service::audit};

@@ -1,7 +1,7 @@
 //! The live audit log over `graphql-transport-ws`: a team's owner sees each new row of the team
 //! once its change has committed, in order, never a rolled-back one; others are refused.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

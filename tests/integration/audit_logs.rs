@@ -2,7 +2,7 @@
 //! newest first, narrowed by filters; `verifyAuditLog` names the first broken link; bad input
 //! is refused and changes nothing.
 
-mod common;
+use crate::common;
 
 use common::{PG_ENV, TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;

@@ -1,7 +1,7 @@
 //! Identity: dev tokens, Clerk verification (PEM and JWKS) with the hostile vectors Clerk's SDK
 //! refuses, just-in-time users, and the principal on websockets.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{

@@ -4,7 +4,7 @@
 //! NOT_FOUND or UNAUTHENTICATED leaves one `denied` row. An operation's `expect_postgres` overrides
 //! `expect` for the principals it names when the tests run on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -273,7 +273,7 @@ async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
 
 #[tokio::test]
 async fn every_operation_answers_every_principal_as_the_matrix_says() {
-    let matrix: Value = serde_json::from_str(include_str!("data/authorization.json")).expect("the matrix is JSON");
+    let matrix: Value = serde_json::from_str(include_str!("../data/authorization.json")).expect("the matrix is JSON");
     let principals: Vec<String> =
         matrix["principals"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     // A few operations at a time: each runs servers of its own.

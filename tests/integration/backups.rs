@@ -4,7 +4,7 @@
 //! that cannot be written, a backup in the middle of a write burst. On PostgreSQL every backup
 //! operation is BAD_USER_INPUT pointing to the operations guide.
 
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead, BufReader},

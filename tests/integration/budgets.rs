@@ -2,7 +2,7 @@
 //! and gives back what it did not spend when it ends (success, failure, time limit, cancel,
 //! crash), so runs together never pass a budget. Runs at real latency (`local/slow-*`).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

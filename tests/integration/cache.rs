@@ -3,7 +3,7 @@
 //! briefly without hiding a key made right after; hits and evictions reach `/metrics` and
 //! `resourceUsage`; and with `ENSEMBLE_CACHE=off` nothing is kept.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::{

@@ -2,18 +2,13 @@
 //! graceful stop on SIGTERM; in `cli/`, what it writes where, its options, `DATABASE_URL`
 //! and `ensemble healthcheck`.
 
-#[path = "cli/database.rs"]
 mod database;
-#[path = "cli/healthcheck.rs"]
 mod healthcheck;
-#[path = "cli/options.rs"]
 mod options;
-#[path = "cli/output.rs"]
 mod output;
-#[path = "cli/process.rs"]
 mod process;
 
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead, BufReader},

@@ -2,7 +2,7 @@
 //! versions numbered without gaps, counters exact, and one audit row per mutation in a chain
 //! that still verifies.
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 use ensemble::auth::GlobalRole;

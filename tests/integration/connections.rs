@@ -3,7 +3,7 @@
 //! `ENSEMBLE_IDLE_TIMEOUT_SECS`; at `ENSEMBLE_MAX_CONNECTIONS` health checks still answer and
 //! everything else is a quick 503; a graceful stop lets a request under way finish.
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -1,7 +1,7 @@
 //! Conversations as trees: each answer continues its path, answering an earlier message starts
 //! a branch that sees only its own path, forks copy a path, and foreign parents are refused.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

@@ -2,7 +2,7 @@
 //! the same SQLite file, the file passes `integrity_check`, every write it acknowledged is there
 //! whole, and the runs the kill cut short are failed as interrupted.
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -1,7 +1,7 @@
 //! The dashboard at `/dashboard`: its files, their headers, the GraphQL it sends (pinned to
 //! schema.graphql and run against a team with no runs), and the chart module's node tests.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

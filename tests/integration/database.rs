@@ -1,7 +1,7 @@
 //! The data layer: concurrent read-then-write transactions lose nothing on either database,
 //! readiness insists on WAL, and foreign keys hold.
 
-mod common;
+use crate::common;
 
 use chrono::Utc;
 use common::{PG_ENV, TestApp};

@@ -2,7 +2,7 @@
 //! directly), routing as the run then records it, expected and worst-case figures worked out by
 //! hand, the estimate stored on the run, and the bad inputs a client will send.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

@@ -1,7 +1,7 @@
 //! Export and import: a self-contained document that round-trips, refuses what it cannot read,
 //! and never carries members or secrets.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

@@ -3,7 +3,7 @@
 //! query under the default limits, and the `@specifiedBy` of the custom scalars.
 //! `graphiql/browser.test.mjs` drives the same page in Chromium.
 
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead, BufReader},

@@ -1,7 +1,7 @@
 //! Nested lists load in batches: listing teams with their owners, members and members' users
 //! runs the same few SQL statements for 5 teams as for 50.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

@@ -3,7 +3,7 @@
 //! with real operations; no label carries an id; `ENSEMBLE_METRICS_TOKEN` guards the endpoint
 //! and never reaches a log.
 
-mod common;
+use crate::common;
 
 use std::{
     io::Read,

@@ -2,7 +2,7 @@
 //! the overview and series of real runs, insights with their figures, error groups resolved and
 //! reopened, live metrics, and the bad inputs a dashboard will send.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{TestApp, WsClient, first_code, problem_paths};
@@ -392,7 +392,7 @@ async fn live_metrics_push_a_fresh_overview_after_a_run() {
 /// The README's monitoring walkthrough, run as written.
 #[tokio::test]
 async fn the_readme_monitoring_walkthrough_works() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme.split("### Monitoring walkthrough").nth(1).expect("the walkthrough section");
     let document = section.split("```graphql").nth(1).and_then(|b| b.split("```").next()).expect("the document");
     // Forty runs in a second or two would pass the default rate limit; a person pasting does not.

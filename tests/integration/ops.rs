@@ -1,6 +1,6 @@
 //! Health, readiness, metrics, and the first slice (`serverInfo`) on each database.
 
-mod common;
+use crate::common;
 
 use common::{PG_ENV, TestApp};
 use migration::{Migrator, MigratorTrait};

@@ -1,7 +1,7 @@
 //! `resourceUsage`: each of the caller's principals against its daily budgets; the server's
 //! resources for admins only; cache hits and misses in the API and at `/metrics`.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, WsClient, first_code};
 use ensemble::auth::GlobalRole;

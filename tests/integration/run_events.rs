@@ -2,7 +2,7 @@
 //! attempts, backoffs, fallbacks, streamed text, the end), one run's events until it ends, the
 //! final event for a late subscriber, and permissions checked at subscribe time.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, WsClient};
 use ensemble::auth::GlobalRole;

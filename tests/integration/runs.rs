@@ -1,7 +1,7 @@
 //! Runs end to end: routing, retries, fallbacks, every attempt stored, failures grouped, budgets,
 //! cancel, pinned versions, crash recovery, and the bad inputs a client will send.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;
@@ -409,7 +409,7 @@ async fn viewers_may_read_runs_but_not_start_them() {
 /// The README's runs walkthrough, run as written, with its subscription on a websocket.
 #[tokio::test]
 async fn the_readme_runs_walkthrough_works() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme.split("### Runs walkthrough").nth(1).expect("the walkthrough section");
     let blocks: Vec<&str> =
         section.split("```graphql").skip(1).map(|b| b.split("```").next().unwrap()).take(3).collect();

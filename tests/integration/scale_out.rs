@@ -9,10 +9,8 @@
 //! and `ENSEMBLE_TEST_REDIS_URL` are set — except the dropped-connection test, which needs only
 //! PostgreSQL. The Redis fault tests start their own `redis-server`.
 
-#[path = "scale_out/cluster.rs"]
 mod cluster;
-mod common;
-#[path = "scale_out/stub_model.rs"]
+use crate::common;
 mod stub_model;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Share links: made by owners, accepted once per person, dead when revoked or expired.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

@@ -1,7 +1,7 @@
 //! The shipped starters as a newcomer uses them: every one instantiates and runs offline with
 //! its example, and the README's templates walkthrough works as written.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
@@ -75,7 +75,7 @@ async fn every_starter_instantiates_and_runs_offline() {
 /// The README's templates walkthrough, run as written.
 #[tokio::test]
 async fn the_readme_templates_walkthrough_works() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme.split("### Templates walkthrough").nth(1).expect("the walkthrough section");
     let document = section.split("```graphql").nth(1).and_then(|b| b.split("```").next()).expect("the document");
     let app = TestApp::spawn().await;

@@ -1,7 +1,7 @@
 //! Starter templates: seeded when the server starts, idempotent on every later start, a new
 //! version when a shipped definition changes, and people's templates never touched.
 
-mod common;
+use crate::common;
 
 use chrono::{SubsecRound, Utc};
 use common::TestApp;

@@ -2,7 +2,7 @@
 //! the same for a page of 5 as for a page of 50, because every nested list loads in one batch.
 //! Each test prints the counts it measured (`cargo test --test statement_budgets -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 use ensemble::{

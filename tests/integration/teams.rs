@@ -1,6 +1,6 @@
 //! Teams: creating, listing, editing, archiving, deleting, and their members and roles.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;

@@ -2,7 +2,7 @@
 //! version, diff, restore, fork, share, render, instantiate, delete — and the bad inputs each
 //! of those gets.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;

@@ -1,7 +1,7 @@
 //! Templates: categories listed by anyone signed in and managed by admins, with the bad inputs an
 //! admin screen will send.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;

@@ -1,6 +1,6 @@
 //! GraphQL over HTTP: the transport rules and request limits of docs/transport.md.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
 //! Usage counting and rate limits.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

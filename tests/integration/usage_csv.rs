@@ -1,7 +1,7 @@
 //! `GET /reports/usage.csv`: the `usageReport` rows as RFC 4180 CSV, authenticated as
 //! `/graphql` is, with bad parameters and credentials answered in JSON.
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 use ensemble::auth::GlobalRole;

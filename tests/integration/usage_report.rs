@@ -1,7 +1,7 @@
 //! `usageReport`: usage grouped by team, model and day after real runs; what members, team
 //! owners, admins and API keys may see; the bounds on its range and size.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;

@@ -1,6 +1,6 @@
 //! Users: reading yourself and (as an admin) others, profiles, global roles.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;

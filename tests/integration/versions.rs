@@ -1,7 +1,7 @@
 //! Team versions: specs validated as a whole, immutable history, diff, rollback, and
 //! concurrent updates that lose nothing.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;
@@ -154,7 +154,7 @@ async fn of_two_updates_from_the_same_version_exactly_one_wins() {
 /// The README's versioning walkthrough, run as written.
 #[tokio::test]
 async fn the_readme_versioning_walkthrough_works() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme.split("### Versioning walkthrough").nth(1).expect("the walkthrough section");
     let blocks: Vec<&str> =
         section.split("```graphql").skip(1).map(|b| b.split("```").next().unwrap()).take(2).collect();

@@ -1,7 +1,7 @@
 //! Clerk webhooks: Svix signatures, the time window, replays, secret rotation, and the user
 //! changes they carry.
 
-mod common;
+use crate::common;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::TestApp;

@@ -3,10 +3,8 @@
 //! operations, the size limit, dropping a client that stops reading, and subscriptions that end
 //! when access is taken away (`access`).
 
-#[path = "websocket/access.rs"]
 mod access;
-mod common;
-#[path = "websocket/legacy.rs"]
+use crate::common;
 mod legacy;
 
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Workflows end to end: WORKFLOW templates run step by step on a team, outputs chained into
 //! later steps, a failing step stopping the rest, and the bad inputs refused before anything runs.
 
-mod common;
+use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;

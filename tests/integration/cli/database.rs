@@ -5,8 +5,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use crate::{
+    cli::process::{Ran, SECRET, Server, closed_port, finish_within, serving},
     common::{self, PG_ENV, PgDatabase},
-    process::{Ran, SECRET, Server, closed_port, finish_within, serving},
 };
 
 /// `ensemble ARGS` on `url`, run in `dir`, serving on a free port when it serves.

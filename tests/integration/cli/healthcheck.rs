@@ -9,8 +9,8 @@ use tokio::{
 };
 
 use crate::{
+    cli::process::{Ran, Server, closed_port, finish_within, serving},
     common,
-    process::{Ran, Server, closed_port, finish_within, serving},
 };
 
 /// `ensemble healthcheck ARGS` with `ENSEMBLE_LISTEN=listen`, run off the test's runtime so

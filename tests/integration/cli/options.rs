@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::{
+    cli::process::{Server, closed_port, finish_within, serving},
     common,
-    process::{Server, closed_port, finish_within, serving},
 };
 
 /// Variables only the server reads: no other command's help may mention them.

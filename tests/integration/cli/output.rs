@@ -6,8 +6,8 @@ use std::{process::Stdio, time::Duration};
 use serde_json::json;
 
 use crate::{
+    cli::process::{Ran, finish_within, serving, stderr_on_a_terminal},
     common,
-    process::{Ran, finish_within, serving, stderr_on_a_terminal},
 };
 
 const ESC: char = '\u{1b}';
