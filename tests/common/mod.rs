@@ -1,8 +1,11 @@
 //! Test harness: `TestApp::spawn()` starts the real server on `127.0.0.1:0` over a temporary
 //! SQLite file, or over a fresh PostgreSQL database (created per test, dropped afterwards) when
-//! `ENSEMBLE_TEST_DATABASE_URL` is set; `gql()` and `WsClient` talk to it over the wire.
+//! `ENSEMBLE_TEST_DATABASE_URL` is set, either one a copy of the process's migrated and seeded
+//! template (`template.rs`); `gql()` and `WsClient` talk to it over the wire.
 
 #![allow(dead_code)]
+
+mod template;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -35,12 +38,16 @@ impl TestApp {
         config.data_dir = dir.path().join("data");
         install_dev_key(&config.data_dir);
         let pg = match std::env::var(PG_ENV) {
-            Ok(url) if !url.is_empty() => Some(PgDatabase::create(&url).await),
+            Ok(url) if !url.is_empty() => Some(PgDatabase::from_template(&url).await),
             _ => None,
         };
         config.database_url = match &pg {
             Some(pg) => pg.url.clone(),
-            None => format!("sqlite://{}/ensemble.db", dir.path().display()),
+            None => {
+                let file = dir.path().join("ensemble.db");
+                template::copy_sqlite_to(&file).await;
+                format!("sqlite://{}", file.display())
+            }
         };
         // Many servers run at once in a test binary; PostgreSQL allows 100 connections in all.
         config.db_pool_size = Some(if pg.is_some() { 2 } else { 4 });
@@ -210,32 +217,55 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
+    /// An empty database.
     pub async fn create(admin_url: &str) -> Self {
+        Self::create_from(admin_url, None).await
+    }
+
+    /// A copy of the process's migrated and seeded template database.
+    pub async fn from_template(admin_url: &str) -> Self {
+        let template = template::postgres(admin_url).await;
+        Self::create_from(admin_url, Some(template)).await
+    }
+
+    async fn create_from(admin_url: &str, template: Option<&str>) -> Self {
         use sea_orm::ConnectionTrait;
         let name = format!("ensemble_test_{}", uuid::Uuid::new_v4().simple());
+        let copied = template.map(|t| format!(" TEMPLATE \"{t}\"")).unwrap_or_default();
         let admin = sea_orm::Database::connect(admin_url).await.expect("PostgreSQL reachable");
-        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"{copied}")).await.expect("create test database");
         let _ = admin.close().await;
-        let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
-        url.set_path(&format!("/{name}"));
-        Self { admin_url: admin_url.to_string(), name, url: url.to_string() }
+        let url = database_url(admin_url, &name);
+        Self { admin_url: admin_url.to_string(), name, url }
     }
+}
+
+/// `admin_url` pointed at the database `name`.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                use sea_orm::ConnectionTrait;
-                let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
-                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()?;
-                admin.close().await.ok()
-            })
-        });
-        let _ = dropped.join();
+        drop_postgres_database(&self.admin_url, &self.name);
     }
+}
+
+/// Drops the database `name`, from a thread of its own (drops and exit handlers are not async).
+fn drop_postgres_database(admin_url: &str, name: &str) {
+    let (admin_url, name) = (admin_url.to_string(), name.to_string());
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        runtime.block_on(async {
+            use sea_orm::ConnectionTrait;
+            let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()?;
+            admin.close().await.ok()
+        })
+    });
+    let _ = dropped.join();
 }
 
 /// A websocket client speaking raw protocol messages.
