@@ -3,6 +3,13 @@
 //! changes nothing in the database but the audit log, where a mutation refused as FORBIDDEN,
 //! NOT_FOUND or UNAUTHENTICATED leaves one `denied` row. An operation's `expect_postgres` overrides
 //! `expect` for the principals it names when the tests run on PostgreSQL.
+//!
+//! One server runs the whole matrix. Every query and every refusal runs first, one at a time, on
+//! one arrangement (a snapshot of the whole database shows a refusal changed nothing only when
+//! nothing else runs); then every allowed mutation runs on an arrangement of its own (its team,
+//! keys, link, run, conversation, templates and category), since it changes what it acts on;
+//! one that names no fixture (it creates something, or changes its caller's own profile) runs
+//! on the first arrangement.
 
 use crate::common;
 
@@ -14,7 +21,7 @@ use entity::{
     audit_logs, backups, conversations, error_groups, messages, model_prices, runs, team_members, teams,
     template_categories, template_versions, templates, users,
 };
-use sea_orm::{DbBackend, EntityTrait, PaginatorTrait, QueryOrder};
+use sea_orm::{ColumnTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
 /// What every case starts from: the team, and the owner's keys by principal name.
@@ -58,6 +65,18 @@ const ADD: &str = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { addTeamM
 const CREATE_KEY: &str =
     "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }";
 
+/// A dev token for `user`, signed once for the whole matrix (signing takes a while).
+fn token(app: &TestApp, user: &str, role: GlobalRole) -> String {
+    static SIGNED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut signed = SIGNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, token)) = signed.iter().find(|(who, _)| who == user) {
+        return token.clone();
+    }
+    let token = app.token(user, role);
+    signed.push((user.to_string(), token.clone()));
+    token
+}
+
 /// Runs `query` as `token` and returns the `data` of a call that must succeed.
 async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
     let (_, body) = app.gql_as(token, query, variables).await;
@@ -65,13 +84,19 @@ async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Valu
     body["data"].clone()
 }
 
-/// The team, its members and the owner's keys, as every case starts.
-async fn arrange(app: &TestApp) -> Setup {
+/// Signs every user in once, so that each exists before any case runs.
+async fn sign_in_users(app: &TestApp) {
     for user in USERS {
         let role = if user == "user_admin" { GlobalRole::Admin } else { GlobalRole::Member };
-        must(app, &app.token(user, role), "{ me { id } }", json!({})).await;
+        must(app, &token(app, user, role), "{ me { id } }", json!({})).await;
     }
-    let owner = app.token("user_owner", GlobalRole::Member);
+}
+
+/// The team, its members and the owner's keys, as every case starts. `case` tells apart the
+/// names that must be unique on the server (template categories); `backup` says whether the
+/// case needs a backup (taking one copies the whole database).
+async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
+    let owner = token(app, "user_owner", GlobalRole::Member);
     let create = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
     let team =
         must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"].as_str().unwrap().to_string();
@@ -103,13 +128,22 @@ async fn arrange(app: &TestApp) -> Setup {
     let link_token = made["token"].as_str().unwrap().to_string();
     let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hi\"}) { id } }";
     let run = must(app, &owner, run, json!({"team": team})).await["runTeam"]["id"].as_str().unwrap().to_string();
-    let admin = app.token("user_admin", GlobalRole::Admin);
-    let category = "mutation { createTemplateCategory(input: {name: \"Support\"}) { id } }";
-    let category =
-        must(app, &admin, category, json!({})).await["createTemplateCategory"]["id"].as_str().unwrap().to_string();
+    let admin = token(app, "user_admin", GlobalRole::Admin);
+    let category = "mutation($n: String!) { createTemplateCategory(input: {name: $n}) { id } }";
+    let category = must(app, &admin, category, json!({"n": format!("Support {case}")})).await["createTemplateCategory"]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let fail = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"fail\"}) { status } }";
     must(app, &owner, fail, json!({"team": team})).await;
-    let group = error_groups::Entity::find().one(&app.state.db).await.unwrap().expect("an error group").fingerprint;
+    let group = error_groups::Entity::find()
+        .filter(error_groups::Column::TeamId.eq(&team))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .expect("an error group")
+        .fingerprint;
     let start = "mutation($team: ID!) { startConversation(teamId: $team, title: \"Chat\") { id } }";
     let conversation =
         must(app, &owner, start, json!({"team": team})).await["startConversation"]["id"].as_str().unwrap().to_string();
@@ -119,7 +153,7 @@ async fn arrange(app: &TestApp) -> Setup {
         .unwrap()
         .to_string();
     let (template, team_template, workflow) = arrange_templates(app, &owner, &team).await;
-    let backup = arrange_backup(app, &admin).await;
+    let backup = if backup { arrange_backup(app, &admin).await } else { "bak_none".into() };
     Setup {
         team,
         keys,
@@ -218,7 +252,7 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
         key if key.starts_with("key_") => app.gql_as(&setup.keys[key], query, variables).await.1,
         who => {
             let role = if who == "admin" { GlobalRole::Admin } else { GlobalRole::Member };
-            app.gql_as(&app.token(&format!("user_{who}"), role), query, variables).await.1
+            app.gql_as(&token(app, &format!("user_{who}"), role), query, variables).await.1
         }
     };
     let outcome = match body["errors"][0]["extensions"]["code"].as_str() {
@@ -229,68 +263,134 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
     (outcome, body)
 }
 
-/// One operation for every principal: refusals on one server (they must change nothing), each
-/// allowed mutation on a server of its own.
-async fn check(operation: Value, principals: Vec<String>) -> Vec<String> {
-    let name = operation["name"].as_str().unwrap().to_string();
-    let query = operation["query"].as_str().unwrap();
-    let is_mutation = query.trim_start().starts_with("mutation");
-    // Runs and conversations are not audited; configuration changes are.
-    let is_mutation_audited = is_mutation && operation["audited"].as_bool().unwrap_or(true);
-    let mut failures = Vec::new();
-    let shared = TestApp::spawn().await;
-    let shared_setup = arrange(&shared).await;
-    let on_postgres = shared.state.db.get_database_backend() == DbBackend::Postgres;
-    for principal in &principals {
-        let overridden = on_postgres.then(|| operation["expect_postgres"][principal.as_str()].as_str()).flatten();
-        let expected = overridden
-            .or_else(|| operation["expect"][principal.as_str()].as_str())
-            .unwrap_or_else(|| panic!("{name} lacks {principal}"));
-        let fresh = if is_mutation && expected == "ok" { Some(TestApp::spawn().await) } else { None };
-        let (app, setup) = match &fresh {
-            Some(app) => (app, arrange(app).await),
-            None => (&shared, shared_setup.clone()),
-        };
-        let before = snapshot(app).await;
-        let audited = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
-        let (got, body) = outcome(app, principal, query, &setup).await;
-        if got != expected {
-            failures.push(format!("{name} as {principal}: expected {expected}, got {got} ({body})"));
-        } else if expected != "ok" {
-            if snapshot(app).await != before {
-                failures.push(format!("{name} as {principal}: refused, yet the database changed"));
-            }
-            let rows = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
-            let denied = ["FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"].contains(&expected);
-            let wanted = audited + u64::from(is_mutation_audited && denied);
-            if rows != wanted {
-                failures.push(format!("{name} as {principal}: {rows} audit rows, expected {wanted}"));
-            }
+/// One case: the operation, the principal, what the matrix expects of it.
+struct Case {
+    name: String,
+    query: String,
+    principal: String,
+    expected: String,
+    /// A mutation that leaves an audit row (runs and conversations do not).
+    audited: bool,
+}
+
+impl Case {
+    fn is_mutation(&self) -> bool {
+        self.query.trim_start().starts_with("mutation")
+    }
+
+    /// An allowed mutation changes what it acts on; it gets an arrangement of its own.
+    fn changes_things(&self) -> bool {
+        self.is_mutation() && self.expected == "ok"
+    }
+}
+
+/// Every operation for every principal, with the outcome expected on this server's database.
+fn cases(on_postgres: bool) -> Vec<Case> {
+    let matrix: Value = serde_json::from_str(include_str!("../data/authorization.json")).expect("the matrix is JSON");
+    let principals: Vec<&str> = matrix["principals"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let mut cases = Vec::new();
+    for operation in matrix["operations"].as_array().unwrap() {
+        let name = operation["name"].as_str().unwrap();
+        for &principal in &principals {
+            let overridden = on_postgres.then(|| operation["expect_postgres"][principal].as_str()).flatten();
+            let expected = overridden
+                .or_else(|| operation["expect"][principal].as_str())
+                .unwrap_or_else(|| panic!("{name} lacks {principal}"));
+            cases.push(Case {
+                name: name.to_string(),
+                query: operation["query"].as_str().unwrap().to_string(),
+                principal: principal.to_string(),
+                expected: expected.to_string(),
+                audited: operation["audited"].as_bool().unwrap_or(true),
+            });
         }
     }
-    failures
+    cases
+}
+
+/// Runs a case that must change nothing on `setup`, alone on the server: checks its outcome
+/// and, for a refusal, that the database is as `before` (taken now when `None`) and holds one
+/// more audit row if the refusal is audited. Answers the failures and, after a refusal that
+/// changed nothing, the snapshot the next case starts from.
+async fn check_alone(
+    app: &TestApp,
+    setup: &Setup,
+    case: &Case,
+    before: Option<String>,
+) -> (Vec<String>, Option<String>) {
+    let Case { name, principal, expected, .. } = case;
+    let refused = expected != "ok";
+    let before = match before {
+        Some(before) => Some(before),
+        None if refused => Some(snapshot(app).await),
+        None => None,
+    };
+    let audited = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
+    let (got, body) = outcome(app, principal, &case.query, setup).await;
+    if &got != expected {
+        return (vec![format!("{name} as {principal}: expected {expected}, got {got} ({body})")], None);
+    }
+    let Some(before) = before else {
+        // A query may leave bookkeeping behind (sign-in, last use); the next refusal looks afresh.
+        return (Vec::new(), None);
+    };
+    let mut failures = Vec::new();
+    if snapshot(app).await != before {
+        failures.push(format!("{name} as {principal}: refused, yet the database changed"));
+    }
+    let rows = audit_logs::Entity::find().count(&app.state.db).await.unwrap();
+    let denied = ["FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"].contains(&expected.as_str());
+    let wanted = audited + u64::from(case.is_mutation() && case.audited && denied);
+    if rows != wanted {
+        failures.push(format!("{name} as {principal}: {rows} audit rows, expected {wanted}"));
+    }
+    let unchanged = failures.is_empty().then_some(before);
+    (failures, unchanged)
+}
+
+/// Runs an allowed mutation on an arrangement of its own, or on `shared` when it names no
+/// fixture (it only adds things, or changes the principal's own profile or keys).
+async fn check_on_its_own(app: &TestApp, number: usize, case: &Case, shared: &Setup) -> Option<String> {
+    let own = match case.query.contains('$') {
+        true => Some(arrange(app, number, case.query.contains("$backup")).await),
+        false => None,
+    };
+    let setup = own.as_ref().unwrap_or(shared);
+    let (got, body) = outcome(app, &case.principal, &case.query, setup).await;
+    let Case { name, principal, expected, .. } = case;
+    (&got != expected).then(|| format!("{name} as {principal}: expected {expected}, got {got} ({body})"))
 }
 
 #[tokio::test]
 async fn every_operation_answers_every_principal_as_the_matrix_says() {
-    let matrix: Value = serde_json::from_str(include_str!("../data/authorization.json")).expect("the matrix is JSON");
-    let principals: Vec<String> =
-        matrix["principals"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
-    // A few operations at a time: each runs servers of its own.
+    // Hundreds of operations by the same few principals within a minute.
+    let app = std::sync::Arc::new(TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await);
+    sign_in_users(&app).await;
+    let on_postgres = app.state.db.get_database_backend() == DbBackend::Postgres;
+    let (changing, alone): (Vec<_>, Vec<_>) =
+        cases(on_postgres).into_iter().enumerate().partition(|(_, c)| c.changes_things());
+    let mut failures = Vec::new();
+
+    let setup = std::sync::Arc::new(arrange(&app, 0, true).await);
+    let mut before = None;
+    for (_, case) in &alone {
+        let (found, after) = check_alone(&app, &setup, case, before).await;
+        failures.extend(found);
+        before = after;
+    }
+
+    // Allowed mutations touch only their own arrangement, so a few run at once.
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
-    let checks: Vec<_> = matrix["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|op| {
-            let (op, principals, slots) = (op.clone(), principals.clone(), slots.clone());
+    let checks: Vec<_> = changing
+        .into_iter()
+        .map(|(number, case)| {
+            let (app, slots, shared) = (app.clone(), slots.clone(), setup.clone());
             tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await.expect("semaphore open");
-                check(op, principals).await
+                check_on_its_own(&app, number + 1, &case, &shared).await
             })
         })
         .collect();
-    let mut failures = Vec::new();
     for check in checks {
         failures.extend(check.await.expect("the check ran"));
     }
