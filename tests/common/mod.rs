@@ -85,8 +85,8 @@ impl TestApp {
         self.state.statements.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Waits until no statement has run for 100 ms.
-    async fn until_quiet(&self) {
+    /// Waits until no statement has run for 100 ms (the server's start-up tasks are done).
+    pub async fn until_quiet(&self) {
         let mut last = self.statements_run();
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -196,6 +196,21 @@ pub fn ensemble() -> std::process::Command {
     }
     command.env("NO_COLOR", "1");
     command
+}
+
+/// Waits until `check` answers true, asking every 50 ms; panics saying `what` did not happen
+/// after `deadline`. For what happens at a moment the test does not control (a refetch, an
+/// expiry), instead of sleeping for a guess.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(std::time::Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The `extensions.code` of the first error in a GraphQL answer.

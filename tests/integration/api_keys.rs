@@ -6,7 +6,7 @@ use crate::common;
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;
 use entity::api_keys;
-use sea_orm::EntityTrait;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id prefix scopes teamId } } }";
@@ -91,10 +91,13 @@ async fn a_revoked_key_fails_on_the_very_next_request_although_cached() {
 async fn an_expired_key_is_refused_and_a_past_expiry_is_bad_input() {
     let app = TestApp::spawn().await;
     let token = owner(&app).await;
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let (secret, _) =
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (secret, id) =
         create_key(&app, &token, json!({"name": "brief", "scopes": ["TEAMS_READ"], "expiresAt": soon})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    // The hour passes (the key is not yet cached: it has never been used).
+    let passed = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let expire = api_keys::Entity::update_many().col_expr(api_keys::Column::ExpiresAt, Expr::value(passed));
+    expire.filter(api_keys::Column::Id.eq(&id)).exec(&app.state.db).await.unwrap();
     let (status, body) = with_key(&app, &secret, ME, json!({})).await;
     assert_eq!(status, 401);
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("expired"));
@@ -134,7 +137,13 @@ async fn rotation_keeps_the_old_secret_for_the_grace_and_refuses_a_second_rotati
     let (_, body) = app.gql_as(&token, rotate, json!({"id": id, "grace": 3})).await;
     assert_eq!(first_code(&body), "CONFLICT", "no third secret while the grace runs");
 
-    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    // The grace passes: the row says so, and the server forgets the key it had read, as it
+    // does after any change to a key.
+    let passed = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let end = api_keys::Entity::update_many().col_expr(api_keys::Column::PreviousExpiresAt, Expr::value(passed));
+    end.filter(api_keys::Column::Id.eq(&id)).exec(&app.state.db).await.unwrap();
+    let prefix = api_keys::Entity::find_by_id(&id).one(&app.state.db).await.unwrap().expect("the key").prefix;
+    app.state.caches.invalidate(ensemble::cache::Invalidation::ApiKeyChanged(prefix)).await;
     assert_eq!(with_key(&app, &old, ME, json!({})).await.0, 401, "the old secret after the grace");
     assert_eq!(with_key(&app, &new, ME, json!({})).await.0, 200);
 }

@@ -178,9 +178,13 @@ async fn hits_and_evictions_show_up_in_metrics_and_resource_usage() {
     let unknown = api_key::generate().full;
     assert_eq!(app.gql_as(&unknown, ME, json!({})).await.0, 401);
     assert_eq!(cache_metric(&app, "ensemble_cache_evictions_total", "unknown_api_keys").await, 0);
-    tokio::time::sleep(std::time::Duration::from_millis(5_300)).await;
-    app.state.caches.unknown_api_keys.run_pending_tasks().await;
-    assert_eq!(cache_metric(&app, "ensemble_cache_evictions_total", "unknown_api_keys").await, 1, "expired");
+    // Unknown prefixes are remembered for 5 s.
+    let app_ref = &app;
+    let evicted = move || async move {
+        app_ref.state.caches.unknown_api_keys.run_pending_tasks().await;
+        cache_metric(app_ref, "ensemble_cache_evictions_total", "unknown_api_keys").await == 1
+    };
+    common::eventually(std::time::Duration::from_secs(10), "the unknown prefix expires", evicted).await;
 
     let usage = "{ resourceUsage { server { caches { name hits evictions } } } }";
     let caches = must(&app, &admin, usage, json!({})).await["resourceUsage"]["server"]["caches"].clone();
@@ -200,6 +204,7 @@ async fn with_the_cache_off_every_request_reads_the_database_and_nothing_is_kept
     let alice = app.token("user_alice", GlobalRole::Member);
     let statements = || app.state.statements.load(std::sync::atomic::Ordering::Relaxed);
     must(&app, &alice, ME, json!({})).await;
+    app.until_quiet().await;
     let before = statements();
     must(&app, &alice, ME, json!({})).await;
     let per_request = statements() - before;

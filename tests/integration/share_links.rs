@@ -4,6 +4,8 @@ use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::auth::GlobalRole;
+use entity::team_share_links;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($team: ID!, $role: TeamRole!, $exp: DateTime) { createShareLink(teamId: $team, input: {role: $role, expiresAt: $exp}) { token shareLink { id role } } }";
@@ -59,9 +61,15 @@ async fn revoked_expired_and_unknown_tokens_all_answer_not_found() {
     app.gql_as(&owner, "mutation($id: ID!) { revokeShareLink(id: $id) { revokedAt } }", json!({"id": id})).await;
     let revoked = app.gql_as(&guest, ACCEPT, json!({"token": token})).await.1;
 
-    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let brief = link(&app, &owner, &team, "VIEWER", json!(soon)).await["data"]["createShareLink"]["token"].clone();
-    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let made = link(&app, &owner, &team, "VIEWER", json!(soon)).await["data"]["createShareLink"].clone();
+    let brief = made["token"].clone();
+    // The hour passes.
+    let passed = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let expire = team_share_links::Entity::update_many()
+        .col_expr(team_share_links::Column::ExpiresAt, Expr::value(passed))
+        .filter(team_share_links::Column::Id.eq(made["shareLink"]["id"].as_str().unwrap()));
+    expire.exec(&app.state.db).await.unwrap();
     let expired = app.gql_as(&guest, ACCEPT, json!({"token": brief})).await.1;
 
     let unknown = app.gql_as(&guest, ACCEPT, json!({"token": "ens_share_0000"})).await.1;
