@@ -20,9 +20,21 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub state: AppState,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
+    /// What a server of the test's own holds; `None` on the shared server.
+    own: Option<Own>,
+}
+
+/// A test's own server: its task, its folder and its database.
+struct Own {
     server: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+    pg: Option<PgDatabase>,
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 impl TestApp {
@@ -58,7 +70,49 @@ impl TestApp {
         let server = tokio::spawn(async move {
             let _ = app.run_until(std::future::pending()).await;
         });
-        Self { addr, client: reqwest::Client::new(), state, _dir: dir, _pg: pg, server }
+        Self { addr, client: reqwest::Client::new(), state, own: Some(Own { server, dir, pg }) }
+    }
+
+    /// One server for the whole test process, for tests that only send requests and read the
+    /// answers (transport, limits), so that nothing one test does shows in another's answers.
+    /// It runs on a runtime of its own, since each test's runtime ends with the test; each
+    /// caller gets an HTTP client of its own for the same reason.
+    pub async fn shared() -> Self {
+        static SHARED: std::sync::OnceLock<(SocketAddr, AppState)> = std::sync::OnceLock::new();
+        let (addr, state) = SHARED
+            .get_or_init(|| {
+                let (started, server) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .expect("the shared server's runtime");
+                    runtime.block_on(async move {
+                        let app = TestApp::spawn().await;
+                        app.remove_at_exit();
+                        let _ = started.send((app.addr, app.state.clone()));
+                        std::future::pending::<()>().await;
+                    });
+                });
+                server.recv().expect("the shared server starts")
+            })
+            .clone();
+        Self { addr, client: reqwest::Client::new(), state, own: None }
+    }
+
+    /// Removes the server's folder and database when the process exits (for a server that is
+    /// never dropped).
+    fn remove_at_exit(&self) {
+        let Some(own) = &self.own else { return };
+        let dir = own.dir.path().to_path_buf();
+        template::at_exit(Box::new(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+        }));
+        if let Some(pg) = &own.pg {
+            let (admin_url, name) = (pg.admin_url.clone(), pg.name.clone());
+            template::at_exit(Box::new(move || drop_postgres_database(&admin_url, &name)));
+        }
     }
 
     /// A server that writes nothing in the background (usage counts are flushed hourly), so
@@ -157,12 +211,6 @@ impl TestApp {
 
     pub async fn ws(&self, protocol: &str) -> WsClient {
         WsClient::connect(self.addr, protocol).await
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 

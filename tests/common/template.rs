@@ -81,12 +81,12 @@ async fn drop_templates_of_ended_processes(admin: &DatabaseConnection) {
     }
 }
 
-type Cleanup = Box<dyn FnOnce() + Send>;
+pub type Cleanup = Box<dyn FnOnce() + Send>;
 
 static CLEANUPS: Mutex<Vec<Cleanup>> = Mutex::new(Vec::new());
 
 /// Runs `cleanup` when the test process exits (statics are never dropped).
-fn at_exit(cleanup: Cleanup) {
+pub fn at_exit(cleanup: Cleanup) {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
         // SAFETY: `run_cleanups` is a plain function that never unwinds into C.

@@ -1,4 +1,5 @@
-//! GraphQL over HTTP: the transport rules and request limits of docs/transport.md.
+//! GraphQL over HTTP: the transport rules and request limits of docs/transport.md. The tests
+//! that only send requests and read the answers share one server (`TestApp::shared`).
 
 use crate::common;
 
@@ -9,7 +10,7 @@ const INFO: &str = "{ serverInfo { version database } }";
 
 #[tokio::test]
 async fn a_query_over_post_answers_with_data() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let (status, body) = app.post_json(&json!({"query": INFO})).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"));
@@ -18,7 +19,7 @@ async fn a_query_over_post_answers_with_data() {
 
 #[tokio::test]
 async fn a_query_over_get_answers_with_data() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let response = app.get_graphql(&[("query", INFO)]).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -27,7 +28,7 @@ async fn a_query_over_get_answers_with_data() {
 
 #[tokio::test]
 async fn a_mutation_over_get_is_405() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     for query in ["mutation { anything }", "query A { serverInfo { version } } mutation B { x }"] {
         let operation = if query.starts_with("query A") { "B" } else { "" };
         let response = app.get_graphql(&[("query", query), ("operationName", operation)]).await;
@@ -41,7 +42,7 @@ async fn a_mutation_over_get_is_405() {
 
 #[tokio::test]
 async fn the_query_of_a_get_document_that_also_holds_a_mutation_still_runs() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let query = "query A { serverInfo { version } } mutation B { x }";
     let response = app.get_graphql(&[("query", query), ("operationName", "A")]).await;
     assert_ne!(response.status(), 405);
@@ -59,7 +60,7 @@ async fn a_browser_get_without_a_query_gets_graphiql() {
 
 #[tokio::test]
 async fn a_post_without_a_json_content_type_is_415() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
         let response = app.post_body(content_type, json!({"query": INFO}).to_string()).await;
         assert_eq!(response.status(), 415, "{content_type}");
@@ -72,14 +73,14 @@ async fn a_post_without_a_json_content_type_is_415() {
 
 #[tokio::test]
 async fn a_json_content_type_with_a_charset_is_accepted() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let response = app.post_body("application/json; charset=utf-8", json!({"query": INFO}).to_string()).await;
     assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413_before_it_is_parsed() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     // 2 MiB of padding inside a valid request: only the size can refuse it.
     let padding = "#".repeat(2 * 1024 * 1024);
     let body = json!({"query": format!("{INFO}\n{padding}")}).to_string();
@@ -91,7 +92,7 @@ async fn a_body_over_the_limit_is_413_before_it_is_parsed() {
 
 #[tokio::test]
 async fn a_streamed_body_over_the_limit_is_413_too() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..64).map(|_| Ok(vec![b' '; 32 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let response = app.post_body("application/json", body).await;
@@ -100,7 +101,7 @@ async fn a_streamed_body_over_the_limit_is_413_too() {
 
 #[tokio::test]
 async fn malformed_json_is_400_with_a_graphql_error_body() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let response = app.post_body("application/json", "{\"query\": \"{ serverInfo { version } }\"").await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
@@ -112,7 +113,7 @@ async fn malformed_json_is_400_with_a_graphql_error_body() {
 
 #[tokio::test]
 async fn a_json_body_that_is_not_a_request_is_400() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     for body in [json!({"variables": {}}), json!("just a string"), json!({"query": 42})] {
         let (status, answer) = app.post_json(&body).await;
         assert_eq!(status, 400, "{body}");
@@ -123,7 +124,7 @@ async fn a_json_body_that_is_not_a_request_is_400() {
 
 #[tokio::test]
 async fn batches_are_refused_when_batching_is_off() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let batch: Vec<Value> = (0..1000).map(|_| json!({"query": INFO})).collect();
     let (status, body) = app.post_json(&Value::Array(batch)).await;
     assert_eq!(status, 400);
@@ -163,7 +164,7 @@ fn nested_query(levels: usize) -> String {
 
 #[tokio::test]
 async fn a_query_deeper_than_the_limit_is_refused() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let body = app.gql(&nested_query(15), json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
     assert!(body["data"].is_null());
@@ -174,7 +175,7 @@ async fn a_query_deeper_than_the_limit_is_refused() {
 
 #[tokio::test]
 async fn a_query_nested_thirty_levels_is_refused_before_parsing() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let query = format!("{}{}", "{ a ".repeat(30), "}".repeat(30));
     let body = app.gql(&query, json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
@@ -199,7 +200,7 @@ async fn a_query_over_the_complexity_limit_is_refused() {
 
 #[tokio::test]
 async fn a_hundred_aliases_are_refused() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let fields: String = (0..100).map(|i| format!("a{i}: serverInfo {{ version }} ")).collect();
     let body = app.gql(&format!("{{ {fields} }}"), json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
@@ -212,7 +213,7 @@ async fn a_hundred_aliases_are_refused() {
 
 #[tokio::test]
 async fn a_fragment_fan_out_of_a_million_fields_is_refused_without_expanding_it() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let mut query = String::from("query { ...F5 }\n");
     query.push_str("fragment F0 on Query { serverInfo { version database migrationsApplied migrationsPending latestMigration version database migrationsApplied } }\n");
     for level in 1..=5 {
@@ -227,7 +228,7 @@ async fn a_fragment_fan_out_of_a_million_fields_is_refused_without_expanding_it(
 
 #[tokio::test]
 async fn fifty_directives_on_a_field_are_refused() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let directives = "@include(if: true) ".repeat(50);
     let body = app.gql(&format!("{{ serverInfo {directives} {{ version }} }}"), json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
@@ -235,14 +236,14 @@ async fn fifty_directives_on_a_field_are_refused() {
 
 #[tokio::test]
 async fn a_syntax_error_is_graphql_parse_failed() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let body = app.gql("{ serverInfo { ", json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_PARSE_FAILED");
 }
 
 #[tokio::test]
 async fn an_unknown_field_is_a_validation_error_with_a_suggestion_in_development() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let body = app.gql("{ serverInfo { versio } }", json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("Did you mean"), "{body}");
@@ -283,14 +284,14 @@ async fn production_refuses_to_start_with_dev_auth() {
 
 #[tokio::test]
 async fn introspection_works_in_development() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let body = app.gql("{ __schema { queryType { name } } }", json!({})).await;
     assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query");
 }
 
 #[tokio::test]
 async fn an_int_literal_beyond_32_bits_is_a_validation_error_on_a_websocket_too() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let mut ws = common::WsClient::acked(app.addr).await;
     ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { heartbeat(intervalSeconds: 3000000000) { seq } }"}})).await;
     let message = ws.next_json().await;
@@ -301,21 +302,21 @@ async fn an_int_literal_beyond_32_bits_is_a_validation_error_on_a_websocket_too(
 
 #[tokio::test]
 async fn a_subscription_over_http_is_refused_with_a_code() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let body = app.gql("subscription { heartbeat(intervalSeconds: 1) { seq } }", json!({})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
 }
 
 #[tokio::test]
 async fn an_unknown_operation_name_is_a_validation_error() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let (_, body) = app.post_json(&json!({"query": "query A { serverInfo { version } }", "operationName": "B"})).await;
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
 }
 
 #[tokio::test]
 async fn graphql_response_json_answers_request_errors_with_400() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let response = app
         .client
         .post(app.url("/graphql"))
@@ -341,7 +342,7 @@ async fn graphql_response_json_answers_request_errors_with_400() {
 
 #[tokio::test]
 async fn plain_json_clients_get_200_for_request_errors() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let (status, body) = app.post_json(&json!({"query": "{ nope }"})).await;
     assert_eq!(status, 200);
     assert_eq!(first_code(&body), "GRAPHQL_VALIDATION_FAILED");
@@ -349,7 +350,7 @@ async fn plain_json_clients_get_200_for_request_errors() {
 
 #[tokio::test]
 async fn the_request_id_is_echoed_or_made() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let response = app
         .client
         .post(app.url("/graphql"))
@@ -392,7 +393,7 @@ async fn cors_allows_only_configured_origins() {
 
 #[tokio::test]
 async fn responses_are_compressed_when_asked() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     let response = app
         .client
         .post(app.url("/graphql"))
@@ -413,7 +414,7 @@ async fn post_graphql_response(app: &TestApp, body: &Value) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_request_that_fails_before_execution_has_no_data_entry_for_graphql_response_clients() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::shared().await;
     for (query, code) in [("{ nope }", "GRAPHQL_VALIDATION_FAILED"), ("{ serverInfo {", "GRAPHQL_PARSE_FAILED")] {
         let (status, body) = post_graphql_response(&app, &json!({"query": query})).await;
         assert_eq!((status, first_code(&body)), (400, code), "{body}");
