@@ -1,4 +1,4 @@
-// Run with `node --test dashboard/charts.test.mjs` (also run by `cargo test --test dashboard`).
+// Run with `node --test dashboard/charts.test.mjs` (also run by `cargo test --test integration dashboard::`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 

@@ -1,8 +1,11 @@
 //! Test harness: `TestApp::spawn()` starts the real server on `127.0.0.1:0` over a temporary
 //! SQLite file, or over a fresh PostgreSQL database (created per test, dropped afterwards) when
-//! `ENSEMBLE_TEST_DATABASE_URL` is set; `gql()` and `WsClient` talk to it over the wire.
+//! `ENSEMBLE_TEST_DATABASE_URL` is set, either one a copy of the process's migrated and seeded
+//! template (`template.rs`); `gql()` and `WsClient` talk to it over the wire.
 
 #![allow(dead_code)]
+
+mod template;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -17,9 +20,21 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub state: AppState,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
+    /// What a server of the test's own holds; `None` on the shared server.
+    own: Option<Own>,
+}
+
+/// A test's own server: its task, its folder and its database.
+struct Own {
     server: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+    pg: Option<PgDatabase>,
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 impl TestApp {
@@ -35,12 +50,16 @@ impl TestApp {
         config.data_dir = dir.path().join("data");
         install_dev_key(&config.data_dir);
         let pg = match std::env::var(PG_ENV) {
-            Ok(url) if !url.is_empty() => Some(PgDatabase::create(&url).await),
+            Ok(url) if !url.is_empty() => Some(PgDatabase::from_template(&url).await),
             _ => None,
         };
         config.database_url = match &pg {
             Some(pg) => pg.url.clone(),
-            None => format!("sqlite://{}/ensemble.db", dir.path().display()),
+            None => {
+                let file = dir.path().join("ensemble.db");
+                template::copy_sqlite_to(&file).await;
+                format!("sqlite://{}", file.display())
+            }
         };
         // Many servers run at once in a test binary; PostgreSQL allows 100 connections in all.
         config.db_pool_size = Some(if pg.is_some() { 2 } else { 4 });
@@ -51,7 +70,49 @@ impl TestApp {
         let server = tokio::spawn(async move {
             let _ = app.run_until(std::future::pending()).await;
         });
-        Self { addr, client: reqwest::Client::new(), state, _dir: dir, _pg: pg, server }
+        Self { addr, client: reqwest::Client::new(), state, own: Some(Own { server, dir, pg }) }
+    }
+
+    /// One server for the whole test process, for tests that only send requests and read the
+    /// answers (transport, limits), so that nothing one test does shows in another's answers.
+    /// It runs on a runtime of its own, since each test's runtime ends with the test; each
+    /// caller gets an HTTP client of its own for the same reason.
+    pub async fn shared() -> Self {
+        static SHARED: std::sync::OnceLock<(SocketAddr, AppState)> = std::sync::OnceLock::new();
+        let (addr, state) = SHARED
+            .get_or_init(|| {
+                let (started, server) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .expect("the shared server's runtime");
+                    runtime.block_on(async move {
+                        let app = TestApp::spawn().await;
+                        app.remove_at_exit();
+                        let _ = started.send((app.addr, app.state.clone()));
+                        std::future::pending::<()>().await;
+                    });
+                });
+                server.recv().expect("the shared server starts")
+            })
+            .clone();
+        Self { addr, client: reqwest::Client::new(), state, own: None }
+    }
+
+    /// Removes the server's folder and database when the process exits (for a server that is
+    /// never dropped).
+    fn remove_at_exit(&self) {
+        let Some(own) = &self.own else { return };
+        let dir = own.dir.path().to_path_buf();
+        template::at_exit(Box::new(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+        }));
+        if let Some(pg) = &own.pg {
+            let (admin_url, name) = (pg.admin_url.clone(), pg.name.clone());
+            template::at_exit(Box::new(move || drop_postgres_database(&admin_url, &name)));
+        }
     }
 
     /// A server that writes nothing in the background (usage counts are flushed hourly), so
@@ -78,8 +139,8 @@ impl TestApp {
         self.state.statements.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Waits until no statement has run for 100 ms.
-    async fn until_quiet(&self) {
+    /// Waits until no statement has run for 100 ms (the server's start-up tasks are done).
+    pub async fn until_quiet(&self) {
         let mut last = self.statements_run();
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -153,12 +214,6 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 /// Puts a ready dev signing key in `data_dir` (making a 2048-bit key in a debug build is slow).
 pub fn install_dev_key(data_dir: &std::path::Path) {
     std::fs::create_dir_all(data_dir).expect("data dir");
@@ -191,6 +246,21 @@ pub fn ensemble() -> std::process::Command {
     command
 }
 
+/// Waits until `check` answers true, asking every 50 ms; panics saying `what` did not happen
+/// after `deadline`. For what happens at a moment the test does not control (a refetch, an
+/// expiry), instead of sleeping for a guess.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(std::time::Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The `extensions.code` of the first error in a GraphQL answer.
 pub fn first_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"].as_str().unwrap_or("<no code>")
@@ -210,32 +280,55 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
+    /// An empty database.
     pub async fn create(admin_url: &str) -> Self {
+        Self::create_from(admin_url, None).await
+    }
+
+    /// A copy of the process's migrated and seeded template database.
+    pub async fn from_template(admin_url: &str) -> Self {
+        let template = template::postgres(admin_url).await;
+        Self::create_from(admin_url, Some(template)).await
+    }
+
+    async fn create_from(admin_url: &str, template: Option<&str>) -> Self {
         use sea_orm::ConnectionTrait;
         let name = format!("ensemble_test_{}", uuid::Uuid::new_v4().simple());
+        let copied = template.map(|t| format!(" TEMPLATE \"{t}\"")).unwrap_or_default();
         let admin = sea_orm::Database::connect(admin_url).await.expect("PostgreSQL reachable");
-        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"{copied}")).await.expect("create test database");
         let _ = admin.close().await;
-        let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
-        url.set_path(&format!("/{name}"));
-        Self { admin_url: admin_url.to_string(), name, url: url.to_string() }
+        let url = database_url(admin_url, &name);
+        Self { admin_url: admin_url.to_string(), name, url }
     }
+}
+
+/// `admin_url` pointed at the database `name`.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(admin_url).expect("PostgreSQL URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                use sea_orm::ConnectionTrait;
-                let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
-                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()?;
-                admin.close().await.ok()
-            })
-        });
-        let _ = dropped.join();
+        drop_postgres_database(&self.admin_url, &self.name);
     }
+}
+
+/// Drops the database `name`, from a thread of its own (drops and exit handlers are not async).
+fn drop_postgres_database(admin_url: &str, name: &str) {
+    let (admin_url, name) = (admin_url.to_string(), name.to_string());
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        runtime.block_on(async {
+            use sea_orm::ConnectionTrait;
+            let admin = sea_orm::Database::connect(&admin_url).await.ok()?;
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()?;
+            admin.close().await.ok()
+        })
+    });
+    let _ = dropped.join();
 }
 
 /// A websocket client speaking raw protocol messages.

@@ -1,0 +1,118 @@
+//! The live audit log over `graphql-transport-ws`: a team's owner sees each new row of the team
+//! once its change has committed, in order, never a rolled-back one; others are refused.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::{TestApp, WsClient};
+use ensemble::{
+    auth::GlobalRole,
+    db,
+    service::audit::{self, Caller, Entry},
+};
+use serde_json::{Value, json};
+
+const FOLLOW: &str = "subscription($t: ID!) { auditLogAdded(teamId: $t) { seq action teamId changes } }";
+const CREATE: &str = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
+const RENAME: &str = "mutation($id: ID!, $n: String!) { updateTeam(id: $id, input: {name: $n}) { id } }";
+
+async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
+    let (_, body) = app.gql_as(token, query, variables).await;
+    assert!(body.get("errors").is_none(), "arranging failed: {body}");
+    body["data"].clone()
+}
+
+async fn create_team(app: &TestApp, token: &str, name: &str) -> String {
+    must(app, token, CREATE, json!({"n": name})).await["createTeam"]["id"].as_str().unwrap().to_string()
+}
+
+/// Signs in over a websocket and subscribes to `team`'s audit rows as subscription "1".
+async fn follow(app: &TestApp, token: &str, team: &str) -> WsClient {
+    let mut ws = WsClient::connect(app.addr, "graphql-transport-ws").await;
+    ws.send(json!({"type": "connection_init", "payload": {"token": token}})).await;
+    assert_eq!(ws.next_json().await["type"], "connection_ack");
+    let payload = json!({"query": FOLLOW, "variables": {"t": team}});
+    ws.send(json!({"type": "subscribe", "id": "1", "payload": payload})).await;
+    ws
+}
+
+/// The next row pushed.
+async fn next_row(ws: &mut WsClient) -> Value {
+    let message = ws.next_json().await;
+    assert_eq!(message["type"], "next", "{message}");
+    message["payload"]["data"]["auditLogAdded"].clone()
+}
+
+/// Gives the server time to start the subscription (there is no acknowledgement of it).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn an_owner_sees_each_new_row_of_the_team_in_order() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let team = create_team(&app, &alice, "Followed").await;
+    let other = create_team(&app, &alice, "Other").await;
+    let mut ws = follow(&app, &alice, &team).await;
+    settle().await;
+
+    must(&app, &alice, RENAME, json!({"id": team, "n": "One"})).await;
+    must(&app, &alice, RENAME, json!({"id": other, "n": "Elsewhere"})).await;
+    must(&app, &alice, RENAME, json!({"id": team, "n": "Two"})).await;
+    let (first, second) = (next_row(&mut ws).await, next_row(&mut ws).await);
+    assert_eq!((first["action"].as_str(), first["teamId"].as_str()), (Some("team.update"), Some(team.as_str())));
+    assert_eq!((first["changes"].clone(), second["changes"].clone()), (json!({"name": "One"}), json!({"name": "Two"})));
+    assert_eq!(second["seq"].as_i64().unwrap(), first["seq"].as_i64().unwrap() + 2, "the other team's row between");
+}
+
+/// Appends a row for `team` in a transaction of its own, as a server task outside GraphQL would.
+async fn append(app: &TestApp, team: &str, name: &str) -> sea_orm::DatabaseTransaction {
+    let txn = db::begin_write(&app.state.db).await.unwrap();
+    let entry = Entry::new("team.update", "team", team.to_string()).team(team).changes(json!({"name": name}));
+    audit::allowed(&txn, &Caller::default(), entry).await.unwrap();
+    txn
+}
+
+#[tokio::test]
+async fn a_rolled_back_row_is_never_pushed_and_rows_written_outside_graphql_still_arrive() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let team = create_team(&app, &alice, "Followed").await;
+    let mut ws = follow(&app, &alice, &team).await;
+    settle().await;
+
+    // Open across a wake-up and a poll, then rolled back.
+    let never = append(&app, &team, "Never").await;
+    app.state.bus.audit_written();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    never.rollback().await.unwrap();
+    // Committed with no wake-up: the once-a-second read finds it.
+    append(&app, &team, "Quiet").await.commit().await.unwrap();
+    assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Quiet"}));
+
+    must(&app, &alice, RENAME, json!({"id": team, "n": "Real"})).await;
+    assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Real"}));
+}
+
+#[tokio::test]
+async fn only_the_teams_owners_and_admins_may_follow_it() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let team = create_team(&app, &alice, "Private").await;
+    let add = "mutation($t: ID!) { addTeamMember(teamId: $t, input: {userId: \"user_bob\", role: EDITOR}) { userId } }";
+    must(&app, &app.token("user_bob", GlobalRole::Member), "{ me { id } }", json!({})).await;
+    must(&app, &alice, add, json!({"t": team})).await;
+    for (user, code) in [("user_stranger", "NOT_FOUND"), ("user_bob", "FORBIDDEN")] {
+        let mut ws = follow(&app, &app.token(user, GlobalRole::Member), &team).await;
+        let message = ws.next_json().await;
+        let errors = if message["type"] == "error" { &message["payload"] } else { &message["payload"]["errors"] };
+        assert_eq!(errors[0]["extensions"]["code"], code, "{user}: {message}");
+    }
+
+    let mut ws = follow(&app, &app.token("user_admin", GlobalRole::Admin), &team).await;
+    settle().await;
+    must(&app, &alice, RENAME, json!({"id": team, "n": "Watched"})).await;
+    assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Watched"}));
+}
