@@ -15,6 +15,7 @@ use super::{
     loaders::{Loaders, int_argument, node_fields, nodes_select},
     principal,
     share_links::ShareLink,
+    states,
     users::User,
 };
 use crate::{
@@ -22,7 +23,7 @@ use crate::{
     error::{AppError, GqlResultExt},
     service::{
         page::PageRequest,
-        teams::{self, NewTeam, TeamChanges, Visibility},
+        teams::{self, NewTeam, TeamChanges},
         versions,
     },
     state::AppState,
@@ -175,7 +176,7 @@ impl TeamsMutation {
         let new = NewTeam {
             name: input.name,
             description: input.description,
-            visibility: input.visibility,
+            visibility: input.visibility.map(Into::into),
             spec: input.spec.map(|s| s.0),
         };
         let team = teams::create(&state.db, &caller(ctx), new).await.gql()?;
@@ -196,7 +197,7 @@ impl TeamsMutation {
         let changes = TeamChanges {
             name: input.name,
             description: input.description,
-            visibility: input.visibility,
+            visibility: input.visibility.map(Into::into),
             spec: input.spec.map(|s| s.0),
             message: input.message,
             expected_version,
@@ -242,7 +243,10 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::add_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role).await.map(TeamMember).gql()
+        teams::add_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role.into())
+            .await
+            .map(TeamMember)
+            .gql()
     }
 
     /// Changes a member's role (owners). The last owner cannot be demoted.
@@ -253,7 +257,7 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::update_member(&state.db, &state.caches, &caller(ctx), &team_id, &input.user_id, input.role)
+        teams::update_member(&state.db, &state.caches, &caller(ctx), &team_id, &input.user_id, input.role.into())
             .await
             .map(TeamMember)
             .gql()
@@ -278,7 +282,7 @@ pub struct CreateTeamInput {
     /// At most 2000 characters.
     pub description: Option<String>,
     /// PRIVATE (the default) or PUBLIC.
-    pub visibility: Option<Visibility>,
+    pub visibility: Option<states::Visibility>,
     /// A TeamSpec document (`"format": "ensemble.team/v1"`).
     pub spec: Option<Json<Value>>,
 }
@@ -287,7 +291,7 @@ pub struct CreateTeamInput {
 pub struct UpdateTeamInput {
     pub name: Option<String>,
     pub description: Option<String>,
-    pub visibility: Option<Visibility>,
+    pub visibility: Option<states::Visibility>,
     /// A new TeamSpec; a new version when it differs from the current one.
     pub spec: Option<Json<Value>>,
     /// Why the spec changed, kept with the version.
@@ -298,7 +302,7 @@ pub struct UpdateTeamInput {
 pub struct TeamMemberInput {
     /// The member's user id.
     pub user_id: ID,
-    pub role: TeamRole,
+    pub role: states::TeamRole,
 }
 
 /// A team of agents.
@@ -319,8 +323,8 @@ impl Team {
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
     }
-    async fn visibility(&self) -> Visibility {
-        Visibility::parse(&self.0.visibility)
+    async fn visibility(&self) -> states::Visibility {
+        self.0.visibility.into()
     }
     /// The current spec version.
     async fn version(&self) -> i32 {
@@ -385,9 +389,9 @@ impl Team {
     }
 
     /// Your role on this team (null when you only see it because it is public).
-    async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
+    async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<states::TeamRole>> {
         let members = self.load_members(ctx).await?;
-        Ok(self.role_among(ctx, &members))
+        Ok(self.role_among(ctx, &members).map(Into::into))
     }
 
     /// Who belongs to the team (members and admins only).
@@ -412,7 +416,7 @@ impl Team {
         if user.role == GlobalRole::Admin {
             return Some(TeamRole::Owner);
         }
-        members.iter().find(|m| m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role))
+        members.iter().find(|m| m.user_id == user.id).map(|m| m.role)
     }
 
     async fn load_members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<team_members::Model>> {
@@ -430,8 +434,8 @@ impl TeamMember {
     async fn user_id(&self) -> ID {
         ID(self.0.user_id.clone())
     }
-    async fn role(&self) -> Option<TeamRole> {
-        TeamRole::parse(&self.0.role)
+    async fn role(&self) -> Option<states::TeamRole> {
+        Some(self.0.role.into())
     }
     /// When they joined.
     async fn added_at(&self) -> DateTime<Utc> {

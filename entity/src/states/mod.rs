@@ -2,8 +2,10 @@
 //! a sea-orm active enum stored as its text, so the schema stays portable, and a stored value
 //! that is not one of the set fails the read instead of becoming some other state.
 
+mod access;
 mod runs;
 
+pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
 pub use runs::RunStatus;
 
 /// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
@@ -18,7 +20,7 @@ macro_rules! stored_text {
     )*};
 }
 
-stored_text!(RunStatus);
+stored_text!(GlobalRole, RunStatus, TeamRole, TemplateKind, TemplateVisibility, Visibility);
 
 #[cfg(test)]
 mod tests {
@@ -36,7 +38,12 @@ mod tests {
 
     #[test]
     fn every_state_reads_back_from_its_stored_text() {
+        round_trips::<GlobalRole>();
         round_trips::<RunStatus>();
+        round_trips::<TeamRole>();
+        round_trips::<TemplateKind>();
+        round_trips::<TemplateVisibility>();
+        round_trips::<Visibility>();
     }
 
     #[test]

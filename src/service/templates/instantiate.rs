@@ -95,7 +95,7 @@ impl Templates {
 
 fn not_kind(resolved: &Resolved, path: &str, rule: &str) -> AppError {
     let message =
-        format!("`{}` is a {} template; {rule}.", resolved.template.slug, resolved.kind.as_str().to_uppercase());
+        format!("`{}` is a {} template; {rule}.", resolved.template.slug, resolved.kind.to_string().to_uppercase());
     AppError::BadUserInput { problems: vec![Problem::new(path, message.clone())], message }
 }
 

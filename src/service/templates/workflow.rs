@@ -153,7 +153,7 @@ pub async fn run(
 ) -> Result<WorkflowResult, AppError> {
     let resolved = state.templates.resolve(caller, template, None).await?;
     if resolved.kind != Kind::Workflow {
-        let kind = resolved.kind.as_str().to_uppercase();
+        let kind = resolved.kind.to_string().to_uppercase();
         return Err(AppError::BadUserInput {
             message: format!("`{template}` is a {kind} template, not a WORKFLOW."),
             problems: vec![Problem::new("templateId", format!("is a {kind} template; only WORKFLOW templates run"))],
@@ -283,7 +283,7 @@ async fn prompt(
         other => other,
     })?;
     if query.kind != Kind::Query {
-        let kind = query.kind.as_str().to_uppercase();
+        let kind = query.kind.to_string().to_uppercase();
         return Err(AppError::bad_input(format!(
             "template `{template}` is a {kind} template; steps run QUERY templates"
         )));
