@@ -6,7 +6,7 @@ mod access;
 mod runs;
 
 pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
-pub use runs::RunStatus;
+pub use runs::{MessageRole, RunStatus};
 
 /// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
 /// labels and audit changes, from the same `string_value`s the database reads and writes.
@@ -20,7 +20,7 @@ macro_rules! stored_text {
     )*};
 }
 
-stored_text!(GlobalRole, RunStatus, TeamRole, TemplateKind, TemplateVisibility, Visibility);
+stored_text!(GlobalRole, MessageRole, RunStatus, TeamRole, TemplateKind, TemplateVisibility, Visibility);
 
 #[cfg(test)]
 mod tests {
@@ -39,6 +39,7 @@ mod tests {
     #[test]
     fn every_state_reads_back_from_its_stored_text() {
         round_trips::<GlobalRole>();
+        round_trips::<MessageRole>();
         round_trips::<RunStatus>();
         round_trips::<TeamRole>();
         round_trips::<TemplateKind>();

@@ -24,3 +24,16 @@ impl RunStatus {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 }
+
+/// Who wrote a message (`messages.role`); also the role of a message sent to a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)", enum_name = "message_role")]
+pub enum MessageRole {
+    /// Instructions to the model (a system prompt); never stored in a conversation.
+    #[sea_orm(string_value = "system")]
+    System,
+    #[sea_orm(string_value = "user")]
+    User,
+    #[sea_orm(string_value = "assistant")]
+    Assistant,
+}

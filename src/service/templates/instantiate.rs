@@ -126,7 +126,7 @@ async fn replay<C: ConnectionTrait>(
             id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
             conversation_id: conversation_id.clone(),
             parent_id: parent.take(),
-            role: message.role.clone(),
+            role: sea_orm::ActiveEnum::try_from_value(&message.role)?,
             agent: message.agent.clone(),
             content: message.content.clone(),
             run_id: None,
