@@ -16,7 +16,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use ensemble::{auth::GlobalRole, config::Config, service::rollups, startup::App, state::AppState};
-use entity::runs;
+use entity::{runs, states::RunStatus};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 
@@ -123,7 +123,7 @@ fn seeded(random: &mut Random, teams: &[String], now: DateTime<Utc>, n: u64) -> 
         conversation_id: None,
         user_id: Some("user_bench".into()),
         api_key_id: None,
-        status: if failed { "failed" } else { "succeeded" }.into(),
+        status: if failed { RunStatus::Failed } else { RunStatus::Succeeded },
         input: "seeded".into(),
         variables: None,
         message_id: None,

@@ -13,6 +13,7 @@ pub mod run_attempts;
 pub mod run_latency;
 pub mod run_rollups;
 pub mod runs;
+pub mod states;
 pub mod team_members;
 pub mod team_share_links;
 pub mod team_versions;

@@ -3,6 +3,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::MessageRole;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "messages")]
 pub struct Model {
@@ -11,7 +13,7 @@ pub struct Model {
     pub conversation_id: String,
     pub parent_id: Option<String>,
     /// `user`, `assistant` or `system`.
-    pub role: String,
+    pub role: MessageRole,
     /// The agent that wrote an assistant message.
     pub agent: Option<String>,
     pub content: String,

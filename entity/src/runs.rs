@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::RunStatus;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "runs")]
 pub struct Model {
@@ -13,8 +15,7 @@ pub struct Model {
     pub conversation_id: Option<String>,
     pub user_id: Option<String>,
     pub api_key_id: Option<String>,
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: RunStatus,
     pub input: String,
     pub variables: Option<Json>,
     /// The user message the run answers, in a conversation.

@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::TeamRole;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "team_members")]
 pub struct Model {
@@ -9,7 +11,7 @@ pub struct Model {
     pub team_id: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub user_id: String,
-    pub role: String,
+    pub role: TeamRole,
     pub created_at: DateTimeUtc,
 }
 

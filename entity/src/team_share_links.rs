@@ -2,14 +2,16 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::TeamRole;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "team_share_links")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub team_id: String,
-    /// `viewer`, `operator` or `editor`.
-    pub role: String,
+    /// Never `owner`.
+    pub role: TeamRole,
     #[sea_orm(unique)]
     pub token_hash: String,
     pub expires_at: Option<DateTimeUtc>,

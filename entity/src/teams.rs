@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::Visibility;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "teams")]
 pub struct Model {
@@ -12,7 +14,7 @@ pub struct Model {
     #[sea_orm(unique)]
     pub slug: String,
     pub description: Option<String>,
-    pub visibility: String,
+    pub visibility: Visibility,
     pub spec: Json,
     pub version: i32,
     pub created_at: DateTimeUtc,

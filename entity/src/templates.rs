@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::{TemplateKind, TemplateVisibility};
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "templates")]
 pub struct Model {
@@ -11,15 +13,13 @@ pub struct Model {
     pub owner_id: Option<String>,
     /// The team whose members may use it when `visibility` is `team`.
     pub team_id: Option<String>,
-    /// `team`, `query`, `workflow` or `demo`.
-    pub kind: String,
+    pub kind: TemplateKind,
     pub category_id: Option<String>,
     pub name: String,
     #[sea_orm(unique)]
     pub slug: String,
     pub description: Option<String>,
-    /// `private`, `team` or `public`.
-    pub visibility: String,
+    pub visibility: TemplateVisibility,
     /// The current version.
     pub version: i32,
     pub is_starter: bool,

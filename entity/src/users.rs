@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::GlobalRole;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "users")]
 pub struct Model {
@@ -10,8 +12,7 @@ pub struct Model {
     pub email: Option<String>,
     pub display_name: Option<String>,
     pub avatar_url: Option<String>,
-    /// `admin` or `member`.
-    pub role: String,
+    pub role: GlobalRole,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,

@@ -17,7 +17,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::principal::{GlobalRole, KeyPrincipal, UserPrincipal};
+use super::principal::{KeyPrincipal, UserPrincipal};
 use crate::{
     cache::{Caches, KeyPrefix, UnknownKeyPrefix},
     error::AppError,
@@ -142,7 +142,7 @@ impl KeyStore {
             scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
             owner: UserPrincipal {
                 id: owner.id.clone(),
-                role: GlobalRole::parse(&owner.role).unwrap_or(GlobalRole::Member),
+                role: owner.role,
                 email: owner.email.clone(),
                 org: None,
                 // The secret given stops working then: a rotated key's previous one at the end

@@ -70,7 +70,7 @@ impl DevIssuer {
         let now = chrono::Utc::now().timestamp();
         let mut claims = json!({
             "sub": user, "iss": ISSUER, "iat": now, "nbf": now, "exp": now + ttl.as_secs() as i64,
-            "role": role.as_str(),
+            "role": role.to_string(),
         });
         if let Some(email) = email {
             claims["email"] = json!(email);

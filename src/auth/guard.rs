@@ -2,45 +2,12 @@
 //! a team the caller may not see is NOT_FOUND (never a hint that it exists); a visible team
 //! without the needed role is FORBIDDEN. Global ADMINs act as owners everywhere.
 
-use entity::{team_members, teams};
+pub use entity::states::TeamRole;
+use entity::{states::Visibility, team_members, teams};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use super::{GlobalRole, Principal, UserPrincipal, api_key::Scope, principal::KeyPrincipal};
 use crate::{error::AppError, service::audit::Caller};
-
-/// Per-team roles, weakest first: a stronger role may do all a weaker one may.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, async_graphql::Enum)]
-pub enum TeamRole {
-    /// Reads the team.
-    Viewer,
-    /// Runs the team, cannot change it.
-    Operator,
-    /// Changes the team.
-    Editor,
-    /// Manages members, archives and deletes.
-    Owner,
-}
-
-impl TeamRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Operator => "operator",
-            Self::Editor => "editor",
-            Self::Owner => "owner",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "viewer" => Self::Viewer,
-            "operator" => Self::Operator,
-            "editor" => Self::Editor,
-            "owner" => Self::Owner,
-            _ => return None,
-        })
-    }
-}
 
 /// A team the caller may act on, and the role they act with.
 pub struct TeamAccess {
@@ -154,7 +121,7 @@ pub fn membership(caller: &Caller, team_id: &str, members: &[team_members::Model
     if user.role == GlobalRole::Admin {
         return Some(TeamRole::Owner);
     }
-    members.iter().find(|m| m.team_id == team_id && m.user_id == user.id).and_then(|m| TeamRole::parse(&m.role))
+    members.iter().find(|m| m.team_id == team_id && m.user_id == user.id).map(|m| m.role)
 }
 
 /// [`membership`], reading the acting user's row.
@@ -189,7 +156,7 @@ pub async fn role_on<C: ConnectionTrait>(
         return Ok(None);
     }
     let member = member_role(conn, caller, &team.id).await?;
-    Ok(member.or((team.visibility == "public").then_some(TeamRole::Viewer)))
+    Ok(member.or((team.visibility == Visibility::Public).then_some(TeamRole::Viewer)))
 }
 
 /// Whether the caller, holding `role` as a member of a team it already sees (see
@@ -224,11 +191,7 @@ pub async fn team<C: ConnectionTrait>(
         if matches!(caller.principal, Principal::Anonymous) {
             return Err(unauthenticated());
         }
-        return Err(AppError::Forbidden(format!(
-            "This needs the {} role on the team; you have {}.",
-            need.as_str(),
-            role.as_str()
-        )));
+        return Err(AppError::Forbidden(format!("This needs the {need} role on the team; you have {role}.")));
     }
     Ok(TeamAccess { team, role })
 }

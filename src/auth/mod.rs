@@ -108,7 +108,7 @@ impl Authenticator {
         if stored.deleted_at.is_some() {
             return Err(unauthenticated("This account has been deleted."));
         }
-        if GlobalRole::parse(&stored.role) == Some(GlobalRole::Admin) {
+        if stored.role == GlobalRole::Admin {
             user.role = GlobalRole::Admin;
         }
         Ok(Principal::User(user))

@@ -1,30 +1,7 @@
 //! Who is calling: nobody, a signed-in user, an API key, or the server itself.
 
 use chrono::{DateTime, Utc};
-
-/// The global role: ADMIN manages the whole server, MEMBER only what they own or share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
-pub enum GlobalRole {
-    Admin,
-    Member,
-}
-
-impl GlobalRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Member => "member",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        match value.to_ascii_lowercase().as_str() {
-            "admin" => Some(Self::Admin),
-            "member" => Some(Self::Member),
-            _ => None,
-        }
-    }
-}
+pub use entity::states::GlobalRole;
 
 /// The Clerk organisation a session token was issued for (v1 or v2 claims).
 #[derive(Clone, Debug, PartialEq, Eq)]

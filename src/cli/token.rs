@@ -56,7 +56,8 @@ pub async fn run(args: TokenArgs) -> Result<(), String> {
 }
 
 fn parse_role(value: &str) -> Result<GlobalRole, String> {
-    GlobalRole::parse(value).ok_or_else(|| "expected `admin` or `member`".to_string())
+    let value = value.to_ascii_lowercase();
+    sea_orm::ActiveEnum::try_from_value(&value).map_err(|_| "expected `admin` or `member`".to_string())
 }
 
 /// `90s`, `15m`, `1h`, `7d` (or plain seconds).

@@ -155,7 +155,7 @@ impl From<&messages::Model> for Message {
         Self {
             id: ID(m.id.clone()),
             parent_id: m.parent_id.clone().map(ID),
-            role: m.role.clone(),
+            role: m.role.to_string(),
             agent: m.agent.clone(),
             content: m.content.clone(),
             run_id: m.run_id.clone().map(ID),

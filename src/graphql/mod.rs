@@ -23,6 +23,7 @@ pub mod runs;
 pub mod scalars;
 pub mod share_links;
 pub mod sharing;
+pub mod states;
 pub mod system;
 pub mod teams;
 pub mod templates;

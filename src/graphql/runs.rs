@@ -15,6 +15,7 @@ use super::{
     caller, connection,
     loaders::{Loaders, nodes_select},
     rechecks, sharing,
+    states::RunStatus,
 };
 use crate::{
     auth::guard::{self, TeamRole},
@@ -24,7 +25,7 @@ use crate::{
         error_groups,
         page::PageRequest,
         range::TimeRange,
-        runs::{self, RunFilter, RunInput as NewRun, RunStatus},
+        runs::{self, RunFilter, RunInput as NewRun},
     },
     state::AppState,
 };
@@ -54,7 +55,7 @@ impl RunsQuery {
         let state = ctx.data::<AppState>()?;
         let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
         let range = range.unwrap_or_default();
-        let filter = RunFilter { status, from: range.from, to: range.to };
+        let filter = RunFilter { status: status.map(Into::into), from: range.from, to: range.to };
         let rows = state.runner.list(&caller(ctx), &team_id, filter, &page).await.gql()?;
         if nodes_select(ctx, &["attempts"]) {
             // Up front, in one query: see `loaders`.
@@ -134,7 +135,7 @@ impl RunsSubscription {
             async move { state.runner.get(&caller, &run).await.map(drop) }
         });
         let run = state.runner.get(&caller(ctx), &run_id).await.gql()?;
-        let finished = RunStatus::parse(&run.status).is_finished().then(|| runs::terminal_event(&run));
+        let finished = run.status.is_finished().then(|| runs::terminal_event(&run));
         // Ends right after the run's terminal event.
         let live = stream::unfold(Some(events), move |events| {
             let run_id = run.id.clone();
@@ -265,7 +266,7 @@ impl Run {
         self.0.team_version
     }
     async fn status(&self) -> RunStatus {
-        RunStatus::parse(&self.0.status)
+        self.0.status.into()
     }
     async fn input(&self) -> &str {
         &self.0.input

@@ -4,9 +4,8 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::
 use chrono::{DateTime, Utc};
 use entity::team_share_links as rows;
 
-use super::{caller, connection, teams::TeamMember};
+use super::{caller, connection, states::TeamRole, teams::TeamMember};
 use crate::{
-    auth::guard::TeamRole,
     error::GqlResultExt,
     service::{
         page::PageRequest,
@@ -50,7 +49,7 @@ impl ShareLinksMutation {
         input: CreateShareLinkInput,
     ) -> async_graphql::Result<CreatedShareLink> {
         let state = ctx.data::<AppState>()?;
-        share_links::create(&state.db, &caller(ctx), &team_id, input.role, input.expires_at)
+        share_links::create(&state.db, &caller(ctx), &team_id, input.role.into(), input.expires_at)
             .await
             .map(CreatedShareLink::from)
             .gql()
@@ -106,7 +105,7 @@ pub struct ShareLink {
 impl From<rows::Model> for ShareLink {
     fn from(link: rows::Model) -> Self {
         Self {
-            role: TeamRole::parse(&link.role),
+            role: Some(link.role.into()),
             id: ID(link.id),
             team_id: ID(link.team_id),
             expires_at: link.expires_at,

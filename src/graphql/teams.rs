@@ -14,6 +14,7 @@ use super::{
     caller, connection,
     loaders::{Loaders, int_argument, node_fields, nodes_select},
     share_links::ShareLink,
+    states,
     users::User,
 };
 use crate::{
@@ -21,7 +22,7 @@ use crate::{
     error::{AppError, GqlResultExt},
     service::{
         page::PageRequest,
-        teams::{self, NewTeam, TeamChanges, Visibility},
+        teams::{self, NewTeam, TeamChanges},
         versions,
     },
     state::AppState,
@@ -174,7 +175,7 @@ impl TeamsMutation {
         let new = NewTeam {
             name: input.name,
             description: input.description,
-            visibility: input.visibility,
+            visibility: input.visibility.map(Into::into),
             spec: input.spec.map(|s| s.0),
         };
         let team = teams::create(&state.db, &state.config.runs.providers, &caller(ctx), new).await.gql()?;
@@ -195,7 +196,7 @@ impl TeamsMutation {
         let changes = TeamChanges {
             name: input.name,
             description: input.description,
-            visibility: input.visibility,
+            visibility: input.visibility.map(Into::into),
             spec: input.spec.map(|s| s.0),
             message: input.message,
             expected_version,
@@ -243,7 +244,10 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::add_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role).await.map(TeamMember).gql()
+        teams::add_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role.into())
+            .await
+            .map(TeamMember)
+            .gql()
     }
 
     /// Changes a member's role (owners). The last owner cannot be demoted.
@@ -254,7 +258,7 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::update_member(&state.db, &state.caches, &caller(ctx), &team_id, &input.user_id, input.role)
+        teams::update_member(&state.db, &state.caches, &caller(ctx), &team_id, &input.user_id, input.role.into())
             .await
             .map(TeamMember)
             .gql()
@@ -279,7 +283,7 @@ pub struct CreateTeamInput {
     /// At most 2000 characters.
     pub description: Option<String>,
     /// PRIVATE (the default) or PUBLIC.
-    pub visibility: Option<Visibility>,
+    pub visibility: Option<states::Visibility>,
     /// A TeamSpec document (`"format": "ensemble.team/v1"`).
     pub spec: Option<Json<Value>>,
 }
@@ -288,7 +292,7 @@ pub struct CreateTeamInput {
 pub struct UpdateTeamInput {
     pub name: Option<String>,
     pub description: Option<String>,
-    pub visibility: Option<Visibility>,
+    pub visibility: Option<states::Visibility>,
     /// A new TeamSpec; a new version when it differs from the current one.
     pub spec: Option<Json<Value>>,
     /// Why the spec changed, kept with the version.
@@ -299,7 +303,7 @@ pub struct UpdateTeamInput {
 pub struct TeamMemberInput {
     /// The member's user id.
     pub user_id: ID,
-    pub role: TeamRole,
+    pub role: states::TeamRole,
 }
 
 /// A team of agents.
@@ -320,8 +324,8 @@ impl Team {
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
     }
-    async fn visibility(&self) -> Visibility {
-        Visibility::parse(&self.0.visibility)
+    async fn visibility(&self) -> states::Visibility {
+        self.0.visibility.into()
     }
     /// The current spec version.
     async fn version(&self) -> i32 {
@@ -386,9 +390,9 @@ impl Team {
     }
 
     /// Your role on this team (null when you only see it because it is public).
-    async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TeamRole>> {
+    async fn my_role(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<states::TeamRole>> {
         let members = self.load_members(ctx).await?;
-        Ok(guard::membership(&caller(ctx), &self.0.id, &members))
+        Ok(guard::membership(&caller(ctx), &self.0.id, &members).map(Into::into))
     }
 
     /// Who belongs to the team (members and admins only).
@@ -417,8 +421,8 @@ impl TeamMember {
     async fn user_id(&self) -> ID {
         ID(self.0.user_id.clone())
     }
-    async fn role(&self) -> Option<TeamRole> {
-        TeamRole::parse(&self.0.role)
+    async fn role(&self) -> Option<states::TeamRole> {
+        Some(self.0.role.into())
     }
     /// When they joined.
     async fn added_at(&self) -> DateTime<Utc> {

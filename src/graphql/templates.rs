@@ -15,6 +15,7 @@ use super::{
     answers::warn_missing_keys,
     caller, connection,
     loaders::{Loaders, nodes_select},
+    states::{TemplateKind as Kind, TemplateVisibility as Visibility},
     teams::Team,
     users::User,
 };
@@ -24,8 +25,8 @@ use crate::{
         page::{Page, PageRequest},
         template_categories::{self as categories, CategoryInput},
         templates::{
-            Filter, Instantiate, Resolved, TemplateInput as Input, Visibility,
-            body::{Kind, Variable, VariableType},
+            Filter, Instantiate, Resolved, TemplateInput as Input,
+            body::{Variable, VariableType},
         },
     },
     state::AppState,
@@ -267,7 +268,7 @@ impl Template {
     }
 
     async fn kind(&self) -> Kind {
-        Kind::parse(&self.template.kind).unwrap_or(Kind::Query)
+        self.template.kind.into()
     }
 
     async fn name(&self) -> &str {
@@ -284,7 +285,7 @@ impl Template {
     }
 
     async fn visibility(&self) -> Visibility {
-        Visibility::parse(&self.template.visibility)
+        self.template.visibility.into()
     }
 
     /// The team whose members may use it (visibility TEAM).
@@ -388,7 +389,7 @@ impl From<Arc<rows::Model>> for DeletedTemplate {
     fn from(t: Arc<rows::Model>) -> Self {
         Self {
             id: ID(t.id.clone()),
-            kind: Kind::parse(&t.kind).unwrap_or(Kind::Query),
+            kind: t.kind.into(),
             name: t.name.clone(),
             slug: t.slug.clone(),
             version: t.version,
@@ -504,11 +505,11 @@ pub struct TemplateInput {
 impl From<TemplateInput> for Input {
     fn from(input: TemplateInput) -> Self {
         Self {
-            kind: input.kind,
+            kind: input.kind.map(Into::into),
             name: input.name,
             description: input.description,
             category: input.category,
-            visibility: input.visibility,
+            visibility: input.visibility.map(Into::into),
             team_id: input.team_id.map(|id| id.0),
             body: input.body.map(|b| b.0),
             variables: input.variables.map(|v| v.0),
@@ -536,7 +537,7 @@ impl From<ForkTemplateInput> for Input {
             name: input.name,
             description: input.description,
             category: input.category,
-            visibility: input.visibility,
+            visibility: input.visibility.map(Into::into),
             team_id: input.team_id.map(|id| id.0),
             ..Self::default()
         }
@@ -575,7 +576,13 @@ pub struct TemplateFilter {
 
 impl From<TemplateFilter> for Filter {
     fn from(f: TemplateFilter) -> Self {
-        Self { kind: f.kind, category: f.category, visibility: f.visibility, starter: f.starter, search: f.search }
+        Self {
+            kind: f.kind.map(Into::into),
+            category: f.category,
+            visibility: f.visibility.map(Into::into),
+            starter: f.starter,
+            search: f.search,
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 
-use super::{caller, connection, principal};
+use super::{caller, connection, principal, states::GlobalRole};
 use crate::{
-    auth::{GlobalRole, Principal},
+    auth::Principal,
     error::GqlResultExt,
     service::{page::PageRequest, users},
     state::AppState,
@@ -25,7 +25,7 @@ impl UsersQuery {
         };
         let state = ctx.data::<AppState>()?;
         let row = users::find(&state.db, &me.id).await.gql()?;
-        Ok(row.map(|row| User { role: me.role, ..User::from(row) }))
+        Ok(row.map(|row| User { role: me.role.into(), ..User::from(row) }))
     }
 
     /// A user by id: yourself, or anyone for an admin.
@@ -65,7 +65,7 @@ impl UsersMutation {
     /// Sets a user's global role (admins only).
     async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: GlobalRole) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        users::set_role(&state.db, &state.caches, &caller(ctx), &user_id, role).await.map(User::from).gql()
+        users::set_role(&state.db, &state.caches, &caller(ctx), &user_id, role.into()).await.map(User::from).gql()
     }
 }
 
@@ -98,7 +98,7 @@ pub struct User {
 impl From<entity::users::Model> for User {
     fn from(row: entity::users::Model) -> Self {
         Self {
-            role: GlobalRole::parse(&row.role).unwrap_or(GlobalRole::Member),
+            role: row.role.into(),
             id: row.id,
             email: row.email,
             display_name: row.display_name,

@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn each_role_name_is_one_token_as_the_overhead_assumes() {
         for role in [Role::System, Role::User, Role::Assistant] {
-            assert_eq!(count(role.as_str()), 1);
+            assert_eq!(count(&role.to_string()), 1);
         }
     }
 

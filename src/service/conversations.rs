@@ -80,19 +80,11 @@ pub async fn thread_for_run(
     let history = match parent {
         Some(parent) => path(&all, &parent.id)
             .into_iter()
-            .map(|m| ChatMessage { role: role(&m.role), content: m.content.clone() })
+            .map(|m| ChatMessage { role: m.role, content: m.content.clone() })
             .collect(),
         None => Vec::new(),
     };
     Ok(Some(Thread { conversation_id: conversation.id, parent_id: parent.map(|p| p.id.clone()), history }))
-}
-
-fn role(value: &str) -> Role {
-    match value {
-        "assistant" => Role::Assistant,
-        "system" => Role::System,
-        _ => Role::User,
-    }
 }
 
 /// A message a run adds to a conversation.
@@ -114,7 +106,7 @@ pub fn new_message(new: NewMessage<'_>) -> messages::Model {
         id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
         conversation_id: new.conversation_id.to_string(),
         parent_id: new.parent_id,
-        role: new.role.as_str().into(),
+        role: new.role,
         agent: new.agent,
         content: new.content.to_string(),
         run_id: Some(new.run_id.to_string()),
@@ -229,7 +221,7 @@ pub async fn fork(
             id: Set(format!("msg_{}", uuid::Uuid::now_v7().simple())),
             conversation_id: Set(conversation.id.clone()),
             parent_id: Set(parent.clone()),
-            role: Set(original.role.clone()),
+            role: Set(original.role),
             agent: Set(original.agent.clone()),
             content: Set(original.content.clone()),
             run_id: Set(original.run_id.clone()),

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
-use entity::{run_latency, run_rollups, runs};
+use entity::{run_latency, run_rollups, runs, states::RunStatus};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
     sea_query::{Expr, OnConflict},
@@ -90,10 +90,10 @@ pub fn percentile(histogram: &[(i64, i64)], p: f64) -> Option<i64> {
 /// The rollup and histogram rows one finished run adds; none for a run that did not finish
 /// its work (cancelled runs count nowhere but in usage).
 pub fn rows_for(run: &runs::Model) -> Vec<(run_rollups::Model, run_latency::Model)> {
-    let failed = match run.status.as_str() {
-        "succeeded" => false,
-        "failed" => true,
-        _ => return Vec::new(),
+    let failed = match run.status {
+        RunStatus::Succeeded => false,
+        RunStatus::Failed => true,
+        RunStatus::Queued | RunStatus::Running | RunStatus::Cancelled => return Vec::new(),
     };
     let finished = run.finished_at.unwrap_or(run.created_at).timestamp();
     let latency = run.latency_ms.unwrap_or(0);

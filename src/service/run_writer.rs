@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{SubsecRound, Utc};
-use entity::{conversations, error_groups, messages, run_attempts, runs, usage_daily};
+use entity::{conversations, error_groups, messages, run_attempts, runs, states::RunStatus, usage_daily};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
     sea_query::{Expr, OnConflict},
@@ -153,7 +153,7 @@ async fn finish(
         .select_only()
         .column(runs::Column::Id)
         .filter(runs::Column::Id.is_in(ids))
-        .filter(runs::Column::Status.eq("running"))
+        .filter(runs::Column::Status.eq(RunStatus::Running))
         .lock_exclusive()
         .into_tuple()
         .all(txn)

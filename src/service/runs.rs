@@ -10,7 +10,7 @@ use std::{
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
-use entity::{error_groups, run_attempts, runs, team_versions};
+use entity::{error_groups, run_attempts, runs, states::RunStatus, team_versions};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -44,42 +44,6 @@ use crate::{
         spec::{self, MAX_TIMEOUT_MS, TeamSpec},
     },
 };
-
-/// A run's life: `queued` → `running` → `succeeded` | `failed` | `cancelled`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
-pub enum RunStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(value: &str) -> Self {
-        match value {
-            "queued" => Self::Queued,
-            "running" => Self::Running,
-            "succeeded" => Self::Succeeded,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Failed,
-        }
-    }
-
-    pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-}
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -180,7 +144,7 @@ impl Runner {
             conversation_id: thread.as_ref().map(|t| t.conversation_id.clone()),
             user_id,
             api_key_id,
-            status: RunStatus::Running.as_str().into(),
+            status: RunStatus::Running,
             input: input.content.clone(),
             variables: input.variables.clone(),
             message_id: None,
@@ -448,7 +412,7 @@ impl Runner {
             _ => None,
         };
         let ended = runs::Model {
-            status: status.as_str().into(),
+            status,
             agent: Some(outcome.agent.clone()),
             model: Some(outcome.model.clone()),
             output: outcome.output.clone(),
@@ -496,7 +460,7 @@ impl Runner {
         // Cancelled elsewhere while it ran: the row already says so.
         let stored = self.writer.finish(end).await?;
         if stored {
-            self.metrics.runs.runs_finished(status.as_str(), 1);
+            self.metrics.runs.runs_finished(&status.to_string(), 1);
         }
         let status = if stored { status } else { RunStatus::Cancelled };
         let kind = match status {
@@ -537,7 +501,7 @@ impl Runner {
         guard::team(&self.db, caller, team_id, TeamRole::Viewer).await?;
         let mut query = runs::Entity::find().filter(runs::Column::TeamId.eq(team_id));
         if let Some(status) = filter.status {
-            query = query.filter(runs::Column::Status.eq(status.as_str()));
+            query = query.filter(runs::Column::Status.eq(status));
         }
         if let Some(from) = filter.from {
             query = query.filter(runs::Column::CreatedAt.gte(from));
@@ -559,9 +523,8 @@ impl Runner {
             AppError::Forbidden(m) => AppError::Forbidden(m),
             _ => AppError::NotFound("No such run.".into()),
         })?;
-        let status = RunStatus::parse(&run.status);
-        if status.is_finished() {
-            return Err(AppError::Conflict(format!("The run has already finished ({}).", status.as_str())));
+        if run.status.is_finished() {
+            return Err(AppError::Conflict(format!("The run has already finished ({}).", run.status)));
         }
         if !self.cancel_here(run_id).await && !self.cancel_elsewhere(&run).await {
             // Running nowhere (lost): mark it so that a runner's end, should one come, is ignored.
@@ -571,7 +534,7 @@ impl Runner {
             let ended =
                 end_in_progress(&txn, lost, RunStatus::Cancelled, "cancelled", "the run was cancelled", now).await?;
             txn.commit().await?;
-            self.metrics.runs.runs_finished(RunStatus::Cancelled.as_str(), ended);
+            self.metrics.runs.runs_finished(&RunStatus::Cancelled.to_string(), ended);
             let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
             event.error_class = Some("cancelled".into());
             self.events.publish(event);
@@ -627,7 +590,7 @@ pub struct RunFilter {
 
 /// The last event of a finished run, for subscribers who arrive after it.
 pub fn terminal_event(run: &runs::Model) -> RunEvent {
-    let kind = match RunStatus::parse(&run.status) {
+    let kind = match run.status {
         RunStatus::Succeeded => RunEventKind::Completed,
         RunStatus::Cancelled => RunEventKind::Cancelled,
         _ => RunEventKind::Failed,
@@ -674,8 +637,7 @@ pub async fn recover_interrupted(
     db: &DatabaseConnection,
     created_before: Option<DateTime<Utc>>,
 ) -> Result<u64, AppError> {
-    let mut query = runs::Entity::find()
-        .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]));
+    let mut query = runs::Entity::find().filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]));
     if let Some(cutoff) = created_before {
         query = query.filter(runs::Column::CreatedAt.lt(cutoff));
     }
@@ -715,12 +677,12 @@ async fn end_in_progress(
     let mut ended = 0;
     for run in lost {
         let result = runs::Entity::update_many()
-            .col_expr(runs::Column::Status, Expr::value(status.as_str()))
+            .col_expr(runs::Column::Status, Expr::value(status))
             .col_expr(runs::Column::ErrorCode, Expr::value(code))
             .col_expr(runs::Column::Error, Expr::value(message))
             .col_expr(runs::Column::FinishedAt, Expr::value(now))
             .filter(runs::Column::Id.eq(run.id.as_str()))
-            .filter(runs::Column::Status.is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]))
+            .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
             .exec(conn)
             .await?;
         if result.rows_affected > 0 {

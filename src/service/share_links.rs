@@ -55,7 +55,7 @@ pub async fn create(
     let link = links::ActiveModel {
         id: Set(format!("link_{}", uuid::Uuid::now_v7().simple())),
         team_id: Set(team_id.to_string()),
-        role: Set(role.as_str().to_string()),
+        role: Set(role),
         token_hash: Set(hash(&token)),
         expires_at: Set(expires_at),
         revoked_at: Set(None),
@@ -66,7 +66,7 @@ pub async fn create(
     .await?;
     let entry = Entry::new(actions::SHARE_LINK_CREATE, "share_link", link.id.clone())
         .team(team_id)
-        .changes(json!({"role": link.role, "expiresAt": link.expires_at}));
+        .changes(json!({"role": link.role.to_string(), "expiresAt": link.expires_at}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(WithToken { link, token })
@@ -124,7 +124,7 @@ pub async fn accept(db: &DatabaseConnection, caller: &Caller, token: &str) -> Re
         .filter(|l| l.revoked_at.is_none() && l.expires_at.is_none_or(|at| at > Utc::now()))
         .ok_or_else(unusable)?;
     teams::lock(&txn, &link.team_id).await?;
-    let granted = TeamRole::parse(&link.role).unwrap_or(TeamRole::Viewer);
+    let granted = link.role;
     let existing = team_members::Entity::find()
         .filter(team_members::Column::TeamId.eq(&link.team_id))
         .filter(team_members::Column::UserId.eq(&me.id))
@@ -132,17 +132,17 @@ pub async fn accept(db: &DatabaseConnection, caller: &Caller, token: &str) -> Re
         .one(&txn)
         .await?;
     let member = match existing {
-        Some(member) if TeamRole::parse(&member.role).is_some_and(|held| held >= granted) => member,
+        Some(member) if member.role >= granted => member,
         Some(member) => {
             let mut active: team_members::ActiveModel = member.into();
-            active.role = Set(granted.as_str().to_string());
+            active.role = Set(granted);
             active.update(&txn).await?
         }
         None => {
             team_members::ActiveModel {
                 team_id: Set(link.team_id.clone()),
                 user_id: Set(me.id.clone()),
-                role: Set(granted.as_str().to_string()),
+                role: Set(granted),
                 created_at: Set(Utc::now()),
             }
             .insert(&txn)
@@ -151,7 +151,7 @@ pub async fn accept(db: &DatabaseConnection, caller: &Caller, token: &str) -> Re
     };
     let entry = Entry::new(actions::SHARE_LINK_ACCEPT, "share_link", link.id.clone())
         .team(&link.team_id)
-        .changes(json!({"userId": me.id, "role": member.role}));
+        .changes(json!({"userId": me.id, "role": member.role.to_string()}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(member)

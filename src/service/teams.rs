@@ -2,7 +2,7 @@
 //! own transaction.
 
 use chrono::{SubsecRound, Utc};
-use entity::{team_members, teams, users};
+use entity::{states::Visibility, team_members, teams, users};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set, TryIntoModel, sea_query::OnConflict,
@@ -26,28 +26,6 @@ use crate::{
     db,
     error::{AppError, Problem},
 };
-
-/// Who may find a team.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
-pub enum Visibility {
-    /// Members only.
-    Private,
-    /// Anyone may view it.
-    Public,
-}
-
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Private => "private",
-            Self::Public => "public",
-        }
-    }
-
-    pub fn parse(value: &str) -> Self {
-        if value == "public" { Self::Public } else { Self::Private }
-    }
-}
 
 /// The spec a team starts with when none is given: one agent answering with the offline model.
 pub fn default_spec() -> Value {
@@ -144,7 +122,8 @@ pub async fn create_as(
     let spec = check_new(&new, providers)?;
     let txn = db::begin_write(db).await?;
     let team = insert(&txn, me, new, spec).await?;
-    let changes = json!({"name": team.name, "slug": team.slug, "visibility": team.visibility, "version": 1});
+    let changes =
+        json!({"name": team.name, "slug": team.slug, "visibility": team.visibility.to_string(), "version": 1});
     audit::allowed(&txn, caller, Entry::new(action, "team", team.id.clone()).team(&team.id).changes(changes)).await?;
     txn.commit().await?;
     Ok(team)
@@ -185,7 +164,7 @@ pub async fn insert<C: ConnectionTrait>(
         name: Set(new.name.trim().to_string()),
         slug: Set(slug.clone()),
         description: Set(new.description),
-        visibility: Set(new.visibility.unwrap_or(Visibility::Private).as_str().to_string()),
+        visibility: Set(new.visibility.unwrap_or(Visibility::Private)),
         spec: Set(spec.clone()),
         version: Set(1),
         created_at: Set(now),
@@ -196,7 +175,7 @@ pub async fn insert<C: ConnectionTrait>(
     team_members::ActiveModel {
         team_id: Set(id.clone()),
         user_id: Set(owner.id.clone()),
-        role: Set(TeamRole::Owner.as_str().to_string()),
+        role: Set(TeamRole::Owner),
         created_at: Set(now),
     }
     .insert(txn)
@@ -278,8 +257,7 @@ pub async fn update(
     let mut changed = serde_json::Map::new();
     let current = access.team.version;
     let new_spec = spec.filter(|spec| *spec != access.team.spec);
-    let made_private = changes.visibility == Some(Visibility::Private)
-        && Visibility::parse(&access.team.visibility) != Visibility::Private;
+    let made_private = changes.visibility == Some(Visibility::Private) && access.team.visibility != Visibility::Private;
     let mut active: teams::ActiveModel = access.team.into();
     if let Some(spec) = new_spec {
         let author = caller.principal.user_id().unwrap_or_default().to_string();
@@ -297,8 +275,8 @@ pub async fn update(
         active.description = Set(Some(description));
     }
     if let Some(visibility) = changes.visibility {
-        changed.insert("visibility".into(), visibility.as_str().into());
-        active.visibility = Set(visibility.as_str().to_string());
+        changed.insert("visibility".into(), visibility.to_string().into());
+        active.visibility = Set(visibility);
     }
     active.updated_at = Set(Utc::now());
     let team = active.update(&txn).await?;
@@ -382,14 +360,14 @@ pub async fn add_member(
     let member = team_members::ActiveModel {
         team_id: Set(team_id.to_string()),
         user_id: Set(user_id.to_string()),
-        role: Set(role.as_str().to_string()),
+        role: Set(role),
         created_at: Set(Utc::now()),
     }
     .insert(&txn)
     .await?;
     let entry = Entry::new(actions::TEAM_MEMBER_ADD, "team_member", user_id.to_string())
         .team(team_id)
-        .changes(json!({"userId": user_id, "role": role.as_str()}));
+        .changes(json!({"userId": user_id, "role": role.to_string()}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(member)
@@ -408,16 +386,16 @@ pub async fn update_member(
     lock(&txn, team_id).await?;
     guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
     let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
-    let before = member.role.clone();
-    if before == TeamRole::Owner.as_str() && role != TeamRole::Owner {
+    let before = member.role;
+    if before == TeamRole::Owner && role != TeamRole::Owner {
         keep_an_owner(&txn, team_id).await?;
     }
     let mut active: team_members::ActiveModel = member.into();
-    active.role = Set(role.as_str().to_string());
+    active.role = Set(role);
     let member = active.update(&txn).await?;
     let entry = Entry::new(actions::TEAM_MEMBER_UPDATE, "team_member", user_id.to_string())
         .team(team_id)
-        .changes(json!({"role": {"from": before, "to": role.as_str()}}));
+        .changes(json!({"role": {"from": before.to_string(), "to": role.to_string()}}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     member_changed(caches, team_id, user_id).await;
@@ -439,7 +417,7 @@ pub async fn remove_member(
     lock(&txn, team_id).await?;
     guard::team(&txn, caller, team_id, need).await?;
     let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
-    if member.role == TeamRole::Owner.as_str() {
+    if member.role == TeamRole::Owner {
         keep_an_owner(&txn, team_id).await?;
     }
     team_members::Entity::delete_many()
@@ -449,7 +427,7 @@ pub async fn remove_member(
         .await?;
     let entry = Entry::new(actions::TEAM_MEMBER_REMOVE, "team_member", user_id.to_string())
         .team(team_id)
-        .changes(json!({"userId": user_id, "role": member.role}));
+        .changes(json!({"userId": user_id, "role": member.role.to_string()}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     member_changed(caches, team_id, user_id).await;
@@ -491,7 +469,7 @@ fn no_member() -> AppError {
 async fn keep_an_owner<C: ConnectionTrait>(conn: &C, team_id: &str) -> Result<(), AppError> {
     let owners = team_members::Entity::find()
         .filter(team_members::Column::TeamId.eq(team_id))
-        .filter(team_members::Column::Role.eq(TeamRole::Owner.as_str()))
+        .filter(team_members::Column::Role.eq(TeamRole::Owner))
         .count(conn)
         .await?;
     if owners <= 1 {

@@ -12,7 +12,7 @@ use sea_orm::{
 
 use super::{audit::Caller, range::TimeRange};
 use crate::{
-    auth::{api_key::Scope, guard},
+    auth::{api_key::Scope, guard, guard::TeamRole},
     error::{AppError, Problem},
 };
 
@@ -201,7 +201,7 @@ pub fn owned_teams(user_id: &str) -> SelectStatement {
         .column(team_members::Column::TeamId)
         .from(team_members::Entity)
         .and_where(team_members::Column::UserId.eq(user_id))
-        .and_where(team_members::Column::Role.eq("owner"))
+        .and_where(team_members::Column::Role.eq(TeamRole::Owner))
         .to_owned()
 }
 

@@ -39,7 +39,7 @@ pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<Ar
                 email: Set(user.email.clone()),
                 display_name: Set(None),
                 avatar_url: Set(None),
-                role: Set(GlobalRole::Member.as_str().to_string()),
+                role: Set(GlobalRole::Member),
                 created_at: Set(now),
                 updated_at: Set(now),
                 deleted_at: Set(None),
@@ -177,13 +177,13 @@ pub async fn set_role(
         .await?
         .filter(|u| u.deleted_at.is_none())
         .ok_or_else(not_found)?;
-    let before = row.role.clone();
+    let before = row.role;
     let mut active: users::ActiveModel = row.into();
-    active.role = Set(role.as_str().to_string());
+    active.role = Set(role);
     active.updated_at = Set(Utc::now());
     let row = active.update(&txn).await?;
     let entry = Entry::new(actions::USER_ROLE_SET, "user", user_id.to_string())
-        .changes(serde_json::json!({"role": {"from": before, "to": role.as_str()}}));
+        .changes(serde_json::json!({"role": {"from": before.to_string(), "to": role.to_string()}}));
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     caches.invalidate(Invalidation::UserChanged(user_id.to_string())).await;
@@ -233,7 +233,7 @@ pub async fn apply_clerk_event(
                 email: Set(synced.email.clone()),
                 display_name: Set(synced.display_name.clone()),
                 avatar_url: Set(synced.avatar_url.clone()),
-                role: Set(GlobalRole::Member.as_str().to_string()),
+                role: Set(GlobalRole::Member),
                 created_at: Set(now),
                 updated_at: Set(now),
                 deleted_at: Set(None),

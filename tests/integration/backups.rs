@@ -484,7 +484,7 @@ async fn a_backup_during_a_burst_of_20_writers_verifies_and_restores_to_a_consis
         numbers.sort();
         assert_eq!(numbers, (1..=team.version).collect::<Vec<_>>(), "versions of {}", team.name);
         let owner = team_members::Entity::find_by_id((team.id.clone(), team.owner_id.clone())).one(&db).await.unwrap();
-        assert_eq!(owner.map(|m| m.role), Some("owner".to_string()), "the owner of {}", team.name);
+        assert_eq!(owner.map(|m| m.role), Some(entity::states::TeamRole::Owner), "the owner of {}", team.name);
     }
 }
 

@@ -6,7 +6,10 @@ use crate::common;
 use chrono::Utc;
 use common::{PG_ENV, TestApp};
 use ensemble::db;
-use entity::{teams, users};
+use entity::{
+    states::{GlobalRole, Visibility},
+    teams, users,
+};
 use sea_orm::{ActiveModelTrait, EntityTrait, QuerySelect, Set};
 
 async fn insert_team(app: &TestApp) -> String {
@@ -16,7 +19,7 @@ async fn insert_team(app: &TestApp) -> String {
         email: Set(Some("owner@example.com".into())),
         display_name: Set(None),
         avatar_url: Set(None),
-        role: Set("member".into()),
+        role: Set(GlobalRole::Member),
         created_at: Set(now),
         updated_at: Set(now),
         deleted_at: Set(None),
@@ -36,7 +39,7 @@ fn team(id: &str, owner_id: &str) -> teams::ActiveModel {
         name: Set("Support".into()),
         slug: Set(id.replace('_', "-")),
         description: Set(None),
-        visibility: Set("private".into()),
+        visibility: Set(Visibility::Private),
         spec: Set(serde_json::json!({"format": "ensemble.team/v1"})),
         version: Set(1),
         created_at: Set(now),

@@ -11,7 +11,7 @@ use ensemble::{
     events::{RunEvent, RunEventKind},
     service::rollups::{self, latency_bucket},
 };
-use entity::runs;
+use entity::{runs, states::RunStatus};
 use serde_json::{Value, json};
 
 const OVERVIEW: &str = "query($team: ID!, $range: TimeRangeInput) { teamOverview(teamId: $team, range: $range) {
@@ -54,7 +54,7 @@ fn finished(team: &str, agent: &str, model: &str, at: DateTime<Utc>, latency_ms:
         conversation_id: None,
         user_id: None,
         api_key_id: None,
-        status: if failed { "failed" } else { "succeeded" }.into(),
+        status: if failed { RunStatus::Failed } else { RunStatus::Succeeded },
         input: "x".into(),
         variables: None,
         message_id: None,
@@ -131,7 +131,7 @@ async fn percentiles_from_rollups_equal_a_brute_force_computation() {
     let (_, body) = app.gql_as(&token, OVERVIEW, json!({"team": team, "range": range})).await;
     let overview = &body["data"]["teamOverview"];
     assert_eq!(overview["runs"], all.len(), "{body}");
-    assert_eq!(overview["failures"], runs.iter().filter(inside).filter(|r| r.status == "failed").count());
+    assert_eq!(overview["failures"], runs.iter().filter(inside).filter(|r| r.status == RunStatus::Failed).count());
     for (field, p) in [("p50Ms", 0.50), ("p95Ms", 0.95), ("p99Ms", 0.99)] {
         assert_eq!(overview["latency"][field], json!(brute_force(&mut all, p)), "{field}");
     }

@@ -5,8 +5,8 @@ use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::auth::GlobalRole;
-use entity::runs;
-use sea_orm::{ActiveModelTrait, EntityTrait, PaginatorTrait, Set};
+use entity::{runs, states::RunStatus};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
 use serde_json::{Value, json};
 
 const RUN: &str = "mutation($team: ID!, $input: RunInput!, $wait: Boolean = true) { runTeam(teamId: $team, input: $input, wait: $wait) {
@@ -365,7 +365,7 @@ async fn runs_a_crash_left_running_are_failed_as_interrupted_at_start() {
         id: Set("run_crashed".into()),
         team_id: Set(team.clone()),
         team_version: Set(1),
-        status: Set("running".into()),
+        status: Set(RunStatus::Running),
         input: Set("lost".into()),
         attempts: Set(0),
         retries: Set(0),
@@ -385,7 +385,7 @@ async fn runs_a_crash_left_running_are_failed_as_interrupted_at_start() {
     let restarted = ensemble::startup::App::build(config).await.expect("the server starts again");
     drop(restarted);
     let row = runs::Entity::find_by_id("run_crashed").one(&app.state.db).await.unwrap().unwrap();
-    assert_eq!((row.status.as_str(), row.error_code.as_deref()), ("failed", Some("interrupted")));
+    assert_eq!((row.status, row.error_code.as_deref()), (RunStatus::Failed, Some("interrupted")));
     assert!(row.finished_at.is_some());
 }
 
@@ -450,4 +450,49 @@ async fn the_readme_runs_walkthrough_works() {
     let tree = run("Tree", json!({"conversation": conversation})).await["conversation"].clone();
     assert_eq!(tree["branches"].as_array().unwrap().len(), 2, "{tree}");
     assert_eq!(tree["tree"].as_array().unwrap().len(), 6, "{tree}");
+}
+
+/// Log lines written while a test runs (the server's tasks share the test's thread).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_run_stored_with_an_unknown_status_is_an_internal_error_not_another_status() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let app = TestApp::spawn().await;
+    let (token, team) = team(&app, spec()).await;
+    let id = run(&app, &token, &team, json!({"content": "hello"})).await["id"].as_str().unwrap().to_string();
+    // A status this server does not know, as a newer version or a hand edit could leave it.
+    let edit = format!("UPDATE runs SET status = 'paused' WHERE id = '{id}'");
+    app.state.db.execute_unprepared(&edit).await.unwrap();
+
+    let response = app
+        .client
+        .post(app.url("/graphql"))
+        .bearer_auth(&token)
+        .json(&json!({"query": "query($id: ID!) { run(id: $id) { id status } }", "variables": {"id": id}}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(first_code(&body), "INTERNAL", "{body}");
+    assert_eq!(body["errors"][0]["message"], ensemble::error::INTERNAL_MESSAGE);
+    assert!(body["data"]["run"].is_null(), "no run in another status: {body}");
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    // (The request id on such lines is pinned in `internal_errors`.)
+    let line = text.lines().find(|l| l.contains("internal error")).unwrap_or_else(|| panic!("no log line:\n{text}"));
+    assert!(line.contains("ERROR") && line.contains("paused"), "the cause is logged: {line}");
 }

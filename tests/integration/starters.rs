@@ -9,7 +9,10 @@ use ensemble::service::templates::{
     body,
     starters::{self, SeedReport},
 };
-use entity::{template_categories, template_versions, templates};
+use entity::{
+    states::{TemplateKind, TemplateVisibility},
+    template_categories, template_versions, templates,
+};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, Set};
 
 const SHIPPED: &str = concat!("Shipped with Ensemble ", env!("CARGO_PKG_VERSION"));
@@ -47,7 +50,7 @@ async fn every_starter_is_public_at_version_one_once_the_server_has_started() {
     for starter in starters::all() {
         let row = template(db, &starter.slug).await;
         assert!(row.is_starter && row.owner_id.is_none() && row.team_id.is_none(), "{row:?}");
-        assert_eq!((row.kind.as_str(), row.visibility.as_str(), row.version), (starter.kind.as_str(), "public", 1));
+        assert_eq!((row.kind, row.visibility, row.version), (starter.kind, TemplateVisibility::Public, 1));
         assert_eq!((&row.name, row.starter_digest.as_ref()), (&starter.name, Some(&starter.digest)));
         let category = template_categories::Entity::find_by_id(row.category_id.clone().unwrap()).one(db).await;
         assert_eq!(category.unwrap().unwrap().slug, starter.category);
@@ -115,12 +118,12 @@ async fn a_persons_template_keeps_its_slug_and_the_starter_is_seeded_beside_it()
         id: Set("tpl_persons".into()),
         owner_id: Set(Some("user_alice".into())),
         team_id: Set(None),
-        kind: Set("query".into()),
+        kind: Set(TemplateKind::Query),
         category_id: Set(None),
         name: Set("My translation prompt".into()),
         slug: Set("translate".into()),
         description: Set(None),
-        visibility: Set("private".into()),
+        visibility: Set(TemplateVisibility::Private),
         version: Set(3),
         is_starter: Set(false),
         starter_digest: Set(None),

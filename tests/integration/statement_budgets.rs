@@ -61,7 +61,7 @@ async fn run(app: &TestApp, person: &Person, team: &str, conversation: Option<&s
     let input =
         RunInput { content: "hello".into(), conversation_id: conversation.map(str::to_string), ..Default::default() };
     let run = app.state.runner.start(&person.caller, team, input, true).await.unwrap();
-    assert_eq!(run.status, "succeeded", "{run:?}");
+    assert_eq!(run.status, entity::states::RunStatus::Succeeded, "{run:?}");
 }
 
 /// Asserts that every count is at most `budget` and that all are equal, after printing them.

@@ -3,8 +3,11 @@
 //! rows either way: users, teams (each with its first version, as `createTeam` records it) and
 //! their members.
 
-use entity::{team_members, team_versions, teams, users};
-use sea_orm::{ActiveValue::Set, Database, EntityTrait, PaginatorTrait, TransactionTrait};
+use entity::{
+    states::{GlobalRole, TeamRole, Visibility},
+    team_members, team_versions, teams, users,
+};
+use sea_orm::{ActiveEnum, ActiveValue::Set, Database, EntityTrait, PaginatorTrait, TransactionTrait};
 
 use crate::data;
 
@@ -24,7 +27,7 @@ pub async fn seed(database_url: &str) -> Result<String, String> {
             email: Set(Some(u.email)),
             display_name: Set(Some(u.display_name)),
             avatar_url: Set(None),
-            role: Set("member".into()),
+            role: Set(GlobalRole::Member),
             created_at: Set(at),
             updated_at: Set(at),
             deleted_at: Set(None),
@@ -42,7 +45,7 @@ pub async fn seed(database_url: &str) -> Result<String, String> {
             name: Set(team.name),
             slug: Set(team.slug),
             description: Set(Some(data::DESCRIPTION.into())),
-            visibility: Set("private".into()),
+            visibility: Set(Visibility::Private),
             spec: Set(data::spec()),
             version: Set(1),
             created_at: Set(at),
@@ -60,7 +63,7 @@ pub async fn seed(database_url: &str) -> Result<String, String> {
         members.extend(team.members.into_iter().map(|m| team_members::ActiveModel {
             team_id: Set(team.id.clone()),
             user_id: Set(data::user_id(m.user)),
-            role: Set(m.role.into()),
+            role: Set(TeamRole::try_from_value(&m.role.to_string()).expect("data::ROLES holds team roles")),
             created_at: Set(m.joined),
         }));
     }

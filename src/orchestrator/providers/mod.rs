@@ -52,22 +52,8 @@ impl ProviderError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::System => "system",
-            Self::User => "user",
-            Self::Assistant => "assistant",
-        }
-    }
-}
+/// Who wrote a message: the same set a conversation stores.
+pub use entity::states::MessageRole as Role;
 
 #[derive(Clone, Debug)]
 pub struct ChatMessage {

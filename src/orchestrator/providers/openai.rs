@@ -112,7 +112,7 @@ fn request_body(request: &CompletionRequest) -> serde_json::Value {
     let messages: Vec<_> = request
         .messages
         .iter()
-        .map(|message| json!({"role": message.role.as_str(), "content": message.content}))
+        .map(|message| json!({"role": message.role.to_string(), "content": message.content}))
         .collect();
     let mut body = json!({
         "model": request.model,

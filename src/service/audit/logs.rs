@@ -81,7 +81,7 @@ impl Visible {
                     .column(team_members::Column::TeamId)
                     .from(team_members::Entity)
                     .and_where(team_members::Column::UserId.eq(user))
-                    .and_where(team_members::Column::Role.eq(TeamRole::Owner.as_str()))
+                    .and_where(team_members::Column::Role.eq(TeamRole::Owner))
                     .to_owned();
                 Condition::all().add(team.in_subquery(owned))
             }

@@ -32,40 +32,7 @@ use crate::{config::ProviderSettings, error::Problem, orchestrator::prompts::is_
 /// The longest prompt a QUERY template or a workflow step may hold, in characters.
 const MAX_PROMPT_CHARS: usize = 100_000;
 
-/// What a template makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
-#[graphql(name = "TemplateKind")]
-pub enum Kind {
-    /// A team spec to instantiate.
-    Team,
-    /// A prompt with variables.
-    Query,
-    /// Ordered steps run against a team.
-    Workflow,
-    /// A team with a sample conversation.
-    Demo,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Team => "team",
-            Self::Query => "query",
-            Self::Workflow => "workflow",
-            Self::Demo => "demo",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "team" => Self::Team,
-            "query" => Self::Query,
-            "workflow" => Self::Workflow,
-            "demo" => Self::Demo,
-            _ => return None,
-        })
-    }
-}
+pub use entity::states::TemplateKind as Kind;
 
 /// The type a variable's value must have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, async_graphql::Enum)]
@@ -176,7 +143,7 @@ pub fn team_spec(kind: Kind, body: &Value, values: &Map<String, Value>) -> Resul
         Kind::Team => ("body", body),
         Kind::Demo => ("body.team", body.get("team").unwrap_or(&Value::Null)),
         Kind::Query | Kind::Workflow => {
-            let message = format!("a {} template holds no team; only team and demo templates do", kind.as_str());
+            let message = format!("a {} template holds no team; only team and demo templates do", kind);
             return Err(vec![Problem::new("kind", message)]);
         }
     };

@@ -148,7 +148,7 @@ impl Templates {
         current: Option<&Resolved>,
         problems: &mut Vec<Problem>,
     ) -> Result<(), AppError> {
-        let visibility = input.visibility.or_else(|| current.map(|c| Visibility::parse(&c.template.visibility)));
+        let visibility = input.visibility.or_else(|| current.map(|c| c.template.visibility));
         let team_id = input.team_id.clone().or_else(|| current.and_then(|c| c.template.team_id.clone()));
         if visibility == Some(Visibility::Team) && team_id.is_none() {
             problems.push(Problem::new("input.teamId", "is required to share a template with a team"));
@@ -174,7 +174,7 @@ impl Templates {
                     path,
                     format!(
                         "`{template}` is a {} template; steps run QUERY templates",
-                        found.kind.as_str().to_uppercase()
+                        found.kind.to_string().to_uppercase()
                     ),
                 )),
                 Err(AppError::NotFound(message)) => {
@@ -232,12 +232,12 @@ impl Templates {
             id: Set(id.clone()),
             owner_id: Set(Some(viewer.user.id.clone())),
             team_id: Set(team_id.clone()),
-            kind: Set(new.kind.as_str().into()),
+            kind: Set(new.kind),
             category_id: Set(new.category_id),
             slug: Set(slug.clone()),
             name: Set(new.name),
             description: Set(new.description),
-            visibility: Set(new.visibility.as_str().into()),
+            visibility: Set(new.visibility),
             version: Set(1),
             is_starter: Set(false),
             starter_digest: Set(None),
@@ -248,8 +248,8 @@ impl Templates {
         };
         let template = insert_with_free_slug(&txn, row, &slug, &id).await?;
         let version = record(&txn, &id, 1, new.checked, new.changelog, &viewer.user.id).await?;
-        let mut changes = json!({"kind": template.kind, "name": template.name, "slug": template.slug,
-            "visibility": template.visibility, "version": 1});
+        let mut changes = json!({"kind": template.kind.to_string(), "name": template.name, "slug": template.slug,
+            "visibility": template.visibility.to_string(), "version": 1});
         if let Some(from) = &template.forked_from_id {
             changes["forkedFrom"] = json!({"id": from, "version": template.forked_from_version});
         }
@@ -293,8 +293,8 @@ impl Templates {
                 template.category_id = Set(checked.category_id.clone());
             }
             if let Some(visibility) = input.visibility {
-                changed.insert("visibility".into(), visibility.as_str().into());
-                template.visibility = Set(visibility.as_str().into());
+                changed.insert("visibility".into(), visibility.to_string().into());
+                template.visibility = Set(visibility);
                 if visibility != Visibility::Team {
                     template.team_id = Set(None);
                 }
@@ -360,7 +360,7 @@ impl Templates {
                 "The template is at version {current}, not {expected}: reload it and apply your change again."
             )));
         }
-        let kind = Kind::parse(&row.kind).ok_or_else(|| AppError::internal("a template of an unknown kind"))?;
+        let kind = row.kind;
         let mut active: templates::ActiveModel = row.into();
         let (checked, changelog, mut changed) = change(&mut active);
         let author = caller.principal.user_id().unwrap_or_default().to_string();
@@ -427,8 +427,7 @@ impl Templates {
             .exec(&txn)
             .await?;
         templates::Entity::delete_by_id(&template.id).exec(&txn).await?;
-        let changes =
-            json!({"kind": template.kind, "name": template.name, "slug": template.slug, "version": template.version});
+        let changes = json!({"kind": template.kind.to_string(), "name": template.name, "slug": template.slug, "version": template.version});
         audit::allowed(&txn, caller, entry(actions::TEMPLATE_DELETE, &template).changes(changes)).await?;
         txn.commit().await?;
         self.changed(&template.id).await;
@@ -473,8 +472,8 @@ impl Templates {
                 "Starter templates are changed by admins only; fork it to make your own.".into(),
             ));
         }
-        let team_editor = match (&template.team_id, template.visibility.as_str()) {
-            (Some(team_id), "team") => {
+        let team_editor = match (&template.team_id, template.visibility) {
+            (Some(team_id), Visibility::Team) => {
                 member_role(&self.db, viewer, team_id).await?.is_some_and(|r| r >= TeamRole::Editor)
             }
             _ => false,

@@ -95,7 +95,7 @@ impl Templates {
 
 fn not_kind(resolved: &Resolved, path: &str, rule: &str) -> AppError {
     let message =
-        format!("`{}` is a {} template; {rule}.", resolved.template.slug, resolved.kind.as_str().to_uppercase());
+        format!("`{}` is a {} template; {rule}.", resolved.template.slug, resolved.kind.to_string().to_uppercase());
     AppError::BadUserInput { problems: vec![Problem::new(path, message.clone())], message }
 }
 
@@ -126,7 +126,7 @@ async fn replay<C: ConnectionTrait>(
             id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
             conversation_id: conversation_id.clone(),
             parent_id: parent.take(),
-            role: message.role.clone(),
+            role: sea_orm::ActiveEnum::try_from_value(&message.role)?,
             agent: message.agent.clone(),
             content: message.content.clone(),
             run_id: None,

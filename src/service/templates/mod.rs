@@ -42,35 +42,7 @@ use crate::{
     error::{AppError, Problem},
 };
 
-/// Who may use a template.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, async_graphql::Enum)]
-#[graphql(name = "TemplateVisibility")]
-pub enum Visibility {
-    /// Its owner (and admins).
-    Private,
-    /// The members of its team.
-    Team,
-    /// Anyone signed in.
-    Public,
-}
-
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Private => "private",
-            Self::Team => "team",
-            Self::Public => "public",
-        }
-    }
-
-    pub fn parse(value: &str) -> Self {
-        match value {
-            "public" => Self::Public,
-            "team" => Self::Team,
-            _ => Self::Private,
-        }
-    }
-}
+pub use entity::states::TemplateVisibility as Visibility;
 
 /// What `templates(filter)` narrows to; absent fields do not narrow.
 #[derive(Clone, Debug, Default)]
@@ -203,7 +175,7 @@ impl Templates {
         let version = self.version_of(&template.id, number).await?.ok_or_else(|| {
             AppError::NotFound(format!("The template has no version {number}; its latest is {}.", template.version))
         })?;
-        let kind = Kind::parse(&template.kind).ok_or_else(|| AppError::internal("a template of an unknown kind"))?;
+        let kind = template.kind;
         Ok(Resolved { template, kind, version })
     }
 
@@ -239,7 +211,7 @@ impl Templates {
         let viewer = viewer(caller, Scope::TemplatesRead)?;
         let mut query = templates::Entity::find().filter(visible_condition(&viewer));
         if let Some(kind) = filter.kind {
-            query = query.filter(templates::Column::Kind.eq(kind.as_str()));
+            query = query.filter(templates::Column::Kind.eq(kind));
         }
         if let Some(category) = &filter.category {
             let id = self
@@ -251,7 +223,7 @@ impl Templates {
             query = query.filter(templates::Column::CategoryId.eq(id.unwrap_or_default()));
         }
         if let Some(visibility) = filter.visibility {
-            query = query.filter(templates::Column::Visibility.eq(visibility.as_str()));
+            query = query.filter(templates::Column::Visibility.eq(visibility));
         }
         if let Some(starter) = filter.starter {
             query = query.filter(templates::Column::IsStarter.eq(starter));
@@ -334,7 +306,7 @@ async fn may_use<C: ConnectionTrait>(
     if viewer.is_admin() || template.is_starter || viewer.owns(template) {
         return Ok(true);
     }
-    Ok(match Visibility::parse(&template.visibility) {
+    Ok(match template.visibility {
         Visibility::Public => true,
         Visibility::Private => false,
         Visibility::Team => match &template.team_id {
@@ -361,8 +333,8 @@ fn visible_condition(viewer: &Viewer<'_>) -> Condition {
     };
     let mut visible = Condition::any()
         .add(templates::Column::IsStarter.eq(true))
-        .add(templates::Column::Visibility.eq(Visibility::Public.as_str()))
-        .add(Condition::all().add(templates::Column::Visibility.eq(Visibility::Team.as_str())).add(teams));
+        .add(templates::Column::Visibility.eq(Visibility::Public))
+        .add(Condition::all().add(templates::Column::Visibility.eq(Visibility::Team)).add(teams));
     if viewer.key_team.is_none() {
         visible = visible.add(templates::Column::OwnerId.eq(&viewer.user.id));
     }

@@ -137,8 +137,9 @@ fn parse(path: &str, text: &str) -> Result<Starter, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("starters/{path}: {e}"))?;
     let digest = hex::encode(Sha256::digest(value.to_string()));
     let file: File = serde_json::from_value(value).map_err(|e| format!("starters/{path}: {e}"))?;
-    let kind = Kind::parse(&file.kind).ok_or_else(|| format!("starters/{path}: unknown kind `{}`", file.kind))?;
-    let expected = format!("{}/{}.json", kind.as_str(), file.slug);
+    let kind = <Kind as sea_orm::ActiveEnum>::try_from_value(&file.kind)
+        .map_err(|_| format!("starters/{path}: unknown kind `{}`", file.kind))?;
+    let expected = format!("{kind}/{}.json", file.slug);
     if path != expected {
         return Err(format!(
             "starters/{path}: a {} starter with the slug `{}` belongs in {expected}",
@@ -311,12 +312,12 @@ async fn create(
         id: Set(id.clone()),
         owner_id: Set(None),
         team_id: Set(None),
-        kind: Set(starter.kind.as_str().to_string()),
+        kind: Set(starter.kind),
         category_id: Set(category_id),
         name: Set(starter.name.clone()),
         slug: Set(slug),
         description: Set(Some(starter.description.clone())),
-        visibility: Set("public".to_string()),
+        visibility: Set(super::Visibility::Public),
         version: Set(1),
         is_starter: Set(true),
         starter_digest: Set(Some(starter.digest.clone())),
@@ -342,7 +343,7 @@ async fn update(
     let version = row.version + 1;
     add_version(txn, &row.id, version, item, format!("Updated in Ensemble {VERSION}"), now).await?;
     let mut changed: templates::ActiveModel = row.clone().into();
-    changed.kind = Set(starter.kind.as_str().to_string());
+    changed.kind = Set(starter.kind);
     changed.name = Set(starter.name.clone());
     changed.description = Set(Some(starter.description.clone()));
     changed.category_id = Set(category_id);

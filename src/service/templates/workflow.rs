@@ -1,7 +1,7 @@
 //! `runWorkflow`: a WORKFLOW template's steps run in order through the orchestrator, each as a
 //! run of the given team; later steps read earlier outputs as `{{ steps.<id>.output }}`.
 
-use entity::{runs, teams};
+use entity::{runs, states::RunStatus, teams};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -15,7 +15,7 @@ use crate::{
     orchestrator::spec,
     service::{
         audit::{self, Caller, Entry, actions},
-        runs::{RunInput, RunStatus},
+        runs::RunInput,
     },
     state::AppState,
 };
@@ -117,7 +117,7 @@ impl StepResult {
 
     /// The step as its run left it after the wait.
     fn ran(mut self, run: runs::Model, wait_secs: u64) -> Self {
-        match RunStatus::parse(&run.status) {
+        match run.status {
             RunStatus::Succeeded => {
                 self.status = StepStatus::Succeeded;
                 self.output = Some(run.output.clone().unwrap_or_default());
@@ -131,7 +131,7 @@ impl StepResult {
             status => {
                 self.status = StepStatus::Failed;
                 let why = run.error.clone().unwrap_or_else(|| "no reason given".into());
-                self.error = Some(format!("the run {}: {why}", status.as_str()));
+                self.error = Some(format!("the run {status}: {why}"));
             }
         }
         self.run = Some(run);
@@ -153,7 +153,7 @@ pub async fn run(
 ) -> Result<WorkflowResult, AppError> {
     let resolved = state.templates.resolve(caller, template, None).await?;
     if resolved.kind != Kind::Workflow {
-        let kind = resolved.kind.as_str().to_uppercase();
+        let kind = resolved.kind.to_string().to_uppercase();
         return Err(AppError::BadUserInput {
             message: format!("`{template}` is a {kind} template, not a WORKFLOW."),
             problems: vec![Problem::new("templateId", format!("is a {kind} template; only WORKFLOW templates run"))],
@@ -284,7 +284,7 @@ async fn prompt(
         other => other,
     })?;
     if query.kind != Kind::Query {
-        let kind = query.kind.as_str().to_uppercase();
+        let kind = query.kind.to_string().to_uppercase();
         return Err(AppError::bad_input(format!(
             "template `{template}` is a {kind} template; steps run QUERY templates"
         )));

@@ -1,0 +1,56 @@
+//! The fixed sets of strings that state columns hold, as Rust enums (docs/database.md): each is
+//! a sea-orm active enum stored as its text, so the schema stays portable, and a stored value
+//! that is not one of the set fails the read instead of becoming some other state.
+
+mod access;
+mod runs;
+
+pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
+pub use runs::{MessageRole, RunStatus};
+
+/// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
+/// labels and audit changes, from the same `string_value`s the database reads and writes.
+macro_rules! stored_text {
+    ($($state:ty),* $(,)?) => {$(
+        impl std::fmt::Display for $state {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&sea_orm::ActiveEnum::to_value(self))
+            }
+        }
+    )*};
+}
+
+stored_text!(GlobalRole, MessageRole, RunStatus, TeamRole, TemplateKind, TemplateVisibility, Visibility);
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveEnum, DbErr, Iterable};
+
+    use super::*;
+
+    /// Every state reads back from the text it is stored as.
+    fn round_trips<S: ActiveEnum<Value = String> + Iterable + PartialEq + std::fmt::Debug + std::fmt::Display>() {
+        for state in S::iter() {
+            assert_eq!(state.to_string(), state.to_value());
+            assert_eq!(S::try_from_value(&state.to_value()).unwrap(), state);
+        }
+    }
+
+    #[test]
+    fn every_state_reads_back_from_its_stored_text() {
+        round_trips::<GlobalRole>();
+        round_trips::<MessageRole>();
+        round_trips::<RunStatus>();
+        round_trips::<TeamRole>();
+        round_trips::<TemplateKind>();
+        round_trips::<TemplateVisibility>();
+        round_trips::<Visibility>();
+    }
+
+    #[test]
+    fn an_unknown_stored_value_is_an_error_not_a_fallback() {
+        let error = RunStatus::try_from_value(&"paused".to_string()).unwrap_err();
+        assert!(matches!(&error, DbErr::Type(message) if message.contains("paused")), "{error:?}");
+        assert!(RunStatus::try_from_value(&"Succeeded".to_string()).is_err(), "the stored text is exact");
+    }
+}
