@@ -15,7 +15,7 @@ use std::{
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 
-use super::Principal;
+use crate::domain::Principal;
 use crate::events::Link;
 
 /// Complexity points that cost one unit.

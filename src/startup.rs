@@ -23,7 +23,7 @@ use tower_http::{
 };
 
 use crate::{
-    auth::{Authenticator, rate_limit::RateLimits},
+    auth::Authenticator,
     cache::Caches,
     config::{Config, ConnectionLimits},
     dashboard, db,
@@ -31,11 +31,13 @@ use crate::{
     events::{EventBus, Notice},
     graphql::{self, transport, ws},
     metrics::Metrics,
-    ops, server,
-    service::templates::{Templates, starters},
+    ops,
+    rate_limit::RateLimits,
+    server,
     service::{
         backups::{Backups, DatabaseLock},
         runs::{self, Runner},
+        templates::{Templates, starters},
         usage::UsageMeter,
     },
     state::{AppState, HttpState},
@@ -108,7 +110,7 @@ impl App {
             .map_err(|e| StartupError::Failed(format!("cannot listen on {} (ENSEMBLE_LISTEN): {e}", config.listen)))?;
         let metrics = Arc::new(Metrics::default());
         let caches = Arc::new(Caches::new(&config, &metrics.caches, bus.clone()));
-        let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone()).await?);
+        let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
         let link = bus.link().cloned();
@@ -334,7 +336,7 @@ fn router(state: &AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/.well-known/jwks.json", get(ops::jwks))
-        .route("/webhooks/clerk", axum::routing::post(crate::auth::clerk_webhook::receive))
+        .route("/webhooks/clerk", axum::routing::post(crate::http::clerk_webhook::receive))
         .route("/teams/{id}/export", get(graphql::exports::download))
         .route("/reports/usage.csv", get(graphql::usage::csv::download))
         .merge(dashboard::routes())

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::TestApp;
-use ensemble::{auth::GlobalRole, startup::App};
+use ensemble::{domain::GlobalRole, startup::App};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

@@ -7,7 +7,7 @@ mod common;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{TestApp, WsClient, first_code, problem_paths};
 use ensemble::{
-    auth::GlobalRole,
+    domain::GlobalRole,
     service::rollups::{self, latency_bucket},
 };
 use entity::runs;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($team: ID!, $role: TeamRole!, $exp: DateTime) { createShareLink(teamId: $team, input: {role: $role, expiresAt: $exp}) { token shareLink { id role } } }";

@@ -17,7 +17,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::principal::{GlobalRole, KeyPrincipal, UserPrincipal};
+use crate::domain::{GlobalRole, KeyPrincipal, Scope, UserPrincipal};
 use crate::{
     cache::{Caches, KeyPrefix, UnknownKeyPrefix},
     error::AppError,
@@ -27,43 +27,6 @@ use crate::{
 const PREFIX_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
-
-/// What a client may do with a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
-pub enum Scope {
-    TeamsRead,
-    TeamsWrite,
-    RunsExecute,
-    TemplatesRead,
-    TemplatesWrite,
-    AnalyticsRead,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TeamsRead => "teams:read",
-            Self::TeamsWrite => "teams:write",
-            Self::RunsExecute => "runs:execute",
-            Self::TemplatesRead => "templates:read",
-            Self::TemplatesWrite => "templates:write",
-            Self::AnalyticsRead => "analytics:read",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [
-            Self::TeamsRead,
-            Self::TeamsWrite,
-            Self::RunsExecute,
-            Self::TemplatesRead,
-            Self::TemplatesWrite,
-            Self::AnalyticsRead,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
-    }
-}
 
 /// A freshly made key: the full text (shown once) and what is stored.
 pub struct NewSecret {

@@ -13,7 +13,7 @@ use rsa::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::principal::GlobalRole;
+use crate::domain::GlobalRole;
 use crate::error::AppError;
 
 /// The `iss` of dev tokens.

@@ -5,42 +5,10 @@
 use entity::{team_members, teams};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
-use super::{GlobalRole, Principal, UserPrincipal, api_key::Scope, principal::KeyPrincipal};
-use crate::{error::AppError, service::audit::Caller};
-
-/// Per-team roles, weakest first: a stronger role may do all a weaker one may.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, async_graphql::Enum)]
-pub enum TeamRole {
-    /// Reads the team.
-    Viewer,
-    /// Runs the team, cannot change it.
-    Operator,
-    /// Changes the team.
-    Editor,
-    /// Manages members, archives and deletes.
-    Owner,
-}
-
-impl TeamRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Operator => "operator",
-            Self::Editor => "editor",
-            Self::Owner => "owner",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "viewer" => Self::Viewer,
-            "operator" => Self::Operator,
-            "editor" => Self::Editor,
-            "owner" => Self::Owner,
-            _ => return None,
-        })
-    }
-}
+use crate::{
+    domain::{Caller, GlobalRole, KeyPrincipal, Principal, Scope, TeamRole, UserPrincipal},
+    error::AppError,
+};
 
 /// A team the caller may act on, and the role they act with.
 pub struct TeamAccess {

@@ -7,14 +7,11 @@ use clap::{Args, Subcommand};
 use migration::{Migrator, MigratorTrait};
 
 use crate::{
-    auth::Principal,
     config::{DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL},
     db,
+    domain::{Caller, Principal},
     error::AppError,
-    service::{
-        audit::Caller,
-        backups::{self, Backups, Checked, Restored},
-    },
+    service::backups::{self, Backups, Checked, Restored},
 };
 
 #[derive(Args)]

@@ -5,10 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::{
-    auth::{GlobalRole, dev::DevIssuer},
-    config::DEFAULT_DATA_DIR,
-};
+use crate::{auth::dev::DevIssuer, config::DEFAULT_DATA_DIR, domain::GlobalRole};
 
 #[derive(Args)]
 pub struct TokenArgs {

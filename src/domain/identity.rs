@@ -1,4 +1,5 @@
-//! Who is calling: nobody, a signed-in user, an API key, or the server itself.
+//! Who is calling: nobody, a signed-in user, an API key, or the server itself; what they may
+//! do (global and team roles, API-key scopes) and where a call comes from.
 
 use chrono::{DateTime, Utc};
 
@@ -52,7 +53,7 @@ pub struct KeyPrincipal {
     pub key_id: String,
     pub prefix: String,
     pub team_id: Option<String>,
-    pub scopes: Vec<super::api_key::Scope>,
+    pub scopes: Vec<Scope>,
     pub owner: UserPrincipal,
     /// The key's own daily budgets (tokens, US dollars), on top of its owner's.
     pub daily_token_budget: Option<i64>,
@@ -84,6 +85,104 @@ impl Principal {
             Self::Anonymous | Self::System(_) => None,
             Self::User(user) => Some(user.expires_at),
             Self::ApiKey(key) => Some(key.owner.expires_at),
+        }
+    }
+}
+
+/// Per-team roles, weakest first: a stronger role may do all a weaker one may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, async_graphql::Enum)]
+pub enum TeamRole {
+    /// Reads the team.
+    Viewer,
+    /// Runs the team, cannot change it.
+    Operator,
+    /// Changes the team.
+    Editor,
+    /// Manages members, archives and deletes.
+    Owner,
+}
+
+impl TeamRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Editor => "editor",
+            Self::Owner => "owner",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "viewer" => Self::Viewer,
+            "operator" => Self::Operator,
+            "editor" => Self::Editor,
+            "owner" => Self::Owner,
+            _ => return None,
+        })
+    }
+}
+
+/// What a client may do with a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
+pub enum Scope {
+    TeamsRead,
+    TeamsWrite,
+    RunsExecute,
+    TemplatesRead,
+    TemplatesWrite,
+    AnalyticsRead,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TeamsRead => "teams:read",
+            Self::TeamsWrite => "teams:write",
+            Self::RunsExecute => "runs:execute",
+            Self::TemplatesRead => "templates:read",
+            Self::TemplatesWrite => "templates:write",
+            Self::AnalyticsRead => "analytics:read",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::TeamsRead,
+            Self::TeamsWrite,
+            Self::RunsExecute,
+            Self::TemplatesRead,
+            Self::TemplatesWrite,
+            Self::AnalyticsRead,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == value)
+    }
+}
+
+/// Who acts, and from where.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub principal: Principal,
+    pub meta: RequestMeta,
+}
+
+/// Where an operation comes from: the request id (`x-request-id`), the peer address and the
+/// user agent of the HTTP request or websocket it runs in.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl RequestMeta {
+    pub fn from_headers(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>) -> Self {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Self {
+            request_id: text("x-request-id").unwrap_or_default(),
+            ip: peer.map(|p| p.ip().to_string()),
+            user_agent: text("user-agent").map(|ua| ua.chars().take(512).collect()),
         }
     }
 }

@@ -6,7 +6,7 @@ use entity::model_prices;
 
 use super::{caller, principal};
 use crate::{
-    auth::Principal,
+    domain::Principal,
     error::{AppError, GqlResultExt},
     service::prices::NewPrice,
     state::AppState,

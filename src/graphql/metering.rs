@@ -13,9 +13,9 @@ use futures_util::{StreamExt, stream::BoxStream};
 
 use super::{operation, sharing::CountedBySocket};
 use crate::{
-    auth::Principal,
+    domain::{Principal, RequestMeta},
     error::AppError,
-    state::{AppState, RequestMeta},
+    state::AppState,
 };
 
 pub struct Metering;

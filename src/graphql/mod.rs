@@ -109,9 +109,9 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
 }
 
 /// The caller of the operation being resolved (anonymous when none was attached).
-pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::auth::Principal {
-    static ANONYMOUS: crate::auth::Principal = crate::auth::Principal::Anonymous;
-    ctx.data_opt::<crate::auth::Principal>().unwrap_or(&ANONYMOUS)
+pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::domain::Principal {
+    static ANONYMOUS: crate::domain::Principal = crate::domain::Principal::Anonymous;
+    ctx.data_opt::<crate::domain::Principal>().unwrap_or(&ANONYMOUS)
 }
 
 /// A Relay connection of one page: `key` gives each row's cursor key, `node` its GraphQL object.
@@ -130,10 +130,10 @@ pub fn connection<T, N: async_graphql::OutputType>(
 }
 
 /// The caller and where the request came from, for services.
-pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller {
-    crate::service::audit::Caller {
+pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::domain::Caller {
+    crate::domain::Caller {
         principal: principal(ctx).clone(),
-        meta: ctx.data_opt::<crate::state::RequestMeta>().cloned().unwrap_or_default(),
+        meta: ctx.data_opt::<crate::domain::RequestMeta>().cloned().unwrap_or_default(),
     }
 }
 

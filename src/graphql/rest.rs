@@ -14,9 +14,9 @@ use axum::{
 
 use super::metering;
 use crate::{
+    domain::{Caller, RequestMeta},
     error::{AppError, Problem},
-    service::audit::Caller,
-    state::{HttpState, RequestMeta},
+    state::HttpState,
 };
 
 /// The caller of a REST route: authenticated as on `/graphql` (a bearer session token or API

@@ -17,9 +17,9 @@ use super::{
     rechecks, sharing,
 };
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
+    domain::{RunEvent, TeamRole},
     error::{AppError, GqlResultExt},
-    events::RunEvent,
     service::{
         error_groups,
         page::PageRequest,
@@ -437,7 +437,7 @@ impl From<entity::error_groups::Model> for ErrorGroup {
 #[cfg(test)]
 mod tests {
     use super::UnderWay;
-    use crate::events::{RunEvent, RunEventKind};
+    use crate::domain::{RunEvent, RunEventKind};
 
     #[test]
     fn a_team_lulls_when_its_last_run_under_way_ends() {

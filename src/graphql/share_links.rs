@@ -6,7 +6,7 @@ use entity::team_share_links as rows;
 
 use super::{caller, connection, teams::TeamMember};
 use crate::{
-    auth::guard::TeamRole,
+    domain::TeamRole,
     error::GqlResultExt,
     service::{
         page::PageRequest,

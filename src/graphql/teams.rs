@@ -18,7 +18,7 @@ use super::{
     users::User,
 };
 use crate::{
-    auth::{GlobalRole, Principal, guard::TeamRole},
+    domain::{GlobalRole, Principal, TeamRole},
     error::{AppError, GqlResultExt},
     service::{
         page::PageRequest,

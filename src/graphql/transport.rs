@@ -16,10 +16,7 @@ use super::{
     limits::{self, PARSE_FAILED, VALIDATION_FAILED},
     loaders::Loaders,
 };
-use crate::{
-    error::AppError,
-    state::{HttpState, RequestMeta},
-};
+use crate::{domain::RequestMeta, error::AppError, state::HttpState};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{caller, connection, principal};
 use crate::{
-    auth::{GlobalRole, Principal},
+    domain::{GlobalRole, Principal},
     error::GqlResultExt,
     service::{page::PageRequest, users},
     state::AppState,

@@ -28,8 +28,9 @@ use self::{
 };
 use super::wire::{Outgoing, Wire};
 use crate::{
-    auth::{Authenticator, Principal, bearer},
-    state::{HttpState, RequestMeta},
+    auth::{Authenticator, bearer},
+    domain::{Principal, RequestMeta},
+    state::HttpState,
 };
 
 /// Close reasons longer than this are cut by clients into a 1006.

@@ -10,18 +10,17 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, sea_query::Expr,
 };
 
-use super::{
-    audit::Caller,
-    range::TimeRange,
-    rollups::{self, Grain, Piece},
-};
 use crate::{
-    auth::{
-        GlobalRole, Principal,
-        api_key::Scope,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
+    domain::{GlobalRole, Principal, Scope, TeamRole},
     error::{AppError, Problem},
+};
+use {
+    super::{
+        range::TimeRange,
+        rollups::{self, Grain, Piece},
+    },
+    crate::domain::Caller,
 };
 
 /// The most points one series may have.

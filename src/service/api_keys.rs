@@ -9,19 +9,23 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use super::{
-    audit::{self, Caller, Entry, actions},
-    page::{Page, PageRequest},
-};
 use crate::service::name::Name;
 use crate::{
     auth::{
-        api_key::{self, NewSecret, Scope},
-        guard::{self, TeamRole, account},
+        api_key::{self, NewSecret},
+        guard::{self, account},
     },
-    cache::{Caches, Invalidation},
+    cache::Caches,
     db,
+    domain::{Invalidation, Scope, TeamRole},
     error::{AppError, Problem},
+};
+use {
+    super::{
+        audit::{self, Entry, actions},
+        page::{Page, PageRequest},
+    },
+    crate::domain::Caller,
 };
 
 /// Longest grace a rotation may give the old secret.

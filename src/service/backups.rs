@@ -25,12 +25,11 @@ use serde_json::json;
 pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
 pub use snapshot::{Checked, check_file};
 
-use super::audit::{self, Caller, Entry, actions};
 use crate::service::name::Name;
-use crate::{
-    auth::{Principal, guard},
-    db,
-    error::AppError,
+use crate::{auth::guard, db, domain::Principal, error::AppError};
+use {
+    super::audit::{self, Entry, actions},
+    crate::domain::Caller,
 };
 
 /// The operations guide: backups, restore, PostgreSQL dumps, D1 Time Travel.

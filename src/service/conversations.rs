@@ -8,11 +8,12 @@ use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 
-use super::audit::Caller;
+use crate::domain::Caller;
 use crate::service::name::Name;
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
     db,
+    domain::TeamRole,
     error::{AppError, Problem},
     orchestrator::providers::{ChatMessage, Role},
 };

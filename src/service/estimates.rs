@@ -3,12 +3,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{
-    audit::Caller,
-    runs::{Prepared, RunInput, Runner},
-};
 use crate::{
-    auth::guard::TeamRole,
+    domain::TeamRole,
     error::{AppError, Problem},
     orchestrator::{
         estimate::{self, Estimate},
@@ -17,6 +13,10 @@ use crate::{
         routing::Route,
         spec::TeamSpec,
     },
+};
+use {
+    super::runs::{Prepared, RunInput, Runner},
+    crate::domain::Caller,
 };
 
 /// Where a run would go, and what it would cost.

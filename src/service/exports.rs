@@ -7,14 +7,17 @@ use entity::teams;
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
-use super::{
-    audit::Caller,
-    teams::{self as team_service, NewTeam},
-    versions,
-};
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
+    domain::TeamRole,
     error::{AppError, Problem},
+};
+use {
+    super::{
+        teams::{self as team_service, NewTeam},
+        versions,
+    },
+    crate::domain::Caller,
 };
 
 pub const FORMAT: &str = "ensemble.team-export/v1";

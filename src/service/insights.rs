@@ -6,16 +6,18 @@ use std::collections::HashMap;
 
 use sea_orm::DatabaseConnection;
 
-use super::{
-    analytics::{self, By, Selection, Slice, Totals},
-    audit::Caller,
-    prices::PriceBook,
-    range::TimeRange,
-    rollups::{self, Grain, Piece},
-};
 use crate::{
     error::AppError,
     orchestrator::{self, spec},
+};
+use {
+    super::{
+        analytics::{self, By, Selection, Slice, Totals},
+        prices::PriceBook,
+        range::TimeRange,
+        rollups::{self, Grain, Piece},
+    },
+    crate::domain::Caller,
 };
 
 /// Fewest runs a figure needs before it may back a finding.

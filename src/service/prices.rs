@@ -8,13 +8,17 @@ use entity::model_prices;
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, QuerySelect, Set, sea_query::OnConflict};
 use serde_json::json;
 
-use super::audit::{self, Caller, Entry, actions};
 use crate::{
     auth::guard::admin,
-    cache::{Caches, Invalidation, ModelName},
+    cache::{Caches, ModelName},
     db,
+    domain::Invalidation,
     error::{AppError, Problem},
     orchestrator::executor::Price,
+};
+use {
+    super::audit::{self, Entry, actions},
+    crate::domain::Caller,
 };
 
 /// Prices by model, read through the cache; `upsertModelPrice` clears it at once.

@@ -10,16 +10,10 @@ use sea_orm::{
     Statement, sea_query::Expr,
 };
 
-use super::{
-    audit::Caller,
-    usage_report::{day, owned_teams, sum},
-};
-use crate::{
-    auth::{api_key::Scope, guard},
-    config::RunConfig,
-    error::AppError,
-    metrics::CacheSnapshot,
-    state::AppState,
+use crate::{auth::guard, config::RunConfig, domain::Scope, error::AppError, metrics::CacheSnapshot, state::AppState};
+use {
+    super::usage_report::{day, owned_teams, sum},
+    crate::domain::Caller,
 };
 
 /// What a principal is.

@@ -16,25 +16,13 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{
-    audit::Caller,
-    budgets::{self, Amount},
-    conversations::{self, NewMessage, Thread},
-    estimates,
-    page::{Page, PageRequest},
-    prices::PriceBook,
-    run_writer::{RunEnd, RunWriter},
-    usage,
-};
 use crate::{
-    auth::{
-        Principal,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
     cache::{Caches, TeamVersion},
     config::RunConfig,
+    domain::{Principal, RunEvent, RunEventKind, TeamRole},
     error::{AppError, Problem},
-    events::{EventBus, Notice, Reach, RunEvent, RunEventKind},
+    events::{EventBus, Notice, Reach},
     metrics::Metrics,
     orchestrator::{
         self,
@@ -44,6 +32,18 @@ use crate::{
         routing::{self, Route},
         spec::{self, MAX_TIMEOUT_MS, TeamSpec},
     },
+};
+use {
+    super::{
+        budgets::{self, Amount},
+        conversations::{self, NewMessage, Thread},
+        estimates,
+        page::{Page, PageRequest},
+        prices::PriceBook,
+        run_writer::{RunEnd, RunWriter},
+        usage,
+    },
+    crate::domain::Caller,
 };
 
 /// A run's life: `queued` → `running` → `succeeded` | `failed` | `cancelled`.

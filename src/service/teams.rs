@@ -9,21 +9,21 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
-use super::{
-    audit::{self, Caller, Entry, actions},
-    page::{Page, PageRequest},
-    versions,
-};
 use crate::service::name::Name;
 use crate::{
-    auth::{
-        GlobalRole, Principal, UserPrincipal,
-        api_key::Scope,
-        guard::{self, TeamRole, acting_user},
-    },
-    cache::{Caches, Invalidation},
+    auth::guard::{self, acting_user},
+    cache::Caches,
     db,
+    domain::{GlobalRole, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
+};
+use {
+    super::{
+        audit::{self, Entry, actions},
+        page::{Page, PageRequest},
+        versions,
+    },
+    crate::domain::Caller,
 };
 
 /// Who may find a team.

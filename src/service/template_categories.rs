@@ -9,16 +9,20 @@ use entity::{template_categories as categories, templates};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set};
 use serde_json::json;
 
-use super::{
-    audit::{self, Caller, Entry, actions},
-    teams::slugify,
-    templates::Templates,
-};
 use crate::service::name::Name;
 use crate::{
-    auth::{Principal, guard},
+    auth::guard,
     db,
+    domain::Principal,
     error::{AppError, Problem},
+};
+use {
+    super::{
+        audit::{self, Entry, actions},
+        teams::slugify,
+        templates::Templates,
+    },
+    crate::domain::Caller,
 };
 
 /// A category as an admin writes it; absent fields keep their value on update.

@@ -11,12 +11,10 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde::Deserialize;
 
 use crate::{
+    domain::Caller,
     error::AppError,
     graphql::rest::{RestCaller, RestError, bad_parameter},
-    service::{
-        audit::Caller,
-        usage_report::{self, Report, UsageGroup},
-    },
+    service::usage_report::{self, Report, UsageGroup},
     state::{AppState, HttpState},
 };
 

@@ -21,7 +21,7 @@ use super::{
     too_big,
 };
 use crate::{
-    auth::Principal,
+    domain::{Principal, RequestMeta},
     error::AppError,
     events::{Recheck as AccessRecheck, Watching},
     graphql::{
@@ -31,7 +31,7 @@ use crate::{
         sharing::{CountedBySocket, Groups, Lull, Membership, Notice, SocketOperation},
     },
     metrics::{Metrics, OpenSubscription},
-    state::{AppState, HttpState, RequestMeta},
+    state::{AppState, HttpState},
 };
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(3);

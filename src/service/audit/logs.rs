@@ -11,12 +11,10 @@ use sea_orm::{
 use tokio::sync::watch;
 use tokio_stream::wrappers::{IntervalStream, WatchStream};
 
-use super::Caller;
+use crate::domain::Caller;
 use crate::{
-    auth::{
-        GlobalRole, Principal,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
+    domain::{GlobalRole, Principal, TeamRole},
     error::{AppError, Problem},
     service::{
         page::{Page, PageRequest},

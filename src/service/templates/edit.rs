@@ -18,11 +18,11 @@ use super::{
 };
 use crate::service::name::Name;
 use crate::{
-    auth::{api_key::Scope, guard::TeamRole},
     db,
+    domain::{Caller, Scope, TeamRole},
     error::{AppError, Problem},
     service::{
-        audit::{self, Caller, Entry, actions},
+        audit::{self, Entry, actions},
         page::{Page, PageRequest},
         spec_diff,
         teams::slugify,

@@ -27,14 +27,14 @@ pub use self::{
     edit::{Diff, TemplateInput, Validation},
     instantiate::Instantiate,
 };
-use super::{
-    audit::Caller,
-    page::{Page, PageRequest},
-};
 use crate::{
-    auth::{GlobalRole, Principal, UserPrincipal, api_key::Scope, guard::TeamRole},
-    cache::{AllCategories, Caches, Invalidation, TemplateId, TemplateVersion},
+    cache::{AllCategories, Caches, TemplateId, TemplateVersion},
+    domain::{GlobalRole, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
+};
+use {
+    super::page::{Page, PageRequest},
+    crate::domain::Caller,
 };
 
 /// Who may use a template.
