@@ -30,12 +30,3 @@ pub struct AppState {
     /// Turns `true` when the server begins shutting down; long-lived sockets close on it.
     pub shutdown: watch::Receiver<bool>,
 }
-
-/// What the HTTP handlers get: the app state, the schema built over it, and the subscriptions
-/// the sockets share.
-#[derive(Clone)]
-pub struct HttpState {
-    pub state: AppState,
-    pub schema: crate::graphql::AppSchema,
-    pub shared: Arc<crate::graphql::sharing::Groups>,
-}

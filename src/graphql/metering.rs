@@ -11,10 +11,11 @@ use async_graphql::{
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::{operation, sharing::CountedBySocket};
+use super::operation;
 use crate::{
     domain::{Principal, RequestMeta},
     error::AppError,
+    graphql::shareable::CountedBySocket,
     state::AppState,
 };
 

@@ -1,5 +1,5 @@
-//! The GraphQL schema: one module per area merged at the root, the request limits, and the
-//! HTTP and websocket transports that serve it.
+//! The GraphQL schema: one module per area merged at the root, the DataLoaders, the request
+//! limits and the extensions. The transports that serve it are `http`'s.
 
 pub mod admin;
 pub mod analytics;
@@ -18,20 +18,16 @@ pub mod metering;
 pub mod names;
 pub mod operation;
 pub mod rechecks;
-pub mod rest;
 pub mod runs;
 pub mod scalars;
 pub mod share_links;
-pub mod sharing;
+pub mod shareable;
 pub mod system;
 pub mod teams;
 pub mod templates;
-pub mod transport;
 pub mod usage;
 pub mod users;
-pub mod wire;
 pub mod workflows;
-pub mod ws;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema, extensions::Tracing};
 

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{run_attempts, runs as rows};
@@ -14,12 +13,14 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::{
     caller, connection,
     loaders::{Loaders, nodes_select},
-    rechecks, sharing,
+    rechecks,
+    shareable::shareable,
 };
 use crate::{
     auth::guard,
     domain::{RunEvent, TeamRole},
     error::{AppError, GqlResultExt},
+    graphql::scalars::Json,
     service::{
         error_groups,
         page::PageRequest,
@@ -154,7 +155,7 @@ impl RunsSubscription {
         Ok(match finished {
             Some(last) => stream::iter([last]).left_stream(),
             None => {
-                sharing::shareable(ctx);
+                shareable(ctx);
                 live.right_stream()
             }
         })
@@ -174,7 +175,7 @@ impl RunsSubscription {
             async move { guard::team(&state.db, &caller, &team, TeamRole::Viewer).await.map(drop) }
         });
         guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
-        let mut lulls = sharing::shareable(ctx).map(|lull| (lull, UnderWay::default()));
+        let mut lulls = shareable(ctx).map(|lull| (lull, UnderWay::default()));
         let team_id = team_id.0;
         Ok(events.filter_map(move |event| {
             let event = event.ok().filter(|e| e.team_id.as_str() == team_id);

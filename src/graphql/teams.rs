@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
@@ -20,6 +19,7 @@ use super::{
 use crate::{
     domain::{GlobalRole, Principal, TeamRole},
     error::{AppError, GqlResultExt},
+    graphql::scalars::Json,
     service::{
         page::PageRequest,
         teams::{self, NewTeam, TeamChanges, Visibility},

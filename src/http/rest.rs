@@ -12,11 +12,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::metering;
 use crate::{
     domain::{Caller, RequestMeta},
     error::{AppError, Problem},
-    state::HttpState,
+    graphql::metering,
+    http::HttpState,
 };
 
 /// The caller of a REST route: authenticated as on `/graphql` (a bearer session token or API

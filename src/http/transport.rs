@@ -12,11 +12,15 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{
-    limits::{self, PARSE_FAILED, VALIDATION_FAILED},
-    loaders::Loaders,
+use crate::{
+    domain::RequestMeta,
+    error::AppError,
+    graphql::{
+        limits::{self, PARSE_FAILED, VALIDATION_FAILED},
+        loaders::Loaders,
+    },
+    http::HttpState,
 };
-use crate::{domain::RequestMeta, error::AppError, state::HttpState};
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -80,7 +84,7 @@ pub async fn get(
     let media = ResponseMedia::from_accept(&headers);
     let Some(query) = params.query else {
         if accepts(&headers, "text/html") {
-            return crate::graphiql::page(state.auth.dev.is_some());
+            return crate::http::graphiql::page(state.auth.dev.is_some());
         }
         return media.failure(StatusCode::BAD_REQUEST, PARSE_FAILED, "Pass the operation in the `query` parameter.");
     };

@@ -13,9 +13,12 @@ use serde::Deserialize;
 use crate::{
     domain::Caller,
     error::AppError,
-    graphql::rest::{RestCaller, RestError, bad_parameter},
+    http::{
+        HttpState,
+        rest::{RestCaller, RestError, bad_parameter},
+    },
     service::usage_report::{self, Report, UsageGroup},
-    state::{AppState, HttpState},
+    state::AppState,
 };
 
 /// The query string; an empty value is the same as none.

@@ -30,7 +30,7 @@ use super::wire::{Outgoing, Wire};
 use crate::{
     auth::{Authenticator, bearer},
     domain::{Principal, RequestMeta},
-    state::HttpState,
+    http::HttpState,
 };
 
 /// Close reasons longer than this are cut by clients into a 1006.

@@ -10,17 +10,14 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, sea_query::Expr,
 };
 
+use super::{
+    range::TimeRange,
+    rollups::{self, Grain, Piece},
+};
 use crate::{
     auth::guard,
-    domain::{GlobalRole, Principal, Scope, TeamRole},
+    domain::{Caller, GlobalRole, Principal, Scope, TeamRole},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        range::TimeRange,
-        rollups::{self, Grain, Piece},
-    },
-    crate::domain::Caller,
 };
 
 /// The most points one series may have.

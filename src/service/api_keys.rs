@@ -9,7 +9,10 @@ use sea_orm::{
 };
 use serde_json::json;
 
-use crate::service::name::Name;
+use super::{
+    audit::{self, Entry, actions},
+    page::{Page, PageRequest},
+};
 use crate::{
     auth::{
         api_key::{self, NewSecret},
@@ -17,15 +20,9 @@ use crate::{
     },
     cache::Caches,
     db,
-    domain::{Invalidation, Scope, TeamRole},
+    domain::{Caller, Invalidation, Scope, TeamRole},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        audit::{self, Entry, actions},
-        page::{Page, PageRequest},
-    },
-    crate::domain::Caller,
+    service::name::Name,
 };
 
 /// Longest grace a rotation may give the old secret.

@@ -25,11 +25,13 @@ use serde_json::json;
 pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
 pub use snapshot::{Checked, check_file};
 
-use crate::service::name::Name;
-use crate::{auth::guard, db, domain::Principal, error::AppError};
-use {
-    super::audit::{self, Entry, actions},
-    crate::domain::Caller,
+use super::audit::{self, Entry, actions};
+use crate::{
+    auth::guard,
+    db,
+    domain::{Caller, Principal},
+    error::AppError,
+    service::name::Name,
 };
 
 /// The operations guide: backups, restore, PostgreSQL dumps, D1 Time Travel.

@@ -8,14 +8,13 @@ use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 
-use crate::domain::Caller;
-use crate::service::name::Name;
 use crate::{
     auth::guard,
     db,
-    domain::TeamRole,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::providers::{ChatMessage, Role},
+    service::name::Name,
 };
 
 /// Where a run's message goes in a conversation, and what the model sees before it.

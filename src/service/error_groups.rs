@@ -10,20 +10,17 @@ use sea_orm::{
 };
 use serde_json::json;
 
+use super::{
+    analytics,
+    audit::{self, Entry, actions},
+    page::{Page, PageRequest},
+    range::TimeRange,
+};
 use crate::{
     auth::guard,
     db,
-    domain::{Scope, TeamRole},
+    domain::{Caller, Scope, TeamRole},
     error::AppError,
-};
-use {
-    super::{
-        analytics,
-        audit::{self, Entry, actions},
-        page::{Page, PageRequest},
-        range::TimeRange,
-    },
-    crate::domain::Caller,
 };
 
 /// Error groups of one team, or (none) of every team the caller is a member of (admins: all),

@@ -3,8 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use super::runs::{Prepared, RunInput, Runner};
 use crate::{
-    domain::TeamRole,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::{
         estimate::{self, Estimate},
@@ -13,10 +14,6 @@ use crate::{
         routing::Route,
         spec::TeamSpec,
     },
-};
-use {
-    super::runs::{Prepared, RunInput, Runner},
-    crate::domain::Caller,
 };
 
 /// Where a run would go, and what it would cost.

@@ -7,17 +7,14 @@ use entity::teams;
 use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
+use super::{
+    teams::{self as team_service, NewTeam},
+    versions,
+};
 use crate::{
     auth::guard,
-    domain::TeamRole,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        teams::{self as team_service, NewTeam},
-        versions,
-    },
-    crate::domain::Caller,
 };
 
 pub const FORMAT: &str = "ensemble.team-export/v1";

@@ -6,18 +6,16 @@ use std::collections::HashMap;
 
 use sea_orm::DatabaseConnection;
 
+use super::{
+    analytics::{self, By, Selection, Slice, Totals},
+    prices::PriceBook,
+    range::TimeRange,
+    rollups::{self, Grain, Piece},
+};
 use crate::{
+    domain::Caller,
     error::AppError,
     orchestrator::{self, spec},
-};
-use {
-    super::{
-        analytics::{self, By, Selection, Slice, Totals},
-        prices::PriceBook,
-        range::TimeRange,
-        rollups::{self, Grain, Piece},
-    },
-    crate::domain::Caller,
 };
 
 /// Fewest runs a figure needs before it may back a finding.

@@ -8,17 +8,14 @@ use entity::model_prices;
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, QuerySelect, Set, sea_query::OnConflict};
 use serde_json::json;
 
+use super::audit::{self, Entry, actions};
 use crate::{
     auth::guard::admin,
     cache::{Caches, ModelName},
     db,
-    domain::Invalidation,
+    domain::{Caller, Invalidation},
     error::{AppError, Problem},
     orchestrator::executor::Price,
-};
-use {
-    super::audit::{self, Entry, actions},
-    crate::domain::Caller,
 };
 
 /// Prices by model, read through the cache; `upsertModelPrice` clears it at once.

@@ -10,10 +10,14 @@ use sea_orm::{
     Statement, sea_query::Expr,
 };
 
-use crate::{auth::guard, config::RunConfig, domain::Scope, error::AppError, metrics::CacheSnapshot, state::AppState};
-use {
-    super::usage_report::{day, owned_teams, sum},
-    crate::domain::Caller,
+use super::usage_report::{day, owned_teams, sum};
+use crate::{
+    auth::guard,
+    config::RunConfig,
+    domain::{Caller, Scope},
+    error::AppError,
+    metrics::CacheSnapshot,
+    state::AppState,
 };
 
 /// What a principal is.

@@ -16,11 +16,20 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, oneshot, watch};
 
+use super::{
+    budgets::{self, Amount},
+    conversations::{self, NewMessage, Thread},
+    estimates,
+    page::{Page, PageRequest},
+    prices::PriceBook,
+    run_writer::{RunEnd, RunWriter},
+    usage,
+};
 use crate::{
     auth::guard,
     cache::{Caches, TeamVersion},
     config::RunConfig,
-    domain::{Principal, RunEvent, RunEventKind, TeamRole},
+    domain::{Caller, Principal, RunEvent, RunEventKind, TeamRole},
     error::{AppError, Problem},
     events::{EventBus, Notice, Reach},
     metrics::Metrics,
@@ -32,18 +41,6 @@ use crate::{
         routing::{self, Route},
         spec::{self, MAX_TIMEOUT_MS, TeamSpec},
     },
-};
-use {
-    super::{
-        budgets::{self, Amount},
-        conversations::{self, NewMessage, Thread},
-        estimates,
-        page::{Page, PageRequest},
-        prices::PriceBook,
-        run_writer::{RunEnd, RunWriter},
-        usage,
-    },
-    crate::domain::Caller,
 };
 
 /// A run's life: `queued` → `running` → `succeeded` | `failed` | `cancelled`.

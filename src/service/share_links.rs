@@ -11,19 +11,16 @@ use sea_orm::{
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::{
+    audit::{self, Entry, actions},
+    page::{Page, PageRequest},
+    teams,
+};
 use crate::{
     auth::guard::{self, account},
     db,
-    domain::TeamRole,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        audit::{self, Entry, actions},
-        page::{Page, PageRequest},
-        teams,
-    },
-    crate::domain::Caller,
 };
 
 /// A link just made, with its token (shown this once).

@@ -9,21 +9,18 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
-use crate::service::name::Name;
+use super::{
+    audit::{self, Entry, actions},
+    page::{Page, PageRequest},
+    versions,
+};
 use crate::{
     auth::guard::{self, acting_user},
     cache::Caches,
     db,
-    domain::{GlobalRole, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
+    domain::{Caller, GlobalRole, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        audit::{self, Entry, actions},
-        page::{Page, PageRequest},
-        versions,
-    },
-    crate::domain::Caller,
+    service::name::Name,
 };
 
 /// Who may find a team.

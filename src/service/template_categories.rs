@@ -9,20 +9,17 @@ use entity::{template_categories as categories, templates};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, Set};
 use serde_json::json;
 
-use crate::service::name::Name;
+use super::{
+    audit::{self, Entry, actions},
+    teams::slugify,
+    templates::Templates,
+};
 use crate::{
     auth::guard,
     db,
-    domain::Principal,
+    domain::{Caller, Principal},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        audit::{self, Entry, actions},
-        teams::slugify,
-        templates::Templates,
-    },
-    crate::domain::Caller,
+    service::name::Name,
 };
 
 /// A category as an admin writes it; absent fields keep their value on update.

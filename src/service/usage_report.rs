@@ -10,12 +10,12 @@ use sea_orm::{
     sea_query::{Expr, Query, SelectStatement, SimpleExpr},
 };
 
+use super::range::TimeRange;
 use crate::{
     auth::guard,
-    domain::{GlobalRole, Scope},
+    domain::{Caller, GlobalRole, Scope},
     error::{AppError, Problem},
 };
-use {super::range::TimeRange, crate::domain::Caller};
 
 /// Most rows one report holds; past it the caller narrows the range or groups by less.
 pub const MAX_ROWS: usize = 10_000;

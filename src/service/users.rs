@@ -12,20 +12,17 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use crate::service::name::Name;
+use super::{
+    audit::{self, Entry, actions},
+    page::{Page, PageRequest},
+};
 use crate::{
     auth::guard::{account, admin},
     cache::{Caches, UserId},
     db,
-    domain::{GlobalRole, Invalidation, Principal},
+    domain::{Caller, GlobalRole, Invalidation, Principal},
     error::{AppError, Problem},
-};
-use {
-    super::{
-        audit::{self, Entry, actions},
-        page::{Page, PageRequest},
-    },
-    crate::domain::Caller,
+    service::name::Name,
 };
 
 /// A user by id.

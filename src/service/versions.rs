@@ -9,21 +9,18 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
+use super::{
+    audit::{self, Entry, actions},
+    name,
+    page::{Page, PageRequest},
+    spec_diff,
+};
 use crate::{
     auth::guard,
     db,
-    domain::TeamRole,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::{self, spec},
-};
-use {
-    super::{
-        audit::{self, Entry, actions},
-        name,
-        page::{Page, PageRequest},
-        spec_diff,
-    },
-    crate::domain::Caller,
 };
 
 /// The canonical form of a valid spec, or every problem with it. Agent and rule names must also

@@ -28,10 +28,14 @@ use crate::{
         AppSchema,
         loaders::Loaders,
         rechecks::RecheckSlot,
-        sharing::{CountedBySocket, Groups, Lull, Membership, Notice, SocketOperation},
+        shareable::{CountedBySocket, Lull, SocketOperation},
+    },
+    http::{
+        HttpState,
+        sharing::{Groups, Membership, Notice},
     },
     metrics::{Metrics, OpenSubscription},
-    state::{AppState, HttpState},
+    state::AppState,
 };
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(3);

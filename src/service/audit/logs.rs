@@ -11,10 +11,9 @@ use sea_orm::{
 use tokio::sync::watch;
 use tokio_stream::wrappers::{IntervalStream, WatchStream};
 
-use crate::domain::Caller;
 use crate::{
     auth::guard,
-    domain::{GlobalRole, Principal, TeamRole},
+    domain::{Caller, GlobalRole, Principal, TeamRole},
     error::{AppError, Problem},
     service::{
         page::{Page, PageRequest},

@@ -27,14 +27,11 @@ pub use self::{
     edit::{Diff, TemplateInput, Validation},
     instantiate::Instantiate,
 };
+use super::page::{Page, PageRequest};
 use crate::{
     cache::{AllCategories, Caches, TemplateId, TemplateVersion},
-    domain::{GlobalRole, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
+    domain::{Caller, GlobalRole, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
-};
-use {
-    super::page::{Page, PageRequest},
-    crate::domain::Caller,
 };
 
 /// Who may use a template.

@@ -12,10 +12,8 @@ use crate::{
     domain::Caller,
     error::AppError,
     events::AccessChange,
-    graphql::{
-        rechecks::Recheck,
-        ws::{SlowClient, protocol::Protocol},
-    },
+    graphql::rechecks::Recheck,
+    http::ws::{SlowClient, protocol::Protocol},
 };
 
 impl Connection {
