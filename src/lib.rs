@@ -10,6 +10,8 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod orchestrator;
 pub mod rate_limit;

@@ -52,10 +52,7 @@ pub enum StartupError {
 
 impl From<AppError> for StartupError {
     fn from(err: AppError) -> Self {
-        match err {
-            AppError::Internal(cause) => Self::Failed(cause),
-            other => Self::Failed(other.to_string()),
-        }
+        Self::Failed(err.into_cause())
     }
 }
 

@@ -17,11 +17,10 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::domain::{GlobalRole, KeyPrincipal, Scope, UserPrincipal};
 use crate::{
     cache::{Caches, KeyPrefix, UnknownKeyPrefix},
+    domain::{GlobalRole, KeyPrincipal, Scope, UserPrincipal},
     error::AppError,
-    service::users,
 };
 
 const PREFIX_BYTES: usize = 6;
@@ -94,7 +93,7 @@ impl KeyStore {
         if key.expires_at.is_some_and(|at| at <= now) {
             return Err(AppError::Unauthenticated("The API key has expired.".into()));
         }
-        let owner = users::cached(&self.db, &self.caches, &key.user_id).await?;
+        let owner = super::sign_in::stored_user(&self.db, &self.caches, &key.user_id).await?;
         let owner = owner.filter(|owner| owner.deleted_at.is_none()).ok_or_else(refused)?;
         self.touch(&key.id).await;
         let scopes = serde_json::from_value::<Vec<String>>(key.scopes.clone()).unwrap_or_default();

@@ -1,5 +1,6 @@
 //! Sign-in of a verified user: the first time a user is seen, their row is created (just in
 //! time, as a MEMBER); every time, the stored row is read (its role and deletion count).
+//! An API key's owner is read the same way, through the cache of users' rows.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use entity::users;
 use sea_orm::{DatabaseConnection, EntityTrait, Set, sea_query::OnConflict};
 
 use crate::{
+    cache::{Caches, UserId},
     domain::{GlobalRole, UserPrincipal},
     error::AppError,
 };
@@ -41,4 +43,14 @@ pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<Ar
         }
     };
     Ok(Arc::new(stored))
+}
+
+/// A user by id, read through the cache of users' rows (an API key's owner).
+pub async fn stored_user(
+    db: &DatabaseConnection,
+    caches: &Caches,
+    id: &str,
+) -> Result<Option<Arc<users::Model>>, AppError> {
+    let load = async { Ok(users::Entity::find_by_id(id).one(db).await?.map(Arc::new)) };
+    caches.users.get_or_load_some(UserId(id.to_string()), load).await
 }

@@ -3,6 +3,7 @@
 
 pub mod clerk_webhook;
 pub mod dashboard;
+pub mod error;
 pub mod exports;
 pub mod graphiql;
 pub mod home;

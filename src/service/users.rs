@@ -1,8 +1,6 @@
 //! Users: created the first time they sign in (just in time), read by themselves or admins.
 //! Every change to a user's row drops its cache entry once committed.
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use entity::{users, webhook_events};
 use sea_orm::{
@@ -18,7 +16,7 @@ use super::{
 };
 use crate::{
     auth::guard::{account, admin},
-    cache::{Caches, UserId},
+    cache::Caches,
     db,
     domain::{Caller, GlobalRole, Invalidation, Principal},
     error::{AppError, Problem},
@@ -28,12 +26,6 @@ use crate::{
 /// A user by id.
 pub async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<users::Model>, AppError> {
     Ok(users::Entity::find_by_id(id).one(db).await?)
-}
-
-/// A user by id, read through the cache of users' rows.
-pub async fn cached(db: &DatabaseConnection, caches: &Caches, id: &str) -> Result<Option<Arc<users::Model>>, AppError> {
-    let load = async { Ok(find(db, id).await?.map(Arc::new)) };
-    caches.users.get_or_load_some(UserId(id.to_string()), load).await
 }
 
 /// What a user may change about themselves.
