@@ -13,8 +13,8 @@ use std::{
 };
 
 use ensemble::{
-    auth::GlobalRole,
     config::{CacheMode, Config},
+    domain::GlobalRole,
     startup::App,
     state::AppState,
 };

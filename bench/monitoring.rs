@@ -15,7 +15,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use ensemble::{auth::GlobalRole, config::Config, service::rollups, startup::App, state::AppState};
+use ensemble::{config::Config, domain::GlobalRole, service::rollups, startup::App, state::AppState};
 use entity::{runs, states::RunStatus};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ensemble::{auth::GlobalRole, config::Config, startup::App};
+use ensemble::{config::Config, domain::GlobalRole, startup::App};
 use serde_json::{Value, json};
 
 const CLIENTS: usize = 32;

@@ -159,6 +159,15 @@ impl ErrorExtensions for AppError {
 impl AppError {
     /// This error as one of the request as a whole: no `path`, and no `locations` (an error
     /// that is about no place in the document has none, rather than line 0).
+    /// The error for a person at a terminal (a command's or the server start's failure), never
+    /// a client: an internal error's cause as it is, any other error's message.
+    pub fn into_cause(self) -> String {
+        match self {
+            Self::Internal(cause) => cause,
+            other => other.to_string(),
+        }
+    }
+
     pub fn request_error(&self) -> async_graphql::ServerError {
         let error = self.extend();
         let mut server_error = async_graphql::ServerError::new(error.message, None);

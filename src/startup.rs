@@ -3,42 +3,30 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    http::{HeaderName, Method, StatusCode, header},
-    middleware,
-    routing::get,
-};
+use axum::Router;
 use migration::{Migrator, MigratorTrait};
 use tokio::{
     net::TcpListener,
     sync::{broadcast, watch},
 };
-use tower_http::{
-    compression::CompressionLayer,
-    cors::{AllowOrigin, CorsLayer},
-    timeout::TimeoutLayer,
-    trace::TraceLayer,
-};
 
 use crate::{
-    auth::{Authenticator, rate_limit::RateLimits},
+    auth::Authenticator,
     cache::Caches,
     config::{Config, ConnectionLimits},
-    dashboard, db,
+    db,
     error::AppError,
     events::{EventBus, Notice},
-    graphql::{self, transport, ws},
+    http::server,
     metrics::Metrics,
-    ops, server,
-    service::templates::{Templates, starters},
+    rate_limit::RateLimits,
     service::{
         backups::{Backups, DatabaseLock},
         runs::{self, Runner},
+        templates::{Templates, starters},
         usage::UsageMeter,
     },
-    state::{AppState, HttpState},
+    state::AppState,
 };
 
 pub struct App {
@@ -64,10 +52,7 @@ pub enum StartupError {
 
 impl From<AppError> for StartupError {
     fn from(err: AppError) -> Self {
-        match err {
-            AppError::Internal(cause) => Self::Failed(cause),
-            other => Self::Failed(other.to_string()),
-        }
+        Self::Failed(err.into_cause())
     }
 }
 
@@ -108,7 +93,7 @@ impl App {
             .map_err(|e| StartupError::Failed(format!("cannot listen on {} (ENSEMBLE_LISTEN): {e}", config.listen)))?;
         let metrics = Arc::new(Metrics::default());
         let caches = Arc::new(Caches::new(&config, &metrics.caches, bus.clone()));
-        let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone()).await?);
+        let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
         let link = bus.link().cloned();
@@ -155,7 +140,7 @@ impl App {
             started_at: chrono::Utc::now(),
             shutdown: stopping,
         };
-        let router = router(&state);
+        let router = crate::http::router::router(&state);
         Ok(Self { listener, router, state, shutdown, _lock: lock })
     }
 
@@ -321,50 +306,6 @@ async fn scheduled_backups(state: AppState) {
         let backups = Backups::new(state.db.clone(), &state.config.data_dir);
         backups.run_schedule(every, state.config.backup_keep).await;
     }
-}
-
-fn router(state: &AppState) -> Router {
-    let schema = graphql::build_schema(&state.config, Some(state.clone()));
-    let http = HttpState { state: state.clone(), schema, shared: Arc::default() };
-    let config = &state.config;
-    Router::new()
-        .route("/graphql", get(transport::get).post(transport::post))
-        .route("/graphql/ws", get(ws::upgrade))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/.well-known/jwks.json", get(ops::jwks))
-        .route("/webhooks/clerk", axum::routing::post(crate::auth::clerk_webhook::receive))
-        .route("/teams/{id}/export", get(graphql::exports::download))
-        .route("/reports/usage.csv", get(graphql::usage::csv::download))
-        .merge(dashboard::routes())
-        .merge(crate::graphiql::routes().merge(crate::home::routes()))
-        .with_state(http)
-        .layer(DefaultBodyLimit::max(config.limits.body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
-        .layer(CompressionLayer::new())
-        .layer(cors(&config.cors_origins))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let id = request.headers().get(ops::REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-        }))
-        .layer(middleware::from_fn_with_state(state.clone(), ops::observe))
-}
-
-/// No origin is allowed unless configured: browsers then only reach the API same-origin.
-fn cors(origins: &[String]) -> CorsLayer {
-    let allowed: Vec<_> = origins.iter().filter_map(|o| o.trim().parse().ok()).collect();
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::list(allowed))
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::ACCEPT,
-            HeaderName::from_static("x-api-key"),
-            HeaderName::from_static(ops::REQUEST_ID),
-        ])
-        .expose_headers([HeaderName::from_static(ops::REQUEST_ID)])
 }
 
 async fn shutdown_signal() {

@@ -17,7 +17,7 @@ pub struct AppState {
     pub caches: Arc<crate::cache::Caches>,
     pub auth: Arc<crate::auth::Authenticator>,
     pub usage: Arc<crate::service::usage::UsageMeter>,
-    pub rate_limits: Arc<crate::auth::rate_limit::RateLimits>,
+    pub rate_limits: Arc<crate::rate_limit::RateLimits>,
     /// Starts, cancels and tracks runs; owns the providers, prices and the event bus.
     pub runner: Arc<crate::service::runs::Runner>,
     /// Templates and their cache.
@@ -29,33 +29,4 @@ pub struct AppState {
     pub started_at: DateTime<Utc>,
     /// Turns `true` when the server begins shutting down; long-lived sockets close on it.
     pub shutdown: watch::Receiver<bool>,
-}
-
-/// Where an operation comes from: the request id (`x-request-id`), the peer address and the
-/// user agent of the HTTP request or websocket it runs in.
-#[derive(Clone, Debug, Default)]
-pub struct RequestMeta {
-    pub request_id: String,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-impl RequestMeta {
-    pub fn from_headers(headers: &axum::http::HeaderMap, peer: Option<std::net::SocketAddr>) -> Self {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        Self {
-            request_id: text("x-request-id").unwrap_or_default(),
-            ip: peer.map(|p| p.ip().to_string()),
-            user_agent: text("user-agent").map(|ua| ua.chars().take(512).collect()),
-        }
-    }
-}
-
-/// What the HTTP handlers get: the app state, the schema built over it, and the subscriptions
-/// the sockets share.
-#[derive(Clone)]
-pub struct HttpState {
-    pub state: AppState,
-    pub schema: crate::graphql::AppSchema,
-    pub shared: Arc<crate::graphql::sharing::Groups>,
 }

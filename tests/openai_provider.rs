@@ -19,7 +19,7 @@ use axum::{
     routing::post,
 };
 use common::TestApp;
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 #[derive(Clone, Default)]

@@ -18,7 +18,7 @@ use axum::{
     routing::post,
 };
 use common::TestApp;
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const SECRET: &str = "sk-recognisable-secret-4242";

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ensemble::auth::{GlobalRole, dev::DevIssuer};
+use ensemble::{auth::dev::DevIssuer, domain::GlobalRole};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;

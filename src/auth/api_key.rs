@@ -17,53 +17,15 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::principal::{KeyPrincipal, UserPrincipal};
 use crate::{
     cache::{Caches, KeyPrefix, UnknownKeyPrefix},
+    domain::{KeyPrincipal, Scope, UserPrincipal},
     error::AppError,
-    service::users,
 };
 
 const PREFIX_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
 const LAST_USED_EVERY: Duration = Duration::from_secs(60);
-
-/// What a client may do with a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
-pub enum Scope {
-    TeamsRead,
-    TeamsWrite,
-    RunsExecute,
-    TemplatesRead,
-    TemplatesWrite,
-    AnalyticsRead,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TeamsRead => "teams:read",
-            Self::TeamsWrite => "teams:write",
-            Self::RunsExecute => "runs:execute",
-            Self::TemplatesRead => "templates:read",
-            Self::TemplatesWrite => "templates:write",
-            Self::AnalyticsRead => "analytics:read",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Self> {
-        [
-            Self::TeamsRead,
-            Self::TeamsWrite,
-            Self::RunsExecute,
-            Self::TemplatesRead,
-            Self::TemplatesWrite,
-            Self::AnalyticsRead,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
-    }
-}
 
 /// A freshly made key: the full text (shown once) and what is stored.
 pub struct NewSecret {
@@ -131,7 +93,7 @@ impl KeyStore {
         if key.expires_at.is_some_and(|at| at <= now) {
             return Err(AppError::Unauthenticated("The API key has expired.".into()));
         }
-        let owner = users::cached(&self.db, &self.caches, &key.user_id).await?;
+        let owner = super::sign_in::stored_user(&self.db, &self.caches, &key.user_id).await?;
         let owner = owner.filter(|owner| owner.deleted_at.is_none()).ok_or_else(refused)?;
         self.touch(&key.id).await;
         let scopes = serde_json::from_value::<Vec<String>>(key.scopes.clone()).unwrap_or_default();

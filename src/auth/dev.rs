@@ -13,8 +13,7 @@ use rsa::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::principal::GlobalRole;
-use crate::error::AppError;
+use crate::{domain::GlobalRole, error::AppError};
 
 /// The `iss` of dev tokens.
 pub const ISSUER: &str = "ensemble-dev";

@@ -2,12 +2,13 @@
 //! a team the caller may not see is NOT_FOUND (never a hint that it exists); a visible team
 //! without the needed role is FORBIDDEN. Global ADMINs act as owners everywhere.
 
-pub use entity::states::TeamRole;
 use entity::{states::Visibility, team_members, teams};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
-use super::{GlobalRole, Principal, UserPrincipal, api_key::Scope, principal::KeyPrincipal};
-use crate::{error::AppError, service::audit::Caller};
+use crate::{
+    domain::{Caller, GlobalRole, KeyPrincipal, Principal, Scope, TeamRole, UserPrincipal},
+    error::AppError,
+};
 
 /// A team the caller may act on, and the role they act with.
 pub struct TeamAccess {

@@ -10,8 +10,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::principal::{GlobalRole, Org, UserPrincipal};
-use crate::cache::JwksCache;
+use crate::auth::jwks::JwksCache;
+use crate::domain::{GlobalRole, Org, UserPrincipal};
 
 /// Tokens longer than this are refused without being decoded.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

@@ -2,28 +2,29 @@
 //! no credentials make an anonymous principal.
 
 pub mod api_key;
-pub mod clerk_webhook;
 pub mod dev;
 pub mod guard;
+pub mod jwks;
 pub mod jwt;
-pub mod principal;
-pub mod rate_limit;
+mod sign_in;
 
 use std::{collections::HashSet, sync::Arc};
 
 use axum::http::{HeaderMap, header};
 use sea_orm::DatabaseConnection;
 
-pub use self::principal::{GlobalRole, Principal, UserPrincipal};
+pub use self::sign_in::sign_in;
 use self::{
     dev::DevIssuer,
+    jwks::JwksCache,
     jwt::{KeySource, Verifier},
 };
 use crate::{
     cache::{Caches, SessionToken, UserId},
     config::Config,
+    domain::{GlobalRole, Principal, UserPrincipal},
     error::AppError,
-    service::users,
+    metrics::CacheStats,
 };
 
 pub struct Authenticator {
@@ -39,7 +40,13 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub async fn new(config: &Config, db: DatabaseConnection, caches: Arc<Caches>) -> Result<Self, AppError> {
+    /// Clerk's keys, when fetched from `CLERK_JWKS_URL`, are counted in `stats`.
+    pub async fn new(
+        config: &Config,
+        db: DatabaseConnection,
+        caches: Arc<Caches>,
+        stats: &CacheStats,
+    ) -> Result<Self, AppError> {
         let auth = &config.auth;
         let admin_users: HashSet<String> = auth.admin_users.iter().map(|u| u.trim().to_string()).collect();
         let verifier = |keys, issuer: String| Verifier {
@@ -66,13 +73,16 @@ impl Authenticator {
             .clerk_issuer
             .clone()
             .ok_or_else(|| AppError::internal("CLERK_ISSUER is required with CLERK_JWKS_URL or CLERK_JWT_KEY"))?;
-        let keys = match (&auth.clerk_jwt_key, &caches.jwks) {
+        let keys = match (&auth.clerk_jwt_key, &auth.clerk_jwks_url) {
             (Some(pem), _) => {
                 let key = jsonwebtoken::DecodingKey::from_rsa_pem(pem.replace("\\n", "\n").as_bytes())
                     .map_err(|e| AppError::internal(format!("CLERK_JWT_KEY is not an RSA public key: {e}")))?;
                 KeySource::Static(Arc::new(key))
             }
-            (None, Some(jwks)) => KeySource::Jwks(jwks.clone()),
+            (None, Some(url)) => {
+                let refetch_every = std::time::Duration::from_secs(auth.clerk_jwks_refetch_secs);
+                KeySource::Jwks(Arc::new(JwksCache::new(url.clone(), refetch_every, stats)))
+            }
             (None, None) => return Err(AppError::internal("no Clerk key source is configured")),
         };
         Ok(Self::assemble(verifier(keys, issuer), None, db, caches))
@@ -104,7 +114,7 @@ impl Authenticator {
             return Ok(Principal::ApiKey(self.keys.authenticate(token).await?));
         }
         let mut user = self.verify(token).await?;
-        let stored = self.caches.users.get_or_load(UserId(user.id.clone()), users::sign_in(&self.db, &user)).await?;
+        let stored = self.caches.users.get_or_load(UserId(user.id.clone()), sign_in(&self.db, &user)).await?;
         if stored.deleted_at.is_some() {
             return Err(unauthenticated("This account has been deleted."));
         }

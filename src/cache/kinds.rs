@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use entity::{api_keys, template_categories, template_versions, templates, users};
 
 use crate::{
-    auth::UserPrincipal,
+    domain::UserPrincipal,
     orchestrator::{executor::Price, spec::TeamSpec},
 };
 

@@ -1,69 +1,41 @@
 //! Every in-process cache, behind typed keys: the kinds and their policies (`kinds`), the
-//! read-through cache that counts hits, misses and evictions (`store`), Clerk's JWKS (`jwks`),
-//! and the invalidations each write calls once it has committed, which the event bus carries
+//! read-through cache that counts hits, misses and evictions (`store`), and the invalidations each write calls once it has committed, which the event bus carries
 //! to the other instances. An invalidation that may take access away also has the open
 //! subscriptions it concerns checked again. See docs/cache.md.
 
-pub mod jwks;
 mod kinds;
 mod store;
 
 use std::sync::Arc;
 
 pub use self::{
-    jwks::JwksCache,
     kinds::{
         AllCategories, KeyPrefix, Kind, ModelName, Policy, SessionToken, TeamVersion, TemplateId, TemplateVersion,
         UnknownKeyPrefix, UserId,
     },
     store::{Cache, Stamp},
 };
-use serde::{Deserialize, Serialize};
-
 use crate::{
     config::Config,
+    domain::Invalidation,
     events::{AccessChange, EventBus, Notice},
     metrics::CacheStats,
 };
 
-/// A committed write that makes cached values stale, here and on every other instance.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Invalidation {
-    /// `createApiKey`: its prefix (no longer unknown).
-    ApiKeyCreated(String),
-    /// A key revoked or rotated (or revoked with its deleted owner): its prefix.
-    ApiKeyChanged(String),
-    /// A user's row changed: role, profile, deletion, a sync from Clerk.
-    UserChanged(String),
-    /// A template saved (a new version, a move, a share) or deleted.
-    TemplateChanged(String),
-    /// A category created, changed or deleted.
-    CategoriesChanged,
-    /// A price set: any model may have been priced by it.
-    PricesChanged,
-    /// A member removed from a team or given another role (nothing is cached; open
-    /// subscriptions of the member on the team are checked again).
-    TeamMemberChanged { team_id: String, user_id: String },
-    /// A team deleted or made private (nothing is cached; every open subscription on the team
-    /// is checked again).
-    TeamAccessChanged(String),
-}
-
-impl Invalidation {
-    /// The open subscriptions it may end, if any.
-    fn access_change(&self) -> Option<AccessChange> {
-        Some(match self {
-            Self::ApiKeyChanged(prefix) => AccessChange::Key(prefix.clone()),
-            Self::UserChanged(id) => AccessChange::User(id.clone()),
-            Self::TeamMemberChanged { team_id, user_id } => {
-                AccessChange::Member { team_id: team_id.clone(), user_id: user_id.clone() }
-            }
-            Self::TeamAccessChanged(team_id) => AccessChange::Team(team_id.clone()),
-            Self::ApiKeyCreated(_) | Self::TemplateChanged(_) | Self::CategoriesChanged | Self::PricesChanged => {
-                return None;
-            }
-        })
-    }
+/// The open subscriptions an invalidation may end, if any.
+fn access_change(what: &Invalidation) -> Option<AccessChange> {
+    Some(match what {
+        Invalidation::ApiKeyChanged(prefix) => AccessChange::Key(prefix.clone()),
+        Invalidation::UserChanged(id) => AccessChange::User(id.clone()),
+        Invalidation::TeamMemberChanged { team_id, user_id } => {
+            AccessChange::Member { team_id: team_id.clone(), user_id: user_id.clone() }
+        }
+        Invalidation::TeamAccessChanged(team_id) => AccessChange::Team(team_id.clone()),
+        Invalidation::ApiKeyCreated(_)
+        | Invalidation::TemplateChanged(_)
+        | Invalidation::CategoriesChanged
+        | Invalidation::PricesChanged => return None,
+    })
 }
 
 /// The caches of one server; what invalidates each is listed on its key type.
@@ -77,8 +49,6 @@ pub struct Caches {
     pub template_versions: Cache<TemplateVersion>,
     pub template_categories: Cache<AllCategories>,
     pub model_prices: Cache<ModelName>,
-    /// Clerk's signing keys, when tokens are checked against `CLERK_JWKS_URL`.
-    pub jwks: Option<Arc<JwksCache>>,
     bus: Arc<EventBus>,
 }
 
@@ -87,10 +57,6 @@ impl Caches {
     /// `stats`; invalidations go to the other instances over `bus`.
     pub fn new(config: &Config, stats: &CacheStats, bus: Arc<EventBus>) -> Self {
         let on = config.cache.is_on();
-        let jwks = config.auth.clerk_jwks_url.as_ref().filter(|_| config.auth.clerk_jwt_key.is_none()).map(|url| {
-            let refetch_every = std::time::Duration::from_secs(config.auth.clerk_jwks_refetch_secs);
-            Arc::new(JwksCache::new(url.clone(), refetch_every, stats))
-        });
         Self {
             session_tokens: Cache::new(on, stats),
             users: Cache::new(on, stats),
@@ -101,7 +67,6 @@ impl Caches {
             template_versions: Cache::new(on, stats),
             template_categories: Cache::new(on, stats),
             model_prices: Cache::new(on, stats),
-            jwks,
             bus,
         }
     }
@@ -117,7 +82,7 @@ impl Caches {
     /// then has the open subscriptions it concerns checked again, against what is now stored.
     pub async fn apply(&self, what: &Invalidation) {
         self.drop_stale(what).await;
-        if let Some(change) = what.access_change() {
+        if let Some(change) = access_change(what) {
             self.bus.access().changed(change).await;
         }
     }

@@ -6,15 +6,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use migration::{Migrator, MigratorTrait};
 
+use super::CommandError;
 use crate::{
-    auth::Principal,
     config::{DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL},
     db,
-    error::AppError,
-    service::{
-        audit::Caller,
-        backups::{self, Backups, Checked, Restored},
-    },
+    domain::{Caller, Principal},
+    service::backups::{self, Backups, Checked, Restored},
 };
 
 #[derive(Args)]
@@ -51,16 +48,16 @@ pub enum Action {
     },
 }
 
-pub async fn run(args: BackupArgs) -> Result<(), String> {
+pub async fn run(args: BackupArgs) -> Result<(), CommandError> {
     let BackupArgs { action, database_url, data_dir } = args;
     db::check_url(&database_url).map_err(|e| e.to_string())?;
     if !db::is_sqlite(&database_url) {
-        return Err(message(backups::on_postgres()));
+        return Err(backups::on_postgres().into());
     }
     let caller = Caller { principal: Principal::System("cli"), meta: Default::default() };
     match action {
         Action::Create { label } => {
-            let row = open(&database_url, &data_dir).await?.create(&caller, label).await.map_err(message)?;
+            let row = open(&database_url, &data_dir).await?.create(&caller, label).await?;
             let path = backups::folder(&data_dir).join(&row.file);
             println!(
                 "created {} ({} bytes, sha256 {}, migration {})",
@@ -71,7 +68,7 @@ pub async fn run(args: BackupArgs) -> Result<(), String> {
             );
         }
         Action::List => {
-            let rows = open(&database_url, &data_dir).await?.list(&caller).await.map_err(message)?;
+            let rows = open(&database_url, &data_dir).await?.list(&caller).await?;
             if rows.is_empty() {
                 println!("no backups yet");
             }
@@ -83,11 +80,11 @@ pub async fn run(args: BackupArgs) -> Result<(), String> {
             }
         }
         Action::Verify { file } => {
-            let checked = open(&database_url, &data_dir).await?.verify(&caller, &file).await.map_err(message)?;
+            let checked = open(&database_url, &data_dir).await?.verify(&caller, &file).await?;
             print_checked(&checked);
         }
         Action::Restore { file } => {
-            let restored = backups::restore(&database_url, &data_dir, &file).await.map_err(message)?;
+            let restored = backups::restore(&database_url, &data_dir, &file).await?;
             print_restored(&restored);
         }
     }
@@ -138,9 +135,4 @@ fn print_restored(restored: &Restored) {
     for (table, rows) in &restored.from.tables {
         println!("  {table:<width$}  {rows}");
     }
-}
-
-/// The error as the person at the terminal should read it.
-fn message(err: AppError) -> String {
-    err.to_string().trim_start_matches("internal error: ").to_string()
 }

@@ -9,6 +9,7 @@ use std::{
 
 use clap::Args;
 
+use super::CommandError;
 use crate::config::{DEFAULT_LISTEN, parse_listen};
 
 /// How long the server has to answer: a ready server answers in milliseconds.
@@ -24,7 +25,7 @@ pub struct HealthcheckArgs {
     listen: String,
 }
 
-pub async fn run(args: HealthcheckArgs) -> Result<(), String> {
+pub async fn run(args: HealthcheckArgs) -> Result<(), CommandError> {
     let url = match args.url {
         Some(url) => checked(url)?,
         // Read only here: with `--url`, the server's setting does not matter.
@@ -43,7 +44,7 @@ pub async fn run(args: HealthcheckArgs) -> Result<(), String> {
         println!("{}", summary(&body));
         return Ok(());
     }
-    Err(format!("{url} answered {status}: {}", summary(&body)))
+    Err(format!("{url} answered {status}: {}", summary(&body)).into())
 }
 
 /// `/readyz` at `listen`, asked on loopback when the server listens on every address.

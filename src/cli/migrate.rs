@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use migration::{Migrator, MigratorTrait};
 
+use super::CommandError;
 use crate::{config::DEFAULT_DATABASE_URL, db};
 
 #[derive(Args)]
@@ -38,10 +39,10 @@ pub enum Action {
     },
 }
 
-pub async fn run(args: MigrateArgs) -> Result<(), String> {
+pub async fn run(args: MigrateArgs) -> Result<(), CommandError> {
     let action = args.action;
     if let Action::ExportD1 { dir } = &action {
-        return export_d1(dir).await;
+        return Ok(export_d1(dir).await?);
     }
     let db = db::connect(&args.database_url, None).await.map_err(|e| e.to_string())?;
     let failed = |e: sea_orm::DbErr| format!("migration failed: {e}");

@@ -16,8 +16,9 @@ use clap::{
 
 use crate::{
     config::{Config, LogFormat},
+    error::AppError,
     graphql, redact,
-    startup::App,
+    startup::{App, StartupError},
     telemetry,
 };
 
@@ -92,8 +93,8 @@ pub async fn run() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {}", redact::text(&message, &database_url));
+        Err(err) => {
+            eprintln!("error: {}", redact::text(&err.to_string(), &database_url));
             ExitCode::FAILURE
         }
     }
@@ -175,8 +176,53 @@ fn end_quietly_on_a_closed_pipe() {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config) -> Result<(), CommandError> {
     tracing::info!(?config, "starting");
-    let app = App::build(config).await.map_err(|e| e.to_string())?;
-    app.run().await.map_err(|e| format!("server error: {e}"))
+    let app = App::build(config).await?;
+    app.run().await.map_err(|e| CommandError::Failed(format!("server error: {e}")))
+}
+
+/// Why a command failed, in words for the person at the terminal: printed once, as the one
+/// `error:` line, with connection secrets masked. Never an answer to a client, so an internal
+/// cause is shown as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The server did not start.
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<AppError> for CommandError {
+    fn from(err: AppError) -> Self {
+        Self::Failed(err.into_cause())
+    }
+}
+
+impl From<String> for CommandError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
+
+impl From<&str> for CommandError {
+    fn from(message: &str) -> Self {
+        Self::Failed(message.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_reads_as_its_cause_without_the_internal_prefix() {
+        let unreadable = AppError::internal("cannot read ./data/dev-issuer.pem: permission denied");
+        assert_eq!(CommandError::from(unreadable).to_string(), "cannot read ./data/dev-issuer.pem: permission denied");
+        let missing = AppError::NotFound("No backup is named `nightly`.".into());
+        assert_eq!(CommandError::from(missing).to_string(), "No backup is named `nightly`.");
+        let pending = StartupError::PendingMigrations { count: 2, newest: "m0013".into() };
+        assert!(CommandError::from(pending).to_string().starts_with("the database has 2 pending migration(s)"));
+    }
 }

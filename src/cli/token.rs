@@ -5,10 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::{
-    auth::{GlobalRole, dev::DevIssuer},
-    config::DEFAULT_DATA_DIR,
-};
+use super::CommandError;
+use crate::{auth::dev::DevIssuer, config::DEFAULT_DATA_DIR, domain::GlobalRole};
 
 #[derive(Args)]
 pub struct TokenArgs {
@@ -34,7 +32,7 @@ pub struct TokenArgs {
     clerk_jwt_key: Option<String>,
 }
 
-pub async fn run(args: TokenArgs) -> Result<(), String> {
+pub async fn run(args: TokenArgs) -> Result<(), CommandError> {
     if args.clerk_jwks_url.is_some() || args.clerk_jwt_key.is_some() {
         return Err("Clerk issues the tokens in this configuration (CLERK_JWKS_URL or CLERK_JWT_KEY is set)".into());
     }
@@ -42,7 +40,7 @@ pub async fn run(args: TokenArgs) -> Result<(), String> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let key = DevIssuer::key_path(data_dir);
     let existed = key.exists();
-    let issuer = DevIssuer::load_or_create(data_dir).await.map_err(|e| e.to_string())?;
+    let issuer = DevIssuer::load_or_create(data_dir).await?;
     if !existed {
         let shown = std::path::absolute(&key).unwrap_or(key);
         eprintln!(
@@ -50,7 +48,7 @@ pub async fn run(args: TokenArgs) -> Result<(), String> {
             shown.display()
         );
     }
-    let token = issuer.sign(&args.user, args.email.as_deref(), args.role, args.ttl).map_err(|e| e.to_string())?;
+    let token = issuer.sign(&args.user, args.email.as_deref(), args.role, args.ttl)?;
     println!("{token}");
     Ok(())
 }

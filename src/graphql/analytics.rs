@@ -13,10 +13,10 @@ use super::{
     runs::{ErrorGroup, TimeRangeInput},
 };
 use crate::{
+    domain::Caller,
     error::{AppError, GqlResultExt},
     service::{
         analytics::{self, Latency, Metric, Overview, Slice},
-        audit::Caller,
         insights::{self, Finding},
         range::TimeRange,
         rollups::{self, Grain},
@@ -141,7 +141,7 @@ impl AnalyticsSubscription {
 
 /// The state of one `liveMetrics` subscription.
 struct Watcher {
-    events: broadcast::Receiver<std::sync::Arc<crate::events::RunEvent>>,
+    events: broadcast::Receiver<std::sync::Arc<crate::domain::RunEvent>>,
     ticks: tokio::time::Interval,
     caller: Caller,
     team_id: ID,

@@ -6,7 +6,7 @@ use entity::api_keys as rows;
 
 use super::{caller, connection};
 use crate::{
-    auth::api_key::Scope,
+    domain::Scope,
     error::GqlResultExt,
     service::{
         api_keys::{self, NewKey, WithSecret},

@@ -1,6 +1,5 @@
 //! The audit log: `auditLogs`, `verifyAuditLog` and the live `auditLogAdded` subscription.
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Duration, Utc};
 use entity::audit_logs as rows;
@@ -10,6 +9,7 @@ use serde_json::Value;
 use super::{caller, connection, loaders::node_fields, names, rechecks, runs::TimeRangeInput};
 use crate::{
     error::GqlResultExt,
+    graphql::scalars::Json,
     service::{
         audit::{self, AuditResult, LogFilter, Verification},
         page::PageRequest,

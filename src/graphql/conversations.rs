@@ -6,7 +6,7 @@ use entity::{conversations as rows, messages};
 
 use super::{caller, loaders::Loaders, runs::Run};
 use crate::{
-    auth::guard::TeamRole,
+    domain::TeamRole,
     error::GqlResultExt,
     service::{conversations, runs::RunInput},
     state::AppState,

@@ -10,9 +10,9 @@ use async_graphql::{
 };
 
 use crate::{
-    auth::Principal,
-    service::audit::{self, Caller, Entry, actions},
-    state::{AppState, RequestMeta},
+    domain::{Caller, Principal, RequestMeta},
+    service::audit::{self, Entry, actions},
+    state::AppState,
 };
 
 const DENIALS: [&str; 3] = ["FORBIDDEN", "NOT_FOUND", "UNAUTHENTICATED"];

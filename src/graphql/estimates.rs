@@ -1,13 +1,13 @@
 //! `estimateCost`: what a run would cost before it runs, routed, counted and priced as the run
 //! would be.
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, Object, SimpleObject};
 use serde_json::Value;
 
 use super::caller;
 use crate::{
     error::GqlResultExt,
+    graphql::scalars::Json,
     orchestrator::estimate::Step,
     service::{
         estimates::{self, CostEstimate as Estimated},

@@ -1,29 +1,10 @@
-//! Export and import: `exportTeam`, `importTeam`, and `GET /teams/{id}/export`.
+//! Export and import: `exportTeam` and `importTeam` (the download is `http::exports`).
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, Object, SimpleObject};
-use axum::{
-    extract::{
-        Path, Query, State,
-        rejection::{PathRejection, QueryRejection},
-    },
-    http::header,
-    response::{IntoResponse, Response},
-};
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    answers::warn_missing_keys,
-    caller,
-    rest::{RestCaller, RestError, bad_parameter},
-    teams::Team,
-};
-use crate::{
-    error::GqlResultExt,
-    service::exports,
-    state::{AppState, HttpState},
-};
+use super::{answers::warn_missing_keys, caller, teams::Team};
+use crate::{error::GqlResultExt, graphql::scalars::Json, service::exports, state::AppState};
 
 #[derive(Default)]
 pub struct ExportsQuery;
@@ -64,37 +45,4 @@ pub struct ImportTeamResult {
     pub team: Team,
     /// E.g. a document of an older format revision.
     pub warnings: Vec<String>,
-}
-
-/// The query string of the download: `version` picks an older version than the current one.
-#[derive(Deserialize)]
-pub struct DownloadParams {
-    version: Option<String>,
-}
-
-/// `GET /teams/{id}/export[?version=N]`: the same document as a download, for the caller the
-/// headers name, authenticated, counted and rate limited as `/graphql` is (`RestCaller`).
-pub async fn download(
-    State(http): State<HttpState>,
-    RestCaller(caller): RestCaller,
-    id: Result<Path<String>, PathRejection>,
-    params: Result<Query<DownloadParams>, QueryRejection>,
-) -> Result<Response, RestError> {
-    let Path(id) = id.map_err(|_| bad_parameter("id", "is not a readable team id"))?;
-    let Query(params) = params.map_err(|e| bad_parameter("query", e.body_text()))?;
-    let version = match params.version.filter(|v| !v.is_empty()) {
-        None => None,
-        Some(text) => match text.parse::<i32>() {
-            Ok(n) if n >= 1 => Some(n),
-            _ => return Err(bad_parameter("version", format!("`{text}` is not a version number (1, 2, …)")).into()),
-        },
-    };
-    let document = exports::export(&http.state.db, &caller, &id, version).await?;
-    let disposition = format!("attachment; filename=\"{}.ensemble.json\"", file_name(&id));
-    Ok(([(header::CONTENT_DISPOSITION, disposition)], axum::Json(document)).into_response())
-}
-
-/// The id as a safe file name: only letters, digits, `-` and `_` (ids are made of those).
-fn file_name(id: &str) -> String {
-    id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).collect()
 }

@@ -11,11 +11,12 @@ use async_graphql::{
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::{operation, sharing::CountedBySocket};
+use super::operation;
 use crate::{
-    auth::Principal,
+    domain::{Principal, RequestMeta},
     error::AppError,
-    state::{AppState, RequestMeta},
+    graphql::shareable::CountedBySocket,
+    state::AppState,
 };
 
 pub struct Metering;

@@ -1,5 +1,5 @@
-//! The GraphQL schema: one module per area merged at the root, the request limits, and the
-//! HTTP and websocket transports that serve it.
+//! The GraphQL schema: one module per area merged at the root, the DataLoaders, the request
+//! limits and the extensions. The transports that serve it are `http`'s.
 
 pub mod analytics;
 pub mod answers;
@@ -18,21 +18,17 @@ pub mod names;
 pub mod operation;
 pub mod prices;
 pub mod rechecks;
-pub mod rest;
 pub mod runs;
 pub mod scalars;
 pub mod share_links;
-pub mod sharing;
+pub mod shareable;
 pub mod states;
 pub mod system;
 pub mod teams;
 pub mod templates;
-pub mod transport;
 pub mod usage;
 pub mod users;
-pub mod wire;
 pub mod workflows;
-pub mod ws;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema, extensions::Tracing};
 
@@ -110,9 +106,9 @@ pub fn build_schema(config: &Config, state: Option<AppState>) -> AppSchema {
 }
 
 /// The caller of the operation being resolved (anonymous when none was attached).
-pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::auth::Principal {
-    static ANONYMOUS: crate::auth::Principal = crate::auth::Principal::Anonymous;
-    ctx.data_opt::<crate::auth::Principal>().unwrap_or(&ANONYMOUS)
+pub fn principal<'a>(ctx: &'a async_graphql::Context<'_>) -> &'a crate::domain::Principal {
+    static ANONYMOUS: crate::domain::Principal = crate::domain::Principal::Anonymous;
+    ctx.data_opt::<crate::domain::Principal>().unwrap_or(&ANONYMOUS)
 }
 
 /// A Relay connection of one page: `key` gives each row's cursor key, `node` its GraphQL object.
@@ -131,10 +127,10 @@ pub fn connection<T, N: async_graphql::OutputType>(
 }
 
 /// The caller and where the request came from, for services.
-pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::service::audit::Caller {
-    crate::service::audit::Caller {
+pub fn caller(ctx: &async_graphql::Context<'_>) -> crate::domain::Caller {
+    crate::domain::Caller {
         principal: principal(ctx).clone(),
-        meta: ctx.data_opt::<crate::state::RequestMeta>().cloned().unwrap_or_default(),
+        meta: ctx.data_opt::<crate::domain::RequestMeta>().cloned().unwrap_or_default(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 use async_graphql::Context;
 use futures_util::{FutureExt, future::BoxFuture};
 
-use crate::{error::AppError, service::audit::Caller, state::AppState};
+use crate::{domain::Caller, error::AppError, state::AppState};
 
 type Check = dyn Fn(AppState, Caller) -> BoxFuture<'static, Result<(), AppError>> + Send + Sync;
 

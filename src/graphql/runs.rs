@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{run_attempts, runs as rows};
@@ -14,13 +13,15 @@ use tokio_stream::wrappers::BroadcastStream;
 use super::{
     caller, connection,
     loaders::{Loaders, nodes_select},
-    rechecks, sharing,
+    rechecks,
+    shareable::shareable,
     states::RunStatus,
 };
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
+    domain::{RunEvent, TeamRole},
     error::GqlResultExt,
-    events::RunEvent,
+    graphql::scalars::Json,
     service::{
         error_groups,
         page::PageRequest,
@@ -155,7 +156,7 @@ impl RunsSubscription {
         Ok(match finished {
             Some(last) => stream::iter([last]).left_stream(),
             None => {
-                sharing::shareable(ctx);
+                shareable(ctx);
                 live.right_stream()
             }
         })
@@ -175,7 +176,7 @@ impl RunsSubscription {
             async move { guard::team(&state.db, &caller, &team, TeamRole::Viewer).await.map(drop) }
         });
         guard::team(&state.db, &caller(ctx), &team_id, TeamRole::Viewer).await.gql()?;
-        let mut lulls = sharing::shareable(ctx).map(|lull| (lull, UnderWay::default()));
+        let mut lulls = shareable(ctx).map(|lull| (lull, UnderWay::default()));
         let team_id = team_id.0;
         Ok(events.filter_map(move |event| {
             let event = event.ok().filter(|e| e.team_id.as_str() == team_id);
@@ -438,7 +439,7 @@ impl From<entity::error_groups::Model> for ErrorGroup {
 #[cfg(test)]
 mod tests {
     use super::UnderWay;
-    use crate::events::{RunEvent, RunEventKind};
+    use crate::domain::{RunEvent, RunEventKind};
 
     #[test]
     fn a_team_lulls_when_its_last_run_under_way_ends() {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{team_members, teams as rows};
@@ -18,8 +17,10 @@ use super::{
     users::User,
 };
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
+    domain::TeamRole,
     error::{AppError, GqlResultExt},
+    graphql::scalars::Json,
     service::{
         page::PageRequest,
         teams::{self, NewTeam, TeamChanges},

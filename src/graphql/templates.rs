@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{template_categories, template_versions, templates as rows};
@@ -21,6 +20,7 @@ use super::{
 };
 use crate::{
     error::{GqlResultExt, Problem},
+    graphql::scalars::Json,
     service::{
         page::{Page, PageRequest},
         template_categories::{self as categories, CategoryInput},

@@ -1,4 +1,5 @@
-//! Usage: `usageReport` (and the same report at `GET /reports/usage.csv`) and `resourceUsage`.
+//! Usage: `usageReport` (the same report is `GET /reports/usage.csv`, `http::usage_csv`) and
+//! `resourceUsage`.
 
 use async_graphql::{ComplexObject, Context, ID, Object, SimpleObject};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -13,8 +14,6 @@ use crate::{
     },
     state::AppState,
 };
-
-pub mod csv;
 
 #[derive(Default)]
 pub struct UsageQuery;

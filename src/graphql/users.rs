@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{caller, connection, principal, states::GlobalRole};
 use crate::{
-    auth::Principal,
+    domain::Principal,
     error::GqlResultExt,
     service::{page::PageRequest, users},
     state::AppState,

@@ -1,12 +1,12 @@
 //! Workflows: `runWorkflow` runs a WORKFLOW template's steps, in order, on a team.
 
-use crate::graphql::scalars::Json;
 use async_graphql::{Context, ID, Object};
 use serde_json::Value;
 
 use super::{caller, runs::Run};
 use crate::{
     error::GqlResultExt,
+    graphql::scalars::Json,
     service::templates::workflow::{self, StepResult, StepStatus, WorkflowResult, WorkflowStatus},
     state::AppState,
 };

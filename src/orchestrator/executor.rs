@@ -15,7 +15,7 @@ use super::{
     tokens,
 };
 use crate::{
-    events::{RunEvent, RunEventKind},
+    domain::{RunEvent, RunEventKind},
     metrics::RunMetrics,
 };
 

@@ -11,16 +11,12 @@ use sea_orm::{
 };
 
 use super::{
-    audit::Caller,
     range::TimeRange,
     rollups::{self, Grain, Piece},
 };
 use crate::{
-    auth::{
-        Principal,
-        api_key::Scope,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
+    domain::{Caller, Principal, Scope, TeamRole},
     error::{AppError, Problem},
 };
 

@@ -10,18 +10,19 @@ use sea_orm::{
 use serde_json::json;
 
 use super::{
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     page::{Page, PageRequest},
 };
-use crate::service::name::Name;
 use crate::{
     auth::{
-        api_key::{self, NewSecret, Scope},
-        guard::{self, TeamRole, account},
+        api_key::{self, NewSecret},
+        guard::{self, account},
     },
-    cache::{Caches, Invalidation},
+    cache::Caches,
     db,
+    domain::{Caller, Invalidation, Scope, TeamRole},
     error::{AppError, Problem},
+    service::name::Name,
 };
 
 /// Longest grace a rotation may give the old secret.

@@ -9,7 +9,11 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect, Set
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::{auth::Principal, db, error::AppError, state::RequestMeta};
+use crate::{
+    db,
+    domain::{Caller, Principal},
+    error::AppError,
+};
 
 mod logs;
 mod verify;
@@ -90,13 +94,6 @@ pub mod actions {
             _ => return None,
         })
     }
-}
-
-/// Who acts, and from where.
-#[derive(Clone, Debug, Default)]
-pub struct Caller {
-    pub principal: Principal,
-    pub meta: RequestMeta,
 }
 
 /// What happened to what.

@@ -25,12 +25,13 @@ use serde_json::json;
 pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
 pub use snapshot::{Checked, check_file};
 
-use super::audit::{self, Caller, Entry, actions};
-use crate::service::name::Name;
+use super::audit::{self, Entry, actions};
 use crate::{
-    auth::{Principal, guard},
+    auth::guard,
     db,
+    domain::{Caller, Principal},
     error::AppError,
+    service::name::Name,
 };
 
 /// The operations guide: backups, restore, PostgreSQL dumps, D1 Time Travel.

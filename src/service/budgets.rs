@@ -12,7 +12,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 
-use crate::{auth::Principal, config::RunConfig, error::AppError, orchestrator::estimate::Estimate};
+use crate::{config::RunConfig, domain::Principal, error::AppError, orchestrator::estimate::Estimate};
 
 /// The answer limit of agents that set no `maxTokens` in a run held to a budget: without one
 /// the worst case of a run would have no bound.

@@ -8,13 +8,13 @@ use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
 
-use super::audit::Caller;
-use crate::service::name::Name;
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
     db,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::providers::{ChatMessage, Role},
+    service::name::Name,
 };
 
 /// Where a run's message goes in a conversation, and what the model sees before it.

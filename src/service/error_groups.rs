@@ -12,16 +12,14 @@ use serde_json::json;
 
 use super::{
     analytics,
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     page::{Page, PageRequest},
     range::TimeRange,
 };
 use crate::{
-    auth::{
-        api_key::Scope,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
     db,
+    domain::{Caller, Scope, TeamRole},
     error::AppError,
 };
 

@@ -3,12 +3,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{
-    audit::Caller,
-    runs::{Prepared, RunInput, Runner},
-};
+use super::runs::{Prepared, RunInput, Runner};
 use crate::{
-    auth::guard::TeamRole,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::{
         estimate::{self, Estimate},

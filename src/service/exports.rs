@@ -8,12 +8,12 @@ use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
 use super::{
-    audit::Caller,
     teams::{self as team_service, NewTeam},
     versions,
 };
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
 };
 

@@ -8,12 +8,11 @@ use sea_orm::DatabaseConnection;
 
 use super::{
     analytics::{self, By, Selection, Slice, Totals},
-    audit::Caller,
     prices::PriceBook,
     range::TimeRange,
     rollups::{self, Grain, Piece},
 };
-use crate::{error::AppError, orchestrator::spec};
+use crate::{domain::Caller, error::AppError, orchestrator::spec};
 
 /// Fewest runs a figure needs before it may back a finding.
 pub const MIN_RUNS: i64 = 10;

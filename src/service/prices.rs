@@ -8,11 +8,12 @@ use entity::model_prices;
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, QuerySelect, Set, sea_query::OnConflict};
 use serde_json::json;
 
-use super::audit::{self, Caller, Entry, actions};
+use super::audit::{self, Entry, actions};
 use crate::{
     auth::guard::{admin, signed_in},
-    cache::{Caches, Invalidation, ModelName},
+    cache::{Caches, ModelName},
     db,
+    domain::{Caller, Invalidation},
     error::{AppError, Problem},
     orchestrator::executor::Price,
 };

@@ -10,13 +10,11 @@ use sea_orm::{
     Statement, sea_query::Expr,
 };
 
-use super::{
-    audit::Caller,
-    usage_report::{day, owned_teams, sum},
-};
+use super::usage_report::{day, owned_teams, sum};
 use crate::{
-    auth::{api_key::Scope, guard},
+    auth::guard,
     config::RunConfig,
+    domain::{Caller, Scope},
     error::AppError,
     metrics::CacheSnapshot,
     state::AppState,

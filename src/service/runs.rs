@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use super::{
-    audit::Caller,
     budgets::{self, Amount},
     conversations::{self, NewMessage, Thread},
     estimates,
@@ -27,14 +26,12 @@ use super::{
     usage,
 };
 use crate::{
-    auth::{
-        Principal,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
     cache::{Caches, TeamVersion},
     config::RunConfig,
+    domain::{Caller, Principal, RunEvent, RunEventKind, TeamRole},
     error::{AppError, Problem},
-    events::{EventBus, Notice, Reach, RunEvent, RunEventKind},
+    events::{EventBus, Notice, Reach},
     metrics::Metrics,
     orchestrator::{
         executor::{self, Outcome, Price, RunContext, Status},

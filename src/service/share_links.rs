@@ -12,13 +12,14 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     page::{Page, PageRequest},
     teams,
 };
 use crate::{
-    auth::guard::{self, TeamRole, account},
+    auth::guard::{self, account},
     db,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
 };
 

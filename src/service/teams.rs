@@ -10,21 +10,18 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use super::{
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     page::{Page, PageRequest},
     versions,
 };
-use crate::service::name::Name;
 use crate::{
-    auth::{
-        Principal, UserPrincipal,
-        api_key::Scope,
-        guard::{self, TeamRole, acting_user},
-    },
-    cache::{Caches, Invalidation},
+    auth::guard::{self, acting_user},
+    cache::Caches,
     config::ProviderSettings,
     db,
+    domain::{Caller, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
+    service::name::Name,
 };
 
 /// The spec a team starts with when none is given: one agent answering with the offline model.

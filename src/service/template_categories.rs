@@ -10,15 +10,16 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryF
 use serde_json::json;
 
 use super::{
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     teams::slugify,
     templates::Templates,
 };
-use crate::service::name::Name;
 use crate::{
-    auth::{Principal, guard},
+    auth::guard,
     db,
+    domain::{Caller, Principal},
     error::{AppError, Problem},
+    service::name::Name,
 };
 
 /// A category as an admin writes it; absent fields keep their value on update.

@@ -12,7 +12,7 @@ use sea_orm::{
     sea_query::{Expr, OnConflict},
 };
 
-use crate::{auth::Principal, error::AppError};
+use crate::{domain::Principal, error::AppError};
 
 /// The primary key of `usage_daily`, which every upsert conflicts on.
 const KEY_COLUMNS: [usage_daily::Column; 5] = [

@@ -10,9 +10,10 @@ use sea_orm::{
     sea_query::{Expr, Query, SelectStatement, SimpleExpr},
 };
 
-use super::{audit::Caller, range::TimeRange};
+use super::range::TimeRange;
 use crate::{
-    auth::{api_key::Scope, guard, guard::TeamRole},
+    auth::guard,
+    domain::{Caller, Scope, TeamRole},
     error::{AppError, Problem},
 };
 

@@ -1,8 +1,6 @@
 //! Users: created the first time they sign in (just in time), read by themselves or admins.
 //! Every change to a user's row drops its cache entry once committed.
 
-use std::sync::Arc;
-
 use chrono::Utc;
 use entity::{users, webhook_events};
 use sea_orm::{
@@ -13,60 +11,21 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::{
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     page::{Page, PageRequest},
 };
-use crate::service::name::Name;
 use crate::{
-    auth::{
-        GlobalRole, Principal, UserPrincipal,
-        guard::{self, account, admin},
-    },
-    cache::{Caches, Invalidation, UserId},
+    auth::guard::{self, account, admin},
+    cache::Caches,
     db,
+    domain::{Caller, GlobalRole, Invalidation, Principal},
     error::{AppError, Problem},
+    service::name::Name,
 };
-
-/// Makes sure a verified user has a row (created on first sign-in) and reads it.
-#[tracing::instrument(skip_all, fields(user = %user.id))]
-pub async fn sign_in(db: &DatabaseConnection, user: &UserPrincipal) -> Result<Arc<users::Model>, AppError> {
-    let stored = match users::Entity::find_by_id(&user.id).one(db).await? {
-        Some(stored) => stored,
-        None => {
-            let now = Utc::now();
-            let row = users::ActiveModel {
-                id: Set(user.id.clone()),
-                email: Set(user.email.clone()),
-                display_name: Set(None),
-                avatar_url: Set(None),
-                role: Set(GlobalRole::Member),
-                created_at: Set(now),
-                updated_at: Set(now),
-                deleted_at: Set(None),
-            };
-            // Two first requests may race: the loser's insert does nothing.
-            users::Entity::insert(row)
-                .on_conflict(OnConflict::column(users::Column::Id).do_nothing().to_owned())
-                .exec_without_returning(db)
-                .await?;
-            users::Entity::find_by_id(&user.id)
-                .one(db)
-                .await?
-                .ok_or_else(|| AppError::internal("user row missing after insert"))?
-        }
-    };
-    Ok(Arc::new(stored))
-}
 
 /// A user by id.
 pub async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<users::Model>, AppError> {
     Ok(users::Entity::find_by_id(id).one(db).await?)
-}
-
-/// A user by id, read through the cache of users' rows.
-pub async fn cached(db: &DatabaseConnection, caches: &Caches, id: &str) -> Result<Option<Arc<users::Model>>, AppError> {
-    let load = async { Ok(find(db, id).await?.map(Arc::new)) };
-    caches.users.get_or_load_some(UserId(id.to_string()), load).await
 }
 
 /// What a user may change about themselves.
@@ -221,7 +180,7 @@ pub async fn apply_clerk_event(
     };
     let caller = Caller {
         principal: Principal::System("clerk-webhook"),
-        meta: crate::state::RequestMeta { request_id: delivery_id.to_string(), ..Default::default() },
+        meta: crate::domain::RequestMeta { request_id: delivery_id.to_string(), ..Default::default() },
     };
     let mut revoked = Vec::new();
     let outcome = match kind {

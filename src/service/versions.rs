@@ -10,15 +10,16 @@ use sea_orm::{
 use serde_json::{Value, json};
 
 use super::{
-    audit::{self, Caller, Entry, actions},
+    audit::{self, Entry, actions},
     name,
     page::{Page, PageRequest},
     spec_diff,
 };
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
     config::ProviderSettings,
     db,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::spec,
 };

@@ -9,7 +9,7 @@ mod template;
 
 use std::{net::SocketAddr, time::Duration};
 
-use ensemble::{auth::GlobalRole, config::Config, startup::App, state::AppState};
+use ensemble::{config::Config, domain::GlobalRole, startup::App, state::AppState};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue, protocol::Message};

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::api_keys;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
@@ -143,7 +143,7 @@ async fn rotation_keeps_the_old_secret_for_the_grace_and_refuses_a_second_rotati
     let end = api_keys::Entity::update_many().col_expr(api_keys::Column::PreviousExpiresAt, Expr::value(passed));
     end.filter(api_keys::Column::Id.eq(&id)).exec(&app.state.db).await.unwrap();
     let prefix = api_keys::Entity::find_by_id(&id).one(&app.state.db).await.unwrap().expect("the key").prefix;
-    app.state.caches.invalidate(ensemble::cache::Invalidation::ApiKeyChanged(prefix)).await;
+    app.state.caches.invalidate(ensemble::domain::Invalidation::ApiKeyChanged(prefix)).await;
     assert_eq!(with_key(&app, &old, ME, json!({})).await.0, 401, "the old secret after the grace");
     assert_eq!(with_key(&app, &new, ME, json!({})).await.0, 200);
 }

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{PG_ENV, TestApp, first_code};
-use ensemble::{auth::GlobalRole, service::audit};
+use ensemble::{domain::GlobalRole, service::audit};
 use entity::audit_logs;
 use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder};
 use serde_json::json;

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use common::{TestApp, WsClient};
 use ensemble::{
-    auth::GlobalRole,
     db,
-    service::audit::{self, Caller, Entry},
+    domain::{Caller, GlobalRole},
+    service::audit::{self, Entry},
 };
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{PG_ENV, TestApp, first_code, problem_paths};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{audit_logs, users};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
 use serde_json::{Value, json};

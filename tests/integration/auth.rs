@@ -13,7 +13,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use common::{CLERK_ISSUER, TestApp, WsClient, first_code, fixture};
-use ensemble::auth::{GlobalRole, dev::DevIssuer};
+use ensemble::{auth::dev::DevIssuer, domain::GlobalRole};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -298,7 +298,7 @@ async fn both_org_claim_formats_are_read() {
     });
     for (token, id) in [(v1, "org_1"), (v2, "org_2")] {
         let principal = app.state.auth.from_token(&token).await.unwrap();
-        let ensemble::auth::Principal::User(user) = principal else { panic!("a user") };
+        let ensemble::domain::Principal::User(user) = principal else { panic!("a user") };
         assert_eq!(user.org.unwrap().id, id);
     }
 }

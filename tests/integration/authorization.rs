@@ -16,7 +16,7 @@ use crate::common;
 use std::collections::HashMap;
 
 use common::TestApp;
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{
     audit_logs, backups, conversations, error_groups, messages, model_prices, runs, team_members, teams,
     template_categories, template_versions, templates, users,

@@ -16,8 +16,8 @@ use std::{
 
 use common::{TestApp, first_code};
 use ensemble::{
-    auth::{GlobalRole, Principal},
-    service::{audit::Caller, backups::Backups},
+    domain::{Caller, GlobalRole, Principal},
+    service::backups::Backups,
 };
 use entity::{audit_logs, backups, team_members, team_versions, teams};
 use migration::MigratorTrait;

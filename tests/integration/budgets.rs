@@ -7,7 +7,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{run_attempts, runs};
 use futures_util::future::join_all;
 use sea_orm::{EntityTrait, PaginatorTrait};

@@ -7,9 +7,10 @@ use crate::common;
 
 use common::{TestApp, first_code};
 use ensemble::{
-    auth::{GlobalRole, Principal, UserPrincipal, api_key},
+    auth::api_key,
     config::CacheMode,
-    service::{api_keys, audit::Caller},
+    domain::{Caller, GlobalRole, Principal, UserPrincipal},
+    service::api_keys,
 };
 use serde_json::{Value, json};
 
@@ -154,7 +155,7 @@ async fn an_unknown_key_prefix_is_refused_and_a_key_made_right_after_with_that_p
     };
     let new = api_keys::NewKey {
         name: "ci".into(),
-        scopes: vec![api_key::Scope::TeamsRead],
+        scopes: vec![ensemble::domain::Scope::TeamsRead],
         team_id: None,
         expires_at: None,
         daily_token_budget: None,

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::TestApp;
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{audit_logs, runs, team_members, team_versions, template_versions, usage_daily};
 use futures_util::future::join_all;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::TestApp;
-use ensemble::{auth::GlobalRole, startup::App};
+use ensemble::{domain::GlobalRole, startup::App};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -164,7 +164,7 @@ async fn at_the_connection_cap_healthz_answers_and_the_rest_get_a_quick_503() {
 async fn past_the_cap_and_its_reserve_a_connection_is_closed_at_once() {
     let app = TestApp::spawn_with(|c| c.connections.max_connections = 1).await;
     let mut held = vec![half_a_head(app.addr).await];
-    for _ in 0..ensemble::server::RESERVE {
+    for _ in 0..ensemble::http::server::RESERVE {
         held.push(half_a_head(app.addr).await);
     }
     let deadline = Instant::now() + PATIENCE;

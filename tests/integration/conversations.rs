@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const SEND: &str = "mutation($c: ID!, $text: String!, $parent: ID) { sendMessage(conversationId: $c, content: $text, parentMessageId: $parent) {

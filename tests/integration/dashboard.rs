@@ -10,7 +10,7 @@ use async_graphql::parser::{
     types::{BaseType, OperationType, Selection, SelectionSet, Type, TypeKind, TypeSystemDefinition},
 };
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use regex::Regex;
 use serde_json::json;
 

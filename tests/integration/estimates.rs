@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{conversations, messages, runs};
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};

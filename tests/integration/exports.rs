@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 

@@ -102,7 +102,7 @@ fn graphiql_bundles_production_builds_of_pinned_versions() {
 #[tokio::test]
 async fn assets_are_cached_for_a_year_under_a_content_hashed_path_and_sent_compressed() {
     let app = TestApp::spawn().await;
-    let path = ensemble::graphiql::assets_path();
+    let path = ensemble::http::graphiql::assets_path();
     assert!(Regex::new("^/graphiql/[0-9a-f]{16}$").unwrap().is_match(&path), "{path}");
     for file in ["graphiql.js", "graphiql.css", "THIRD-PARTY-LICENSES.txt"] {
         let response =

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use common::TestApp;
 use ensemble::{
-    auth::GlobalRole,
-    service::{audit::Caller, teams},
+    domain::{Caller, GlobalRole},
+    service::teams,
 };
 use serde_json::json;
 
@@ -27,7 +27,7 @@ async fn statements_for_listing(teams_count: usize) -> (u64, u64) {
     for i in 0..teams_count {
         let new = teams::NewTeam { name: format!("Team {i}"), description: None, visibility: None, spec: None };
         let team = teams::create(&app.state.db, &app.state.config.runs.providers, &caller, new).await.unwrap();
-        teams::add_member(&app.state.db, &caller, &team.id, "user_helper", ensemble::auth::guard::TeamRole::Viewer)
+        teams::add_member(&app.state.db, &caller, &team.id, "user_helper", ensemble::domain::TeamRole::Viewer)
             .await
             .unwrap();
     }

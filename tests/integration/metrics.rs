@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const RUN: &str = "mutation($team: ID!, $content: String!, $wait: Boolean!) {

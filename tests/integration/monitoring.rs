@@ -7,8 +7,7 @@ use crate::common;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{TestApp, WsClient, first_code, problem_paths};
 use ensemble::{
-    auth::GlobalRole,
-    events::{RunEvent, RunEventKind},
+    domain::{GlobalRole, RunEvent, RunEventKind},
     service::rollups::{self, latency_bucket},
 };
 use entity::{runs, states::RunStatus};

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, WsClient, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const USAGE: &str = "{ resourceUsage {

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{TestApp, WsClient};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const EVENT_FIELDS: &str = "runId kind agent rule reason attempt errorClass backoffMs delta";

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{runs, states::RunStatus};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
 use serde_json::{Value, json};

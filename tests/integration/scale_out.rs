@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{Cluster, EVENT_FIELDS, RedisServer, events_until_end, live_team_activity, milestones, streamed};
 use common::first_code;
-use ensemble::{auth::GlobalRole, service::templates::starters};
+use ensemble::{domain::GlobalRole, service::templates::starters};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde_json::{Value, json};
 use stub_model::StubModel;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use common::TestApp;
 use ensemble::{
-    auth::GlobalRole,
+    domain::GlobalRole,
     service::templates::{body::Kind, starters},
 };
 use serde_json::{Value, json};

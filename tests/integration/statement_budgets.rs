@@ -6,9 +6,8 @@ use crate::common;
 
 use common::TestApp;
 use ensemble::{
-    auth::{GlobalRole, guard::TeamRole},
+    domain::{Caller, GlobalRole, TeamRole},
     service::{
-        audit::Caller,
         conversations,
         runs::RunInput,
         teams::{self, NewTeam, TeamChanges},

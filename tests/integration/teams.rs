@@ -3,7 +3,7 @@
 use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($input: CreateTeamInput!) { createTeam(input: $input) { id name slug version visibility myRole spec members { userId role user { id email } } } }";

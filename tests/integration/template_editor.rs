@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{audit_logs, messages, template_versions, templates};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};

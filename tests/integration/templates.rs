@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::{audit_logs, template_categories};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::json;

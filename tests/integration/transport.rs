@@ -484,7 +484,7 @@ async fn the_rate_limit_charges_only_the_operation_that_runs() {
         c.rate_limit_burst = 4;
     })
     .await;
-    let token = app.token("user_paster", ensemble::auth::GlobalRole::Member);
+    let token = app.token("user_paster", ensemble::domain::GlobalRole::Member);
     let run_a = json!({"query": THREE_OPERATIONS, "operationName": "A"});
     for attempt in 1..=2 {
         let response = app.client.post(app.url("/graphql")).bearer_auth(&token).json(&run_a).send().await.unwrap();
@@ -499,7 +499,7 @@ async fn the_rate_limit_charges_only_the_operation_that_runs() {
 #[tokio::test]
 async fn the_complexity_limit_measures_the_operation_that_runs() {
     let app = TestApp::spawn_with(|c| c.limits.complexity = 300).await;
-    let token = app.token("user_paster", ensemble::auth::GlobalRole::Member);
+    let token = app.token("user_paster", ensemble::domain::GlobalRole::Member);
     let (_, body) = app.post_json(&json!({"query": THREE_OPERATIONS, "operationName": "B"})).await;
     assert_ne!(first_code(&body), "GRAPHQL_VALIDATION_FAILED", "600 points in all, 200 run: {body}");
     let run_c = json!({"query": THREE_OPERATIONS, "operationName": "C"});
@@ -515,7 +515,7 @@ async fn the_complexity_limit_measures_the_operation_that_runs() {
 #[tokio::test]
 async fn an_int_literal_beyond_32_bits_is_a_validation_error_and_nothing_runs() {
     let app = TestApp::spawn().await;
-    let token = app.token("user_ints", ensemble::auth::GlobalRole::Member);
+    let token = app.token("user_ints", ensemble::domain::GlobalRole::Member);
     let both = "mutation { a: createTeam(input: {name: \"Made\"}) { id } \
                 b: rollbackTeam(teamId: \"team_x\", version: 3000000000) { id } }";
     let (_, body) = app.gql_as(&token, both, json!({})).await;
@@ -536,7 +536,7 @@ async fn an_int_literal_beyond_32_bits_is_a_validation_error_and_nothing_runs() 
 #[tokio::test]
 async fn a_variable_that_does_not_fit_its_type_is_bad_user_input_naming_it() {
     let app = TestApp::spawn().await;
-    let token = app.token("user_ints", ensemble::auth::GlobalRole::Member);
+    let token = app.token("user_ints", ensemble::domain::GlobalRole::Member);
     let teams = "query($n: Int) { teams(first: $n) { nodes { id } } }";
     let (_, body) = app.gql_as(&token, teams, json!({"n": 3_000_000_000_u64})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");

@@ -3,7 +3,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::usage_daily;
 use sea_orm::EntityTrait;
 use serde_json::json;

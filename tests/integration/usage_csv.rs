@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::TestApp;
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use entity::usage_daily;
 use sea_orm::{EntityTrait, QueryOrder};
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::json;
 
 const USER: &str = "query($id: ID!) { user(id: $id) { id role displayName } }";

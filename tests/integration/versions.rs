@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::{TestApp, first_code};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 const UPDATE: &str = "mutation($id: ID!, $spec: JSON, $message: String, $v: Int) { updateTeam(id: $id, input: {spec: $spec, message: $message}, expectedVersion: $v) { version spec } }";

@@ -5,7 +5,7 @@ use crate::common;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use common::TestApp;
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;

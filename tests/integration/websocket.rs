@@ -10,7 +10,7 @@ mod legacy;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, WsClient};
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::Message;

@@ -11,12 +11,9 @@ use sea_orm::{
 use tokio::sync::watch;
 use tokio_stream::wrappers::{IntervalStream, WatchStream};
 
-use super::Caller;
 use crate::{
-    auth::{
-        Principal,
-        guard::{self, TeamRole},
-    },
+    auth::guard,
+    domain::{Caller, Principal, TeamRole},
     error::{AppError, Problem},
     service::{
         page::{Page, PageRequest},

@@ -6,7 +6,7 @@ use migration::m0002_audit_chain::GENESIS;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::link_hash;
-use crate::{auth::guard, error::AppError, service::audit::Caller, service::range::TimeRange};
+use crate::{auth::guard, domain::Caller, error::AppError, service::range::TimeRange};
 
 const PAGE: u64 = 1000;
 

@@ -16,13 +16,13 @@ use super::{
     body::{self, Checked, Kind, StepSource},
     member_role, refuse, viewer,
 };
-use crate::service::name::Name;
 use crate::{
-    auth::{api_key::Scope, guard::TeamRole},
     db,
+    domain::{Caller, Scope, TeamRole},
     error::{AppError, Problem},
     service::{
-        audit::{self, Caller, Entry, actions},
+        audit::{self, Entry, actions},
+        name::Name,
         page::{Page, PageRequest},
         spec_diff,
         teams::slugify,

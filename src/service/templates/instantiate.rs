@@ -13,11 +13,12 @@ use super::{
     refuse,
 };
 use crate::{
-    auth::{api_key::Scope, guard::acting_user},
+    auth::guard::acting_user,
     db,
+    domain::{Caller, Scope},
     error::{AppError, Problem},
     service::{
-        audit::{self, Caller, Entry, actions},
+        audit::{self, Entry, actions},
         teams::{self, NewTeam},
     },
 };

@@ -27,18 +27,12 @@ pub use self::{
     edit::{Diff, TemplateInput, Validation},
     instantiate::Instantiate,
 };
-use super::{
-    audit::Caller,
-    page::{Page, PageRequest},
-};
+use super::page::{Page, PageRequest};
 use crate::{
-    auth::{
-        Principal, UserPrincipal,
-        api_key::Scope,
-        guard::{self, TeamRole},
-    },
-    cache::{AllCategories, Caches, Invalidation, TemplateId, TemplateVersion},
+    auth::guard,
+    cache::{AllCategories, Caches, TemplateId, TemplateVersion},
     config::ProviderSettings,
+    domain::{Caller, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
 };
 

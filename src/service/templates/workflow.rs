@@ -9,12 +9,13 @@ use super::{
     body::{self, Kind, Step, StepSource},
 };
 use crate::{
-    auth::guard::{self, TeamRole},
+    auth::guard,
     db,
+    domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::spec,
     service::{
-        audit::{self, Caller, Entry, actions},
+        audit::{self, Entry, actions},
         runs::RunInput,
     },
     state::AppState,

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ensemble::auth::{GlobalRole, dev::DevIssuer};
+use ensemble::{auth::dev::DevIssuer, domain::GlobalRole};
 use serde_json::{Value, json};
 
 use crate::common::{self, PG_ENV, PgDatabase, WsClient};

@@ -3,7 +3,7 @@
 //! ends what it took away before the change is answered, and nothing of it is sent afterwards.
 //! Others on the same shared stream keep it.
 
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
 use super::{

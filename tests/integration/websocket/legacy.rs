@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ensemble::auth::GlobalRole;
+use ensemble::domain::GlobalRole;
 use serde_json::json;
 
 use super::{HEARTBEAT, LEGACY, add_member, create_team, signed_in, signed_in_users, start};

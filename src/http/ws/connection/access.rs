@@ -9,13 +9,11 @@ use serde_json::json;
 
 use super::{Close, Connection, error_json};
 use crate::{
+    domain::Caller,
     error::AppError,
     events::AccessChange,
-    graphql::{
-        rechecks::Recheck,
-        ws::{SlowClient, protocol::Protocol},
-    },
-    service::audit::Caller,
+    graphql::rechecks::Recheck,
+    http::ws::{SlowClient, protocol::Protocol},
 };
 
 impl Connection {

@@ -28,7 +28,7 @@ const CSS: &str = "text/css; charset=utf-8";
 
 macro_rules! asset {
     ($path:literal, $content_type:expr) => {
-        Asset { path: $path, content_type: $content_type, body: include_str!(concat!("../dashboard/", $path)) }
+        Asset { path: $path, content_type: $content_type, body: include_str!(concat!("../../dashboard/", $path)) }
     };
 }
 

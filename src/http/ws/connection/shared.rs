@@ -4,9 +4,12 @@
 use futures_util::StreamExt;
 
 use super::{Connection, Step};
-use crate::graphql::{
-    sharing::{Groups, Lull, StreamNotice, Subscriber},
-    ws::SlowClient,
+use crate::{
+    graphql::shareable::Lull,
+    http::{
+        sharing::{Groups, StreamNotice, Subscriber},
+        ws::SlowClient,
+    },
 };
 
 impl Connection {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::{service::users, state::HttpState};
+use crate::{http::HttpState, service::users};
 
 const TOLERANCE_SECS: i64 = 300;
 

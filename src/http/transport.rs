@@ -12,13 +12,14 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{
-    limits::{self, PARSE_FAILED, VALIDATION_FAILED},
-    loaders::Loaders,
-};
 use crate::{
+    domain::RequestMeta,
     error::AppError,
-    state::{HttpState, RequestMeta},
+    graphql::{
+        limits::{self, PARSE_FAILED, VALIDATION_FAILED},
+        loaders::Loaders,
+    },
+    http::HttpState,
 };
 
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -83,7 +84,7 @@ pub async fn get(
     let media = ResponseMedia::from_accept(&headers);
     let Some(query) = params.query else {
         if accepts(&headers, "text/html") {
-            return crate::graphiql::page(state.auth.dev.is_some());
+            return crate::http::graphiql::page(state.auth.dev.is_some());
         }
         return media.failure(StatusCode::BAD_REQUEST, PARSE_FAILED, "Pass the operation in the `query` parameter.");
     };
@@ -250,18 +251,13 @@ impl ResponseMedia {
         res
     }
 
-    /// An error of the service before execution: 401 (with `WWW-Authenticate`) or 500.
+    /// An error of the service before the operation runs (signing in): the status and headers
+    /// its code implies (`http::error`), in this request's media type.
     fn app_error(self, err: AppError) -> Response {
-        let status = match err {
-            AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = super::error::status(&err);
+        let headers = super::error::headers(status, super::error::retry_after(&err));
         let body = self.body(&BatchResponse::Single(async_graphql::Response::from_errors(vec![err.request_error()])));
-        let mut response = (status, [(header::CONTENT_TYPE, self.content_type())], body).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        (status, headers, [(header::CONTENT_TYPE, self.content_type())], body).into_response()
     }
 
     fn failure(self, status: StatusCode, code: &str, message: &str) -> Response {

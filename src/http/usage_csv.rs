@@ -11,13 +11,14 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde::Deserialize;
 
 use crate::{
+    domain::Caller,
     error::AppError,
-    graphql::rest::{RestCaller, RestError, bad_parameter},
-    service::{
-        audit::Caller,
-        usage_report::{self, Report, UsageGroup},
+    http::{
+        HttpState,
+        rest::{RestCaller, RestError, bad_parameter},
     },
-    state::{AppState, HttpState},
+    service::usage_report::{self, Report, UsageGroup},
+    state::AppState,
 };
 
 /// The query string; an empty value is the same as none.

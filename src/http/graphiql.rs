@@ -31,17 +31,17 @@ const ASSETS: &[Asset] = &[
     Asset {
         name: "graphiql.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../graphiql/dist/graphiql.js"),
+        body: include_bytes!("../../graphiql/dist/graphiql.js"),
     },
     Asset {
         name: "graphiql.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../graphiql/dist/graphiql.css"),
+        body: include_bytes!("../../graphiql/dist/graphiql.css"),
     },
     Asset {
         name: "THIRD-PARTY-LICENSES.txt",
         content_type: "text/plain; charset=utf-8",
-        body: include_bytes!("../graphiql/dist/THIRD-PARTY-LICENSES.txt"),
+        body: include_bytes!("../../graphiql/dist/THIRD-PARTY-LICENSES.txt"),
     },
 ];
 

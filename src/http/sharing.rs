@@ -17,14 +17,15 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::{Context, Response};
+use async_graphql::Response;
 use futures_util::{StreamExt, stream::BoxStream};
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::mpsc,
     task::{AbortHandle, JoinHandle, unconstrained},
 };
 
 use super::wire::{Outgoing, Wire};
+use crate::graphql::shareable::Lull;
 
 /// How long a shared stream waits after an event for the next one to queue it with (a run's
 /// events come a few milliseconds apart at most, database round trips included), and at most
@@ -47,59 +48,6 @@ const SHARDS: usize = 16;
 /// Sockets written to in one turn: between turns the writing task yields, so that the runtime
 /// reads the network and runs other tasks, such as the run making the next events.
 const TURN: usize = 64;
-
-/// In a socket operation's request data: how its resolver says the operation may be shared.
-pub struct SocketOperation {
-    share: Mutex<Option<oneshot::Sender<Lull>>>,
-}
-
-impl SocketOperation {
-    /// An operation that may join a shared stream; the receiver completes when its resolver
-    /// declares it shareable, with the lulls its stream will mark.
-    pub fn shareable() -> (Self, oneshot::Receiver<Lull>) {
-        let (tx, rx) = oneshot::channel();
-        (Self { share: Mutex::new(Some(tx)) }, rx)
-    }
-
-    /// An operation that runs on its own.
-    pub fn alone() -> Self {
-        Self { share: Mutex::new(None) }
-    }
-}
-
-/// In a socket's session data: the socket counts its open operations itself (a shared operation
-/// has no stream of its own to hold the count).
-pub struct CountedBySocket;
-
-/// Called by a subscription resolver once the caller has passed its checks, when the stream it
-/// returns, and every field that can be selected under it, answer the same for every caller who
-/// passes them. Answers the [`Lull`] its stream may mark when the operation may be shared;
-/// none when it runs on its own (nothing would read the marks).
-pub fn shareable(ctx: &Context<'_>) -> Option<Lull> {
-    let operation = ctx.data_opt::<SocketOperation>()?;
-    let share = locked(&operation.share).take()?;
-    let lull = Lull::default();
-    share.send(lull.clone()).ok()?;
-    Some(lull)
-}
-
-/// A shareable stream's word that its events pause: nothing more is expected soon (for
-/// `teamActivity`, no run of the team is under way). Marked by the stream before it yields its
-/// last event before the pause, so that the event's batch is written at once.
-#[derive(Clone, Default)]
-pub struct Lull(Arc<AtomicU64>);
-
-impl Lull {
-    pub fn mark(&self) {
-        self.0.fetch_add(1, Ordering::Release);
-    }
-
-    /// Whether a lull was marked since `seen` marks; updates `seen`.
-    fn since(&self, seen: &mut u64) -> bool {
-        let marks = self.0.load(Ordering::Acquire);
-        std::mem::replace(seen, marks) != marks
-    }
-}
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -371,7 +319,7 @@ mod tests {
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
     use super::{Groups, Lull, Membership, SHARDS, StreamNotice, Subscriber, TURN};
-    use crate::graphql::wire::{Outgoing, Wire, testing};
+    use crate::http::wire::{Outgoing, Wire, testing};
 
     struct Socket {
         wire: Wire,

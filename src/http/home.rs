@@ -9,7 +9,7 @@ use axum::{
     routing::get,
 };
 
-use crate::graphiql::html_response;
+use crate::http::graphiql::html_response;
 
 const STYLE: &str = "body { font: 15px/1.5 system-ui, sans-serif; max-width: 42rem; margin: 3rem auto; \
      padding: 0 1rem; color: #1c2330; }

@@ -11,12 +11,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{
-    db,
-    events::Reach,
-    service::system,
-    state::{AppState, HttpState},
-};
+use crate::{db, events::Reach, http::HttpState, service::system, state::AppState};
 
 pub const REQUEST_ID: &str = "x-request-id";
 

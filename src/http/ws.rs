@@ -28,9 +28,10 @@ use self::{
 };
 use super::wire::{Outgoing, Wire};
 use crate::{
-    auth::{Authenticator, Principal, bearer},
+    auth::{Authenticator, bearer},
+    domain::{Principal, RequestMeta},
     error::AppError,
-    state::{HttpState, RequestMeta},
+    http::HttpState,
 };
 
 /// Close reasons longer than this are cut by clients into a 1006.

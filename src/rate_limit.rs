@@ -15,8 +15,7 @@ use std::{
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 
-use super::Principal;
-use crate::events::Link;
+use crate::{domain::Principal, events::Link};
 
 /// Complexity points that cost one unit.
 const POINTS_PER_UNIT: usize = 100;

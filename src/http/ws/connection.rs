@@ -21,17 +21,21 @@ use super::{
     too_big,
 };
 use crate::{
-    auth::Principal,
+    domain::{Principal, RequestMeta},
     error::AppError,
     events::{Recheck as AccessRecheck, Watching},
     graphql::{
         AppSchema,
         loaders::Loaders,
         rechecks::RecheckSlot,
-        sharing::{CountedBySocket, Groups, Lull, Membership, SocketOperation, StreamNotice},
+        shareable::{CountedBySocket, Lull, SocketOperation},
+    },
+    http::{
+        HttpState,
+        sharing::{Groups, Membership, StreamNotice},
     },
     metrics::{Metrics, OpenSubscription},
-    state::{AppState, HttpState, RequestMeta},
+    state::AppState,
 };
 
 const INIT_TIMEOUT: Duration = Duration::from_secs(3);
