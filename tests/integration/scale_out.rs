@@ -555,9 +555,7 @@ async fn a_key_revoked_on_one_instance_closes_its_sockets_on_another() {
 /// Signed Clerk webhook deliveries (Svix), as Clerk sends them.
 mod clerk {
     use base64::{Engine, engine::general_purpose::STANDARD};
-    use hmac::{Hmac, Mac};
     use serde_json::{Value, json};
-    use sha2::Sha256;
 
     const KEY: &[u8] = b"webhook-key-webhook-key-webhook!";
 
@@ -571,20 +569,6 @@ mod clerk {
 
     /// Delivers `body` to `on`, signed with the right key at this very second.
     pub async fn deliver(on: &super::cluster::Instance, id: &str, body: &str) -> (u16, Value) {
-        let ts = chrono::Utc::now().timestamp();
-        let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
-        mac.update(format!("{id}.{ts}.{body}").as_bytes());
-        let signature = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
-        let response = reqwest::Client::new()
-            .post(on.url("/webhooks/clerk"))
-            .header("svix-id", id)
-            .header("svix-timestamp", ts.to_string())
-            .header("svix-signature", signature)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+        crate::common::deliver_clerk(&reqwest::Client::new(), on.url("/webhooks/clerk"), KEY, id, body).await
     }
 }

@@ -288,9 +288,7 @@ async fn a_user_deleted_through_the_clerk_webhook_loses_every_socket() {
 /// Signed Clerk webhook deliveries (Svix), as Clerk sends them.
 mod clerk {
     use base64::{Engine, engine::general_purpose::STANDARD};
-    use hmac::{Hmac, Mac};
     use serde_json::{Value, json};
-    use sha2::Sha256;
 
     use crate::common::TestApp;
 
@@ -306,22 +304,7 @@ mod clerk {
 
     /// Delivers `body` signed with the right key at this very second.
     pub async fn deliver(app: &TestApp, id: &str, body: &str) -> (u16, Value) {
-        let ts = chrono::Utc::now().timestamp();
-        let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
-        mac.update(format!("{id}.{ts}.{body}").as_bytes());
-        let signature = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
-        let response = app
-            .client
-            .post(app.url("/webhooks/clerk"))
-            .header("svix-id", id)
-            .header("svix-timestamp", ts.to_string())
-            .header("svix-signature", signature)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+        crate::common::deliver_clerk(&app.client, app.url("/webhooks/clerk"), KEY, id, body).await
     }
 }
 
