@@ -20,7 +20,7 @@ impl SystemQuery {
     /// What this server runs: version, database, migration level and the active request limits.
     async fn server_info(&self, ctx: &Context<'_>) -> async_graphql::Result<ServerInfo> {
         let state = ctx.data::<AppState>()?;
-        system::status(state).await.map(ServerInfo::from).gql()
+        system::status(&state.db, &state.config.limits).await.map(ServerInfo::from).gql()
     }
 }
 

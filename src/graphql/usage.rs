@@ -48,7 +48,7 @@ impl UsageQuery {
     async fn resource_usage(&self, ctx: &Context<'_>) -> async_graphql::Result<ResourceUsage> {
         let (state, caller) = (ctx.data::<AppState>()?, caller(ctx));
         let principals = resources::principals(&state.db, &caller, &state.config.runs).await.gql()?;
-        let server = resources::server(state, &caller).await.gql()?;
+        let server = resources::server(&state.db, &state.metrics, state.started_at, &caller).await.gql()?;
         Ok(ResourceUsage {
             principals: principals.into_iter().map(Into::into).collect(),
             server: server.map(Into::into),

@@ -30,7 +30,10 @@ impl WorkflowsMutation {
     ) -> async_graphql::Result<WorkflowRun> {
         let state = ctx.data::<AppState>()?;
         let variables = variables.map_or(Value::Null, |v| v.0);
-        workflow::run(state, &caller(ctx), &template_id, &team_id, &variables).await.map(WorkflowRun).gql()
+        workflow::run(&state.templates, &state.runner, &caller(ctx), &template_id, &team_id, &variables)
+            .await
+            .map(WorkflowRun)
+            .gql()
     }
 }
 

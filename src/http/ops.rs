@@ -11,7 +11,14 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{db, events::Reach, http::HttpState, service::system, state::AppState};
+use crate::{
+    db,
+    error::AppError,
+    events::Reach,
+    http::{HttpState, error},
+    service::system,
+    state::AppState,
+};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -37,14 +44,16 @@ pub async fn readyz(State(http): State<HttpState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format; with `ENSEMBLE_METRICS_TOKEN`, only for a request
-/// that carries it as a bearer token (401 otherwise).
+/// that carries it as a bearer token (otherwise 401 UNAUTHENTICATED in the GraphQL error shape,
+/// as every route answers errors: `http::error`).
 pub async fn metrics(State(http): State<HttpState>, headers: HeaderMap) -> Response {
     if let Some(token) = http.state.config.metrics_token.as_deref()
         && !bearer_is(&headers, token)
     {
-        let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")];
-        return (StatusCode::UNAUTHORIZED, challenge, "/metrics needs the metrics token as a bearer token.\n")
-            .into_response();
+        let message = "/metrics needs the metrics token (ENSEMBLE_METRICS_TOKEN) as a bearer token.";
+        let mut refused = error::answer(AppError::Unauthenticated(message.into()));
+        refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"metrics\""));
+        return refused;
     }
     let mut body = http.state.metrics.render(db::pool_usage(&http.state.db));
     let statements = http.state.statements.load(std::sync::atomic::Ordering::Relaxed);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{Datelike, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use entity::{api_keys, teams, usage_daily, users};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -16,8 +16,7 @@ use crate::{
     config::RunConfig,
     domain::{Caller, Scope},
     error::AppError,
-    metrics::CacheSnapshot,
-    state::AppState,
+    metrics::{CacheSnapshot, Metrics},
 };
 
 /// What a principal is.
@@ -171,17 +170,22 @@ pub struct ServerResources {
 
 /// The server's resources for a signed-in admin; `None` for anyone else.
 #[tracing::instrument(skip_all)]
-pub async fn server(state: &AppState, caller: &Caller) -> Result<Option<ServerResources>, AppError> {
+pub async fn server(
+    db: &DatabaseConnection,
+    metrics: &Metrics,
+    started_at: DateTime<Utc>,
+    caller: &Caller,
+) -> Result<Option<ServerResources>, AppError> {
     if guard::admin(caller).is_err() {
         return Ok(None);
     }
     Ok(Some(ServerResources {
-        database_bytes: database_bytes(&state.db).await?,
-        uptime_seconds: (Utc::now() - state.started_at).num_seconds().max(0),
+        database_bytes: database_bytes(db).await?,
+        uptime_seconds: (Utc::now() - started_at).num_seconds().max(0),
         process_memory_bytes: tokio::fs::read_to_string("/proc/self/status").await.ok().and_then(|s| resident(&s)),
-        open_websockets: state.metrics.open_websockets(),
-        open_subscriptions: state.metrics.open_subscriptions(),
-        caches: state.metrics.caches.snapshot(),
+        open_websockets: metrics.open_websockets(),
+        open_subscriptions: metrics.open_subscriptions(),
+        caches: metrics.caches.snapshot(),
     }))
 }
 

@@ -111,6 +111,19 @@ impl Runner {
         }
     }
 
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Seconds `wait: true` waits for a run before answering with it still running.
+    pub fn wait_secs(&self) -> u64 {
+        self.config.run_wait_secs
+    }
+
     /// Runs executing on this instance.
     pub fn in_progress(&self) -> usize {
         self.active.lock().map_or(0, |active| active.len())

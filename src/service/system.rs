@@ -5,7 +5,7 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 
-use crate::{config::Limits, db, error::AppError, state::AppState};
+use crate::{config::Limits, db, error::AppError};
 
 /// What `serverInfo` reports.
 pub struct ServerStatus {
@@ -18,16 +18,16 @@ pub struct ServerStatus {
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn status(state: &AppState) -> Result<ServerStatus, AppError> {
-    let migrations = Migrator::get_migration_with_status(&state.db).await?;
+pub async fn status(db: &DatabaseConnection, limits: &Limits) -> Result<ServerStatus, AppError> {
+    let migrations = Migrator::get_migration_with_status(db).await?;
     let applied: Vec<_> = migrations.iter().filter(|m| m.status() == migration::MigrationStatus::Applied).collect();
     Ok(ServerStatus {
         version: env!("CARGO_PKG_VERSION"),
-        database: db::backend_name(&state.db),
+        database: db::backend_name(db),
         migrations_applied: applied.len(),
         migrations_pending: migrations.len() - applied.len(),
         latest_migration: applied.last().map(|m| m.name().to_string()),
-        limits: state.config.limits.clone(),
+        limits: limits.clone(),
     })
 }
 

@@ -181,6 +181,10 @@ async fn with_a_metrics_token_set_metrics_answer_only_to_its_bearer() {
         assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"metrics\"");
         let body = response.text().await.unwrap();
         assert!(!body.contains(TOKEN) && !body.contains("ensemble_"), "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("ENSEMBLE_METRICS_TOKEN"), "{message}");
     }
     for accepted in [format!("Bearer {TOKEN}"), format!("bearer {TOKEN}")] {
         let response = get(Some(accepted)).await.unwrap();

@@ -1,7 +1,10 @@
 //! `runWorkflow`: a WORKFLOW template's steps run in order through the orchestrator, each as a
 //! run of the given team; later steps read earlier outputs as `{{ steps.<id>.output }}`.
 
+use std::sync::Arc;
+
 use entity::{runs, states::RunStatus, teams};
+use sea_orm::DatabaseConnection;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -16,9 +19,9 @@ use crate::{
     orchestrator::spec,
     service::{
         audit::{self, Entry, actions},
-        runs::RunInput,
+        runs::{RunInput, Runner},
+        templates::Templates,
     },
-    state::AppState,
 };
 
 /// How a workflow ended.
@@ -146,13 +149,14 @@ impl StepResult {
 /// of them at once, before any step runs. Audited once it ends.
 #[tracing::instrument(skip_all, fields(template = %template, team = %team_id))]
 pub async fn run(
-    state: &AppState,
+    templates: &Templates,
+    runner: &Arc<Runner>,
     caller: &Caller,
     template: &str,
     team_id: &str,
     variables: &Value,
 ) -> Result<WorkflowResult, AppError> {
-    let resolved = state.templates.resolve(caller, template, None).await?;
+    let resolved = templates.resolve(caller, template, None).await?;
     if resolved.kind != Kind::Workflow {
         let kind = resolved.kind.to_string().to_uppercase();
         return Err(AppError::BadUserInput {
@@ -160,12 +164,12 @@ pub async fn run(
             problems: vec![Problem::new("templateId", format!("is a {kind} template; only WORKFLOW templates run"))],
         });
     }
-    let access = guard::team(&state.db, caller, team_id, TeamRole::Operator).await?;
+    let access = guard::team(runner.db(), caller, team_id, TeamRole::Operator).await?;
     let steps = body::steps(&resolved.version.body);
     let values = check(&resolved, &access.team, &steps, variables)?;
-    let steps = run_steps(state, caller, team_id, &steps, values).await?;
+    let steps = run_steps(templates, runner, caller, team_id, &steps, values).await?;
     for step in &steps {
-        state.metrics.runs.workflow_step(step.status.as_str());
+        runner.metrics().runs.workflow_step(step.status.as_str());
     }
     let failed_step = steps.iter().find(|s| s.status == StepStatus::Failed).map(|s| s.id.clone());
     let result = WorkflowResult {
@@ -176,7 +180,7 @@ pub async fn run(
         failed_step,
         steps,
     };
-    record(state, caller, &result).await?;
+    record(runner.db(), caller, &result).await?;
     Ok(result)
 }
 
@@ -216,7 +220,8 @@ fn missing_agents(team: &teams::Model, steps: &[Step]) -> Result<Vec<Problem>, A
 /// Runs the steps in order, each seeing the outputs of those before it; once one fails, the
 /// rest are skipped.
 async fn run_steps(
-    state: &AppState,
+    templates: &Templates,
+    runner: &Arc<Runner>,
     caller: &Caller,
     team_id: &str,
     steps: &[Step],
@@ -232,7 +237,7 @@ async fn run_steps(
             continue;
         }
         context.insert("steps".into(), Value::Object(outputs.clone()));
-        let result = run_step(state, caller, team_id, index, step, &context).await?;
+        let result = run_step(templates, runner, caller, team_id, index, step, &context).await?;
         if let Some(output) = &result.output {
             outputs.insert(result.id.clone(), json!({ "output": output }));
         }
@@ -243,7 +248,8 @@ async fn run_steps(
 
 /// Renders one step's text and runs it, waiting for the run.
 async fn run_step(
-    state: &AppState,
+    templates: &Templates,
+    runner: &Arc<Runner>,
     caller: &Caller,
     team_id: &str,
     index: usize,
@@ -251,14 +257,14 @@ async fn run_step(
     context: &Map<String, Value>,
 ) -> Result<StepResult, AppError> {
     let mut result = StepResult::new(step, StepStatus::Failed);
-    let content = match prompt(state, caller, index, &step.source, context).await {
+    let content = match prompt(templates, caller, index, &step.source, context).await {
         Ok(content) => content,
         Err(error) => return result.failed(error),
     };
     result.input = Some(content.clone());
     let input = RunInput { content, agent: step.agent.clone(), ..Default::default() };
-    match state.runner.start(caller, team_id, input, true).await {
-        Ok(run) => Ok(result.ran(run, state.config.runs.run_wait_secs)),
+    match runner.start(caller, team_id, input, true).await {
+        Ok(run) => Ok(result.ran(run, runner.wait_secs())),
         Err(error) => result.failed(error),
     }
 }
@@ -266,7 +272,7 @@ async fn run_step(
 /// The text a step sends: its own prompt, or its QUERY template's prompt rendered with the
 /// step's variables (each string value rendered first), rendered with `context`.
 async fn prompt(
-    state: &AppState,
+    templates: &Templates,
     caller: &Caller,
     index: usize,
     source: &StepSource,
@@ -280,7 +286,7 @@ async fn prompt(
         StepSource::Template { template, version, variables } => (template, *version, variables),
     };
     let given = render_variables(&path, variables, context)?;
-    let query = state.templates.resolve(caller, template, version).await.map_err(|error| match error {
+    let query = templates.resolve(caller, template, version).await.map_err(|error| match error {
         AppError::NotFound(message) => AppError::NotFound(format!("template `{template}`: {message}")),
         other => other,
     })?;
@@ -324,7 +330,7 @@ fn unrenderable(problems: Vec<Problem>) -> AppError {
 }
 
 /// The audit row of a workflow that ran, in a write transaction of its own.
-async fn record(state: &AppState, caller: &Caller, result: &WorkflowResult) -> Result<(), AppError> {
+async fn record(db: &DatabaseConnection, caller: &Caller, result: &WorkflowResult) -> Result<(), AppError> {
     let runs: Vec<&str> = result.steps.iter().filter_map(|s| s.run.as_ref()).map(|r| r.id.as_str()).collect();
     let changes = json!({
         "teamId": result.team_id,
@@ -336,7 +342,7 @@ async fn record(state: &AppState, caller: &Caller, result: &WorkflowResult) -> R
     let entry = Entry::new(actions::WORKFLOW_RUN, "template", result.template_id.clone())
         .team(result.team_id.clone())
         .changes(changes);
-    let txn = db::begin_write(&state.db).await?;
+    let txn = db::begin_write(db).await?;
     audit::allowed(&txn, caller, entry).await?;
     txn.commit().await?;
     Ok(())
