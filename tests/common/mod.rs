@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod live;
 mod template;
 
 use std::{net::SocketAddr, time::Duration};
