@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod live;
 mod template;
 
 use std::{net::SocketAddr, time::Duration};
@@ -135,7 +136,8 @@ impl TestApp {
         (self.statements_run() - before, body)
     }
 
-    fn statements_run(&self) -> u64 {
+    /// SQL statements the server has run so far.
+    pub fn statements_run(&self) -> u64 {
         self.state.statements.load(std::sync::atomic::Ordering::SeqCst)
     }
 

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{TestApp, WsClient};
+use common::{TestApp, WsClient, live};
 use ensemble::{
     db,
     domain::{Caller, GlobalRole},
@@ -37,16 +37,19 @@ async fn follow(app: &TestApp, token: &str, team: &str) -> WsClient {
     ws
 }
 
+/// `follow`, then waits until the subscription is live: `owner` changes the team until the
+/// change's row arrives (the rows before it are read).
+async fn following(app: &TestApp, token: &str, team: &str, owner: &str) -> WsClient {
+    let mut ws = follow(app, token, team).await;
+    live::audit_rows_live(app, owner, team, &mut [(&mut ws, "1")]).await;
+    ws
+}
+
 /// The next row pushed.
 async fn next_row(ws: &mut WsClient) -> Value {
     let message = ws.next_json().await;
     assert_eq!(message["type"], "next", "{message}");
     message["payload"]["data"]["auditLogAdded"].clone()
-}
-
-/// Gives the server time to start the subscription (there is no acknowledgement of it).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 #[tokio::test]
@@ -55,8 +58,7 @@ async fn an_owner_sees_each_new_row_of_the_team_in_order() {
     let alice = app.token("user_alice", GlobalRole::Member);
     let team = create_team(&app, &alice, "Followed").await;
     let other = create_team(&app, &alice, "Other").await;
-    let mut ws = follow(&app, &alice, &team).await;
-    settle().await;
+    let mut ws = following(&app, &alice, &team, &alice).await;
 
     must(&app, &alice, RENAME, json!({"id": team, "n": "One"})).await;
     must(&app, &alice, RENAME, json!({"id": other, "n": "Elsewhere"})).await;
@@ -77,16 +79,18 @@ async fn append(app: &TestApp, team: &str, name: &str) -> sea_orm::DatabaseTrans
 
 #[tokio::test]
 async fn a_rolled_back_row_is_never_pushed_and_rows_written_outside_graphql_still_arrive() {
-    let app = TestApp::spawn().await;
+    // Nothing else runs SQL in the background: the follower's reads are the statements counted.
+    let app = TestApp::spawn_quiet().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     let team = create_team(&app, &alice, "Followed").await;
-    let mut ws = follow(&app, &alice, &team).await;
-    settle().await;
+    let mut ws = following(&app, &alice, &team, &alice).await;
 
     // Open across a wake-up and a poll, then rolled back.
     let never = append(&app, &team, "Never").await;
+    let before = app.statements_run();
     app.state.bus.audit_written();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let read_twice = || async { app.statements_run() >= before + 2 };
+    common::eventually(Duration::from_secs(5), "the follower read on its wake-up and its poll", read_twice).await;
     never.rollback().await.unwrap();
     // Committed with no wake-up: the once-a-second read finds it.
     append(&app, &team, "Quiet").await.commit().await.unwrap();
@@ -111,8 +115,7 @@ async fn only_the_teams_owners_and_admins_may_follow_it() {
         assert_eq!(errors[0]["extensions"]["code"], code, "{user}: {message}");
     }
 
-    let mut ws = follow(&app, &app.token("user_admin", GlobalRole::Admin), &team).await;
-    settle().await;
+    let mut ws = following(&app, &app.token("user_admin", GlobalRole::Admin), &team, &alice).await;
     must(&app, &alice, RENAME, json!({"id": team, "n": "Watched"})).await;
     assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Watched"}));
 }

@@ -4,14 +4,18 @@
 
 use crate::common;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use common::{TestApp, first_code};
-use ensemble::domain::GlobalRole;
+use ensemble::domain::{GlobalRole, RunEvent};
 use entity::{run_attempts, runs};
 use futures_util::future::join_all;
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 const RUN: &str = "mutation($team: ID!, $input: RunInput!, $wait: Boolean = true) { runTeam(teamId: $team, input: $input, wait: $wait) {
     id status tokensIn tokensOut costUsd errorCode } }";
@@ -186,6 +190,21 @@ where
     ended
 }
 
+/// Waits (up to 20 s) until the run `id` has come to its own end, after its row was ended as
+/// interrupted: its executor has finished and stored what it could (the event comes last).
+async fn own_end(events: &mut broadcast::Receiver<Arc<RunEvent>>, id: &Value) {
+    let end = async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.run_id.as_str() == id.as_str().unwrap() && event.kind.is_terminal() => return,
+                Err(broadcast::error::RecvError::Closed) => panic!("the event bus closed"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), end).await.expect("the run's own end within 20 s");
+}
+
 #[tokio::test]
 async fn a_failed_run_gives_back_its_reservation() {
     let spec = one_agent("local/down", 8, 3);
@@ -223,6 +242,7 @@ async fn a_cancelled_run_gives_back_its_reservation() {
 #[tokio::test]
 async fn a_run_cut_short_by_a_crash_gives_back_its_reservation_at_the_next_start() {
     let ended = holds_until_it_ends(one_agent("local/slow-3000", 8, 1), |app, owner, id| async move {
+        let mut events = app.state.bus.subscribe();
         // The next start on the same database finds the run in progress and fails it.
         let mut config = (*app.state.config).clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
@@ -230,7 +250,7 @@ async fn a_run_cut_short_by_a_crash_gives_back_its_reservation_at_the_next_start
         drop(restarted);
         let run = must(&app, &owner, STATUS, json!({"id": id})).await["run"].clone();
         // The first run's own end, when it comes, changes nothing: it gave back its reservation once.
-        tokio::time::sleep(Duration::from_millis(3500)).await;
+        own_end(&mut events, &id).await;
         assert_eq!(must(&app, &owner, STATUS, json!({"id": id})).await["run"], run, "the recovered run stays failed");
         (app, run)
     })
@@ -241,11 +261,12 @@ async fn a_run_cut_short_by_a_crash_gives_back_its_reservation_at_the_next_start
 #[tokio::test]
 async fn a_recovered_run_gives_its_reservation_back_once() {
     let (app, owner, key, team) = one_run_at_a_time(one_agent("local/slow-1000", 8, 1)).await;
+    let mut events = app.state.bus.subscribe();
     let first = start(&app, &key, &team, false).await;
     let id = first["data"]["runTeam"]["id"].clone();
     ensemble::service::runs::recover_interrupted(&app.state.db, None).await.unwrap();
     assert_eq!(must(&app, &owner, STATUS, json!({"id": id})).await["run"]["errorCode"], "interrupted");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    own_end(&mut events, &id).await;
     // Given back twice, two runs would fit now.
     let answers = join_all((0..2).map(|_| start(&app, &key, &team, false))).await;
     let running = answers.iter().filter(|a| a["data"]["runTeam"]["status"] == "RUNNING").count();

@@ -4,7 +4,9 @@
 
 use crate::common;
 
-use common::{TestApp, WsClient};
+use std::time::Duration;
+
+use common::{TestApp, WsClient, live};
 use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
@@ -75,7 +77,7 @@ async fn team_activity_shows_routing_retries_fallbacks_and_streamed_text() {
     let mut ws = signed_in(&app, &token).await;
     let query = format!("subscription($t: ID!) {{ teamActivity(teamId: $t) {{ {EVENT_FIELDS} }} }}");
     subscribe(&mut ws, "1", query, json!({"t": team})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    live::team_activity_live(&app, &token, &team, &mut [(&mut ws, "1")]).await;
 
     let run = start_run(&app, &token, &team, "a refund please", true).await;
     assert_eq!(run["status"], "SUCCEEDED", "{run}");
@@ -150,6 +152,14 @@ async fn metrics(app: &TestApp) -> String {
     app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap()
 }
 
+/// Waits until `/metrics` counts `count` open subscriptions (a socket counts an operation off
+/// once it has dealt with its end).
+async fn open_subscriptions(app: &TestApp, count: usize) {
+    let line = format!("ensemble_subscriptions {count}\n");
+    let what = format!("{count} open subscriptions");
+    common::eventually(Duration::from_secs(5), &what, || async { metrics(app).await.contains(&line) }).await;
+}
+
 /// Subscribes and reads the answer to a refused subscription: its first error's code.
 async fn refused(ws: &mut WsClient, id: &str, query: String, variables: Value) -> String {
     subscribe(ws, id, query, variables).await;
@@ -180,8 +190,8 @@ async fn sockets_watching_one_team_share_its_stream_yet_each_is_checked() {
     // A stranger asking for the very same stream is refused while it runs.
     let mut stranger = signed_in(&app, &app.token("user_stranger", GlobalRole::Member)).await;
     assert_eq!(refused(&mut stranger, "s", query.clone(), json!({"t": team})).await, "NOT_FOUND");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(metrics(&app).await.contains("ensemble_subscriptions 2\n"), "{}", metrics(&app).await);
+    live::team_activity_live(&app, &owner, &team, &mut [(&mut watching, "mine"), (&mut also, "theirs")]).await;
+    open_subscriptions(&app, 2).await;
 
     let run = start_run(&app, &owner, &team, "hello", true).await;
     let (mine, theirs) = (until_end(&mut watching, "teamActivity").await, until_end(&mut also, "teamActivity").await);
@@ -191,8 +201,7 @@ async fn sockets_watching_one_team_share_its_stream_yet_each_is_checked() {
 
     // One leaving does not end the other's.
     also.send(json!({"type": "complete", "id": "theirs"})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(metrics(&app).await.contains("ensemble_subscriptions 1\n"));
+    open_subscriptions(&app, 1).await;
     start_run(&app, &owner, &team, "again", true).await;
     assert_eq!(until_end(&mut watching, "teamActivity").await.last().unwrap()["kind"], "COMPLETED");
 
@@ -223,6 +232,5 @@ async fn every_socket_sharing_a_runs_events_gets_its_end() {
         assert_eq!(events.last().unwrap()["kind"], "COMPLETED", "{events:?}");
         assert_eq!(ws.next_json().await, json!({"type": "complete", "id": id}));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(metrics(&app).await.contains("ensemble_subscriptions 0\n"));
+    open_subscriptions(&app, 0).await;
 }

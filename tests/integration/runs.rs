@@ -423,7 +423,8 @@ async fn the_readme_runs_walkthrough_works() {
     assert_eq!(ws.next_json().await["type"], "connection_ack");
     let watch = json!({"query": blocks[1], "variables": {"team": team}});
     ws.send(json!({"type": "subscribe", "id": "watch", "payload": watch})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let team_id = team.as_str().unwrap();
+    common::live::team_activity_live(&app, &token, team_id, &mut [(&mut ws, "watch")]).await;
 
     let retried = run("Retried", json!({"team": team})).await["runTeam"].clone();
     assert_eq!((retried["status"].as_str(), retried["rule"].as_str()), (Some("SUCCEEDED"), Some("money")));

@@ -7,7 +7,7 @@ mod access;
 use crate::common;
 mod legacy;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{TestApp, WsClient};
 use ensemble::domain::GlobalRole;
@@ -110,19 +110,8 @@ async fn live_activity(
     for ws in sockets.iter_mut() {
         ws.send(start(protocol, id, ACTIVITY, json!({"t": team}))).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let probe = run(app, runner, team, "probe").await;
-        let mut live = 0;
-        for ws in sockets.iter_mut() {
-            let seen = tokio::time::timeout(Duration::from_millis(500), events_until_end(ws, id, &probe)).await;
-            live += usize::from(seen.is_ok());
-        }
-        if live == sockets.len() {
-            return;
-        }
-    }
-    panic!("teamActivity was not live on every socket within 15 s");
+    let mut sockets: Vec<(&mut WsClient, &str)> = sockets.iter_mut().map(|ws| (&mut **ws, id)).collect();
+    common::live::team_activity_live(app, runner, team, &mut sockets).await;
 }
 
 /// Subscribes every socket (`graphql-transport-ws`) to `auditLogAdded` of `team` as `audit`,
@@ -133,29 +122,8 @@ async fn audit_rows_live(app: &TestApp, sockets: &mut [&mut WsClient], team: &st
     for ws in sockets.iter_mut() {
         ws.send(start(TRANSPORT, "audit", follow, json!({"t": team}))).await;
     }
-    let change = "mutation($t: ID!, $d: String!) { updateTeam(id: $t, input: {description: $d}) { id } }";
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for probe in 0.. {
-        assert!(Instant::now() < deadline, "auditLogAdded was not live on every socket within 15 s");
-        let description = format!("probe {probe}");
-        app.gql_as(actor, change, json!({"t": team, "d": description})).await;
-        let mut live = 0;
-        for ws in sockets.iter_mut() {
-            let seen = tokio::time::timeout(Duration::from_millis(1500), async {
-                loop {
-                    let message = ws.next_json().await;
-                    let row = &message["payload"]["data"]["auditLogAdded"];
-                    if message["id"] == "audit" && row["changes"]["description"] == description.as_str() {
-                        return;
-                    }
-                }
-            });
-            live += usize::from(seen.await.is_ok());
-        }
-        if live == sockets.len() {
-            return;
-        }
-    }
+    let mut sockets: Vec<(&mut WsClient, &str)> = sockets.iter_mut().map(|ws| (&mut **ws, "audit")).collect();
+    common::live::audit_rows_live(app, actor, team, &mut sockets).await;
 }
 
 /// Nothing more reaches `ws`: a round trip made now comes back before anything else.
