@@ -254,7 +254,7 @@ impl Runner {
         match budgets::reserve(&self.db, principal, &self.config, day, worst_case).await? {
             Ok(reserved) => Ok(reserved),
             Err(refused) => {
-                self.metrics.runs.budget_refused(refused.holder.as_str(), refused.measure.as_str());
+                self.metrics.runs.budget_refused(&refused.holder.to_string(), refused.measure.as_str());
                 Err(refused.error)
             }
         }

@@ -4,9 +4,11 @@
 
 mod access;
 mod runs;
+mod usage;
 
 pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
 pub use runs::{AttemptOutcome, ErrorCode, MessageRole, RunStatus};
+pub use usage::BudgetHolder;
 
 /// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
 /// labels and audit changes, from the same `string_value`s the database reads and writes.
@@ -22,6 +24,7 @@ macro_rules! stored_text {
 
 stored_text!(
     AttemptOutcome,
+    BudgetHolder,
     ErrorCode,
     GlobalRole,
     MessageRole,
@@ -49,6 +52,7 @@ mod tests {
     #[test]
     fn every_state_reads_back_from_its_stored_text() {
         round_trips::<AttemptOutcome>();
+        round_trips::<BudgetHolder>();
         round_trips::<ErrorCode>();
         round_trips::<GlobalRole>();
         round_trips::<MessageRole>();
