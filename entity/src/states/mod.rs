@@ -8,7 +8,7 @@ mod usage;
 
 pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
 pub use runs::{AttemptOutcome, ErrorCode, MessageRole, RunStatus};
-pub use usage::BudgetHolder;
+pub use usage::{BudgetHolder, Grain};
 
 /// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
 /// labels and audit changes, from the same `string_value`s the database reads and writes.
@@ -27,6 +27,7 @@ stored_text!(
     BudgetHolder,
     ErrorCode,
     GlobalRole,
+    Grain,
     MessageRole,
     RunStatus,
     TeamRole,
@@ -55,6 +56,7 @@ mod tests {
         round_trips::<BudgetHolder>();
         round_trips::<ErrorCode>();
         round_trips::<GlobalRole>();
+        round_trips::<Grain>();
         round_trips::<MessageRole>();
         round_trips::<RunStatus>();
         round_trips::<TeamRole>();
