@@ -16,7 +16,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use ensemble::{config::Config, domain::GlobalRole, service::rollups, startup::App, state::AppState};
-use entity::{runs, states::RunStatus};
+use entity::{
+    runs,
+    states::{ErrorCode, RunStatus},
+};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Value, json};
 
@@ -141,7 +144,7 @@ fn seeded(random: &mut Random, teams: &[String], now: DateTime<Utc>, n: u64) -> 
         tokens_out,
         cost_usd: (tokens_in as f64 * 2.5 + tokens_out as f64 * 10.0) / 1e6,
         latency_ms: Some(latency),
-        error_code: failed.then(|| "server_error".into()),
+        error_code: failed.then_some(ErrorCode::ServerError),
         error: None,
         created_at: at - chrono::Duration::milliseconds(latency),
         started_at: Some(at - chrono::Duration::milliseconds(latency)),

@@ -3,15 +3,16 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::BudgetHolder;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "budget_days")]
 pub struct Model {
     /// `YYYY-MM-DD`, UTC.
     #[sea_orm(primary_key, auto_increment = false)]
     pub day: String,
-    /// `user` or `api_key`.
     #[sea_orm(primary_key, auto_increment = false)]
-    pub principal_kind: String,
+    pub principal_kind: BudgetHolder,
     #[sea_orm(primary_key, auto_increment = false)]
     pub principal_id: String,
     /// Input and output tokens of the runs that ended.

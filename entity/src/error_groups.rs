@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::ErrorCode;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "error_groups")]
 pub struct Model {
@@ -9,7 +11,7 @@ pub struct Model {
     pub fingerprint: String,
     pub team_id: String,
     pub agent: String,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     pub count: i64,
     pub first_seen: DateTimeUtc,

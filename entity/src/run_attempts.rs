@@ -2,6 +2,8 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::AttemptOutcome;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "run_attempts")]
 pub struct Model {
@@ -14,8 +16,7 @@ pub struct Model {
     pub model: String,
     /// 1, 2, … for this agent.
     pub attempt: i32,
-    /// `ok`, an error class (`timeout`, `rate_limited`, …) or `cancelled`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub latency_ms: i64,
     pub tokens_in: i64,
     pub tokens_out: i64,

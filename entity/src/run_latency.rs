@@ -3,13 +3,15 @@
 
 use sea_orm::entity::prelude::*;
 
+use crate::states::Grain;
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "run_latency")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub team_id: String,
     #[sea_orm(primary_key, auto_increment = false)]
-    pub grain: String,
+    pub grain: Grain,
     #[sea_orm(primary_key, auto_increment = false)]
     pub bucket_start: i64,
     #[sea_orm(primary_key, auto_increment = false)]

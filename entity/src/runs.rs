@@ -2,7 +2,7 @@
 
 use sea_orm::entity::prelude::*;
 
-use crate::states::RunStatus;
+use crate::states::{ErrorCode, RunStatus};
 
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
 #[sea_orm(table_name = "runs")]
@@ -36,8 +36,8 @@ pub struct Model {
     pub tokens_out: i64,
     pub cost_usd: f64,
     pub latency_ms: Option<i64>,
-    /// `timeout`, `rate_limited`, …, `cost_limit`, `interrupted`, `cancelled`.
-    pub error_code: Option<String>,
+    /// Why the run failed or was cancelled.
+    pub error_code: Option<ErrorCode>,
     pub error: Option<String>,
     pub created_at: DateTimeUtc,
     pub started_at: Option<DateTimeUtc>,

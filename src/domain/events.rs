@@ -3,6 +3,7 @@
 
 use async_graphql::{Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
+use entity::states::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// What happened.
@@ -49,7 +50,9 @@ pub struct RunEvent {
     pub reason: Option<String>,
     /// The agent's attempt number (1 is the first call).
     pub attempt: Option<i32>,
-    pub error_class: Option<String>,
+    // The schema shows the code as its stored text, as `Run.errorCode` does.
+    #[graphql(skip, derived(name = "error_class", into = "Option<String>", owned, with = "stored_text"))]
+    pub error_class: Option<ErrorCode>,
     pub error: Option<String>,
     /// How long the run waits before the next attempt.
     pub backoff_ms: Option<i64>,
@@ -74,6 +77,11 @@ impl RunEvent {
             delta: None,
         }
     }
+}
+
+/// A run's error code as the schema shows it.
+fn stored_text(code: Option<ErrorCode>) -> Option<String> {
+    code.map(|code| code.to_string())
 }
 
 /// A committed write that makes cached values stale, here and on every other instance.

@@ -11,6 +11,7 @@ use tokio::sync::broadcast::{self, error::TryRecvError};
 use super::{
     caller, rechecks,
     runs::{ErrorGroup, TimeRangeInput},
+    states::Grain,
 };
 use crate::{
     domain::Caller,
@@ -19,7 +20,7 @@ use crate::{
         analytics::{self, Latency, Metric, Overview, Slice},
         insights::{self, Finding},
         range::TimeRange,
-        rollups::{self, Grain},
+        rollups,
     },
     state::AppState,
 };
@@ -61,8 +62,9 @@ impl AnalyticsQuery {
         let state = ctx.data::<AppState>()?;
         let range = resolve(range, analytics::default_span()).gql()?;
         let team = team_id.as_ref().map(|id| id.as_str());
-        let series =
-            analytics::series(&state.db, &caller(ctx), team, metric, bucket, range, (agent, model)).await.gql()?;
+        let series = analytics::series(&state.db, &caller(ctx), team, metric, bucket.into(), range, (agent, model))
+            .await
+            .gql()?;
         Ok(MetricSeries {
             metric,
             bucket,

@@ -332,8 +332,8 @@ impl Run {
     }
     /// Why the run failed: an error class (`timeout`, `rate_limited`, …), `cost_limit`,
     /// `cancelled` or `interrupted`.
-    async fn error_code(&self) -> Option<&str> {
-        self.0.error_code.as_deref()
+    async fn error_code(&self) -> Option<String> {
+        self.0.error_code.map(|code| code.to_string())
     }
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
@@ -394,7 +394,7 @@ impl From<run_attempts::Model> for RunAttempt {
             agent: a.agent,
             model: a.model,
             attempt: a.attempt,
-            outcome: a.outcome,
+            outcome: a.outcome.to_string(),
             latency_ms: a.latency_ms,
             tokens_in: a.tokens_in,
             tokens_out: a.tokens_out,
@@ -425,7 +425,7 @@ impl From<entity::error_groups::Model> for ErrorGroup {
         Self {
             fingerprint: g.fingerprint,
             agent: g.agent,
-            code: g.code,
+            code: g.code.to_string(),
             message: g.message,
             count: g.count,
             first_seen: g.first_seen,

@@ -73,3 +73,12 @@ pub enum TemplateKind {
     /// A team with a sample conversation.
     Demo,
 }
+
+/// The length of a rollup bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+#[graphql(remote = "states::Grain")]
+pub enum Grain {
+    Minute,
+    Hour,
+    Day,
+}

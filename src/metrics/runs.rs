@@ -31,7 +31,7 @@ pub struct RunMetrics {
     /// By provider name.
     calls: Mutex<BTreeMap<String, Calls>>,
     /// By (principal kind, budget measure).
-    budget_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    budget_refusals: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// By `STEP_STATUSES`.
     workflow_steps: [AtomicU64; 3],
 }
@@ -81,9 +81,9 @@ impl RunMetrics {
 
     /// A run was refused because it did not fit the `budget` (`tokens` or `cost`) of a
     /// `principal` (`user` or `api_key`).
-    pub fn budget_refused(&self, principal: &'static str, budget: &'static str) {
+    pub fn budget_refused(&self, principal: &str, budget: &'static str) {
         if let Ok(mut refusals) = self.budget_refusals.lock() {
-            *refusals.entry((principal, budget)).or_default() += 1;
+            *refusals.entry((principal.to_string(), budget)).or_default() += 1;
         }
     }
 

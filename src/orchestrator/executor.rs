@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use entity::states::{AttemptOutcome, ErrorCode};
 use rand::Rng;
 use tokio::{sync::watch, time::Instant};
 
@@ -58,8 +59,7 @@ pub struct Attempt {
     pub model: String,
     /// 1 for the agent's first call.
     pub attempt: u32,
-    /// `ok`, an error class, or `cancelled`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub latency_ms: u64,
     pub tokens_in: u32,
     pub tokens_out: u32,
@@ -87,8 +87,8 @@ pub struct Outcome {
     pub attempts: Vec<Attempt>,
     pub retries: u32,
     pub fallbacks: u32,
-    /// An error class, `cost_limit`, or `cancelled`.
-    pub error_code: Option<String>,
+    /// Why the run failed or was cancelled.
+    pub error_code: Option<ErrorCode>,
     pub error: Option<String>,
 }
 
@@ -165,6 +165,32 @@ enum Interrupt {
     TimedOut,
 }
 
+impl Interrupt {
+    /// How the call it cut short ended.
+    fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Self::Cancelled => AttemptOutcome::Cancelled,
+            Self::TimedOut => AttemptOutcome::Timeout,
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            Self::Cancelled => "the run was cancelled",
+            Self::TimedOut => "the run took longer than its time limit",
+        }
+    }
+
+    /// The end of the whole run, with its code and message.
+    fn stop(&self) -> Stop {
+        let code = match self {
+            Self::Cancelled => ErrorCode::Cancelled,
+            Self::TimedOut => ErrorCode::Timeout,
+        };
+        Stop::Run(code, self.message().to_string())
+    }
+}
+
 /// Waits for `future` unless the run is cancelled or its deadline passes first.
 async fn guarded<T>(
     future: impl Future<Output = T>,
@@ -201,7 +227,7 @@ pub async fn execute(spec: Arc<TeamSpec>, routed: &str, mut ctx: RunContext<'_>)
         if index > 0 {
             outcome.fallbacks += 1;
             let mut event = event(&ctx, RunEventKind::Fallback, agent);
-            event.error_class = last.as_ref().map(|e| e.class.as_str().to_string());
+            event.error_class = last.as_ref().map(|e| e.class.into());
             (ctx.emit)(event);
         }
         outcome.agent = agent.name.clone();
@@ -213,19 +239,19 @@ pub async fn execute(spec: Arc<TeamSpec>, routed: &str, mut ctx: RunContext<'_>)
         }
     }
     let error = last.unwrap_or_else(|| ProviderError::new(ErrorClass::BadRequest, "no agent could be tried"));
-    finish(outcome, error.class.as_str(), error.message)
+    finish(outcome, error.class.into(), error.message)
 }
 
 enum Stop {
     /// The agent is out of attempts (or met an error it does not retry): fall back.
     Exhausted(ProviderError),
     /// The whole run stops: `(code, message)`.
-    Run(&'static str, String),
+    Run(ErrorCode, String),
 }
 
-fn finish(mut outcome: Outcome, code: &str, message: String) -> Outcome {
-    outcome.status = if code == "cancelled" { Status::Cancelled } else { Status::Failed };
-    outcome.error_code = Some(code.to_string());
+fn finish(mut outcome: Outcome, code: ErrorCode, message: String) -> Outcome {
+    outcome.status = if code == ErrorCode::Cancelled { Status::Cancelled } else { Status::Failed };
+    outcome.error_code = Some(code);
     outcome.error = Some(message);
     outcome
 }
@@ -255,7 +281,7 @@ async fn try_agent(
         {
             let spent = outcome.cost_usd();
             return Err(Stop::Run(
-                "cost_limit",
+                ErrorCode::CostLimit,
                 format!(
                     "the next call to {} would cost about ${least:.6} more than the ${spent:.6} spent, over the run's limit of ${max}",
                     agent.model
@@ -294,12 +320,13 @@ async fn try_agent(
             let class = answer.as_ref().err().map(|error| error.class.as_str());
             ctx.metrics.model_call(provider_name, began.elapsed(), class);
         }
-        let mut record = Attempt {
+        let latency_ms = began.elapsed().as_millis() as u64;
+        let ended_as = |ended| Attempt {
             agent: agent.name.clone(),
             model: agent.model.clone(),
             attempt,
-            outcome: String::new(),
-            latency_ms: began.elapsed().as_millis() as u64,
+            outcome: ended,
+            latency_ms,
             tokens_in: 0,
             tokens_out: 0,
             cost_usd: 0.0,
@@ -309,7 +336,7 @@ async fn try_agent(
         };
         let error = match result {
             Ok(Ok(answer)) => {
-                record.outcome = "ok".into();
+                let mut record = ended_as(AttemptOutcome::Ok);
                 record.tokens_in = answer.tokens_in;
                 record.tokens_out = answer.tokens_out;
                 record.cost_usd = price.cost(answer.tokens_in, answer.tokens_out);
@@ -320,17 +347,13 @@ async fn try_agent(
             }
             Ok(Err(error)) => error,
             Err(interrupt) => {
-                let (code, message) = match interrupt {
-                    Interrupt::Cancelled => ("cancelled", "the run was cancelled".to_string()),
-                    Interrupt::TimedOut => ("timeout", "the run took longer than its time limit".to_string()),
-                };
-                record.outcome = code.into();
-                record.error = Some(message.clone());
+                let mut record = ended_as(interrupt.outcome());
+                record.error = Some(interrupt.message().to_string());
                 outcome.attempts.push(record);
-                return Err(Stop::Run(code, message));
+                return Err(interrupt.stop());
             }
         };
-        record.outcome = error.class.as_str().into();
+        let mut record = ended_as(error.class.into());
         record.error = Some(error.message.clone());
         let retry = attempt < attempts && policy.retry_on.iter().any(|c| c == error.class.as_str());
         let wait = retry.then(|| backoff(policy, attempt, error.retry_after));
@@ -338,18 +361,14 @@ async fn try_agent(
         outcome.attempts.push(record);
         let mut failed = event(ctx, RunEventKind::AttemptFailed, agent);
         failed.attempt = Some(attempt as i32);
-        failed.error_class = Some(error.class.as_str().into());
+        failed.error_class = Some(error.class.into());
         failed.error = Some(error.message.clone());
         failed.backoff_ms = wait.map(|w| w.as_millis() as i64);
         (ctx.emit)(failed);
         let Some(wait) = wait else { return Err(Stop::Exhausted(error)) };
         outcome.retries += 1;
-        match guarded(tokio::time::sleep(wait), &mut ctx.cancel, ctx.deadline).await {
-            Ok(()) => {}
-            Err(Interrupt::Cancelled) => return Err(Stop::Run("cancelled", "the run was cancelled".into())),
-            Err(Interrupt::TimedOut) => {
-                return Err(Stop::Run("timeout", "the run took longer than its time limit".into()));
-            }
+        if let Err(interrupt) = guarded(tokio::time::sleep(wait), &mut ctx.cancel, ctx.deadline).await {
+            return Err(interrupt.stop());
         }
     }
     Err(Stop::Exhausted(ProviderError::new(ErrorClass::ServerError, "no attempts allowed")))

@@ -434,7 +434,7 @@ pub async fn series(
     if count > MAX_POINTS {
         let message = format!(
             "A series may have at most {MAX_POINTS} points; {count} {} buckets were asked for. Use a larger bucket or a shorter range.",
-            grain.as_str()
+            grain
         );
         return Err(AppError::BadUserInput {
             message: message.clone(),

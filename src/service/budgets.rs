@@ -21,25 +21,13 @@ pub const BUDGETED_ANSWER_TOKENS: u32 = 4096;
 const NANOS_PER_USD: f64 = 1e9;
 
 /// Whose budget a row counts against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Holder {
-    User,
-    ApiKey,
-}
+pub use entity::states::BudgetHolder as Holder;
 
-impl Holder {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::ApiKey => "api_key",
-        }
-    }
-
-    fn whose(self) -> &'static str {
-        match self {
-            Self::User => "Your",
-            Self::ApiKey => "This API key's",
-        }
+/// Whose budget a refusal speaks of.
+fn whose(holder: Holder) -> &'static str {
+    match holder {
+        Holder::User => "Your",
+        Holder::ApiKey => "This API key's",
     }
 }
 
@@ -186,17 +174,16 @@ pub async fn reserve(
         let given_back = accounts[..done].iter().map(|a| Settlement::release(day, a.holder, &a.id, amount));
         settle(db, given_back.collect()).await?;
         held?;
-        let row =
-            budget_days::Entity::find_by_id((day.to_string(), account.holder.as_str().to_string(), account.id.clone()))
-                .one(db)
-                .await?
-                .unwrap_or_else(|| empty_row(day, account));
+        let row = budget_days::Entity::find_by_id((day.to_string(), account.holder, account.id.clone()))
+            .one(db)
+            .await?
+            .unwrap_or_else(|| empty_row(day, account));
         let refused = over(account, amount, row).unwrap_or_else(|| Refused {
             holder: account.holder,
             measure: Measure::Tokens,
             error: AppError::QuotaExceeded(format!(
                 "{} daily budget cannot hold this run right now; try again.",
-                account.holder.whose()
+                whose(account.holder)
             )),
         });
         return Ok(Err(refused));
@@ -226,7 +213,7 @@ async fn hold(db: &impl ConnectionTrait, day: &str, account: &Account, amount: A
     }
     let row = budget_days::ActiveModel {
         day: Set(day.to_string()),
-        principal_kind: Set(account.holder.as_str().to_string()),
+        principal_kind: Set(account.holder),
         principal_id: Set(account.id.clone()),
         spent_tokens: Set(0),
         spent_nano_usd: Set(0),
@@ -263,7 +250,7 @@ fn refusal(holder: Holder, measure: Measure, limit: i64, want: i64, spent: i64, 
         Measure::Tokens => "token budget",
         Measure::Cost => "budget",
     };
-    let whose = holder.whose();
+    let whose = whose(holder);
     let left = std::cmp::max(limit - spent - held, 0);
     let why = if want > limit {
         "more than the whole budget: set `maxTokens` on the team's agents or allow fewer attempts".to_string()
@@ -334,7 +321,7 @@ pub async fn settle(conn: &impl ConnectionTrait, settlements: Vec<Settlement>) -
             .to_owned();
         let row = budget_days::ActiveModel {
             day: Set(s.day),
-            principal_kind: Set(s.holder.as_str().to_string()),
+            principal_kind: Set(s.holder),
             principal_id: Set(s.id),
             spent_tokens: Set(s.spent.tokens),
             spent_nano_usd: Set(s.spent.nano_usd),
@@ -350,7 +337,7 @@ pub async fn settle(conn: &impl ConnectionTrait, settlements: Vec<Settlement>) -
 fn empty_row(day: &str, account: &Account) -> budget_days::Model {
     budget_days::Model {
         day: day.to_string(),
-        principal_kind: account.holder.as_str().to_string(),
+        principal_kind: account.holder,
         principal_id: account.id.clone(),
         spent_tokens: 0,
         spent_nano_usd: 0,

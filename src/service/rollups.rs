@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, TimeZone, Utc};
 use entity::{run_latency, run_rollups, runs, states::RunStatus};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Iterable,
     sea_query::{Expr, OnConflict},
 };
 
@@ -19,42 +19,7 @@ use crate::error::AppError;
 const CHUNK: usize = 500;
 
 /// The length of a rollup bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, async_graphql::Enum)]
-pub enum Grain {
-    Minute,
-    Hour,
-    Day,
-}
-
-impl Grain {
-    pub const ALL: [Grain; 3] = [Grain::Minute, Grain::Hour, Grain::Day];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Minute => "minute",
-            Self::Hour => "hour",
-            Self::Day => "day",
-        }
-    }
-
-    pub fn seconds(self) -> i64 {
-        match self {
-            Self::Minute => 60,
-            Self::Hour => 3_600,
-            Self::Day => 86_400,
-        }
-    }
-
-    /// The start of the bucket holding `at`, in Unix seconds.
-    pub fn floor(self, at: i64) -> i64 {
-        at.div_euclid(self.seconds()) * self.seconds()
-    }
-
-    /// The start of the first bucket that begins at or after `at`.
-    pub fn ceil(self, at: i64) -> i64 {
-        -self.floor(-at)
-    }
-}
+pub use entity::states::Grain;
 
 /// The histogram bucket of a latency: exact below 100 ms, else rounded down to two significant
 /// digits (1,234 ms → 1,200 ms), so a percentile read from the histogram is the true
@@ -100,12 +65,11 @@ pub fn rows_for(run: &runs::Model) -> Vec<(run_rollups::Model, run_latency::Mode
     let agent = run.routed_agent.clone().unwrap_or_default();
     let rule = run.rule.clone().unwrap_or_default();
     let model = run.model.clone().unwrap_or_default();
-    Grain::ALL
-        .into_iter()
+    Grain::iter()
         .map(|grain| {
             let rollup = run_rollups::Model {
                 team_id: run.team_id.clone(),
-                grain: grain.as_str().to_string(),
+                grain,
                 bucket_start: grain.floor(finished),
                 agent: agent.clone(),
                 rule: rule.clone(),
@@ -123,7 +87,7 @@ pub fn rows_for(run: &runs::Model) -> Vec<(run_rollups::Model, run_latency::Mode
             };
             let histogram = run_latency::Model {
                 team_id: rollup.team_id.clone(),
-                grain: rollup.grain.clone(),
+                grain: rollup.grain,
                 bucket_start: rollup.bucket_start,
                 agent: agent.clone(),
                 rule: rule.clone(),
@@ -136,7 +100,7 @@ pub fn rows_for(run: &runs::Model) -> Vec<(run_rollups::Model, run_latency::Mode
         .collect()
 }
 
-type RollupKey = (String, String, i64, String, String, String);
+type RollupKey = (String, Grain, i64, String, String, String);
 
 /// Adds finished runs to the rollups, inside the caller's transaction: rows with the same key
 /// are summed first, then written with one upsert per chunk.
@@ -146,7 +110,7 @@ pub async fn add<C: ConnectionTrait>(conn: &C, finished: &[runs::Model]) -> Resu
     for (rollup, histogram) in finished.iter().flat_map(rows_for) {
         let key = (
             rollup.team_id.clone(),
-            rollup.grain.clone(),
+            rollup.grain,
             rollup.bucket_start,
             rollup.agent.clone(),
             rollup.rule.clone(),
@@ -273,7 +237,7 @@ fn tile(from: i64, to: i64, grain: Grain, pieces: &mut Vec<Piece>) {
 /// range (team, grain, start) rather than a scan of the team's rows.
 pub fn covering<C: ColumnTrait>(pieces: &[Piece], grain: C, start: C, within: Condition) -> Condition {
     pieces.iter().fold(Condition::any(), |any, piece| {
-        any.add(within.clone().add(grain.eq(piece.grain.as_str())).add(start.gte(piece.from)).add(start.lt(piece.to)))
+        any.add(within.clone().add(grain.eq(piece.grain)).add(start.gte(piece.from)).add(start.lt(piece.to)))
     })
 }
 

@@ -10,7 +10,11 @@ use std::{
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
-use entity::{error_groups, run_attempts, runs, states::RunStatus, team_versions};
+use entity::{
+    error_groups, run_attempts, runs,
+    states::{ErrorCode, RunStatus},
+    team_versions,
+};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -263,7 +267,7 @@ impl Runner {
         match budgets::reserve(&self.db, principal, &self.config, day, worst_case).await? {
             Ok(reserved) => Ok(reserved),
             Err(refused) => {
-                self.metrics.runs.budget_refused(refused.holder.as_str(), refused.measure.as_str());
+                self.metrics.runs.budget_refused(&refused.holder.to_string(), refused.measure.as_str());
                 Err(refused.error)
             }
         }
@@ -434,7 +438,7 @@ impl Runner {
             tokens_out: tokens_out as i64,
             cost_usd: cost,
             latency_ms: Some((now - run.started_at.unwrap_or(run.created_at)).num_milliseconds().max(0)),
-            error_code: outcome.error_code.clone(),
+            error_code: outcome.error_code,
             error: outcome.error.clone(),
             finished_at: Some(now),
             ..run.clone()
@@ -449,7 +453,7 @@ impl Runner {
                 agent: a.agent.clone(),
                 model: a.model.clone(),
                 attempt: a.attempt as i32,
-                outcome: a.outcome.clone(),
+                outcome: a.outcome,
                 latency_ms: a.latency_ms as i64,
                 tokens_in: i64::from(a.tokens_in),
                 tokens_out: i64::from(a.tokens_out),
@@ -463,7 +467,10 @@ impl Runner {
             attempts,
             answer,
             usage: usage::run_rows(run, outcome),
-            error: (status == RunStatus::Failed).then(|| error_group(run, outcome, now)),
+            error: outcome
+                .error_code
+                .filter(|_| status == RunStatus::Failed)
+                .map(|code| error_group(run, outcome, code, now)),
             budgets: budgets::settlements(run, Amount::spent((tokens_in + tokens_out) as i64, cost)),
             run: ended.clone(),
         };
@@ -481,7 +488,7 @@ impl Runner {
         let mut event = RunEvent::new(&run.id, &run.team_id, kind);
         event.agent = Some(outcome.agent.clone());
         event.model = Some(outcome.model.clone());
-        event.error_class = outcome.error_code.clone();
+        event.error_class = outcome.error_code;
         event.error = outcome.error.clone();
         self.events.publish(event);
         Ok(stored.then_some(ended))
@@ -542,11 +549,12 @@ impl Runner {
             let txn = crate::db::begin_write(&self.db).await?;
             let lost = std::slice::from_ref(&run);
             let ended =
-                end_in_progress(&txn, lost, RunStatus::Cancelled, "cancelled", "the run was cancelled", now).await?;
+                end_in_progress(&txn, lost, RunStatus::Cancelled, ErrorCode::Cancelled, "the run was cancelled", now)
+                    .await?;
             txn.commit().await?;
             self.metrics.runs.runs_finished(&RunStatus::Cancelled.to_string(), ended);
             let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
-            event.error_class = Some("cancelled".into());
+            event.error_class = Some(ErrorCode::Cancelled);
             self.events.publish(event);
         }
         self.reload(run_id).await
@@ -609,7 +617,7 @@ pub fn terminal_event(run: &runs::Model) -> RunEvent {
     event.at = run.finished_at.unwrap_or(run.created_at);
     event.agent = run.agent.clone();
     event.model = run.model.clone();
-    event.error_class = run.error_code.clone();
+    event.error_class = run.error_code;
     event.error = run.error.clone();
     event
 }
@@ -661,7 +669,7 @@ pub async fn recover_interrupted(
         }
         let message = "the server stopped while the run was in progress";
         let now = Utc::now().trunc_subsecs(6);
-        let ended = end_in_progress(&txn, &lost, RunStatus::Failed, "interrupted", message, now).await?;
+        let ended = end_in_progress(&txn, &lost, RunStatus::Failed, ErrorCode::Interrupted, message, now).await?;
         txn.commit().await?;
         recovered += ended;
         if ended == 0 {
@@ -680,7 +688,7 @@ async fn end_in_progress(
     conn: &impl sea_orm::ConnectionTrait,
     lost: &[runs::Model],
     status: RunStatus,
-    code: &str,
+    code: ErrorCode,
     message: &str,
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
@@ -703,13 +711,12 @@ async fn end_in_progress(
     Ok(ended)
 }
 
-/// The error group a failed run counts in: team + agent + error code + the message with its
-/// numbers blanked, so "took 1234 ms" and "took 987 ms" group together.
-fn error_group(run: &runs::Model, outcome: &Outcome, now: DateTime<Utc>) -> error_groups::Model {
-    let code = outcome.error_code.clone().unwrap_or_else(|| "unknown".into());
+/// The error group a run that failed with `code` counts in: team + agent + error code + the
+/// message with its numbers blanked, so "took 1234 ms" and "took 987 ms" group together.
+fn error_group(run: &runs::Model, outcome: &Outcome, code: ErrorCode, now: DateTime<Utc>) -> error_groups::Model {
     let message = normalise(outcome.error.as_deref().unwrap_or_default());
     let mut hasher = Sha256::new();
-    for part in [run.team_id.as_str(), outcome.agent.as_str(), code.as_str(), message.as_str()] {
+    for part in [run.team_id.as_str(), outcome.agent.as_str(), &code.to_string(), message.as_str()] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }

@@ -5,7 +5,10 @@ use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
 use ensemble::domain::GlobalRole;
-use entity::{runs, states::RunStatus};
+use entity::{
+    runs,
+    states::{ErrorCode, RunStatus},
+};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
 use serde_json::{Value, json};
 
@@ -385,7 +388,7 @@ async fn runs_a_crash_left_running_are_failed_as_interrupted_at_start() {
     let restarted = ensemble::startup::App::build(config).await.expect("the server starts again");
     drop(restarted);
     let row = runs::Entity::find_by_id("run_crashed").one(&app.state.db).await.unwrap().unwrap();
-    assert_eq!((row.status, row.error_code.as_deref()), (RunStatus::Failed, Some("interrupted")));
+    assert_eq!((row.status, row.error_code), (RunStatus::Failed, Some(ErrorCode::Interrupted)));
     assert!(row.finished_at.is_some());
 }
 

@@ -4,9 +4,11 @@
 
 mod access;
 mod runs;
+mod usage;
 
 pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
-pub use runs::{MessageRole, RunStatus};
+pub use runs::{AttemptOutcome, ErrorCode, MessageRole, RunStatus};
+pub use usage::{BudgetHolder, Grain};
 
 /// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
 /// labels and audit changes, from the same `string_value`s the database reads and writes.
@@ -20,7 +22,19 @@ macro_rules! stored_text {
     )*};
 }
 
-stored_text!(GlobalRole, MessageRole, RunStatus, TeamRole, TemplateKind, TemplateVisibility, Visibility);
+stored_text!(
+    AttemptOutcome,
+    BudgetHolder,
+    ErrorCode,
+    GlobalRole,
+    Grain,
+    MessageRole,
+    RunStatus,
+    TeamRole,
+    TemplateKind,
+    TemplateVisibility,
+    Visibility,
+);
 
 #[cfg(test)]
 mod tests {
@@ -38,7 +52,11 @@ mod tests {
 
     #[test]
     fn every_state_reads_back_from_its_stored_text() {
+        round_trips::<AttemptOutcome>();
+        round_trips::<BudgetHolder>();
+        round_trips::<ErrorCode>();
         round_trips::<GlobalRole>();
+        round_trips::<Grain>();
         round_trips::<MessageRole>();
         round_trips::<RunStatus>();
         round_trips::<TeamRole>();
@@ -52,5 +70,24 @@ mod tests {
         let error = RunStatus::try_from_value(&"paused".to_string()).unwrap_err();
         assert!(matches!(&error, DbErr::Type(message) if message.contains("paused")), "{error:?}");
         assert!(RunStatus::try_from_value(&"Succeeded".to_string()).is_err(), "the stored text is exact");
+        assert!(ErrorCode::try_from_value(&"unknown".to_string()).is_err());
+        assert!(AttemptOutcome::try_from_value(&"cost_limit".to_string()).is_err(), "no call ends over the cost limit");
+    }
+
+    #[test]
+    fn an_error_code_travels_in_events_as_its_stored_text() {
+        for code in ErrorCode::iter() {
+            let text = serde_json::to_value(code).unwrap();
+            assert_eq!(text, serde_json::Value::String(code.to_string()));
+            assert_eq!(serde_json::from_value::<ErrorCode>(text).unwrap(), code);
+        }
+        assert!(serde_json::from_value::<ErrorCode>(serde_json::json!("unknown")).is_err());
+    }
+
+    #[test]
+    fn every_failed_attempt_is_named_as_a_run_error_code() {
+        for outcome in AttemptOutcome::iter().filter(|o| *o != AttemptOutcome::Ok) {
+            assert!(ErrorCode::try_from_value(&outcome.to_string()).is_ok(), "{outcome}");
+        }
     }
 }

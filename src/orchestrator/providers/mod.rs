@@ -7,6 +7,8 @@ pub mod openai;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use entity::states::{AttemptOutcome, ErrorCode};
+
 use crate::config::ProviderSettings;
 
 /// Why an attempt failed; the names are the spec's `retryOn` classes.
@@ -33,6 +35,38 @@ impl ErrorClass {
             Self::Auth => "auth",
             Self::BadRequest => "bad_request",
             Self::Connection => "connection",
+        }
+    }
+}
+
+/// A run that failed on a provider's error stores its class as the run's error code.
+impl From<ErrorClass> for ErrorCode {
+    fn from(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::Timeout => Self::Timeout,
+            ErrorClass::RateLimited => Self::RateLimited,
+            ErrorClass::ServerError => Self::ServerError,
+            ErrorClass::ContextLength => Self::ContextLength,
+            ErrorClass::ContentFilter => Self::ContentFilter,
+            ErrorClass::Auth => Self::Auth,
+            ErrorClass::BadRequest => Self::BadRequest,
+            ErrorClass::Connection => Self::Connection,
+        }
+    }
+}
+
+/// A call that failed stores its class as the attempt's outcome.
+impl From<ErrorClass> for AttemptOutcome {
+    fn from(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::Timeout => Self::Timeout,
+            ErrorClass::RateLimited => Self::RateLimited,
+            ErrorClass::ServerError => Self::ServerError,
+            ErrorClass::ContextLength => Self::ContextLength,
+            ErrorClass::ContentFilter => Self::ContentFilter,
+            ErrorClass::Auth => Self::Auth,
+            ErrorClass::BadRequest => Self::BadRequest,
+            ErrorClass::Connection => Self::Connection,
         }
     }
 }
@@ -130,5 +164,19 @@ impl Providers {
             ProviderError::new(ErrorClass::BadRequest, format!("provider `{provider}` is not configured"))
         })?;
         Ok((found, name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_class_is_stored_under_its_retry_on_name() {
+        use ErrorClass::*;
+        for class in [Timeout, RateLimited, ServerError, ContextLength, ContentFilter, Auth, BadRequest, Connection] {
+            assert_eq!(ErrorCode::from(class).to_string(), class.as_str());
+            assert_eq!(AttemptOutcome::from(class).to_string(), class.as_str());
+        }
     }
 }
