@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod live;
+pub mod served;
 mod template;
 
 use std::{net::SocketAddr, time::Duration};

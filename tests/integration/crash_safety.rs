@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::PG_ENV;
+use common::{PG_ENV, served::ServedLog};
 use entity::{runs, team_members, team_versions, teams};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Statement};
 use serde_json::{Value, json};
@@ -39,18 +39,17 @@ struct Server {
 impl Server {
     /// Starts the binary on `database_url` and waits until `/readyz` says it is ready.
     async fn start(data_dir: &Path, database_url: &str) -> Self {
-        // A child cannot report the port it bound, so it is given one that was free a moment ago.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = common::ensemble()
+        let mut child = common::ensemble()
             .arg("serve")
             .env("DATABASE_URL", database_url)
-            .env("ENSEMBLE_LISTEN", addr.to_string())
+            .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
             .env("ENSEMBLE_DATA_DIR", data_dir)
             .env("ENSEMBLE_RATE_LIMIT_PER_MINUTE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let addr = ServedLog::follow(&mut child).listening(&mut child, Duration::from_secs(60)).await;
         let mut server = Self { child, addr };
         server.wait_until_ready().await;
         server

@@ -6,12 +6,11 @@
 use crate::common;
 
 use std::{
-    io::Read,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use common::{TestApp, first_code};
+use common::{TestApp, first_code, served::ServedLog};
 use ensemble::domain::GlobalRole;
 use serde_json::{Value, json};
 
@@ -203,11 +202,10 @@ async fn the_metrics_token_never_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     common::install_dev_key(&data);
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut server = common::ensemble()
         .arg("serve")
         .env("DATABASE_URL", format!("sqlite://{}/ensemble.db", dir.path().display()))
-        .env("ENSEMBLE_LISTEN", addr.to_string())
+        .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
         .env("ENSEMBLE_DATA_DIR", &data)
         .env("ENSEMBLE_METRICS_TOKEN", TOKEN)
         .env("RUST_LOG", "debug")
@@ -215,6 +213,8 @@ async fn the_metrics_token_never_reaches_the_log() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = ServedLog::follow(&mut server);
+    let addr = log.listening(&mut server, Duration::from_secs(30)).await;
     let client = reqwest::Client::new();
     let url = |path: &str| format!("http://{addr}{path}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,9 +231,7 @@ async fn the_metrics_token_never_reaches_the_log() {
 
     let _ = server.kill();
     let _ = server.wait();
-    let mut log = String::new();
-    server.stdout.take().unwrap().read_to_string(&mut log).unwrap();
-    server.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    let log = log.all().await.join("\n");
     assert!(log.contains("/metrics"), "the requests were logged at debug level:\n{log}");
     assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
 }

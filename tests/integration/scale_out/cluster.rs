@@ -4,17 +4,16 @@
 //! make over HTTP and websockets.
 
 use std::{
-    io::{BufRead, BufReader, Read},
     net::SocketAddr,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use ensemble::{auth::dev::DevIssuer, domain::GlobalRole};
 use serde_json::{Value, json};
 
-use crate::common::{self, PG_ENV, PgDatabase, WsClient};
+use crate::common::{self, PG_ENV, PgDatabase, WsClient, served::ServedLog};
 
 pub const REDIS_ENV: &str = "ENSEMBLE_TEST_REDIS_URL";
 
@@ -81,13 +80,11 @@ impl Cluster {
 
     /// Starts `ensemble serve` with the cluster's settings and `env` on top; does not wait.
     pub fn spawn(&self, name: &str, env: &[(&str, &str)]) -> Instance {
-        // A child cannot report the port it bound, so it is given one that was free a moment ago.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let mut command = common::ensemble();
         command
             .arg("serve")
             .env("DATABASE_URL", &self.db.url)
-            .env("ENSEMBLE_LISTEN", addr.to_string())
+            .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
             .env("ENSEMBLE_DATA_DIR", self.data.path())
             .env("ENSEMBLE_DB_POOL_SIZE", "4")
             .env("ENSEMBLE_REDIS_NAMESPACE", &self.namespace)
@@ -99,10 +96,8 @@ impl Cluster {
         }
         command.envs(env.iter().copied());
         let mut child = command.spawn().expect("the ensemble binary starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stdout.take().unwrap(), log.clone());
-        collect_lines(child.stderr.take().unwrap(), log.clone());
-        Instance { name: name.to_string(), child, addr, log, client: reqwest::Client::new() }
+        let log = ServedLog::follow(&mut child);
+        Instance { name: name.to_string(), child, addr: OnceLock::new(), log, client: reqwest::Client::new() }
     }
 
     /// A dev-issuer token for `user`, valid for an hour on every instance.
@@ -112,31 +107,38 @@ impl Cluster {
     }
 }
 
-fn collect_lines(output: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
-            log.lock().unwrap().push(line);
-        }
-    });
-}
-
 /// One running `ensemble serve`, killed when dropped; its log is printed if the test failed.
 pub struct Instance {
     pub name: String,
     child: Child,
-    pub addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+    /// Where it listens, once its ready line has said.
+    addr: OnceLock<SocketAddr>,
+    log: ServedLog,
     client: reqwest::Client,
 }
 
 impl Instance {
+    /// Where it listens, once it has said (`None` before).
+    fn listening(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.addr.get() {
+            return Some(*addr);
+        }
+        let addr = self.log.address()?;
+        Some(*self.addr.get_or_init(|| addr))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listening().unwrap_or_else(|| panic!("{} has not said where it listens yet", self.name))
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}{path}", self.addr())
     }
 
     /// `/readyz`: its status code and JSON answer; `None` while nothing listens.
     pub async fn readiness(&self) -> Option<(u16, Value)> {
-        let response = self.client.get(self.url("/readyz")).send().await.ok()?;
+        let url = format!("http://{}/readyz", self.listening()?);
+        let response = self.client.get(url).send().await.ok()?;
         let status = response.status().as_u16();
         Some((status, response.json().await.ok()?))
     }
@@ -181,7 +183,7 @@ impl Instance {
 
     /// A websocket signed in as the bearer of `token`.
     pub async fn ws(&self, token: &str) -> WsClient {
-        let mut ws = WsClient::connect(self.addr, "graphql-transport-ws").await;
+        let mut ws = WsClient::connect(self.addr(), "graphql-transport-ws").await;
         ws.send(json!({"type": "connection_init", "payload": {"token": token}})).await;
         assert_eq!(ws.next_json().await["type"], "connection_ack");
         ws
@@ -211,7 +213,7 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = self.log.lock().unwrap();
+            let log = self.log.lines();
             let tail = &log[log.len().saturating_sub(LOG_TAIL)..];
             eprintln!("--- last {} log lines of {} ---\n{}", tail.len(), self.name, tail.join("\n"));
         }
