@@ -157,14 +157,12 @@ impl Groups {
     ) -> Membership {
         let number = self.members.fetch_add(1, Ordering::Relaxed);
         let mut live = locked(&self.live);
-        let group = match live.get(&key) {
-            Some(group) => group.clone(),
+        let (group, new) = match live.get(&key) {
+            Some(group) => (group.clone(), false),
             None => {
                 let group = Arc::new(Group { key: key.clone(), shards: Default::default(), task: Mutex::default() });
-                let task = tokio::spawn(pump(Arc::downgrade(self), group.clone(), own, lull));
-                *locked(&group.task) = Some(task.abort_handle());
                 live.insert(key, group.clone());
-                group
+                (group, true)
             }
         };
         let mut members = group.shard(number);
@@ -173,6 +171,13 @@ impl Groups {
         let (wire, notices, joined_at) = (subscriber.wire, subscriber.notices, members.delivered);
         members.list.insert(number, Member { prefix, wire, behind: false, notices, joined_at });
         drop(members);
+        // The stream starts once its first member is in. Started before, on another worker, it
+        // could write an event it has ready at once to an empty group, had this thread been held
+        // up for longer than the batch gap between the spawn and the insert.
+        if new {
+            let task = tokio::spawn(pump(Arc::downgrade(self), group.clone(), own, lull));
+            *locked(&group.task) = Some(task.abort_handle());
+        }
         Membership { groups: self.clone(), group, number }
     }
 
