@@ -180,9 +180,14 @@ for (const engine of engines) {
         ['SELECT changes() AS c'],
         ["DELETE FROM events WHERE what IN ('x', 'y')"],
         ['SELECT changes() AS c'],
+        // A conditional upsert (a budget hold): 0 when its WHERE refuses the update, 1 when it updates.
+        ["INSERT INTO teams (id, name, version, spec) VALUES ('team_a', 'B', 1, '{}') ON CONFLICT (id) DO UPDATE SET version = teams.version + 1 WHERE teams.version > 5"],
+        ['SELECT changes() AS c'],
+        ["INSERT INTO teams (id, name, version, spec) VALUES ('team_a', 'B', 1, '{}') ON CONFLICT (id) DO UPDATE SET version = teams.version + 1 WHERE teams.version < 5"],
+        ['SELECT changes() AS c'],
       ]);
       const counts = results.filter((rows) => rows[0] && 'c' in rows[0]).map((rows) => rows[0].c);
-      assert.deepEqual(counts, [1, 0, 2, 0, 2]);
+      assert.deepEqual(counts, [1, 0, 2, 0, 2, 0, 1]);
     });
 
     test('the write_guard trigger needs SQLite 3.47+ (RAISE with an expression)', { skip: guarded && 'it has it' }, async () => {
@@ -229,6 +234,19 @@ for (const engine of engines) {
         (e) => e.message,
       );
       assert.match(again, /write_guard:0:events/);
+    });
+
+    test('an assertion on the state aborts the batch after the write it checks', { skip: !guarded }, async () => {
+      await fresh();
+      // "Someone still owns the team": checked on the state the batch's own writes left.
+      const assertion = (code) => [
+        "INSERT INTO write_guard (reason) SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM teams WHERE id = 'team_a' AND version = 1)",
+        `write_guard:1:${code}`,
+      ];
+      await engine.batch([["UPDATE teams SET name = 'kept' WHERE id = 'team_a'"], assertion('still_one')]);
+      const broken = [["UPDATE teams SET version = 2 WHERE id = 'team_a'"], assertion('still_one')];
+      await assert.rejects(engine.batch(broken), /write_guard:1:still_one/);
+      assert.deepEqual((await state())[0], { version: 1, spec: '{"v":1}' });
     });
 
     test('UPDATE … RETURNING claims a lease in a batch; a second claimant gets no row', async () => {
