@@ -1,6 +1,8 @@
 //! Database connections: one `DATABASE_URL` speaks SQLite (WAL, foreign keys, busy timeout,
 //! a real pool) or PostgreSQL, and the one portable way to start a read-then-write transaction.
 
+pub mod batch;
+
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sea_orm::{

@@ -51,3 +51,4 @@ mod versions;
 mod webhooks;
 mod websocket;
 mod workflows;
+mod write_path;

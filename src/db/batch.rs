@@ -1,0 +1,238 @@
+//! The batch-shaped write path (docs/write-path.md): a mutation reads, decides in Rust, then
+//! hands one [`Batch`] to a [`BatchWriter`]. The batch's statements run in order as one
+//! transaction; a statement may carry a [`Guard`] (how many rows it must change) and the batch
+//! may assert a condition on what the earlier statements left. A guard that does not hold
+//! aborts the whole batch, so nothing of it is written, and the caller reads and decides again
+//! or answers the error the guard stands for.
+//!
+//! [`SqlxWriter`] runs a batch on SQLite (`BEGIN IMMEDIATE`) and PostgreSQL inside a transaction
+//! and checks each guard against the statement's row count. Cloudflare D1, which has no
+//! interactive transactions, gets the same batch through its bridge with the guards written as
+//! SQL (docs/write-path.md, "The mechanism per database").
+
+use async_trait::async_trait;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, StatementBuilder,
+    sea_query::SelectStatement,
+};
+
+/// How many rows a guarded statement must change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    One,
+    AtLeastOne,
+    Exactly(u64),
+}
+
+impl Expect {
+    fn holds(self, changed: u64) -> bool {
+        match self {
+            Self::One => changed == 1,
+            Self::AtLeastOne => changed >= 1,
+            Self::Exactly(n) => changed == n,
+        }
+    }
+}
+
+/// What a guarded statement must change, and the fixed code that names the guard (for
+/// example `team_version`); the sentence a person reads is the service's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub expect: Expect,
+    pub code: &'static str,
+}
+
+#[derive(Debug)]
+enum Step {
+    /// An INSERT, UPDATE or DELETE; with `returns`, its `RETURNING` rows are answered.
+    Write { statement: Statement, returns: bool, guard: Option<Guard> },
+    /// A query answering at least one row while the condition holds.
+    Assert { condition: Statement, code: &'static str },
+}
+
+/// Statements that run in order as one transaction, built for one database.
+#[derive(Debug)]
+pub struct Batch {
+    backend: DbBackend,
+    steps: Vec<Step>,
+}
+
+impl Batch {
+    pub fn new(backend: DbBackend) -> Self {
+        Self { backend, steps: Vec::new() }
+    }
+
+    /// Adds a write; its result's `rows_affected` says how many rows it changed.
+    pub fn write(mut self, statement: &impl StatementBuilder) -> Self {
+        let statement = self.backend.build(statement);
+        self.steps.push(Step::Write { statement, returns: false, guard: None });
+        self
+    }
+
+    /// Adds a write with a `RETURNING` clause; its result carries the rows.
+    pub fn write_returning(mut self, statement: &impl StatementBuilder) -> Self {
+        let statement = self.backend.build(statement);
+        self.steps.push(Step::Write { statement, returns: true, guard: None });
+        self
+    }
+
+    /// Guards the write added last: the batch aborts unless it changed rows as `expect` says.
+    ///
+    /// # Panics
+    /// When the last step is not a write (a mistake in the code that builds the batch).
+    pub fn guard(mut self, expect: Expect, code: &'static str) -> Self {
+        match self.steps.last_mut() {
+            Some(Step::Write { guard, .. }) => *guard = Some(Guard { expect, code }),
+            _ => panic!("a guard follows the write it guards"),
+        }
+        self
+    }
+
+    /// Aborts the batch unless `condition` answers a row, run on what the steps before it left.
+    pub fn assert(mut self, condition: &SelectStatement, code: &'static str) -> Self {
+        let condition = self.backend.build(condition);
+        self.steps.push(Step::Assert { condition, code });
+        self
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// What one step of a committed batch did.
+#[derive(Debug, Default)]
+pub struct StepResult {
+    /// Rows the write changed (for an assertion, the rows its condition answered).
+    pub rows_affected: u64,
+    /// The `RETURNING` rows of a write added with [`Batch::write_returning`].
+    pub rows: Vec<QueryResult>,
+}
+
+/// Why a batch wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Step `index` changed a number of rows its guard did not expect, or its assertion found no
+    /// row: what the decision was made on has changed.
+    #[error("guard `{code}` of step {index} did not hold")]
+    Guard { index: usize, code: &'static str },
+    /// A unique or foreign key constraint refused a row.
+    #[error("a constraint refused step {index}: {source}")]
+    Constraint { index: usize, source: DbErr },
+    /// The database was busy, a transaction could not be serialised, or the connection failed:
+    /// the same batch may succeed if tried again.
+    #[error("the database could not take the batch now: {0}")]
+    Transient(DbErr),
+    #[error(transparent)]
+    Other(DbErr),
+}
+
+impl BatchError {
+    fn from_db(index: Option<usize>, err: DbErr) -> Self {
+        if let (Some(index), Some(_)) = (index, err.sql_err()) {
+            return Self::Constraint { index, source: err };
+        }
+        let text = err.to_string();
+        let transient = matches!(err, DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+            || ["database is locked", "could not serialize access", "deadlock detected"]
+                .iter()
+                .any(|sign| text.contains(sign));
+        if transient { Self::Transient(err) } else { Self::Other(err) }
+    }
+}
+
+/// Runs batches: one per database kind, so that no service has a copy per database.
+#[async_trait]
+pub trait BatchWriter: Send + Sync {
+    /// The database whose SQL the batches must be built for.
+    fn backend(&self) -> DbBackend;
+
+    /// Runs every step of `batch` in one transaction, or none of them; one result per step.
+    async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError>;
+}
+
+/// SQLite and PostgreSQL through sqlx: the batch runs inside a transaction (`BEGIN IMMEDIATE`
+/// on SQLite, so writers queue at the start rather than fail at the commit), each guard is
+/// checked against its statement's row count, and a guard that does not hold rolls back.
+pub struct SqlxWriter {
+    db: DatabaseConnection,
+}
+
+impl SqlxWriter {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl BatchWriter for SqlxWriter {
+    fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+        let txn = super::begin_write(&self.db).await.map_err(|err| BatchError::from_db(None, err))?;
+        let mut results = Vec::with_capacity(batch.steps.len());
+        for (index, step) in batch.steps.into_iter().enumerate() {
+            let failed = |err| BatchError::from_db(Some(index), err);
+            let (result, guard) = match step {
+                Step::Write { statement, returns: false, guard } => {
+                    let done = txn.execute_raw(statement).await.map_err(failed)?;
+                    (StepResult { rows_affected: done.rows_affected(), rows: Vec::new() }, guard)
+                }
+                Step::Write { statement, returns: true, guard } => {
+                    let rows = txn.query_all_raw(statement).await.map_err(failed)?;
+                    (StepResult { rows_affected: rows.len() as u64, rows }, guard)
+                }
+                Step::Assert { condition, code } => {
+                    let rows = txn.query_all_raw(condition).await.map_err(failed)?;
+                    let guard = Guard { expect: Expect::AtLeastOne, code };
+                    (StepResult { rows_affected: rows.len() as u64, rows: Vec::new() }, Some(guard))
+                }
+            };
+            if let Some(guard) = guard.filter(|guard| !guard.expect.holds(result.rows_affected)) {
+                txn.rollback().await.map_err(|err| BatchError::from_db(None, err))?;
+                return Err(BatchError::Guard { index, code: guard.code });
+            }
+            results.push(result);
+        }
+        txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbErr, RuntimeErr};
+
+    use super::{BatchError, Expect};
+
+    #[test]
+    fn a_busy_database_or_a_lost_connection_is_worth_another_attempt() {
+        let busy = DbErr::Exec(RuntimeErr::Internal("error returned from database: database is locked".into()));
+        assert!(matches!(BatchError::from_db(Some(0), busy), BatchError::Transient(_)));
+        let serialisation =
+            DbErr::Query(RuntimeErr::Internal("could not serialize access due to concurrent update".into()));
+        assert!(matches!(BatchError::from_db(Some(2), serialisation), BatchError::Transient(_)));
+        let gone = DbErr::Conn(RuntimeErr::Internal("connection reset".into()));
+        assert!(matches!(BatchError::from_db(None, gone), BatchError::Transient(_)));
+        let syntax = DbErr::Exec(RuntimeErr::Internal("near \"UPDTE\": syntax error".into()));
+        assert!(matches!(BatchError::from_db(Some(1), syntax), BatchError::Other(_)));
+    }
+
+    #[test]
+    fn each_expectation_holds_for_its_counts_only() {
+        assert!(Expect::One.holds(1) && !Expect::One.holds(0) && !Expect::One.holds(2));
+        assert!(Expect::AtLeastOne.holds(1) && Expect::AtLeastOne.holds(5) && !Expect::AtLeastOne.holds(0));
+        assert!(Expect::Exactly(3).holds(3) && !Expect::Exactly(3).holds(2));
+        assert!(Expect::Exactly(0).holds(0));
+    }
+}

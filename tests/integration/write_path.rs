@@ -1,0 +1,154 @@
+//! The batch-shaped write path (`ensemble::db::batch`, docs/write-path.md) on the suite's
+//! database, SQLite or PostgreSQL: a batch is written whole or not at all; a guard that does
+//! not hold, a false assertion and a refused constraint each leave nothing of it; `RETURNING`
+//! claims a row once among concurrent claimants.
+
+use crate::common;
+
+use common::TestApp;
+use ensemble::db::batch::{Batch, BatchError, BatchWriter, Expect, SqlxWriter};
+use futures_util::future::join_all;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, Statement,
+    sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement},
+};
+
+const TABLE: &str = "batch_probes";
+
+/// A server's database with a table of its own: `id`, `version`, `holder`.
+async fn probes() -> (TestApp, SqlxWriter) {
+    let app = TestApp::spawn().await;
+    let backend = app.state.db.get_database_backend();
+    let create = format!("CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, holder TEXT)");
+    app.state.db.execute_raw(Statement::from_string(backend, create)).await.unwrap();
+    let writer = SqlxWriter::new(app.state.db.clone());
+    (app, writer)
+}
+
+fn insert(id: &str, version: i64) -> sea_orm::sea_query::InsertStatement {
+    Query::insert()
+        .into_table(Alias::new(TABLE))
+        .columns([Alias::new("id"), Alias::new("version")])
+        .values_panic([id.into(), version.into()])
+        .to_owned()
+}
+
+/// `UPDATE … SET version = version + 1 WHERE id = ? AND version = ?`.
+fn bump(id: &str, seen: i64) -> sea_orm::sea_query::UpdateStatement {
+    Query::update()
+        .table(Alias::new(TABLE))
+        .value(Alias::new("version"), Expr::col(Alias::new("version")).add(1))
+        .and_where(Expr::col(Alias::new("id")).eq(id))
+        .and_where(Expr::col(Alias::new("version")).eq(seen))
+        .to_owned()
+}
+
+/// Every row as `(id, version)`, by id.
+async fn rows(db: &DatabaseConnection) -> Vec<(String, i64)> {
+    let sql = format!("SELECT id, version FROM {TABLE} ORDER BY id");
+    let found = db.query_all_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+    found.iter().map(|row| (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap())).collect()
+}
+
+#[tokio::test]
+async fn a_guard_that_holds_commits_every_step() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+
+    let batch =
+        Batch::new(writer.backend()).write(&bump("a", 1)).guard(Expect::One, "probe_version").write(&insert("b", 1));
+    let results = writer.run(batch).await.unwrap();
+    assert_eq!(results.iter().map(|r| r.rows_affected).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 2), ("b".into(), 1)]);
+}
+
+#[tokio::test]
+async fn a_guard_that_does_not_hold_writes_nothing_of_the_batch() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+
+    // Decided on version 5; the row is at 1. The insert before the guarded update goes too.
+    let stale = Batch::new(writer.backend())
+        .write(&insert("b", 1))
+        .write(&bump("a", 5))
+        .guard(Expect::One, "probe_version")
+        .write(&insert("c", 1));
+    let refused = writer.run(stale).await.unwrap_err();
+    assert!(matches!(refused, BatchError::Guard { index: 1, code: "probe_version" }), "{refused:?}");
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 1)]);
+}
+
+#[tokio::test]
+async fn a_false_assertion_on_what_the_batch_left_writes_nothing() {
+    let (app, writer) = probes().await;
+    // After the insert, no row may be past version 10; "x" is at 11.
+    let none_past_ten: SelectStatement = Query::select()
+        .expr(Expr::val(1))
+        .and_where(
+            Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from(Alias::new(TABLE))
+                    .and_where(Expr::col(Alias::new("version")).gt(10))
+                    .to_owned(),
+            )
+            .not(),
+        )
+        .to_owned();
+    let batch = Batch::new(writer.backend()).write(&insert("x", 11)).assert(&none_past_ten, "probe_limit");
+    let refused = writer.run(batch).await.unwrap_err();
+    assert!(matches!(refused, BatchError::Guard { index: 1, code: "probe_limit" }), "{refused:?}");
+    assert!(rows(&app.state.db).await.is_empty());
+
+    let batch = Batch::new(writer.backend()).write(&insert("y", 3)).assert(&none_past_ten, "probe_limit");
+    writer.run(batch).await.unwrap();
+    assert_eq!(rows(&app.state.db).await, [("y".into(), 3)]);
+}
+
+#[tokio::test]
+async fn a_refused_constraint_names_its_step_and_writes_nothing() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+
+    let duplicate = Batch::new(writer.backend()).write(&insert("b", 1)).write(&insert("a", 7));
+    let refused = writer.run(duplicate).await.unwrap_err();
+    assert!(matches!(refused, BatchError::Constraint { index: 1, .. }), "{refused:?}");
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 1)]);
+}
+
+/// Ten claimants at once, each with one conditional `UPDATE … RETURNING` and a guard: one
+/// holds the row, the others are refused by the guard and write nothing.
+#[tokio::test]
+async fn returning_claims_a_row_once_among_concurrent_claimants() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("lease", 1))).await.unwrap();
+
+    let claim = |holder: String| {
+        let writer = &writer;
+        async move {
+            let update = Query::update()
+                .table(Alias::new(TABLE))
+                .value(Alias::new("holder"), holder.clone())
+                .value(Alias::new("version"), Expr::col(Alias::new("version")).add(1))
+                .and_where(Expr::col(Alias::new("id")).eq("lease"))
+                .and_where(Expr::col(Alias::new("holder")).is_null())
+                .returning(Query::returning().columns([Alias::new("holder"), Alias::new("version")]))
+                .to_owned();
+            let batch = Batch::new(writer.backend()).write_returning(&update).guard(Expect::One, "lease_taken");
+            writer.run(batch).await
+        }
+    };
+    let outcomes = join_all((0..10).map(|n| claim(format!("instance-{n}")))).await;
+
+    let won: Vec<_> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{outcomes:?}");
+    let row = &won[0][0].rows[0];
+    let (holder, version): (String, i64) = (row.try_get_by_index(0).unwrap(), row.try_get_by_index(1).unwrap());
+    assert_eq!(version, 2);
+    for lost in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+        assert!(matches!(lost, BatchError::Guard { index: 0, code: "lease_taken" }), "{lost:?}");
+    }
+    let sql = format!("SELECT holder FROM {TABLE} WHERE id = 'lease'");
+    let stored = app.state.db.query_one_raw(Statement::from_string(writer.backend(), sql)).await.unwrap().unwrap();
+    assert_eq!(stored.try_get_by_index::<String>(0).unwrap(), holder);
+}
