@@ -10,11 +10,16 @@
 //! interactive transactions, gets the same batch through its bridge with the guards written as
 //! SQL (docs/write-path.md, "The mechanism per database").
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use rand::Rng;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, StatementBuilder,
     sea_query::SelectStatement,
 };
+
+use crate::error::AppError;
 
 /// How many rows a guarded statement must change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,6 +212,58 @@ impl BatchWriter for SqlxWriter {
         txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
         Ok(results)
     }
+}
+
+/// How many times a mutation reads, decides and commits before it answers CONFLICT.
+pub const ATTEMPTS: u32 = 3;
+
+/// What a mutation does when one of its guards did not hold.
+pub enum OnGuard {
+    /// Read and decide again (what it was decided on changed; the next attempt may succeed).
+    Retry,
+    /// Answer this error now (the guard stands for it: a stale `expectedVersion`, a duplicate).
+    Answer(AppError),
+}
+
+/// A mutation on the write path: `plan` reads and decides, answering the batch to commit (or
+/// the error the decision found); `on_guard` says what a guard that did not hold means, by its
+/// step and code. Up to [`ATTEMPTS`] attempts, a short random pause between them; a busy
+/// database or a lost connection also tries again. Answers the committed batch's results.
+pub async fn write<F, Fut>(
+    writer: &dyn BatchWriter,
+    mut plan: F,
+    on_guard: impl Fn(usize, &'static str) -> OnGuard,
+) -> Result<Vec<StepResult>, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Batch, AppError>>,
+{
+    for attempt in 1..=ATTEMPTS {
+        let last = attempt == ATTEMPTS;
+        match writer.run(plan().await?).await {
+            Ok(results) => return Ok(results),
+            Err(BatchError::Guard { index, code }) => match on_guard(index, code) {
+                OnGuard::Answer(err) => return Err(err),
+                OnGuard::Retry if last => {
+                    tracing::info!(code, attempts = ATTEMPTS, "a write guard kept failing");
+                }
+                OnGuard::Retry => {}
+            },
+            Err(BatchError::Transient(err)) if last => return Err(err.into()),
+            Err(BatchError::Transient(err)) => tracing::debug!(error = %err, "retrying a write"),
+            Err(BatchError::Constraint { .. }) => {
+                return Err(AppError::Conflict("It conflicts with a record that already exists.".into()));
+            }
+            Err(BatchError::Other(err)) => return Err(err.into()),
+        }
+        if !last {
+            // Full jitter: a random pause up to 20 ms × the attempt, so that writers who met
+            // the same change do not meet again.
+            let most = 20 * u64::from(attempt);
+            tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..=most))).await;
+        }
+    }
+    Err(AppError::Conflict("It changed while you were saving it; try again.".into()))
 }
 
 #[cfg(test)]

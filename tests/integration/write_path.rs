@@ -1,12 +1,18 @@
 //! The batch-shaped write path (`ensemble::db::batch`, docs/write-path.md) on the suite's
 //! database, SQLite or PostgreSQL: a batch is written whole or not at all; a guard that does
 //! not hold, a false assertion and a refused constraint each leave nothing of it; `RETURNING`
-//! claims a row once among concurrent claimants.
+//! claims a row once among concurrent claimants; `write` reads and decides again when what it
+//! decided on changed, up to its attempts, and answers CONFLICT after them.
 
 use crate::common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use common::TestApp;
-use ensemble::db::batch::{Batch, BatchError, BatchWriter, Expect, SqlxWriter};
+use ensemble::{
+    db::batch::{ATTEMPTS, Batch, BatchError, BatchWriter, Expect, OnGuard, SqlxWriter, write},
+    error::AppError,
+};
 use futures_util::future::join_all;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, Statement,
@@ -151,4 +157,86 @@ async fn returning_claims_a_row_once_among_concurrent_claimants() {
     let sql = format!("SELECT holder FROM {TABLE} WHERE id = 'lease'");
     let stored = app.state.db.query_one_raw(Statement::from_string(writer.backend(), sql)).await.unwrap().unwrap();
     assert_eq!(stored.try_get_by_index::<String>(0).unwrap(), holder);
+}
+
+/// The version of row `id`.
+async fn version(db: &DatabaseConnection, id: &str) -> i64 {
+    let sql = format!("SELECT version FROM {TABLE} WHERE id = '{id}'");
+    let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().unwrap();
+    row.try_get_by_index(0).unwrap()
+}
+
+/// Another writer's bump of row `id`, committed between a mutation's read and its batch.
+async fn meanwhile(db: &DatabaseConnection, id: &str) {
+    let sql = format!("UPDATE {TABLE} SET version = version + 1 WHERE id = '{id}'");
+    db.execute_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+}
+
+/// `write` bumping row "a" from the version it reads; another writer bumps it in between on
+/// the first `changed` attempts. Answers the outcome and the attempts made.
+async fn bump_a(
+    app: &TestApp,
+    writer: &SqlxWriter,
+    changed: u32,
+    on_guard: fn(&'static str) -> OnGuard,
+) -> (Result<(), AppError>, u32) {
+    let attempts = AtomicU32::new(0);
+    let db = &app.state.db;
+    let plan = || async {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        let seen = version(db, "a").await;
+        if attempt <= changed {
+            meanwhile(db, "a").await;
+        }
+        Ok(Batch::new(writer.backend()).write(&bump("a", seen)).guard(Expect::One, "probe_version"))
+    };
+    let outcome = write(writer, plan, |_, code| on_guard(code)).await.map(drop);
+    (outcome, attempts.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_mutation_that_met_a_change_reads_and_decides_again() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+
+    let (outcome, attempts) = bump_a(&app, &writer, 1, |_| OnGuard::Retry).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(attempts, 2);
+    assert_eq!(version(&app.state.db, "a").await, 3, "the other writer's bump and ours");
+}
+
+#[tokio::test]
+async fn a_change_on_every_attempt_answers_conflict_after_the_last() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+
+    let (outcome, attempts) = bump_a(&app, &writer, u32::MAX, |_| OnGuard::Retry).await;
+    let err = outcome.unwrap_err();
+    assert_eq!((err.code(), attempts), ("CONFLICT", ATTEMPTS), "{err}");
+    assert!(err.to_string().contains("try again"), "{err}");
+    assert_eq!(version(&app.state.db, "a").await, 1 + i64::from(ATTEMPTS), "only the other writer's bumps");
+}
+
+#[tokio::test]
+async fn a_guard_that_stands_for_an_answer_is_answered_at_once() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+
+    let answer = |code: &'static str| OnGuard::Answer(AppError::Conflict(format!("{code}: the version moved")));
+    let (outcome, attempts) = bump_a(&app, &writer, 1, answer).await;
+    assert_eq!((outcome.unwrap_err().to_string(), attempts), ("probe_version: the version moved".into(), 1));
+}
+
+#[tokio::test]
+async fn the_decisions_own_error_is_answered_and_nothing_is_written() {
+    let (app, writer) = probes().await;
+    let refused =
+        write(&writer, || async { Err(AppError::bad_input("The name is empty.")) }, |_, _| OnGuard::Retry).await;
+    assert_eq!(refused.unwrap_err().code(), "BAD_USER_INPUT");
+
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+    let duplicate = || async { Ok(Batch::new(writer.backend()).write(&insert("b", 1)).write(&insert("a", 2))) };
+    let refused = write(&writer, duplicate, |_, _| OnGuard::Retry).await.unwrap_err();
+    assert_eq!(refused.code(), "CONFLICT", "{refused}");
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 1)]);
 }
