@@ -163,6 +163,13 @@ impl TestApp {
     }
 
     /// POSTs one operation as the bearer of `token`; returns the status and JSON answer.
+    /// Runs an operation that must succeed (arranging a test, not what it checks); its `data`.
+    pub async fn must(&self, token: &str, query: &str, variables: Value) -> Value {
+        let (_, body) = self.gql_as(token, query, variables.clone()).await;
+        assert!(body.get("errors").is_none(), "{query} with {variables}: {body}");
+        body["data"].clone()
+    }
+
     pub async fn gql_as(&self, token: &str, query: &str, variables: Value) -> (u16, Value) {
         let response = self
             .client

@@ -17,14 +17,8 @@ const FOLLOW: &str = "subscription($t: ID!) { auditLogAdded(teamId: $t) { seq ac
 const CREATE: &str = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
 const RENAME: &str = "mutation($id: ID!, $n: String!) { updateTeam(id: $id, input: {name: $n}) { id } }";
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "arranging failed: {body}");
-    body["data"].clone()
-}
-
 async fn create_team(app: &TestApp, token: &str, name: &str) -> String {
-    must(app, token, CREATE, json!({"n": name})).await["createTeam"]["id"].as_str().unwrap().to_string()
+    app.must(token, CREATE, json!({"n": name})).await["createTeam"]["id"].as_str().unwrap().to_string()
 }
 
 /// Signs in over a websocket and subscribes to `team`'s audit rows as subscription "1".
@@ -60,9 +54,9 @@ async fn an_owner_sees_each_new_row_of_the_team_in_order() {
     let other = create_team(&app, &alice, "Other").await;
     let mut ws = following(&app, &alice, &team, &alice).await;
 
-    must(&app, &alice, RENAME, json!({"id": team, "n": "One"})).await;
-    must(&app, &alice, RENAME, json!({"id": other, "n": "Elsewhere"})).await;
-    must(&app, &alice, RENAME, json!({"id": team, "n": "Two"})).await;
+    app.must(&alice, RENAME, json!({"id": team, "n": "One"})).await;
+    app.must(&alice, RENAME, json!({"id": other, "n": "Elsewhere"})).await;
+    app.must(&alice, RENAME, json!({"id": team, "n": "Two"})).await;
     let (first, second) = (next_row(&mut ws).await, next_row(&mut ws).await);
     assert_eq!((first["action"].as_str(), first["teamId"].as_str()), (Some("team.update"), Some(team.as_str())));
     assert_eq!((first["changes"].clone(), second["changes"].clone()), (json!({"name": "One"}), json!({"name": "Two"})));
@@ -96,7 +90,7 @@ async fn a_rolled_back_row_is_never_pushed_and_rows_written_outside_graphql_stil
     append(&app, &team, "Quiet").await.commit().await.unwrap();
     assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Quiet"}));
 
-    must(&app, &alice, RENAME, json!({"id": team, "n": "Real"})).await;
+    app.must(&alice, RENAME, json!({"id": team, "n": "Real"})).await;
     assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Real"}));
 }
 
@@ -106,8 +100,8 @@ async fn only_the_teams_owners_and_admins_may_follow_it() {
     let alice = app.token("user_alice", GlobalRole::Member);
     let team = create_team(&app, &alice, "Private").await;
     let add = "mutation($t: ID!) { addTeamMember(teamId: $t, input: {userId: \"user_bob\", role: EDITOR}) { userId } }";
-    must(&app, &app.token("user_bob", GlobalRole::Member), "{ me { id } }", json!({})).await;
-    must(&app, &alice, add, json!({"t": team})).await;
+    app.must(&app.token("user_bob", GlobalRole::Member), "{ me { id } }", json!({})).await;
+    app.must(&alice, add, json!({"t": team})).await;
     for (user, code) in [("user_stranger", "NOT_FOUND"), ("user_bob", "FORBIDDEN")] {
         let mut ws = follow(&app, &app.token(user, GlobalRole::Member), &team).await;
         let message = ws.next_json().await;
@@ -116,6 +110,6 @@ async fn only_the_teams_owners_and_admins_may_follow_it() {
     }
 
     let mut ws = following(&app, &app.token("user_admin", GlobalRole::Admin), &team, &alice).await;
-    must(&app, &alice, RENAME, json!({"id": team, "n": "Watched"})).await;
+    app.must(&alice, RENAME, json!({"id": team, "n": "Watched"})).await;
     assert_eq!(next_row(&mut ws).await["changes"], json!({"name": "Watched"}));
 }

@@ -22,14 +22,8 @@ const CREATE: &str = "mutation($n: String!) { createTeam(input: {name: $n}) { id
 const RENAME: &str = "mutation($id: ID!, $n: String!) { updateTeam(id: $id, input: {name: $n}) { id } }";
 const PROFILE: &str = "mutation($n: String!) { updateProfile(input: {displayName: $n}) { id } }";
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "arranging failed: {body}");
-    body["data"].clone()
-}
-
 async fn create_team(app: &TestApp, token: &str, name: &str) -> String {
-    must(app, token, CREATE, json!({"n": name})).await["createTeam"]["id"].as_str().unwrap().to_string()
+    app.must(token, CREATE, json!({"n": name})).await["createTeam"]["id"].as_str().unwrap().to_string()
 }
 
 async fn logs(app: &TestApp, token: &str, variables: Value) -> Value {
@@ -77,9 +71,9 @@ async fn owners_read_their_teams_rows_and_admins_read_every_row() {
     let (alice, bob) = (app.token("user_alice", GlobalRole::Member), app.token("user_bob", GlobalRole::Member));
     let admin = app.token("user_admin", GlobalRole::Admin);
     let mine = create_team(&app, &alice, "Mine").await;
-    must(&app, &alice, RENAME, json!({"id": mine, "n": "Mine 2"})).await;
+    app.must(&alice, RENAME, json!({"id": mine, "n": "Mine 2"})).await;
     let theirs = create_team(&app, &bob, "Theirs").await;
-    must(&app, &alice, PROFILE, json!({"n": "Alice"})).await;
+    app.must(&alice, PROFILE, json!({"n": "Alice"})).await;
 
     let own = nodes(&logs(&app, &alice, json!({})).await);
     assert_eq!(field(&own, "action"), ["team.update", "team.create"], "{own:?}");
@@ -93,7 +87,7 @@ async fn owners_read_their_teams_rows_and_admins_read_every_row() {
 
     // Members who do not own the team, and strangers, learn nothing.
     let add = "mutation($t: ID!) { addTeamMember(teamId: $t, input: {userId: \"user_bob\", role: EDITOR}) { userId } }";
-    must(&app, &alice, add, json!({"t": mine})).await;
+    app.must(&alice, add, json!({"t": mine})).await;
     let as_editor = logs(&app, &bob, json!({"filter": {"teamId": mine}})).await;
     assert_eq!(first_code(&as_editor), "FORBIDDEN", "{as_editor}");
     let carol = app.token("user_carol", GlobalRole::Member);
@@ -114,14 +108,14 @@ async fn rows_name_their_actor_team_and_api_key_beside_the_ids() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     let admin = app.token("user_admin", GlobalRole::Admin);
-    must(&app, &alice, PROFILE, json!({"n": "Alice Liddell"})).await;
+    app.must(&alice, PROFILE, json!({"n": "Alice Liddell"})).await;
     let team = create_team(&app, &alice, "Support desk").await;
     let key = "mutation($t: ID!) { createApiKey(input: {name: \"deploy bot\", scopes: [TEAMS_WRITE], teamId: $t}) { secret } }";
     let secret =
-        must(&app, &alice, key, json!({"t": team})).await["createApiKey"]["secret"].as_str().unwrap().to_string();
-    must(&app, &secret, RENAME, json!({"id": team, "n": "Support"})).await;
+        app.must(&alice, key, json!({"t": team})).await["createApiKey"]["secret"].as_str().unwrap().to_string();
+    app.must(&secret, RENAME, json!({"id": team, "n": "Support"})).await;
     let gone = create_team(&app, &alice, "Short-lived").await;
-    must(&app, &alice, "mutation($t: ID!) { deleteTeam(id: $t) { id } }", json!({"t": gone})).await;
+    app.must(&alice, "mutation($t: ID!) { deleteTeam(id: $t) { id } }", json!({"t": gone})).await;
     let names = |row: &Value| {
         [&row["action"], &row["actorName"], &row["teamName"], &row["apiKeyName"]]
             .map(|v| v.as_str().unwrap_or("<null>").to_string())
@@ -149,7 +143,7 @@ async fn every_column_is_exposed_and_each_row_links_to_the_one_before() {
     let alice = app.token("user_alice", GlobalRole::Member);
     let team = create_team(&app, &alice, "Keyed").await;
     let key = "mutation($t: ID!) { createApiKey(input: {name: \"ci\", scopes: [TEAMS_WRITE], teamId: $t}) { secret apiKey { id } } }";
-    let made = must(&app, &alice, key, json!({"t": team})).await["createApiKey"].clone();
+    let made = app.must(&alice, key, json!({"t": team})).await["createApiKey"].clone();
     let response = app
         .client
         .post(app.url("/graphql"))
@@ -189,7 +183,7 @@ async fn filters_narrow_the_rows() {
     let (alice, bob) = (app.token("user_alice", GlobalRole::Member), app.token("user_bob", GlobalRole::Member));
     let admin = app.token("user_admin", GlobalRole::Admin);
     let a = create_team(&app, &alice, "A").await;
-    must(&app, &alice, RENAME, json!({"id": a, "n": "A2"})).await;
+    app.must(&alice, RENAME, json!({"id": a, "n": "A2"})).await;
     let b = create_team(&app, &bob, "B").await;
     let (_, refused) = app.gql_as(&bob, RENAME, json!({"id": a, "n": "Mine now"})).await;
     assert_eq!(first_code(&refused), "NOT_FOUND");
@@ -221,7 +215,7 @@ async fn pages_run_newest_first_without_overlap() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     for name in ["A", "B", "C", "D", "E"] {
-        must(&app, &alice, PROFILE, json!({"n": name})).await;
+        app.must(&alice, PROFILE, json!({"n": name})).await;
     }
     let admin = app.token("user_admin", GlobalRole::Admin);
     let (mut after, mut pages) = (Value::Null, Vec::new());
@@ -242,7 +236,7 @@ async fn bad_ranges_pages_and_cursors_are_refused_and_change_nothing() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     let admin = app.token("user_admin", GlobalRole::Admin);
-    must(&app, &alice, PROFILE, json!({"n": "A"})).await;
+    app.must(&alice, PROFILE, json!({"n": "A"})).await;
     let before = stored(&app).await;
     let backwards = json!({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"});
     let too_long = json!({"from": "2024-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"});
@@ -269,7 +263,7 @@ async fn an_intact_log_verifies_and_an_edited_row_is_named_outside_ranges_that_e
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     for name in ["A", "B", "C", "D"] {
-        must(&app, &alice, PROFILE, json!({"n": name})).await;
+        app.must(&alice, PROFILE, json!({"n": name})).await;
     }
     let intact = json!({"ok": true, "checkedRows": 4, "firstBrokenSeq": null, "problem": null});
     assert_eq!(verify(&app, Value::Null).await, intact);
@@ -295,7 +289,7 @@ async fn a_deleted_middle_row_is_named_by_its_missing_seq() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     for name in ["A", "B", "C"] {
-        must(&app, &alice, PROFILE, json!({"n": name})).await;
+        app.must(&alice, PROFILE, json!({"n": name})).await;
     }
     bypass_append_only(&app).await;
     app.state.db.execute_unprepared("DELETE FROM audit_logs WHERE seq = 2").await.unwrap();
@@ -309,7 +303,7 @@ async fn a_deleted_last_row_is_found_through_the_chain_head() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
     for name in ["A", "B", "C"] {
-        must(&app, &alice, PROFILE, json!({"n": name})).await;
+        app.must(&alice, PROFILE, json!({"n": name})).await;
     }
     bypass_append_only(&app).await;
     app.state.db.execute_unprepared("DELETE FROM audit_logs WHERE seq = 3").await.unwrap();

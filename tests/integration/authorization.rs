@@ -77,18 +77,11 @@ fn token(app: &TestApp, user: &str, role: GlobalRole) -> String {
     token
 }
 
-/// Runs `query` as `token` and returns the `data` of a call that must succeed.
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "arranging failed: {body}");
-    body["data"].clone()
-}
-
 /// Signs every user in once, so that each exists before any case runs.
 async fn sign_in_users(app: &TestApp) {
     for user in USERS {
         let role = if user == "user_admin" { GlobalRole::Admin } else { GlobalRole::Member };
-        must(app, &token(app, user, role), "{ me { id } }", json!({})).await;
+        app.must(&token(app, user, role), "{ me { id } }", json!({})).await;
     }
 }
 
@@ -99,13 +92,13 @@ async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
     let owner = token(app, "user_owner", GlobalRole::Member);
     let create = "mutation($n: String!) { createTeam(input: {name: $n}) { id } }";
     let team =
-        must(app, &owner, create, json!({"n": "Support"})).await["createTeam"]["id"].as_str().unwrap().to_string();
+        app.must(&owner, create, json!({"n": "Support"})).await["createTeam"]["id"].as_str().unwrap().to_string();
     let respec = "mutation($id: ID!) { updateTeam(id: $id, input: {spec: {format: \"ensemble.team/v1\", agents: [{name: \"a\", model: \"local/echo\"}, {name: \"b\", model: \"local/down\"}], routing: {rules: [{name: \"broken\", when: {contains: \"fail\"}, routeTo: \"b\"}], default: \"a\"}, retry: {maxAttempts: 1}}}) { version } }";
-    must(app, &owner, respec, json!({"id": team})).await;
+    app.must(&owner, respec, json!({"id": team})).await;
     for (user, role) in MEMBERS {
-        must(app, &owner, ADD, json!({"team": team, "user": user, "role": role})).await;
+        app.must(&owner, ADD, json!({"team": team, "user": user, "role": role})).await;
     }
-    let other = must(app, &owner, create, json!({"n": "Other"})).await["createTeam"]["id"].clone();
+    let other = app.must(&owner, create, json!({"n": "Other"})).await["createTeam"]["id"].clone();
     let all =
         json!(["TEAMS_READ", "TEAMS_WRITE", "RUNS_EXECUTE", "TEMPLATES_READ", "TEMPLATES_WRITE", "ANALYTICS_READ"]);
     let mut keys = HashMap::new();
@@ -115,7 +108,7 @@ async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
         ("key_read", json!({"name": "read", "scopes": ["TEAMS_READ"]})),
         ("key_other", json!({"name": "other", "scopes": all, "teamId": other})),
     ] {
-        let made = must(app, &owner, CREATE_KEY, json!({"input": input})).await["createApiKey"].clone();
+        let made = app.must(&owner, CREATE_KEY, json!({"input": input})).await["createApiKey"].clone();
         keys.insert(name, made["secret"].as_str().unwrap().to_string());
         if name == "key_read" {
             key_read_id = made["apiKey"]["id"].as_str().unwrap().to_string();
@@ -123,20 +116,20 @@ async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
     }
     let link =
         "mutation($team: ID!) { createShareLink(teamId: $team, input: {role: VIEWER}) { token shareLink { id } } }";
-    let made = must(app, &owner, link, json!({"team": team})).await["createShareLink"].clone();
+    let made = app.must(&owner, link, json!({"team": team})).await["createShareLink"].clone();
     let link_id = made["shareLink"]["id"].as_str().unwrap().to_string();
     let link_token = made["token"].as_str().unwrap().to_string();
     let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hi\"}) { id } }";
-    let run = must(app, &owner, run, json!({"team": team})).await["runTeam"]["id"].as_str().unwrap().to_string();
+    let run = app.must(&owner, run, json!({"team": team})).await["runTeam"]["id"].as_str().unwrap().to_string();
     let admin = token(app, "user_admin", GlobalRole::Admin);
     let category = "mutation($n: String!) { createTemplateCategory(input: {name: $n}) { id } }";
-    let category = must(app, &admin, category, json!({"n": format!("Support {case}")})).await["createTemplateCategory"]
+    let category = app.must(&admin, category, json!({"n": format!("Support {case}")})).await["createTemplateCategory"]
         ["id"]
         .as_str()
         .unwrap()
         .to_string();
     let fail = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"fail\"}) { status } }";
-    must(app, &owner, fail, json!({"team": team})).await;
+    app.must(&owner, fail, json!({"team": team})).await;
     let group = error_groups::Entity::find()
         .filter(error_groups::Column::TeamId.eq(&team))
         .one(&app.state.db)
@@ -146,9 +139,9 @@ async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
         .fingerprint;
     let start = "mutation($team: ID!) { startConversation(teamId: $team, title: \"Chat\") { id } }";
     let conversation =
-        must(app, &owner, start, json!({"team": team})).await["startConversation"]["id"].as_str().unwrap().to_string();
+        app.must(&owner, start, json!({"team": team})).await["startConversation"]["id"].as_str().unwrap().to_string();
     let send = "mutation($c: ID!) { sendMessage(conversationId: $c, content: \"hello\") { messageId } }";
-    let message = must(app, &owner, send, json!({"c": conversation})).await["sendMessage"]["messageId"]
+    let message = app.must(&owner, send, json!({"c": conversation})).await["sendMessage"]["messageId"]
         .as_str()
         .unwrap()
         .to_string();
@@ -177,7 +170,7 @@ async fn arrange_backup(app: &TestApp, admin: &str) -> String {
     if app.state.db.get_database_backend() != DbBackend::Sqlite {
         return "bak_none".into();
     }
-    let made = must(app, admin, "mutation { createBackup { id } }", json!({})).await;
+    let made = app.must(admin, "mutation { createBackup { id } }", json!({})).await;
     made["createBackup"]["id"].as_str().unwrap().to_string()
 }
 
@@ -200,11 +193,11 @@ async fn arrange_templates(app: &TestApp, owner: &str, team: &str) -> (String, S
     ] {
         let input = json!({"kind": kind, "name": format!("Shared {kind}"), "visibility": "TEAM", "teamId": team,
             "body": body, "variables": variables});
-        let made = must(app, owner, create, json!({"input": input})).await;
+        let made = app.must(owner, create, json!({"input": input})).await;
         ids.push(made["createTemplate"]["id"].as_str().unwrap().to_string());
     }
     let update = "mutation($id: ID!) { updateTemplate(id: $id, input: {changelog: \"Second\"}) { version } }";
-    must(app, owner, update, json!({"id": ids[0]})).await;
+    app.must(owner, update, json!({"id": ids[0]})).await;
     (ids[0].clone(), ids[1].clone(), ids[2].clone())
 }
 

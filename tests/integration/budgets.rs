@@ -36,15 +36,9 @@ fn one_agent(model: &str, max_tokens: u32, attempts: u32) -> Value {
     })
 }
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
-}
-
 async fn create_team(app: &TestApp, token: &str, spec: Value) -> String {
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Support\", spec: $spec}) { id } }";
-    must(app, token, create, json!({"spec": spec})).await["createTeam"]["id"].as_str().unwrap().to_string()
+    app.must(token, create, json!({"spec": spec})).await["createTeam"]["id"].as_str().unwrap().to_string()
 }
 
 /// An API key of the token's user that may run and read, with `budget` (`dailyTokenBudget`, …).
@@ -52,12 +46,12 @@ async fn create_key(app: &TestApp, token: &str, budget: Value) -> String {
     let mut input = json!({"name": "bot", "scopes": ["RUNS_EXECUTE", "TEAMS_READ"]});
     input.as_object_mut().unwrap().extend(budget.as_object().unwrap().clone());
     let create = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret } }";
-    must(app, token, create, json!({"input": input})).await["createApiKey"]["secret"].as_str().unwrap().to_string()
+    app.must(token, create, json!({"input": input})).await["createApiKey"]["secret"].as_str().unwrap().to_string()
 }
 
 /// `estimateCost` of `QUESTION` on the team, as the bearer of `token`.
 async fn estimate(app: &TestApp, token: &str, team: &str) -> Value {
-    must(app, token, ESTIMATE, json!({"team": team, "input": QUESTION})).await["estimateCost"].clone()
+    app.must(token, ESTIMATE, json!({"team": team, "input": QUESTION})).await["estimateCost"].clone()
 }
 
 /// The worst case of one run of `spec`, in tokens, as a server without budgets estimates it.
@@ -87,7 +81,7 @@ fn tally(answers: &[Value]) -> (usize, usize) {
 
 /// Tokens and dollars the principal of `kind` (`USER` or `API_KEY`) spent today.
 async fn spent_today(app: &TestApp, token: &str, kind: &str) -> (i64, f64) {
-    let principals = must(app, token, TODAY, json!({})).await["resourceUsage"]["principals"].clone();
+    let principals = app.must(token, TODAY, json!({})).await["resourceUsage"]["principals"].clone();
     let found = principals.as_array().unwrap().iter().find(|p| p["kind"] == kind).cloned();
     let today = found.unwrap_or_else(|| panic!("no {kind} in {principals}"))["today"].clone();
     (today["tokens"].as_i64().unwrap(), today["costUsd"].as_f64().unwrap())
@@ -104,7 +98,7 @@ async fn stored(app: &TestApp) -> (u64, u64) {
 async fn ended(app: &TestApp, token: &str, id: &Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let run = must(app, token, STATUS, json!({"id": id})).await["run"].clone();
+        let run = app.must(token, STATUS, json!({"id": id})).await["run"].clone();
         if !["RUNNING", "QUEUED"].contains(&run["status"].as_str().unwrap()) {
             return run;
         }
@@ -232,7 +226,7 @@ async fn a_run_stopped_by_its_time_limit_gives_back_its_reservation() {
 async fn a_cancelled_run_gives_back_its_reservation() {
     let ended = holds_until_it_ends(one_agent("local/slow-20000", 8, 1), |app, owner, id| async move {
         let cancel = "mutation($id: ID!) { cancelRun(id: $id) { status errorCode } }";
-        let run = must(&app, &owner, cancel, json!({"id": id})).await["cancelRun"].clone();
+        let run = app.must(&owner, cancel, json!({"id": id})).await["cancelRun"].clone();
         (app, run)
     })
     .await;
@@ -248,10 +242,10 @@ async fn a_run_cut_short_by_a_crash_gives_back_its_reservation_at_the_next_start
         config.listen = "127.0.0.1:0".parse().unwrap();
         let restarted = ensemble::startup::App::build(config).await.expect("the server starts again");
         drop(restarted);
-        let run = must(&app, &owner, STATUS, json!({"id": id})).await["run"].clone();
+        let run = app.must(&owner, STATUS, json!({"id": id})).await["run"].clone();
         // The first run's own end, when it comes, changes nothing: it gave back its reservation once.
         own_end(&mut events, &id).await;
-        assert_eq!(must(&app, &owner, STATUS, json!({"id": id})).await["run"], run, "the recovered run stays failed");
+        assert_eq!(app.must(&owner, STATUS, json!({"id": id})).await["run"], run, "the recovered run stays failed");
         (app, run)
     })
     .await;
@@ -265,7 +259,7 @@ async fn a_recovered_run_gives_its_reservation_back_once() {
     let first = start(&app, &key, &team, false).await;
     let id = first["data"]["runTeam"]["id"].clone();
     ensemble::service::runs::recover_interrupted(&app.state.db, None).await.unwrap();
-    assert_eq!(must(&app, &owner, STATUS, json!({"id": id})).await["run"]["errorCode"], "interrupted");
+    assert_eq!(app.must(&owner, STATUS, json!({"id": id})).await["run"]["errorCode"], "interrupted");
     own_end(&mut events, &id).await;
     // Given back twice, two runs would fit now.
     let answers = join_all((0..2).map(|_| start(&app, &key, &team, false))).await;
@@ -280,7 +274,7 @@ async fn a_cost_budget_holds_across_parallel_runs_of_an_api_key_and_not_its_owne
     let owner = app.token("user_owner", GlobalRole::Member);
     let admin = app.token("user_admin", GlobalRole::Admin);
     let price = "mutation { upsertModelPrice(input: {model: \"local/*\", inputUsdPerMtok: 1.0, outputUsdPerMtok: 2.0}) { model } }";
-    must(&app, &admin, price, json!({})).await;
+    app.must(&admin, price, json!({})).await;
     let team = create_team(&app, &owner, one_agent("local/slow-1500", 16, 2)).await;
     let worst = estimate(&app, &owner, &team).await["worstCaseCostUsd"].as_f64().unwrap();
     let budget = 2.5 * worst;
@@ -318,9 +312,9 @@ async fn an_agent_without_max_tokens_answers_at_most_4096_tokens_when_a_budget_h
     };
     assert!(run(&owner).await > 6000, "no budget: the answer is as long as the model makes it");
     assert_eq!(run(&key).await, 4096, "under a budget the answer stops at 4096 tokens");
-    let held = must(&app, &key, ESTIMATE, json!({"team": team, "input": "hi"})).await["estimateCost"].clone();
+    let held = app.must(&key, ESTIMATE, json!({"team": team, "input": "hi"})).await["estimateCost"].clone();
     assert_eq!(held["outputTokens"], 4096, "the key's estimate reckons the answer it reserves: {held}");
-    let free = must(&app, &owner, ESTIMATE, json!({"team": team, "input": "hi"})).await["estimateCost"].clone();
+    let free = app.must(&owner, ESTIMATE, json!({"team": team, "input": "hi"})).await["estimateCost"].clone();
     assert_eq!(free["outputTokens"], 0, "{free}");
 }
 

@@ -30,15 +30,9 @@ fn spec() -> Value {
     })
 }
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
-}
-
 async fn create_team(app: &TestApp, token: &str) -> String {
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Support\", spec: $spec}) { id } }";
-    must(app, token, create, json!({"spec": spec()})).await["createTeam"]["id"].as_str().unwrap().to_string()
+    app.must(token, create, json!({"spec": spec()})).await["createTeam"]["id"].as_str().unwrap().to_string()
 }
 
 async fn scrape(app: &TestApp) -> String {
@@ -65,15 +59,15 @@ async fn run_counters_move_as_runs_start_succeed_fail_and_are_cancelled() {
     let team = create_team(&app, &token).await;
     let before = scrape(&app).await;
 
-    let ok = must(&app, &token, RUN, json!({"team": team, "content": "hello", "wait": true})).await;
+    let ok = app.must(&token, RUN, json!({"team": team, "content": "hello", "wait": true})).await;
     assert_eq!(ok["runTeam"]["status"], "SUCCEEDED");
-    let failed = must(&app, &token, RUN, json!({"team": team, "content": "please fail", "wait": true})).await;
+    let failed = app.must(&token, RUN, json!({"team": team, "content": "please fail", "wait": true})).await;
     assert_eq!(failed["runTeam"]["status"], "FAILED");
-    let slow = must(&app, &token, RUN, json!({"team": team, "content": "wait for it", "wait": false})).await;
+    let slow = app.must(&token, RUN, json!({"team": team, "content": "wait for it", "wait": false})).await;
     let during = scrape(&app).await;
     let cancel = "mutation($id: ID!) { cancelRun(id: $id) { status } }";
     assert_eq!(
-        must(&app, &token, cancel, json!({"id": slow["runTeam"]["id"]})).await["cancelRun"]["status"],
+        app.must(&token, cancel, json!({"id": slow["runTeam"]["id"]})).await["cancelRun"]["status"],
         "CANCELLED"
     );
     let after = scrape(&app).await;
@@ -135,9 +129,9 @@ async fn no_label_carries_a_team_user_key_or_run_id() {
     let token = app.token("user_3f9c2b7e", GlobalRole::Member);
     let team = create_team(&app, &token).await;
     let create_key = "mutation { createApiKey(input: {name: \"ci\", scopes: [RUNS_EXECUTE, TEAMS_READ]}) { secret apiKey { id prefix } } }";
-    let key = must(&app, &token, create_key, json!({})).await["createApiKey"].clone();
+    let key = app.must(&token, create_key, json!({})).await["createApiKey"].clone();
     let secret = key["secret"].as_str().unwrap();
-    let run = must(&app, secret, RUN, json!({"team": team, "content": "please fail", "wait": true})).await;
+    let run = app.must(secret, RUN, json!({"team": team, "content": "please fail", "wait": true})).await;
     let run_id = run["runTeam"]["id"].as_str().unwrap().to_string();
 
     let text = scrape(&app).await;

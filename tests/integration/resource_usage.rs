@@ -13,17 +13,11 @@ const USAGE: &str = "{ resourceUsage {
     server { databaseBytes uptimeSeconds processMemoryBytes openWebsockets openSubscriptions
         caches { name hits misses entries hitRate } } } }";
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
-}
-
 /// The run's tokens, in and out together.
 async fn run(app: &TestApp, token: &str, team: &Value) -> i64 {
     let run =
         "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hello there\"}) { tokensIn tokensOut } }";
-    let data = must(app, token, run, json!({"team": team})).await;
+    let data = app.must(token, run, json!({"team": team})).await;
     data["runTeam"]["tokensIn"].as_i64().unwrap() + data["runTeam"]["tokensOut"].as_i64().unwrap()
 }
 
@@ -35,19 +29,19 @@ async fn each_principal_shows_todays_usage_against_its_budget() {
     let spec =
         json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo", "maxTokens": 64}]});
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Support\", spec: $spec}) { id } }";
-    let team = must(&app, &alice, create, json!({"spec": spec})).await["createTeam"]["id"].clone();
+    let team = app.must(&alice, create, json!({"spec": spec})).await["createTeam"]["id"].clone();
     let create_key = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }";
     let input = json!({"name": "bot", "scopes": ["RUNS_EXECUTE", "TEAMS_READ"], "dailyTokenBudget": 1000});
-    let made = must(&app, &alice, create_key, json!({"input": input})).await["createApiKey"].clone();
+    let made = app.must(&alice, create_key, json!({"input": input})).await["createApiKey"].clone();
     let (bot, bot_id) = (made["secret"].as_str().unwrap().to_string(), made["apiKey"]["id"].clone());
-    let revoked = must(&app, &alice, create_key, json!({"input": {"name": "old", "scopes": ["TEAMS_READ"]}})).await;
+    let revoked = app.must(&alice, create_key, json!({"input": {"name": "old", "scopes": ["TEAMS_READ"]}})).await;
     let revoke = "mutation($id: ID!) { revokeApiKey(id: $id) { id } }";
-    must(&app, &alice, revoke, json!({"id": revoked["createApiKey"]["apiKey"]["id"]})).await;
+    app.must(&alice, revoke, json!({"id": revoked["createApiKey"]["apiKey"]["id"]})).await;
     let mine = run(&app, &alice, &team).await;
     let bots = run(&app, &bot, &team).await;
     app.state.usage.flush().await.unwrap();
 
-    let principals = must(&app, &bot, USAGE, json!({})).await["resourceUsage"]["principals"].clone();
+    let principals = app.must(&bot, USAGE, json!({})).await["resourceUsage"]["principals"].clone();
     let kinds: Vec<&str> = principals.as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["USER", "API_KEY", "TEAM"], "the revoked key is left out: {principals}");
     let (user, key, team_usage) = (&principals[0], &principals[1], &principals[2]);
@@ -71,7 +65,7 @@ async fn each_principal_shows_todays_usage_against_its_budget() {
 async fn only_signed_in_admins_see_the_server() {
     let app = TestApp::spawn().await;
     let member = app.token("user_member", GlobalRole::Member);
-    let usage = must(&app, &member, USAGE, json!({})).await;
+    let usage = app.must(&member, USAGE, json!({})).await;
     assert_eq!(usage["resourceUsage"]["server"], Value::Null, "{usage}");
 
     let admin = app.token("user_admin", GlobalRole::Admin);
@@ -79,7 +73,7 @@ async fn only_signed_in_admins_see_the_server() {
     ws.send(json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { heartbeat(intervalSeconds: 1) { seq } }"}}))
         .await;
     assert_eq!(ws.next_json().await["type"], "next");
-    let server = must(&app, &admin, USAGE, json!({})).await["resourceUsage"]["server"].clone();
+    let server = app.must(&admin, USAGE, json!({})).await["resourceUsage"]["server"].clone();
     assert!(server["databaseBytes"].as_i64().unwrap() > 0, "{server}");
     assert!(server["uptimeSeconds"].as_i64().unwrap() >= 0, "{server}");
     assert!(server["processMemoryBytes"].as_i64().unwrap() > 0, "Linux tells the resident memory: {server}");
@@ -93,7 +87,7 @@ async fn only_signed_in_admins_see_the_server() {
     drop(ws);
     let mut closed = json!(null);
     for _ in 0..50 {
-        closed = must(&app, &admin, USAGE, json!({})).await["resourceUsage"]["server"].clone();
+        closed = app.must(&admin, USAGE, json!({})).await["resourceUsage"]["server"].clone();
         if closed["openWebsockets"] == 0 && closed["openSubscriptions"] == 0 {
             break;
         }
@@ -106,9 +100,9 @@ async fn only_signed_in_admins_see_the_server() {
 async fn a_team_restricted_key_and_anonymous_callers_are_refused() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    let team = must(&app, &alice, "mutation { createTeam(input: {name: \"Support\"}) { id } }", json!({})).await;
+    let team = app.must(&alice, "mutation { createTeam(input: {name: \"Support\"}) { id } }", json!({})).await;
     let create = "mutation($team: ID!) { createApiKey(input: {name: \"scoped\", scopes: [TEAMS_READ], teamId: $team}) { secret } }";
-    let made = must(&app, &alice, create, json!({"team": team["createTeam"]["id"]})).await;
+    let made = app.must(&alice, create, json!({"team": team["createTeam"]["id"]})).await;
     let (_, body) = app.gql_as(made["createApiKey"]["secret"].as_str().unwrap(), USAGE, json!({})).await;
     assert_eq!(first_code(&body), "FORBIDDEN", "{body}");
     let (_, body) = app.post_json(&json!({"query": USAGE})).await;
@@ -126,8 +120,8 @@ fn session_tokens(usage: &Value) -> (i64, i64) {
 async fn a_repeated_request_is_a_session_token_cache_hit_in_the_api_and_at_metrics() {
     let app = TestApp::spawn().await;
     let admin = app.token("user_admin", GlobalRole::Admin);
-    let first = session_tokens(&must(&app, &admin, USAGE, json!({})).await);
-    let second = session_tokens(&must(&app, &admin, USAGE, json!({})).await);
+    let first = session_tokens(&app.must(&admin, USAGE, json!({})).await);
+    let second = session_tokens(&app.must(&admin, USAGE, json!({})).await);
     assert_eq!(first.1, 1, "the first request verified the token");
     assert_eq!((second.0, second.1), (first.0 + 1, 1), "the second found it");
 

@@ -19,17 +19,10 @@ const RUN: &str =
 const RENDER: &str = "query($id: ID!, $v: JSON) { renderTemplate(id: $id, variables: $v) }";
 const WORKFLOW: &str = "mutation($id: ID!, $t: ID!, $v: JSON) { runWorkflow(templateId: $id, teamId: $t, variables: $v) { status failedStep steps { id status output error } } }";
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables.clone()).await;
-    assert!(body.get("errors").is_none(), "{query} with {variables}: {body}");
-    body["data"].clone()
-}
-
 /// A team made from a TEAM or DEMO starter with its example's variables.
 async fn make_team(app: &TestApp, token: &str, starter: &starters::Starter) -> Value {
     let input = json!({"name": format!("From {}", starter.slug), "variables": starter.example.variables});
-    must(app, token, INSTANTIATE, json!({"id": starter.slug, "input": input})).await["instantiateTemplate"]["id"]
-        .clone()
+    app.must(token, INSTANTIATE, json!({"id": starter.slug, "input": input})).await["instantiateTemplate"]["id"].clone()
 }
 
 #[tokio::test]
@@ -37,7 +30,7 @@ async fn every_starter_instantiates_and_runs_offline() {
     let app = TestApp::spawn_with(|config| config.rate_limit_per_minute = 0).await;
     let token = app.token("user_newcomer", GlobalRole::Member);
     let by_slug: HashMap<&str, &starters::Starter> = starters::all().iter().map(|s| (s.slug.as_str(), s)).collect();
-    let plain = must(&app, &token, "mutation { createTeam(input: {name: \"Plain\"}) { id } }", json!({})).await;
+    let plain = app.must(&token, "mutation { createTeam(input: {name: \"Plain\"}) { id } }", json!({})).await;
     let plain = plain["createTeam"]["id"].clone();
     for starter in starters::all() {
         let slug = starter.slug.as_str();
@@ -46,20 +39,20 @@ async fn every_starter_instantiates_and_runs_offline() {
             Kind::Team | Kind::Demo => {
                 let team = make_team(&app, &token, starter).await;
                 let input = example.input.clone().unwrap_or_else(|| "Hello".into());
-                let ran = must(&app, &token, RUN, json!({"t": team, "c": input})).await["runTeam"].clone();
+                let ran = app.must(&token, RUN, json!({"t": team, "c": input})).await["runTeam"].clone();
                 assert_eq!(ran["status"], "SUCCEEDED", "{slug}: {ran}");
             }
             Kind::Query => {
-                let rendered = must(&app, &token, RENDER, json!({"id": slug, "v": example.variables})).await;
+                let rendered = app.must(&token, RENDER, json!({"id": slug, "v": example.variables})).await;
                 let prompt = rendered["renderTemplate"].as_str().unwrap().to_string();
                 assert!(!prompt.trim().is_empty() && !prompt.contains("{{"), "{slug}: {prompt}");
-                let ran = must(&app, &token, RUN, json!({"t": plain, "c": prompt})).await["runTeam"].clone();
+                let ran = app.must(&token, RUN, json!({"t": plain, "c": prompt})).await["runTeam"].clone();
                 assert_eq!(ran["status"], "SUCCEEDED", "{slug}: {ran}");
             }
             Kind::Workflow => {
                 let team_slug = example.team.as_deref().expect("a workflow's example names its team");
                 let team = make_team(&app, &token, by_slug[team_slug]).await;
-                let ran = must(&app, &token, WORKFLOW, json!({"id": slug, "t": team, "v": example.variables})).await;
+                let ran = app.must(&token, WORKFLOW, json!({"id": slug, "t": team, "v": example.variables})).await;
                 let result = &ran["runWorkflow"];
                 assert_eq!(result["status"], "SUCCEEDED", "{slug}: {result}");
                 let steps = result["steps"].as_array().unwrap();

@@ -26,13 +26,6 @@ const RENDER: &str = "query($id: ID!, $variables: JSON, $version: Int) { renderT
 const GET: &str = "query($id: ID!) { template(id: $id) { id name version } }";
 const VALIDATE: &str = "query($input: TemplateInput!) { validateTemplate(input: $input) { valid problems { path message line column } body } }";
 
-/// Runs `query` and answers `data`, failing the test on any error.
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "{query}: {body}");
-    body["data"].clone()
-}
-
 fn summarise() -> Value {
     json!({
         "kind": "QUERY",
@@ -48,7 +41,7 @@ fn summarise() -> Value {
 
 async fn create_team(app: &TestApp, token: &str, name: &str) -> String {
     let data =
-        must(app, token, "mutation($n: String!) { createTeam(input: {name: $n}) { id } }", json!({"n": name})).await;
+        app.must(token, "mutation($n: String!) { createTeam(input: {name: $n}) { id } }", json!({"n": name})).await;
     data["createTeam"]["id"].as_str().unwrap().to_string()
 }
 
@@ -56,7 +49,7 @@ async fn create_team(app: &TestApp, token: &str, name: &str) -> String {
 async fn every_save_is_a_version_with_history_diff_and_restore() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    let created = must(&app, &alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"].clone();
+    let created = app.must(&alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"].clone();
     let id = created["id"].clone();
     assert_eq!((created["kind"].as_str(), created["version"].as_i64()), (Some("QUERY"), Some(1)), "{created}");
     assert_eq!(created["visibility"], "PRIVATE");
@@ -67,18 +60,18 @@ async fn every_save_is_a_version_with_history_diff_and_restore() {
         json!({"name": "sentences", "type": "INTEGER", "required": false, "default": 2})
     );
 
-    let rendered = must(&app, &alice, RENDER, json!({"id": id, "variables": {"text": "Rust is fast."}})).await;
+    let rendered = app.must(&alice, RENDER, json!({"id": id, "variables": {"text": "Rust is fast."}})).await;
     assert_eq!(rendered["renderTemplate"], "Summarise for a busy reader in 2 sentences:\nRust is fast.");
 
     let change = json!({"body": {"prompt": "TL;DR for {{ audience }}: {{ text }}"}, "changelog": "Shorter"});
-    let updated = must(&app, &alice, &update_doc(), json!({"id": id, "input": change, "expected": 1})).await;
+    let updated = app.must(&alice, &update_doc(), json!({"id": id, "input": change, "expected": 1})).await;
     assert_eq!(updated["updateTemplate"]["version"], 2);
     assert_eq!(updated["updateTemplate"]["changelog"], "Shorter");
     // Renaming is a save too, and a version.
-    let renamed = must(&app, &alice, &update_doc(), json!({"id": id, "input": {"name": "TL;DR"}})).await;
+    let renamed = app.must(&alice, &update_doc(), json!({"id": id, "input": {"name": "TL;DR"}})).await;
     assert_eq!(renamed["updateTemplate"]["version"], 3);
     assert_eq!(renamed["updateTemplate"]["body"]["prompt"], "TL;DR for {{ audience }}: {{ text }}");
-    let fresh = must(&app, &alice, GET, json!({"id": id})).await;
+    let fresh = app.must(&alice, GET, json!({"id": id})).await;
     assert_eq!(
         (fresh["template"]["name"].as_str(), fresh["template"]["version"].as_i64()),
         (Some("TL;DR"), Some(3)),
@@ -91,13 +84,13 @@ async fn every_save_is_a_version_with_history_diff_and_restore() {
     assert_eq!(first_code(&body), "CONFLICT", "{body}");
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("version 3"), "{body}");
 
-    let history = must(
-        &app,
-        &alice,
-        "query($id: ID!) { templateVersions(id: $id, first: 10) { nodes { version changelog authorId } } }",
-        json!({"id": id}),
-    )
-    .await;
+    let history = app
+        .must(
+            &alice,
+            "query($id: ID!) { templateVersions(id: $id, first: 10) { nodes { version changelog authorId } } }",
+            json!({"id": id}),
+        )
+        .await;
     let versions: Vec<i64> = history["templateVersions"]["nodes"]
         .as_array()
         .unwrap()
@@ -107,22 +100,22 @@ async fn every_save_is_a_version_with_history_diff_and_restore() {
     assert_eq!(versions, [3, 2, 1]);
     assert_eq!(history["templateVersions"]["nodes"][2]["authorId"], "user_alice");
 
-    let diff = must(
-        &app,
-        &alice,
-        "query($id: ID!) { templateDiff(id: $id, from: 1, to: 2) { operations summary } }",
-        json!({"id": id}),
-    )
-    .await;
+    let diff = app
+        .must(
+            &alice,
+            "query($id: ID!) { templateDiff(id: $id, from: 1, to: 2) { operations summary } }",
+            json!({"id": id}),
+        )
+        .await;
     assert_eq!(diff["templateDiff"]["operations"][0]["path"], "/body/prompt", "{diff}");
     assert_eq!(diff["templateDiff"]["operations"].as_array().unwrap().len(), 1, "{diff}");
 
     let restore = "mutation($id: ID!) { restoreTemplateVersion(id: $id, version: 1) { version body changelog } }";
-    let restored = must(&app, &alice, restore, json!({"id": id})).await["restoreTemplateVersion"].clone();
+    let restored = app.must(&alice, restore, json!({"id": id})).await["restoreTemplateVersion"].clone();
     assert_eq!(restored["version"], 4);
     assert_eq!(restored["changelog"], "Restored version 1");
     assert_eq!(restored["body"], created["body"]);
-    let old = must(&app, &alice, RENDER, json!({"id": id, "version": 2, "variables": {"text": "x"}})).await;
+    let old = app.must(&alice, RENDER, json!({"id": id, "version": 2, "variables": {"text": "x"}})).await;
     assert_eq!(old["renderTemplate"], "TL;DR for a busy reader: x", "an old version still renders");
 
     let rows = template_versions::Entity::find()
@@ -184,7 +177,7 @@ async fn validation_lists_every_problem_with_its_place_and_saves_nothing() {
     assert!(problems[0]["message"].as_str().unwrap().contains("second"), "a later step: {body}");
     assert!(problems[1]["message"].as_str().unwrap().contains("ghost"), "an unknown step: {body}");
 
-    let good = must(&app, &alice, VALIDATE, json!({"input": summarise()})).await;
+    let good = app.must(&alice, VALIDATE, json!({"input": summarise()})).await;
     assert_eq!(good["validateTemplate"]["valid"], true);
     assert_eq!(good["validateTemplate"]["problems"], json!([]));
 
@@ -216,7 +209,7 @@ async fn refused_saves_and_instantiations_say_their_first_problem_in_the_message
         "agents": [{"name": "support", "model": "local/echo", "systemPrompt": "You help customers of {{ company }}."}]});
     let template = json!({"kind": "TEAM", "name": "Helpdesk", "body": spec,
         "variables": [{"name": "company", "type": "string", "required": true}]});
-    let id = must(&app, &alice, &create_doc(), json!({"input": template})).await["createTemplate"]["id"].clone();
+    let id = app.must(&alice, &create_doc(), json!({"input": template})).await["createTemplate"]["id"].clone();
     let instantiate =
         "mutation($id: ID!, $input: InstantiateTemplateInput!) { instantiateTemplate(id: $id, input: $input) { id } }";
     let (_, body) = app.gql_as(&alice, instantiate, json!({"id": id, "input": {"name": "Desk"}})).await;
@@ -230,7 +223,7 @@ async fn refused_saves_and_instantiations_say_their_first_problem_in_the_message
 async fn renders_name_every_bad_variable_and_stop_runaway_loops() {
     let app = TestApp::spawn().await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    let id = must(&app, &alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"]["id"].clone();
+    let id = app.must(&alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"]["id"].clone();
     let (_, body) =
         app.gql_as(&alice, RENDER, json!({"id": id, "variables": {"sentences": "three", "colour": "red"}})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
@@ -238,17 +231,17 @@ async fn renders_name_every_bad_variable_and_stop_runaway_loops() {
 
     let loop_body = json!({"kind": "QUERY", "name": "Runaway",
         "body": {"prompt": "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"}});
-    let runaway = must(&app, &alice, &create_doc(), json!({"input": loop_body})).await["createTemplate"]["id"].clone();
+    let runaway = app.must(&alice, &create_doc(), json!({"input": loop_body})).await["createTemplate"]["id"].clone();
     let started = std::time::Instant::now();
     let (_, body) = app.gql_as(&alice, RENDER, json!({"id": runaway})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "the render stopped");
     // The server still answers.
-    assert!(must(&app, &alice, GET, json!({"id": id})).await["template"]["id"].is_string());
+    assert!(app.must(&alice, GET, json!({"id": id})).await["template"]["id"].is_string());
 
     let team = json!({"kind": "TEAM", "name": "A team", "body": {"format": "ensemble.team/v1",
         "agents": [{"name": "a", "model": "local/echo", "systemPrompt": "Hi"}]}});
-    let team_template = must(&app, &alice, &create_doc(), json!({"input": team})).await["createTemplate"]["id"].clone();
+    let team_template = app.must(&alice, &create_doc(), json!({"input": team})).await["createTemplate"]["id"].clone();
     let (_, body) = app.gql_as(&alice, RENDER, json!({"id": team_template})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT", "only QUERY templates render: {body}");
 }
@@ -259,22 +252,21 @@ async fn sharing_decides_who_sees_a_template() {
     let alice = app.token("user_alice", GlobalRole::Member);
     let bob = app.token("user_bob", GlobalRole::Member);
     let carol = app.token("user_carol", GlobalRole::Member);
-    must(&app, &bob, "{ me { id } }", json!({})).await;
+    app.must(&bob, "{ me { id } }", json!({})).await;
     let team = create_team(&app, &alice, "Writers").await;
     let add = "mutation($t: ID!) { addTeamMember(teamId: $t, input: {userId: \"user_bob\", role: VIEWER}) { userId } }";
-    must(&app, &alice, add, json!({"t": team})).await;
+    app.must(&alice, add, json!({"t": team})).await;
 
-    let private =
-        must(&app, &alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"]["id"].clone();
+    let private = app.must(&alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"]["id"].clone();
     let mut shared = summarise();
     shared["name"] = json!("Team summary");
     shared["visibility"] = json!("TEAM");
     shared["teamId"] = json!(team);
-    let shared = must(&app, &alice, &create_doc(), json!({"input": shared})).await["createTemplate"]["id"].clone();
+    let shared = app.must(&alice, &create_doc(), json!({"input": shared})).await["createTemplate"]["id"].clone();
     let mut public = summarise();
     public["name"] = json!("Public summary");
     public["visibility"] = json!("PUBLIC");
-    let public = must(&app, &alice, &create_doc(), json!({"input": public})).await["createTemplate"]["id"].clone();
+    let public = app.must(&alice, &create_doc(), json!({"input": public})).await["createTemplate"]["id"].clone();
 
     for (who, token, visible) in [("bob", &bob, [false, true, true]), ("carol", &carol, [false, false, true])] {
         for (id, expected) in [&private, &shared, &public].into_iter().zip(visible) {
@@ -290,14 +282,14 @@ async fn sharing_decides_who_sees_a_template() {
     let ids = |data: &Value| -> Vec<Value> {
         data["templates"]["nodes"].as_array().unwrap().iter().map(|n| n["id"].clone()).collect()
     };
-    let bobs = ids(&must(&app, &bob, list, json!({"f": {"starter": false}})).await);
+    let bobs = ids(&app.must(&bob, list, json!({"f": {"starter": false}})).await);
     assert_eq!(bobs, [shared.clone(), public.clone()]);
-    let carols = ids(&must(&app, &carol, list, json!({"f": {"starter": false}})).await);
+    let carols = ids(&app.must(&carol, list, json!({"f": {"starter": false}})).await);
     assert_eq!(carols, std::slice::from_ref(&public));
     let searched =
-        ids(&must(&app, &alice, list, json!({"f": {"search": "TEAM SUM", "kind": "QUERY", "starter": false}})).await);
+        ids(&app.must(&alice, list, json!({"f": {"search": "TEAM SUM", "kind": "QUERY", "starter": false}})).await);
     assert_eq!(searched, std::slice::from_ref(&shared));
-    let percent = ids(&must(&app, &alice, list, json!({"f": {"search": "100%", "starter": false}})).await);
+    let percent = ids(&app.must(&alice, list, json!({"f": {"search": "100%", "starter": false}})).await);
     assert!(percent.is_empty(), "% matches itself only");
 
     // A viewer of the team may use its template but not change it; a stranger learns nothing.
@@ -307,10 +299,10 @@ async fn sharing_decides_who_sees_a_template() {
     assert_eq!(first_code(&body), "NOT_FOUND", "{body}");
     // Forking makes one's own private copy.
     let fork = "mutation($id: ID!) { forkTemplate(id: $id) { id name visibility forkedFromId forkedFromVersion } }";
-    let forked = must(&app, &bob, fork, json!({"id": shared})).await["forkTemplate"].clone();
+    let forked = app.must(&bob, fork, json!({"id": shared})).await["forkTemplate"].clone();
     assert_eq!(forked["name"], "Team summary (fork)");
     assert_eq!((forked["visibility"].as_str(), forked["forkedFromId"].clone()), (Some("PRIVATE"), shared.clone()));
-    let renamed = must(&app, &bob, &update_doc(), json!({"id": forked["id"], "input": {"name": "Bob's"}})).await;
+    let renamed = app.must(&bob, &update_doc(), json!({"id": forked["id"], "input": {"name": "Bob's"}})).await;
     assert_eq!(renamed["updateTemplate"]["version"], 2);
     // Sharing with a team one does not edit is refused.
     let mut sneaky = summarise();
@@ -322,7 +314,7 @@ async fn sharing_decides_who_sees_a_template() {
     let delete = "mutation($id: ID!) { deleteTemplate(id: $id) { slug version } }";
     let (_, body) = app.gql_as(&bob, delete, json!({"id": public})).await;
     assert_eq!(first_code(&body), "FORBIDDEN", "{body}");
-    must(&app, &alice, delete, json!({"id": public})).await;
+    app.must(&alice, delete, json!({"id": public})).await;
     let (_, body) = app.gql_as(&alice, GET, json!({"id": public})).await;
     assert_eq!(first_code(&body), "NOT_FOUND", "deleted, and not served from a cache: {body}");
     assert_eq!(first_code(&app.gql(GET, json!({"id": private})).await), "UNAUTHENTICATED");
@@ -336,29 +328,25 @@ async fn instantiating_makes_a_team_with_rendered_prompts_and_the_demo_conversat
         "agents": [{"name": "support", "model": "local/echo", "systemPrompt": "You help customers of {{ company }}."}]});
     let team_template = json!({"kind": "TEAM", "name": "Helpdesk", "body": spec,
         "variables": [{"name": "company", "type": "string", "required": true}]});
-    let id = must(&app, &alice, &create_doc(), json!({"input": team_template})).await["createTemplate"]["id"].clone();
+    let id = app.must(&alice, &create_doc(), json!({"input": team_template})).await["createTemplate"]["id"].clone();
     let instantiate = "mutation($id: ID!, $input: InstantiateTemplateInput!) { instantiateTemplate(id: $id, input: $input) { id name spec version } }";
     let (_, body) = app.gql_as(&alice, instantiate, json!({"id": id, "input": {"name": "Acme desk"}})).await;
     assert_eq!(problem_paths(&body), ["variables.company"], "{body}");
-    let team = must(
-        &app,
-        &alice,
-        instantiate,
-        json!({"id": id, "input": {"name": "Acme desk", "variables": {"company": "Acme"}}}),
-    )
-    .await["instantiateTemplate"]
+    let team = app
+        .must(&alice, instantiate, json!({"id": id, "input": {"name": "Acme desk", "variables": {"company": "Acme"}}}))
+        .await["instantiateTemplate"]
         .clone();
     assert_eq!(team["spec"]["agents"][0]["systemPrompt"], "You help customers of Acme.", "{team}");
     let run = "mutation($t: ID!) { runTeam(teamId: $t, input: {content: \"Where is my order?\"}) { status output } }";
-    let ran = must(&app, &alice, run, json!({"t": team["id"]})).await;
+    let ran = app.must(&alice, run, json!({"t": team["id"]})).await;
     assert_eq!(ran["runTeam"]["status"], "SUCCEEDED", "{ran}");
 
     let demo = json!({"kind": "DEMO", "name": "Helpdesk demo", "body": {"team": spec, "conversation": [
         {"role": "user", "content": "My parcel is late."},
         {"role": "assistant", "agent": "support", "content": "Sorry! Let me check."}
     ]}, "variables": [{"name": "company", "type": "string", "default": "Initech"}]});
-    let demo_id = must(&app, &alice, &create_doc(), json!({"input": demo})).await["createTemplate"]["id"].clone();
-    let made = must(&app, &alice, instantiate, json!({"id": demo_id, "input": {"name": "Demo desk"}})).await;
+    let demo_id = app.must(&alice, &create_doc(), json!({"input": demo})).await["createTemplate"]["id"].clone();
+    let made = app.must(&alice, instantiate, json!({"id": demo_id, "input": {"name": "Demo desk"}})).await;
     let team_id = made["instantiateTemplate"]["id"].as_str().unwrap().to_string();
     assert_eq!(made["instantiateTemplate"]["spec"]["agents"][0]["systemPrompt"], "You help customers of Initech.");
     let conversation = entity::conversations::Entity::find()
@@ -377,10 +365,10 @@ async fn instantiating_makes_a_team_with_rendered_prompts_and_the_demo_conversat
     assert_eq!(replayed[1].agent.as_deref(), Some("support"));
     // The conversation continues from the replayed answer.
     let send = "mutation($c: ID!, $p: ID) { sendMessage(conversationId: $c, content: \"Any news?\", parentMessageId: $p) { status } }";
-    let sent = must(&app, &alice, send, json!({"c": conversation.id, "p": replayed[1].id})).await;
+    let sent = app.must(&alice, send, json!({"c": conversation.id, "p": replayed[1].id})).await;
     assert_eq!(sent["sendMessage"]["status"], "SUCCEEDED", "{sent}");
 
-    let query = must(&app, &alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"]["id"].clone();
+    let query = app.must(&alice, &create_doc(), json!({"input": summarise()})).await["createTemplate"]["id"].clone();
     let (_, body) = app.gql_as(&alice, instantiate, json!({"id": query, "input": {"name": "Nope"}})).await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT", "a QUERY template makes no team: {body}");
 }
@@ -390,14 +378,14 @@ async fn a_category_in_use_cannot_be_deleted() {
     let app = TestApp::spawn().await;
     let admin = app.token("user_admin", GlobalRole::Admin);
     let create = "mutation { createTemplateCategory(input: {name: \"Filed\"}) { id slug } }";
-    let category = must(&app, &admin, create, json!({})).await["createTemplateCategory"].clone();
+    let category = app.must(&admin, create, json!({})).await["createTemplateCategory"].clone();
     let mut filed = summarise();
     filed["category"] = category["slug"].clone();
-    let template = must(&app, &admin, &create_doc(), json!({"input": filed})).await["createTemplate"].clone();
+    let template = app.must(&admin, &create_doc(), json!({"input": filed})).await["createTemplate"].clone();
     assert_eq!(template["category"]["slug"], "filed");
     let delete = "mutation($id: ID!) { deleteTemplateCategory(id: $id) { slug } }";
     let (_, body) = app.gql_as(&admin, delete, json!({"id": category["id"]})).await;
     assert_eq!(first_code(&body), "CONFLICT", "{body}");
-    must(&app, &admin, "mutation($id: ID!) { deleteTemplate(id: $id) { slug } }", json!({"id": template["id"]})).await;
-    must(&app, &admin, delete, json!({"id": category["id"]})).await;
+    app.must(&admin, "mutation($id: ID!) { deleteTemplate(id: $id) { slug } }", json!({"id": template["id"]})).await;
+    app.must(&admin, delete, json!({"id": category["id"]})).await;
 }

@@ -13,21 +13,15 @@ async fn app() -> TestApp {
     TestApp::spawn_with(|c| c.usage_flush_secs = 3600).await
 }
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
-}
-
 /// `who` makes a team of one `local/echo` agent and runs it `runs` times.
 async fn runs(app: &TestApp, who: &str, runs: usize) {
     let token = app.token(who, GlobalRole::Member);
     let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Support\", spec: $spec}) { id } }";
-    let team = must(app, &token, create, json!({"spec": spec})).await["createTeam"]["id"].clone();
+    let team = app.must(&token, create, json!({"spec": spec})).await["createTeam"]["id"].clone();
     for _ in 0..runs {
         let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"hello\"}) { status } }";
-        assert_eq!(must(app, &token, run, json!({"team": team})).await["runTeam"]["status"], "SUCCEEDED");
+        assert_eq!(app.must(&token, run, json!({"team": team})).await["runTeam"]["status"], "SUCCEEDED");
     }
 }
 
@@ -85,7 +79,7 @@ async fn the_csv_holds_the_same_rows_as_the_graphql_report() {
     let (from, to) = (midnight(-2), midnight(1));
     let query = "query($range: TimeRangeInput) { usageReport(range: $range, groupBy: [USER, MODEL]) {
         rows { userId model requests runs tokensIn tokensOut costUsd } } }";
-    let data = must(&app, &admin, query, json!({"range": {"from": from, "to": to}})).await;
+    let data = app.must(&admin, query, json!({"range": {"from": from, "to": to}})).await;
     let rows = data["usageReport"]["rows"].as_array().unwrap().clone();
     assert!(rows.len() >= 4, "both users, with and without a model: {data}");
 
@@ -114,7 +108,7 @@ async fn the_csv_holds_the_same_rows_as_the_graphql_report() {
 async fn values_with_commas_and_quotes_are_quoted_and_the_file_is_named_by_its_days() {
     let app = app().await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    must(&app, &alice, "{ me { id } }", json!({})).await;
+    app.must(&alice, "{ me { id } }", json!({})).await;
     let odd = "acme/\"big, fast\"";
     let row = usage_daily::Model {
         day: "2025-03-01".into(),
@@ -149,10 +143,10 @@ async fn team_and_key_names_stand_beside_their_ids_and_cells_that_look_like_form
     let key_name = "@SUM(1+1)*cmd|' /C calc'!A0";
     let create = "mutation($name: String!) { createTeam(input: {name: $name}) { id } }";
     let team =
-        must(&app, &alice, create, json!({"name": team_name})).await["createTeam"]["id"].as_str().unwrap().to_string();
+        app.must(&alice, create, json!({"name": team_name})).await["createTeam"]["id"].as_str().unwrap().to_string();
     let create = "mutation($name: String!, $team: ID) {
         createApiKey(input: {name: $name, scopes: [TEAMS_READ], teamId: $team}) { apiKey { id } } }";
-    let made = must(&app, &alice, create, json!({"name": key_name, "team": team})).await;
+    let made = app.must(&alice, create, json!({"name": key_name, "team": team})).await;
     let key = made["createApiKey"]["apiKey"]["id"].as_str().unwrap().to_string();
     let row = |model: &str, team_id: &str, api_key_id: &str| usage_daily::Model {
         day: "2025-03-01".into(),
@@ -262,7 +256,7 @@ async fn a_key_without_teams_read_is_403_and_reports_are_rate_limited() {
     .await;
     let alice = app.token("user_alice", GlobalRole::Member);
     let create = "mutation { createApiKey(input: {name: \"runner\", scopes: [RUNS_EXECUTE]}) { secret } }";
-    let runner = must(&app, &alice, create, json!({})).await["createApiKey"]["secret"].as_str().unwrap().to_string();
+    let runner = app.must(&alice, create, json!({})).await["createApiKey"]["secret"].as_str().unwrap().to_string();
     let response = app.client.get(app.url("/reports/usage.csv")).header("x-api-key", &runner).send().await.unwrap();
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.unwrap();

@@ -20,30 +20,24 @@ async fn app() -> TestApp {
     TestApp::spawn_with(|c| c.usage_flush_secs = 3600).await
 }
 
-async fn must(app: &TestApp, token: &str, query: &str, variables: Value) -> Value {
-    let (_, body) = app.gql_as(token, query, variables).await;
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
-}
-
 /// A team of one `local/echo` agent, owned by the bearer of `token`.
 async fn team(app: &TestApp, token: &str, name: &str) -> String {
     let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
     let create = "mutation($name: String!, $spec: JSON) { createTeam(input: {name: $name, spec: $spec}) { id } }";
-    let data = must(app, token, create, json!({"name": name, "spec": spec})).await;
+    let data = app.must(token, create, json!({"name": name, "spec": spec})).await;
     data["createTeam"]["id"].as_str().unwrap().to_string()
 }
 
 /// Runs the team once; returns the tokens in and out it used.
 async fn run(app: &TestApp, token: &str, team: &str) -> (i64, i64) {
     let run = "mutation($team: ID!) { runTeam(teamId: $team, input: {content: \"Where is my parcel?\"}) { status tokensIn tokensOut } }";
-    let data = must(app, token, run, json!({"team": team})).await;
+    let data = app.must(token, run, json!({"team": team})).await;
     assert_eq!(data["runTeam"]["status"], "SUCCEEDED");
     (data["runTeam"]["tokensIn"].as_i64().unwrap(), data["runTeam"]["tokensOut"].as_i64().unwrap())
 }
 
 async fn report(app: &TestApp, token: &str, group_by: Value) -> Value {
-    must(app, token, REPORT, json!({"groupBy": group_by})).await["usageReport"].clone()
+    app.must(token, REPORT, json!({"groupBy": group_by})).await["usageReport"].clone()
 }
 
 fn today() -> String {
@@ -125,7 +119,7 @@ async fn members_see_their_own_usage_and_their_teams_and_admins_see_all() {
     let lab = team(&app, &bob, "Lab").await;
     let add =
         "mutation($team: ID!) { addTeamMember(teamId: $team, input: {userId: \"user_bob\", role: OPERATOR}) { role } }";
-    must(&app, &alice, add, json!({"team": support})).await;
+    app.must(&alice, add, json!({"team": support})).await;
     run(&app, &alice, &support).await;
     run(&app, &bob, &support).await;
     run(&app, &bob, &lab).await;
@@ -170,7 +164,7 @@ async fn an_api_key_needs_teams_read_and_a_team_key_sees_only_its_team() {
         let app = &app;
         let alice = &alice;
         async move {
-            must(app, alice, create, json!({"input": input})).await["createApiKey"]["secret"]
+            app.must(alice, create, json!({"input": input})).await["createApiKey"]["secret"]
                 .as_str()
                 .unwrap()
                 .to_string()
@@ -197,19 +191,19 @@ async fn an_api_key_needs_teams_read_and_a_team_key_sees_only_its_team() {
 async fn rows_name_their_user_team_and_api_key_beside_the_ids() {
     let app = app().await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    must(&app, &alice, "mutation { updateProfile(input: {displayName: \"Alice Liddell\"}) { id } }", json!({})).await;
+    app.must(&alice, "mutation { updateProfile(input: {displayName: \"Alice Liddell\"}) { id } }", json!({})).await;
     let support = team(&app, &alice, "Support desk").await;
     let create = "mutation($t: ID!) { createApiKey(input: {name: \"deploy bot\", scopes: [RUNS_EXECUTE], teamId: $t}) { secret apiKey { id } } }";
-    let made = must(&app, &alice, create, json!({"t": support})).await["createApiKey"].clone();
+    let made = app.must(&alice, create, json!({"t": support})).await["createApiKey"].clone();
     run(&app, made["secret"].as_str().unwrap(), &support).await;
     let gone = team(&app, &alice, "Short-lived").await;
     run(&app, &alice, &gone).await;
-    must(&app, &alice, "mutation($t: ID!) { deleteTeam(id: $t) { id } }", json!({"t": gone})).await;
+    app.must(&alice, "mutation($t: ID!) { deleteTeam(id: $t) { id } }", json!({"t": gone})).await;
     app.state.usage.flush().await.unwrap();
 
     let query = "query { usageReport(groupBy: [USER, TEAM, API_KEY]) {
         rows { userId userName teamId teamName apiKeyId apiKeyName runs } } }";
-    let rows = must(&app, &alice, query, json!({})).await["usageReport"]["rows"].clone();
+    let rows = app.must(&alice, query, json!({})).await["usageReport"]["rows"].clone();
     let row = |team: &str| {
         let found = rows.as_array().unwrap().iter().find(|r| r["teamId"] == team && r["runs"] == 1);
         found.unwrap_or_else(|| panic!("{team}: {rows}")).clone()
@@ -255,7 +249,7 @@ async fn bad_ranges_and_repeated_groups_are_refused() {
 async fn a_report_past_ten_thousand_rows_asks_for_a_narrower_one() {
     let app = app().await;
     let alice = app.token("user_alice", GlobalRole::Member);
-    must(&app, &alice, "{ me { id } }", json!({})).await;
+    app.must(&alice, "{ me { id } }", json!({})).await;
     let rows: Vec<usage_daily::ActiveModel> = (0..10_001)
         .map(|i| {
             let row = usage_daily::Model {
