@@ -14,13 +14,17 @@ use crate::{
     auth::Authenticator,
     cache::Caches,
     config::{Config, ConnectionLimits},
-    db,
+    db::{
+        self,
+        batch::{BatchWriter, SqlxWriter},
+    },
     error::AppError,
     events::{EventBus, Notice},
     http::server,
     metrics::Metrics,
     rate_limit::RateLimits,
     service::{
+        audit::AuditChain,
         backups::{Backups, DatabaseLock},
         runs::{self, Runner},
         templates::{Templates, starters},
@@ -96,11 +100,14 @@ impl App {
         let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
+        let writer: Arc<dyn BatchWriter> = Arc::new(SqlxWriter::new(db.clone()));
+        let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
         let link = bus.link().cloned();
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst, link));
         // The tokenizer takes a moment to load; do it now rather than in the first run.
         tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
-        let templates = Arc::new(Templates::new(db.clone(), caches.clone(), config.runs.providers.clone()));
+        let templates =
+            Arc::new(Templates::new(db.clone(), audit.clone(), caches.clone(), config.runs.providers.clone()));
         let runner =
             Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone(), metrics.clone()));
         // Instances starting at the same moment take turns to migrate, recover and seed.
@@ -136,6 +143,8 @@ impl App {
             bus,
             statements,
             db,
+            writer,
+            audit,
             metrics,
             started_at: chrono::Utc::now(),
             shutdown: stopping,

@@ -12,6 +12,10 @@ use crate::{config::Config, metrics::Metrics};
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
+    /// Commits batches (docs/write-path.md); mutations that leave an audit row go through
+    /// `audit`, which uses it.
+    pub writer: Arc<dyn crate::db::batch::BatchWriter>,
+    pub audit: Arc<crate::service::audit::AuditChain>,
     pub metrics: Arc<Metrics>,
     /// Every in-process cache (tokens, keys, users, specs, templates, prices).
     pub caches: Arc<crate::cache::Caches>,

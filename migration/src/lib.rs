@@ -19,6 +19,7 @@ mod m0011_template_categories;
 mod m0012_templates;
 mod m0013_backups;
 mod m0014_budget_reservations;
+mod m0015_write_path;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0012_templates::Migration),
             Box::new(m0013_backups::Migration),
             Box::new(m0014_budget_reservations::Migration),
+            Box::new(m0015_write_path::Migration),
         ]
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, StatementBuilder,
-    sea_query::SelectStatement,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult, Statement,
+    StatementBuilder, sea_query::SelectStatement,
 };
 
 use crate::error::AppError;
@@ -47,7 +47,7 @@ pub struct Guard {
     pub code: &'static str,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Step {
     /// An INSERT, UPDATE or DELETE; with `returns`, its `RETURNING` rows are answered.
     Write { statement: Statement, returns: bool, guard: Option<Guard> },
@@ -56,7 +56,7 @@ enum Step {
 }
 
 /// Statements that run in order as one transaction, built for one database.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Batch {
     backend: DbBackend,
     steps: Vec<Step>,
@@ -93,6 +93,12 @@ impl Batch {
         self
     }
 
+    /// Adds every step of `other` after this batch's own.
+    pub fn then(mut self, other: Batch) -> Self {
+        self.steps.extend(other.steps);
+        self
+    }
+
     /// Aborts the batch unless `condition` answers a row, run on what the steps before it left.
     pub fn assert(mut self, condition: &SelectStatement, code: &'static str) -> Self {
         let condition = self.backend.build(condition);
@@ -104,6 +110,17 @@ impl Batch {
         self.backend
     }
 
+    /// The codes of the batch's guards and assertions, to read a guard back from an error.
+    pub fn codes(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Write { guard, .. } => guard.map(|guard| guard.code),
+                Step::Assert { code, .. } => Some(*code),
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.steps.len()
     }
@@ -113,10 +130,72 @@ impl Batch {
     }
 }
 
+/// One statement of a batch as SQLite and D1 run it, guards written as SQL
+/// (docs/write-path.md, "The mechanism per database").
+#[derive(Debug)]
+pub struct SqlStatement {
+    pub statement: Statement,
+    /// The batch step this statement is; `None` for a guard's own statement.
+    pub step: Option<usize>,
+    /// Whether its rows are answered (`RETURNING`).
+    pub returns: bool,
+}
+
+impl Batch {
+    /// The batch's statements with each guard written as SQL: right after a guarded write,
+    /// `INSERT INTO write_guard (reason) SELECT ? WHERE changes() <> 1` (the table's trigger
+    /// raises the reason, which aborts the whole batch); for an assertion,
+    /// `INSERT INTO write_guard (reason) SELECT ? WHERE NOT EXISTS (…)`. The reason is
+    /// `write_guard:<step>:<code>`, read back by [`guard_in`].
+    pub fn into_sql(self) -> Vec<SqlStatement> {
+        let backend = self.backend;
+        let mut out = Vec::with_capacity(self.steps.len() * 2);
+        for (index, step) in self.steps.into_iter().enumerate() {
+            match step {
+                Step::Write { statement, returns, guard } => {
+                    out.push(SqlStatement { statement, step: Some(index), returns });
+                    if let Some(Guard { expect, code }) = guard {
+                        let unless = match expect {
+                            Expect::One => "changes() <> 1".to_string(),
+                            Expect::AtLeastOne => "changes() = 0".to_string(),
+                            Expect::Exactly(n) => format!("changes() <> {n}"),
+                        };
+                        let sql = format!("INSERT INTO write_guard (reason) SELECT ? WHERE {unless}");
+                        let reason = format!("{GUARD_PREFIX}{index}:{code}");
+                        let guard = Statement::from_sql_and_values(backend, sql, [reason.into()]);
+                        out.push(SqlStatement { statement: guard, step: None, returns: false });
+                    }
+                }
+                Step::Assert { condition, code } => {
+                    let sql = format!("INSERT INTO write_guard (reason) SELECT ? WHERE NOT EXISTS ({})", condition.sql);
+                    let reason = format!("{GUARD_PREFIX}{index}:{code}");
+                    let values = std::iter::once(reason.into()).chain(condition.values.into_iter().flat_map(|v| v.0));
+                    let statement = Statement::from_sql_and_values(backend, sql, values);
+                    out.push(SqlStatement { statement, step: Some(index), returns: false });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What a guard raises, before `<step>:<code>`.
+const GUARD_PREFIX: &str = "write_guard:";
+
+/// The guard whose reason an error's text carries (`write_guard:<step>:<code>`), mapped back to
+/// the code the batch gave it, if any.
+pub fn guard_in(text: &str, codes: &[&'static str]) -> Option<(usize, &'static str)> {
+    let rest = &text[text.find(GUARD_PREFIX)? + GUARD_PREFIX.len()..];
+    let (index, rest) = rest.split_once(':')?;
+    let code: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+    let code = codes.iter().find(|known| **known == code)?;
+    Some((index.parse().ok()?, code))
+}
+
 /// What one step of a committed batch did.
 #[derive(Debug, Default)]
 pub struct StepResult {
-    /// Rows the write changed (for an assertion, the rows its condition answered).
+    /// Rows the write changed (none for an assertion).
     pub rows_affected: u64,
     /// The `RETURNING` rows of a write added with [`Batch::write_returning`].
     pub rows: Vec<QueryResult>,
@@ -165,8 +244,9 @@ pub trait BatchWriter: Send + Sync {
 }
 
 /// SQLite and PostgreSQL through sqlx: the batch runs inside a transaction (`BEGIN IMMEDIATE`
-/// on SQLite, so writers queue at the start rather than fail at the commit), each guard is
-/// checked against its statement's row count, and a guard that does not hold rolls back.
+/// on SQLite, so writers queue at the start rather than fail at the commit) and a guard that
+/// does not hold rolls it back. On SQLite the guards are SQL, exactly as D1 runs them; on
+/// PostgreSQL each is checked against its statement's row count.
 pub struct SqlxWriter {
     db: DatabaseConnection,
 }
@@ -185,33 +265,75 @@ impl BatchWriter for SqlxWriter {
 
     async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
         let txn = super::begin_write(&self.db).await.map_err(|err| BatchError::from_db(None, err))?;
-        let mut results = Vec::with_capacity(batch.steps.len());
-        for (index, step) in batch.steps.into_iter().enumerate() {
-            let failed = |err| BatchError::from_db(Some(index), err);
-            let (result, guard) = match step {
-                Step::Write { statement, returns: false, guard } => {
-                    let done = txn.execute_raw(statement).await.map_err(failed)?;
-                    (StepResult { rows_affected: done.rows_affected(), rows: Vec::new() }, guard)
-                }
-                Step::Write { statement, returns: true, guard } => {
-                    let rows = txn.query_all_raw(statement).await.map_err(failed)?;
-                    (StepResult { rows_affected: rows.len() as u64, rows }, guard)
-                }
-                Step::Assert { condition, code } => {
-                    let rows = txn.query_all_raw(condition).await.map_err(failed)?;
-                    let guard = Guard { expect: Expect::AtLeastOne, code };
-                    (StepResult { rows_affected: rows.len() as u64, rows: Vec::new() }, Some(guard))
-                }
-            };
-            if let Some(guard) = guard.filter(|guard| !guard.expect.holds(result.rows_affected)) {
-                txn.rollback().await.map_err(|err| BatchError::from_db(None, err))?;
-                return Err(BatchError::Guard { index, code: guard.code });
+        let results = match batch.backend {
+            DbBackend::Sqlite => run_sql(&txn, batch).await,
+            _ => run_checked(&txn, batch).await,
+        };
+        match results {
+            Ok(results) => {
+                txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
+                Ok(results)
             }
+            Err(err) => {
+                txn.rollback().await.map_err(|err| BatchError::from_db(None, err))?;
+                Err(err)
+            }
+        }
+    }
+}
+
+/// SQLite: the statements D1 runs, guards as SQL ([`Batch::into_sql`]), so that the suite on
+/// SQLite runs what D1 runs.
+async fn run_sql(txn: &DatabaseTransaction, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+    let codes = batch.codes();
+    let mut results = Vec::with_capacity(batch.len());
+    for SqlStatement { statement, step, returns } in batch.into_sql() {
+        let failed = |err: DbErr| match guard_in(&err.to_string(), &codes) {
+            Some((index, code)) => BatchError::Guard { index, code },
+            None => BatchError::from_db(step, err),
+        };
+        let result = if returns {
+            let rows = txn.query_all_raw(statement).await.map_err(failed)?;
+            StepResult { rows_affected: rows.len() as u64, rows }
+        } else {
+            let done = txn.execute_raw(statement).await.map_err(failed)?;
+            StepResult { rows_affected: done.rows_affected(), rows: Vec::new() }
+        };
+        if step.is_some() {
             results.push(result);
         }
-        txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
-        Ok(results)
     }
+    Ok(results)
+}
+
+/// PostgreSQL (no `changes()`): each guard checked on its statement's row count.
+async fn run_checked(txn: &DatabaseTransaction, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+    let mut results = Vec::with_capacity(batch.steps.len());
+    for (index, step) in batch.steps.into_iter().enumerate() {
+        let failed = |err| BatchError::from_db(Some(index), err);
+        let (result, guard) = match step {
+            Step::Write { statement, returns: false, guard } => {
+                let done = txn.execute_raw(statement).await.map_err(failed)?;
+                (StepResult { rows_affected: done.rows_affected(), rows: Vec::new() }, guard)
+            }
+            Step::Write { statement, returns: true, guard } => {
+                let rows = txn.query_all_raw(statement).await.map_err(failed)?;
+                (StepResult { rows_affected: rows.len() as u64, rows }, guard)
+            }
+            Step::Assert { condition, code } => {
+                let rows = txn.query_all_raw(condition).await.map_err(failed)?;
+                if rows.is_empty() {
+                    return Err(BatchError::Guard { index, code });
+                }
+                (StepResult::default(), None)
+            }
+        };
+        if let Some(guard) = guard.filter(|guard| !guard.expect.holds(result.rows_affected)) {
+            return Err(BatchError::Guard { index, code: guard.code });
+        }
+        results.push(result);
+    }
+    Ok(results)
 }
 
 /// How many times a mutation reads, decides and commits before it answers CONFLICT.
@@ -238,32 +360,55 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Batch, AppError>>,
 {
-    for attempt in 1..=ATTEMPTS {
-        let last = attempt == ATTEMPTS;
+    let mut attempts = Attempts::default();
+    loop {
         match writer.run(plan().await?).await {
             Ok(results) => return Ok(results),
-            Err(BatchError::Guard { index, code }) => match on_guard(index, code) {
+            Err(err) => attempts.failed(err, &on_guard).await?,
+        }
+    }
+}
+
+/// Counts a mutation's attempts and decides, after a batch that wrote nothing, whether to try
+/// again: the loop of [`write`], for writers that add steps of their own around the plan's
+/// (the audit chain).
+#[derive(Default)]
+pub struct Attempts {
+    made: u32,
+}
+
+impl Attempts {
+    /// `Ok` to read, decide and commit again (after a short random pause); otherwise the error
+    /// to answer.
+    pub async fn failed(
+        &mut self,
+        err: BatchError,
+        on_guard: &impl Fn(usize, &'static str) -> OnGuard,
+    ) -> Result<(), AppError> {
+        self.made += 1;
+        let last = self.made >= ATTEMPTS;
+        match err {
+            BatchError::Guard { index, code } => match on_guard(index, code) {
                 OnGuard::Answer(err) => return Err(err),
                 OnGuard::Retry if last => {
                     tracing::info!(code, attempts = ATTEMPTS, "a write guard kept failing");
+                    return Err(AppError::Conflict("It changed while you were saving it; try again.".into()));
                 }
                 OnGuard::Retry => {}
             },
-            Err(BatchError::Transient(err)) if last => return Err(err.into()),
-            Err(BatchError::Transient(err)) => tracing::debug!(error = %err, "retrying a write"),
-            Err(BatchError::Constraint { .. }) => {
+            BatchError::Transient(err) if last => return Err(err.into()),
+            BatchError::Transient(err) => tracing::debug!(error = %err, "retrying a write"),
+            BatchError::Constraint { .. } => {
                 return Err(AppError::Conflict("It conflicts with a record that already exists.".into()));
             }
-            Err(BatchError::Other(err)) => return Err(err.into()),
+            BatchError::Other(err) => return Err(err.into()),
         }
-        if !last {
-            // Full jitter: a random pause up to 20 ms × the attempt, so that writers who met
-            // the same change do not meet again.
-            let most = 20 * u64::from(attempt);
-            tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..=most))).await;
-        }
+        // Full jitter: a random pause up to 20 ms × the attempt, so that writers who met the
+        // same change do not meet again.
+        let pause = rand::thread_rng().gen_range(0..=20 * u64::from(self.made));
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        Ok(())
     }
-    Err(AppError::Conflict("It changed while you were saving it; try again.".into()))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use async_graphql::{
 
 use crate::{
     domain::{Caller, Principal, RequestMeta},
-    service::audit::{self, Entry, actions},
+    service::audit::{Entry, actions},
     state::AppState,
 };
 
@@ -59,7 +59,7 @@ async fn record(ctx: &ExtensionContext<'_>, (action, resource_type): (&'static s
         principal: ctx.data_opt::<Principal>().cloned().unwrap_or_default(),
         meta: ctx.data_opt::<RequestMeta>().cloned().unwrap_or_default(),
     };
-    if let Err(err) = audit::denied(&state.db, &caller, Entry::new(action, resource_type, None), reason).await {
+    if let Err(err) = state.audit.denied(&caller, Entry::new(action, resource_type, None), reason).await {
         tracing::error!(error = %err, action, "cannot record a denied mutation");
     }
 }

@@ -202,9 +202,17 @@ impl TeamsMutation {
             message: input.message,
             expected_version,
         };
-        let team = teams::update(&state.db, &state.caches, &state.config.runs.providers, &caller(ctx), &id, changes)
-            .await
-            .gql()?;
+        let team = teams::update(
+            &state.db,
+            &state.audit,
+            &state.caches,
+            &state.config.runs.providers,
+            &caller(ctx),
+            &id,
+            changes,
+        )
+        .await
+        .gql()?;
         if spec_changed {
             warn_missing_keys(ctx, &team.spec);
         }

@@ -3,14 +3,20 @@
 //! `hash = SHA-256(prev_hash ‖ canonical row)`; `verify` recomputes the chain, `list` and `follow`
 //! read it.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entity::{audit_head, audit_logs};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect, Set};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QuerySelect, QueryTrait, Set,
+    sea_query::{Expr, ExprTrait, Query},
+};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
 
 use crate::{
-    db,
+    db::batch::{Attempts, Batch, BatchError, BatchWriter, Expect, OnGuard, StepResult},
     domain::{Caller, Principal},
     error::AppError,
 };
@@ -97,6 +103,7 @@ pub mod actions {
 }
 
 /// What happened to what.
+#[derive(Clone, Debug)]
 pub struct Entry {
     /// `team.create`, `user.role.set`, …
     pub action: &'static str,
@@ -123,31 +130,158 @@ impl Entry {
     }
 }
 
-/// Appends an allowed action inside the caller's write transaction.
-pub async fn allowed<C: ConnectionTrait>(conn: &C, caller: &Caller, entry: Entry) -> Result<(), AppError> {
-    append(conn, caller, entry, "allowed", None).await
+/// What a mutation decided: the batch to commit, the audit row's entry, and the answer to give
+/// once committed.
+pub struct Audited<T> {
+    pub batch: Batch,
+    pub entry: Entry,
+    pub answer: T,
 }
 
-/// Records a refused action in a transaction of its own.
-pub async fn denied(db: &DatabaseConnection, caller: &Caller, entry: Entry, reason: &str) -> Result<(), AppError> {
-    let txn = db::begin_write(db).await?;
-    append(&txn, caller, entry, "denied", Some(reason.to_string())).await?;
-    txn.commit().await?;
-    Ok(())
+/// The guard code of the chain's head: another writer appended first.
+const AUDIT_HEAD: &str = "audit_head";
+
+/// How many times one decided batch is tried after a head that moved under it.
+const HEAD_ATTEMPTS: u32 = 10;
+
+/// The one way a mutation that leaves an audit row commits (docs/write-path.md, "The audit
+/// chain"): the mutation's batch, with the head moved first (guarded on the head it was decided
+/// on) and the row last, so the change and its row are written together or not at all.
+///
+/// Every such mutation moves the head, so writers in this process queue on a mutex, held from
+/// knowing the head to the batch's end, instead of meeting in retries. The head the last append
+/// left is kept; another process (or a write outside this chain) moving it fails the head's
+/// guard, and the mutation reads the head and decides again.
+pub struct AuditChain {
+    db: DatabaseConnection,
+    writer: Arc<dyn BatchWriter>,
+    head: Mutex<Option<audit_head::Model>>,
 }
 
-async fn append<C: ConnectionTrait>(
-    conn: &C,
+impl AuditChain {
+    pub fn new(db: DatabaseConnection, writer: Arc<dyn BatchWriter>) -> Self {
+        Self { db, writer, head: Mutex::new(None) }
+    }
+
+    /// The writer of batches that leave no audit row.
+    pub fn writer(&self) -> &dyn BatchWriter {
+        self.writer.as_ref()
+    }
+
+    /// A mutation ending in its audit row: `plan` reads and decides (again after a guard that
+    /// did not hold, as in `db::batch::write`); `on_guard` maps the plan's guards by their step
+    /// in the plan's batch. Answers the plan's answer and its steps' results.
+    pub async fn write<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        mut plan: F,
+        on_guard: impl Fn(usize, &'static str) -> OnGuard,
+    ) -> Result<(T, Vec<StepResult>), AppError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Audited<T>, AppError>>,
+    {
+        let mut known = self.head.lock().await;
+        let mut attempts = Attempts::default();
+        loop {
+            let Audited { batch, entry, answer } = plan().await?;
+            match self.append(&mut known, caller, batch, &entry, None).await {
+                Ok(results) => return Ok((answer, results)),
+                Err(err) => {
+                    let on_guard = |index: usize, code| match index.checked_sub(1) {
+                        Some(index) if code != AUDIT_HEAD => on_guard(index, code),
+                        _ => OnGuard::Retry,
+                    };
+                    attempts.failed(err, &on_guard).await?;
+                }
+            }
+        }
+    }
+
+    /// Records a refused action: a row of its own.
+    pub async fn denied(&self, caller: &Caller, entry: Entry, reason: &str) -> Result<(), AppError> {
+        let mut known = self.head.lock().await;
+        let mut attempts = Attempts::default();
+        loop {
+            let batch = Batch::new(self.writer.backend());
+            match self.append(&mut known, caller, batch, &entry, Some(reason)).await {
+                Ok(_) => return Ok(()),
+                Err(err) => attempts.failed(err, &|_, _| OnGuard::Retry).await?,
+            }
+        }
+    }
+
+    /// Commits `batch` between moving the head from the one `known` (or read now) and inserting
+    /// the row of `entry`; answers the results of `batch`'s own steps. When only the head moved
+    /// (another process wrote a row), the same batch goes again after the new head, up to
+    /// [`HEAD_ATTEMPTS`] times: what the mutation decided on still holds.
+    async fn append(
+        &self,
+        known: &mut Option<audit_head::Model>,
+        caller: &Caller,
+        batch: Batch,
+        entry: &Entry,
+        reason: Option<&str>,
+    ) -> Result<Vec<StepResult>, BatchError> {
+        let result = if reason.is_some() { "denied" } else { "allowed" };
+        for attempt in 1..=HEAD_ATTEMPTS {
+            let head = match known.take() {
+                Some(head) => head,
+                None => read_head(&self.db).await.map_err(BatchError::Other)?,
+            };
+            let row = link(&head, caller, entry, result, reason.map(str::to_string));
+            match self.chained(&head, batch.clone(), &row).await {
+                Ok(results) => {
+                    *known = Some(audit_head::Model { id: 1, seq: row.seq, hash: row.hash });
+                    return Ok(results);
+                }
+                Err(BatchError::Guard { index: 0, code: AUDIT_HEAD }) if attempt < HEAD_ATTEMPTS => {}
+                Err(err) => return Err(err),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Commits `batch` between moving the head (guarded) and inserting `row`; answers the
+    /// results of `batch`'s own steps.
+    async fn chained(
+        &self,
+        head: &audit_head::Model,
+        batch: Batch,
+        row: &audit_logs::Model,
+    ) -> Result<Vec<StepResult>, BatchError> {
+        let move_head = Query::update()
+            .table(audit_head::Entity)
+            .value(audit_head::Column::Seq, row.seq)
+            .value(audit_head::Column::Hash, row.hash.clone())
+            .and_where(Expr::col(audit_head::Column::Id).eq(1))
+            .and_where(Expr::col(audit_head::Column::Seq).eq(head.seq))
+            .to_owned();
+        let insert_row = audit_logs::Entity::insert(audit_logs::ActiveModel::from(row.clone())).into_query();
+        let steps = batch.len();
+        let batch = Batch::new(self.writer.backend())
+            .write(&move_head)
+            .guard(Expect::One, AUDIT_HEAD)
+            .then(batch)
+            .write(&insert_row);
+        let mut results = self.writer.run(batch).await?;
+        Ok(results.drain(1..=steps).collect())
+    }
+}
+
+async fn read_head(db: &DatabaseConnection) -> Result<audit_head::Model, DbErr> {
+    let head = audit_head::Entity::find_by_id(1).one(db).await?;
+    head.ok_or_else(|| DbErr::RecordNotFound("audit_head is missing".into()))
+}
+
+/// The next link of the chain after `head`: the row, its hash included.
+fn link(
+    head: &audit_head::Model,
     caller: &Caller,
-    entry: Entry,
+    entry: &Entry,
     result: &str,
     reason: Option<String>,
-) -> Result<(), AppError> {
-    let head = audit_head::Entity::find_by_id(1)
-        .lock_exclusive()
-        .one(conn)
-        .await?
-        .ok_or_else(|| AppError::internal("audit_head is missing"))?;
+) -> audit_logs::Model {
     let (actor_id, actor_kind) = match &caller.principal {
         Principal::Anonymous => (None, "anonymous"),
         Principal::User(user) => (Some(user.id.clone()), "user"),
@@ -165,18 +299,39 @@ async fn append<C: ConnectionTrait>(
         },
         action: entry.action.to_string(),
         resource_type: entry.resource_type.to_string(),
-        resource_id: entry.resource_id,
-        team_id: entry.team_id,
+        resource_id: entry.resource_id.clone(),
+        team_id: entry.team_id.clone(),
         request_id: Some(caller.meta.request_id.clone()).filter(|id| !id.is_empty()),
         ip: caller.meta.ip.clone(),
         user_agent: caller.meta.user_agent.clone(),
         result: result.to_string(),
         reason,
-        changes: entry.changes,
+        changes: entry.changes.clone(),
         prev_hash: head.hash.clone(),
         hash: String::new(),
     };
     row.hash = link_hash(&row);
+    row
+}
+
+/// Appends an allowed action inside the caller's write transaction.
+pub async fn allowed<C: ConnectionTrait>(conn: &C, caller: &Caller, entry: Entry) -> Result<(), AppError> {
+    append(conn, caller, entry, "allowed", None).await
+}
+
+async fn append<C: ConnectionTrait>(
+    conn: &C,
+    caller: &Caller,
+    entry: Entry,
+    result: &str,
+    reason: Option<String>,
+) -> Result<(), AppError> {
+    let head = audit_head::Entity::find_by_id(1)
+        .lock_exclusive()
+        .one(conn)
+        .await?
+        .ok_or_else(|| AppError::internal("audit_head is missing"))?;
+    let row = link(&head, caller, &entry, result, reason);
     let next_head = audit_head::ActiveModel { id: Set(1), seq: Set(row.seq), hash: Set(row.hash.clone()) };
     audit_logs::Entity::insert(audit_logs::ActiveModel::from(row)).exec_without_returning(conn).await?;
     audit_head::Entity::update(next_head).exec(conn).await?;

@@ -2,15 +2,16 @@
 //! own transaction.
 
 use chrono::{SubsecRound, Utc};
-use entity::{states::Visibility, team_members, teams, users};
+use entity::{states::Visibility, team_members, team_versions, teams, users};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set, TryIntoModel, sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, JoinType,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RelationTrait, Set, TryIntoModel,
+    sea_query::OnConflict,
 };
 use serde_json::{Value, json};
 
 use super::{
-    audit::{self, Entry, actions},
+    audit::{self, AuditChain, Audited, Entry, actions},
     page::{Page, PageRequest},
     versions,
 };
@@ -18,7 +19,10 @@ use crate::{
     auth::guard::{self, acting_user},
     cache::Caches,
     config::ProviderSettings,
-    db,
+    db::{
+        self,
+        batch::{Batch, Expect, OnGuard},
+    },
     domain::{Caller, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
     service::name::Name,
@@ -216,6 +220,7 @@ pub async fn list(
 /// Changes a team; making it private has the open subscriptions on it checked again.
 pub async fn update(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caches: &Caches,
     providers: &ProviderSettings,
     caller: &Caller,
@@ -238,56 +243,89 @@ pub async fn update(
         }
         None => None,
     };
-    let txn = db::begin_write(db).await?;
-    // Locked first, so concurrent updates take their turn and number versions without gaps.
-    lock(&txn, id).await?;
-    let access = guard::team(&txn, caller, id, TeamRole::Editor).await?;
-    refuse(problems)?;
-    if let Some(expected) = changes.expected_version
-        && expected != access.team.version
-    {
-        return Err(AppError::Conflict(format!(
-            "The team is at version {}, not {expected}: reload it and apply your change again.",
-            access.team.version
-        )));
-    }
-    let mut changed = serde_json::Map::new();
-    let current = access.team.version;
-    let new_spec = spec.filter(|spec| *spec != access.team.spec);
-    let made_private = changes.visibility == Some(Visibility::Private) && access.team.visibility != Visibility::Private;
-    let mut active: teams::ActiveModel = access.team.into();
-    if let Some(spec) = new_spec {
-        let author = caller.principal.user_id().unwrap_or_default().to_string();
-        versions::record(&txn, id, current + 1, spec.clone(), changes.message.clone(), &author).await?;
-        changed.insert("version".into(), json!({"from": current, "to": current + 1}));
-        active.spec = Set(spec);
-        active.version = Set(current + 1);
-    }
-    if let Some(name) = changes.name {
-        changed.insert("name".into(), name.trim().into());
-        active.name = Set(name.trim().to_string());
-    }
-    if let Some(description) = changes.description {
-        changed.insert("description".into(), description.clone().into());
-        active.description = Set(Some(description));
-    }
-    if let Some(visibility) = changes.visibility {
-        changed.insert("visibility".into(), visibility.to_string().into());
-        active.visibility = Set(visibility);
-    }
-    active.updated_at = Set(Utc::now());
-    let team = active.update(&txn).await?;
-    audit::allowed(
-        &txn,
-        caller,
-        Entry::new(actions::TEAM_UPDATE, "team", id.to_string()).team(id).changes(changed.into()),
-    )
-    .await?;
-    txn.commit().await?;
+    let ((team, made_private), _) = audit
+        .write(
+            caller,
+            || async {
+                let access = guard::team(db, caller, id, TeamRole::Editor).await?;
+                refuse(problems.clone())?;
+                let team = access.team;
+                if let Some(expected) = changes.expected_version
+                    && expected != team.version
+                {
+                    return Err(AppError::Conflict(format!(
+                        "The team is at version {}, not {expected}: reload it and apply your change again.",
+                        team.version
+                    )));
+                }
+                plan_update(caller, team, spec.as_ref(), &changes, audit.writer().backend())
+            },
+            // Another change landed first: read the team again (an `expectedVersion` that no
+            // longer matches is then answered with the version the team is at).
+            |_, _| OnGuard::Retry,
+        )
+        .await?;
     if made_private {
         caches.invalidate(Invalidation::TeamAccessChanged(id.to_string())).await;
     }
     Ok(team)
+}
+
+/// The batch that applies `changes` to `team` as read: only the fields changed, guarded on the
+/// version read, and the new version's row when the spec changed. Answers the team as it will
+/// be, and whether it became private.
+fn plan_update(
+    caller: &Caller,
+    team: teams::Model,
+    spec: Option<&Value>,
+    changes: &TeamChanges,
+    backend: DbBackend,
+) -> Result<Audited<(teams::Model, bool)>, AppError> {
+    let id = team.id.clone();
+    let current = team.version;
+    let mut changed = serde_json::Map::new();
+    let made_private = changes.visibility == Some(Visibility::Private) && team.visibility != Visibility::Private;
+    let mut after = team;
+    let mut active = teams::ActiveModel { id: Set(id.clone()), ..Default::default() };
+    let mut batch = Batch::new(backend);
+    let mut version_row = None;
+    if let Some(spec) = spec.filter(|spec| **spec != after.spec) {
+        let author = caller.principal.user_id().unwrap_or_default().to_string();
+        version_row = Some(versions::row(&id, current + 1, spec.clone(), changes.message.clone(), &author));
+        changed.insert("version".into(), json!({"from": current, "to": current + 1}));
+        after.spec = spec.clone();
+        after.version = current + 1;
+        active.spec = Set(after.spec.clone());
+        active.version = Set(after.version);
+    }
+    if let Some(name) = &changes.name {
+        changed.insert("name".into(), name.trim().into());
+        after.name = name.trim().to_string();
+        active.name = Set(after.name.clone());
+    }
+    if let Some(description) = &changes.description {
+        changed.insert("description".into(), description.clone().into());
+        after.description = Some(description.clone());
+        active.description = Set(after.description.clone());
+    }
+    if let Some(visibility) = changes.visibility {
+        changed.insert("visibility".into(), visibility.to_string().into());
+        after.visibility = visibility;
+        active.visibility = Set(visibility);
+    }
+    after.updated_at = Utc::now().trunc_subsecs(6);
+    active.updated_at = Set(after.updated_at);
+    let update = teams::Entity::update_many()
+        .set(active)
+        .filter(teams::Column::Id.eq(&id))
+        .filter(teams::Column::Version.eq(current))
+        .into_query();
+    batch = batch.write(&update).guard(Expect::One, "team_version");
+    if let Some(row) = version_row {
+        batch = batch.write(&team_versions::Entity::insert(row).into_query());
+    }
+    let entry = Entry::new(actions::TEAM_UPDATE, "team", id.clone()).team(&id).changes(changed.into());
+    Ok(Audited { batch, entry, answer: (after, made_private) })
 }
 
 pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {

@@ -1,7 +1,7 @@
 //! Team versions: every spec change appends an immutable `team_versions` row; history, one
 //! version, the diff of two, and rollback (a new version equal to an old one).
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use entity::{team_versions, teams};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
@@ -36,6 +36,24 @@ pub fn validate_spec(value: &Value, providers: &ProviderSettings) -> Result<Valu
         .filter_map(|(path, name)| name::hidden_character(name).map(|why| Problem::new(path, why)))
         .collect();
     if problems.is_empty() { Ok(spec.to_json()) } else { Err(problems) }
+}
+
+/// The row of version `version` of a team, to insert in a batch.
+pub fn row(
+    team_id: &str,
+    version: i32,
+    spec: Value,
+    message: Option<String>,
+    author_id: &str,
+) -> team_versions::ActiveModel {
+    team_versions::ActiveModel {
+        team_id: Set(team_id.to_string()),
+        version: Set(version),
+        spec: Set(spec),
+        message: Set(message),
+        author_id: Set(author_id.to_string()),
+        created_at: Set(Utc::now().trunc_subsecs(6)),
+    }
 }
 
 /// Appends version `version` of a team.

@@ -50,7 +50,8 @@ async fn new_version(app: &TestApp, owner: &Person, team: &str, n: usize) {
         message: Some(format!("take {n}")),
         expected_version: None,
     };
-    teams::update(&app.state.db, &app.state.caches, &app.state.config.runs.providers, &owner.caller, team, changes)
+    let state = &app.state;
+    teams::update(&state.db, &state.audit, &state.caches, &state.config.runs.providers, &owner.caller, team, changes)
         .await
         .unwrap();
 }

@@ -27,7 +27,10 @@ pub use self::{
     edit::{Diff, TemplateInput, Validation},
     instantiate::Instantiate,
 };
-use super::page::{Page, PageRequest};
+use super::{
+    audit::AuditChain,
+    page::{Page, PageRequest},
+};
 use crate::{
     auth::guard,
     cache::{AllCategories, Caches, TemplateId, TemplateVersion},
@@ -91,18 +94,29 @@ impl Viewer<'_> {
 /// Templates over the database, read through the caches.
 pub struct Templates {
     db: DatabaseConnection,
+    /// Commits every change to templates and categories with its audit row.
+    audit: Arc<AuditChain>,
     caches: Arc<Caches>,
     /// The providers a TEAM body's agents may use.
     providers: ProviderSettings,
 }
 
 impl Templates {
-    pub fn new(db: DatabaseConnection, caches: Arc<Caches>, providers: ProviderSettings) -> Self {
-        Self { db, caches, providers }
+    pub fn new(
+        db: DatabaseConnection,
+        audit: Arc<AuditChain>,
+        caches: Arc<Caches>,
+        providers: ProviderSettings,
+    ) -> Self {
+        Self { db, audit, caches, providers }
     }
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    pub fn audit(&self) -> &AuditChain {
+        &self.audit
     }
 
     /// Loads the categories and every starter with its current version into the caches.

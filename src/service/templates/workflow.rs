@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use entity::{runs, states::RunStatus, teams};
-use sea_orm::DatabaseConnection;
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -13,12 +12,12 @@ use super::{
 };
 use crate::{
     auth::guard,
-    db,
+    db::batch::{Batch, OnGuard},
     domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::spec,
     service::{
-        audit::{self, Entry, actions},
+        audit::{AuditChain, Audited, Entry, actions},
         runs::{RunInput, Runner},
         templates::Templates,
     },
@@ -180,7 +179,7 @@ pub async fn run(
         failed_step,
         steps,
     };
-    record(runner.db(), caller, &result).await?;
+    record(templates.audit(), caller, &result).await?;
     Ok(result)
 }
 
@@ -329,8 +328,8 @@ fn unrenderable(problems: Vec<Problem>) -> AppError {
     AppError::invalid(problems)
 }
 
-/// The audit row of a workflow that ran, in a write transaction of its own.
-async fn record(db: &DatabaseConnection, caller: &Caller, result: &WorkflowResult) -> Result<(), AppError> {
+/// The audit row of a workflow that ran, a batch of its own.
+async fn record(audit: &AuditChain, caller: &Caller, result: &WorkflowResult) -> Result<(), AppError> {
     let runs: Vec<&str> = result.steps.iter().filter_map(|s| s.run.as_ref()).map(|r| r.id.as_str()).collect();
     let changes = json!({
         "teamId": result.team_id,
@@ -342,8 +341,8 @@ async fn record(db: &DatabaseConnection, caller: &Caller, result: &WorkflowResul
     let entry = Entry::new(actions::WORKFLOW_RUN, "template", result.template_id.clone())
         .team(result.team_id.clone())
         .changes(changes);
-    let txn = db::begin_write(db).await?;
-    audit::allowed(&txn, caller, entry).await?;
-    txn.commit().await?;
+    let only_the_row =
+        || async { Ok(Audited { batch: Batch::new(audit.writer().backend()), entry: entry.clone(), answer: () }) };
+    audit.write(caller, only_the_row, |_, _| OnGuard::Retry).await?;
     Ok(())
 }
