@@ -2,6 +2,7 @@
 //! a real pool) or PostgreSQL, and the one portable way to start a read-then-write transaction.
 
 pub mod batch;
+pub mod lease;
 
 use std::{path::Path, str::FromStr, time::Duration};
 

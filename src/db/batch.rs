@@ -81,6 +81,13 @@ impl Batch {
         self
     }
 
+    /// Adds a query whose rows are answered, run on what the steps before it left.
+    pub fn read(mut self, query: &SelectStatement) -> Self {
+        let statement = self.backend.build(query);
+        self.steps.push(Step::Write { statement, returns: true, guard: None });
+        self
+    }
+
     /// Guards the write added last: the batch aborts unless it changed rows as `expect` says.
     ///
     /// # Panics
@@ -230,6 +237,16 @@ impl BatchError {
                 .iter()
                 .any(|sign| text.contains(sign));
         if transient { Self::Transient(err) } else { Self::Other(err) }
+    }
+}
+
+/// For callers outside a mutation (a lease, start-up work), where any failure is an error.
+impl From<BatchError> for DbErr {
+    fn from(err: BatchError) -> Self {
+        match err {
+            BatchError::Transient(err) | BatchError::Other(err) | BatchError::Constraint { source: err, .. } => err,
+            guard @ BatchError::Guard { .. } => DbErr::Custom(guard.to_string()),
+        }
     }
 }
 

@@ -240,3 +240,42 @@ async fn the_decisions_own_error_is_answered_and_nothing_is_written() {
     assert_eq!(refused.code(), "CONFLICT", "{refused}");
     assert_eq!(rows(&app.state.db).await, [("a".into(), 1)]);
 }
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
+    use ensemble::db::lease::{self, Claim};
+    use std::time::Duration;
+    let (_app, writer) = probes().await;
+    let minute = Duration::from_secs(60);
+
+    let first = lease::claim(&writer, "probe", "instance-a", minute).await.unwrap();
+    assert!(matches!(first, Claim::Held { .. }), "{first:?}");
+    let refused = lease::claim(&writer, "probe", "instance-b", minute).await.unwrap();
+    let Claim::Taken { holder, .. } = refused else { panic!("{refused:?}") };
+    assert_eq!(holder, "instance-a", "the refusal names the holder");
+    assert!(matches!(lease::claim(&writer, "probe", "instance-a", minute).await.unwrap(), Claim::Held { .. }));
+
+    // A lease that has run out is free for the next claimant.
+    lease::claim(&writer, "probe", "instance-a", Duration::ZERO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(matches!(lease::claim(&writer, "probe", "instance-b", minute).await.unwrap(), Claim::Held { .. }));
+
+    // Given up, it is free at once; given up by one who does not hold it, nothing changes.
+    lease::release(&writer, "probe", "instance-a").await.unwrap();
+    assert!(matches!(lease::claim(&writer, "probe", "instance-a", minute).await.unwrap(), Claim::Taken { .. }));
+    lease::release(&writer, "probe", "instance-b").await.unwrap();
+    assert!(matches!(lease::claim(&writer, "probe", "instance-a", minute).await.unwrap(), Claim::Held { .. }));
+}
+
+#[tokio::test]
+async fn of_many_instances_claiming_a_lease_at_once_one_holds_it() {
+    use ensemble::db::lease::{self, Claim};
+    let (_app, writer) = probes().await;
+    let claims = (0..20).map(|n| {
+        let writer = &writer;
+        async move { lease::claim(writer, "probe", &format!("instance-{n}"), std::time::Duration::from_secs(60)).await }
+    });
+    let claims = join_all(claims).await;
+    let held = claims.iter().filter(|claim| matches!(claim, Ok(Claim::Held { .. }))).count();
+    assert_eq!(held, 1, "{claims:?}");
+}

@@ -1,0 +1,81 @@
+//! Named leases (docs/write-path.md, "The audit chain"): a row of `leases` says which instance
+//! holds a name until when. Claiming is one batch on every database — make sure the row exists,
+//! then one conditional `UPDATE … RETURNING` that takes it only when it is free, expired or
+//! already ours — so two instances claiming at once cannot both win, on D1 included.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{
+    DbErr,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
+};
+
+use super::batch::{Batch, BatchWriter};
+
+/// The lease of the instance that writes the audit chain of a D1 database.
+pub const AUDIT: &str = "audit";
+
+/// What a claim found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours until `until`.
+    Held { until: DateTime<Utc> },
+    /// Another holder's until `until`.
+    Taken { holder: String, until: DateTime<Utc> },
+}
+
+/// Takes (or renews) lease `name` for `holder` for `ttl`, unless another holder has it and it
+/// has not expired.
+pub async fn claim(writer: &dyn BatchWriter, name: &str, holder: &str, ttl: Duration) -> Result<Claim, DbErr> {
+    let now = Utc::now().trunc_subsecs(6);
+    let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    let leases = Alias::new("leases");
+    let [name_col, holder_col, expires_col] = ["name", "holder", "expires_at"].map(Alias::new);
+    let exists = Query::insert()
+        .into_table(leases.clone())
+        .columns([name_col.clone()])
+        .values_panic([name.into()])
+        .on_conflict(OnConflict::column(name_col.clone()).do_nothing().to_owned())
+        .to_owned();
+    let take = Query::update()
+        .table(leases.clone())
+        .value(holder_col.clone(), holder)
+        .value(expires_col.clone(), until)
+        .and_where(Expr::col(name_col.clone()).eq(name))
+        .and_where(
+            Expr::col(holder_col.clone())
+                .is_null()
+                .or(Expr::col(holder_col.clone()).eq(holder))
+                .or(Expr::col(expires_col.clone()).lt(now)),
+        )
+        .returning(Query::returning().column(expires_col.clone()))
+        .to_owned();
+    let current = Query::select()
+        .columns([holder_col, expires_col])
+        .from(leases)
+        .and_where(Expr::col(name_col).eq(name))
+        .to_owned();
+    let batch = Batch::new(writer.backend()).write(&exists).write_returning(&take).read(&current);
+    let results = writer.run(batch).await?;
+    if !results[1].rows.is_empty() {
+        return Ok(Claim::Held { until });
+    }
+    let row = results[2].rows.first().ok_or_else(|| DbErr::RecordNotFound(format!("lease {name}")))?;
+    let holder: Option<String> = row.try_get("", "holder")?;
+    let until: Option<DateTime<Utc>> = row.try_get("", "expires_at")?;
+    Ok(Claim::Taken { holder: holder.unwrap_or_default(), until: until.unwrap_or(now) })
+}
+
+/// Gives lease `name` up if `holder` has it, so the next instance need not wait for it to expire.
+pub async fn release(writer: &dyn BatchWriter, name: &str, holder: &str) -> Result<(), DbErr> {
+    let free = Query::update()
+        .table(Alias::new("leases"))
+        .value(Alias::new("holder"), Option::<String>::None)
+        .value(Alias::new("expires_at"), Option::<DateTime<Utc>>::None)
+        .and_where(Expr::col(Alias::new("name")).eq(name))
+        .and_where(Expr::col(Alias::new("holder")).eq(holder))
+        .to_owned();
+    writer.run(Batch::new(writer.backend()).write(&free)).await?;
+    Ok(())
+}
