@@ -158,11 +158,9 @@ impl DatabaseTransaction {
                         c.begin();
                         Ok(())
                     }
+                    // PATCH (PATCHES.md, 4): a proxy may refuse to begin.
                     #[cfg(feature = "proxy")]
-                    InnerConnection::Proxy(c) => {
-                        c.begin().await;
-                        Ok(())
-                    }
+                    InnerConnection::Proxy(c) => c.begin().await,
                     #[allow(unreachable_patterns)]
                     _ => Err(conn_err("Disconnected")),
                 }

@@ -91,9 +91,11 @@ impl ProxyDatabaseConnection {
     }
 
     /// Create a statement block  of SQL statements that execute together.
+    ///
+    /// PATCH (PATCHES.md, 4): answers the proxy's refusal, if it refuses.
     #[instrument(level = "trace")]
-    pub async fn begin(&self) {
-        self.proxy.begin().await
+    pub async fn begin(&self) -> Result<(), DbErr> {
+        self.proxy.try_begin().await
     }
 
     /// Commit a transaction atomically to the database

@@ -385,9 +385,9 @@ pub(crate) fn from_sqlx_mysql_row_to_proxy_row(row: &sqlx::mysql::MySqlRow) -> c
     // https://docs.rs/sqlx-mysql/0.7.2/sqlx_mysql/types/index.html
     use sea_query::Value;
     use sqlx::{Column, Row, TypeInfo};
-    crate::ProxyRow {
-        values: row
-            .columns()
+    // PATCH (PATCHES.md, 2): the columns keep their order.
+    crate::ProxyRow::from_columns(
+        row.columns()
             .iter()
             .map(|c| {
                 (
@@ -547,5 +547,5 @@ pub(crate) fn from_sqlx_mysql_row_to_proxy_row(row: &sqlx::mysql::MySqlRow) -> c
                 )
             })
             .collect(),
-    }
+    )
 }

@@ -426,9 +426,9 @@ pub(crate) fn from_sqlx_postgres_row_to_proxy_row(row: &sqlx::postgres::PgRow) -
     // https://docs.rs/sqlx-postgres/0.7.2/sqlx_postgres/types/index.html
     use sea_query::Value;
     use sqlx::{Column, Row, TypeInfo};
-    crate::ProxyRow {
-        values: row
-            .columns()
+    // PATCH (PATCHES.md, 2): the columns keep their order.
+    crate::ProxyRow::from_columns(
+        row.columns()
             .iter()
             .map(|c| {
                 (
@@ -947,5 +947,5 @@ pub(crate) fn from_sqlx_postgres_row_to_proxy_row(row: &sqlx::postgres::PgRow) -
                 )
             })
             .collect(),
-    }
+    )
 }
