@@ -139,6 +139,34 @@ async fn a_statement_over_d1_limits_is_refused_before_it_is_sent() {
 }
 
 #[tokio::test]
+async fn a_read_d1_calls_overloaded_is_sent_again_and_a_write_is_sent_once() {
+    secret_in_env();
+    // The ping passes; the next two reads are refused as overloaded, then answered.
+    let (url, requests) = stub_bridge_answering(|n| matches!(n, 2 | 3).then_some((503, "OVERLOADED"))).await;
+    let db = db::connect(&url, None).await.unwrap();
+    let read = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT 1")).await.unwrap();
+    assert!(read.is_some(), "answered on the third attempt");
+    assert_eq!(requests.load(Ordering::SeqCst), 4, "the ping and three attempts");
+
+    // A write through /query (RETURNING) and through /batch is sent once, whatever the answer.
+    let (url, requests) = stub_bridge_answering(|n| (n > 1).then_some((503, "UNAVAILABLE"))).await;
+    let db = db::connect(&url, None).await.unwrap();
+    let insert = "INSERT INTO users (id) VALUES ('u') RETURNING id";
+    let refused = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, insert)).await.unwrap_err();
+    assert!(refused.to_string().contains("D1 is unavailable (UNAVAILABLE)"), "{refused}");
+    let refused = db.execute_unprepared("DELETE FROM users").await.unwrap_err();
+    assert!(refused.to_string().contains("D1 is unavailable (OVERLOADED)"), "{refused}");
+    assert_eq!(requests.load(Ordering::SeqCst), 3, "the ping, the insert once, the delete once");
+
+    // A read that stays overloaded gives up after three attempts.
+    let started = Instant::now();
+    let refused = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT 1")).await.unwrap_err();
+    assert!(refused.to_string().contains("D1 is unavailable"), "{refused}");
+    assert_eq!(requests.load(Ordering::SeqCst), 6);
+    assert!(started.elapsed() < Duration::from_secs(2), "short pauses: {:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn a_bridge_that_is_down_is_reported_as_unreachable() {
     secret_in_env();
     let port = free_port();
@@ -404,15 +432,43 @@ impl Drop for Bridge {
 
 /// A stand-in for the bridge that answers every `/query` with one row and counts the requests.
 async fn stub_bridge() -> (String, Arc<AtomicUsize>) {
+    stub_bridge_answering(|_| None).await
+}
+
+/// A stand-in for the bridge: `/query` number `n` (from 1, the ping) answers `refuse(n)` when it
+/// is `Some((status, code))`, else one row; `/batch` answers a batch that changed one row. Both
+/// count in the returned counter.
+async fn stub_bridge_answering(
+    refuse: impl Fn(usize) -> Option<(u16, &'static str)> + Clone + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    use axum::{Json, http::StatusCode, response::IntoResponse, routing::post};
     let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    let app = axum::Router::new().route(
-        "/query",
-        axum::routing::post(move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { axum::Json(json!({"columns": ["1"], "rows": [[1]]})) }
-        }),
-    );
+    let (on_query, on_batch) = (requests.clone(), requests.clone());
+    let app = axum::Router::new()
+        .route(
+            "/query",
+            post(move || {
+                let n = on_query.fetch_add(1, Ordering::SeqCst) + 1;
+                let answer = match refuse(n) {
+                    Some((status, code)) => (
+                        StatusCode::from_u16(status).unwrap(),
+                        Json(json!({"error": {"code": code, "message": format!("{code} (stub)")}})),
+                    ),
+                    None => (StatusCode::OK, Json(json!({"columns": ["1"], "rows": [[1]]}))),
+                };
+                async move { answer.into_response() }
+            }),
+        )
+        .route(
+            "/batch",
+            post(move || {
+                on_batch.fetch_add(1, Ordering::SeqCst);
+                async {
+                    let error = json!({"error": {"code": "OVERLOADED", "message": "D1 DB is overloaded (stub)"}});
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(error)).into_response()
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("d1+http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
