@@ -70,7 +70,9 @@ async function call(path, body, { method = "POST", skew = 0, headers, bridge = m
 const query = (sql, params = []) => call("/query", { sql, params });
 const batch = (statements, idempotencyKey = crypto.randomUUID()) =>
   call("/batch", { statements, idempotencyKey });
-const count = async (table) => (await query(`SELECT count(*) AS n FROM ${table}`)).json.results[0].n;
+/** A /query answer's rows as objects keyed by column name. */
+const rowsOf = (res) => res.json.rows.map((row) => Object.fromEntries(res.json.columns.map((c, i) => [c, row[i]])));
+const count = async (table) => rowsOf(await query(`SELECT count(*) AS n FROM ${table}`))[0].n;
 
 test("a batch creates tables and answers each statement's rows and meta", async () => {
   const res = await batch([
@@ -87,22 +89,30 @@ test("a batch creates tables and answers each statement's rows and meta", async 
   assert.deepEqual(res.json.results[2].results, [{ body: "first" }, { body: "second" }]);
 });
 
-test("a query binds its params and answers rows and meta", async () => {
+test("a query binds its params and answers its columns in order and each row as an array", async () => {
   const res = await query("SELECT id, body FROM notes WHERE body = ? OR id = ? ORDER BY id", ["second", 1]);
   assert.equal(res.status, 200, JSON.stringify(res.json));
-  assert.deepEqual(res.json.results, [
-    { id: 1, body: "first" },
-    { id: 2, body: "second" },
-  ]);
-  assert.deepEqual(Object.keys(res.json.meta).sort(), ["changes", "duration", "last_row_id"]);
+  assert.deepEqual(res.json, {
+    columns: ["id", "body"],
+    rows: [
+      [1, "first"],
+      [2, "second"],
+    ],
+  });
 });
 
-test("a query that writes answers changes and last_row_id", async () => {
+test("a query keeps columns that share a name, and columns JavaScript would reorder", async () => {
+  const res = await query("SELECT 'b' AS z, 2 AS \"1\", a.body, b.body FROM notes a JOIN notes b ON b.id = a.id + 1 WHERE a.id = 1");
+  assert.equal(res.status, 200, JSON.stringify(res.json));
+  assert.deepEqual(res.json.columns, ["z", "1", "body", "body"]);
+  assert.deepEqual(res.json.rows, [["b", 2, "first", "second"]]);
+});
+
+test("a query that writes is applied and answers no rows", async () => {
   const res = await query("INSERT INTO notes (body) VALUES (?)", ["third"]);
-  assert.equal(res.status, 200);
-  assert.equal(res.json.meta.changes, 1);
-  assert.equal(res.json.meta.last_row_id, 3);
-  assert.deepEqual(res.json.results, []);
+  assert.equal(res.status, 200, JSON.stringify(res.json));
+  assert.deepEqual(res.json.rows, []);
+  assert.deepEqual(rowsOf(await query("SELECT id FROM notes WHERE body = 'third'")), [{ id: 3 }]);
 });
 
 test("a batch whose second statement fails applies nothing and names the statement", async () => {
@@ -155,7 +165,7 @@ test("a replayed batch is applied once and answers the first outcome", async () 
   assert.equal(first.json.replayed, false);
   assert.equal(again.json.replayed, true);
   assert.deepEqual(again.json.results, first.json.results);
-  assert.deepEqual((await query("SELECT count(*) AS n FROM notes WHERE body = 'once'")).json.results, [{ n: 1 }]);
+  assert.deepEqual(rowsOf(await query("SELECT count(*) AS n FROM notes WHERE body = 'once'")), [{ n: 1 }]);
 });
 
 test("a key reused for a different batch is refused and applies nothing", async () => {
@@ -164,7 +174,7 @@ test("a key reused for a different batch is refused and applies nothing", async 
   const res = await batch([{ sql: "INSERT INTO notes (body) VALUES ('reuse b')" }], key);
   assert.equal(res.status, 409);
   assert.equal(res.json.error.code, "IDEMPOTENCY_KEY_REUSED");
-  assert.equal((await query("SELECT * FROM notes WHERE body = 'reuse b'")).json.results.length, 0);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'reuse b'")).length, 0);
 });
 
 test("a failed batch does not use up its key", async () => {
@@ -181,7 +191,7 @@ test("a batch without an idempotency key is refused", async () => {
   assert.equal(res.status, 400);
   assert.equal(res.json.error.code, "BAD_REQUEST");
   assert.match(res.json.error.message, /idempotencyKey is required/);
-  assert.equal((await query("SELECT * FROM notes WHERE body = 'nokey'")).json.results.length, 0);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'nokey'")).length, 0);
 });
 
 test("missing, malformed and wrong signatures are refused", async () => {
@@ -200,7 +210,7 @@ test("missing, malformed and wrong signatures are refused", async () => {
     assert.equal(res.status, 401, JSON.stringify(headers));
     assert.equal(res.json.error.code, "UNAUTHORIZED");
   }
-  assert.equal((await query("SELECT * FROM notes WHERE body = 'unsigned'")).json.results.length, 0);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'unsigned'")).length, 0);
 });
 
 test("a timestamp more than 300 s away is refused, saying so", async () => {
@@ -227,7 +237,7 @@ test("unknown paths and other methods answer 404/405 and touch nothing", async (
     assert.equal(res.json.error.code, "METHOD_NOT_ALLOWED");
     assert.equal(res.headers.get("allow"), "POST");
   }
-  assert.equal((await query("SELECT * FROM notes WHERE body = 'elsewhere'")).json.results.length, 0);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'elsewhere'")).length, 0);
 });
 
 test("an oversize statement is refused before it reaches D1", async () => {
@@ -241,7 +251,7 @@ test("an oversize statement is refused before it reaches D1", async () => {
   assert.equal(res.json.error.index, 1);
   assert.match(res.json.error.message, /^statements\[1\]: sql is 1000\d\d bytes/);
   const rows = await query("SELECT * FROM notes WHERE body IN ('huge', 'before huge')");
-  assert.equal(rows.json.results.length, 0);
+  assert.equal(rows.json.rows.length, 0);
 });
 
 test("too many or unsupported params are refused before they reach D1", async () => {
@@ -254,8 +264,8 @@ test("too many or unsupported params are refused before they reach D1", async ()
     assert.equal(res.json.error.code, "BAD_REQUEST");
   }
   const exact = await query("SELECT ? AS n", [2 ** 53 - 1]);
-  assert.deepEqual(exact.json.results, [{ n: 2 ** 53 - 1 }]);
-  assert.equal((await query("SELECT * FROM notes WHERE body = 'many'")).json.results.length, 0);
+  assert.deepEqual(rowsOf(exact), [{ n: 2 ** 53 - 1 }]);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'many'")).length, 0);
 });
 
 test("malformed bodies are refused with BAD_REQUEST", async () => {
@@ -296,7 +306,7 @@ test("keys older than BRIDGE_KEY_TTL_SECONDS are pruned after a batch", async ()
     const res = await call("/batch", { statements: [{ sql: "SELECT 1" }], idempotencyKey: "new" }, opts);
     assert.equal(res.status, 200);
     const keys = await call("/query", { sql: "SELECT key FROM _bridge_writes ORDER BY key" }, opts);
-    assert.deepEqual(keys.json.results, [{ key: "new" }]);
+    assert.deepEqual(rowsOf(keys), [{ key: "new" }]);
   } finally {
     await bridge.dispose();
   }
@@ -315,7 +325,7 @@ test("D1's overload and transient errors map to OVERLOADED and UNAVAILABLE", () 
 test("the migrated schema is there when the bridge runs on it", { skip: !process.env.BRIDGE_D1_PERSIST }, async () => {
   const res = await query("SELECT count(*) AS n FROM d1_migrations");
   assert.equal(res.status, 200);
-  assert.ok(res.json.results[0].n > 0, "wrangler d1 migrations apply recorded no migration");
+  assert.ok(rowsOf(res)[0].n > 0, "wrangler d1 migrations apply recorded no migration");
 });
 
 test("no answer carried the secret", () => {

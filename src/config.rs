@@ -55,7 +55,8 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// SQLite file (created on first start) or `postgres://…` URL.
+    /// SQLite file (created on first start), `postgres://…` URL, or Cloudflare D1 through its
+    /// bridge Worker, `d1+https://<bridge host>` (with `ENSEMBLE_D1_SECRET`, docs/d1.md).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 

@@ -1,7 +1,9 @@
 //! Database connections: one `DATABASE_URL` speaks SQLite (WAL, foreign keys, busy timeout,
-//! a real pool) or PostgreSQL, and the one portable way to start a read-then-write transaction.
+//! a real pool), PostgreSQL or Cloudflare D1 through its bridge (`d1+https://…`, src/db/d1.rs),
+//! and the one portable way to start a read-then-write transaction.
 
 pub mod batch;
+pub mod d1;
 pub mod lease;
 
 use std::{path::Path, str::FromStr, time::Duration};
@@ -17,6 +19,8 @@ use sea_orm::{
 };
 
 use crate::error::AppError;
+
+pub use self::d1::is_d1;
 
 const SQLITE_POOL: u32 = 4;
 const POSTGRES_POOL: u32 = 10;
@@ -44,9 +48,14 @@ impl From<ConnectError> for AppError {
     }
 }
 
-/// Connects to `url`. A SQLite file and its folder are created when missing.
+/// Connects to `url`. A SQLite file and its folder are created when missing. A D1 bridge needs
+/// `ENSEMBLE_D1_SECRET` and is asked `SELECT 1` before this answers.
 pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnection, ConnectError> {
     check_url(url)?;
+    if is_d1(url) {
+        let secret = d1::secret_from_env().map_err(|e| ConnectError::new(url, e))?;
+        return d1::connect(url, secret).await.map_err(|e| ConnectError::new(url, e));
+    }
     let mut options = ConnectOptions::new(url.to_string());
     options.connect_timeout(CONNECT_TIMEOUT).acquire_timeout(CONNECT_TIMEOUT).sqlx_logging(false);
     if is_sqlite(url) {
@@ -74,12 +83,13 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
 
 /// Runs `work` (migrations, seeding) while holding a PostgreSQL advisory lock on a connection
 /// of its own, so instances starting at the same moment on one database take turns; on SQLite
-/// it just runs `work`.
+/// (and on D1, which has no such lock: its instances take a lease, docs/write-path.md) it just
+/// runs `work`.
 pub async fn one_at_a_time<T, E: From<ConnectError> + From<DbErr>>(
     url: &str,
     work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    if is_sqlite(url) {
+    if is_sqlite(url) || is_d1(url) {
         return work.await;
     }
     let lock = connect(url, Some(1)).await?;
@@ -91,10 +101,11 @@ pub async fn one_at_a_time<T, E: From<ConnectError> + From<DbErr>>(
 }
 
 /// Refuses a `DATABASE_URL` Ensemble does not speak, suggesting the one the user likely meant:
-/// `data/ensemble.db` or `sqllite://data/ensemble.db` → `sqlite://data/ensemble.db`.
+/// `data/ensemble.db` or `sqllite://data/ensemble.db` → `sqlite://data/ensemble.db`,
+/// `d1://bridge.example.dev` → `d1+https://bridge.example.dev`.
 pub fn check_url(url: &str) -> Result<(), ConnectError> {
     let scheme = scheme_of(url);
-    if matches!(scheme, Some("sqlite" | "postgres" | "postgresql")) {
+    if matches!(scheme, Some("sqlite" | "postgres" | "postgresql" | "d1+http" | "d1+https")) {
         return Ok(());
     }
     let shown = crate::redact::url(url);
@@ -106,8 +117,8 @@ pub fn check_url(url: &str) -> Result<(), ConnectError> {
             )
         }
         (_, None) => format!(
-            "DATABASE_URL `{shown}` is neither a SQLite URL (`{}`) nor a PostgreSQL one \
-             (`postgres://user:password@host:5432/ensemble`)",
+            "DATABASE_URL `{shown}` is neither a SQLite URL (`{}`), a PostgreSQL one \
+             (`postgres://user:password@host:5432/ensemble`) nor a D1 bridge's (`d1+https://<bridge host>`)",
             crate::config::DEFAULT_DATABASE_URL
         ),
     };
@@ -132,6 +143,12 @@ fn suggestion(url: &str, scheme: Option<&str>) -> Option<String> {
             return Some(crate::redact::text(&format!("{kind}://{url}"), url));
         }
         Some(s) if s.starts_with("sqlite") || distance(&s, "sqlite") <= 2 => "sqlite",
+        // `d1:`, `d1+htps:`, `d1-https:`: the bridge over HTTPS, or plain HTTP on this machine
+        // (`wrangler dev --local`).
+        Some(s) if s.starts_with("d1") => {
+            let host = url.split_once("//").map_or("", |(_, rest)| rest);
+            if ["localhost", "127.0.0.1", "[::1]"].iter().any(|h| host.starts_with(h)) { "d1+http" } else { "d1+https" }
+        }
         Some(s)
             if ["pg", "psql", "pgsql"].contains(&s.as_str())
                 || s.starts_with("postg")
@@ -201,6 +218,11 @@ pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
+/// True when `db` is D1 through its bridge: SQLite's SQL, but no sqlx pool and no pragmas.
+pub fn is_proxy(db: &DatabaseConnection) -> bool {
+    matches!(db.inner, sea_orm::DatabaseConnectionType::ProxyDatabaseConnection(_))
+}
+
 fn create_parent_dir(url: &str) -> Result<(), ConnectError> {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
@@ -225,17 +247,21 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     .await
 }
 
-/// SQLite's journal mode (`wal` when set up right); `None` on PostgreSQL.
+/// SQLite's journal mode (`wal` when set up right); `None` on PostgreSQL and on D1 (which
+/// refuses the pragma).
 pub async fn sqlite_journal_mode(db: &DatabaseConnection) -> Result<Option<String>, DbErr> {
-    if db.get_database_backend() != DbBackend::Sqlite {
+    if db.get_database_backend() != DbBackend::Sqlite || is_proxy(db) {
         return Ok(None);
     }
     let row = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA journal_mode")).await?;
     row.map(|r| r.try_get_by_index::<String>(0)).transpose().map(|m| m.map(|m| m.to_lowercase()))
 }
 
-/// Connections open in the pool and how many of them are idle.
+/// Connections open in the pool and how many of them are idle (none on D1: HTTP requests).
 pub fn pool_usage(db: &DatabaseConnection) -> (u32, u32) {
+    if is_proxy(db) {
+        return (0, 0);
+    }
     match db.get_database_backend() {
         DbBackend::Sqlite => {
             let pool = db.get_sqlite_connection_pool();
@@ -250,6 +276,9 @@ pub fn pool_usage(db: &DatabaseConnection) -> (u32, u32) {
 }
 
 pub fn backend_name(db: &DatabaseConnection) -> &'static str {
+    if is_proxy(db) {
+        return "d1";
+    }
     match db.get_database_backend() {
         DbBackend::Sqlite => "sqlite",
         DbBackend::Postgres => "postgres",
@@ -267,7 +296,14 @@ mod tests {
 
     #[test]
     fn the_urls_ensemble_speaks_pass() {
-        for url in ["sqlite://data/ensemble.db", "sqlite::memory:", "postgres://u:p@h/db", "postgresql://h/db"] {
+        for url in [
+            "sqlite://data/ensemble.db",
+            "sqlite::memory:",
+            "postgres://u:p@h/db",
+            "postgresql://h/db",
+            "d1+https://bridge.example.dev",
+            "d1+http://127.0.0.1:8787",
+        ] {
             assert!(check_url(url).is_ok(), "{url}");
         }
     }
@@ -286,6 +322,14 @@ mod tests {
         assert!(refusal("postgress://app:hunter2@h/db").ends_with("did you mean postgres://app:***@h/db?"));
         assert!(refusal("pg://h/db").ends_with("did you mean postgres://h/db?"));
         assert!(refusal("app:hunter2@h:5432/db").ends_with("did you mean postgres://app:***@h:5432/db?"));
+    }
+
+    #[test]
+    fn a_d1_url_without_its_transport_gets_one() {
+        assert!(refusal("d1://bridge.example.dev").ends_with("did you mean d1+https://bridge.example.dev?"));
+        assert!(refusal("d1+htps://bridge.example.dev").ends_with("did you mean d1+https://bridge.example.dev?"));
+        assert!(refusal("d1://127.0.0.1:8787").ends_with("did you mean d1+http://127.0.0.1:8787?"));
+        assert!(refusal("D1://localhost:8787").ends_with("did you mean d1+http://localhost:8787?"));
     }
 
     #[test]

@@ -150,13 +150,19 @@ function onlyKeys(obj, allowed, fail) {
 // POST /query
 // ---------------------------------------------------------------------------------------------
 
+// The answer is {columns, rows}: the column names in order and each row as an array, from D1's
+// raw() (rows as objects would lose the order, which positional reads need, and a second column
+// of the same name, as in `SELECT a.id, b.id`). raw() gives no meta: writes belong in /batch.
 async function runQuery(env, input) {
   const { sql, params } = statement(input, "body");
+  let answer;
   try {
-    return result(await env.DB.prepare(sql).bind(...params).all());
+    answer = await env.DB.prepare(sql).bind(...params).raw({ columnNames: true });
   } catch (err) {
     throw d1Error(err);
   }
+  const [columns = [], ...rows] = answer;
+  return { columns, rows };
 }
 
 function result(r) {
