@@ -81,6 +81,17 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
     Ok(db)
 }
 
+/// The writer of batches for the database at `url`, connected as `db` (docs/write-path.md): the
+/// bridge's `/batch` for D1, a transaction on `db` otherwise.
+pub fn writer(url: &str, db: &DatabaseConnection) -> Result<std::sync::Arc<dyn batch::BatchWriter>, ConnectError> {
+    if is_d1(url) {
+        let secret = d1::secret_from_env().map_err(|e| ConnectError::new(url, e))?;
+        let client = d1::Client::new(url, secret).map_err(|e| ConnectError::new(url, e))?;
+        return Ok(std::sync::Arc::new(d1::D1Writer::new(client)));
+    }
+    Ok(std::sync::Arc::new(batch::SqlxWriter::new(db.clone())))
+}
+
 /// Runs `work` (migrations, seeding) while holding a PostgreSQL advisory lock on a connection
 /// of its own, so instances starting at the same moment on one database take turns; on SQLite
 /// (and on D1, which has no such lock: its instances take a lease, docs/write-path.md) it just

@@ -14,10 +14,7 @@ use crate::{
     auth::Authenticator,
     cache::Caches,
     config::{Config, ConnectionLimits},
-    db::{
-        self,
-        batch::{BatchWriter, SqlxWriter},
-    },
+    db,
     error::AppError,
     events::{EventBus, Notice},
     http::server,
@@ -100,7 +97,7 @@ impl App {
         let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
         let usage = Arc::new(UsageMeter::new(db.clone()));
-        let writer: Arc<dyn BatchWriter> = Arc::new(SqlxWriter::new(db.clone()));
+        let writer = db::writer(&config.database_url, &db)?;
         let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
         let link = bus.link().cloned();
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst, link));

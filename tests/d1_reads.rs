@@ -474,3 +474,70 @@ async fn stub_bridge_answering(
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, requests)
 }
+
+/// The write path on D1 (docs/write-path.md): a batch is one D1 transaction; its guards, written
+/// as SQL, abort all of it and come back as the guard that failed; a refused constraint names its
+/// step; `RETURNING` rows come back; a batch sent again with its key is applied once.
+#[tokio::test]
+async fn batches_on_d1_are_written_whole_or_not_at_all() {
+    use ensemble::db::batch::{Batch, BatchError, Expect};
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let Some(wrangler) = wrangler() else { return };
+    secret_in_env();
+    let bridge = Bridge::start(&wrangler);
+    let d1 = db::connect(&bridge.url, None).await.unwrap();
+    let writer = db::writer(&bridge.url, &d1).unwrap();
+    d1.execute_unprepared("CREATE TABLE probes (id TEXT PRIMARY KEY, version BIGINT NOT NULL)").await.unwrap();
+    let insert = |id: &str, version: i64| {
+        Query::insert()
+            .into_table(Alias::new("probes"))
+            .columns([Alias::new("id"), Alias::new("version")])
+            .values_panic([id.into(), version.into()])
+            .to_owned()
+    };
+    let bump = |id: &str, seen: i64| {
+        Query::update()
+            .table(Alias::new("probes"))
+            .value(Alias::new("version"), Expr::col(Alias::new("version")).add(1))
+            .and_where(Expr::col(Alias::new("id")).eq(id))
+            .and_where(Expr::col(Alias::new("version")).eq(seen))
+            .returning(Query::returning().columns([Alias::new("id"), Alias::new("version")]))
+            .to_owned()
+    };
+    let versions = || async {
+        let rows = raw_rows(&d1, "SELECT id, version FROM probes ORDER BY id").await;
+        rows.iter().map(|row| format!("{}={}", row["id"].as_str().unwrap(), row["version"])).collect::<Vec<_>>()
+    };
+
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+    let held = Batch::new(writer.backend())
+        .write_returning(&bump("a", 1))
+        .guard(Expect::One, "probe_version")
+        .write(&insert("b", 1));
+    let results = writer.run(held).await.unwrap();
+    assert_eq!(results.len(), 2, "one result per step, none for the guard's own statement");
+    assert_eq!(results[0].rows.len(), 1, "the RETURNING row");
+    assert_eq!(results[0].rows[0].try_get::<i64>("", "version").unwrap(), 2);
+    assert_eq!(results[1].rows_affected, 1);
+    assert_eq!(versions().await, ["a=2", "b=1"]);
+
+    let stale =
+        Batch::new(writer.backend()).write(&insert("c", 1)).write(&bump("a", 1)).guard(Expect::One, "probe_version");
+    let refused = writer.run(stale).await.unwrap_err();
+    assert!(matches!(refused, BatchError::Guard { index: 1, code: "probe_version" }), "{refused:?}");
+    assert_eq!(versions().await, ["a=2", "b=1"], "the insert before the failed guard is rolled back");
+
+    let duplicate = Batch::new(writer.backend()).write(&insert("d", 1)).write(&insert("a", 9));
+    let refused = writer.run(duplicate).await.unwrap_err();
+    assert!(matches!(refused, BatchError::Constraint { index: 1, .. }), "{refused:?}");
+    assert_eq!(versions().await, ["a=2", "b=1"]);
+
+    // The same request twice, as after a lost answer: applied once, the first outcome answered.
+    let client = db::d1::Client::new(&bridge.url, db::d1::Secret::new(SECRET.into()).unwrap()).unwrap();
+    let statements = [("UPDATE probes SET version = version + 1 WHERE id = 'b'", Vec::new())];
+    let first = client.batch(&statements, "replayed-key").await.unwrap();
+    let again = client.batch(&statements, "replayed-key").await.unwrap();
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(again.results.unwrap()[0].meta.changes, 1);
+    assert_eq!(versions().await, ["a=2", "b=2"], "applied once");
+}

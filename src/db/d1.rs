@@ -6,6 +6,7 @@
 
 mod client;
 pub mod values;
+mod writer;
 
 use std::sync::Arc;
 
@@ -15,7 +16,10 @@ use sea_orm::{
     Statement,
 };
 
-pub use self::client::{Client, Error, Secret};
+pub use self::{
+    client::{Client, Error, Secret},
+    writer::D1Writer,
+};
 
 /// The environment variable holding the secret shared with the bridge.
 pub const SECRET_ENV: &str = "ENSEMBLE_D1_SECRET";
@@ -69,8 +73,8 @@ impl ProxyDatabaseTrait for D1Proxy {
         values::check_limits(&statement).map_err(exec_err)?;
         let params = values::params(&statement).map_err(exec_err)?;
         let key = uuid::Uuid::now_v7().to_string();
-        let steps = self.client.batch(&[(&statement.sql, params)], &key).await.map_err(db_err)?;
-        let meta = steps.into_iter().next().unwrap_or_default();
+        let answer = self.client.batch(&[(&statement.sql, params)], &key).await.map_err(db_err)?;
+        let meta = answer.results.and_then(|steps| steps.into_iter().next()).unwrap_or_default().meta;
         // sea-orm reads last_insert_id as u64; a rowid is positive when there is one.
         Ok(ProxyExecResult::new(u64::try_from(meta.last_row_id).unwrap_or(0), meta.changes))
     }

@@ -82,6 +82,49 @@ pub struct Rows {
     pub rows: Vec<Vec<Json>>,
 }
 
+/// The answer to a `/batch`: one result per statement, or none for a replay whose first answer
+/// was not kept (applied once, results unknown).
+#[derive(Debug, Deserialize)]
+pub struct Batched {
+    pub results: Option<Vec<BatchStep>>,
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// One statement of a `/batch`: the rows it answered (`RETURNING`, a query), each with its
+/// columns in order, and what it changed.
+#[derive(Debug, Default, Deserialize)]
+pub struct BatchStep {
+    #[serde(default)]
+    pub results: Vec<NamedRow>,
+    #[serde(default)]
+    pub meta: Meta,
+}
+
+/// A row of a `/batch` result: D1 answers objects; their keys keep the order D1 gave them.
+#[derive(Debug, Default)]
+pub struct NamedRow(pub Vec<(String, Json)>);
+
+impl<'de> Deserialize<'de> for NamedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = NamedRow;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a row as an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NamedRow, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry::<String, Json>()? {
+                    fields.push(field);
+                }
+                Ok(NamedRow(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
 /// What one statement of a `/batch` changed.
 #[derive(Debug, Default, Deserialize)]
 pub struct Meta {
@@ -147,23 +190,12 @@ impl Client {
 
     /// Runs statements as one D1 batch (all or nothing) with `POST /batch`, once.
     /// `idempotency_key` makes a batch sent again by the caller apply at most once.
-    pub async fn batch(&self, statements: &[(&str, Vec<Json>)], idempotency_key: &str) -> Result<Vec<Meta>, Error> {
-        #[derive(Deserialize)]
-        struct Step {
-            #[serde(default)]
-            meta: Meta,
-        }
-        #[derive(Deserialize)]
-        struct Answer {
-            results: Option<Vec<Step>>,
-        }
+    pub async fn batch(&self, statements: &[(&str, Vec<Json>)], idempotency_key: &str) -> Result<Batched, Error> {
         let statements: Vec<Json> =
             statements.iter().map(|(sql, params)| json!({"sql": sql, "params": params})).collect();
         let body = json!({"statements": statements, "idempotencyKey": idempotency_key});
         let body = serde_json::to_vec(&body).map_err(|e| Error::Refused(e.to_string()))?;
-        let answer: Answer = self.parse(self.post("/batch", &body).await?)?;
-        // A replay whose first answer was not kept: applied once, counts unknown.
-        Ok(answer.results.map_or_else(Vec::new, |steps| steps.into_iter().map(|s| s.meta).collect()))
+        self.parse(self.post("/batch", &body).await?)
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, answer: Json) -> Result<T, Error> {

@@ -1,0 +1,105 @@
+//! The write path on D1 (docs/write-path.md): a [`Batch`] becomes one `POST /batch`, its guards
+//! written as SQL ([`Batch::into_sql`]), so D1 runs it as one transaction and a guard that does
+//! not hold aborts all of it with `write_guard:<step>:<code>` in the error.
+//!
+//! A batch is sent with an idempotency key. When no answer comes back (the request may have been
+//! applied), the same request goes again with the same key, which the bridge applies at most once
+//! and answers with the first outcome; a batch D1 refused as overloaded is not sent again: the
+//! mutation answers an error rather than risk a write D1 did not promise to take.
+
+use async_trait::async_trait;
+use sea_orm::{DbBackend, DbErr, QueryResult, RuntimeErr};
+use serde_json::Value as Json;
+
+use super::{
+    client::{Client, Error, NamedRow},
+    values,
+};
+use crate::db::batch::{Batch, BatchError, BatchWriter, SqlStatement, StepResult, guard_in};
+
+/// How many times a batch whose answer was lost is sent again with its key.
+const RESENDS: u32 = 2;
+
+pub struct D1Writer {
+    client: Client,
+}
+
+impl D1Writer {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl BatchWriter for D1Writer {
+    fn backend(&self) -> DbBackend {
+        DbBackend::Sqlite
+    }
+
+    async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let codes = batch.codes();
+        let statements = batch.into_sql();
+        let mut sent = Vec::with_capacity(statements.len());
+        for SqlStatement { statement, .. } in &statements {
+            let refused = |why: String| BatchError::Other(DbErr::Exec(RuntimeErr::Internal(why)));
+            values::check_limits(statement).map_err(refused)?;
+            sent.push((statement.sql.as_str(), values::params(statement).map_err(refused)?));
+        }
+        let key = format!("batch-{}", uuid::Uuid::now_v7().simple());
+        let mut resends = 0;
+        let answer = loop {
+            match self.client.batch(&sent, &key).await {
+                Err(err @ Error::Unreachable { .. }) if resends < RESENDS => {
+                    resends += 1;
+                    tracing::warn!(error = %err, resends, "no answer to a D1 batch; sending it again with its key");
+                }
+                Err(err) => return Err(failed(err, &statements, &codes)),
+                Ok(answer) => break answer,
+            }
+        };
+        let Some(steps) = answer.results else {
+            // Applied, by an earlier request whose answer was lost, and its outcome was not kept.
+            let lost = "D1 applied the batch, but its results were not kept for the resent request";
+            return Err(BatchError::Other(DbErr::Exec(RuntimeErr::Internal(lost.into()))));
+        };
+        let mut results = Vec::new();
+        for (SqlStatement { step, returns, .. }, answered) in statements.iter().zip(steps) {
+            if step.is_none() {
+                continue;
+            }
+            let rows =
+                if *returns { answered.results.into_iter().map(row).collect::<Result<_, _>>()? } else { Vec::new() };
+            let rows_affected = if *returns { rows.len() as u64 } else { answered.meta.changes };
+            results.push(StepResult { rows_affected, rows });
+        }
+        Ok(results)
+    }
+}
+
+fn row(NamedRow(fields): NamedRow) -> Result<QueryResult, BatchError> {
+    let (columns, cells): (Vec<String>, Vec<Json>) = fields.into_iter().unzip();
+    let row = values::row(&columns, cells)
+        .map_err(|why| BatchError::Other(DbErr::Query(RuntimeErr::Internal(format!("D1 answered {why}")))))?;
+    Ok(row.into())
+}
+
+/// The bridge's refusal as the write path's: a guard by its reason, a constraint by the statement
+/// the bridge found failing, D1 busy or away as transient only when nothing can have been applied.
+fn failed(err: Error, statements: &[SqlStatement], codes: &[&'static str]) -> BatchError {
+    if let Error::Bridge { message, .. } = &err
+        && let Some((index, code)) = guard_in(message, codes)
+    {
+        return BatchError::Guard { index, code };
+    }
+    let db_err = |err: &Error| DbErr::Exec(RuntimeErr::Internal(err.to_string()));
+    match &err {
+        Error::Bridge { code, index, .. } if code == "CONSTRAINT" => {
+            let step = index.and_then(|index| statements.get(index)).and_then(|statement| statement.step);
+            BatchError::Constraint { index: step.unwrap_or_default(), source: db_err(&err) }
+        }
+        _ => BatchError::Other(db_err(&err)),
+    }
+}
