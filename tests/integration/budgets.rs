@@ -258,7 +258,7 @@ async fn a_recovered_run_gives_its_reservation_back_once() {
     let mut events = app.state.bus.subscribe();
     let first = start(&app, &key, &team, false).await;
     let id = first["data"]["runTeam"]["id"].clone();
-    ensemble::service::runs::recover_interrupted(&app.state.db, None).await.unwrap();
+    ensemble::service::runs::recover_interrupted(&app.state.db, app.state.writer.as_ref(), None).await.unwrap();
     assert_eq!(app.must(&owner, STATUS, json!({"id": id})).await["run"]["errorCode"], "interrupted");
     own_end(&mut events, &id).await;
     // Given back twice, two runs would fit now.
