@@ -323,3 +323,171 @@ fn finish(mut batch: Batch, ended: &[(usize, &RunEnd)]) -> Batch {
     }
     batch
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use entity::states::{AttemptOutcome, BudgetHolder, ErrorCode};
+
+    use super::*;
+    use crate::service::budgets::Amount;
+
+    fn run(i: usize) -> runs::Model {
+        let now = Utc::now();
+        runs::Model {
+            id: format!("run_{i}"),
+            team_id: format!("team_{i}"),
+            team_version: 1,
+            conversation_id: Some(format!("conv_{i}")),
+            user_id: Some(format!("user_{i}")),
+            api_key_id: Some(format!("key_{i}")),
+            status: RunStatus::Failed,
+            input: "question".into(),
+            variables: None,
+            message_id: Some(format!("msg_q{i}")),
+            routed_agent: Some("triage".into()),
+            rule: None,
+            rule_reason: None,
+            agent: Some("triage".into()),
+            model: Some("local/down".into()),
+            output: None,
+            response_message_id: None,
+            attempts: 3,
+            retries: 2,
+            fallbacks: 0,
+            tokens_in: 3,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            latency_ms: Some(i as i64),
+            error_code: Some(ErrorCode::ServerError),
+            error: Some("down".into()),
+            created_at: now,
+            started_at: Some(now),
+            finished_at: Some(now),
+            estimated_cost_usd: None,
+            estimated_max_cost_usd: None,
+            reserved_tokens: Some(10),
+            reserved_nano_usd: Some(0),
+        }
+    }
+
+    fn message(i: usize, id: &str) -> messages::Model {
+        messages::Model {
+            id: id.into(),
+            conversation_id: format!("conv_{i}"),
+            parent_id: None,
+            role: crate::orchestrator::providers::Role::User,
+            agent: None,
+            content: "question".into(),
+            run_id: Some(format!("run_{i}")),
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn end(i: usize) -> RunEnd {
+        let run = run(i);
+        let attempts = (1..=3)
+            .map(|seq| run_attempts::Model {
+                run_id: run.id.clone(),
+                seq,
+                agent: "triage".into(),
+                model: "local/down".into(),
+                attempt: seq,
+                outcome: AttemptOutcome::ServerError,
+                latency_ms: 1,
+                tokens_in: 1,
+                tokens_out: 0,
+                cost_usd: 0.0,
+                backoff_ms: Some(20),
+                error: Some("down".into()),
+                started_at: Utc::now(),
+            })
+            .collect();
+        let usage = usage_daily::Model {
+            day: "2026-03-01".into(),
+            user_id: format!("user_{i}"),
+            team_id: run.team_id.clone(),
+            api_key_id: format!("key_{i}"),
+            model: "local/down".into(),
+            requests: 0,
+            runs: 1,
+            tokens_in: 3,
+            tokens_out: 0,
+            cost_usd: 0.0,
+        };
+        let error = error_groups::Model {
+            fingerprint: format!("fp_{i}"),
+            team_id: run.team_id.clone(),
+            agent: "triage".into(),
+            code: ErrorCode::ServerError,
+            message: "down".into(),
+            count: 1,
+            first_seen: Utc::now(),
+            last_seen: Utc::now(),
+            last_run_id: run.id.clone(),
+            resolved_at: None,
+        };
+        let budgets = [BudgetHolder::User, BudgetHolder::ApiKey]
+            .into_iter()
+            .map(|holder| Settlement {
+                day: "2026-03-01".into(),
+                holder,
+                id: format!("holder_{i}"),
+                spent: Amount { tokens: 3, nano_usd: 0 },
+                released: Amount { tokens: 10, nano_usd: 0 },
+            })
+            .collect();
+        RunEnd {
+            answer: Some(message(i, &format!("msg_a{i}"))),
+            run,
+            attempts,
+            usage: vec![usage],
+            error: Some(error),
+            budgets,
+        }
+    }
+
+    /// A full group of jobs: runs starting with their messages, runs ending with everything an
+    /// end writes, all of them distinct so that nothing is summed away.
+    fn jobs() -> Vec<Job> {
+        (0..MAX_BATCH)
+            .map(|i| {
+                if i % 2 == 0 {
+                    let (reply, _) = oneshot::channel();
+                    Job::Start { rows: Box::new((run(i), Some(message(i, &format!("msg_q{i}"))))), reply }
+                } else {
+                    let (reply, _) = oneshot::channel();
+                    Job::Finish { end: Box::new(end(i)), reply }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_statement_of_a_full_batch_binds_more_values_than_d1_allows() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let plan = plan(backend, &jobs(), |_, _| true);
+            assert_eq!(plan.stored.len(), MAX_BATCH);
+            assert_eq!(plan.ends.len(), MAX_BATCH / 2, "one guarded row per ended run");
+            for statement in plan.batch.into_sql() {
+                let values = statement.statement.values.map_or(0, |values| values.0.len());
+                assert!(values <= MAX_PARAMS, "{values} values: {}", statement.statement.sql);
+            }
+        }
+    }
+
+    #[test]
+    fn an_end_found_ended_elsewhere_writes_nothing_of_its_own() {
+        let jobs = jobs();
+        let all = plan(DbBackend::Sqlite, &jobs, |_, _| true);
+        let without = plan(DbBackend::Sqlite, &jobs, |_, id| id != "run_1");
+        assert!(!without.stored.contains(&1) && without.stored.len() == MAX_BATCH - 1);
+        let sql = |plan: Plan| plan.batch.into_sql().into_iter().map(|s| s.statement.to_string()).collect::<Vec<_>>();
+        let (all, without) = (sql(all), sql(without));
+        assert!(all.iter().any(|s| s.contains("'run_1'")));
+        assert!(!without.iter().any(|s| s.contains("'run_1'") || s.contains("'msg_a1'")), "run_1's end is left out");
+    }
+}
