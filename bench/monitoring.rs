@@ -15,12 +15,14 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use ensemble::{config::Config, domain::GlobalRole, service::rollups, startup::App, state::AppState};
+use ensemble::{config::Config, db::batch::Batch, domain::GlobalRole, service::rollups, startup::App, state::AppState};
 use entity::{
     runs,
     states::{ErrorCode, RunStatus},
 };
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
 use serde_json::{Value, json};
 
 const TEAMS: usize = 50;
@@ -156,7 +158,7 @@ fn seeded(random: &mut Random, teams: &[String], now: DateTime<Utc>, n: u64) -> 
     }
 }
 
-/// Inserts `total` runs and their rollups, in transactions of 2,000 runs.
+/// Inserts `total` runs and their rollups, in batches of 2,000 runs.
 async fn seed(state: &AppState, teams: &[String], total: u64) {
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
     let now = Utc::now();
@@ -165,13 +167,14 @@ async fn seed(state: &AppState, teams: &[String], total: u64) {
     while n < total {
         let batch: Vec<runs::Model> = (n..(n + 2_000).min(total)).map(|i| seeded(&mut random, teams, now, i)).collect();
         n += batch.len() as u64;
-        let txn = ensemble::db::begin_write(&state.db).await.expect("transaction");
+        // Runs 500 to a statement (a benchmark's seed, not held to D1's limits), then their
+        // rollups as the run writer adds them, in one batch.
+        let mut write = Batch::new(state.writer.backend());
         for chunk in batch.chunks(500) {
             let rows = chunk.iter().map(|r| runs::ActiveModel::from(r.clone()).reset_all());
-            runs::Entity::insert_many(rows).exec_without_returning(&txn).await.expect("runs inserted");
+            write = write.write(&runs::Entity::insert_many(rows).into_query());
         }
-        rollups::add(&txn, &batch).await.expect("rollups added");
-        txn.commit().await.expect("commit");
+        state.writer.run(rollups::add(write, &batch)).await.expect("runs and rollups added");
     }
     println!("seeded {total} runs with their rollups in {:.0?}", began.elapsed());
 }

@@ -96,8 +96,8 @@ impl App {
         let caches = Arc::new(Caches::new(&config, &metrics.caches, bus.clone()));
         let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
-        let usage = Arc::new(UsageMeter::new(db.clone()));
         let writer = db::writer(&config.database_url, &db)?;
+        let usage = Arc::new(UsageMeter::new(writer.clone()));
         let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
         let link = bus.link().cloned();
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst, link));
@@ -105,8 +105,14 @@ impl App {
         tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
         let templates =
             Arc::new(Templates::new(db.clone(), audit.clone(), caches.clone(), config.runs.providers.clone()));
-        let runner =
-            Arc::new(Runner::new(db.clone(), config.runs.clone(), bus.clone(), caches.clone(), metrics.clone()));
+        let runner = Arc::new(Runner::new(
+            db.clone(),
+            writer.clone(),
+            config.runs.clone(),
+            bus.clone(),
+            caches.clone(),
+            metrics.clone(),
+        ));
         // Instances starting at the same moment take turns to migrate, recover and seed.
         db::one_at_a_time(&config.database_url, async {
             if config.auto_migrate {
@@ -120,7 +126,7 @@ impl App {
                     newest: newest.name().to_string(),
                 });
             }
-            recover_interrupted_runs(&db, &bus, &metrics).await?;
+            recover_interrupted_runs(&db, writer.as_ref(), &bus, &metrics).await?;
             let seeded = starters::seed(&db).await?;
             tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
             Ok(())
@@ -241,6 +247,7 @@ async fn websockets_closed(metrics: &crate::metrics::Metrics) {
 /// running, else only those older than any run may last (the others may be running there).
 async fn recover_interrupted_runs(
     db: &sea_orm::DatabaseConnection,
+    writer: &dyn db::batch::BatchWriter,
     bus: &EventBus,
     metrics: &Metrics,
 ) -> Result<(), AppError> {
@@ -252,7 +259,7 @@ async fn recover_interrupted_runs(
         }
     };
     let cutoff = (!alone).then(|| chrono::Utc::now() - runs::LONGEST_RUN);
-    let interrupted = runs::recover_interrupted(db, cutoff).await?;
+    let interrupted = runs::recover_interrupted(db, writer, cutoff).await?;
     metrics.runs.runs_finished("failed", interrupted);
     if interrupted > 0 {
         tracing::warn!(interrupted, "runs left in progress by a stopped instance are marked failed (interrupted)");
@@ -297,7 +304,7 @@ async fn housekeeping(state: AppState) {
         if (round + 1) % (60 / state.config.usage_flush_secs.clamp(1, 60)) == 0 {
             state.rate_limits.forget_idle();
             let cutoff = chrono::Utc::now() - runs::LONGEST_RUN;
-            match runs::recover_interrupted(&state.db, Some(cutoff)).await {
+            match runs::recover_interrupted(&state.db, state.writer.as_ref(), Some(cutoff)).await {
                 Ok(interrupted) => state.metrics.runs.runs_finished("failed", interrupted),
                 Err(error) => tracing::error!(%error, "cannot fail the runs a stopped instance left"),
             }

@@ -137,6 +137,14 @@ impl Batch {
     }
 }
 
+/// Most values D1 binds in one statement (docs/write-path.md, "D1's limits: chunking").
+pub const MAX_PARAMS: usize = 100;
+
+/// Rows of `E` (every column set) that one multi-row `INSERT` carries within [`MAX_PARAMS`].
+pub fn rows_per_insert<E: sea_orm::EntityTrait>() -> usize {
+    (MAX_PARAMS / <E::Column as sea_orm::Iterable>::iter().count()).max(1)
+}
+
 /// One statement of a batch as SQLite and D1 run it, guards written as SQL
 /// (docs/write-path.md, "The mechanism per database").
 #[derive(Debug)]

@@ -37,7 +37,10 @@ impl ConversationsMutation {
         title: String,
     ) -> async_graphql::Result<Conversation> {
         let state = ctx.data::<AppState>()?;
-        conversations::start(&state.db, &caller(ctx), &team_id, &title).await.map(Conversation::from).gql()
+        conversations::start(&state.db, state.writer.as_ref(), &caller(ctx), &team_id, &title)
+            .await
+            .map(Conversation::from)
+            .gql()
     }
 
     /// Sends a message and runs the team on it, waiting for the answer. It answers

@@ -1,6 +1,6 @@
 //! Daily budgets (docs/runs.md): before a run calls a model it reserves its worst case on the
-//! `budget_days` row of its user, then of its API key, each in one conditional write that
-//! changes nothing when the reservation does not fit; when it ends (or is found interrupted)
+//! `budget_days` rows of its user and of its API key, in one batch of conditional writes, each
+//! guarded, so that a reservation one of them does not fit is held on neither; when it ends (or is found interrupted)
 //! the same rows get what it spent and give back what it reserved. So runs in progress on any
 //! number of instances never hold, together with what was spent, more than a budget.
 
@@ -8,11 +8,20 @@ use chrono::{DateTime, Utc};
 use entity::{budget_days, runs};
 use sea_orm::{
     ActiveValue::Set,
-    Condition, ConnectionTrait, EntityTrait,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    Condition, ConnectionTrait, EntityTrait, QueryTrait,
+    sea_query::{Expr, ExprTrait, InsertStatement, OnConflict},
 };
 
-use crate::{config::RunConfig, domain::Principal, error::AppError, orchestrator::estimate::Estimate};
+use crate::{
+    config::RunConfig,
+    db::{
+        self,
+        batch::{Attempts, Batch, BatchError, BatchWriter, Expect, OnGuard},
+    },
+    domain::Principal,
+    error::AppError,
+    orchestrator::estimate::Estimate,
+};
 
 /// The answer limit of agents that set no `maxTokens` in a run held to a budget: without one
 /// the worst case of a run would have no bound.
@@ -147,10 +156,12 @@ pub struct Refused {
 }
 
 /// Reserves `amount` on `day` for every principal a run of `principal` counts against, when a
-/// budget applies to one of them; answers what is held (none: no budget applies). A principal
-/// the amount does not fit refuses the run, and the reservations already made are given back.
+/// budget applies to one of them; answers what is held (none: no budget applies). One batch
+/// holds it on every account, each hold guarded: a principal the amount does not fit refuses
+/// the run and nothing is held anywhere.
 pub async fn reserve(
     db: &impl ConnectionTrait,
+    writer: &dyn BatchWriter,
     principal: &Principal,
     config: &RunConfig,
     day: &str,
@@ -166,34 +177,38 @@ pub async fn reserve(
             return Ok(Err(refused));
         }
     }
-    for (done, account) in accounts.iter().enumerate() {
-        let held = hold(db, day, account, amount).await;
-        if matches!(held, Ok(true)) {
-            continue;
+    let batch = accounts.iter().fold(Batch::new(writer.backend()), |batch, account| {
+        batch.write(&hold(day, account, amount)).guard(Expect::One, BUDGET_FULL)
+    });
+    let mut attempts = Attempts::default();
+    let full = loop {
+        match writer.run(batch.clone()).await {
+            Ok(_) => return Ok(Ok(Some(amount))),
+            Err(BatchError::Guard { index, code: BUDGET_FULL }) => break &accounts[index],
+            Err(err) => attempts.failed(err, &|_, _| OnGuard::Retry).await?,
         }
-        let given_back = accounts[..done].iter().map(|a| Settlement::release(day, a.holder, &a.id, amount));
-        settle(db, given_back.collect()).await?;
-        held?;
-        let row = budget_days::Entity::find_by_id((day.to_string(), account.holder, account.id.clone()))
-            .one(db)
-            .await?
-            .unwrap_or_else(|| empty_row(day, account));
-        let refused = over(account, amount, row).unwrap_or_else(|| Refused {
-            holder: account.holder,
-            measure: Measure::Tokens,
-            error: AppError::QuotaExceeded(format!(
-                "{} daily budget cannot hold this run right now; try again.",
-                whose(account.holder)
-            )),
-        });
-        return Ok(Err(refused));
-    }
-    Ok(Ok(Some(amount)))
+    };
+    let row = budget_days::Entity::find_by_id((day.to_string(), full.holder, full.id.clone()))
+        .one(db)
+        .await?
+        .unwrap_or_else(|| empty_row(day, full));
+    Ok(Err(over(full, amount, row).unwrap_or_else(|| Refused {
+        holder: full.holder,
+        measure: Measure::Tokens,
+        error: AppError::QuotaExceeded(format!(
+            "{} daily budget cannot hold this run right now; try again.",
+            whose(full.holder)
+        )),
+    })))
 }
 
-/// Adds `amount` to the principal's reservations on `day` if it fits every limit; one
-/// statement, so concurrent reservations on any instance see each other.
-async fn hold(db: &impl ConnectionTrait, day: &str, account: &Account, amount: Amount) -> Result<bool, AppError> {
+/// The guard of a hold that did not fit (the batch's step is the account's place).
+const BUDGET_FULL: &str = "budget_full";
+
+/// Adds `amount` to the principal's reservations on `day` if it fits every limit: one
+/// conditional upsert that changes no row when it does not fit, so concurrent reservations on
+/// any instance see each other.
+fn hold(day: &str, account: &Account, amount: Amount) -> InsertStatement {
     use budget_days::Column;
     let mut fits = Condition::all();
     for (measure, spent, reserved) in [
@@ -220,8 +235,7 @@ async fn hold(db: &impl ConnectionTrait, day: &str, account: &Account, amount: A
         reserved_tokens: Set(amount.tokens),
         reserved_nano_usd: Set(amount.nano_usd),
     };
-    let written = budget_days::Entity::insert(row).on_conflict(add.to_owned()).exec_without_returning(db).await?;
-    Ok(written > 0)
+    budget_days::Entity::insert(row).on_conflict(add.to_owned()).into_query()
 }
 
 /// The refusal of `amount` by the account's limits, given its row; none when it fits.
@@ -275,12 +289,6 @@ pub struct Settlement {
     pub released: Amount,
 }
 
-impl Settlement {
-    fn release(day: &str, holder: Holder, id: &str, released: Amount) -> Self {
-        Self { day: day.to_string(), holder, id: id.to_string(), spent: Amount::default(), released }
-    }
-}
-
 /// The settlements of a run that ends having spent `spent`: on the day it started, for its user
 /// and its API key, giving back whatever it reserved.
 pub fn settlements(run: &runs::Model, spent: Amount) -> Vec<Settlement> {
@@ -296,8 +304,8 @@ pub fn settlements(run: &runs::Model, spent: Amount) -> Vec<Settlement> {
         .collect()
 }
 
-/// Writes `settlements`, summed per row, one upsert per row.
-pub async fn settle(conn: &impl ConnectionTrait, settlements: Vec<Settlement>) -> Result<(), AppError> {
+/// Adds `settlements` to `batch`, summed per row, one upsert per row.
+pub fn settle(mut batch: Batch, settlements: Vec<Settlement>) -> Batch {
     use budget_days::Column;
     let mut rows: Vec<Settlement> = Vec::new();
     for s in settlements {
@@ -328,9 +336,18 @@ pub async fn settle(conn: &impl ConnectionTrait, settlements: Vec<Settlement>) -
             reserved_tokens: Set(0),
             reserved_nano_usd: Set(0),
         };
-        budget_days::Entity::insert(row).on_conflict(change).exec_without_returning(conn).await?;
+        batch = batch.write(&budget_days::Entity::insert(row).on_conflict(change).into_query());
     }
-    Ok(())
+    batch
+}
+
+/// Writes `settlements` in a batch of their own (what a run that was never stored reserved).
+pub async fn give_back(writer: &dyn BatchWriter, settlements: Vec<Settlement>) -> Result<(), AppError> {
+    let batch = settle(Batch::new(writer.backend()), settlements);
+    if batch.is_empty() {
+        return Ok(());
+    }
+    db::batch::write(writer, || async { Ok(batch.clone()) }, |_, _| OnGuard::Retry).await.map(drop)
 }
 
 /// The row of a principal with nothing spent or held on `day`.

@@ -6,11 +6,16 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QueryTrait, Set,
+};
 
 use crate::{
     auth::guard,
-    db,
+    db::{
+        self,
+        batch::{Batch, BatchWriter, OnGuard},
+    },
     domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::providers::{ChatMessage, Role},
@@ -117,27 +122,31 @@ pub fn new_message(new: NewMessage<'_>) -> messages::Model {
     }
 }
 
-/// Starts an empty conversation with a team (operators and up).
+/// Starts an empty conversation with a team (operators and up): one insert, the row built here.
 pub async fn start(
     db: &DatabaseConnection,
+    writer: &dyn BatchWriter,
     caller: &Caller,
     team_id: &str,
     title: &str,
 ) -> Result<conversations::Model, AppError> {
     let title = check_title(title)?;
     guard::team(db, caller, team_id, TeamRole::Operator).await?;
-    let user_id = caller.principal.user_id().unwrap_or_default().to_string();
     let now = Utc::now().trunc_subsecs(6);
-    let row = conversations::ActiveModel {
-        id: Set(format!("conv_{}", uuid::Uuid::now_v7().simple())),
-        team_id: Set(team_id.to_string()),
-        user_id: Set(user_id),
-        title: Set(title),
-        forked_from_message_id: Set(None),
-        created_at: Set(now),
-        last_active_at: Set(Some(now)),
+    let conversation = conversations::Model {
+        id: format!("conv_{}", uuid::Uuid::now_v7().simple()),
+        team_id: team_id.to_string(),
+        user_id: caller.principal.user_id().unwrap_or_default().to_string(),
+        title,
+        forked_from_message_id: None,
+        created_at: now,
+        last_active_at: Some(now),
     };
-    Ok(row.insert(db).await?)
+    let row = conversations::ActiveModel::from(conversation.clone()).reset_all();
+    let insert = conversations::Entity::insert(row).into_query();
+    let batch = Batch::new(writer.backend()).write(&insert);
+    db::batch::write(writer, || async { Ok(batch.clone()) }, |_, _| OnGuard::Retry).await?;
+    Ok(conversation)
 }
 
 /// A conversation the caller may see (any role on its team), with `need` checked.

@@ -1,4 +1,4 @@
-//! Rollups: every finished run is added, in the transaction that stores its end, to one row per
+//! Rollups: every finished run is added, in the batch that stores its end, to one row per
 //! time grain (minute, hour, day) of `run_rollups` and to the matching latency histogram in
 //! `run_latency`. Dashboards read these rows, never raw runs: a range is covered by whole days,
 //! then whole hours, then minutes at its edges, and histograms merge by summing, so percentiles
@@ -9,14 +9,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, TimeZone, Utc};
 use entity::{run_latency, run_rollups, runs, states::RunStatus};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Iterable,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Iterable, QueryTrait,
     sea_query::{Expr, OnConflict},
 };
 
-use crate::error::AppError;
-
-/// Rows per multi-row upsert, well under every backend's limit on bound parameters.
-const CHUNK: usize = 500;
+use crate::db::batch::{Batch, rows_per_insert};
 
 /// The length of a rollup bucket.
 pub use entity::states::Grain;
@@ -102,9 +99,9 @@ pub fn rows_for(run: &runs::Model) -> Vec<(run_rollups::Model, run_latency::Mode
 
 type RollupKey = (String, Grain, i64, String, String, String);
 
-/// Adds finished runs to the rollups, inside the caller's transaction: rows with the same key
-/// are summed first, then written with one upsert per chunk.
-pub async fn add<C: ConnectionTrait>(conn: &C, finished: &[runs::Model]) -> Result<(), AppError> {
+/// Adds finished runs to the rollups, in the caller's batch: rows with the same key are summed
+/// first, then written in multi-row upserts within D1's limit on bound values.
+pub fn add(mut batch: Batch, finished: &[runs::Model]) -> Batch {
     let mut rollups: HashMap<RollupKey, run_rollups::Model> = HashMap::new();
     let mut histograms: HashMap<(RollupKey, i64), run_latency::Model> = HashMap::new();
     for (rollup, histogram) in finished.iter().flat_map(rows_for) {
@@ -134,20 +131,20 @@ pub async fn add<C: ConnectionTrait>(conn: &C, finished: &[runs::Model]) -> Resu
         }
     }
     let rollups: Vec<_> = rollups.into_values().map(|r| run_rollups::ActiveModel::from(r).reset_all()).collect();
-    for chunk in rollups.chunks(CHUNK) {
-        run_rollups::Entity::insert_many(chunk.to_vec())
+    for chunk in rollups.chunks(rows_per_insert::<run_rollups::Entity>()) {
+        let upsert = run_rollups::Entity::insert_many(chunk.to_vec())
             .on_conflict(adding(ROLLUP_KEY, ROLLUP_SUMS, "run_rollups"))
-            .exec_without_returning(conn)
-            .await?;
+            .into_query();
+        batch = batch.write(&upsert);
     }
     let histograms: Vec<_> = histograms.into_values().map(|h| run_latency::ActiveModel::from(h).reset_all()).collect();
-    for chunk in histograms.chunks(CHUNK) {
-        run_latency::Entity::insert_many(chunk.to_vec())
+    for chunk in histograms.chunks(rows_per_insert::<run_latency::Entity>()) {
+        let upsert = run_latency::Entity::insert_many(chunk.to_vec())
             .on_conflict(adding(LATENCY_KEY, [run_latency::Column::Runs], "run_latency"))
-            .exec_without_returning(conn)
-            .await?;
+            .into_query();
+        batch = batch.write(&upsert);
     }
-    Ok(())
+    batch
 }
 
 const ROLLUP_KEY: [run_rollups::Column; 6] = [

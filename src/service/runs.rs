@@ -1,5 +1,5 @@
 //! Runs: checked and stored before they start, executed in a task of their own (so a client
-//! that goes away does not stop them), finished in one transaction that writes the run, every
+//! that goes away does not stop them), finished in one batch that writes the run, every
 //! attempt, the answer in its conversation, the day's usage and the error group. The same
 //! `Runner` cancels runs and recovers the ones a crash left behind.
 
@@ -15,7 +15,10 @@ use entity::{
     states::{ErrorCode, RunStatus},
     team_versions,
 };
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::Expr};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    sea_query::Expr,
+};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, oneshot, watch};
@@ -26,13 +29,14 @@ use super::{
     estimates,
     page::{Page, PageRequest},
     prices::PriceBook,
-    run_writer::{RunEnd, RunWriter},
+    run_writer::{RUN_ENDED, RunEnd, RunWriter},
     usage,
 };
 use crate::{
     auth::guard,
     cache::{Caches, TeamVersion},
     config::RunConfig,
+    db::batch::{Attempts, Batch, BatchError, BatchWriter, Expect, MAX_PARAMS, OnGuard},
     domain::{Caller, Principal, RunEvent, RunEventKind, TeamRole},
     error::{AppError, Problem},
     events::{EventBus, Notice, Reach},
@@ -88,14 +92,17 @@ pub struct Runner {
     /// Parsed specs by team and version (among the other caches).
     caches: Arc<Caches>,
     active: Mutex<HashMap<String, Active>>,
-    /// Stores runs as they start and end, many to a transaction.
-    writer: RunWriter,
+    /// Commits the batches of reservations and of lost runs' ends.
+    writer: Arc<dyn BatchWriter>,
+    /// Stores runs as they start and end, many to a batch.
+    run_writer: RunWriter,
     metrics: Arc<Metrics>,
 }
 
 impl Runner {
     pub fn new(
         db: DatabaseConnection,
+        writer: Arc<dyn BatchWriter>,
         config: RunConfig,
         events: Arc<EventBus>,
         caches: Arc<Caches>,
@@ -107,7 +114,8 @@ impl Runner {
             prices: PriceBook::new(db.clone(), caches.clone()),
             caches,
             active: Mutex::new(HashMap::new()),
-            writer: RunWriter::spawn(db.clone()),
+            run_writer: RunWriter::spawn(db.clone(), writer.clone()),
+            writer,
             db,
             config,
             providers,
@@ -198,9 +206,10 @@ impl Runner {
             })
         });
         run.message_id = message.as_ref().map(|m| m.id.clone());
-        if let Err(error) = self.writer.start(run.clone(), message).await {
+        if let Err(error) = self.run_writer.start(run.clone(), message).await {
             // Not stored: what it reserved goes back at once.
-            if let Err(error) = budgets::settle(&self.db, budgets::settlements(&run, Amount::default())).await {
+            let reserved = budgets::settlements(&run, Amount::default());
+            if let Err(error) = budgets::give_back(self.writer.as_ref(), reserved).await {
                 tracing::error!(run = %run.id, %error, "cannot give back the budget of a run that could not be stored");
             }
             return Err(error);
@@ -264,7 +273,7 @@ impl Runner {
     /// Reserves a run's worst case against the daily budgets of `principal` (none when no
     /// budget applies); QUOTA_EXCEEDED when it does not fit.
     async fn reserve(&self, principal: &Principal, day: &str, worst_case: Amount) -> Result<Option<Amount>, AppError> {
-        match budgets::reserve(&self.db, principal, &self.config, day, worst_case).await? {
+        match budgets::reserve(&self.db, self.writer.as_ref(), principal, &self.config, day, worst_case).await? {
             Ok(reserved) => Ok(reserved),
             Err(refused) => {
                 self.metrics.runs.budget_refused(&refused.holder.to_string(), refused.measure.as_str());
@@ -475,7 +484,7 @@ impl Runner {
             run: ended.clone(),
         };
         // Cancelled elsewhere while it ran: the row already says so.
-        let stored = self.writer.finish(end).await?;
+        let stored = self.run_writer.finish(end).await?;
         if stored {
             self.metrics.runs.runs_finished(&status.to_string(), 1);
         }
@@ -545,17 +554,16 @@ impl Runner {
         }
         if !self.cancel_here(run_id).await && !self.cancel_elsewhere(&run).await {
             // Running nowhere (lost): mark it so that a runner's end, should one come, is ignored.
-            let now = Utc::now().trunc_subsecs(6);
-            let txn = crate::db::begin_write(&self.db).await?;
-            let lost = std::slice::from_ref(&run);
-            let ended =
-                end_in_progress(&txn, lost, RunStatus::Cancelled, ErrorCode::Cancelled, "the run was cancelled", now)
-                    .await?;
-            txn.commit().await?;
-            self.metrics.runs.runs_finished(&RunStatus::Cancelled.to_string(), ended);
-            let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
-            event.error_class = Some(ErrorCode::Cancelled);
-            self.events.publish(event);
+            // A run that ended meanwhile keeps its end, and is answered as it is.
+            let end =
+                End { status: RunStatus::Cancelled, code: ErrorCode::Cancelled, message: "the run was cancelled" };
+            let ended = end_lost(&self.db, self.writer.as_ref(), vec![run.clone()], &end).await?;
+            if ended > 0 {
+                self.metrics.runs.runs_finished(&RunStatus::Cancelled.to_string(), ended);
+                let mut event = RunEvent::new(run_id, &run.team_id, RunEventKind::Cancelled);
+                event.error_class = Some(ErrorCode::Cancelled);
+                self.events.publish(event);
+            }
         }
         self.reload(run_id).await
     }
@@ -653,24 +661,28 @@ pub const LONGEST_RUN: Duration = Duration::from_millis(MAX_TIMEOUT_MS + 60_000)
 /// instance), or every one when no other instance runs. What they reserved goes back.
 pub async fn recover_interrupted(
     db: &DatabaseConnection,
+    writer: &dyn BatchWriter,
     created_before: Option<DateTime<Utc>>,
 ) -> Result<u64, AppError> {
-    let mut query = runs::Entity::find().filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]));
+    let mut query = runs::Entity::find().filter(runs::Column::Status.is_in(IN_PROGRESS));
     if let Some(cutoff) = created_before {
         query = query.filter(runs::Column::CreatedAt.lt(cutoff));
     }
+    let end = End {
+        status: RunStatus::Failed,
+        code: ErrorCode::Interrupted,
+        message: "the server stopped while the run was in progress",
+    };
     let mut recovered = 0;
     loop {
-        let txn = crate::db::begin_write(db).await?;
-        let lost =
-            query.clone().order_by_asc(runs::Column::Id).limit(RECOVERY_BATCH).lock_exclusive().all(&txn).await?;
+        let lost = query.clone().order_by_asc(runs::Column::Id).limit(RECOVERY_READ).all(db).await?;
         if lost.is_empty() {
             return Ok(recovered);
         }
-        let message = "the server stopped while the run was in progress";
-        let now = Utc::now().trunc_subsecs(6);
-        let ended = end_in_progress(&txn, &lost, RunStatus::Failed, ErrorCode::Interrupted, message, now).await?;
-        txn.commit().await?;
+        let mut ended = 0;
+        for part in lost.chunks(RUNS_PER_BATCH) {
+            ended += end_lost(db, writer, part.to_vec(), &end).await?;
+        }
         recovered += ended;
         if ended == 0 {
             return Ok(recovered);
@@ -678,37 +690,88 @@ pub async fn recover_interrupted(
     }
 }
 
-/// Runs recovered per transaction.
-const RECOVERY_BATCH: u64 = 500;
+/// Lost runs read at a time.
+const RECOVERY_READ: u64 = 500;
 
-/// Ends `lost` runs still queued or running with `status` and `code`, none of them running
-/// anywhere, and gives back what they reserved; answers how many it ended. The status change
-/// is conditional, so a run whose end was stored meanwhile keeps it (and its budgets).
-async fn end_in_progress(
-    conn: &impl sea_orm::ConnectionTrait,
-    lost: &[runs::Model],
+/// Lost runs ended per batch: each stands alone (its row and its budgets), so a part of the
+/// runs read commits without the others.
+const RUNS_PER_BATCH: usize = 50;
+
+const IN_PROGRESS: [RunStatus; 2] = [RunStatus::Queued, RunStatus::Running];
+
+/// How lost runs end.
+struct End {
     status: RunStatus,
     code: ErrorCode,
-    message: &str,
-    now: DateTime<Utc>,
+    message: &'static str,
+}
+
+/// Ends `lost` runs, none of them running anywhere, in one batch: each run's row while it is
+/// still queued or running (guarded), and what it reserved given back. A run whose end was
+/// stored meanwhile keeps it (and its budgets): the batch is written again without it and the
+/// runs read again with it found ended. Answers how many it ended.
+async fn end_lost(
+    db: &DatabaseConnection,
+    writer: &dyn BatchWriter,
+    mut lost: Vec<runs::Model>,
+    end: &End,
 ) -> Result<u64, AppError> {
-    let mut ended = 0;
-    for run in lost {
-        let result = runs::Entity::update_many()
-            .col_expr(runs::Column::Status, Expr::value(status))
-            .col_expr(runs::Column::ErrorCode, Expr::value(code))
-            .col_expr(runs::Column::Error, Expr::value(message))
-            .col_expr(runs::Column::FinishedAt, Expr::value(now))
-            .filter(runs::Column::Id.eq(run.id.as_str()))
-            .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
-            .exec(conn)
-            .await?;
-        if result.rows_affected > 0 {
-            ended += 1;
-            budgets::settle(conn, budgets::settlements(run, Amount::default())).await?;
+    let mut attempts = Attempts::default();
+    while !lost.is_empty() {
+        let now = Utc::now().trunc_subsecs(6);
+        let (batch, rows) = plan_end(writer.backend(), &lost, end, now);
+        match writer.run(batch).await {
+            Ok(_) => return Ok(lost.len() as u64),
+            Err(BatchError::Guard { index, code: RUN_ENDED }) => {
+                let Some(ended) = rows.iter().position(|step| *step == index).map(|run| &lost[run]) else {
+                    return Err(AppError::internal(format!("guard `{RUN_ENDED}` on step {index}, not a run's row")));
+                };
+                let ended = ended.id.clone();
+                let ids: Vec<&str> = lost.iter().map(|run| run.id.as_str()).filter(|id| *id != ended).collect();
+                let open = in_progress(db, &ids).await?;
+                lost.retain(|run| open.contains(&run.id));
+            }
+            Err(err) => attempts.failed(err, &|_, _| OnGuard::Retry).await?,
         }
     }
-    Ok(ended)
+    Ok(0)
+}
+
+/// The batch that ends `lost`: per run, its row guarded on still in progress, then what it
+/// reserved given back; and the step of each run's row.
+fn plan_end(backend: DbBackend, lost: &[runs::Model], end: &End, now: DateTime<Utc>) -> (Batch, Vec<usize>) {
+    let mut rows = Vec::with_capacity(lost.len());
+    let batch = lost.iter().fold(Batch::new(backend), |batch, run| {
+        rows.push(batch.len());
+        let ended = runs::Entity::update_many()
+            .col_expr(runs::Column::Status, Expr::value(end.status))
+            .col_expr(runs::Column::ErrorCode, Expr::value(end.code))
+            .col_expr(runs::Column::Error, Expr::value(end.message))
+            .col_expr(runs::Column::FinishedAt, Expr::value(now))
+            .filter(runs::Column::Id.eq(run.id.as_str()))
+            .filter(runs::Column::Status.is_in(IN_PROGRESS))
+            .into_query();
+        let batch = batch.write(&ended).guard(Expect::One, RUN_ENDED);
+        budgets::settle(batch, budgets::settlements(run, Amount::default()))
+    });
+    (batch, rows)
+}
+
+/// Which of the runs `ids` are still queued or running.
+async fn in_progress(db: &DatabaseConnection, ids: &[&str]) -> Result<std::collections::HashSet<String>, AppError> {
+    let mut open = std::collections::HashSet::new();
+    for chunk in ids.chunks(MAX_PARAMS - IN_PROGRESS.len()) {
+        let found: Vec<String> = runs::Entity::find()
+            .select_only()
+            .column(runs::Column::Id)
+            .filter(runs::Column::Id.is_in(chunk.iter().copied()))
+            .filter(runs::Column::Status.is_in(IN_PROGRESS))
+            .into_tuple()
+            .all(db)
+            .await?;
+        open.extend(found);
+    }
+    Ok(open)
 }
 
 /// The error group a run that failed with `code` counts in: team + agent + error code + the

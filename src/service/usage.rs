@@ -1,18 +1,25 @@
 //! Usage: every request counts against its principal in `usage_daily`. Counts gather in
-//! memory and are added to the table in one upsert per key every few seconds (and at
+//! memory and are added to the table in one batch every few seconds (and at
 //! shutdown), so a request costs no write of its own. Runs add their tokens, cost and count
-//! in the transaction that finishes them, so budgets see them at once.
+//! in the batch that finishes them, so budgets see them at once.
 
 use std::{collections::HashMap, sync::Mutex};
 
 use chrono::Utc;
 use entity::usage_daily;
 use sea_orm::{
-    ActiveModelTrait, DatabaseConnection, EntityTrait, Set,
+    ActiveModelTrait, EntityTrait, QueryTrait,
     sea_query::{Expr, OnConflict},
 };
 
-use crate::{domain::Principal, error::AppError};
+use crate::{
+    db::{
+        self,
+        batch::{Batch, BatchWriter, OnGuard, rows_per_insert},
+    },
+    domain::Principal,
+    error::AppError,
+};
 
 /// The primary key of `usage_daily`, which every upsert conflicts on.
 const KEY_COLUMNS: [usage_daily::Column; 5] = [
@@ -35,13 +42,13 @@ struct UsageKey {
 }
 
 pub struct UsageMeter {
-    db: DatabaseConnection,
+    writer: std::sync::Arc<dyn BatchWriter>,
     pending: Mutex<HashMap<UsageKey, i64>>,
 }
 
 impl UsageMeter {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db, pending: Mutex::new(HashMap::new()) }
+    pub fn new(writer: std::sync::Arc<dyn BatchWriter>) -> Self {
+        Self { writer, pending: Mutex::new(HashMap::new()) }
     }
 
     /// Counts one request of `principal` (anonymous requests count under no one).
@@ -61,32 +68,43 @@ impl UsageMeter {
         pending.len() >= MAX_PENDING
     }
 
-    /// Adds the pending counts to `usage_daily`.
+    /// Adds the pending counts to `usage_daily`, in one batch of multi-row upserts.
     pub async fn flush(&self) -> Result<(), AppError> {
-        let pending: Vec<(UsageKey, i64)> = match self.pending.lock() {
-            Ok(mut pending) => pending.drain().collect(),
+        let pending: Vec<usage_daily::ActiveModel> = match self.pending.lock() {
+            Ok(mut pending) => pending.drain().map(|(key, requests)| request_row(key, requests)).collect(),
             Err(_) => return Ok(()),
         };
-        for (key, requests) in pending {
-            let row = usage_daily::ActiveModel {
-                day: Set(key.day),
-                user_id: Set(key.user_id),
-                team_id: Set(key.team_id),
-                api_key_id: Set(key.api_key_id),
-                model: Set(String::new()),
-                requests: Set(requests),
-                runs: Set(0),
-                tokens_in: Set(0),
-                tokens_out: Set(0),
-                cost_usd: Set(0.0),
-            };
-            let add = OnConflict::columns(KEY_COLUMNS)
-                .value(usage_daily::Column::Requests, Expr::cust("usage_daily.requests + excluded.requests"))
-                .to_owned();
-            usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(&self.db).await?;
+        if pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let add = OnConflict::columns(KEY_COLUMNS)
+            .value(usage_daily::Column::Requests, Expr::cust("usage_daily.requests + excluded.requests"))
+            .to_owned();
+        let batch = pending.chunks(rows_per_insert::<usage_daily::Entity>()).fold(
+            Batch::new(self.writer.backend()),
+            |batch, rows| {
+                batch.write(&usage_daily::Entity::insert_many(rows.to_vec()).on_conflict(add.clone()).into_query())
+            },
+        );
+        db::batch::write(self.writer.as_ref(), || async { Ok(batch.clone()) }, |_, _| OnGuard::Retry).await.map(drop)
     }
+}
+
+/// The row that counts `requests` under `key`.
+fn request_row(key: UsageKey, requests: i64) -> usage_daily::ActiveModel {
+    let row = usage_daily::Model {
+        day: key.day,
+        user_id: key.user_id,
+        team_id: key.team_id,
+        api_key_id: key.api_key_id,
+        model: String::new(),
+        requests,
+        runs: 0,
+        tokens_in: 0,
+        tokens_out: 0,
+        cost_usd: 0.0,
+    };
+    usage_daily::ActiveModel::from(row).reset_all()
 }
 
 /// A finished run's usage, on the day it started: tokens and cost on the row of each model it
@@ -122,15 +140,18 @@ pub fn run_rows(
     by_model.into_values().collect()
 }
 
-/// Adds a row's runs, tokens and cost to the day's usage.
-pub async fn add<C: sea_orm::ConnectionTrait>(conn: &C, row: usage_daily::Model) -> Result<(), AppError> {
+/// Adds rows' runs, tokens and cost to the day's usage (one row per key), in multi-row
+/// upserts within D1's limit on bound values.
+pub fn add(mut batch: Batch, rows: Vec<usage_daily::Model>) -> Batch {
     let add = OnConflict::columns(KEY_COLUMNS)
         .value(usage_daily::Column::Runs, Expr::cust("usage_daily.runs + excluded.runs"))
         .value(usage_daily::Column::TokensIn, Expr::cust("usage_daily.tokens_in + excluded.tokens_in"))
         .value(usage_daily::Column::TokensOut, Expr::cust("usage_daily.tokens_out + excluded.tokens_out"))
         .value(usage_daily::Column::CostUsd, Expr::cust("usage_daily.cost_usd + excluded.cost_usd"))
         .to_owned();
-    let row = usage_daily::ActiveModel::from(row).reset_all();
-    usage_daily::Entity::insert(row).on_conflict(add).exec_without_returning(conn).await?;
-    Ok(())
+    let rows: Vec<_> = rows.into_iter().map(|row| usage_daily::ActiveModel::from(row).reset_all()).collect();
+    for chunk in rows.chunks(rows_per_insert::<usage_daily::Entity>()) {
+        batch = batch.write(&usage_daily::Entity::insert_many(chunk.to_vec()).on_conflict(add.clone()).into_query());
+    }
+    batch
 }

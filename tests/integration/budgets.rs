@@ -11,7 +11,7 @@ use std::{
 
 use common::{TestApp, first_code};
 use ensemble::domain::{GlobalRole, RunEvent};
-use entity::{run_attempts, runs};
+use entity::{budget_days, run_attempts, runs, states::BudgetHolder};
 use futures_util::future::join_all;
 use sea_orm::{EntityTrait, PaginatorTrait};
 use serde_json::{Value, json};
@@ -258,7 +258,7 @@ async fn a_recovered_run_gives_its_reservation_back_once() {
     let mut events = app.state.bus.subscribe();
     let first = start(&app, &key, &team, false).await;
     let id = first["data"]["runTeam"]["id"].clone();
-    ensemble::service::runs::recover_interrupted(&app.state.db, None).await.unwrap();
+    ensemble::service::runs::recover_interrupted(&app.state.db, app.state.writer.as_ref(), None).await.unwrap();
     assert_eq!(app.must(&owner, STATUS, json!({"id": id})).await["run"]["errorCode"], "interrupted");
     own_end(&mut events, &id).await;
     // Given back twice, two runs would fit now.
@@ -352,4 +352,31 @@ async fn what_was_spent_before_reservations_existed_still_counts_today() {
     assert_eq!(first_code(&body), "QUOTA_EXCEEDED", "{body}");
     let message = body["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains(&format!("{} tokens used", 1_000 - worst + 1)), "{message}");
+}
+
+#[tokio::test]
+async fn a_run_its_api_key_refuses_holds_nothing_on_its_owner() {
+    let spec = one_agent("local/slow-3000", 8, 1);
+    let worst = worst_case_tokens(spec.clone()).await;
+    let app = TestApp::spawn_with(|c| c.runs.daily_token_budget = Some(100 * worst)).await;
+    let owner = app.token("user_owner", GlobalRole::Member);
+    let team = create_team(&app, &owner, spec).await;
+    let key = create_key(&app, &owner, json!({"dailyTokenBudget": worst + worst / 2})).await;
+    let first = start(&app, &key, &team, false).await;
+    assert_eq!(first["data"]["runTeam"]["status"], "RUNNING", "{first}");
+
+    // The owner's budget has room; the key's does not: the reservation is one batch, refused whole.
+    let second = start(&app, &key, &team, false).await;
+
+    assert_eq!(first_code(&second), "QUOTA_EXCEEDED", "{second}");
+    assert!(second["errors"][0]["message"].as_str().unwrap().starts_with("This API key's daily token budget"));
+    let held: Vec<(BudgetHolder, i64)> = budget_days::Entity::find()
+        .all(&app.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.principal_kind, row.reserved_tokens))
+        .collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(held.iter().all(|(_, tokens)| *tokens == worst), "only the first run is held, on both: {held:?}");
 }

@@ -7,6 +7,7 @@ use crate::common;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{TestApp, WsClient, first_code, problem_paths};
 use ensemble::{
+    db::batch::Batch,
     domain::{GlobalRole, RunEvent, RunEventKind},
     service::rollups::{self, latency_bucket},
 };
@@ -42,6 +43,12 @@ impl Random {
         self.0 ^= self.0 << 17;
         self.0 % below
     }
+}
+
+/// Adds `finished` runs to the rollups, in a batch as the run writer does.
+async fn add_rollups(app: &TestApp, finished: &[runs::Model]) {
+    let batch = rollups::add(Batch::new(app.state.writer.backend()), finished);
+    app.state.writer.run(batch).await.unwrap();
 }
 
 /// A finished run as the run writer hands it to the rollups.
@@ -114,7 +121,7 @@ async fn percentiles_from_rollups_equal_a_brute_force_computation() {
         })
         .collect();
     for chunk in runs.chunks(250) {
-        rollups::add(&app.state.db, chunk).await.unwrap();
+        add_rollups(&app, chunk).await;
     }
     // A range with ragged edges: minutes, hours and days are all read.
     let (from, to) = (start + Duration::minutes(7 * 60 + 13), start + Duration::minutes(2 * 1440 + 19 * 60 + 41));
@@ -167,7 +174,7 @@ async fn a_bucket_without_runs_has_no_latency_or_rate_but_counts_zero() {
         finished(&team, "triage", "local/echo", start + Duration::minutes(10), 120, false),
         finished(&team, "triage", "local/echo", start + Duration::minutes(130), 340, false),
     ];
-    rollups::add(&app.state.db, &runs).await.unwrap();
+    add_rollups(&app, &runs).await;
     let range = json!({"from": start, "to": start + Duration::hours(3)});
     let series = |metric: &'static str| {
         let (app, token, team, range) = (&app, &token, &team, &range);
@@ -343,7 +350,7 @@ async fn insights_name_their_figures() {
         flaky.fallbacks = i64::from(i % 2 == 0) as i32;
         rows.push(flaky);
     }
-    rollups::add(&app.state.db, &rows).await.unwrap();
+    add_rollups(&app, &rows).await;
     let query = "query($team: ID!) { performanceInsights(teamId: $team) { kind severity subject summary suggestion figures { name value unit } } }";
     let (_, body) = app.gql_as(&token, query, json!({"team": team})).await;
     let findings = body["data"]["performanceInsights"].as_array().unwrap_or_else(|| panic!("{body}"));

@@ -3,13 +3,32 @@
 
 use crate::common;
 
-use common::{TestApp, first_code, problem_paths};
-use ensemble::domain::GlobalRole;
-use entity::{
-    runs,
-    states::{ErrorCode, RunStatus},
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
 };
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, PaginatorTrait, Set};
+
+use async_trait::async_trait;
+use chrono::SubsecRound;
+use common::{TestApp, first_code, problem_paths};
+use ensemble::{
+    db::batch::{Batch, BatchError, BatchWriter, StepResult},
+    domain::{Caller, GlobalRole},
+    service::{
+        budgets::{Amount, Settlement},
+        run_writer::{RunEnd, RunWriter},
+        runs::{Runner, recover_interrupted},
+    },
+};
+use entity::{
+    budget_days, run_attempts, runs,
+    states::{AttemptOutcome, BudgetHolder, ErrorCode, RunStatus},
+    usage_daily,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryTrait, Set, Statement, sea_query::Expr,
+};
 use serde_json::{Value, json};
 
 const RUN: &str = "mutation($team: ID!, $input: RunInput!, $wait: Boolean = true) { runTeam(teamId: $team, input: $input, wait: $wait) {
@@ -499,4 +518,283 @@ async fn a_run_stored_with_an_unknown_status_is_an_internal_error_not_another_st
     // (The request id on such lines is pinned in `internal_errors`.)
     let line = text.lines().find(|l| l.contains("internal error")).unwrap_or_else(|| panic!("no log line:\n{text}"));
     assert!(line.contains("ERROR") && line.contains("paused"), "the cause is logged: {line}");
+}
+
+/// A writer that, before the first batch after `arm`, writes a change of its own: what another
+/// instance does between a service's read and its batch.
+struct Meanwhile {
+    inner: Arc<dyn BatchWriter>,
+    db: DatabaseConnection,
+    change: Mutex<Option<Statement>>,
+    batches: AtomicUsize,
+}
+
+impl Meanwhile {
+    fn new(app: &TestApp) -> Arc<Self> {
+        Arc::new(Self {
+            inner: app.state.writer.clone(),
+            db: app.state.db.clone(),
+            change: Mutex::new(None),
+            batches: AtomicUsize::new(0),
+        })
+    }
+
+    /// Sets the run's status before the next batch, as its end stored elsewhere would.
+    fn arm(&self, run_id: &str, status: RunStatus) {
+        let update = runs::Entity::update_many()
+            .col_expr(runs::Column::Status, Expr::value(status))
+            .filter(runs::Column::Id.eq(run_id))
+            .into_query();
+        *self.change.lock().unwrap() = Some(self.inner.backend().build(&update));
+    }
+
+    fn batches(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl BatchWriter for Meanwhile {
+    fn backend(&self) -> DbBackend {
+        self.inner.backend()
+    }
+
+    async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+        let change = self.change.lock().unwrap().take();
+        if let Some(change) = change {
+            self.db.execute_raw(change).await.unwrap();
+        }
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        self.inner.run(batch).await
+    }
+}
+
+/// A run in progress of `user_runner` on `team` that reserved `reserved` tokens.
+fn in_progress(team: &str, id: &str, reserved: i64) -> runs::Model {
+    let now = chrono::Utc::now().trunc_subsecs(6);
+    runs::Model {
+        id: id.into(),
+        team_id: team.into(),
+        team_version: 1,
+        conversation_id: None,
+        user_id: Some("user_runner".into()),
+        api_key_id: None,
+        status: RunStatus::Running,
+        input: "lost".into(),
+        variables: None,
+        message_id: None,
+        routed_agent: Some("triage".into()),
+        rule: None,
+        rule_reason: None,
+        agent: Some("triage".into()),
+        model: None,
+        output: None,
+        response_message_id: None,
+        attempts: 0,
+        retries: 0,
+        fallbacks: 0,
+        tokens_in: 0,
+        tokens_out: 0,
+        cost_usd: 0.0,
+        latency_ms: None,
+        error_code: None,
+        error: None,
+        created_at: now,
+        started_at: Some(now),
+        finished_at: None,
+        estimated_cost_usd: None,
+        estimated_max_cost_usd: None,
+        reserved_tokens: Some(reserved),
+        reserved_nano_usd: Some(0),
+    }
+}
+
+/// Stores `runs` as running and holds their reservations on the user's budget row.
+async fn store_in_progress(app: &TestApp, runs: &[runs::Model]) {
+    for run in runs {
+        runs::ActiveModel::from(run.clone()).reset_all().insert(&app.state.db).await.unwrap();
+    }
+    budget_days::ActiveModel::from(budget_days::Model {
+        day: runs[0].created_at.format("%Y-%m-%d").to_string(),
+        principal_kind: BudgetHolder::User,
+        principal_id: "user_runner".into(),
+        spent_tokens: 0,
+        spent_nano_usd: 0,
+        reserved_tokens: runs.iter().map(|run| run.reserved_tokens.unwrap()).sum(),
+        reserved_nano_usd: 0,
+    })
+    .reset_all()
+    .insert(&app.state.db)
+    .await
+    .unwrap();
+}
+
+/// Tokens still held on the user's budget row.
+async fn held(app: &TestApp) -> i64 {
+    budget_days::Entity::find().one(&app.state.db).await.unwrap().unwrap().reserved_tokens
+}
+
+async fn status_of(app: &TestApp, id: &str) -> (RunStatus, Option<ErrorCode>) {
+    let row = runs::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap();
+    (row.status, row.error_code)
+}
+
+#[tokio::test]
+async fn a_run_that_ends_while_recovery_writes_keeps_its_end_and_the_others_are_recovered() {
+    let app = TestApp::spawn().await;
+    let (_, team) = team(&app, spec()).await;
+    let lost = [in_progress(&team, "run_1", 10), in_progress(&team, "run_2", 20), in_progress(&team, "run_3", 40)];
+    store_in_progress(&app, &lost).await;
+    let writer = Meanwhile::new(&app);
+    // Read as lost, run_2's end is stored before the recovery's batch.
+    writer.arm("run_2", RunStatus::Succeeded);
+
+    let recovered = recover_interrupted(&app.state.db, writer.as_ref(), None).await.unwrap();
+
+    assert_eq!(recovered, 2);
+    assert_eq!(writer.batches(), 2, "the batch the guard refused, then the one without run_2");
+    assert_eq!(status_of(&app, "run_2").await, (RunStatus::Succeeded, None));
+    for id in ["run_1", "run_3"] {
+        assert_eq!(status_of(&app, id).await, (RunStatus::Failed, Some(ErrorCode::Interrupted)), "{id}");
+    }
+    assert_eq!(held(&app).await, 20, "run_1 and run_3 gave back their reservations, run_2 did not");
+}
+
+#[tokio::test]
+async fn cancelling_a_lost_run_whose_end_lands_first_answers_the_end_and_gives_nothing_back() {
+    let app = TestApp::spawn().await;
+    let (token, team) = team(&app, spec()).await;
+    store_in_progress(&app, &[in_progress(&team, "run_lost", 30)]).await;
+    let writer = Meanwhile::new(&app);
+    let state = &app.state;
+    let runner = Runner::new(
+        state.db.clone(),
+        writer.clone(),
+        state.config.runs.clone(),
+        state.bus.clone(),
+        state.caches.clone(),
+        state.metrics.clone(),
+    );
+    let caller = Caller { principal: state.auth.from_token(&token).await.unwrap(), meta: Default::default() };
+    let mut events = state.bus.subscribe();
+    writer.arm("run_lost", RunStatus::Succeeded);
+
+    let answered = runner.cancel(&caller, "run_lost").await.unwrap();
+
+    assert_eq!(answered.status, RunStatus::Succeeded, "the end that landed first is the answer");
+    assert_eq!(held(&app).await, 30, "a run not cancelled gives nothing back here");
+    assert!(events.try_recv().is_err(), "no cancelled event for a run that was not cancelled");
+
+    // Lost and still running: cancelled, and what it held given back.
+    store_lost_again(&app, &team).await;
+    let cancelled = runner.cancel(&caller, "run_lost_too").await.unwrap();
+    assert_eq!((cancelled.status, cancelled.error_code), (RunStatus::Cancelled, Some(ErrorCode::Cancelled)));
+    assert_eq!(held(&app).await, 30);
+}
+
+/// A second lost run of the same user, holding 5 tokens more on the budget row.
+async fn store_lost_again(app: &TestApp, team: &str) {
+    let run = in_progress(team, "run_lost_too", 5);
+    runs::ActiveModel::from(run).reset_all().insert(&app.state.db).await.unwrap();
+    let row = budget_days::Entity::find().one(&app.state.db).await.unwrap().unwrap();
+    let mut row = budget_days::ActiveModel::from(row);
+    row.reserved_tokens = Set(35);
+    row.update(&app.state.db).await.unwrap();
+}
+
+/// How a run that ran on `triage` ended: one attempt and its usage.
+fn ended(run: &runs::Model) -> RunEnd {
+    let now = chrono::Utc::now().trunc_subsecs(6);
+    let attempt = run_attempts::Model {
+        run_id: run.id.clone(),
+        seq: 1,
+        agent: "triage".into(),
+        model: "local/echo".into(),
+        attempt: 1,
+        outcome: AttemptOutcome::Ok,
+        latency_ms: 5,
+        tokens_in: 3,
+        tokens_out: 4,
+        cost_usd: 0.0,
+        backoff_ms: None,
+        error: None,
+        started_at: now,
+    };
+    let usage = usage_daily::Model {
+        day: run.created_at.format("%Y-%m-%d").to_string(),
+        user_id: "user_runner".into(),
+        team_id: run.team_id.clone(),
+        api_key_id: String::new(),
+        model: "local/echo".into(),
+        requests: 0,
+        runs: 1,
+        tokens_in: 3,
+        tokens_out: 4,
+        cost_usd: 0.0,
+    };
+    let done = runs::Model {
+        status: RunStatus::Succeeded,
+        model: Some("local/echo".into()),
+        output: Some("done".into()),
+        attempts: 1,
+        tokens_in: 3,
+        tokens_out: 4,
+        latency_ms: Some(5),
+        finished_at: Some(now),
+        ..run.clone()
+    };
+    let budgets = vec![Settlement {
+        day: usage.day.clone(),
+        holder: BudgetHolder::User,
+        id: "user_runner".into(),
+        spent: Amount { tokens: 7, nano_usd: 0 },
+        released: Amount::reserved_by(run),
+    }];
+    RunEnd { run: done, attempts: vec![attempt], answer: None, usage: vec![usage], error: None, budgets }
+}
+
+#[tokio::test]
+async fn a_cancel_that_lands_after_the_run_writer_read_keeps_its_row_and_the_other_end_is_stored() {
+    let app = TestApp::spawn().await;
+    let (_, team) = team(&app, spec()).await;
+    let (a, b) = (in_progress(&team, "run_a", 10), in_progress(&team, "run_b", 20));
+    let writer = Meanwhile::new(&app);
+    let run_writer = RunWriter::spawn(app.state.db.clone(), writer.clone());
+    for run in [&a, &b] {
+        run_writer.start(run.clone(), None).await.unwrap();
+    }
+    store_budget_row(&app, 30).await;
+    // run_a is cancelled on another instance after the writer read it as running.
+    writer.arm("run_a", RunStatus::Cancelled);
+
+    let (stored_a, stored_b) = tokio::join!(run_writer.finish(ended(&a)), run_writer.finish(ended(&b)));
+
+    assert_eq!((stored_a.unwrap(), stored_b.unwrap()), (false, true));
+    assert!(writer.batches() >= 4, "two starts, the batch the guard refused, the one without run_a");
+    assert_eq!(status_of(&app, "run_a").await.0, RunStatus::Cancelled, "the cancel keeps its row");
+    assert_eq!(status_of(&app, "run_b").await.0, RunStatus::Succeeded);
+    let attempts: Vec<String> =
+        run_attempts::Entity::find().all(&app.state.db).await.unwrap().into_iter().map(|a| a.run_id).collect();
+    assert_eq!(attempts, ["run_b"]);
+    let usage = usage_daily::Entity::find().all(&app.state.db).await.unwrap();
+    assert_eq!(usage.iter().map(|row| row.runs).sum::<i64>(), 1, "{usage:?}");
+    let row = budget_days::Entity::find().one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!((row.reserved_tokens, row.spent_tokens), (10, 7), "only run_b settled");
+}
+
+/// The user's budget row with `reserved` tokens held.
+async fn store_budget_row(app: &TestApp, reserved: i64) {
+    budget_days::ActiveModel::from(budget_days::Model {
+        day: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        principal_kind: BudgetHolder::User,
+        principal_id: "user_runner".into(),
+        spent_tokens: 0,
+        spent_nano_usd: 0,
+        reserved_tokens: reserved,
+        reserved_nano_usd: 0,
+    })
+    .reset_all()
+    .insert(&app.state.db)
+    .await
+    .unwrap();
 }

@@ -234,7 +234,10 @@ async fn a_conversation_with_its_messages_stays_within_budget() {
         let app = TestApp::spawn_quiet().await;
         let owner = sign_in(&app, "user_owner").await;
         let team = new_team(&app, &owner, "Team").await;
-        let conversation = conversations::start(&app.state.db, &owner.caller, &team, "Chat").await.unwrap().id;
+        let conversation = conversations::start(&app.state.db, app.state.writer.as_ref(), &owner.caller, &team, "Chat")
+            .await
+            .unwrap()
+            .id;
         for _ in 0..size {
             run(&app, &owner, &team, Some(&conversation)).await;
         }
