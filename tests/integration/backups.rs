@@ -492,7 +492,7 @@ async fn a_backup_during_a_burst_of_20_writers_verifies_and_restores_to_a_consis
 async fn pruning_keeps_the_newest_and_never_the_newest_verified_backup() {
     let site = Site::new();
     let app = site.serve_here(|_| {}).await;
-    let store = Backups::new(app.state.db.clone(), &site.data());
+    let store = Backups::new(app.state.db.clone(), app.state.audit.clone(), &site.data());
     let system = Caller { principal: Principal::System("test"), meta: Default::default() };
     let mut ids = Vec::new();
     for _ in 0..4 {
