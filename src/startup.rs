@@ -316,7 +316,7 @@ async fn housekeeping(state: AppState) {
 /// `ENSEMBLE_BACKUP_KEEP`; does nothing when no interval is set.
 async fn scheduled_backups(state: AppState) {
     if let Some(every) = state.config.backup_interval {
-        let backups = Backups::new(state.db.clone(), &state.config.data_dir);
+        let backups = Backups::new(state.db.clone(), state.audit.clone(), &state.config.data_dir);
         backups.run_schedule(every, state.config.backup_keep).await;
     }
 }

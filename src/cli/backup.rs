@@ -1,7 +1,10 @@
 //! `ensemble backup create [--label L] | list | verify FILE | restore FILE` for a SQLite database
 //! (docs/operations.md). Taking, listing and verifying work while a server runs; restoring does not.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use clap::{Args, Subcommand};
 use migration::{Migrator, MigratorTrait};
@@ -9,9 +12,12 @@ use migration::{Migrator, MigratorTrait};
 use super::CommandError;
 use crate::{
     config::{DEFAULT_DATA_DIR, DEFAULT_DATABASE_URL},
-    db,
+    db::{self, batch::SqlxWriter},
     domain::{Caller, Principal},
-    service::backups::{self, Backups, Checked, Restored},
+    service::{
+        audit::AuditChain,
+        backups::{self, Backups, Checked, Restored},
+    },
 };
 
 #[derive(Args)]
@@ -107,7 +113,8 @@ async fn open(database_url: &str, data_dir: &Path) -> Result<Backups, String> {
             pending.len()
         ));
     }
-    Ok(Backups::new(db, data_dir))
+    let audit = Arc::new(AuditChain::new(db.clone(), Arc::new(SqlxWriter::new(db.clone()))));
+    Ok(Backups::new(db, audit, data_dir))
 }
 
 fn print_checked(checked: &Checked) {

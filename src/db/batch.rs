@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult, Statement,
-    StatementBuilder, sea_query::SelectStatement,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, QueryResult,
+    Statement, StatementBuilder, sea_query::SelectStatement,
 };
 
 use crate::error::AppError;
@@ -214,6 +214,14 @@ pub struct StepResult {
     pub rows_affected: u64,
     /// The `RETURNING` rows of a write added with [`Batch::write_returning`].
     pub rows: Vec<QueryResult>,
+}
+
+impl StepResult {
+    /// The one row its `RETURNING` answered, as `M`.
+    pub fn one<M: FromQueryResult>(&self) -> Result<M, AppError> {
+        let row = self.rows.first().ok_or_else(|| AppError::internal("a write answered no row"))?;
+        Ok(M::from_query_result(row, "")?)
+    }
 }
 
 /// Why a batch wrote nothing.

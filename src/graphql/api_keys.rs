@@ -55,7 +55,7 @@ impl ApiKeysMutation {
             daily_token_budget: input.daily_token_budget,
             daily_cost_budget_usd: input.daily_cost_budget_usd,
         };
-        api_keys::create(&state.db, &state.caches, &caller(ctx), new).await.map(CreatedApiKey::from).gql()
+        api_keys::create(&state.db, &state.audit, &state.caches, &caller(ctx), new).await.map(CreatedApiKey::from).gql()
     }
 
     /// A new secret for the key; the old one keeps working for `graceSeconds` (0 to 7 days).
@@ -66,7 +66,7 @@ impl ApiKeysMutation {
         #[graphql(default = 3600)] grace_seconds: i32,
     ) -> async_graphql::Result<CreatedApiKey> {
         let state = ctx.data::<AppState>()?;
-        api_keys::rotate(&state.db, &state.caches, &caller(ctx), &id, grace_seconds.into())
+        api_keys::rotate(&state.db, &state.audit, &state.caches, &caller(ctx), &id, grace_seconds.into())
             .await
             .map(CreatedApiKey::from)
             .gql()
@@ -75,7 +75,7 @@ impl ApiKeysMutation {
     /// Revokes the key; it stops working on the next request.
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ApiKey> {
         let state = ctx.data::<AppState>()?;
-        api_keys::revoke(&state.db, &state.caches, &caller(ctx), &id).await.map(ApiKey::from).gql()
+        api_keys::revoke(&state.db, &state.audit, &state.caches, &caller(ctx), &id).await.map(ApiKey::from).gql()
     }
 }
 

@@ -38,7 +38,7 @@ impl BackupsMutation {
 
 fn store(ctx: &Context<'_>) -> async_graphql::Result<Backups> {
     let state = ctx.data::<AppState>()?;
-    Ok(Backups::new(state.db.clone(), &state.config.data_dir))
+    Ok(Backups::new(state.db.clone(), state.audit.clone(), &state.config.data_dir))
 }
 
 /// A snapshot of the database in the server's backups folder.

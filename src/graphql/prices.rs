@@ -34,7 +34,7 @@ impl PricesMutation {
             output_usd_per_mtok: input.output_usd_per_mtok,
             context_window: input.context_window,
         };
-        state.runner.prices.upsert(&caller(ctx), price).await.map(ModelPrice::from).gql()
+        state.runner.prices.upsert(&state.audit, &caller(ctx), price).await.map(ModelPrice::from).gql()
     }
 }
 

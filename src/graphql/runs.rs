@@ -110,7 +110,7 @@ impl RunsMutation {
     /// happens again.
     async fn resolve_error_group(&self, ctx: &Context<'_>, fingerprint: ID) -> async_graphql::Result<ErrorGroup> {
         let state = ctx.data::<AppState>()?;
-        error_groups::resolve(&state.db, &caller(ctx), &fingerprint).await.map(ErrorGroup::from).gql()
+        error_groups::resolve(&state.db, &state.audit, &caller(ctx), &fingerprint).await.map(ErrorGroup::from).gql()
     }
 
     /// Stops a queued or running run; it ends `CANCELLED`.

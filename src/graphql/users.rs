@@ -59,13 +59,16 @@ impl UsersMutation {
     async fn update_profile(&self, ctx: &Context<'_>, input: UpdateProfileInput) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
         let changes = users::ProfileChanges { display_name: input.display_name, avatar_url: input.avatar_url };
-        users::update_profile(&state.db, &state.caches, &caller(ctx), changes).await.map(User::from).gql()
+        users::update_profile(&state.db, &state.audit, &state.caches, &caller(ctx), changes).await.map(User::from).gql()
     }
 
     /// Sets a user's global role (admins only).
     async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: GlobalRole) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        users::set_role(&state.db, &state.caches, &caller(ctx), &user_id, role.into()).await.map(User::from).gql()
+        users::set_role(&state.db, &state.audit, &state.caches, &caller(ctx), &user_id, role.into())
+            .await
+            .map(User::from)
+            .gql()
     }
 }
 

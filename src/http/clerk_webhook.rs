@@ -69,7 +69,7 @@ pub async fn receive(State(http): State<HttpState>, headers: HeaderMap, body: By
     let Ok(event) = serde_json::from_slice::<Value>(&body) else {
         return reply(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
-    match users::apply_clerk_event(&http.state.db, &http.state.caches, id, &event).await {
+    match users::apply_clerk_event(&http.state.db, &http.state.audit, &http.state.caches, id, &event).await {
         Ok(outcome) => (StatusCode::OK, axum::Json(json!({"status": outcome}))).into_response(),
         Err(err) => {
             tracing::error!(error = %err, svix_id = id, "cannot apply a Clerk webhook");

@@ -138,6 +138,13 @@ pub struct Audited<T> {
     pub answer: T,
 }
 
+/// What a mutation that may find nothing to do decided: a batch to commit with its audit row,
+/// or an answer that writes nothing (what was asked is so already, as a second revoke finds).
+pub enum Decision<T> {
+    Write(Audited<T>),
+    Unchanged(T),
+}
+
 /// The guard code of the chain's head: another writer appended first.
 const AUDIT_HEAD: &str = "audit_head";
 
@@ -181,10 +188,32 @@ impl AuditChain {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Audited<T>, AppError>>,
     {
+        let decide = || {
+            let planned = plan();
+            async move { planned.await.map(Decision::Write) }
+        };
+        self.decide(caller, decide, on_guard).await
+    }
+
+    /// As [`write`](Self::write), for a mutation whose plan may answer without writing
+    /// ([`Decision::Unchanged`]: no batch, no audit row, no step results).
+    pub async fn decide<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        mut plan: F,
+        on_guard: impl Fn(usize, &'static str) -> OnGuard,
+    ) -> Result<(T, Vec<StepResult>), AppError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Decision<T>, AppError>>,
+    {
         let mut known = self.head.lock().await;
         let mut attempts = Attempts::default();
         loop {
-            let Audited { batch, entry, answer } = plan().await?;
+            let Audited { batch, entry, answer } = match plan().await? {
+                Decision::Write(audited) => audited,
+                Decision::Unchanged(answer) => return Ok((answer, Vec::new())),
+            };
             match self.append(&mut known, caller, batch, &entry, None).await {
                 Ok(results) => return Ok((answer, results)),
                 Err(err) => {

@@ -10,6 +10,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,17 +19,17 @@ use entity::backups;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, Set, Statement,
+    QueryOrder, QueryTrait, Set, Statement,
 };
 use serde_json::json;
 
 pub use restore::{DatabaseLock, Restored, restore, sqlite_file};
 pub use snapshot::{Checked, check_file};
 
-use super::audit::{self, Entry, actions};
+use super::audit::{AuditChain, Audited, Decision, Entry, actions};
 use crate::{
     auth::guard,
-    db,
+    db::batch::{Batch, Expect, OnGuard},
     domain::{Caller, Principal},
     error::AppError,
     service::name::Name,
@@ -40,12 +41,13 @@ pub const GUIDE: &str = "docs/operations.md";
 /// The backups of one database, kept in `<data dir>/backups/`.
 pub struct Backups {
     db: DatabaseConnection,
+    audit: Arc<AuditChain>,
     dir: PathBuf,
 }
 
 impl Backups {
-    pub fn new(db: DatabaseConnection, data_dir: &Path) -> Self {
-        Self { db, dir: folder(data_dir) }
+    pub fn new(db: DatabaseConnection, audit: Arc<AuditChain>, data_dir: &Path) -> Self {
+        Self { db, audit, dir: folder(data_dir) }
     }
 
     /// Takes a snapshot of the live database while it serves, checks it and records it
@@ -60,15 +62,15 @@ impl Backups {
         let file = format!("{id}.db");
         let checked = self.snapshot(&file).await?;
         let now = Utc::now().trunc_subsecs(6);
-        let row = backups::ActiveModel {
-            id: Set(id),
-            file: Set(file),
-            label: Set(label),
-            bytes: Set(i64::try_from(checked.bytes).unwrap_or(i64::MAX)),
-            sha256: Set(checked.sha256),
-            migration: Set(migration),
-            created_at: Set(now),
-            verified_at: Set(Some(now)),
+        let row = backups::Model {
+            id,
+            file,
+            label,
+            bytes: i64::try_from(checked.bytes).unwrap_or(i64::MAX),
+            sha256: checked.sha256,
+            migration,
+            created_at: now,
+            verified_at: Some(now),
         };
         let recorded = self.record(caller, row).await;
         if recorded.is_err()
@@ -117,7 +119,7 @@ impl Backups {
             .one(&self.db)
             .await?
             .ok_or_else(|| AppError::NotFound("No such backup.".into()))?;
-        self.remove(caller, row).await
+        self.remove(caller, row).await?.ok_or_else(|| AppError::NotFound("No such backup.".into()))
     }
 
     /// Deletes all but the `keep` newest backups, except the newest verified one, which stays
@@ -130,8 +132,12 @@ impl Backups {
         let newest_verified = rows.iter().position(|row| row.verified_at.is_some());
         let mut pruned = Vec::new();
         for (index, row) in rows.into_iter().enumerate() {
-            if index >= keep as usize && Some(index) != newest_verified {
-                pruned.push(self.remove(caller, row).await?);
+            // A backup deleted meanwhile (by another prune) is not this prune's.
+            if index >= keep as usize
+                && Some(index) != newest_verified
+                && let Some(row) = self.remove(caller, row).await?
+            {
+                pruned.push(row);
             }
         }
         Ok(pruned)
@@ -188,30 +194,60 @@ impl Backups {
         Ok(Checked { path, bytes, sha256, migration: contents.migration, tables: contents.tables })
     }
 
-    async fn record(&self, caller: &Caller, row: backups::ActiveModel) -> Result<backups::Model, AppError> {
-        let txn = db::begin_write(&self.db).await?;
-        let row = row.insert(&txn).await?;
-        let changes = json!({"file": row.file, "label": row.label, "bytes": row.bytes, "sha256": row.sha256,
-            "migration": row.migration});
-        audit::allowed(&txn, caller, Entry::new(actions::BACKUP_CREATE, "backup", row.id.clone()).changes(changes))
+    async fn record(&self, caller: &Caller, row: backups::Model) -> Result<backups::Model, AppError> {
+        let (row, _) = self
+            .audit
+            .write(
+                caller,
+                || async {
+                    let insert = backups::Entity::insert(backups::ActiveModel::from(row.clone())).into_query();
+                    let changes = json!({"file": row.file, "label": row.label, "bytes": row.bytes, "sha256": row.sha256,
+                        "migration": row.migration});
+                    Ok(Audited {
+                        batch: Batch::new(self.audit.writer().backend()).write(&insert),
+                        entry: Entry::new(actions::BACKUP_CREATE, "backup", row.id.clone()).changes(changes),
+                        answer: row.clone(),
+                    })
+                },
+                |_, _| OnGuard::Retry,
+            )
             .await?;
-        txn.commit().await?;
         Ok(row)
     }
 
-    /// Deletes the row (audited) and the files: the row stays, and the deletion fails saying
-    /// why, when the backup file cannot be removed.
-    async fn remove(&self, caller: &Caller, row: backups::Model) -> Result<backups::Model, AppError> {
-        let txn = db::begin_write(&self.db).await?;
-        backups::Entity::delete_by_id(row.id.clone()).exec(&txn).await?;
-        let changes = json!({"file": row.file, "label": row.label});
-        audit::allowed(&txn, caller, Entry::new(actions::BACKUP_DELETE, "backup", row.id.clone()).changes(changes))
-            .await?;
+    /// Deletes the row (audited) and the files; answers the row, or none when it was deleted
+    /// meanwhile. The file is moved aside first: when that fails the row stays, and the
+    /// deletion fails saying why; when the row's deletion fails the file is put back.
+    async fn remove(&self, caller: &Caller, row: backups::Model) -> Result<Option<backups::Model>, AppError> {
         let path = self.dir.join(&row.file);
-        let removed = tokio::task::spawn_blocking(move || remove_files(&path)).await.map_err(AppError::internal)?;
-        removed.map_err(|e| removal_error(&self.dir, &row.file, &e))?;
-        txn.commit().await?;
-        Ok(row)
+        let aside = tokio::task::spawn_blocking(move || Aside::take(path))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(|e| removal_error(&self.dir, &row.file, &e))?;
+        let removed = self
+            .audit
+            .decide(
+                caller,
+                || async {
+                    let Some(row) = backups::Entity::find_by_id(&row.id).one(&self.db).await? else {
+                        return Ok(Decision::Unchanged(None));
+                    };
+                    let delete = backups::Entity::delete_many().filter(backups::Column::Id.eq(&row.id)).into_query();
+                    let batch =
+                        Batch::new(self.audit.writer().backend()).write(&delete).guard(Expect::One, BACKUP_GONE);
+                    let changes = json!({"file": row.file, "label": row.label});
+                    let entry = Entry::new(actions::BACKUP_DELETE, "backup", row.id.clone()).changes(changes);
+                    Ok(Decision::Write(Audited { batch, entry, answer: Some(row) }))
+                },
+                // Deleted meanwhile: the next read finds no row.
+                |_, _| OnGuard::Retry,
+            )
+            .await
+            .map(|(row, _)| row);
+        // The row is gone (this deletion's or another's): so is its file. Otherwise it is put back.
+        let keep = removed.is_err();
+        tokio::task::spawn_blocking(move || aside.finish(keep)).await.map_err(AppError::internal)?;
+        removed
     }
 
     /// The file `target` names and its row, if it is a recorded backup.
@@ -344,6 +380,48 @@ impl Drop for Partial {
     fn drop(&mut self) {
         // After a commit the temporary name is gone; otherwise this discards a partial file.
         let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// The guard of a backup's deletion: its row was deleted meanwhile.
+const BACKUP_GONE: &str = "backup_gone";
+
+/// A backup file moved aside while its row is deleted: removed with its sidecar once the row is
+/// gone, or put back under its name when the row stays.
+struct Aside {
+    path: PathBuf,
+    /// Where the file waits; none when there was no file to move.
+    moved: Option<PathBuf>,
+}
+
+impl Aside {
+    /// Renames `path` to `.<name>.deleting` beside it; a file already gone is fine, a folder
+    /// in its place is refused (as removing it would be).
+    fn take(path: PathBuf) -> io::Result<Self> {
+        if path.is_dir() {
+            return Err(io::ErrorKind::IsADirectory.into());
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let moved = path.with_file_name(format!(".{name}.deleting"));
+        match fs::rename(&path, &moved) {
+            Ok(()) => Ok(Self { path, moved: Some(moved) }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Self { path, moved: None }),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Puts the file back (`keep`), or removes it and its sidecar; failures are only logged:
+    /// the row already says what happened.
+    fn finish(self, keep: bool) {
+        let done = match (&self.moved, keep) {
+            (Some(moved), true) => fs::rename(moved, &self.path),
+            (Some(moved), false) => fs::remove_file(moved).and_then(|()| remove_files(&self.path)),
+            (None, true) => Ok(()),
+            (None, false) => remove_files(&self.path),
+        };
+        if let Err(error) = done {
+            tracing::warn!(%error, file = %self.path.display(), "cannot finish a backup file's deletion");
+        }
     }
 }
 

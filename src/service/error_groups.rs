@@ -5,20 +5,20 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::error_groups;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    sea_query::Expr,
 };
 use serde_json::json;
 
 use super::{
     analytics,
-    audit::{self, Entry, actions},
+    audit::{AuditChain, Audited, Decision, Entry, actions},
     page::{Page, PageRequest},
     range::TimeRange,
 };
 use crate::{
     auth::guard,
-    db,
+    db::batch::{Batch, Expect, OnGuard},
     domain::{Caller, Scope, TeamRole},
     error::AppError,
 };
@@ -70,31 +70,44 @@ pub fn cursor(group: &error_groups::Model) -> String {
     format!("{}|{}", group.last_seen.to_rfc3339(), group.fingerprint)
 }
 
+/// The guard of resolving a group: it was resolved meanwhile (the next read answers it).
+const RESOLVED: &str = "resolved";
+
 /// Marks a group resolved (operators and up on its team); resolving it again changes nothing.
 pub async fn resolve(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caller: &Caller,
     fingerprint: &str,
 ) -> Result<error_groups::Model, AppError> {
     let not_found = || AppError::NotFound("No such error group.".into());
-    let txn = db::begin_write(db).await?;
-    let group =
-        error_groups::Entity::find_by_id(fingerprint).lock_exclusive().one(&txn).await?.ok_or_else(not_found)?;
-    guard::team(&txn, caller, &group.team_id, TeamRole::Operator).await.map_err(|e| match e {
-        AppError::NotFound(_) => not_found(),
-        other => other,
-    })?;
-    if group.resolved_at.is_some() {
-        return Ok(group);
-    }
-    let now = Utc::now().trunc_subsecs(6);
-    let mut row: error_groups::ActiveModel = group.into();
-    row.resolved_at = Set(Some(now));
-    let group = row.update(&txn).await?;
-    let entry = Entry::new(actions::ERROR_GROUP_RESOLVE, "error_group", group.fingerprint.clone())
-        .team(group.team_id.clone())
-        .changes(json!({"resolvedAt": now, "count": group.count}));
-    audit::allowed(&txn, caller, entry).await?;
-    txn.commit().await?;
+    let (group, _) = audit
+        .decide(
+            caller,
+            || async {
+                let mut group = error_groups::Entity::find_by_id(fingerprint).one(db).await?.ok_or_else(not_found)?;
+                guard::team(db, caller, &group.team_id, TeamRole::Operator).await.map_err(|e| match e {
+                    AppError::NotFound(_) => not_found(),
+                    other => other,
+                })?;
+                if group.resolved_at.is_some() {
+                    return Ok(Decision::Unchanged(group));
+                }
+                let now = Utc::now().trunc_subsecs(6);
+                let resolve = error_groups::Entity::update_many()
+                    .col_expr(error_groups::Column::ResolvedAt, Expr::value(now))
+                    .filter(error_groups::Column::Fingerprint.eq(fingerprint))
+                    .filter(error_groups::Column::ResolvedAt.is_null())
+                    .into_query();
+                let batch = Batch::new(audit.writer().backend()).write(&resolve).guard(Expect::One, RESOLVED);
+                group.resolved_at = Some(now);
+                let entry = Entry::new(actions::ERROR_GROUP_RESOLVE, "error_group", group.fingerprint.clone())
+                    .team(group.team_id.clone())
+                    .changes(json!({"resolvedAt": now, "count": group.count}));
+                Ok(Decision::Write(Audited { batch, entry, answer: group }))
+            },
+            |_, _| OnGuard::Retry,
+        )
+        .await?;
     Ok(group)
 }

@@ -5,14 +5,17 @@ use std::{collections::HashMap, sync::Arc};
 
 use chrono::{SubsecRound, Utc};
 use entity::model_prices;
-use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, QuerySelect, Set, sea_query::OnConflict};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, NotSet, QueryFilter, QueryOrder, QueryTrait, Set,
+    sea_query::OnConflict,
+};
 use serde_json::json;
 
-use super::audit::{self, Entry, actions};
+use super::audit::{AuditChain, Audited, Entry, actions};
 use crate::{
     auth::guard::{admin, signed_in},
     cache::{Caches, ModelName},
-    db,
+    db::batch::{Batch, Expect, OnGuard},
     domain::{Caller, Invalidation},
     error::{AppError, Problem},
     orchestrator::executor::Price,
@@ -71,45 +74,74 @@ impl PriceBook {
         Ok(model_prices::Entity::find().order_by_asc(model_prices::Column::Model).all(&self.db).await?)
     }
 
-    /// Sets a model's price (admins only; audited).
-    pub async fn upsert(&self, caller: &Caller, price: NewPrice) -> Result<model_prices::Model, AppError> {
+    /// Sets a model's price (admins only; audited): a new row, or the row read replaced as
+    /// long as no other change landed since (`updated_at` as read). The answer is the row
+    /// written (`RETURNING`).
+    pub async fn upsert(
+        &self,
+        audit: &AuditChain,
+        caller: &Caller,
+        price: NewPrice,
+    ) -> Result<model_prices::Model, AppError> {
         admin(caller)?;
         check(&price)?;
-        let row = model_prices::ActiveModel {
-            model: Set(price.model.clone()),
-            input_usd_per_mtok: Set(price.input_usd_per_mtok),
-            output_usd_per_mtok: Set(price.output_usd_per_mtok),
-            context_window: Set(price.context_window),
-            updated_at: Set(Utc::now().trunc_subsecs(6)),
-        };
-        let txn = db::begin_write(&self.db).await?;
-        let before = model_prices::Entity::find_by_id(&price.model).lock_exclusive().one(&txn).await?;
-        let replace = OnConflict::column(model_prices::Column::Model)
-            .update_columns([
-                model_prices::Column::InputUsdPerMtok,
-                model_prices::Column::OutputUsdPerMtok,
-                model_prices::Column::ContextWindow,
-                model_prices::Column::UpdatedAt,
-            ])
-            .to_owned();
-        model_prices::Entity::insert(row).on_conflict(replace).exec_without_returning(&txn).await?;
-        let changes = json!({
-            "model": price.model,
-            "inputUsdPerMtok": {"from": before.as_ref().map(|b| b.input_usd_per_mtok), "to": price.input_usd_per_mtok},
-            "outputUsdPerMtok": {"from": before.as_ref().map(|b| b.output_usd_per_mtok), "to": price.output_usd_per_mtok},
-            "contextWindow": {"from": before.as_ref().and_then(|b| b.context_window), "to": price.context_window},
-        });
-        audit::allowed(
-            &txn,
-            caller,
-            Entry::new(actions::MODEL_PRICE_UPSERT, "model_price", price.model.clone()).changes(changes),
-        )
-        .await?;
-        let saved = model_prices::Entity::find_by_id(&price.model).one(&txn).await?;
-        txn.commit().await?;
+        let ((), results) = audit
+            .write(
+                caller,
+                || async {
+                    let before = model_prices::Entity::find_by_id(&price.model).one(&self.db).await?;
+                    let batch = plan_upsert(audit.writer().backend(), &price, before.as_ref());
+                    let changes = json!({
+                        "model": price.model,
+                        "inputUsdPerMtok": {"from": before.as_ref().map(|b| b.input_usd_per_mtok), "to": price.input_usd_per_mtok},
+                        "outputUsdPerMtok": {"from": before.as_ref().map(|b| b.output_usd_per_mtok), "to": price.output_usd_per_mtok},
+                        "contextWindow": {"from": before.as_ref().and_then(|b| b.context_window), "to": price.context_window},
+                    });
+                    let entry =
+                        Entry::new(actions::MODEL_PRICE_UPSERT, "model_price", price.model.clone()).changes(changes);
+                    Ok(Audited { batch, entry, answer: () })
+                },
+                // Another admin set it first: read it again, so the audit row's `from` is the
+                // price replaced.
+                |_, _| OnGuard::Retry,
+            )
+            .await?;
         self.caches.invalidate(Invalidation::PricesChanged).await;
-        saved.ok_or_else(|| AppError::internal("the price just written is missing"))
+        results.first().ok_or_else(|| AppError::internal("the price's write answered nothing"))?.one()
     }
+}
+
+/// The guard of a price's write: a row made, or the row read changed, since it was read.
+const PRICE_CHANGED: &str = "price_changed";
+
+/// `price` as a new row (`ON CONFLICT DO NOTHING`) or over the row `before`, guarded on its
+/// `updated_at`; either answers the row written.
+fn plan_upsert(backend: DbBackend, price: &NewPrice, before: Option<&model_prices::Model>) -> Batch {
+    let row = model_prices::ActiveModel {
+        model: Set(price.model.clone()),
+        input_usd_per_mtok: Set(price.input_usd_per_mtok),
+        output_usd_per_mtok: Set(price.output_usd_per_mtok),
+        context_window: Set(price.context_window),
+        updated_at: Set(Utc::now().trunc_subsecs(6)),
+    };
+    let batch = Batch::new(backend);
+    let batch = match before {
+        None => {
+            let mut insert = model_prices::Entity::insert(row)
+                .on_conflict(OnConflict::column(model_prices::Column::Model).do_nothing().to_owned())
+                .into_query();
+            batch.write_returning(insert.returning_all())
+        }
+        Some(before) => {
+            let mut update = model_prices::Entity::update_many()
+                .set(model_prices::ActiveModel { model: NotSet, ..row })
+                .filter(model_prices::Column::Model.eq(&before.model))
+                .filter(model_prices::Column::UpdatedAt.eq(before.updated_at))
+                .into_query();
+            batch.write_returning(update.returning_all())
+        }
+    };
+    batch.guard(Expect::One, PRICE_CHANGED)
 }
 
 fn price(row: &model_prices::Model) -> Price {

@@ -3,10 +3,17 @@
 
 use crate::common;
 
-use common::{TestApp, first_code};
-use ensemble::domain::GlobalRole;
-use entity::api_keys;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use chrono::SubsecRound;
+use common::{
+    TestApp, first_code,
+    meanwhile::{Meanwhile, sql},
+};
+use ensemble::{
+    domain::{Caller, GlobalRole},
+    service::api_keys as service,
+};
+use entity::{api_keys, audit_logs};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryTrait, sea_query::Expr};
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id prefix scopes teamId } } }";
@@ -176,4 +183,55 @@ async fn actions_by_a_key_are_audited_with_the_key() {
     assert_eq!(by_key.api_key_id.as_deref(), Some(id.as_str()));
     assert_eq!(by_key.actor_id.as_deref(), Some("user_k"));
     assert!(!format!("{rows:?}").contains(&secret[17..]), "no secret in the audit log");
+}
+
+/// The caller of `token`, for calling services directly.
+async fn caller(app: &TestApp, token: &str) -> Caller {
+    Caller { principal: app.state.auth.from_token(token).await.unwrap(), meta: Default::default() }
+}
+
+async fn audited(app: &TestApp, action: &str) -> u64 {
+    let rows = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq(action));
+    rows.count(&app.state.db).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_key_revoked_meanwhile_is_answered_as_revoked_then_and_recorded_once() {
+    let app = TestApp::spawn().await;
+    let token = owner(&app).await;
+    let (_, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
+    let then = chrono::Utc::now().trunc_subsecs(6) - chrono::Duration::minutes(1);
+    let revoke = api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::RevokedAt, Expr::value(then))
+        .filter(api_keys::Column::Id.eq(&id))
+        .into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &revoke)]);
+
+    let me = caller(&app, &token).await;
+    let key = service::revoke(&app.state.db, &chain, &app.state.caches, &me, &id).await.unwrap();
+
+    assert_eq!(key.revoked_at, Some(then), "the revocation that landed first");
+    assert_eq!(audited(&app, "api_key.revoke").await, 0, "this call revoked nothing");
+}
+
+#[tokio::test]
+async fn a_key_rotated_meanwhile_refuses_the_second_rotation_and_keeps_the_first() {
+    let app = TestApp::spawn().await;
+    let token = owner(&app).await;
+    let (_, id) = create_key(&app, &token, json!({"name": "ci", "scopes": ["TEAMS_READ"]})).await;
+    let rotate = api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::SecretHash, Expr::value("rotated-elsewhere"))
+        .col_expr(api_keys::Column::PreviousExpiresAt, Expr::value(chrono::Utc::now() + chrono::Duration::hours(1)))
+        .filter(api_keys::Column::Id.eq(&id))
+        .into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &rotate)]);
+
+    let me = caller(&app, &token).await;
+    let err = service::rotate(&app.state.db, &chain, &app.state.caches, &me, &id, 60).await.err().unwrap();
+
+    assert_eq!(err.code(), "CONFLICT");
+    assert!(err.to_string().contains("rotated already"), "{err}");
+    let key = api_keys::Entity::find_by_id(&id).one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!(key.secret_hash, "rotated-elsewhere", "the first rotation stands");
+    assert_eq!(audited(&app, "api_key.rotate").await, 0);
 }

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use common::{TestApp, first_code};
+use common::{
+    TestApp, first_code,
+    meanwhile::{Meanwhile, sql},
+};
 use ensemble::{
     domain::{Caller, GlobalRole, Principal},
     service::backups::Backups,
@@ -23,7 +26,7 @@ use entity::{audit_logs, backups, team_members, team_versions, teams};
 use migration::MigratorTrait;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, Database, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait, QueryFilter,
-    Statement,
+    QueryTrait, Statement,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -492,7 +495,7 @@ async fn a_backup_during_a_burst_of_20_writers_verifies_and_restores_to_a_consis
 async fn pruning_keeps_the_newest_and_never_the_newest_verified_backup() {
     let site = Site::new();
     let app = site.serve_here(|_| {}).await;
-    let store = Backups::new(app.state.db.clone(), &site.data());
+    let store = Backups::new(app.state.db.clone(), app.state.audit.clone(), &site.data());
     let system = Caller { principal: Principal::System("test"), meta: Default::default() };
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -540,4 +543,47 @@ async fn scheduled_backups_run_on_the_interval_and_prune_to_keep() {
     assert!((2..=3).contains(&rows.len()), "{} backups kept", rows.len());
     assert!(rows.iter().all(|b| b.label.as_deref() == Some("scheduled")));
     assert!(!rows.iter().any(|b| Some(b.id.as_str()) == pruned.resource_id.as_deref()));
+}
+
+#[tokio::test]
+async fn a_backup_whose_row_cannot_be_deleted_keeps_its_file() {
+    let site = Site::new();
+    let app = site.serve_here(|_| {}).await;
+    let system = Caller { principal: Principal::System("test"), meta: Default::default() };
+    let taken = Backups::new(app.state.db.clone(), app.state.audit.clone(), &site.data());
+    let row = taken.create(&system, None).await.unwrap();
+    let file = site.backups().join(&row.file);
+
+    let store = Backups::new(app.state.db.clone(), Meanwhile::refusing(&app.state.db), &site.data());
+    assert_eq!(store.delete(&system, &row.id).await.unwrap_err().code(), "INTERNAL");
+
+    assert!(file.exists(), "the file is put back under its name");
+    assert_eq!(sha256_of(&file), row.sha256, "unchanged");
+    assert!(backups::Entity::find_by_id(&row.id).one(&app.state.db).await.unwrap().is_some(), "the row stays");
+    let left: Vec<_> = std::fs::read_dir(site.backups()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "the backup and its sidecar, nothing aside: {left:?}");
+}
+
+#[tokio::test]
+async fn a_backup_deleted_meanwhile_is_not_found_and_its_file_goes() {
+    let site = Site::new();
+    let app = site.serve_here(|_| {}).await;
+    let system = Caller { principal: Principal::System("test"), meta: Default::default() };
+    let taken = Backups::new(app.state.db.clone(), app.state.audit.clone(), &site.data());
+    let row = taken.create(&system, None).await.unwrap();
+    // Another prune deletes the row after this deletion read it.
+    let gone = backups::Entity::delete_many().filter(backups::Column::Id.eq(&row.id)).into_query();
+    let store = Backups::new(
+        app.state.db.clone(),
+        Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &gone)]),
+        &site.data(),
+    );
+
+    assert_eq!(store.delete(&system, &row.id).await.unwrap_err().code(), "NOT_FOUND");
+
+    assert!(!site.backups().join(&row.file).exists(), "the file of a row that is gone goes too");
+    let left: Vec<_> = std::fs::read_dir(site.backups()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, Vec::<std::ffi::OsString>::new());
+    let deleted = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("backup.delete"));
+    assert_eq!(deleted.count(&app.state.db).await.unwrap(), 0, "this deletion deleted nothing");
 }

@@ -154,7 +154,8 @@ async fn an_unknown_key_prefix_is_refused_and_a_key_made_right_after_with_that_p
         daily_token_budget: None,
         daily_cost_budget_usd: None,
     };
-    let made = api_keys::create_with(&app.state.db, &app.state.caches, &caller, new, secret).await.unwrap();
+    let made =
+        api_keys::create_with(&app.state.db, &app.state.audit, &app.state.caches, &caller, new, secret).await.unwrap();
     assert_eq!(app.must(&made.secret, ME, json!({})).await["me"]["id"], "user_alice");
 }
 

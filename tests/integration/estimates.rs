@@ -4,10 +4,16 @@
 
 use crate::common;
 
-use common::{TestApp, first_code};
-use ensemble::domain::GlobalRole;
-use entity::{conversations, messages, runs};
-use sea_orm::{EntityTrait, PaginatorTrait};
+use common::{
+    TestApp, first_code,
+    meanwhile::{Meanwhile, sql},
+};
+use ensemble::{
+    domain::{Caller, GlobalRole},
+    service::prices::NewPrice,
+};
+use entity::{audit_logs, conversations, messages, model_prices, runs};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryTrait, Set};
 use serde_json::{Value, json};
 
 const ESTIMATE: &str = "query($team: ID!, $input: String!, $variables: JSON, $version: Int, $conversation: ID, $parent: ID) {
@@ -307,4 +313,36 @@ async fn bad_inputs_are_refused_with_the_path_to_fix() {
         }
     }
     assert_eq!(rows(&app).await, before, "an estimate writes nothing");
+}
+
+#[tokio::test]
+async fn a_price_set_meanwhile_is_read_again_and_recorded_as_replaced() {
+    let app = TestApp::spawn().await;
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    app.gql_as(&admin, "{ me { id } }", json!({})).await;
+    // Another admin prices the new model on another instance after this call found none.
+    let made = model_prices::ActiveModel {
+        model: Set("local/new".into()),
+        input_usd_per_mtok: Set(7.0),
+        output_usd_per_mtok: Set(8.0),
+        context_window: Set(None),
+        updated_at: Set(chrono::Utc::now()),
+    };
+    let made = model_prices::Entity::insert(made).into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &made)]);
+    let caller = Caller { principal: app.state.auth.from_token(&admin).await.unwrap(), meta: Default::default() };
+    let price = NewPrice {
+        model: "local/new".into(),
+        input_usd_per_mtok: 1.0,
+        output_usd_per_mtok: 2.0,
+        context_window: Some(4096),
+    };
+
+    let saved = app.state.runner.prices.upsert(&chain, &caller, price).await.unwrap();
+
+    assert_eq!((saved.input_usd_per_mtok, saved.output_usd_per_mtok, saved.context_window), (1.0, 2.0, Some(4096)));
+    let audited = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("model_price.upsert"));
+    let changes: Vec<_> = audited.all(&app.state.db).await.unwrap().into_iter().map(|row| row.changes).collect();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].as_ref().unwrap()["inputUsdPerMtok"], json!({"from": 7.0, "to": 1.0}), "{changes:?}");
 }

@@ -4,14 +4,19 @@
 
 use crate::common;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::{TestApp, WsClient, first_code, problem_paths};
+use chrono::{DateTime, Duration, SubsecRound, TimeZone, Utc};
+use common::{
+    TestApp, WsClient, first_code,
+    meanwhile::{Meanwhile, sql},
+    problem_paths,
+};
 use ensemble::{
     db::batch::Batch,
-    domain::{GlobalRole, RunEvent, RunEventKind},
+    domain::{Caller, GlobalRole, RunEvent, RunEventKind},
     service::rollups::{self, latency_bucket},
 };
-use entity::{runs, states::RunStatus};
+use entity::{audit_logs, error_groups, runs, states::RunStatus};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryTrait, sea_query::Expr};
 use serde_json::{Value, json};
 
 const OVERVIEW: &str = "query($team: ID!, $range: TimeRangeInput) { teamOverview(teamId: $team, range: $range) {
@@ -460,4 +465,30 @@ async fn the_readme_monitoring_walkthrough_works() {
     let usage = run("Usage", json!({})).await["usageReport"]["rows"].clone();
     let runs: i64 = usage.as_array().unwrap().iter().map(|row| row["runs"].as_i64().unwrap()).sum();
     assert_eq!(runs, 40, "{usage}");
+}
+
+#[tokio::test]
+async fn an_error_group_resolved_meanwhile_is_answered_as_resolved_then_and_recorded_once() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_owner", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "doomed", "model": "local/down"}],
+                      "routing": {"default": "doomed"}, "retry": {"maxAttempts": 1}});
+    let team = team(&app, &token, spec).await;
+    app.gql_as(&token, RUN, json!({"team": team, "input": {"content": "one"}})).await;
+    let group = error_groups::Entity::find().one(&app.state.db).await.unwrap().expect("the failure's group");
+    // An operator resolves it on another instance after this call read it.
+    let then = (Utc::now() - Duration::minutes(1)).trunc_subsecs(6);
+    let resolve = error_groups::Entity::update_many()
+        .col_expr(error_groups::Column::ResolvedAt, Expr::value(then))
+        .filter(error_groups::Column::Fingerprint.eq(&group.fingerprint))
+        .into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &resolve)]);
+    let caller = Caller { principal: app.state.auth.from_token(&token).await.unwrap(), meta: Default::default() };
+
+    let resolved =
+        ensemble::service::error_groups::resolve(&app.state.db, &chain, &caller, &group.fingerprint).await.unwrap();
+
+    assert_eq!(resolved.resolved_at, Some(then), "the resolution that landed first");
+    let audited = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("error_group.resolve"));
+    assert_eq!(audited.count(&app.state.db).await.unwrap(), 0, "this call resolved nothing");
 }

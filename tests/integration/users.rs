@@ -2,8 +2,16 @@
 
 use crate::common;
 
-use common::{TestApp, first_code};
-use ensemble::domain::GlobalRole;
+use common::{
+    TestApp, first_code,
+    meanwhile::{Meanwhile, sql},
+};
+use ensemble::{
+    domain::{Caller, GlobalRole},
+    service::users as service,
+};
+use entity::{audit_logs, users};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryTrait, sea_query::Expr};
 use serde_json::json;
 
 const USER: &str = "query($id: ID!) { user(id: $id) { id role displayName } }";
@@ -104,4 +112,55 @@ async fn only_an_admin_sets_global_roles() {
     // The stored role now makes their member token an admin's.
     let (_, body) = app.gql_as(&t[1], "{ me { role } }", json!({})).await;
     assert_eq!(body["data"]["me"]["role"], "ADMIN");
+}
+
+/// The caller of `token`, for calling services directly.
+async fn caller(app: &TestApp, token: &str) -> Caller {
+    Caller { principal: app.state.auth.from_token(token).await.unwrap(), meta: Default::default() }
+}
+
+/// The `changes` of every allowed audit row of `action`.
+async fn audited(app: &TestApp, action: &str) -> Vec<serde_json::Value> {
+    let rows = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq(action)).all(&app.state.db);
+    rows.await.unwrap().into_iter().map(|row| row.changes.unwrap_or_default()).collect()
+}
+
+#[tokio::test]
+async fn a_role_changed_by_another_admin_meanwhile_is_read_again_and_recorded_from_it() {
+    let app = TestApp::spawn().await;
+    let t = sign_in(&app, &[("user_admin", GlobalRole::Admin), ("user_b", GlobalRole::Member)]).await;
+    // Another instance makes user_b an admin after this one read user_b's role.
+    let promote = users::Entity::update_many()
+        .col_expr(users::Column::Role, Expr::value("admin"))
+        .filter(users::Column::Id.eq("user_b"))
+        .into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &promote)]);
+
+    let admin = caller(&app, &t[0]).await;
+    let row = service::set_role(&app.state.db, &chain, &app.state.caches, &admin, "user_b", GlobalRole::Member)
+        .await
+        .unwrap();
+
+    assert_eq!(row.role, GlobalRole::Member);
+    assert_eq!(audited(&app, "user.role.set").await, [json!({"role": {"from": "admin", "to": "member"}})]);
+}
+
+#[tokio::test]
+async fn a_profile_edited_while_its_user_is_deleted_is_not_found_and_not_recorded() {
+    let app = TestApp::spawn().await;
+    let t = sign_in(&app, &[("user_a", GlobalRole::Member)]).await;
+    let me = caller(&app, &t[0]).await;
+    let delete = users::Entity::update_many()
+        .col_expr(users::Column::DeletedAt, Expr::value(chrono::Utc::now()))
+        .filter(users::Column::Id.eq("user_a"))
+        .into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &delete)]);
+
+    let changes = service::ProfileChanges { display_name: Some("Ada".into()), avatar_url: None };
+    let err = service::update_profile(&app.state.db, &chain, &app.state.caches, &me, changes).await.unwrap_err();
+
+    assert_eq!(err.code(), "NOT_FOUND");
+    assert_eq!(audited(&app, "user.profile.update").await, Vec::<serde_json::Value>::new());
+    let row = service::find(&app.state.db, "user_a").await.unwrap().unwrap();
+    assert_eq!(row.display_name, None, "nothing written to the deleted row");
 }

@@ -4,9 +4,14 @@
 use crate::common;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::TestApp;
-use ensemble::domain::GlobalRole;
+use common::{
+    TestApp,
+    meanwhile::{Meanwhile, sql},
+};
+use ensemble::{domain::GlobalRole, service::users};
+use entity::{api_keys, audit_logs, webhook_events};
 use hmac::{Hmac, Mac};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryTrait, Set, sea_query::Expr};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -157,4 +162,50 @@ async fn deleting_a_user_revokes_their_api_keys_at_once() {
     let body = json!({"type": "user.deleted", "data": {"id": "user_keyed", "deleted": true}}).to_string();
     deliver_signed(&app, "msg_9", &body).await;
     assert_eq!(app.gql_as(&key, "{ me { id } }", json!({})).await.0, 401);
+}
+
+#[tokio::test]
+async fn a_replay_recorded_meanwhile_is_answered_duplicate_and_applies_nothing() {
+    let app = app().await;
+    let event: Value = serde_json::from_str(&user_created("user_ada", "Ada")).unwrap();
+    // The same delivery, sent twice at once, is recorded by the other instance first.
+    let recorded = webhook_events::ActiveModel {
+        id: Set("msg_20".into()),
+        source: Set("clerk".into()),
+        event_type: Set("user.created".into()),
+        received_at: Set(chrono::Utc::now()),
+    };
+    let record = webhook_events::Entity::insert(recorded).into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &record)]);
+
+    let outcome = users::apply_clerk_event(&app.state.db, &chain, &app.state.caches, "msg_20", &event).await.unwrap();
+
+    assert_eq!(outcome, "duplicate");
+    assert!(users::find(&app.state.db, "user_ada").await.unwrap().is_none(), "the other delivery's to apply");
+    let synced = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("user.sync"));
+    assert_eq!(synced.count(&app.state.db).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_key_revoked_while_its_user_is_deleted_is_not_counted_again() {
+    let app = app().await;
+    let token = app.token("user_keyed", GlobalRole::Member);
+    let create = "mutation { createApiKey(input: {name: \"ci\", scopes: [TEAMS_READ]}) { apiKey { id } } }";
+    let (_, body) = app.gql_as(&token, create, json!({})).await;
+    let id = body["data"]["createApiKey"]["apiKey"]["id"].as_str().unwrap().to_string();
+    // The key is revoked by its owner after the deletion read it as live.
+    let revoke = api_keys::Entity::update_many()
+        .col_expr(api_keys::Column::RevokedAt, Expr::value(chrono::Utc::now()))
+        .filter(api_keys::Column::Id.eq(&id))
+        .into_query();
+    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &revoke)]);
+    let event = json!({"type": "user.deleted", "data": {"id": "user_keyed", "deleted": true}});
+
+    let outcome = users::apply_clerk_event(&app.state.db, &chain, &app.state.caches, "msg_21", &event).await.unwrap();
+
+    assert_eq!(outcome, "processed");
+    let deleted = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("user.delete"));
+    let changes: Vec<_> = deleted.all(&app.state.db).await.unwrap().into_iter().map(|row| row.changes).collect();
+    assert_eq!(changes, [Some(json!({"apiKeysRevoked": 0}))], "read again: no key was left to revoke");
+    assert!(users::find(&app.state.db, "user_keyed").await.unwrap().unwrap().deleted_at.is_some());
 }
