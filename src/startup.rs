@@ -127,7 +127,7 @@ impl App {
                 });
             }
             recover_interrupted_runs(&db, writer.as_ref(), &bus, &metrics).await?;
-            let seeded = starters::seed(&db).await?;
+            let seeded = starters::seed(&db, writer.as_ref()).await?;
             tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
             Ok(())
         })

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, QueryResult,
-    Statement, StatementBuilder, sea_query::SelectStatement,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, Iterable, QueryResult, QueryTrait, Statement, StatementBuilder, sea_query::SelectStatement,
 };
 
 use crate::error::AppError;
@@ -100,6 +100,20 @@ impl Batch {
         self
     }
 
+    /// Adds INSERTs of `rows` (each setting the same columns), as many rows to a statement as
+    /// D1's [`MAX_PARAMS`] bound parameters allow (docs/write-path.md, "D1's limits: chunking").
+    pub fn insert_chunked<A: ActiveModelTrait>(mut self, rows: Vec<A>) -> Self {
+        let Some(first) = rows.first() else { return self };
+        let columns = <A::Entity as EntityTrait>::Column::iter().filter(|column| first.get(*column).is_set()).count();
+        let per_statement = (MAX_PARAMS / columns.max(1)).max(1);
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<A> = rows.by_ref().take(per_statement).collect();
+            self = self.write(&A::Entity::insert_many(chunk).into_query());
+        }
+        self
+    }
+
     /// Adds every step of `other` after this batch's own.
     pub fn then(mut self, other: Batch) -> Self {
         self.steps.extend(other.steps);
@@ -141,8 +155,8 @@ impl Batch {
 pub const MAX_PARAMS: usize = 100;
 
 /// Rows of `E` (every column set) that one multi-row `INSERT` carries within [`MAX_PARAMS`].
-pub fn rows_per_insert<E: sea_orm::EntityTrait>() -> usize {
-    (MAX_PARAMS / <E::Column as sea_orm::Iterable>::iter().count()).max(1)
+pub fn rows_per_insert<E: EntityTrait>() -> usize {
+    (MAX_PARAMS / E::Column::iter().count()).max(1)
 }
 
 /// One statement of a batch as SQLite and D1 run it, guards written as SQL
@@ -461,6 +475,37 @@ mod tests {
         assert!(matches!(BatchError::from_db(None, gone), BatchError::Transient(_)));
         let syntax = DbErr::Exec(RuntimeErr::Internal("near \"UPDTE\": syntax error".into()));
         assert!(matches!(BatchError::from_db(Some(1), syntax), BatchError::Other(_)));
+    }
+
+    #[test]
+    fn chunked_inserts_bind_at_most_a_hundred_parameters_a_statement() {
+        use chrono::Utc;
+        use entity::{messages, states::MessageRole};
+        use sea_orm::{ActiveModelTrait, DbBackend};
+
+        let row = |n: usize| {
+            messages::ActiveModel::from(messages::Model {
+                id: format!("msg_{n}"),
+                conversation_id: "conv_1".into(),
+                parent_id: None,
+                role: MessageRole::User,
+                agent: None,
+                content: format!("message {n}"),
+                run_id: None,
+                tokens_in: 0,
+                tokens_out: 0,
+                cost_usd: 0.0,
+                created_at: Utc::now(),
+            })
+            .reset_all()
+        };
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            let batch = super::Batch::new(backend).insert_chunked((0..25).map(row).collect());
+            let bound: Vec<usize> =
+                batch.into_sql().iter().map(|s| s.statement.values.as_ref().map_or(0, |v| v.0.len())).collect();
+            assert_eq!(bound, [99, 99, 77], "11 columns: 9 rows a statement");
+        }
+        assert!(super::Batch::new(DbBackend::Sqlite).insert_chunked(Vec::<messages::ActiveModel>::new()).is_empty());
     }
 
     #[test]

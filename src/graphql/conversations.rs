@@ -73,7 +73,10 @@ impl ConversationsMutation {
         title: String,
     ) -> async_graphql::Result<Conversation> {
         let state = ctx.data::<AppState>()?;
-        conversations::fork(&state.db, &caller(ctx), &message_id, &title).await.map(Conversation::from).gql()
+        conversations::fork(&state.db, state.writer.as_ref(), &caller(ctx), &message_id, &title)
+            .await
+            .map(Conversation::from)
+            .gql()
     }
 }
 

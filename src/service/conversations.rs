@@ -6,9 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QueryTrait, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QueryTrait};
 
 use crate::{
     auth::guard,
@@ -196,9 +194,11 @@ pub fn leaves(all: &[messages::Model]) -> Vec<&messages::Model> {
     all.iter().filter(|m| !parents.contains(m.id.as_str())).collect()
 }
 
-/// Copies the path root → `message_id` into a new conversation of the same team.
+/// Copies the path root → `message_id` into a new conversation of the same team: one batch of
+/// inserts (the messages chunked to D1's parameter limit), nothing to guard: every row is new.
 pub async fn fork(
     db: &DatabaseConnection,
+    writer: &dyn BatchWriter,
     caller: &Caller,
     message_id: &str,
     title: &str,
@@ -212,37 +212,31 @@ pub async fn fork(
     })?;
     let all = messages_of(db, &source.id).await?;
     let now = Utc::now().trunc_subsecs(6);
-    let txn = db::begin_write(db).await?;
-    let conversation = conversations::ActiveModel {
-        id: Set(format!("conv_{}", uuid::Uuid::now_v7().simple())),
-        team_id: Set(source.team_id.clone()),
-        user_id: Set(caller.principal.user_id().unwrap_or_default().to_string()),
-        title: Set(title),
-        forked_from_message_id: Set(Some(message_id.to_string())),
-        created_at: Set(now),
-        last_active_at: Set(Some(now)),
-    }
-    .insert(&txn)
-    .await?;
+    let conversation = conversations::Model {
+        id: format!("conv_{}", uuid::Uuid::now_v7().simple()),
+        team_id: source.team_id.clone(),
+        user_id: caller.principal.user_id().unwrap_or_default().to_string(),
+        title,
+        forked_from_message_id: Some(message_id.to_string()),
+        created_at: now,
+        last_active_at: Some(now),
+    };
     let mut parent: Option<String> = None;
-    for original in path(&all, message_id) {
-        let copy = messages::ActiveModel {
-            id: Set(format!("msg_{}", uuid::Uuid::now_v7().simple())),
-            conversation_id: Set(conversation.id.clone()),
-            parent_id: Set(parent.clone()),
-            role: Set(original.role),
-            agent: Set(original.agent.clone()),
-            content: Set(original.content.clone()),
-            run_id: Set(original.run_id.clone()),
-            tokens_in: Set(original.tokens_in),
-            tokens_out: Set(original.tokens_out),
-            cost_usd: Set(original.cost_usd),
-            created_at: Set(original.created_at),
-        }
-        .insert(&txn)
-        .await?;
-        parent = Some(copy.id);
-    }
-    txn.commit().await?;
+    let copies = path(&all, message_id)
+        .into_iter()
+        .map(|original| {
+            let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+            let copy = messages::Model {
+                id: id.clone(),
+                conversation_id: conversation.id.clone(),
+                parent_id: parent.replace(id),
+                ..original.clone()
+            };
+            messages::ActiveModel::from(copy).reset_all()
+        })
+        .collect();
+    let insert = conversations::Entity::insert(conversations::ActiveModel::from(conversation.clone())).into_query();
+    let batch = Batch::new(writer.backend()).write(&insert).insert_chunked(copies);
+    db::batch::write(writer, || async { Ok(batch.clone()) }, |_, _| OnGuard::Retry).await?;
     Ok(conversation)
 }

@@ -1,29 +1,39 @@
-//! Races on the write path made to happen: an audit chain whose writer lands a change of the
-//! test's just before a mutation's batch, after its reads (as another instance would), or
-//! refuses every batch.
+//! Races on the write path made to happen: a writer that lands a change of the test's just
+//! before a batch, after the mutation's reads (as another instance, or a second caller, would),
+//! or refuses every batch. A service called with an audit chain (or the `Templates`) over such a
+//! writer meets the race its guards stand for.
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-};
+use std::{collections::VecDeque, future::Future, sync::Arc};
 
 use async_trait::async_trait;
 use ensemble::{
     db::batch::{Batch, BatchError, BatchWriter, SqlxWriter, StepResult},
-    service::audit::AuditChain,
+    domain::Caller,
+    service::{audit::AuditChain, templates::Templates},
+    state::AppState,
 };
+use futures_util::future::BoxFuture;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, StatementBuilder};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
 
+use super::TestApp;
+
+/// A writer that runs one of its changes before each of its next batches.
 pub struct Meanwhile {
-    db: DatabaseConnection,
-    writer: SqlxWriter,
-    /// One change before each of the next batches.
-    changes: Mutex<VecDeque<Statement>>,
+    inner: SqlxWriter,
+    changes: Mutex<VecDeque<BoxFuture<'static, ()>>>,
     /// Every batch fails instead (after its change, if any).
     refuse: bool,
 }
 
 impl Meanwhile {
+    /// A writer whose first batch runs after `change`.
+    pub fn new(db: DatabaseConnection, change: impl Future<Output = ()> + Send + 'static) -> Self {
+        let changes: VecDeque<BoxFuture<'static, ()>> = VecDeque::from([Box::pin(change) as BoxFuture<'static, ()>]);
+        Self { inner: SqlxWriter::new(db), changes: Mutex::new(changes), refuse: false }
+    }
+
     /// A chain whose next batches each find one of `changes` committed just before them.
     pub fn chain(db: &DatabaseConnection, changes: Vec<Statement>) -> Arc<AuditChain> {
         Self::build(db, changes, false)
@@ -35,10 +45,39 @@ impl Meanwhile {
     }
 
     fn build(db: &DatabaseConnection, changes: Vec<Statement>, refuse: bool) -> Arc<AuditChain> {
-        let writer =
-            Self { db: db.clone(), writer: SqlxWriter::new(db.clone()), changes: Mutex::new(changes.into()), refuse };
+        let changes = changes.into_iter().map(|change| {
+            let db = db.clone();
+            Box::pin(async move {
+                db.execute_raw(change).await.expect("the change made meanwhile");
+            }) as BoxFuture<'static, ()>
+        });
+        let writer = Self { inner: SqlxWriter::new(db.clone()), changes: Mutex::new(changes.collect()), refuse };
         Arc::new(AuditChain::new(db.clone(), Arc::new(writer)))
     }
+}
+
+#[async_trait]
+impl BatchWriter for Meanwhile {
+    fn backend(&self) -> DbBackend {
+        self.inner.backend()
+    }
+
+    async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+        let change = self.changes.lock().await.pop_front();
+        if let Some(change) = change {
+            change.await;
+        }
+        if self.refuse {
+            return Err(BatchError::Other(DbErr::Custom("the database went away".into())));
+        }
+        self.inner.run(batch).await
+    }
+}
+
+/// An audit chain over the server's database whose first batch waits for `change` to finish
+/// first (pass it to a service as its `audit`).
+pub fn chain(state: &AppState, change: impl Future<Output = ()> + Send + 'static) -> AuditChain {
+    AuditChain::new(state.db.clone(), Arc::new(Meanwhile::new(state.db.clone(), change)))
 }
 
 /// `statement` as the database of `db` runs it.
@@ -46,20 +85,39 @@ pub fn sql(db: &DatabaseConnection, statement: &impl StatementBuilder) -> Statem
     db.get_database_backend().build(statement)
 }
 
-#[async_trait]
-impl BatchWriter for Meanwhile {
-    fn backend(&self) -> DbBackend {
-        self.writer.backend()
+/// The services of an instance whose first batch meets a change.
+pub struct Instance {
+    pub writer: Arc<Meanwhile>,
+    pub audit: Arc<AuditChain>,
+    pub templates: Templates,
+}
+
+impl TestApp {
+    /// An instance over this server's database whose first batch runs after `change`.
+    pub fn meanwhile(&self, change: impl Future<Output = ()> + Send + 'static) -> Instance {
+        let db = self.state.db.clone();
+        let writer = Arc::new(Meanwhile::new(db.clone(), change));
+        let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
+        let providers = self.state.config.runs.providers.clone();
+        let templates = Templates::new(db, audit.clone(), self.state.caches.clone(), providers);
+        Instance { writer, audit, templates }
     }
 
-    async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
-        let change = self.changes.lock().expect("the changes' lock").pop_front();
-        if let Some(change) = change {
-            self.db.execute_raw(change).await.expect("the change made meanwhile");
+    /// An operation, sent when awaited, that must succeed: a change to make meanwhile.
+    pub fn later(&self, token: &str, query: &str, variables: Value) -> impl Future<Output = ()> + Send + use<> {
+        let request = self
+            .client
+            .post(self.url("/graphql"))
+            .bearer_auth(token)
+            .json(&json!({"query": query, "variables": variables}));
+        async move {
+            let answer: Value = request.send().await.expect("request sent").json().await.expect("JSON answer");
+            assert!(answer.get("errors").is_none(), "the change made meanwhile failed: {answer}");
         }
-        if self.refuse {
-            return Err(BatchError::Other(DbErr::Custom("the database went away".into())));
-        }
-        self.writer.run(batch).await
+    }
+
+    /// The caller that `token` stands for, to call services directly.
+    pub async fn caller(&self, token: &str) -> Caller {
+        Caller { principal: self.state.auth.from_token(token).await.expect("a valid token"), meta: Default::default() }
     }
 }

@@ -60,7 +60,8 @@ async fn make_postgres(admin_url: &str) -> String {
 /// What every server's start would do to a new database: migrations and starters.
 async fn prepare(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("template migrated");
-    ensemble::service::templates::starters::seed(db).await.expect("starters seeded");
+    let writer = ensemble::db::batch::SqlxWriter::new(db.clone());
+    ensemble::service::templates::starters::seed(db, &writer).await.expect("starters seeded");
 }
 
 /// Template databases left by test processes that were killed before they could drop them.

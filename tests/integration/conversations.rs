@@ -3,8 +3,11 @@
 
 use crate::common;
 
+use chrono::{SubsecRound, Utc};
 use common::{TestApp, first_code};
 use ensemble::domain::GlobalRole;
+use entity::{messages, states::MessageRole};
+use sea_orm::ActiveModelTrait;
 use serde_json::{Value, json};
 
 const SEND: &str = "mutation($c: ID!, $text: String!, $parent: ID) { sendMessage(conversationId: $c, content: $text, parentMessageId: $parent) {
@@ -140,4 +143,45 @@ async fn a_parent_from_another_conversation_is_refused() {
         .gql_as(&token, "mutation($t: ID!) { startConversation(teamId: $t, title: \"  \") { id } }", json!({"t": team}))
         .await;
     assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
+}
+
+#[tokio::test]
+async fn a_fork_of_a_long_path_copies_every_message_in_order() {
+    let app = TestApp::spawn().await;
+    let (token, team) = setup(&app).await;
+    let conversation = start(&app, &token, &team).await;
+    // Longer than the rows one INSERT carries (D1 binds 100 parameters: 9 messages).
+    let now = Utc::now().trunc_subsecs(6);
+    let mut parent = None;
+    for n in 0..25 {
+        let id = format!("msg_long_{n:02}");
+        let role = if n % 2 == 0 { MessageRole::User } else { MessageRole::Assistant };
+        messages::ActiveModel::from(messages::Model {
+            id: id.clone(),
+            conversation_id: conversation.clone(),
+            parent_id: parent.replace(id),
+            role,
+            agent: (role == MessageRole::Assistant).then(|| "assistant".to_string()),
+            content: format!("message {n}"),
+            run_id: None,
+            tokens_in: n,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            created_at: now + chrono::Duration::microseconds(n),
+        })
+        .insert(&app.state.db)
+        .await
+        .unwrap();
+    }
+    let fork = "mutation($m: ID!) { forkConversation(messageId: $m, title: \"Long\") { id } }";
+    let forked = app.must(&token, fork, json!({"m": "msg_long_24"})).await["forkConversation"]["id"].clone();
+
+    let copy = show(&app, &token, forked.as_str().unwrap(), None).await;
+    let copied = copy["messages"].as_array().unwrap();
+    assert_eq!(contents(&copy["messages"]), (0..25).map(|n| format!("message {n}")).collect::<Vec<_>>());
+    assert_eq!(copied[0]["parentId"], Value::Null);
+    for pair in copied.windows(2) {
+        assert_eq!(pair[1]["parentId"], pair[0]["id"], "each copy answers the copy before it");
+    }
+    assert_eq!(copy["tree"].as_array().unwrap().len(), 25, "one branch");
 }

@@ -4,7 +4,7 @@
 use crate::common;
 
 use chrono::{SubsecRound, Utc};
-use common::TestApp;
+use common::{TestApp, meanwhile::Meanwhile};
 use ensemble::service::templates::{
     body,
     starters::{self, SeedReport},
@@ -75,7 +75,7 @@ async fn seeding_again_changes_nothing_and_keeps_admins_edits_to_categories() {
     let versions = version_count(db).await;
     let categories = template_categories::Entity::find().count(db).await.unwrap();
 
-    assert_eq!(starters::seed(db).await.unwrap(), all_unchanged());
+    assert_eq!(starters::seed(db, app.state.writer.as_ref()).await.unwrap(), all_unchanged());
 
     assert_eq!(version_count(db).await, versions, "no version added");
     assert_eq!(template_categories::Entity::find().count(db).await.unwrap(), categories);
@@ -95,7 +95,7 @@ async fn a_changed_shipped_definition_becomes_the_next_version() {
     older.name = Set("Classify (old name)".into());
     older.update(db).await.unwrap();
 
-    let report = starters::seed(db).await.unwrap();
+    let report = starters::seed(db, app.state.writer.as_ref()).await.unwrap();
 
     assert_eq!(report, SeedReport { created: 0, updated: 1, unchanged: starters::all().len() - 1 });
     let after = template(db, "classify").await;
@@ -104,7 +104,7 @@ async fn a_changed_shipped_definition_becomes_the_next_version() {
     let second = version(db, &after.id, 2).await;
     assert_eq!(second.changelog.as_deref(), Some(UPDATED));
     assert_eq!(second.body, version(db, &after.id, 1).await.body);
-    assert_eq!(starters::seed(db).await.unwrap(), all_unchanged(), "and only once");
+    assert_eq!(starters::seed(db, app.state.writer.as_ref()).await.unwrap(), all_unchanged(), "and only once");
 }
 
 #[tokio::test]
@@ -137,12 +137,63 @@ async fn a_persons_template_keeps_its_slug_and_the_starter_is_seeded_beside_it()
     .unwrap();
     let persons = template(db, "translate").await;
 
-    let report = starters::seed(db).await.unwrap();
+    let report = starters::seed(db, app.state.writer.as_ref()).await.unwrap();
 
     assert_eq!(report, SeedReport { created: 1, updated: 0, unchanged: starters::all().len() - 1 });
     assert_eq!(template(db, "translate").await, persons, "the person's template is untouched");
     let starter = template(db, "translate-starter").await;
     assert!(starter.is_starter && starter.version == 1, "{starter:?}");
-    assert_eq!(starters::seed(db).await.unwrap(), all_unchanged(), "found under its new slug on the next start");
+    assert_eq!(
+        starters::seed(db, app.state.writer.as_ref()).await.unwrap(),
+        all_unchanged(),
+        "found under its new slug on the next start"
+    );
     assert_eq!(template(db, "translate").await, persons);
+}
+
+#[tokio::test]
+async fn a_starter_whose_slug_a_person_takes_meanwhile_is_seeded_beside_it() {
+    let app = TestApp::spawn().await;
+    let db = &app.state.db;
+    templates::Entity::delete_many().filter(templates::Column::Slug.eq("translate")).exec(db).await.unwrap();
+    // A person's template takes the slug between the seed's read and its batch.
+    let persons = persons_template("translate");
+    let take = {
+        let (db, persons) = (db.clone(), persons.clone());
+        async move {
+            templates::ActiveModel::from(persons).insert(&db).await.unwrap();
+        }
+    };
+    let writer = Meanwhile::new(db.clone(), take);
+
+    let report = starters::seed(db, &writer).await.unwrap();
+
+    assert_eq!(report, SeedReport { created: 1, updated: 0, unchanged: starters::all().len() - 1 });
+    assert_eq!(template(db, "translate").await, persons, "the person's template is untouched");
+    let starter = template(db, "translate-starter").await;
+    assert!(starter.is_starter && starter.version == 1, "{starter:?}");
+    assert_eq!(version(db, &starter.id, 1).await.changelog.as_deref(), Some(SHIPPED));
+}
+
+/// A person's QUERY template under `slug`.
+fn persons_template(slug: &str) -> templates::Model {
+    let now = Utc::now().trunc_subsecs(6);
+    templates::Model {
+        id: format!("tpl_persons_{slug}"),
+        owner_id: Some("user_alice".into()),
+        team_id: None,
+        kind: TemplateKind::Query,
+        category_id: None,
+        name: "My prompt".into(),
+        slug: slug.into(),
+        description: None,
+        visibility: TemplateVisibility::Private,
+        version: 3,
+        is_starter: false,
+        starter_digest: None,
+        forked_from_id: None,
+        forked_from_version: None,
+        created_at: now,
+        updated_at: now,
+    }
 }

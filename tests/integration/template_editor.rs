@@ -5,9 +5,13 @@
 use crate::common;
 
 use common::{TestApp, first_code, problem_paths};
-use ensemble::domain::GlobalRole;
+use ensemble::{
+    domain::GlobalRole,
+    error::AppError,
+    service::templates::{TemplateInput, body::Kind},
+};
 use entity::{audit_logs, messages, template_versions, templates};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
 const FIELDS: &str = "id kind name slug visibility version latestVersion body changelog isStarter teamId forkedFromId forkedFromVersion variables { name type required default } category { slug }";
@@ -388,4 +392,118 @@ async fn a_category_in_use_cannot_be_deleted() {
     assert_eq!(first_code(&body), "CONFLICT", "{body}");
     app.must(&admin, "mutation($id: ID!) { deleteTemplate(id: $id) { slug } }", json!({"id": template["id"]})).await;
     app.must(&admin, delete, json!({"id": category["id"]})).await;
+}
+
+/// A QUERY template's input whose prompt says `text`.
+fn prompt(text: &str) -> TemplateInput {
+    TemplateInput { body: Some(json!({"prompt": text})), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_save_that_met_another_save_is_numbered_after_it_or_refused_with_the_version_it_met() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let input = json!({"kind": "QUERY", "name": "Greeting", "body": {"prompt": "Hello"}});
+    let id = app.must(&alice, &create_doc(), json!({"input": input})).await["createTemplate"]["id"].clone();
+    let id = id.as_str().unwrap();
+    let caller = app.caller(&alice).await;
+    let save = |text: &str| app.later(&alice, &update_doc(), json!({"id": id, "input": {"body": {"prompt": text}}}));
+
+    // Saved by someone else between this save's read and its batch: read again, the next version.
+    let other = app.meanwhile(save("Hello from the other save"));
+    let saved = other.templates.update(&caller, id, prompt("Hello from this save"), None).await.unwrap();
+    assert_eq!((saved.template.version, saved.version.version), (3, 3));
+    // With the version the caller saw, the same meeting is CONFLICT naming the version it met.
+    let other = app.meanwhile(save("Hello again from the other save"));
+    let refused = other.templates.update(&caller, id, prompt("Hello again"), Some(3)).await.err().unwrap();
+    assert_eq!(
+        refused.to_string(),
+        "The template is at version 4, not 3: reload it and apply your change again.",
+        "{refused:?}"
+    );
+
+    let versions = template_versions::Entity::find()
+        .filter(template_versions::Column::TemplateId.eq(id))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    let prompts: Vec<(i32, &str)> = versions.iter().map(|v| (v.version, v.body["prompt"].as_str().unwrap())).collect();
+    assert_eq!(
+        prompts,
+        [
+            (1, "Hello"),
+            (2, "Hello from the other save"),
+            (3, "Hello from this save"),
+            (4, "Hello again from the other save")
+        ]
+    );
+    let template = app.must(&alice, GET, json!({"id": id})).await["template"].clone();
+    assert_eq!(template["version"], 4);
+    assert_audit_chain(&app, 4).await;
+}
+
+#[tokio::test]
+async fn a_template_saved_or_deleted_meanwhile_is_read_again_before_it_is_deleted() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let caller = app.caller(&alice).await;
+    let create = |name: &str| json!({"input": {"kind": "QUERY", "name": name, "body": {"prompt": "Hello"}}});
+    let saved = app.must(&alice, &create_doc(), create("Saved meanwhile")).await["createTemplate"]["id"].clone();
+    let saved = saved.as_str().unwrap();
+    let gone = app.must(&alice, &create_doc(), create("Deleted meanwhile")).await["createTemplate"]["id"].clone();
+    let gone = gone.as_str().unwrap();
+
+    let save = app.later(&alice, &update_doc(), json!({"id": saved, "input": {"name": "Saved again"}}));
+    let deleted = app.meanwhile(save).templates.delete(&caller, saved).await.unwrap();
+    assert_eq!((deleted.name.as_str(), deleted.version), ("Saved again", 2), "answered as it was when deleted");
+    let delete = app.later(&alice, "mutation($id: ID!) { deleteTemplate(id: $id) { slug } }", json!({"id": gone}));
+    let refused = app.meanwhile(delete).templates.delete(&caller, gone).await.err().unwrap();
+    assert!(matches!(refused, AppError::NotFound(_)), "{refused:?}");
+
+    let left = templates::Entity::find().filter(templates::Column::Id.is_in([saved, gone])).count(&app.state.db);
+    assert_eq!(left.await.unwrap(), 0);
+    let deletes: Vec<Value> = audit_logs::Entity::find()
+        .filter(audit_logs::Column::Action.eq("template.delete"))
+        .order_by_asc(audit_logs::Column::Seq)
+        .all(&app.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.changes.unwrap()["version"].clone())
+        .collect();
+    assert_eq!(deletes, [json!(2), json!(1)], "one row per deletion, with the version deleted");
+}
+
+#[tokio::test]
+async fn a_template_made_meanwhile_under_the_same_name_leaves_the_slug_to_it() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let caller = app.caller(&alice).await;
+    let input = json!({"kind": "QUERY", "name": "Morning Greeting", "body": {"prompt": "Hello"}});
+    let first = app.later(&alice, &create_doc(), json!({"input": input}));
+
+    let input = TemplateInput { kind: Some(Kind::Query), name: Some("Morning Greeting".into()), ..prompt("Hi") };
+    let made = app.meanwhile(first).templates.create(&caller, input).await.unwrap();
+
+    let slugs: Vec<String> = templates::Entity::find()
+        .filter(templates::Column::Name.eq("Morning Greeting"))
+        .all(&app.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.slug)
+        .collect();
+    assert_eq!(slugs.len(), 2, "{slugs:?}");
+    assert!(slugs.contains(&"morning-greeting".to_string()), "{slugs:?}");
+    assert!(made.template.slug.starts_with("morning-greeting-") && slugs.contains(&made.template.slug), "{slugs:?}");
+    assert_eq!(made.version.version, 1);
+    assert_audit_chain(&app, 2).await;
+}
+
+/// The audit log holds `rows` rows and its chain verifies.
+async fn assert_audit_chain(app: &TestApp, rows: u64) {
+    assert_eq!(audit_logs::Entity::find().count(&app.state.db).await.unwrap(), rows, "one row per mutation");
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    let verified = app.must(&admin, "{ verifyAuditLog { ok checkedRows } }", json!({})).await;
+    assert_eq!(verified["verifyAuditLog"], json!({"ok": true, "checkedRows": rows}));
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use entity::{template_versions, templates};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TryIntoModel, sea_query::OnConflict,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, Iterable, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, sea_query::OnConflict,
 };
 use serde_json::{Map, Value, json};
 
@@ -17,11 +17,11 @@ use super::{
     member_role, refuse, viewer,
 };
 use crate::{
-    db,
+    db::batch::{Batch, Expect, OnGuard},
     domain::{Caller, Scope, TeamRole},
     error::{AppError, Problem},
     service::{
-        audit::{self, Entry, actions},
+        audit::{Audited, Entry, actions},
         name::Name,
         page::{Page, PageRequest},
         spec_diff,
@@ -216,6 +216,10 @@ impl Templates {
         self.insert(caller, &viewer, new, actions::TEMPLATE_CREATE).await
     }
 
+    /// Inserts a new template at version 1 under its name's slug when that is free (and no
+    /// starter ships with it), else under the slug followed by the end of its id. The insert is
+    /// guarded on the slug read free, so a template of the same name made meanwhile (by another
+    /// instance) has the template read and decided again.
     async fn insert(
         &self,
         caller: &Caller,
@@ -223,39 +227,64 @@ impl Templates {
         new: New,
         action: &'static str,
     ) -> Result<Resolved, AppError> {
-        let id = format!("tpl_{}", uuid::Uuid::now_v7().simple());
-        let now = Utc::now().trunc_subsecs(6);
-        let txn = db::begin_write(&self.db).await?;
-        let team_id = if new.visibility == Visibility::Team { new.team_id } else { None };
-        let slug = slugify(&new.name);
-        let row = templates::ActiveModel {
-            id: Set(id.clone()),
-            owner_id: Set(Some(viewer.user.id.clone())),
-            team_id: Set(team_id.clone()),
-            kind: Set(new.kind),
-            category_id: Set(new.category_id),
-            slug: Set(slug.clone()),
-            name: Set(new.name),
-            description: Set(new.description),
-            visibility: Set(new.visibility),
-            version: Set(1),
-            is_starter: Set(false),
-            starter_digest: Set(None),
-            forked_from_id: Set(new.forked_from.as_ref().map(|(id, _)| id.clone())),
-            forked_from_version: Set(new.forked_from.as_ref().map(|(_, v)| *v)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        let template = insert_with_free_slug(&txn, row, &slug, &id).await?;
-        let version = record(&txn, &id, 1, new.checked, new.changelog, &viewer.user.id).await?;
-        let mut changes = json!({"kind": template.kind.to_string(), "name": template.name, "slug": template.slug,
-            "visibility": template.visibility.to_string(), "version": 1});
-        if let Some(from) = &template.forked_from_id {
-            changes["forkedFrom"] = json!({"id": from, "version": template.forked_from_version});
-        }
-        audit::allowed(&txn, caller, entry(action, &template).changes(changes)).await?;
-        txn.commit().await?;
-        Ok(Resolved { template: Arc::new(template), kind: new.kind, version: Arc::new(version) })
+        let team_id = if new.visibility == Visibility::Team { new.team_id.clone() } else { None };
+        let plain = slugify(&new.name);
+        let (resolved, _) = self
+            .audit
+            .write(
+                caller,
+                || async {
+                    let id = format!("tpl_{}", uuid::Uuid::now_v7().simple());
+                    let now = Utc::now().trunc_subsecs(6);
+                    let shipped = super::starters::all().iter().any(|s| s.slug == plain);
+                    let slug = if shipped || slug_taken(&self.db, &plain).await? {
+                        format!("{plain}-{}", &id[id.len() - 6..])
+                    } else {
+                        plain.clone()
+                    };
+                    let template = templates::Model {
+                        id: id.clone(),
+                        owner_id: Some(viewer.user.id.clone()),
+                        team_id: team_id.clone(),
+                        kind: new.kind,
+                        category_id: new.category_id.clone(),
+                        slug,
+                        name: new.name.clone(),
+                        description: new.description.clone(),
+                        visibility: new.visibility,
+                        version: 1,
+                        is_starter: false,
+                        starter_digest: None,
+                        forked_from_id: new.forked_from.as_ref().map(|(id, _)| id.clone()),
+                        forked_from_version: new.forked_from.as_ref().map(|(_, v)| *v),
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    let version =
+                        version_row(&id, 1, new.checked.clone(), new.changelog.clone(), &viewer.user.id, now)?;
+                    let free_slug = OnConflict::column(templates::Column::Slug).do_nothing().to_owned();
+                    let insert = templates::Entity::insert(templates::ActiveModel::from(template.clone()))
+                        .on_conflict(free_slug)
+                        .into_query();
+                    let batch =
+                        Batch::new(self.audit.writer().backend()).write(&insert).guard(Expect::One, SLUG_TAKEN).write(
+                            &template_versions::Entity::insert(template_versions::ActiveModel::from(version.clone()))
+                                .into_query(),
+                        );
+                    let mut changes = json!({"kind": template.kind.to_string(), "name": template.name,
+                        "slug": template.slug, "visibility": template.visibility.to_string(), "version": 1});
+                    if let Some(from) = &template.forked_from_id {
+                        changes["forkedFrom"] = json!({"id": from, "version": template.forked_from_version});
+                    }
+                    let entry = entry(action, &template).changes(changes);
+                    let answer = Resolved { template: Arc::new(template), kind: new.kind, version: Arc::new(version) };
+                    Ok(Audited { batch, entry, answer })
+                },
+                // The slug was taken meanwhile: read again, which finds it taken.
+                |_, _| OnGuard::Retry,
+            )
+            .await?;
+        Ok(resolved)
     }
 
     /// Saves a new version (and the other fields given). `expected_version`, when given, must
@@ -282,28 +311,28 @@ impl Templates {
             let mut changed = Map::new();
             if let Some(name) = &input.name {
                 changed.insert("name".into(), name.trim().into());
-                template.name = Set(name.trim().to_string());
+                template.name = name.trim().to_string();
             }
             if let Some(description) = &input.description {
                 changed.insert("description".into(), description.clone().into());
-                template.description = Set(Some(description.clone()));
+                template.description = Some(description.clone());
             }
             if input.category.is_some() {
                 changed.insert("category".into(), checked.category_id.clone().into());
-                template.category_id = Set(checked.category_id.clone());
+                template.category_id = checked.category_id.clone();
             }
             if let Some(visibility) = input.visibility {
                 changed.insert("visibility".into(), visibility.to_string().into());
-                template.visibility = Set(visibility);
+                template.visibility = visibility;
                 if visibility != Visibility::Team {
-                    template.team_id = Set(None);
+                    template.team_id = None;
                 }
             }
             if let Some(team_id) = &input.team_id {
                 changed.insert("teamId".into(), team_id.clone().into());
-                template.team_id = Set(Some(team_id.clone()));
+                template.team_id = Some(team_id.clone());
             }
-            (checked.checked, changelog, changed)
+            (checked.checked.clone(), changelog.clone(), changed)
         })
         .await
     }
@@ -331,48 +360,71 @@ impl Templates {
         };
         let changelog = changelog.or_else(|| Some(format!("Restored version {version}")));
         self.save(caller, id, None, actions::TEMPLATE_RESTORE, |_| {
-            (checked, changelog, Map::from_iter([("restored".to_string(), json!(version))]))
+            (checked.clone(), changelog.clone(), Map::from_iter([("restored".to_string(), json!(version))]))
         })
         .await
     }
 
-    /// Appends the next version under a row lock, so concurrent saves take turns and number
-    /// versions without gaps. `change` sets the row's other fields and says what it changed.
+    /// Appends the next version: the row read, `change` applied to it, only the columns that
+    /// changed written, guarded on the version read, so concurrent saves number versions without
+    /// gaps (one that met another reads and decides again). `change` sets the row's other fields
+    /// and says what it changed.
     async fn save(
         &self,
         caller: &Caller,
         id: &str,
         expected_version: Option<i32>,
         action: &'static str,
-        change: impl FnOnce(&mut templates::ActiveModel) -> (Checked, Option<String>, Map<String, Value>),
+        change: impl Fn(&mut templates::Model) -> (Checked, Option<String>, Map<String, Value>),
     ) -> Result<Resolved, AppError> {
-        let txn = db::begin_write(&self.db).await?;
-        let row = templates::Entity::find_by_id(id)
-            .lock_exclusive()
-            .one(&txn)
-            .await?
-            .ok_or_else(|| AppError::NotFound("No such template.".into()))?;
-        let current = row.version;
-        if let Some(expected) = expected_version
-            && expected != current
-        {
-            return Err(AppError::Conflict(format!(
-                "The template is at version {current}, not {expected}: reload it and apply your change again."
-            )));
-        }
-        let kind = row.kind;
-        let mut active: templates::ActiveModel = row.into();
-        let (checked, changelog, mut changed) = change(&mut active);
-        let author = caller.principal.user_id().unwrap_or_default().to_string();
-        let version = record(&txn, id, current + 1, checked, changelog, &author).await?;
-        changed.insert("version".into(), json!({"from": current, "to": current + 1}));
-        active.version = Set(current + 1);
-        active.updated_at = Set(Utc::now().trunc_subsecs(6));
-        let template = active.update(&txn).await?;
-        audit::allowed(&txn, caller, entry(action, &template).changes(changed.into())).await?;
-        txn.commit().await?;
+        let (resolved, _) = self
+            .audit
+            .write(
+                caller,
+                || async {
+                    let before = templates::Entity::find_by_id(id)
+                        .one(&self.db)
+                        .await?
+                        .ok_or_else(|| AppError::NotFound("No such template.".into()))?;
+                    let current = before.version;
+                    if let Some(expected) = expected_version
+                        && expected != current
+                    {
+                        return Err(AppError::Conflict(format!(
+                            "The template is at version {current}, not {expected}: reload it and apply your change again."
+                        )));
+                    }
+                    let mut after = before.clone();
+                    let (checked, changelog, mut changed) = change(&mut after);
+                    let author = caller.principal.user_id().unwrap_or_default().to_string();
+                    let now = Utc::now().trunc_subsecs(6);
+                    let version = version_row(id, current + 1, checked, changelog, &author, now)?;
+                    changed.insert("version".into(), json!({"from": current, "to": current + 1}));
+                    after.version = current + 1;
+                    after.updated_at = now;
+                    let update = templates::Entity::update_many()
+                        .set(changed_columns(&before, &after))
+                        .filter(templates::Column::Id.eq(id))
+                        .filter(templates::Column::Version.eq(current))
+                        .into_query();
+                    let insert_version =
+                        template_versions::Entity::insert(template_versions::ActiveModel::from(version.clone()))
+                            .into_query();
+                    let batch = Batch::new(self.audit.writer().backend())
+                        .write(&update)
+                        .guard(Expect::One, TEMPLATE_VERSION)
+                        .write(&insert_version);
+                    let entry = entry(action, &after).changes(changed.into());
+                    let answer = Resolved { kind: after.kind, template: Arc::new(after), version: Arc::new(version) };
+                    Ok(Audited { batch, entry, answer })
+                },
+                // Saved meanwhile: read again (an `expectedVersion` that no longer matches is
+                // then answered with the version the template is at).
+                |_, _| OnGuard::Retry,
+            )
+            .await?;
         self.changed(id).await;
-        Ok(Resolved { template: Arc::new(template), kind, version: Arc::new(version) })
+        Ok(resolved)
     }
 
     /// A copy the caller owns of a template they may use (its current version unless
@@ -416,21 +468,40 @@ impl Templates {
         self.insert(caller, &viewer, new, actions::TEMPLATE_FORK).await
     }
 
-    /// Deletes a template and its history; answers it as it was.
+    /// Deletes a template and its history, guarded on the version read; answers it as it was.
     pub async fn delete(&self, caller: &Caller, id: &str) -> Result<Arc<templates::Model>, AppError> {
         let viewer = writer(caller)?;
-        let current = self.changeable(&viewer, id).await?;
-        let template = current.template;
-        let txn = db::begin_write(&self.db).await?;
-        template_versions::Entity::delete_many()
-            .filter(template_versions::Column::TemplateId.eq(&template.id))
-            .exec(&txn)
+        let id = self.changeable(&viewer, id).await?.template.id.clone();
+        let (template, _) = self
+            .audit
+            .write(
+                caller,
+                || async {
+                    let template = templates::Entity::find_by_id(&id)
+                        .one(&self.db)
+                        .await?
+                        .ok_or_else(|| AppError::NotFound("No such template.".into()))?;
+                    let versions = template_versions::Entity::delete_many()
+                        .filter(template_versions::Column::TemplateId.eq(&id))
+                        .into_query();
+                    let delete = templates::Entity::delete_many()
+                        .filter(templates::Column::Id.eq(&id))
+                        .filter(templates::Column::Version.eq(template.version))
+                        .into_query();
+                    let batch = Batch::new(self.audit.writer().backend())
+                        .write(&versions)
+                        .write(&delete)
+                        .guard(Expect::One, TEMPLATE_CHANGED);
+                    let changes = json!({"kind": template.kind.to_string(), "name": template.name,
+                        "slug": template.slug, "version": template.version});
+                    let entry = entry(actions::TEMPLATE_DELETE, &template).changes(changes);
+                    Ok(Audited { batch, entry, answer: Arc::new(template) })
+                },
+                // Saved or deleted meanwhile: read again (gone is then NOT_FOUND).
+                |_, _| OnGuard::Retry,
+            )
             .await?;
-        templates::Entity::delete_by_id(&template.id).exec(&txn).await?;
-        let changes = json!({"kind": template.kind.to_string(), "name": template.name, "slug": template.slug, "version": template.version});
-        audit::allowed(&txn, caller, entry(actions::TEMPLATE_DELETE, &template).changes(changes)).await?;
-        txn.commit().await?;
-        self.changed(&template.id).await;
+        self.changed(&id).await;
         Ok(template)
     }
 
@@ -518,46 +589,47 @@ fn entry(action: &'static str, template: &templates::Model) -> Entry {
     }
 }
 
-/// Appends version `version` of a template.
-pub(super) async fn record<C: ConnectionTrait>(
-    conn: &C,
+/// The guard codes of template writes.
+const SLUG_TAKEN: &str = "slug_taken";
+const TEMPLATE_VERSION: &str = "template_version";
+const TEMPLATE_CHANGED: &str = "template_changed";
+
+/// Version `version` of a template, as it will be stored.
+fn version_row(
     template_id: &str,
     version: i32,
     checked: Checked,
     changelog: Option<String>,
     author_id: &str,
+    now: DateTime<Utc>,
 ) -> Result<template_versions::Model, AppError> {
-    let variables = serde_json::to_value(&checked.variables).map_err(AppError::internal)?;
-    Ok(template_versions::ActiveModel {
-        template_id: Set(template_id.to_string()),
-        version: Set(version),
-        body: Set(checked.body),
-        variables: Set(variables),
-        changelog: Set(changelog),
-        author_id: Set((!author_id.is_empty()).then(|| author_id.to_string())),
-        created_at: Set(Utc::now().trunc_subsecs(6)),
-    }
-    .insert(conn)
-    .await?)
+    Ok(template_versions::Model {
+        template_id: template_id.to_string(),
+        version,
+        body: checked.body,
+        variables: serde_json::to_value(&checked.variables).map_err(AppError::internal)?,
+        changelog,
+        author_id: (!author_id.is_empty()).then(|| author_id.to_string()),
+        created_at: now,
+    })
 }
 
-/// Inserts `template` under `slug` or, when a starter may ship with that slug or another
-/// template holds it, under the slug followed by the end of `id`. The insert itself detects the
-/// clash, so a template of the same name that a concurrent transaction is creating (which no
-/// read beforehand can see) counts too.
-async fn insert_with_free_slug<C: ConnectionTrait>(
-    conn: &C,
-    mut template: templates::ActiveModel,
-    slug: &str,
-    id: &str,
-) -> Result<templates::Model, AppError> {
-    if !super::starters::all().iter().any(|s| s.slug == slug) {
-        let plain = OnConflict::column(templates::Column::Slug).do_nothing().to_owned();
-        if templates::Entity::insert(template.clone()).on_conflict(plain).exec_without_returning(conn).await? == 1 {
-            return Ok(template.try_into_model()?);
+/// The columns of `after` that differ from `before`, to write those only.
+fn changed_columns(before: &templates::Model, after: &templates::Model) -> templates::ActiveModel {
+    let (before, after) = (templates::ActiveModel::from(before.clone()), templates::ActiveModel::from(after.clone()));
+    let mut changed = <templates::ActiveModel as Default>::default();
+    for column in templates::Column::iter() {
+        if let Some(value) = after.get(column).into_value()
+            && before.get(column).into_value().as_ref() != Some(&value)
+        {
+            changed.set(column, value);
         }
     }
-    template.slug = Set(format!("{slug}-{}", &id[id.len() - 6..]));
-    templates::Entity::insert(template.clone()).exec_without_returning(conn).await?;
-    Ok(template.try_into_model()?)
+    changed
+}
+
+/// Whether a template holds `slug`.
+async fn slug_taken(db: &DatabaseConnection, slug: &str) -> Result<bool, AppError> {
+    let found = templates::Entity::find().filter(templates::Column::Slug.eq(slug)).count(db).await?;
+    Ok(found > 0)
 }

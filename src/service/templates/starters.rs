@@ -6,7 +6,8 @@ use std::{collections::HashMap, sync::LazyLock};
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::{template_categories, template_versions, templates};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Set,
+    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter, QueryTrait, Set,
+    sea_query::{InsertStatement, OnConflict},
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,7 +16,10 @@ use sha2::{Digest, Sha256};
 use super::body::{self, Kind};
 use crate::{
     config::ProviderSettings,
-    db,
+    db::{
+        self,
+        batch::{Batch, BatchWriter, Expect, OnGuard},
+    },
     error::{AppError, Problem},
 };
 
@@ -177,40 +181,146 @@ struct Canonical {
     variables: Value,
 }
 
-/// Brings the database up to date with the shipped categories and starters in one write
-/// transaction; running it again changes nothing. Categories are only added, never changed
-/// (admins may have edited them). A starter is created, given a new version when its shipped
-/// definition changed, or left alone. Templates people made are never touched.
+/// Brings the database up to date with the shipped categories and starters; running it again
+/// changes nothing. Categories are only added, never changed (admins may have edited them). A
+/// starter is created, given a new version when its shipped definition changed, or left alone,
+/// each in a batch of its own guarded on what was read (a clash has that starter read and decided
+/// again). Templates people made are never touched.
 #[tracing::instrument(skip_all)]
-pub async fn seed(db: &DatabaseConnection) -> Result<SeedReport, AppError> {
+pub async fn seed(db: &DatabaseConnection, writer: &dyn BatchWriter) -> Result<SeedReport, AppError> {
     let shipped = canonical()?;
-    let now = Utc::now().trunc_subsecs(6);
-    let txn = db::begin_write(db).await?;
-    let category_ids = seed_categories(&txn, now).await?;
-    let rows = rows_holding_starter_slugs(&txn).await?;
+    let category_ids = seed_categories(db, writer).await?;
+    let rows = rows_holding_starter_slugs(db, all()).await?;
     let mut report = SeedReport::default();
     for item in &shipped {
-        let starter = item.starter;
-        let category_id = category_ids.get(&starter.category).cloned();
-        match slot(&rows, &starter.slug) {
-            Slot::Stored(row) if row.starter_digest.as_deref() == Some(starter.digest.as_str()) => {
-                report.unchanged += 1;
-            }
-            Slot::Stored(row) => {
-                update(&txn, row, item, category_id, now).await?;
-                report.updated += 1;
-            }
-            Slot::Free(slug) => {
-                create(&txn, slug, item, category_id, now).await?;
-                report.created += 1;
-            }
-            Slot::Taken => {
-                tracing::warn!(slug = %starter.slug, "people's templates hold this starter's slug and its `-starter` variant; it is not seeded");
+        let category_id = category_ids.get(&item.starter.category).cloned();
+        match seed_one(db, writer, item, category_id, &rows).await? {
+            Outcome::Created => report.created += 1,
+            Outcome::Updated => report.updated += 1,
+            Outcome::Unchanged => report.unchanged += 1,
+            Outcome::Taken => {
+                tracing::warn!(slug = %item.starter.slug, "people's templates hold this starter's slug and its `-starter` variant; it is not seeded");
             }
         }
     }
-    txn.commit().await?;
     Ok(report)
+}
+
+/// What seeding did to one starter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+    Taken,
+}
+
+/// Seeds one starter in a batch of its own: decided on `rows` as read at first, on its own
+/// slugs read again after a guard that did not hold.
+async fn seed_one(
+    db: &DatabaseConnection,
+    writer: &dyn BatchWriter,
+    item: &Canonical,
+    category_id: Option<String>,
+    rows: &HashMap<String, templates::Model>,
+) -> Result<Outcome, AppError> {
+    let (first, batch) = plan(item, rows, category_id.clone(), writer.backend());
+    if batch.is_empty() {
+        return Ok(first);
+    }
+    let decided = &std::sync::Mutex::new(first);
+    let category_id = &category_id;
+    let mut first = Some(batch);
+    db::batch::write(
+        writer,
+        || {
+            let first = first.take();
+            async move {
+                if let Some(batch) = first {
+                    return Ok(batch);
+                }
+                let rows = rows_holding_starter_slugs(db, std::slice::from_ref(item.starter)).await?;
+                let (outcome, batch) = plan(item, &rows, category_id.clone(), writer.backend());
+                *decided.lock().map_err(|_| AppError::internal("a seeding lock was poisoned"))? = outcome;
+                Ok(batch)
+            }
+        },
+        // Seeded, or its slug taken, meanwhile: read its slugs again.
+        |_, _| OnGuard::Retry,
+    )
+    .await?;
+    let outcome = *decided.lock().map_err(|_| AppError::internal("a seeding lock was poisoned"))?;
+    Ok(outcome)
+}
+
+/// What to do with one starter given the rows holding its slugs, and the batch that does it
+/// (empty when there is nothing to do).
+fn plan(
+    item: &Canonical,
+    rows: &HashMap<String, templates::Model>,
+    category_id: Option<String>,
+    backend: DbBackend,
+) -> (Outcome, Batch) {
+    let starter = item.starter;
+    let now = Utc::now().trunc_subsecs(6);
+    let batch = Batch::new(backend);
+    match slot(rows, &starter.slug) {
+        Slot::Stored(row) if row.starter_digest.as_deref() == Some(starter.digest.as_str()) => {
+            (Outcome::Unchanged, batch)
+        }
+        Slot::Stored(row) => {
+            let version = row.version + 1;
+            let changed = templates::ActiveModel {
+                kind: Set(starter.kind),
+                name: Set(starter.name.clone()),
+                description: Set(Some(starter.description.clone())),
+                category_id: Set(category_id),
+                version: Set(version),
+                starter_digest: Set(Some(starter.digest.clone())),
+                updated_at: Set(now),
+                ..Default::default()
+            };
+            let update = templates::Entity::update_many()
+                .set(changed)
+                .filter(templates::Column::Id.eq(&row.id))
+                .filter(templates::Column::Version.eq(row.version))
+                .into_query();
+            let changelog = format!("Updated in Ensemble {VERSION}");
+            let batch = batch
+                .write(&update)
+                .guard(Expect::One, "template_version")
+                .write(&version_row(&row.id, version, item, changelog, now));
+            (Outcome::Updated, batch)
+        }
+        Slot::Free(slug) => {
+            let id = format!("tpl_{}", uuid::Uuid::now_v7().simple());
+            let template = templates::ActiveModel {
+                id: Set(id.clone()),
+                owner_id: Set(None),
+                team_id: Set(None),
+                kind: Set(starter.kind),
+                category_id: Set(category_id),
+                name: Set(starter.name.clone()),
+                slug: Set(slug),
+                description: Set(Some(starter.description.clone())),
+                visibility: Set(super::Visibility::Public),
+                version: Set(1),
+                is_starter: Set(true),
+                starter_digest: Set(Some(starter.digest.clone())),
+                forked_from_id: Set(None),
+                forked_from_version: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            };
+            let free_slug = OnConflict::column(templates::Column::Slug).do_nothing().to_owned();
+            let insert = templates::Entity::insert(template).on_conflict(free_slug).into_query();
+            let changelog = format!("Shipped with Ensemble {VERSION}");
+            let batch =
+                batch.write(&insert).guard(Expect::One, "slug_taken").write(&version_row(&id, 1, item, changelog, now));
+            (Outcome::Created, batch)
+        }
+        Slot::Taken => (Outcome::Taken, batch),
+    }
 }
 
 /// Every starter checked; one that fails is a bug in the shipped files. Their agents use the
@@ -233,39 +343,50 @@ fn invalid(starter: &Starter, problems: &[Problem]) -> AppError {
     AppError::internal(format!("the shipped starter `{}` is invalid: {}", starter.slug, listed.join("; ")))
 }
 
-/// Adds the shipped categories whose slug is missing; answers every shipped category's id by slug.
-async fn seed_categories(txn: &DatabaseTransaction, now: DateTime<Utc>) -> Result<HashMap<String, String>, AppError> {
-    let mut ids: HashMap<String, String> = template_categories::Entity::find()
-        .filter(template_categories::Column::Slug.is_in(categories().iter().map(|c| c.slug.clone())))
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|category| (category.slug, category.id))
-        .collect();
+/// Adds the shipped categories whose slug is missing (one batch; a category another seeder
+/// added meanwhile is kept); answers every shipped category's id by slug.
+async fn seed_categories(
+    db: &DatabaseConnection,
+    writer: &dyn BatchWriter,
+) -> Result<HashMap<String, String>, AppError> {
+    let read = || async {
+        let rows = template_categories::Entity::find()
+            .filter(template_categories::Column::Slug.is_in(categories().iter().map(|c| c.slug.clone())))
+            .all(db)
+            .await?;
+        Ok::<_, AppError>(rows.into_iter().map(|category| (category.slug, category.id)).collect::<HashMap<_, _>>())
+    };
+    let ids = read().await?;
     let missing: Vec<&Category> = categories().iter().filter(|c| !ids.contains_key(&c.slug)).collect();
+    if missing.is_empty() {
+        return Ok(ids);
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    let mut batch = Batch::new(writer.backend());
     for category in missing {
-        let id = format!("cat_{}", uuid::Uuid::now_v7().simple());
-        template_categories::ActiveModel {
-            id: Set(id.clone()),
+        let row = template_categories::ActiveModel {
+            id: Set(format!("cat_{}", uuid::Uuid::now_v7().simple())),
             slug: Set(category.slug.clone()),
             name: Set(category.name.clone()),
             description: Set(Some(category.description.clone())),
             position: Set(category.position),
             created_at: Set(now),
             updated_at: Set(now),
-        }
-        .insert(txn)
-        .await?;
-        ids.insert(category.slug.clone(), id);
+        };
+        let free_slug = OnConflict::column(template_categories::Column::Slug).do_nothing().to_owned();
+        batch = batch.write(&template_categories::Entity::insert(row).on_conflict(free_slug).into_query());
     }
-    Ok(ids)
+    db::batch::write(writer, || async { Ok(batch.clone()) }, |_, _| OnGuard::Retry).await?;
+    read().await
 }
 
-/// The templates holding a starter's slug or its `-starter` variant, by slug, locked until the
-/// transaction ends so concurrent seeds take turns.
-async fn rows_holding_starter_slugs(txn: &DatabaseTransaction) -> Result<HashMap<String, templates::Model>, AppError> {
-    let slugs = all().iter().flat_map(|starter| [starter.slug.clone(), variant(&starter.slug)]);
-    let rows = templates::Entity::find().filter(templates::Column::Slug.is_in(slugs)).lock_exclusive().all(txn).await?;
+/// The templates holding the slug of one of `starters` or its `-starter` variant, by slug.
+async fn rows_holding_starter_slugs(
+    db: &DatabaseConnection,
+    starters: &[Starter],
+) -> Result<HashMap<String, templates::Model>, AppError> {
+    let slugs = starters.iter().flat_map(|starter| [starter.slug.clone(), variant(&starter.slug)]);
+    let rows = templates::Entity::find().filter(templates::Column::Slug.is_in(slugs)).all(db).await?;
     Ok(rows.into_iter().map(|row| (row.slug.clone(), row)).collect())
 }
 
@@ -299,70 +420,15 @@ fn slot<'a>(rows: &'a HashMap<String, templates::Model>, slug: &str) -> Slot<'a>
     }
 }
 
-async fn create(
-    txn: &DatabaseTransaction,
-    slug: String,
-    item: &Canonical,
-    category_id: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    let starter = item.starter;
-    let id = format!("tpl_{}", uuid::Uuid::now_v7().simple());
-    templates::ActiveModel {
-        id: Set(id.clone()),
-        owner_id: Set(None),
-        team_id: Set(None),
-        kind: Set(starter.kind),
-        category_id: Set(category_id),
-        name: Set(starter.name.clone()),
-        slug: Set(slug),
-        description: Set(Some(starter.description.clone())),
-        visibility: Set(super::Visibility::Public),
-        version: Set(1),
-        is_starter: Set(true),
-        starter_digest: Set(Some(starter.digest.clone())),
-        forked_from_id: Set(None),
-        forked_from_version: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
-    .insert(txn)
-    .await?;
-    add_version(txn, &id, 1, item, format!("Shipped with Ensemble {VERSION}"), now).await
-}
-
-/// Appends the new shipped definition as the next version and points the row at it.
-async fn update(
-    txn: &DatabaseTransaction,
-    row: &templates::Model,
-    item: &Canonical,
-    category_id: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    let starter = item.starter;
-    let version = row.version + 1;
-    add_version(txn, &row.id, version, item, format!("Updated in Ensemble {VERSION}"), now).await?;
-    let mut changed: templates::ActiveModel = row.clone().into();
-    changed.kind = Set(starter.kind);
-    changed.name = Set(starter.name.clone());
-    changed.description = Set(Some(starter.description.clone()));
-    changed.category_id = Set(category_id);
-    changed.version = Set(version);
-    changed.starter_digest = Set(Some(starter.digest.clone()));
-    changed.updated_at = Set(now);
-    changed.update(txn).await?;
-    Ok(())
-}
-
-async fn add_version(
-    txn: &DatabaseTransaction,
+/// The INSERT of a starter's version `version`, its shipped definition.
+fn version_row(
     template_id: &str,
     version: i32,
     item: &Canonical,
     changelog: String,
     now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    template_versions::ActiveModel {
+) -> InsertStatement {
+    let row = template_versions::ActiveModel {
         template_id: Set(template_id.to_string()),
         version: Set(version),
         body: Set(item.body.clone()),
@@ -370,10 +436,8 @@ async fn add_version(
         changelog: Set(Some(changelog)),
         author_id: Set(None),
         created_at: Set(now),
-    }
-    .insert(txn)
-    .await?;
-    Ok(())
+    };
+    template_versions::Entity::insert(row).into_query()
 }
 
 #[cfg(test)]
