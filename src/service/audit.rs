@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entity::{audit_head, audit_logs};
+use futures_util::TryFutureExt;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QuerySelect, QueryTrait, Set,
     sea_query::{Expr, ExprTrait, Query},
@@ -138,6 +139,13 @@ pub struct Audited<T> {
     pub answer: T,
 }
 
+/// What a mutation's plan decided: a batch to commit with its audit row, or an answer with
+/// nothing to write (what was asked is so already, e.g. a link revoked before: no row).
+pub enum Decision<T> {
+    Write(Audited<T>),
+    Unchanged(T),
+}
+
 /// The guard code of the chain's head: another writer appended first.
 const AUDIT_HEAD: &str = "audit_head";
 
@@ -181,10 +189,28 @@ impl AuditChain {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Audited<T>, AppError>>,
     {
+        self.decide(caller, || plan().map_ok(Decision::Write), on_guard).await
+    }
+
+    /// [`write`](Self::write) for a plan that may find nothing to write ([`Decision::Unchanged`]):
+    /// its answer is then given as it is, with no audit row and no step results.
+    pub async fn decide<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        mut plan: F,
+        on_guard: impl Fn(usize, &'static str) -> OnGuard,
+    ) -> Result<(T, Vec<StepResult>), AppError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Decision<T>, AppError>>,
+    {
         let mut known = self.head.lock().await;
         let mut attempts = Attempts::default();
         loop {
-            let Audited { batch, entry, answer } = plan().await?;
+            let Audited { batch, entry, answer } = match plan().await? {
+                Decision::Write(audited) => audited,
+                Decision::Unchanged(answer) => return Ok((answer, Vec::new())),
+            };
             match self.append(&mut known, caller, batch, &entry, None).await {
                 Ok(results) => return Ok((answer, results)),
                 Err(err) => {
