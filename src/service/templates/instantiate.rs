@@ -4,7 +4,7 @@
 
 use chrono::{Duration, SubsecRound, Utc};
 use entity::{conversations, messages};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait};
+use sea_orm::{DbBackend, EntityTrait, Iterable, QueryTrait};
 use serde_json::{Value, json};
 
 use super::{
@@ -14,12 +14,12 @@ use super::{
 };
 use crate::{
     auth::guard::acting_user,
-    db,
+    db::batch::{Batch, OnGuard},
     domain::{Caller, Scope},
     error::{AppError, Problem},
     service::{
-        audit::{self, Entry, actions},
-        teams::{self, NewTeam},
+        audit::{Audited, Entry, actions},
+        teams::{self, Inserted, NewTeam},
     },
 };
 
@@ -60,19 +60,30 @@ impl Templates {
             },
             other => other,
         })?;
-        let txn = db::begin_write(&self.db).await?;
-        let team = teams::insert(&txn, owner, new, spec).await?;
-        let mut changes = json!({"template": resolved.template.id, "version": resolved.version.version,
-            "name": team.name, "slug": team.slug});
-        if resolved.kind == Kind::Demo {
-            let conversation =
-                replay(&txn, &team, &owner.id, &resolved.template.name, &body::conversation(&resolved.version.body))
-                    .await?;
-            changes["conversation"] = conversation.into();
-        }
-        let entry = Entry::new(actions::TEMPLATE_INSTANTIATE, "team", team.id.clone()).team(&team.id).changes(changes);
-        audit::allowed(&txn, caller, entry).await?;
-        txn.commit().await?;
+        let (db, audit) = (&self.db, self.audit());
+        let conversation = (resolved.kind == Kind::Demo).then(|| body::conversation(&resolved.version.body));
+        let (team, _) = audit
+            .write(
+                caller,
+                || async {
+                    let Inserted { team, mut batch } =
+                        teams::plan_insert(db, audit.writer().backend(), owner, &new, &spec).await?;
+                    let mut changes = json!({"template": resolved.template.id, "version": resolved.version.version,
+                        "name": team.name, "slug": team.slug});
+                    if let Some(sample) = &conversation {
+                        let (conversation_id, replayed) = replay(&team, &owner.id, &resolved.template.name, sample)?;
+                        batch = batch.then(replayed.into_batch(audit.writer().backend()));
+                        changes["conversation"] = conversation_id.into();
+                    }
+                    let entry = Entry::new(actions::TEMPLATE_INSTANTIATE, "team", team.id.clone())
+                        .team(&team.id)
+                        .changes(changes);
+                    Ok(Audited { batch, entry, answer: team })
+                },
+                // `slug_taken`: a team of that slug came first; the next attempt takes a suffix.
+                |_, _| OnGuard::Retry,
+            )
+            .await?;
         Ok(team)
     }
 
@@ -100,14 +111,39 @@ fn not_kind(resolved: &Resolved, path: &str, rule: &str) -> AppError {
     AppError::BadUserInput { problems: vec![Problem::new(path, message.clone())], message }
 }
 
-/// Copies a DEMO's sample conversation into `team` as one thread; answers its id.
-async fn replay<C: ConnectionTrait>(
-    txn: &C,
+/// A DEMO's sample conversation as rows of `team`: one thread.
+struct Replay {
+    conversation: conversations::Model,
+    messages: Vec<messages::Model>,
+}
+
+/// How many messages one `INSERT` carries: D1 binds at most 100 parameters per statement
+/// (docs/write-path.md, "D1's limits: chunking").
+fn messages_per_insert() -> usize {
+    100 / <messages::Entity as EntityTrait>::Column::iter().count()
+}
+
+impl Replay {
+    /// The conversation's insert, then its messages' in statements of [`messages_per_insert`]
+    /// rows.
+    fn into_batch(self, backend: DbBackend) -> Batch {
+        let conversation = conversations::Entity::insert(conversations::ActiveModel::from(self.conversation));
+        let mut batch = Batch::new(backend).write(&conversation.into_query());
+        for chunk in self.messages.chunks(messages_per_insert()) {
+            let rows = chunk.iter().cloned().map(messages::ActiveModel::from);
+            batch = batch.write(&messages::Entity::insert_many(rows).into_query());
+        }
+        batch
+    }
+}
+
+/// Copies a DEMO's sample conversation into `team` as one thread; answers its id and rows.
+fn replay(
     team: &entity::teams::Model,
     user_id: &str,
     title: &str,
     sample: &[DemoMessage],
-) -> Result<String, AppError> {
+) -> Result<(String, Replay), AppError> {
     let now = Utc::now().trunc_subsecs(6);
     let conversation = conversations::Model {
         id: format!("conv_{}", uuid::Uuid::now_v7().simple()),
@@ -119,7 +155,6 @@ async fn replay<C: ConnectionTrait>(
         last_active_at: Some(now),
     };
     let conversation_id = conversation.id.clone();
-    conversations::ActiveModel::from(conversation).reset_all().insert(txn).await?;
     let mut parent = None;
     let mut rows = Vec::with_capacity(sample.len());
     for (i, message) in sample.iter().enumerate() {
@@ -137,10 +172,7 @@ async fn replay<C: ConnectionTrait>(
             created_at: now + Duration::microseconds(i as i64),
         };
         parent = Some(row.id.clone());
-        rows.push(messages::ActiveModel::from(row).reset_all());
+        rows.push(row);
     }
-    if !rows.is_empty() {
-        messages::Entity::insert_many(rows).exec_without_returning(txn).await?;
-    }
-    Ok(conversation_id)
+    Ok((conversation_id.clone(), Replay { conversation, messages: rows }))
 }
