@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod live;
+pub mod meanwhile;
 pub mod served;
 mod template;
 
