@@ -117,20 +117,36 @@ struct Replay {
     messages: Vec<messages::Model>,
 }
 
-/// How many messages one `INSERT` carries: D1 binds at most 100 parameters per statement
-/// (docs/write-path.md, "D1's limits: chunking").
+/// How many messages one `INSERT` carries at most: D1 binds at most 100 parameters per
+/// statement (docs/write-path.md, "D1's limits: chunking").
 fn messages_per_insert() -> usize {
     100 / <messages::Entity as EntityTrait>::Column::iter().count()
 }
 
+/// How many bytes of content one `INSERT` carries at most, under D1's 100 KB per statement (a
+/// longer message, up to the 20,000 characters a DEMO allows, goes alone).
+const CONTENT_PER_INSERT: usize = 60_000;
+
 impl Replay {
-    /// The conversation's insert, then its messages' in statements of [`messages_per_insert`]
-    /// rows.
+    /// The conversation's insert, then its messages' in statements of at most
+    /// [`messages_per_insert`] rows and [`CONTENT_PER_INSERT`] bytes of content.
     fn into_batch(self, backend: DbBackend) -> Batch {
         let conversation = conversations::Entity::insert(conversations::ActiveModel::from(self.conversation));
         let mut batch = Batch::new(backend).write(&conversation.into_query());
-        for chunk in self.messages.chunks(messages_per_insert()) {
-            let rows = chunk.iter().cloned().map(messages::ActiveModel::from);
+        let mut chunks: Vec<Vec<messages::ActiveModel>> = Vec::new();
+        let mut content = 0;
+        for message in self.messages {
+            let fits = chunks.last().is_some_and(|chunk| {
+                chunk.len() < messages_per_insert() && content + message.content.len() <= CONTENT_PER_INSERT
+            });
+            if !fits {
+                chunks.push(Vec::new());
+                content = 0;
+            }
+            content += message.content.len();
+            chunks.last_mut().into_iter().for_each(|chunk| chunk.push(message.clone().into()));
+        }
+        for rows in chunks {
             batch = batch.write(&messages::Entity::insert_many(rows).into_query());
         }
         batch
@@ -175,4 +191,53 @@ fn replay(
         rows.push(row);
     }
     Ok((conversation_id.clone(), Replay { conversation, messages: rows }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use entity::{conversations, messages, states::MessageRole};
+    use sea_orm::DbBackend;
+
+    use super::{Replay, messages_per_insert};
+
+    fn replay(contents: &[usize]) -> Replay {
+        let conversation = conversations::Model {
+            id: "conv_1".into(),
+            team_id: "team_1".into(),
+            user_id: "user_1".into(),
+            title: "Demo".into(),
+            forked_from_message_id: None,
+            created_at: Utc::now(),
+            last_active_at: None,
+        };
+        let messages = contents
+            .iter()
+            .enumerate()
+            .map(|(i, len)| messages::Model {
+                id: format!("msg_{i}"),
+                conversation_id: "conv_1".into(),
+                parent_id: None,
+                role: MessageRole::User,
+                agent: None,
+                content: "x".repeat(*len),
+                run_id: None,
+                tokens_in: 0,
+                tokens_out: 0,
+                cost_usd: 0.0,
+                created_at: Utc::now(),
+            })
+            .collect();
+        Replay { conversation, messages }
+    }
+
+    #[test]
+    fn messages_go_in_inserts_that_d1_takes() {
+        assert_eq!(messages_per_insert(), 9, "11 columns, 100 parameters");
+        // The conversation, then 40 short messages in statements of 9.
+        assert_eq!(replay(&[10; 40]).into_batch(DbBackend::Sqlite).len(), 1 + 5);
+        // Three long messages of 25,000 bytes: two fit one statement, the third takes another.
+        assert_eq!(replay(&[25_000; 3]).into_batch(DbBackend::Sqlite).len(), 1 + 2);
+        assert_eq!(replay(&[]).into_batch(DbBackend::Sqlite).len(), 1);
+    }
 }
