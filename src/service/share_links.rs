@@ -67,8 +67,9 @@ pub async fn create(
                     created_at: Utc::now().trunc_subsecs(6),
                 };
                 let insert = links::Entity::insert(links::ActiveModel::from(link.clone())).into_query();
-                let batch =
-                    Batch::new(audit.writer().backend()).assert(&teams::exists(team_id), "team_gone").write(&insert);
+                let batch = Batch::new(audit.writer().backend())
+                    .assert(&teams::exists(team_id), teams::TEAM_GONE)
+                    .write(&insert);
                 let entry = Entry::new(actions::SHARE_LINK_CREATE, "share_link", link.id.clone())
                     .team(team_id)
                     .changes(json!({"role": link.role.to_string(), "expiresAt": link.expires_at}));

@@ -341,7 +341,7 @@ fn plan_update(
 
 /// The guard of a change to a team that must still be there (gone: the next read answers
 /// NOT_FOUND).
-const TEAM_GONE: &str = "team_gone";
+pub const TEAM_GONE: &str = "team_gone";
 
 pub async fn archive(
     db: &DatabaseConnection,
