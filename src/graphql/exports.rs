@@ -33,7 +33,9 @@ impl ExportsMutation {
     ) -> async_graphql::Result<ImportTeamResult> {
         let state = ctx.data::<AppState>()?;
         let imported =
-            exports::import(&state.db, &state.config.runs.providers, &caller(ctx), &document, name).await.gql()?;
+            exports::import(&state.db, &state.audit, &state.config.runs.providers, &caller(ctx), &document, name)
+                .await
+                .gql()?;
         warn_missing_keys(ctx, &imported.team.spec);
         Ok(ImportTeamResult { team: Team(imported.team), warnings: imported.warnings })
     }

@@ -49,7 +49,7 @@ impl ShareLinksMutation {
         input: CreateShareLinkInput,
     ) -> async_graphql::Result<CreatedShareLink> {
         let state = ctx.data::<AppState>()?;
-        share_links::create(&state.db, &caller(ctx), &team_id, input.role.into(), input.expires_at)
+        share_links::create(&state.db, &state.audit, &caller(ctx), &team_id, input.role.into(), input.expires_at)
             .await
             .map(CreatedShareLink::from)
             .gql()
@@ -58,13 +58,13 @@ impl ShareLinksMutation {
     /// Revokes a link; it stops working at once (owners).
     async fn revoke_share_link(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<ShareLink> {
         let state = ctx.data::<AppState>()?;
-        share_links::revoke(&state.db, &caller(ctx), &id).await.map(ShareLink::from).gql()
+        share_links::revoke(&state.db, &state.audit, &caller(ctx), &id).await.map(ShareLink::from).gql()
     }
 
     /// Joins the link's team with its role.
     async fn accept_share_link(&self, ctx: &Context<'_>, token: String) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        share_links::accept(&state.db, &caller(ctx), &token).await.map(TeamMember).gql()
+        share_links::accept(&state.db, &state.audit, &caller(ctx), &token).await.map(TeamMember).gql()
     }
 }
 

@@ -179,7 +179,8 @@ impl TeamsMutation {
             visibility: input.visibility.map(Into::into),
             spec: input.spec.map(|s| s.0),
         };
-        let team = teams::create(&state.db, &state.config.runs.providers, &caller(ctx), new).await.gql()?;
+        let team =
+            teams::create(&state.db, &state.audit, &state.config.runs.providers, &caller(ctx), new).await.gql()?;
         warn_missing_keys(ctx, &team.spec);
         Ok(Team(team))
     }
@@ -228,7 +229,7 @@ impl TeamsMutation {
         message: Option<String>,
     ) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        let team = versions::rollback(&state.db, &caller(ctx), &team_id, version, message).await.gql()?;
+        let team = versions::rollback(&state.db, &state.audit, &caller(ctx), &team_id, version, message).await.gql()?;
         warn_missing_keys(ctx, &team.spec);
         Ok(Team(team))
     }
@@ -236,13 +237,13 @@ impl TeamsMutation {
     /// Archives a team (owners): it stays readable.
     async fn archive_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        teams::archive(&state.db, &caller(ctx), &id).await.map(Team).gql()
+        teams::archive(&state.db, &state.audit, &caller(ctx), &id).await.map(Team).gql()
     }
 
     /// Deletes a team and its memberships (owners); returns it as it was.
     async fn delete_team(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Team> {
         let state = ctx.data::<AppState>()?;
-        teams::delete(&state.db, &state.caches, &caller(ctx), &id).await.map(Team).gql()
+        teams::delete(&state.db, &state.audit, &state.caches, &caller(ctx), &id).await.map(Team).gql()
     }
 
     /// Adds a user who has signed in before to a team (owners).
@@ -253,7 +254,7 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::add_member(&state.db, &caller(ctx), &team_id, &input.user_id, input.role.into())
+        teams::add_member(&state.db, &state.audit, &caller(ctx), &team_id, &input.user_id, input.role.into())
             .await
             .map(TeamMember)
             .gql()
@@ -267,10 +268,18 @@ impl TeamsMutation {
         input: TeamMemberInput,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::update_member(&state.db, &state.caches, &caller(ctx), &team_id, &input.user_id, input.role.into())
-            .await
-            .map(TeamMember)
-            .gql()
+        teams::update_member(
+            &state.db,
+            &state.audit,
+            &state.caches,
+            &caller(ctx),
+            &team_id,
+            &input.user_id,
+            input.role.into(),
+        )
+        .await
+        .map(TeamMember)
+        .gql()
     }
 
     /// Removes a member (owners), or leaves a team (anyone). The last owner cannot go.
@@ -281,7 +290,10 @@ impl TeamsMutation {
         user_id: ID,
     ) -> async_graphql::Result<TeamMember> {
         let state = ctx.data::<AppState>()?;
-        teams::remove_member(&state.db, &state.caches, &caller(ctx), &team_id, &user_id).await.map(TeamMember).gql()
+        teams::remove_member(&state.db, &state.audit, &state.caches, &caller(ctx), &team_id, &user_id)
+            .await
+            .map(TeamMember)
+            .gql()
     }
 }
 

@@ -58,6 +58,7 @@ pub struct Imported {
 
 pub async fn import(
     db: &DatabaseConnection,
+    audit: &super::audit::AuditChain,
     providers: &crate::config::ProviderSettings,
     caller: &Caller,
     document: &Value,
@@ -101,6 +102,6 @@ pub async fn import(
         visibility: None,
         spec: Some(doc.get("spec").cloned().unwrap_or(Value::Null)),
     };
-    let team = team_service::create_as(db, providers, caller, new, super::audit::actions::TEAM_IMPORT).await?;
+    let team = team_service::create_as(db, audit, providers, caller, new, super::audit::actions::TEAM_IMPORT).await?;
     Ok(Imported { team, warnings })
 }

@@ -1,17 +1,17 @@
-//! Teams and their members. Access is decided by `auth::guard`; every change is audited in its
-//! own transaction.
+//! Teams and their members. Access is decided by `auth::guard`; every change reads, decides and
+//! commits one batch with its audit row (docs/write-path.md).
 
 use chrono::{SubsecRound, Utc};
 use entity::{states::Visibility, team_members, team_versions, teams, users};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, JoinType,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, RelationTrait, Set, TryIntoModel,
-    sea_query::OnConflict,
+    ColumnTrait, DatabaseConnection, DbBackend, EntityTrait, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, RelationTrait, Set,
+    sea_query::{InsertStatement, OnConflict, SelectStatement, UpdateStatement},
 };
 use serde_json::{Value, json};
 
 use super::{
-    audit::{self, AuditChain, Audited, Entry, actions},
+    audit::{AuditChain, Audited, Entry, actions},
     page::{Page, PageRequest},
     versions,
 };
@@ -19,10 +19,7 @@ use crate::{
     auth::guard::{self, acting_user},
     cache::Caches,
     config::ProviderSettings,
-    db::{
-        self,
-        batch::{Batch, Expect, OnGuard},
-    },
+    db::batch::{Batch, Expect, OnGuard},
     domain::{Caller, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
     service::name::Name,
@@ -84,36 +81,21 @@ pub fn slugify(name: &str) -> String {
     if slug.is_empty() { "team".into() } else { slug }
 }
 
-/// Inserts `team` under `slug` or, when another team holds that slug, under the slug followed
-/// by the end of `id`. The insert itself detects the clash, so a team of the same name that a
-/// concurrent transaction is creating (which no read beforehand can see) counts too.
-async fn insert_with_free_slug<C: ConnectionTrait>(
-    conn: &C,
-    mut team: teams::ActiveModel,
-    slug: &str,
-    id: &str,
-) -> Result<teams::Model, AppError> {
-    let plain = OnConflict::column(teams::Column::Slug).do_nothing().to_owned();
-    if teams::Entity::insert(team.clone()).on_conflict(plain).exec_without_returning(conn).await? == 0 {
-        team.slug = Set(format!("{slug}-{}", &id[id.len() - 6..]));
-        teams::Entity::insert(team.clone()).exec_without_returning(conn).await?;
-    }
-    Ok(team.try_into_model()?)
-}
-
 pub async fn create(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     providers: &ProviderSettings,
     caller: &Caller,
     new: NewTeam,
 ) -> Result<teams::Model, AppError> {
-    create_as(db, providers, caller, new, actions::TEAM_CREATE).await
+    create_as(db, audit, providers, caller, new, actions::TEAM_CREATE).await
 }
 
 /// Creates a team, audited as `action` (`team.create`, `team.import`).
 #[tracing::instrument(skip_all)]
 pub async fn create_as(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     providers: &ProviderSettings,
     caller: &Caller,
     new: NewTeam,
@@ -121,12 +103,21 @@ pub async fn create_as(
 ) -> Result<teams::Model, AppError> {
     let me = acting_user(caller, Scope::TeamsWrite)?;
     let spec = check_new(&new, providers)?;
-    let txn = db::begin_write(db).await?;
-    let team = insert(&txn, me, new, spec).await?;
-    let changes =
-        json!({"name": team.name, "slug": team.slug, "visibility": team.visibility.to_string(), "version": 1});
-    audit::allowed(&txn, caller, Entry::new(action, "team", team.id.clone()).team(&team.id).changes(changes)).await?;
-    txn.commit().await?;
+    let (team, _) = audit
+        .write(
+            caller,
+            || async {
+                let Inserted { team, batch } = plan_insert(db, audit.writer().backend(), me, &new, &spec).await?;
+                let changes = json!({"name": team.name, "slug": team.slug,
+                    "visibility": team.visibility.to_string(), "version": 1});
+                let entry = Entry::new(action, "team", team.id.clone()).team(&team.id).changes(changes);
+                Ok(Audited { batch, entry, answer: team })
+            },
+            // `slug_taken`: a team of that slug came first; the next attempt reads it and takes
+            // the slug with a suffix.
+            |_, _| OnGuard::Retry,
+        )
+        .await?;
     Ok(team)
 }
 
@@ -147,42 +138,62 @@ pub fn check_new(new: &NewTeam, providers: &ProviderSettings) -> Result<Value, A
     Ok(spec.unwrap_or_default())
 }
 
-/// Inserts a checked team owned by `owner`, with its owner membership and first version (not
-/// audited: the caller's transaction says why it was made).
-pub async fn insert<C: ConnectionTrait>(
-    txn: &C,
+/// A new team as it will be stored, and the batch that inserts it.
+pub struct Inserted {
+    pub team: teams::Model,
+    pub batch: Batch,
+}
+
+/// The guard of a new team's slug: another team holds it.
+pub const SLUG_TAKEN: &str = "slug_taken";
+
+/// Plans a checked team owned by `owner`, with its owner membership and first version (the
+/// audit row is the caller's: it says why the team was made). The team takes its name's slug
+/// when no team holds it (read now), else that slug followed by the end of its id. The insert
+/// does nothing on a taken slug and is guarded [`SLUG_TAKEN`], so a team of the same slug
+/// committed after the read (which no read can foresee) fails the batch: decide again.
+pub async fn plan_insert(
+    db: &DatabaseConnection,
+    backend: DbBackend,
     owner: &UserPrincipal,
-    new: NewTeam,
-    spec: Value,
-) -> Result<teams::Model, AppError> {
+    new: &NewTeam,
+    spec: &Value,
+) -> Result<Inserted, AppError> {
     let id = format!("team_{}", uuid::Uuid::now_v7().simple());
     // As precise as the databases store it, so the team answered is the team stored.
     let now = Utc::now().trunc_subsecs(6);
-    let slug = slugify(&new.name);
-    let row = teams::ActiveModel {
-        id: Set(id.clone()),
-        owner_id: Set(owner.id.clone()),
-        name: Set(new.name.trim().to_string()),
-        slug: Set(slug.clone()),
-        description: Set(new.description),
-        visibility: Set(new.visibility.unwrap_or(Visibility::Private)),
-        spec: Set(spec.clone()),
-        version: Set(1),
-        created_at: Set(now),
-        updated_at: Set(now),
-        archived_at: Set(None),
+    let mut slug = slugify(&new.name);
+    if teams::Entity::find().filter(teams::Column::Slug.eq(&slug)).count(db).await? > 0 {
+        slug = format!("{slug}-{}", &id[id.len() - 6..]);
+    }
+    let team = teams::Model {
+        id: id.clone(),
+        owner_id: owner.id.clone(),
+        name: new.name.trim().to_string(),
+        slug,
+        description: new.description.clone(),
+        visibility: new.visibility.unwrap_or(Visibility::Private),
+        spec: spec.clone(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        archived_at: None,
     };
-    let team = insert_with_free_slug(txn, row, &slug, &id).await?;
-    team_members::ActiveModel {
+    let free_slug = OnConflict::column(teams::Column::Slug).do_nothing().to_owned();
+    let insert_team = teams::Entity::insert(teams::ActiveModel::from(team.clone())).on_conflict(free_slug).into_query();
+    let owner_row = team_members::ActiveModel {
         team_id: Set(id.clone()),
         user_id: Set(owner.id.clone()),
         role: Set(TeamRole::Owner),
         created_at: Set(now),
-    }
-    .insert(txn)
-    .await?;
-    versions::record(txn, &id, 1, spec, Some("Created".into()), &owner.id).await?;
-    Ok(team)
+    };
+    let first = versions::row(&id, 1, spec.clone(), Some("Created".into()), &owner.id);
+    let batch = Batch::new(backend)
+        .write(&insert_team)
+        .guard(Expect::One, SLUG_TAKEN)
+        .write(&team_members::Entity::insert(owner_row).into_query())
+        .write(&team_versions::Entity::insert(first).into_query());
+    Ok(Inserted { team, batch })
 }
 
 pub async fn get(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
@@ -328,17 +339,33 @@ fn plan_update(
     Ok(Audited { batch, entry, answer: (after, made_private) })
 }
 
-pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Result<teams::Model, AppError> {
-    let txn = db::begin_write(db).await?;
-    lock(&txn, id).await?;
-    let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
-    let mut active: teams::ActiveModel = access.team.into();
-    let now = Utc::now();
-    active.archived_at = Set(Some(now));
-    active.updated_at = Set(now);
-    let team = active.update(&txn).await?;
-    audit::allowed(&txn, caller, Entry::new(actions::TEAM_ARCHIVE, "team", id.to_string()).team(id)).await?;
-    txn.commit().await?;
+/// The guard of a change to a team that must still be there (gone: the next read answers
+/// NOT_FOUND).
+pub const TEAM_GONE: &str = "team_gone";
+
+pub async fn archive(
+    db: &DatabaseConnection,
+    audit: &AuditChain,
+    caller: &Caller,
+    id: &str,
+) -> Result<teams::Model, AppError> {
+    let (team, _) = audit
+        .write(
+            caller,
+            || async {
+                let mut team = guard::team(db, caller, id, TeamRole::Owner).await?.team;
+                let now = Utc::now().trunc_subsecs(6);
+                let active =
+                    teams::ActiveModel { archived_at: Set(Some(now)), updated_at: Set(now), ..Default::default() };
+                let archive = teams::Entity::update_many().set(active).filter(teams::Column::Id.eq(id)).into_query();
+                (team.archived_at, team.updated_at) = (Some(now), now);
+                let batch = Batch::new(audit.writer().backend()).write(&archive).guard(Expect::One, TEAM_GONE);
+                let entry = Entry::new(actions::TEAM_ARCHIVE, "team", id.to_string()).team(id);
+                Ok(Audited { batch, entry, answer: team })
+            },
+            |_, _| OnGuard::Retry,
+        )
+        .await?;
     Ok(team)
 }
 
@@ -346,21 +373,30 @@ pub async fn archive(db: &DatabaseConnection, caller: &Caller, id: &str) -> Resu
 /// was.
 pub async fn delete(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caches: &Caches,
     caller: &Caller,
     id: &str,
 ) -> Result<teams::Model, AppError> {
-    let txn = db::begin_write(db).await?;
-    lock(&txn, id).await?;
-    let access = guard::team(&txn, caller, id, TeamRole::Owner).await?;
-    team_members::Entity::delete_many().filter(team_members::Column::TeamId.eq(id)).exec(&txn).await?;
-    teams::Entity::delete_by_id(id).exec(&txn).await?;
-    let changes = json!({"name": access.team.name, "slug": access.team.slug});
-    audit::allowed(&txn, caller, Entry::new(actions::TEAM_DELETE, "team", id.to_string()).team(id).changes(changes))
+    let (team, _) = audit
+        .write(
+            caller,
+            || async {
+                let team = guard::team(db, caller, id, TeamRole::Owner).await?.team;
+                let members = team_members::Entity::delete_many().filter(team_members::Column::TeamId.eq(id));
+                let batch = Batch::new(audit.writer().backend())
+                    .write(&members.into_query())
+                    .write(&teams::Entity::delete_by_id(id).into_query())
+                    .guard(Expect::One, TEAM_GONE);
+                let changes = json!({"name": team.name, "slug": team.slug});
+                let entry = Entry::new(actions::TEAM_DELETE, "team", id.to_string()).team(id).changes(changes);
+                Ok(Audited { batch, entry, answer: team })
+            },
+            |_, _| OnGuard::Retry,
+        )
         .await?;
-    txn.commit().await?;
     caches.invalidate(Invalidation::TeamAccessChanged(id.to_string())).await;
-    Ok(access.team)
+    Ok(team)
 }
 
 /// Members of the given teams, for the batched loader.
@@ -374,65 +410,132 @@ pub async fn members_of(db: &DatabaseConnection, team_ids: &[String]) -> Result<
 
 pub async fn add_member(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caller: &Caller,
     team_id: &str,
     user_id: &str,
     role: TeamRole,
 ) -> Result<team_members::Model, AppError> {
-    let txn = db::begin_write(db).await?;
-    lock(&txn, team_id).await?;
-    guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
-    let user = users::Entity::find_by_id(user_id).one(&txn).await?.filter(|u| u.deleted_at.is_none());
-    if user.is_none() {
-        return Err(AppError::BadUserInput {
-            message: format!("No user {user_id} has signed in yet."),
-            problems: vec![Problem::new("userId", "unknown user")],
-        });
-    }
-    if membership(&txn, team_id, user_id).await?.is_some() {
-        return Err(AppError::Conflict(format!("{user_id} is already a member; change their role instead.")));
-    }
-    let member = team_members::ActiveModel {
-        team_id: Set(team_id.to_string()),
-        user_id: Set(user_id.to_string()),
-        role: Set(role),
-        created_at: Set(Utc::now()),
-    }
-    .insert(&txn)
-    .await?;
-    let entry = Entry::new(actions::TEAM_MEMBER_ADD, "team_member", user_id.to_string())
-        .team(team_id)
-        .changes(json!({"userId": user_id, "role": role.to_string()}));
-    audit::allowed(&txn, caller, entry).await?;
-    txn.commit().await?;
+    let already = || AppError::Conflict(format!("{user_id} is already a member; change their role instead."));
+    let (member, _) = audit
+        .write(
+            caller,
+            || async {
+                guard::team(db, caller, team_id, TeamRole::Owner).await?;
+                let user = users::Entity::find_by_id(user_id).one(db).await?.filter(|u| u.deleted_at.is_none());
+                if user.is_none() {
+                    return Err(AppError::BadUserInput {
+                        message: format!("No user {user_id} has signed in yet."),
+                        problems: vec![Problem::new("userId", "unknown user")],
+                    });
+                }
+                if membership(db, team_id, user_id).await?.is_some() {
+                    return Err(already());
+                }
+                let member = team_members::Model {
+                    team_id: team_id.to_string(),
+                    user_id: user_id.to_string(),
+                    role,
+                    created_at: Utc::now().trunc_subsecs(6),
+                };
+                let batch = Batch::new(audit.writer().backend())
+                    .assert(&exists(team_id), TEAM_GONE)
+                    .write(&join(&member))
+                    .guard(Expect::One, ALREADY_MEMBER);
+                let entry = Entry::new(actions::TEAM_MEMBER_ADD, "team_member", user_id.to_string())
+                    .team(team_id)
+                    .changes(json!({"userId": user_id, "role": role.to_string()}));
+                Ok(Audited { batch, entry, answer: member })
+            },
+            |_, code| match code {
+                // Invited by someone else a moment earlier.
+                ALREADY_MEMBER => OnGuard::Answer(already()),
+                _ => OnGuard::Retry,
+            },
+        )
+        .await?;
     Ok(member)
+}
+
+/// The guard of a new membership: the user is a member already.
+const ALREADY_MEMBER: &str = "already_member";
+
+/// The guard of a change to a member as read: their role changed, or they left, since.
+pub const MEMBER_CHANGED: &str = "member_changed";
+
+/// The assertion that a team keeps an owner.
+const LAST_OWNER: &str = "last_owner";
+
+/// `INSERT` of a membership that does nothing when the user is a member already (guard it
+/// `Expect::One`).
+pub fn join(member: &team_members::Model) -> InsertStatement {
+    let taken =
+        OnConflict::columns([team_members::Column::TeamId, team_members::Column::UserId]).do_nothing().to_owned();
+    team_members::Entity::insert(team_members::ActiveModel::from(member.clone())).on_conflict(taken).into_query()
+}
+
+/// `UPDATE` of a member's role from the role read to `role` (guard it `Expect::One`
+/// [`MEMBER_CHANGED`]).
+pub fn change_role(member: &team_members::Model, role: TeamRole) -> UpdateStatement {
+    team_members::Entity::update_many()
+        .set(team_members::ActiveModel { role: Set(role), ..Default::default() })
+        .filter(team_members::Column::TeamId.eq(&member.team_id))
+        .filter(team_members::Column::UserId.eq(&member.user_id))
+        .filter(team_members::Column::Role.eq(member.role))
+        .into_query()
+}
+
+/// A query answering a row while team `id` exists: asserted before adding to it.
+pub fn exists(id: &str) -> SelectStatement {
+    teams::Entity::find().select_only().column(teams::Column::Id).filter(teams::Column::Id.eq(id)).into_query()
+}
+
+/// A query answering a row while team `id` has an owner: asserted after demoting or removing
+/// one.
+fn an_owner_remains(team_id: &str) -> SelectStatement {
+    team_members::Entity::find()
+        .select_only()
+        .column(team_members::Column::UserId)
+        .filter(team_members::Column::TeamId.eq(team_id))
+        .filter(team_members::Column::Role.eq(TeamRole::Owner))
+        .limit(1)
+        .into_query()
 }
 
 /// Gives a member another role; their open subscriptions on the team are checked again.
 pub async fn update_member(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caches: &Caches,
     caller: &Caller,
     team_id: &str,
     user_id: &str,
     role: TeamRole,
 ) -> Result<team_members::Model, AppError> {
-    let txn = db::begin_write(db).await?;
-    lock(&txn, team_id).await?;
-    guard::team(&txn, caller, team_id, TeamRole::Owner).await?;
-    let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
-    let before = member.role;
-    if before == TeamRole::Owner && role != TeamRole::Owner {
-        keep_an_owner(&txn, team_id).await?;
-    }
-    let mut active: team_members::ActiveModel = member.into();
-    active.role = Set(role);
-    let member = active.update(&txn).await?;
-    let entry = Entry::new(actions::TEAM_MEMBER_UPDATE, "team_member", user_id.to_string())
-        .team(team_id)
-        .changes(json!({"role": {"from": before.to_string(), "to": role.to_string()}}));
-    audit::allowed(&txn, caller, entry).await?;
-    txn.commit().await?;
+    let (member, _) = audit
+        .write(
+            caller,
+            || async {
+                guard::team(db, caller, team_id, TeamRole::Owner).await?;
+                let member = membership(db, team_id, user_id).await?.ok_or_else(no_member)?;
+                let before = member.role;
+                let mut batch = Batch::new(audit.writer().backend())
+                    .write(&change_role(&member, role))
+                    .guard(Expect::One, MEMBER_CHANGED);
+                if before == TeamRole::Owner && role != TeamRole::Owner {
+                    keep_an_owner(db, team_id).await?;
+                    batch = batch.assert(&an_owner_remains(team_id), LAST_OWNER);
+                }
+                let entry = Entry::new(actions::TEAM_MEMBER_UPDATE, "team_member", user_id.to_string())
+                    .team(team_id)
+                    .changes(json!({"role": {"from": before.to_string(), "to": role.to_string()}}));
+                Ok(Audited { batch, entry, answer: team_members::Model { role, ..member } })
+            },
+            // The member, or the other owners, changed since the read: read again, which answers
+            // NOT_FOUND or CONFLICT when that is what changed.
+            |_, _| OnGuard::Retry,
+        )
+        .await?;
     member_changed(caches, team_id, user_id).await;
     Ok(member)
 }
@@ -441,6 +544,7 @@ pub async fn update_member(
 /// subscriptions on the team end.
 pub async fn remove_member(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caches: &Caches,
     caller: &Caller,
     team_id: &str,
@@ -448,23 +552,30 @@ pub async fn remove_member(
 ) -> Result<team_members::Model, AppError> {
     let leaving = matches!(&caller.principal, Principal::User(me) if me.id == user_id);
     let need = if leaving { TeamRole::Viewer } else { TeamRole::Owner };
-    let txn = db::begin_write(db).await?;
-    lock(&txn, team_id).await?;
-    guard::team(&txn, caller, team_id, need).await?;
-    let member = membership(&txn, team_id, user_id).await?.ok_or_else(no_member)?;
-    if member.role == TeamRole::Owner {
-        keep_an_owner(&txn, team_id).await?;
-    }
-    team_members::Entity::delete_many()
-        .filter(team_members::Column::TeamId.eq(team_id))
-        .filter(team_members::Column::UserId.eq(user_id))
-        .exec(&txn)
+    let (member, _) = audit
+        .write(
+            caller,
+            || async {
+                guard::team(db, caller, team_id, need).await?;
+                let member = membership(db, team_id, user_id).await?.ok_or_else(no_member)?;
+                let remove = team_members::Entity::delete_many()
+                    .filter(team_members::Column::TeamId.eq(team_id))
+                    .filter(team_members::Column::UserId.eq(user_id))
+                    .filter(team_members::Column::Role.eq(member.role));
+                let mut batch =
+                    Batch::new(audit.writer().backend()).write(&remove.into_query()).guard(Expect::One, MEMBER_CHANGED);
+                if member.role == TeamRole::Owner {
+                    keep_an_owner(db, team_id).await?;
+                    batch = batch.assert(&an_owner_remains(team_id), LAST_OWNER);
+                }
+                let entry = Entry::new(actions::TEAM_MEMBER_REMOVE, "team_member", user_id.to_string())
+                    .team(team_id)
+                    .changes(json!({"userId": user_id, "role": member.role.to_string()}));
+                Ok(Audited { batch, entry, answer: member })
+            },
+            |_, _| OnGuard::Retry,
+        )
         .await?;
-    let entry = Entry::new(actions::TEAM_MEMBER_REMOVE, "team_member", user_id.to_string())
-        .team(team_id)
-        .changes(json!({"userId": user_id, "role": member.role.to_string()}));
-    audit::allowed(&txn, caller, entry).await?;
-    txn.commit().await?;
     member_changed(caches, team_id, user_id).await;
     Ok(member)
 }
@@ -475,25 +586,17 @@ async fn member_changed(caches: &Caches, team_id: &str, user_id: &str) {
     caches.invalidate(change).await;
 }
 
-async fn membership<C: ConnectionTrait>(
-    conn: &C,
+/// The user's membership of the team, if any.
+pub async fn membership(
+    db: &DatabaseConnection,
     team_id: &str,
     user_id: &str,
 ) -> Result<Option<team_members::Model>, AppError> {
     Ok(team_members::Entity::find()
         .filter(team_members::Column::TeamId.eq(team_id))
         .filter(team_members::Column::UserId.eq(user_id))
-        .lock_exclusive()
-        .one(conn)
+        .one(db)
         .await?)
-}
-
-/// Locks the team's row until `txn` ends, so that writers of one team (its members included)
-/// take turns on PostgreSQL as they do on SQLite, where `BEGIN IMMEDIATE` already admits one
-/// writer at a time. A missing team is left to the access check that follows.
-pub async fn lock<C: ConnectionTrait>(txn: &C, id: &str) -> Result<(), AppError> {
-    teams::Entity::find_by_id(id).lock_exclusive().one(txn).await?;
-    Ok(())
 }
 
 fn no_member() -> AppError {
@@ -501,11 +604,11 @@ fn no_member() -> AppError {
 }
 
 /// Refuses to leave the team without an owner (the caller is about to demote or remove one).
-async fn keep_an_owner<C: ConnectionTrait>(conn: &C, team_id: &str) -> Result<(), AppError> {
+async fn keep_an_owner(db: &DatabaseConnection, team_id: &str) -> Result<(), AppError> {
     let owners = team_members::Entity::find()
         .filter(team_members::Column::TeamId.eq(team_id))
         .filter(team_members::Column::Role.eq(TeamRole::Owner))
-        .count(conn)
+        .count(db)
         .await?;
     if owners <= 1 {
         return Err(AppError::Conflict("The team would have no owner: make someone else owner first.".into()));

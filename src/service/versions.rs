@@ -4,13 +4,13 @@
 use chrono::{SubsecRound, Utc};
 use entity::{team_versions, teams};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Set,
 };
 use serde_json::{Value, json};
 
 use super::{
-    audit::{self, Entry, actions},
+    audit::{AuditChain, Audited, Entry, actions},
     name,
     page::{Page, PageRequest},
     spec_diff,
@@ -18,7 +18,7 @@ use super::{
 use crate::{
     auth::guard,
     config::ProviderSettings,
-    db,
+    db::batch::{Batch, Expect, OnGuard},
     domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::spec,
@@ -54,28 +54,6 @@ pub fn row(
         author_id: Set(author_id.to_string()),
         created_at: Set(Utc::now().trunc_subsecs(6)),
     }
-}
-
-/// Appends version `version` of a team.
-pub async fn record<C: ConnectionTrait>(
-    conn: &C,
-    team_id: &str,
-    version: i32,
-    spec: Value,
-    message: Option<String>,
-    author_id: &str,
-) -> Result<(), AppError> {
-    team_versions::ActiveModel {
-        team_id: Set(team_id.to_string()),
-        version: Set(version),
-        spec: Set(spec),
-        message: Set(message),
-        author_id: Set(author_id.to_string()),
-        created_at: Set(Utc::now()),
-    }
-    .insert(conn)
-    .await?;
-    Ok(())
 }
 
 /// A team's versions, newest first.
@@ -130,38 +108,53 @@ pub async fn diff(
 /// Makes a new version equal to `version` (history is never rewritten).
 pub async fn rollback(
     db: &DatabaseConnection,
+    audit: &AuditChain,
     caller: &Caller,
     team_id: &str,
     version: i32,
     message: Option<String>,
 ) -> Result<teams::Model, AppError> {
-    let txn = db::begin_write(db).await?;
-    teams::Entity::find_by_id(team_id).lock_exclusive().one(&txn).await?;
-    let access = guard::team(&txn, caller, team_id, TeamRole::Editor).await?;
-    let current = access.team.version;
-    if version == current {
-        return Err(AppError::BadUserInput {
-            message: format!("The team is at version {current} already."),
-            problems: vec![Problem::new("version", "is the current version")],
-        });
-    }
-    let old = existing(&txn, team_id, version).await?;
-    let next = current + 1;
     let author = caller.principal.user_id().unwrap_or_default().to_string();
     let message = message.or_else(|| Some(format!("Rollback to version {version}")));
-    record(&txn, team_id, next, old.spec.clone(), message, &author).await?;
-    let mut active: teams::ActiveModel = access.team.into();
-    active.spec = Set(old.spec);
-    active.version = Set(next);
-    active.updated_at = Set(Utc::now());
-    let team = active.update(&txn).await?;
-    let changes = json!({"version": {"from": current, "to": next}, "restored": version});
-    audit::allowed(
-        &txn,
-        caller,
-        Entry::new(actions::TEAM_ROLLBACK, "team", team_id.to_string()).team(team_id).changes(changes),
-    )
-    .await?;
-    txn.commit().await?;
+    let (team, _) = audit
+        .write(
+            caller,
+            || async {
+                let mut team = guard::team(db, caller, team_id, TeamRole::Editor).await?.team;
+                let current = team.version;
+                if version == current {
+                    return Err(AppError::BadUserInput {
+                        message: format!("The team is at version {current} already."),
+                        problems: vec![Problem::new("version", "is the current version")],
+                    });
+                }
+                let old = existing(db, team_id, version).await?;
+                let next = current + 1;
+                (team.spec, team.version, team.updated_at) = (old.spec, next, Utc::now().trunc_subsecs(6));
+                let active = teams::ActiveModel {
+                    spec: Set(team.spec.clone()),
+                    version: Set(next),
+                    updated_at: Set(team.updated_at),
+                    ..Default::default()
+                };
+                let update = teams::Entity::update_many()
+                    .set(active)
+                    .filter(teams::Column::Id.eq(team_id))
+                    .filter(teams::Column::Version.eq(current))
+                    .into_query();
+                let new_version = row(team_id, next, team.spec.clone(), message.clone(), &author);
+                let batch = Batch::new(audit.writer().backend())
+                    .write(&update)
+                    .guard(Expect::One, "team_version")
+                    .write(&team_versions::Entity::insert(new_version).into_query());
+                let changes = json!({"version": {"from": current, "to": next}, "restored": version});
+                let entry =
+                    Entry::new(actions::TEAM_ROLLBACK, "team", team_id.to_string()).team(team_id).changes(changes);
+                Ok(Audited { batch, entry, answer: team })
+            },
+            // Another change landed first: read the team again and restore on top of it.
+            |_, _| OnGuard::Retry,
+        )
+        .await?;
     Ok(team)
 }

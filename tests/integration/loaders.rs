@@ -26,10 +26,19 @@ async fn statements_for_listing(teams_count: usize) -> (u64, u64) {
     let caller = Caller { principal: app.state.auth.from_token(&token).await.unwrap(), meta: Default::default() };
     for i in 0..teams_count {
         let new = teams::NewTeam { name: format!("Team {i}"), description: None, visibility: None, spec: None };
-        let team = teams::create(&app.state.db, &app.state.config.runs.providers, &caller, new).await.unwrap();
-        teams::add_member(&app.state.db, &caller, &team.id, "user_helper", ensemble::domain::TeamRole::Viewer)
+        let team = teams::create(&app.state.db, &app.state.audit, &app.state.config.runs.providers, &caller, new)
             .await
             .unwrap();
+        teams::add_member(
+            &app.state.db,
+            &app.state.audit,
+            &caller,
+            &team.id,
+            "user_helper",
+            ensemble::domain::TeamRole::Viewer,
+        )
+        .await
+        .unwrap();
     }
     let mut counts = Vec::new();
     for query in [LIST, EVERYTHING] {

@@ -2,10 +2,13 @@
 
 use crate::common;
 
-use common::{TestApp, first_code};
-use ensemble::domain::GlobalRole;
-use entity::team_share_links;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use common::{TestApp, first_code, meanwhile};
+use ensemble::{
+    domain::{Caller, GlobalRole, TeamRole},
+    service::{share_links, teams},
+};
+use entity::{audit_logs, team_share_links};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, sea_query::Expr};
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($team: ID!, $role: TeamRole!, $exp: DateTime) { createShareLink(teamId: $team, input: {role: $role, expiresAt: $exp}) { token shareLink { id role } } }";
@@ -115,4 +118,74 @@ async fn an_owners_read_only_key_lists_no_share_links() {
     let writer = made["data"]["createApiKey"]["secret"].as_str().unwrap().to_string();
     let (_, body) = app.gql_as(&writer, list, json!({"id": team})).await;
     assert_eq!(body["data"]["team"]["shareLinks"].as_array().map(Vec::len), Some(1), "{body}");
+}
+
+/// The caller a token stands for, to call a service directly.
+async fn caller_of(app: &TestApp, token: &str) -> Caller {
+    Caller { principal: app.state.auth.from_token(token).await.unwrap(), meta: Default::default() }
+}
+
+/// How many audit rows hold `action`.
+async fn audited(app: &TestApp, action: &str) -> u64 {
+    audit_logs::Entity::find().filter(audit_logs::Column::Action.eq(action)).count(&app.state.db).await.unwrap()
+}
+
+#[tokio::test]
+async fn of_two_revocations_at_once_one_is_recorded_and_both_answer_the_revoked_link() {
+    let app = TestApp::spawn().await;
+    let (owner, team) = setup(&app).await;
+    let made = link(&app, &owner, &team, "VIEWER", Value::Null).await;
+    let id = made["data"]["createShareLink"]["shareLink"]["id"].as_str().unwrap().to_string();
+    let caller = caller_of(&app, &owner).await;
+    let (state, other, link_id) = (app.state.clone(), caller.clone(), id.clone());
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        let first = share_links::revoke(&state.db, &state.audit, &other, &link_id).await.unwrap();
+        first_tx.send(first).unwrap();
+    });
+
+    let second = share_links::revoke(&app.state.db, &meanwhile, &caller, &id).await.unwrap();
+    let first = first_rx.await.unwrap();
+    assert!(first.revoked_at.is_some());
+    assert_eq!(second, first, "the second answers the link as the first revoked it");
+    assert_eq!(audited(&app, "team.share_link.revoke").await, 1);
+}
+
+#[tokio::test]
+async fn a_link_revoked_while_it_is_accepted_lets_nobody_in() {
+    let app = TestApp::spawn().await;
+    let (owner, team) = setup(&app).await;
+    let made = link(&app, &owner, &team, "EDITOR", Value::Null).await["data"]["createShareLink"].clone();
+    let token = made["token"].as_str().unwrap().to_string();
+    let (state, revoking, id) = (app.state.clone(), caller_of(&app, &owner).await, made["shareLink"]["id"].clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        share_links::revoke(&state.db, &state.audit, &revoking, id.as_str().unwrap()).await.unwrap();
+    });
+
+    let guest = caller_of(&app, &app.token("user_guest", GlobalRole::Member)).await;
+    let err = share_links::accept(&app.state.db, &meanwhile, &guest, &token).await.unwrap_err();
+    assert_eq!(err.code(), "NOT_FOUND", "{err}");
+    assert_eq!(teams::membership(&app.state.db, &team, "user_guest").await.unwrap(), None);
+    assert_eq!(audited(&app, "team.share_link.accept").await, 0);
+}
+
+#[tokio::test]
+async fn a_link_accepted_twice_at_once_makes_one_membership() {
+    let app = TestApp::spawn().await;
+    let (owner, team) = setup(&app).await;
+    let token = link(&app, &owner, &team, "EDITOR", Value::Null).await["data"]["createShareLink"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let guest = caller_of(&app, &app.token("user_guest", GlobalRole::Member)).await;
+    let (state, first, first_token) = (app.state.clone(), guest.clone(), token.clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        share_links::accept(&state.db, &state.audit, &first, &first_token).await.unwrap();
+    });
+
+    let member = share_links::accept(&app.state.db, &meanwhile, &guest, &token).await.unwrap();
+    assert_eq!((member.user_id.as_str(), member.role), ("user_guest", TeamRole::Editor));
+    let stored = teams::membership(&app.state.db, &team, "user_guest").await.unwrap();
+    assert_eq!(stored.as_ref(), Some(&member), "the member answered is the member stored");
+    assert_eq!(audited(&app, "team.share_link.accept").await, 2, "each acceptance is recorded");
 }

@@ -35,7 +35,10 @@ async fn sign_in(app: &TestApp, user: &str) -> Person {
 
 async fn new_team(app: &TestApp, owner: &Person, name: &str) -> String {
     let new = NewTeam { name: name.into(), description: None, visibility: None, spec: None };
-    teams::create(&app.state.db, &app.state.config.runs.providers, &owner.caller, new).await.unwrap().id
+    teams::create(&app.state.db, &app.state.audit, &app.state.config.runs.providers, &owner.caller, new)
+        .await
+        .unwrap()
+        .id
 }
 
 /// Saves a new spec version of `team`, changing its agent's system prompt.
@@ -92,7 +95,9 @@ async fn teams_with_their_owners_members_and_members_users_stay_within_budget() 
         sign_in(&app, "user_helper").await;
         for i in 0..size {
             let team = new_team(&app, &owner, &format!("Team {i}")).await;
-            teams::add_member(&app.state.db, &owner.caller, &team, "user_helper", TeamRole::Viewer).await.unwrap();
+            teams::add_member(&app.state.db, &app.state.audit, &owner.caller, &team, "user_helper", TeamRole::Viewer)
+                .await
+                .unwrap();
         }
         let (count, body) = app.statements_for(&owner.token, TEAMS_WITH_MEMBERS, json!({"first": size})).await;
         let teams = nodes(&body, "teams");

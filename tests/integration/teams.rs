@@ -2,8 +2,13 @@
 
 use crate::common;
 
-use common::{TestApp, first_code, problem_paths};
-use ensemble::domain::GlobalRole;
+use common::{TestApp, first_code, meanwhile, problem_paths};
+use ensemble::{
+    domain::{Caller, GlobalRole, TeamRole},
+    service::teams::{self, NewTeam},
+};
+use entity::audit_logs;
+use sea_orm::{EntityTrait, PaginatorTrait, QueryOrder};
 use serde_json::{Value, json};
 
 const CREATE: &str = "mutation($input: CreateTeamInput!) { createTeam(input: $input) { id name slug version visibility myRole spec members { userId role user { id email } } } }";
@@ -186,7 +191,6 @@ fn fill(template: &Value, bad: &str) -> Value {
 
 #[tokio::test]
 async fn names_with_control_bidi_or_invisible_characters_are_refused_wherever_a_name_is_taken() {
-    use sea_orm::{EntityTrait, PaginatorTrait};
     let app = TestApp::spawn().await;
     let owner = signed_in(&app, "user_o").await;
     let admin = app.token("user_admin", GlobalRole::Admin);
@@ -289,4 +293,126 @@ async fn names_with_control_bidi_or_invisible_characters_are_refused_wherever_a_
         let body = create(&app, &owner, json!({"name": name})).await;
         assert_eq!(body["data"]["createTeam"]["name"], name, "{body}");
     }
+}
+
+/// The caller a token stands for, to call a service directly.
+async fn caller_of(app: &TestApp, token: &str) -> Caller {
+    Caller { principal: app.state.auth.from_token(token).await.unwrap(), meta: Default::default() }
+}
+
+/// The audit log's actions, oldest first.
+async fn actions(app: &TestApp) -> Vec<String> {
+    let rows = audit_logs::Entity::find().order_by_asc(audit_logs::Column::Seq).all(&app.state.db).await.unwrap();
+    rows.into_iter().map(|row| row.action).collect()
+}
+
+fn new_team(name: &str) -> NewTeam {
+    NewTeam { name: name.into(), description: None, visibility: None, spec: None }
+}
+
+#[tokio::test]
+async fn a_team_whose_slug_is_taken_between_the_read_and_the_insert_takes_a_suffix() {
+    let app = TestApp::spawn().await;
+    let owner = caller_of(&app, &signed_in(&app, "user_o").await).await;
+    let (state, other) = (app.state.clone(), owner.clone());
+    let providers = &app.state.config.runs.providers;
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        let first = teams::create(&state.db, &state.audit, &state.config.runs.providers, &other, new_team("Support"));
+        assert_eq!(first.await.unwrap().slug, "support");
+    });
+
+    let team = teams::create(&app.state.db, &meanwhile, providers, &owner, new_team("Support")).await.unwrap();
+    assert!(team.slug.starts_with("support-") && team.slug.len() == "support-".len() + 6, "{}", team.slug);
+    let stored = entity::teams::Entity::find_by_id(&team.id).one(&app.state.db).await.unwrap();
+    assert_eq!(stored.as_ref(), Some(&team), "the team answered is the team stored");
+    assert_eq!(entity::team_versions::Entity::find().count(&app.state.db).await.unwrap(), 2);
+    assert_eq!(entity::team_members::Entity::find().count(&app.state.db).await.unwrap(), 2);
+    assert_eq!(actions(&app).await, ["team.create", "team.create"]);
+}
+
+#[tokio::test]
+async fn archiving_a_team_deleted_meanwhile_is_not_found() {
+    let app = TestApp::spawn().await;
+    let token = signed_in(&app, "user_o").await;
+    let owner = caller_of(&app, &token).await;
+    let team =
+        create(&app, &token, json!({"name": "Old"})).await["data"]["createTeam"]["id"].as_str().unwrap().to_string();
+    let (state, other, id) = (app.state.clone(), owner.clone(), team.clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        teams::delete(&state.db, &state.audit, &state.caches, &other, &id).await.unwrap();
+    });
+
+    let err = teams::archive(&app.state.db, &meanwhile, &owner, &team).await.unwrap_err();
+    assert_eq!(err.code(), "NOT_FOUND", "{err}");
+    assert_eq!(actions(&app).await, ["team.create", "team.delete"]);
+}
+
+#[tokio::test]
+async fn an_invitation_that_another_owner_sent_meanwhile_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let token = signed_in(&app, "user_o").await;
+    signed_in(&app, "user_v").await;
+    let owner = caller_of(&app, &token).await;
+    let team = create(&app, &token, json!({"name": "Support"})).await["data"]["createTeam"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (state, other, id) = (app.state.clone(), owner.clone(), team.clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        teams::add_member(&state.db, &state.audit, &other, &id, "user_v", TeamRole::Viewer).await.unwrap();
+    });
+
+    let err =
+        teams::add_member(&app.state.db, &meanwhile, &owner, &team, "user_v", TeamRole::Editor).await.unwrap_err();
+    assert_eq!(err.to_string(), "user_v is already a member; change their role instead.");
+    let role = teams::membership(&app.state.db, &team, "user_v").await.unwrap().map(|m| m.role);
+    assert_eq!(role, Some(TeamRole::Viewer), "the first invitation stands");
+    assert_eq!(actions(&app).await, ["team.create", "team.member.add"]);
+}
+
+#[tokio::test]
+async fn removing_a_member_who_left_meanwhile_is_not_found() {
+    let app = TestApp::spawn().await;
+    let token = signed_in(&app, "user_o").await;
+    let viewer = signed_in(&app, "user_v").await;
+    let owner = caller_of(&app, &token).await;
+    let team = create(&app, &token, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    app.must(&token, ADD, json!({"team": team, "user": "user_v", "role": "VIEWER"})).await;
+    let team = team.as_str().unwrap().to_string();
+    let (state, leaving, id) = (app.state.clone(), caller_of(&app, &viewer).await, team.clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        teams::remove_member(&state.db, &state.audit, &state.caches, &leaving, &id, "user_v").await.unwrap();
+    });
+
+    let err =
+        teams::remove_member(&app.state.db, &meanwhile, &app.state.caches, &owner, &team, "user_v").await.unwrap_err();
+    assert_eq!(err.code(), "NOT_FOUND", "{err}");
+    assert_eq!(actions(&app).await, ["team.create", "team.member.add", "team.member.remove"]);
+}
+
+#[tokio::test]
+async fn owners_demoting_each_other_at_the_same_moment_keep_an_owner() {
+    let app = TestApp::spawn().await;
+    let (o, p) = (signed_in(&app, "user_o").await, signed_in(&app, "user_p").await);
+    let team = create(&app, &o, json!({"name": "Support"})).await["data"]["createTeam"]["id"].clone();
+    app.must(&o, ADD, json!({"team": team, "user": "user_p", "role": "OWNER"})).await;
+    let team = team.as_str().unwrap().to_string();
+    let (state, demoting_o, id) = (app.state.clone(), caller_of(&app, &p).await, team.clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        let caches = &state.caches;
+        teams::update_member(&state.db, &state.audit, caches, &demoting_o, &id, "user_o", TeamRole::Editor)
+            .await
+            .unwrap();
+    });
+
+    // o read two owners and demotes p; p demoted o in between: o is no owner any more.
+    let owner = caller_of(&app, &o).await;
+    let caches = &app.state.caches;
+    let err = teams::update_member(&app.state.db, &meanwhile, caches, &owner, &team, "user_p", TeamRole::Editor)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "FORBIDDEN", "{err}");
+    let role = teams::membership(&app.state.db, &team, "user_p").await.unwrap().map(|m| m.role);
+    assert_eq!(role, Some(TeamRole::Owner), "the team kept an owner");
+    assert_eq!(actions(&app).await, ["team.create", "team.member.add", "team.member.update"]);
 }

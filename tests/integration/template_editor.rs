@@ -507,3 +507,40 @@ async fn assert_audit_chain(app: &TestApp, rows: u64) {
     let verified = app.must(&admin, "{ verifyAuditLog { ok checkedRows } }", json!({})).await;
     assert_eq!(verified["verifyAuditLog"], json!({"ok": true, "checkedRows": rows}));
 }
+
+#[tokio::test]
+async fn a_long_demo_conversation_is_copied_whole_in_order() {
+    let app = TestApp::spawn().await;
+    let alice = app.token("user_alice", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "support", "model": "local/echo"}]});
+    // More messages than one statement binds on D1, some of them long.
+    let conversation: Vec<Value> = (0..40)
+        .map(|n| match n % 2 {
+            0 => {
+                json!({"role": "user", "content": format!("{n} {}", "é".repeat(if n % 10 == 0 { 19_000 } else { 10 }))})
+            }
+            _ => json!({"role": "assistant", "agent": "support", "content": format!("{n}")}),
+        })
+        .collect();
+    let demo = json!({"kind": "DEMO", "name": "Long demo", "body": {"team": spec, "conversation": conversation}});
+    let id = app.must(&alice, &create_doc(), json!({"input": demo})).await["createTemplate"]["id"].clone();
+    let instantiate =
+        "mutation($id: ID!, $input: InstantiateTemplateInput!) { instantiateTemplate(id: $id, input: $input) { id } }";
+    let made = app.must(&alice, instantiate, json!({"id": id, "input": {"name": "Long desk"}})).await;
+    let team_id = made["instantiateTemplate"]["id"].as_str().unwrap().to_string();
+
+    let db = &app.state.db;
+    let replay = entity::conversations::Entity::find().filter(entity::conversations::Column::TeamId.eq(&team_id));
+    let replay = replay.one(db).await.unwrap().expect("the demo's conversation");
+    let rows = messages::Entity::find().filter(messages::Column::ConversationId.eq(&replay.id)).all(db).await.unwrap();
+    let mut rows: Vec<_> = rows.into_iter().map(|m| (m.created_at, m)).collect();
+    rows.sort_by_key(|(at, _)| *at);
+    let contents: Vec<&str> = rows.iter().map(|(_, m)| m.content.as_str()).collect();
+    let expected: Vec<&str> = conversation.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, expected, "every message, in order");
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1].1.parent_id.as_ref(), Some(&pair[0].1.id), "one thread");
+    }
+    let rows = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("template.instantiate"));
+    assert_eq!(rows.count(db).await.unwrap(), 1);
+}

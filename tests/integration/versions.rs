@@ -3,8 +3,15 @@
 
 use crate::common;
 
-use common::{TestApp, first_code};
-use ensemble::domain::GlobalRole;
+use common::{TestApp, first_code, meanwhile};
+use ensemble::{
+    domain::{Caller, GlobalRole},
+    service::{
+        teams::{self, TeamChanges},
+        versions,
+    },
+};
+use sea_orm::EntityTrait;
 use serde_json::{Value, json};
 
 const UPDATE: &str = "mutation($id: ID!, $spec: JSON, $message: String, $v: Int) { updateTeam(id: $id, input: {spec: $spec, message: $message}, expectedVersion: $v) { version spec } }";
@@ -173,4 +180,35 @@ async fn the_readme_versioning_walkthrough_works() {
     let copy = run("Import", json!({"document": exported})).await;
     assert_eq!(copy["importTeam"]["team"]["version"], 1, "{copy}");
     assert_ne!(copy["importTeam"]["team"]["id"], id, "the copy is a new team");
+}
+
+#[tokio::test]
+async fn a_rollback_that_meets_another_change_restores_on_top_of_it() {
+    let app = TestApp::spawn().await;
+    let (token, id) = team(&app).await;
+    app.must(&token, UPDATE, json!({"id": id, "spec": spec("openai/gpt-4o")})).await;
+    let caller = Caller { principal: app.state.auth.from_token(&token).await.unwrap(), meta: Default::default() };
+    let (state, other, team_id) = (app.state.clone(), caller.clone(), id.clone());
+    let meanwhile = meanwhile::chain(&app.state, async move {
+        let changes = TeamChanges {
+            name: None,
+            description: None,
+            visibility: None,
+            spec: Some(spec("openai/gpt-4o-mini")),
+            message: None,
+            expected_version: None,
+        };
+        let providers = &state.config.runs.providers;
+        teams::update(&state.db, &state.audit, &state.caches, providers, &other, &team_id, changes).await.unwrap();
+    });
+
+    let team = versions::rollback(&app.state.db, &meanwhile, &caller, &id, 1, None).await.unwrap();
+    assert_eq!(team.version, 4, "after the other change's version 3");
+    assert_eq!(team.spec["agents"][1]["model"], "local/echo");
+    let history = "query($id: ID!) { teamVersions(teamId: $id) { nodes { version message } } }";
+    let nodes = app.must(&token, history, json!({"id": id})).await["teamVersions"]["nodes"].clone();
+    assert_eq!(nodes[0], json!({"version": 4, "message": "Rollback to version 1"}));
+    assert_eq!(nodes.as_array().map(Vec::len), Some(4), "{nodes}");
+    let stored = entity::teams::Entity::find_by_id(&id).one(&app.state.db).await.unwrap();
+    assert_eq!(stored.as_ref(), Some(&team), "the team answered is the team stored");
 }

@@ -4,7 +4,7 @@
 
 use chrono::{Duration, SubsecRound, Utc};
 use entity::{conversations, messages};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait};
+use sea_orm::{DbBackend, EntityTrait, Iterable, QueryTrait};
 use serde_json::{Value, json};
 
 use super::{
@@ -14,12 +14,12 @@ use super::{
 };
 use crate::{
     auth::guard::acting_user,
-    db,
+    db::batch::{Batch, OnGuard},
     domain::{Caller, Scope},
     error::{AppError, Problem},
     service::{
-        audit::{self, Entry, actions},
-        teams::{self, NewTeam},
+        audit::{Audited, Entry, actions},
+        teams::{self, Inserted, NewTeam},
     },
 };
 
@@ -60,19 +60,30 @@ impl Templates {
             },
             other => other,
         })?;
-        let txn = db::begin_write(&self.db).await?;
-        let team = teams::insert(&txn, owner, new, spec).await?;
-        let mut changes = json!({"template": resolved.template.id, "version": resolved.version.version,
-            "name": team.name, "slug": team.slug});
-        if resolved.kind == Kind::Demo {
-            let conversation =
-                replay(&txn, &team, &owner.id, &resolved.template.name, &body::conversation(&resolved.version.body))
-                    .await?;
-            changes["conversation"] = conversation.into();
-        }
-        let entry = Entry::new(actions::TEMPLATE_INSTANTIATE, "team", team.id.clone()).team(&team.id).changes(changes);
-        audit::allowed(&txn, caller, entry).await?;
-        txn.commit().await?;
+        let (db, audit) = (&self.db, self.audit());
+        let conversation = (resolved.kind == Kind::Demo).then(|| body::conversation(&resolved.version.body));
+        let (team, _) = audit
+            .write(
+                caller,
+                || async {
+                    let Inserted { team, mut batch } =
+                        teams::plan_insert(db, audit.writer().backend(), owner, &new, &spec).await?;
+                    let mut changes = json!({"template": resolved.template.id, "version": resolved.version.version,
+                        "name": team.name, "slug": team.slug});
+                    if let Some(sample) = &conversation {
+                        let (conversation_id, replayed) = replay(&team, &owner.id, &resolved.template.name, sample)?;
+                        batch = batch.then(replayed.into_batch(audit.writer().backend()));
+                        changes["conversation"] = conversation_id.into();
+                    }
+                    let entry = Entry::new(actions::TEMPLATE_INSTANTIATE, "team", team.id.clone())
+                        .team(&team.id)
+                        .changes(changes);
+                    Ok(Audited { batch, entry, answer: team })
+                },
+                // `slug_taken`: a team of that slug came first; the next attempt takes a suffix.
+                |_, _| OnGuard::Retry,
+            )
+            .await?;
         Ok(team)
     }
 
@@ -100,14 +111,55 @@ fn not_kind(resolved: &Resolved, path: &str, rule: &str) -> AppError {
     AppError::BadUserInput { problems: vec![Problem::new(path, message.clone())], message }
 }
 
-/// Copies a DEMO's sample conversation into `team` as one thread; answers its id.
-async fn replay<C: ConnectionTrait>(
-    txn: &C,
+/// A DEMO's sample conversation as rows of `team`: one thread.
+struct Replay {
+    conversation: conversations::Model,
+    messages: Vec<messages::Model>,
+}
+
+/// How many messages one `INSERT` carries at most: D1 binds at most 100 parameters per
+/// statement (docs/write-path.md, "D1's limits: chunking").
+fn messages_per_insert() -> usize {
+    100 / <messages::Entity as EntityTrait>::Column::iter().count()
+}
+
+/// How many bytes of content one `INSERT` carries at most, under D1's 100 KB per statement (a
+/// longer message, up to the 20,000 characters a DEMO allows, goes alone).
+const CONTENT_PER_INSERT: usize = 60_000;
+
+impl Replay {
+    /// The conversation's insert, then its messages' in statements of at most
+    /// [`messages_per_insert`] rows and [`CONTENT_PER_INSERT`] bytes of content.
+    fn into_batch(self, backend: DbBackend) -> Batch {
+        let conversation = conversations::Entity::insert(conversations::ActiveModel::from(self.conversation));
+        let mut batch = Batch::new(backend).write(&conversation.into_query());
+        let mut chunks: Vec<Vec<messages::ActiveModel>> = Vec::new();
+        let mut content = 0;
+        for message in self.messages {
+            let fits = chunks.last().is_some_and(|chunk| {
+                chunk.len() < messages_per_insert() && content + message.content.len() <= CONTENT_PER_INSERT
+            });
+            if !fits {
+                chunks.push(Vec::new());
+                content = 0;
+            }
+            content += message.content.len();
+            chunks.last_mut().into_iter().for_each(|chunk| chunk.push(message.clone().into()));
+        }
+        for rows in chunks {
+            batch = batch.write(&messages::Entity::insert_many(rows).into_query());
+        }
+        batch
+    }
+}
+
+/// Copies a DEMO's sample conversation into `team` as one thread; answers its id and rows.
+fn replay(
     team: &entity::teams::Model,
     user_id: &str,
     title: &str,
     sample: &[DemoMessage],
-) -> Result<String, AppError> {
+) -> Result<(String, Replay), AppError> {
     let now = Utc::now().trunc_subsecs(6);
     let conversation = conversations::Model {
         id: format!("conv_{}", uuid::Uuid::now_v7().simple()),
@@ -119,7 +171,6 @@ async fn replay<C: ConnectionTrait>(
         last_active_at: Some(now),
     };
     let conversation_id = conversation.id.clone();
-    conversations::ActiveModel::from(conversation).reset_all().insert(txn).await?;
     let mut parent = None;
     let mut rows = Vec::with_capacity(sample.len());
     for (i, message) in sample.iter().enumerate() {
@@ -137,10 +188,56 @@ async fn replay<C: ConnectionTrait>(
             created_at: now + Duration::microseconds(i as i64),
         };
         parent = Some(row.id.clone());
-        rows.push(messages::ActiveModel::from(row).reset_all());
+        rows.push(row);
     }
-    if !rows.is_empty() {
-        messages::Entity::insert_many(rows).exec_without_returning(txn).await?;
+    Ok((conversation_id.clone(), Replay { conversation, messages: rows }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use entity::{conversations, messages, states::MessageRole};
+    use sea_orm::DbBackend;
+
+    use super::{Replay, messages_per_insert};
+
+    fn replay(contents: &[usize]) -> Replay {
+        let conversation = conversations::Model {
+            id: "conv_1".into(),
+            team_id: "team_1".into(),
+            user_id: "user_1".into(),
+            title: "Demo".into(),
+            forked_from_message_id: None,
+            created_at: Utc::now(),
+            last_active_at: None,
+        };
+        let messages = contents
+            .iter()
+            .enumerate()
+            .map(|(i, len)| messages::Model {
+                id: format!("msg_{i}"),
+                conversation_id: "conv_1".into(),
+                parent_id: None,
+                role: MessageRole::User,
+                agent: None,
+                content: "x".repeat(*len),
+                run_id: None,
+                tokens_in: 0,
+                tokens_out: 0,
+                cost_usd: 0.0,
+                created_at: Utc::now(),
+            })
+            .collect();
+        Replay { conversation, messages }
     }
-    Ok(conversation_id)
+
+    #[test]
+    fn messages_go_in_inserts_that_d1_takes() {
+        assert_eq!(messages_per_insert(), 9, "11 columns, 100 parameters");
+        // The conversation, then 40 short messages in statements of 9.
+        assert_eq!(replay(&[10; 40]).into_batch(DbBackend::Sqlite).len(), 1 + 5);
+        // Three long messages of 25,000 bytes: two fit one statement, the third takes another.
+        assert_eq!(replay(&[25_000; 3]).into_batch(DbBackend::Sqlite).len(), 1 + 2);
+        assert_eq!(replay(&[]).into_batch(DbBackend::Sqlite).len(), 1);
+    }
 }
