@@ -169,6 +169,25 @@ fn violations(files: &[(String, String)], layers: &HashMap<String, usize>) -> Ve
     found
 }
 
+/// Where code outside `db` opens a transaction or locks rows: every write is one batch through
+/// the write path (docs/write-path.md), which D1 can run; only `db` runs transactions.
+fn transactions(files: &[(String, String)]) -> Vec<String> {
+    const SIGNS: [&str; 6] = [
+        "begin_write(",
+        ".begin().await",
+        ".begin_with_options(",
+        "TransactionTrait",
+        "lock_exclusive(",
+        ".transaction(",
+    ];
+    let mut found = Vec::new();
+    for (path, source) in files.iter().filter(|(path, _)| path != "db.rs" && !path.starts_with("db/")) {
+        let code = code(source);
+        found.extend(SIGNS.iter().filter(|sign| code.contains(*sign)).map(|sign| format!("{path}: {sign}")));
+    }
+    found
+}
+
 fn sources(dir: &Path, root: &Path, into: &mut Vec<(String, String)>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir).expect("src/ is readable").flatten().collect();
     entries.sort_by_key(|e| e.path());
@@ -201,6 +220,17 @@ mod tests {
         assert!(files.len() > 100, "read the whole of src/");
         let found = violations(&files, &layers(DOC));
         assert!(found.is_empty(), "imports that run up the layers:\n{}", found.join("\n"));
+    }
+
+    #[test]
+    fn only_the_storage_layer_runs_transactions() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&root, &root, &mut files);
+        let found = transactions(&files);
+        assert!(found.is_empty(), "transactions outside db (write one batch instead):\n{}", found.join("\n"));
+        let opened = [file("service/teams.rs", "let txn = db::begin_write(db).await?; // a comment: .begin().await")];
+        assert_eq!(transactions(&opened), ["service/teams.rs: begin_write("]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entity::{audit_head, audit_logs};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QuerySelect, QueryTrait, Set,
+    DatabaseConnection, DbErr, EntityTrait, QueryTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
 use serde_json::{Map, Value, json};
@@ -304,7 +304,7 @@ async fn read_head(db: &DatabaseConnection) -> Result<audit_head::Model, DbErr> 
 }
 
 /// The next link of the chain after `head`: the row, its hash included.
-fn link(
+pub fn link(
     head: &audit_head::Model,
     caller: &Caller,
     entry: &Entry,
@@ -341,30 +341,6 @@ fn link(
     };
     row.hash = link_hash(&row);
     row
-}
-
-/// Appends an allowed action inside the caller's write transaction.
-pub async fn allowed<C: ConnectionTrait>(conn: &C, caller: &Caller, entry: Entry) -> Result<(), AppError> {
-    append(conn, caller, entry, "allowed", None).await
-}
-
-async fn append<C: ConnectionTrait>(
-    conn: &C,
-    caller: &Caller,
-    entry: Entry,
-    result: &str,
-    reason: Option<String>,
-) -> Result<(), AppError> {
-    let head = audit_head::Entity::find_by_id(1)
-        .lock_exclusive()
-        .one(conn)
-        .await?
-        .ok_or_else(|| AppError::internal("audit_head is missing"))?;
-    let row = link(&head, caller, &entry, result, reason);
-    let next_head = audit_head::ActiveModel { id: Set(1), seq: Set(row.seq), hash: Set(row.hash.clone()) };
-    audit_logs::Entity::insert(audit_logs::ActiveModel::from(row)).exec_without_returning(conn).await?;
-    audit_head::Entity::update(next_head).exec(conn).await?;
-    Ok(())
 }
 
 /// `SHA-256(prev_hash ‖ canonical row)`, hex.

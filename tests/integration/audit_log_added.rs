@@ -63,11 +63,18 @@ async fn an_owner_sees_each_new_row_of_the_team_in_order() {
     assert_eq!(second["seq"].as_i64().unwrap(), first["seq"].as_i64().unwrap() + 2, "the other team's row between");
 }
 
-/// Appends a row for `team` in a transaction of its own, as a server task outside GraphQL would.
+/// Appends a row for `team` in a transaction of its own, left open for the test to end, as
+/// another writer of the same database would.
 async fn append(app: &TestApp, team: &str, name: &str) -> sea_orm::DatabaseTransaction {
+    use entity::{audit_head, audit_logs};
+    use sea_orm::{EntityTrait, Set};
     let txn = db::begin_write(&app.state.db).await.unwrap();
+    let head = audit_head::Entity::find_by_id(1).one(&txn).await.unwrap().expect("the chain's head");
     let entry = Entry::new("team.update", "team", team.to_string()).team(team).changes(json!({"name": name}));
-    audit::allowed(&txn, &Caller::default(), entry).await.unwrap();
+    let row = audit::link(&head, &Caller::default(), &entry, "allowed", None);
+    let next = audit_head::ActiveModel { id: Set(1), seq: Set(row.seq), hash: Set(row.hash.clone()) };
+    audit_logs::Entity::insert(audit_logs::ActiveModel::from(row)).exec_without_returning(&txn).await.unwrap();
+    audit_head::Entity::update(next).exec(&txn).await.unwrap();
     txn
 }
 
