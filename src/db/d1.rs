@@ -5,6 +5,7 @@
 //! batches, docs/write-path.md).
 
 mod client;
+pub mod migrations;
 pub mod values;
 mod writer;
 
