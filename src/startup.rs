@@ -98,9 +98,8 @@ impl App {
             StartupError::Failed(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
         let lock = DatabaseLock::for_server(&config.database_url)?;
-        let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        db::count_statements(&mut db, statements.clone());
+        let db = db::connect_counting(&config.database_url, config.db_pool_size, statements.clone()).await?;
         let bus = match &config.redis_url {
             Some(url) => EventBus::shared(url, &config.redis_namespace).map_err(StartupError::Failed)?,
             None => EventBus::local(),
