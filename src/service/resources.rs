@@ -112,16 +112,27 @@ fn usage(
     PrincipalUsage { kind, id, name, today, this_month, daily_token_budget, daily_cost_budget_usd }
 }
 
-/// Today's and this month's usage (UTC) of each of `ids` in `column`, from one query.
+/// Today's and this month's usage (UTC) of each of `ids` in `column`, one query per 98 ids (D1
+/// binds at most 100 parameters per statement; the month's bounds take two).
 async fn amounts(
     db: &DatabaseConnection,
     column: usage_daily::Column,
     ids: Vec<String>,
     today: NaiveDate,
 ) -> Result<HashMap<String, (Amount, Amount)>, AppError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+    let mut used = HashMap::new();
+    for chunk in ids.chunks(crate::db::batch::MAX_PARAMS - 2) {
+        used.extend(amounts_of(db, column, chunk.to_vec(), today).await?);
     }
+    Ok(used)
+}
+
+async fn amounts_of(
+    db: &DatabaseConnection,
+    column: usage_daily::Column,
+    ids: Vec<String>,
+    today: NaiveDate,
+) -> Result<HashMap<String, (Amount, Amount)>, AppError> {
     let month_start = today - Duration::days(i64::from(today.day0()));
     let rows: Vec<(String, String, i64, i64, i64, f64)> = usage_daily::Entity::find()
         .select_only()
