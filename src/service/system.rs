@@ -48,7 +48,8 @@ pub async fn status(db: &DatabaseConnection, limits: &Limits) -> Result<ServerSt
 /// the bridge answers `SELECT 1` and D1 has every migration file applied.
 pub async fn readiness(db: &DatabaseConnection) -> Result<(), String> {
     if db::is_proxy(db) {
-        db.ping().await.map_err(|e| format!("the D1 bridge cannot be reached or refused: {}", cause(&e)))?;
+        // The bridge client's errors name the bridge and what went wrong (unreachable, refused).
+        db.ping().await.map_err(|e| cause(&e))?;
         let applied =
             db::d1::migrations::applied(db).await.map_err(|e| format!("cannot read d1_migrations: {}", cause(&e)))?;
         let missing = db::d1::migrations::missing(&applied);
