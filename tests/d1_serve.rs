@@ -91,6 +91,18 @@ async fn the_server_serves_on_d1_through_the_bridge() {
     let refused = App::build(config(&bridge.url, &dir.path().join("behind"))).await.map(drop).unwrap_err().to_string();
     assert!(refused.contains(newest) && refused.contains("wrangler d1 migrations apply DB --remote"), "{refused}");
     println!("a D1 behind this release: {refused}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ensemble"))
+        .args(["migrate", "status"])
+        .env("DATABASE_URL", &bridge.url)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        listed.contains("applied  0001_identity.sql") && listed.contains(&format!("pending  {newest}")),
+        "{listed}"
+    );
+    assert!(listed.contains("wrangler d1 migrations apply DB --remote"), "{listed}");
     let restore = format!("INSERT INTO d1_migrations (name) VALUES ('{newest}')");
     d1.execute_unprepared(&restore).await.unwrap();
     let seaql = "SELECT name FROM sqlite_master WHERE name = 'seaql_migrations'";
