@@ -218,6 +218,24 @@ fn cannot_connect(url: &str, cause: impl std::fmt::Display) -> ConnectError {
     ConnectError::new(url, format!("cannot connect to the database at `{}`: {cause}", crate::redact::url(url)))
 }
 
+/// [`connect`], counting every statement run through the connection (and its clones) in
+/// `counter`: sea-orm's metric callback on SQLite and PostgreSQL, the proxy itself on D1 (batches
+/// the writer sends are not counted there).
+pub async fn connect_counting(
+    url: &str,
+    pool_size: Option<u32>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<DatabaseConnection, ConnectError> {
+    if is_d1(url) {
+        check_url(url)?;
+        let secret = d1::secret_from_env().map_err(|e| ConnectError::new(url, e))?;
+        return d1::connect_counting(url, secret, Some(counter)).await.map_err(|e| ConnectError::new(url, e));
+    }
+    let mut db = connect(url, pool_size).await?;
+    count_statements(&mut db, counter);
+    Ok(db)
+}
+
 /// Counts every SQL statement run through `db` (and its clones made afterwards) in `counter`.
 pub fn count_statements(db: &mut DatabaseConnection, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) {
     db.set_metric_callback(move |_| {

@@ -1,6 +1,8 @@
 //! `App::build` connects, migrates, binds (port 0 in tests) and wires the router; `run` serves
 //! until SIGTERM/SIGINT and lets in-flight requests finish.
 
+mod audit_lease;
+
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::Router;
@@ -37,6 +39,8 @@ pub struct App {
     shutdown: watch::Sender<bool>,
     /// Held while the server runs, so `ensemble backup restore` refuses meanwhile.
     _lock: Option<DatabaseLock>,
+    /// On D1: this server's claim to write the audit chain, released at shutdown.
+    lease: Option<audit_lease::AuditLease>,
 }
 
 /// Why the server did not start, in words for the person starting it (printed once by the CLI).
@@ -47,6 +51,18 @@ pub enum StartupError {
          run `ensemble migrate up` (or start with ENSEMBLE_AUTO_MIGRATE=true)"
     )]
     PendingMigrations { count: usize, newest: String },
+    #[error(
+        "the D1 database lacks {} migration(s) this release needs: {}; apply them with \
+         `wrangler d1 migrations apply DB --remote` (from d1-bridge/, d1-bridge/README.md), then start again",
+        missing.len(), missing.join(", ")
+    )]
+    D1Behind { missing: Vec<String> },
+    #[error(
+        "another server writes this D1 database: {holder} holds its audit lease until {until} (renewed while it \
+         runs). D1 takes one server at a time: stop that one first, or wait until then if it stopped without \
+         releasing the lease"
+    )]
+    LeaseTaken { holder: String, until: chrono::DateTime<chrono::Utc> },
     #[error("{0}")]
     Failed(String),
 }
@@ -82,9 +98,8 @@ impl App {
             StartupError::Failed(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
         let lock = DatabaseLock::for_server(&config.database_url)?;
-        let mut db = db::connect(&config.database_url, config.db_pool_size).await?;
         let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        db::count_statements(&mut db, statements.clone());
+        let db = db::connect_counting(&config.database_url, config.db_pool_size, statements.clone()).await?;
         let bus = match &config.redis_url {
             Some(url) => EventBus::shared(url, &config.redis_namespace).map_err(StartupError::Failed)?,
             None => EventBus::local(),
@@ -114,22 +129,41 @@ impl App {
             metrics.clone(),
         ));
         // Instances starting at the same moment take turns to migrate, recover and seed.
-        db::one_at_a_time(&config.database_url, async {
-            if config.auto_migrate {
-                Migrator::up(&db, None).await.map_err(|e| StartupError::Failed(format!("migration failed: {e}")))?;
+        let on_d1 = db::is_d1(&config.database_url);
+        let lease = db::one_at_a_time(&config.database_url, async {
+            if on_d1 {
+                // wrangler migrates D1 (`d1_migrations`); sea-orm's table must not appear there.
+                let missing = db::d1::migrations::missing(&db::d1::migrations::applied(&db).await?);
+                if !missing.is_empty() {
+                    return Err(StartupError::D1Behind { missing });
+                }
+            } else {
+                if config.auto_migrate {
+                    Migrator::up(&db, None)
+                        .await
+                        .map_err(|e| StartupError::Failed(format!("migration failed: {e}")))?;
+                }
+                // Serving a database without its tables would answer INTERNAL to every query.
+                let pending = Migrator::get_pending_migrations(&db).await?;
+                if let Some(newest) = pending.last() {
+                    return Err(StartupError::PendingMigrations {
+                        count: pending.len(),
+                        newest: newest.name().to_string(),
+                    });
+                }
             }
-            // Serving a database without its tables would answer INTERNAL to every query.
-            let pending = Migrator::get_pending_migrations(&db).await?;
-            if let Some(newest) = pending.last() {
-                return Err(StartupError::PendingMigrations {
-                    count: pending.len(),
-                    newest: newest.name().to_string(),
-                });
-            }
+            // One server writes a D1 database's audit chain: the holder of its lease.
+            let lease = match on_d1 {
+                false => None,
+                true => match audit_lease::AuditLease::claim(writer.clone()).await? {
+                    Ok(lease) => Some(lease),
+                    Err(taken) => return Err(StartupError::LeaseTaken { holder: taken.holder, until: taken.until }),
+                },
+            };
             recover_interrupted_runs(&db, writer.as_ref(), &bus, &metrics).await?;
             let seeded = starters::seed(&db, writer.as_ref()).await?;
             tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
-            Ok(())
+            Ok(lease)
         })
         .await?;
         let starters = templates.prefetch().await?;
@@ -153,7 +187,7 @@ impl App {
             shutdown: stopping,
         };
         let router = crate::http::router::router(&state);
-        Ok(Self { listener, router, state, shutdown, _lock: lock })
+        Ok(Self { listener, router, state, shutdown, _lock: lock, lease })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -194,6 +228,9 @@ impl App {
         backups.abort();
         if let Err(error) = self.state.usage.flush().await {
             tracing::error!(%error, "cannot write the last usage counts");
+        }
+        if let Some(lease) = self.lease {
+            lease.release().await;
         }
         served
     }

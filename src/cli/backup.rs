@@ -57,6 +57,9 @@ pub enum Action {
 pub async fn run(args: BackupArgs) -> Result<(), CommandError> {
     let BackupArgs { action, database_url, data_dir } = args;
     db::check_url(&database_url).map_err(|e| e.to_string())?;
+    if db::is_d1(&database_url) {
+        return Err(backups::on_d1().into());
+    }
     if !db::is_sqlite(&database_url) {
         return Err(backups::on_postgres().into());
     }

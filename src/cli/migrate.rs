@@ -44,6 +44,9 @@ pub async fn run(args: MigrateArgs) -> Result<(), CommandError> {
     if let Action::ExportD1 { dir } = &action {
         return Ok(export_d1(dir).await?);
     }
+    if db::is_d1(&args.database_url) {
+        return d1(&args.database_url, &action).await;
+    }
     let db = db::connect(&args.database_url, None).await.map_err(|e| e.to_string())?;
     let failed = |e: sea_orm::DbErr| format!("migration failed: {e}");
     match action {
@@ -53,6 +56,29 @@ pub async fn run(args: MigrateArgs) -> Result<(), CommandError> {
     }
     for migration in Migrator::get_migration_with_status(&db).await.map_err(failed)? {
         println!("{:<8} {}", migration.status().to_string().to_lowercase(), migration.name());
+    }
+    Ok(())
+}
+
+/// D1 is migrated by wrangler, which records what it applied in `d1_migrations`: `status` lists
+/// that against the files this binary knows; `up` and `down` are refused (sea-orm's
+/// `seaql_migrations` must not appear on D1).
+async fn d1(url: &str, action: &Action) -> Result<(), CommandError> {
+    const APPLY: &str = "`wrangler d1 migrations apply DB --remote` (from d1-bridge/, d1-bridge/README.md)";
+    if !matches!(action, Action::Status) {
+        return Err(format!(
+            "D1 is migrated by wrangler, not by ensemble: run {APPLY}; `ensemble migrate status` lists what it applied"
+        )
+        .into());
+    }
+    let db = db::connect(url, None).await.map_err(|e| e.to_string())?;
+    let applied = db::d1::migrations::applied(&db).await.map_err(|e| format!("cannot read d1_migrations: {e}"))?;
+    for file in db::d1::migrations::known() {
+        let status = if applied.contains(&file) { "applied" } else { "pending" };
+        println!("{status:<8} {file}");
+    }
+    if !db::d1::migrations::missing(&applied).is_empty() {
+        println!("apply the pending files with {APPLY}");
     }
     Ok(())
 }

@@ -5,10 +5,14 @@
 //! batches, docs/write-path.md).
 
 mod client;
+pub mod migrations;
 pub mod values;
 mod writer;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use async_trait::async_trait;
 use sea_orm::{
@@ -42,9 +46,19 @@ pub fn secret_from_env() -> Result<Secret, String> {
 
 /// Connects to the bridge at `url` and checks that it answers and accepts `secret` (`SELECT 1`).
 pub async fn connect(url: &str, secret: Secret) -> Result<DatabaseConnection, Error> {
+    connect_counting(url, secret, None).await
+}
+
+/// As [`connect`], counting every statement sent through the connection in `statements` (sea-orm's
+/// metric callback does not reach a proxy).
+pub async fn connect_counting(
+    url: &str,
+    secret: Secret,
+    statements: Option<Arc<AtomicU64>>,
+) -> Result<DatabaseConnection, Error> {
     let client = Client::new(url, secret).map_err(Error::Refused)?;
     client.query("SELECT 1", Vec::new(), true).await?;
-    let proxy: Arc<Box<dyn ProxyDatabaseTrait>> = Arc::new(Box::new(D1Proxy { client }));
+    let proxy: Arc<Box<dyn ProxyDatabaseTrait>> = Arc::new(Box::new(D1Proxy { client, statements }));
     // Never fails for a proxy: no connection is opened here.
     Database::connect_proxy(DbBackend::Sqlite, proxy).await.map_err(|e| Error::Refused(e.to_string()))
 }
@@ -53,11 +67,21 @@ pub async fn connect(url: &str, secret: Secret) -> Result<DatabaseConnection, Er
 #[derive(Debug)]
 struct D1Proxy {
     client: Client,
+    statements: Option<Arc<AtomicU64>>,
+}
+
+impl D1Proxy {
+    fn count(&self) {
+        if let Some(statements) = &self.statements {
+            statements.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[async_trait]
 impl ProxyDatabaseTrait for D1Proxy {
     async fn query(&self, statement: Statement) -> Result<Vec<ProxyRow>, DbErr> {
+        self.count();
         values::check_limits(&statement).map_err(query_err)?;
         let params = values::params(&statement).map_err(query_err)?;
         let answer = self.client.query(&statement.sql, params, is_read(&statement.sql)).await.map_err(db_err)?;
@@ -70,6 +94,7 @@ impl ProxyDatabaseTrait for D1Proxy {
     }
 
     async fn execute(&self, statement: Statement) -> Result<ProxyExecResult, DbErr> {
+        self.count();
         values::check_limits(&statement).map_err(exec_err)?;
         let params = values::params(&statement).map_err(exec_err)?;
         let key = uuid::Uuid::now_v7().to_string();

@@ -58,8 +58,15 @@ impl Loaders {
     }
 }
 
-fn batched<T>(loader: T) -> Arc<DataLoader<T, HashMapCache>> {
-    Arc::new(DataLoader::with_cache(loader, tokio::spawn, HashMapCache::default()))
+/// Keys per batch: each batch is one `IN (…)` list, and D1 binds at most 100 parameters per
+/// statement (a few are left for the loader's other filters).
+pub const MAX_BATCH: usize = 90;
+
+fn batched<T: Loader<K>, K>(loader: T) -> Arc<DataLoader<T, HashMapCache>>
+where
+    K: Send + Sync + std::hash::Hash + Eq + Clone + 'static,
+{
+    Arc::new(DataLoader::with_cache(loader, tokio::spawn, HashMapCache::default()).max_batch_size(MAX_BATCH))
 }
 
 /// The fields at `path` (e.g. `["members", "user"]`) that the nodes of the connection being

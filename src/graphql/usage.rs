@@ -236,8 +236,8 @@ impl From<Amount> for UsageAmount {
 #[derive(SimpleObject)]
 pub struct ServerResources {
     /// The database's size: SQLite's main file (not its write-ahead log), or PostgreSQL's
-    /// `pg_database_size`.
-    database_bytes: i64,
+    /// `pg_database_size`; null on Cloudflare D1, which does not tell (its dashboard does).
+    database_bytes: Option<i64>,
     /// Seconds since this instance started.
     uptime_seconds: i64,
     /// Resident memory of the process; null where the system does not tell (not Linux).

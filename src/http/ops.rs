@@ -27,7 +27,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the database answers, runs in WAL mode (SQLite) and is fully migrated; with
+/// `GET /readyz`: the database answers (on D1: the bridge answers `SELECT 1`), runs in WAL mode
+/// (SQLite) and is fully migrated; with
 /// `REDIS_URL`, `degraded` (still 200: the instance serves) while Redis is unavailable.
 pub async fn readyz(State(http): State<HttpState>) -> Response {
     match system::readiness(&http.state.db).await {

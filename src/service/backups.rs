@@ -168,6 +168,9 @@ impl Backups {
     }
 
     fn sqlite_only(&self) -> Result<(), AppError> {
+        if crate::db::is_proxy(&self.db) {
+            return Err(on_d1());
+        }
         match self.db.get_database_backend() {
             DbBackend::Sqlite => Ok(()),
             _ => Err(on_postgres()),
@@ -283,6 +286,15 @@ pub fn on_postgres() -> AppError {
     AppError::bad_input(format!(
         "Backups here are snapshots of a SQLite database; this server uses PostgreSQL. Back it up with pg_dump and \
          restore it with pg_restore as {GUIDE} explains."
+    ))
+}
+
+/// What every backup operation answers on Cloudflare D1, whose backups are Time Travel.
+pub fn on_d1() -> AppError {
+    AppError::bad_input(format!(
+        "Backups here are snapshots of a SQLite file; this server uses Cloudflare D1, which keeps its own: restore \
+         a point in the last 30 days with `wrangler d1 time-travel restore DB --timestamp=…` (`wrangler d1 \
+         time-travel info DB` shows the bookmark of now) as {GUIDE} explains."
     ))
 }
 

@@ -112,16 +112,27 @@ fn usage(
     PrincipalUsage { kind, id, name, today, this_month, daily_token_budget, daily_cost_budget_usd }
 }
 
-/// Today's and this month's usage (UTC) of each of `ids` in `column`, from one query.
+/// Today's and this month's usage (UTC) of each of `ids` in `column`, one query per 98 ids (D1
+/// binds at most 100 parameters per statement; the month's bounds take two).
 async fn amounts(
     db: &DatabaseConnection,
     column: usage_daily::Column,
     ids: Vec<String>,
     today: NaiveDate,
 ) -> Result<HashMap<String, (Amount, Amount)>, AppError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+    let mut used = HashMap::new();
+    for chunk in ids.chunks(crate::db::batch::MAX_PARAMS - 2) {
+        used.extend(amounts_of(db, column, chunk.to_vec(), today).await?);
     }
+    Ok(used)
+}
+
+async fn amounts_of(
+    db: &DatabaseConnection,
+    column: usage_daily::Column,
+    ids: Vec<String>,
+    today: NaiveDate,
+) -> Result<HashMap<String, (Amount, Amount)>, AppError> {
     let month_start = today - Duration::days(i64::from(today.day0()));
     let rows: Vec<(String, String, i64, i64, i64, f64)> = usage_daily::Entity::find()
         .select_only()
@@ -160,7 +171,8 @@ fn add(total: &mut Amount, more: Amount) {
 
 /// What the server holds: its database, process, sockets and caches.
 pub struct ServerResources {
-    pub database_bytes: i64,
+    /// `None` on D1, which refuses SQLite's pragmas and has no size function.
+    pub database_bytes: Option<i64>,
     pub uptime_seconds: i64,
     pub process_memory_bytes: Option<i64>,
     pub open_websockets: i64,
@@ -190,8 +202,11 @@ pub async fn server(
 }
 
 /// The size of the database: SQLite's pages (the main file, not its WAL), or PostgreSQL's own
-/// count for the current database.
-async fn database_bytes(db: &DatabaseConnection) -> Result<i64, AppError> {
+/// count for the current database; nothing on D1 (`pragma_page_count()` is refused there).
+async fn database_bytes(db: &DatabaseConnection) -> Result<Option<i64>, AppError> {
+    if crate::db::is_proxy(db) {
+        return Ok(None);
+    }
     let backend = db.get_database_backend();
     let sql = match backend {
         DbBackend::Sqlite => "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
@@ -199,7 +214,7 @@ async fn database_bytes(db: &DatabaseConnection) -> Result<i64, AppError> {
     };
     let row = db.query_one_raw(Statement::from_string(backend, sql)).await?;
     let bytes = row.map(|r| r.try_get_by_index::<i64>(0)).transpose()?;
-    bytes.ok_or_else(|| AppError::internal("the database size query answered no row"))
+    bytes.map(Some).ok_or_else(|| AppError::internal("the database size query answered no row"))
 }
 
 /// Resident memory in bytes from the text of `/proc/self/status` (`VmRSS: … kB`).

@@ -19,6 +19,19 @@ pub struct ServerStatus {
 
 #[tracing::instrument(skip_all)]
 pub async fn status(db: &DatabaseConnection, limits: &Limits) -> Result<ServerStatus, AppError> {
+    if db::is_proxy(db) {
+        // wrangler migrates D1: its record is `d1_migrations`, never sea-orm's table.
+        let applied = db::d1::migrations::applied(db).await?;
+        let missing = db::d1::migrations::missing(&applied);
+        return Ok(ServerStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            database: db::backend_name(db),
+            migrations_applied: db::d1::migrations::known().len() - missing.len(),
+            migrations_pending: missing.len(),
+            latest_migration: applied.last().cloned(),
+            limits: limits.clone(),
+        });
+    }
     let migrations = Migrator::get_migration_with_status(db).await?;
     let applied: Vec<_> = migrations.iter().filter(|m| m.status() == migration::MigrationStatus::Applied).collect();
     Ok(ServerStatus {
@@ -31,8 +44,20 @@ pub async fn status(db: &DatabaseConnection, limits: &Limits) -> Result<ServerSt
     })
 }
 
-/// Ready means: the database answers, SQLite runs in WAL mode, no migration is pending.
+/// Ready means: the database answers, SQLite runs in WAL mode, no migration is pending. On D1:
+/// the bridge answers `SELECT 1` and D1 has every migration file applied.
 pub async fn readiness(db: &DatabaseConnection) -> Result<(), String> {
+    if db::is_proxy(db) {
+        // The bridge client's errors name the bridge and what went wrong (unreachable, refused).
+        db.ping().await.map_err(|e| cause(&e))?;
+        let applied =
+            db::d1::migrations::applied(db).await.map_err(|e| format!("cannot read d1_migrations: {}", cause(&e)))?;
+        let missing = db::d1::migrations::missing(&applied);
+        if !missing.is_empty() {
+            return Err(format!("D1 lacks {}; run `wrangler d1 migrations apply DB --remote`", missing.join(", ")));
+        }
+        return Ok(());
+    }
     db.ping().await.map_err(|_| "the database does not answer".to_string())?;
     let journal = db::sqlite_journal_mode(db).await.map_err(|_| "cannot read the journal mode".to_string())?;
     if let Some(mode) = journal
@@ -46,6 +71,15 @@ pub async fn readiness(db: &DatabaseConnection) -> Result<(), String> {
         return Err(format!("{} migration(s) pending; run `ensemble migrate up`", pending.len()));
     }
     Ok(())
+}
+
+/// The text of a database error without sea-orm's wrapping ("Connection Error: …").
+fn cause(err: &sea_orm::DbErr) -> String {
+    match err {
+        sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(text))
+        | sea_orm::DbErr::Query(sea_orm::RuntimeErr::Internal(text)) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 pub const HEARTBEAT_SECONDS: std::ops::RangeInclusive<i32> = 1..=60;

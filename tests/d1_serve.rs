@@ -1,0 +1,229 @@
+//! `ensemble serve` on Cloudflare D1: the real server (`App::build`) over the bridge Worker on
+//! local D1 signs in, writes through batches (teams, versions, runs, conversations, templates),
+//! keeps one audit row per mutation in a chain that verifies, gives 20 concurrent edits versions
+//! without gaps, refuses a second server on the same database (the audit lease), and says so on
+//! `/readyz` and in errors when the bridge goes away. Its own binary: the D1 secret is read from
+//! the environment. Runs with `ENSEMBLE_TEST_D1=1` (a step of `.ci/run`), as tests/d1_reads.rs.
+
+#[path = "support/d1_bridge.rs"]
+mod d1_bridge;
+
+use std::time::Duration;
+
+use d1_bridge::{Bridge, secret_in_env, wrangler};
+use ensemble::{config::Config, domain::GlobalRole, startup::App};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use serde_json::{Value, json};
+
+const UPDATE: &str = "mutation($id: ID!, $spec: JSON!) { updateTeam(id: $id, input: {spec: $spec}) { version } }";
+const VERIFY: &str = "{ verifyAuditLog { ok checkedRows firstBrokenSeq problem } }";
+
+struct Server {
+    addr: std::net::SocketAddr,
+    client: reqwest::Client,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn gql(&self, query: &str, variables: Value) -> Value {
+        let body = json!({"query": query, "variables": variables});
+        let url = format!("http://{}/graphql", self.addr);
+        let response = self.client.post(url).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    async fn must(&self, query: &str, variables: Value) -> Value {
+        let body = self.gql(query, variables.clone()).await;
+        assert!(body.get("errors").is_none(), "{query} with {variables}: {body}");
+        body["data"].clone()
+    }
+
+    /// Stops the server as a signal would and waits for it to finish (releasing its lease).
+    async fn stop(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let stopped = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+        assert!(matches!(stopped, Ok(Ok(Ok(())))), "the server stops: {stopped:?}");
+    }
+
+    async fn readyz(&self) -> (u16, Value) {
+        let response = self.client.get(format!("http://{}/readyz", self.addr)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+fn config(url: &str, data: &std::path::Path) -> Config {
+    let mut config = Config::from_env().expect("default config");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = data.to_path_buf();
+    config.database_url = url.to_string();
+    std::fs::create_dir_all(data).unwrap();
+    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dev-key.pem");
+    std::fs::copy(key, data.join("dev-jwt-key.pem")).unwrap();
+    config
+}
+
+async fn serve(url: &str, data: &std::path::Path) -> Server {
+    let app = App::build(config(url, data)).await.expect("the server starts on D1");
+    let addr = app.local_addr();
+    let dev = app.state().auth.dev.as_ref().expect("dev auth");
+    let token = dev.sign("user_d1", Some("user_d1@example.com"), GlobalRole::Admin, Duration::from_secs(3600)).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    Server { addr, client: reqwest::Client::new(), token, stop: Some(stop), task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_serves_on_d1_through_the_bridge() {
+    let Some(wrangler) = wrangler() else { return };
+    secret_in_env();
+    let bridge = Bridge::start(&wrangler);
+    let dir = tempfile::tempdir().unwrap();
+
+    // A D1 database behind this release is refused, naming the files wrangler must apply.
+    let d1 = ensemble::db::connect(&bridge.url, None).await.unwrap();
+    let newest = "0015_write_path.sql";
+    let forget = format!("DELETE FROM d1_migrations WHERE name = '{newest}'");
+    d1.execute_unprepared(&forget).await.unwrap();
+    let refused = App::build(config(&bridge.url, &dir.path().join("behind"))).await.map(drop).unwrap_err().to_string();
+    assert!(refused.contains(newest) && refused.contains("wrangler d1 migrations apply DB --remote"), "{refused}");
+    println!("a D1 behind this release: {refused}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ensemble"))
+        .args(["migrate", "status"])
+        .env("DATABASE_URL", &bridge.url)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        listed.contains("applied  0001_identity.sql") && listed.contains(&format!("pending  {newest}")),
+        "{listed}"
+    );
+    assert!(listed.contains("wrangler d1 migrations apply DB --remote"), "{listed}");
+    let restore = format!("INSERT INTO d1_migrations (name) VALUES ('{newest}')");
+    d1.execute_unprepared(&restore).await.unwrap();
+    let seaql = "SELECT name FROM sqlite_master WHERE name = 'seaql_migrations'";
+    let server = serve(&bridge.url, &dir.path().join("one")).await;
+    let tables = d1.query_all_raw(Statement::from_string(DbBackend::Sqlite, seaql)).await.unwrap();
+    assert!(tables.is_empty(), "sea-orm's migration table is not created on D1");
+
+    let (status, ready) = server.readyz().await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")), "{ready}");
+    let before = server.must(VERIFY, json!({})).await["verifyAuditLog"]["checkedRows"].as_i64().unwrap();
+
+    let created = server.must("mutation { createTeam(input: {name: \"On D1\"}) { id version } }", json!({})).await;
+    let team = created["createTeam"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["createTeam"]["version"], 1);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
+    let respec = "mutation($id: ID!, $spec: JSON!) { updateTeam(id: $id, input: {spec: $spec}, expectedVersion: 1) \
+                  { version } }";
+    let updated = server.must(respec, json!({"id": team, "spec": spec})).await;
+    assert_eq!(updated["updateTeam"]["version"], 2);
+    let teams = server.must("{ teams(first: 10) { nodes { id name members { userId role } } } }", json!({})).await;
+    let nodes = teams["teams"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{teams}");
+    assert_eq!(nodes[0]["members"][0]["userId"], "user_d1", "{teams}");
+
+    let run = server
+        .must("mutation($t: ID!) { runTeam(teamId: $t, input: {content: \"hi\"}) { id } }", json!({"t": team}))
+        .await;
+    let run_id = run["runTeam"]["id"].as_str().unwrap().to_string();
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status =
+            server.must("query($id: ID!) { run(id: $id) { status } }", json!({"id": run_id})).await["run"]["status"]
+                .clone();
+        if status != "QUEUED" && status != "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "SUCCEEDED");
+
+    let started = server
+        .must("mutation($t: ID!) { startConversation(teamId: $t, title: \"Chat\") { id } }", json!({"t": team}))
+        .await;
+    let conversation = started["startConversation"]["id"].as_str().unwrap().to_string();
+    server
+        .must(
+            "mutation($c: ID!) { sendMessage(conversationId: $c, content: \"hello\") { id } }",
+            json!({"c": conversation}),
+        )
+        .await;
+    let mut count = 0;
+    for _ in 0..100 {
+        let shown = server
+            .must("query($c: ID!) { conversation(id: $c) { messages { role content } } }", json!({"c": conversation}))
+            .await;
+        count = shown["conversation"]["messages"].as_array().map_or(0, Vec::len);
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(count >= 2, "the question and the answer: {count}");
+
+    let template = json!({"kind": "TEAM", "name": "Helpdesk", "body": spec});
+    let created = server
+        .must("mutation($input: TemplateInput!) { createTemplate(input: $input) { id } }", json!({"input": template}))
+        .await;
+    let instantiate =
+        "mutation($id: ID!, $input: InstantiateTemplateInput!) { instantiateTemplate(id: $id, input: $input) { id } }";
+    server.must(instantiate, json!({"id": created["createTemplate"]["id"], "input": {"name": "Desk"}})).await;
+
+    let verified = server.must(VERIFY, json!({})).await["verifyAuditLog"].clone();
+    assert_eq!(verified["ok"], true, "{verified}");
+    let after = verified["checkedRows"].as_i64().unwrap();
+    println!("audit rows: {before} before, {after} after the mutations");
+    assert_eq!(after, before + 4, "one row per audited mutation (team, version, template, instance): {verified}");
+
+    // 20 edits at once: each gets its own version, none is lost, the chain still verifies.
+    let edit = |prompt: String| json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo", "systemPrompt": prompt}]});
+    let edits = (0..20).map(|i| server.gql(UPDATE, json!({"id": team, "spec": edit(format!("Edit {i}"))})));
+    let answers = futures_util::future::join_all(edits).await;
+    let mut versions: Vec<i64> =
+        answers.iter().map(|a| a["data"]["updateTeam"]["version"].as_i64().unwrap_or_else(|| panic!("{a}"))).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (3..=22).collect::<Vec<_>>(), "no gaps, no repeats");
+    let verified = server.must(VERIFY, json!({})).await["verifyAuditLog"].clone();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["checkedRows"].as_i64().unwrap(), after + 20, "one audit row per edit: {verified}");
+
+    // A second server on the same D1 is refused while the first holds the audit lease.
+    let refused = App::build(config(&bridge.url, &dir.path().join("two"))).await.map(drop).unwrap_err().to_string();
+    assert!(refused.contains("holds its audit lease until"), "{refused}");
+    assert!(refused.contains(&format!(" pid {} (", std::process::id())), "the holder is named: {refused}");
+    println!("a second server: {refused}");
+
+    // Stopped, the first server releases the lease: the next one starts at once.
+    server.stop().await;
+    let server = serve(&bridge.url, &dir.path().join("three")).await;
+
+    // The bridge goes away: /readyz says so, and a mutation answers INTERNAL.
+    drop(bridge);
+    let (status, ready) = server.readyz().await;
+    assert_eq!(status, 503, "{ready}");
+    let reason = ready["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("cannot reach the D1 bridge at"), "{ready}");
+    println!("/readyz with the bridge down: {reason}");
+    let failed = server.gql(UPDATE, json!({"id": team, "spec": edit("Offline".into())})).await;
+    assert_eq!(failed["errors"][0]["extensions"]["code"], "INTERNAL", "{failed}");
+    println!("a mutation with the bridge down answers: {}", failed["errors"][0]["message"]);
+    server.stop().await;
+}
+
+#[test]
+fn migrating_d1_is_left_to_wrangler() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ensemble"))
+        .args(["migrate", "up"])
+        .env("DATABASE_URL", "d1+https://bridge.example.dev")
+        .env(ensemble::db::d1::SECRET_ENV, d1_bridge::SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("wrangler d1 migrations apply DB --remote"), "{stderr}");
+}
