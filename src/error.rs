@@ -73,6 +73,10 @@ pub enum AppError {
     /// Anything the caller cannot fix. The cause is logged; the caller sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The database could not be reached (down, its bridge away, every connection busy): INTERNAL
+    /// too, with a message saying so, since trying again later may work. The cause is logged.
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
 }
 
 impl AppError {
@@ -106,19 +110,26 @@ impl AppError {
             Self::Conflict(_) => "CONFLICT",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::QuotaExceeded(_) => "QUOTA_EXCEEDED",
-            Self::Internal(_) => "INTERNAL",
+            Self::Internal(_) | Self::Unavailable(_) => "INTERNAL",
         }
     }
 }
 
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
-        Self::internal(err)
+        match err {
+            sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_) => Self::Unavailable(err.to_string()),
+            _ => Self::internal(err),
+        }
     }
 }
 
 /// The message an internal error is answered with.
 pub const INTERNAL_MESSAGE: &str = "Internal server error. The request id identifies it in the server log.";
+
+/// The message an [`AppError::Unavailable`] is answered with.
+pub const UNAVAILABLE_MESSAGE: &str =
+    "The database cannot be reached right now; try again in a moment. The request id identifies it in the server log.";
 
 impl ErrorExtensions for AppError {
     fn extend(&self) -> async_graphql::Error {
@@ -127,6 +138,10 @@ impl ErrorExtensions for AppError {
                 // The surrounding span carries the request id.
                 tracing::error!(error = %cause, "internal error");
                 INTERNAL_MESSAGE.to_string()
+            }
+            Self::Unavailable(cause) => {
+                tracing::error!(error = %cause, "the database cannot be reached");
+                UNAVAILABLE_MESSAGE.to_string()
             }
             other => other.to_string(),
         };

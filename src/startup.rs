@@ -156,7 +156,10 @@ impl App {
             let lease = match on_d1 {
                 false => None,
                 true => match audit_lease::AuditLease::claim(writer.clone()).await? {
-                    Ok(lease) => Some(lease),
+                    Ok(lease) => {
+                        audit.require_lease(lease.holder());
+                        Some(lease)
+                    }
                     Err(taken) => return Err(StartupError::LeaseTaken { holder: taken.holder, until: taken.until }),
                 },
             };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{
     DbErr,
-    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
+    sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, SelectStatement},
 };
 
 use super::batch::{Batch, BatchWriter};
@@ -65,6 +65,16 @@ pub async fn claim(writer: &dyn BatchWriter, name: &str, holder: &str, ttl: Dura
     let holder: Option<String> = row.try_get("", "holder")?;
     let until: Option<DateTime<Utc>> = row.try_get("", "expires_at")?;
     Ok(Claim::Taken { holder: holder.unwrap_or_default(), until: until.unwrap_or(now) })
+}
+
+/// A query answering a row while `holder` holds lease `name`, for a batch to assert.
+pub fn held_by(name: &str, holder: &str) -> SelectStatement {
+    Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new("leases"))
+        .and_where(Expr::col(Alias::new("name")).eq(name))
+        .and_where(Expr::col(Alias::new("holder")).eq(holder))
+        .to_owned()
 }
 
 /// Gives lease `name` up if `holder` has it, so the next instance need not wait for it to expire.

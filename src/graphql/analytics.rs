@@ -166,7 +166,7 @@ impl Watcher {
             if self.changed() {
                 return match self.overview().await {
                     Ok(overview) => Some(Ok(overview)),
-                    Err(failed @ AppError::Internal(_)) => Some(Err(failed)),
+                    Err(failed @ (AppError::Internal(_) | AppError::Unavailable(_))) => Some(Err(failed)),
                     Err(_) => None,
                 };
             }

@@ -22,6 +22,7 @@ pub fn status(err: &AppError) -> StatusCode {
         AppError::Conflict(_) => StatusCode::CONFLICT,
         AppError::RateLimited { .. } | AppError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

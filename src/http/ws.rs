@@ -187,7 +187,7 @@ async fn authorize_init(
         _ => return Err(InitRefusal::BadPayload),
     };
     let principal = auth.from_token(token).await.map_err(|refused| match refused {
-        AppError::Internal(cause) => InitRefusal::Internal(cause),
+        AppError::Internal(cause) | AppError::Unavailable(cause) => InitRefusal::Internal(cause),
         _ => InitRefusal::Forbidden,
     })?;
     if principal.expires_at().is_some_and(|at| at <= Utc::now()) {

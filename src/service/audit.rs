@@ -3,7 +3,7 @@
 //! `hash = SHA-256(prev_hash ‖ canonical row)`; `verify` recomputes the chain, `list` and `follow`
 //! read it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use entity::{audit_head, audit_logs};
@@ -16,7 +16,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::{
-    db::batch::{Attempts, Batch, BatchError, BatchWriter, Expect, OnGuard, StepResult},
+    db::{
+        batch::{Attempts, Batch, BatchError, BatchWriter, Expect, OnGuard, StepResult},
+        lease,
+    },
     domain::{Caller, Principal},
     error::AppError,
 };
@@ -148,6 +151,9 @@ pub enum Decision<T> {
 /// The guard code of the chain's head: another writer appended first.
 const AUDIT_HEAD: &str = "audit_head";
 
+/// The guard code of the lease: another server took this D1 database's chain.
+const LEASE_LOST: &str = "lease_lost";
+
 /// How many times one decided batch is tried after a head that moved under it.
 const HEAD_ATTEMPTS: u32 = 10;
 
@@ -163,11 +169,24 @@ pub struct AuditChain {
     db: DatabaseConnection,
     writer: Arc<dyn BatchWriter>,
     head: Mutex<Option<audit_head::Model>>,
+    /// On D1, the holder of the `audit` lease this server must still be: each batch asserts it.
+    lease: OnceLock<String>,
 }
 
 impl AuditChain {
     pub fn new(db: DatabaseConnection, writer: Arc<dyn BatchWriter>) -> Self {
-        Self { db, writer, head: Mutex::new(None) }
+        Self { db, writer, head: Mutex::new(None), lease: OnceLock::new() }
+    }
+
+    /// From now on every batch asserts that `holder` holds the `audit` lease (a server on D1,
+    /// the one writer of its chain): a server that lost it writes nothing more.
+    pub fn require_lease(&self, holder: &str) {
+        let _ = self.lease.set(holder.to_string());
+    }
+
+    /// The steps the chain puts before a mutation's own: the head's move, the lease's assertion.
+    fn prefix(&self) -> usize {
+        1 + usize::from(self.lease.get().is_some())
     }
 
     /// The writer of batches that leave no audit row.
@@ -217,9 +236,13 @@ impl AuditChain {
             match self.append(&mut known, caller, batch, &entry, None).await {
                 Ok(results) => return Ok((answer, results)),
                 Err(err) => {
-                    let on_guard = |index: usize, code| match index.checked_sub(1) {
-                        Some(index) if code != AUDIT_HEAD => on_guard(index, code),
-                        _ => OnGuard::Retry,
+                    let prefix = self.prefix();
+                    let on_guard = |index: usize, code| match (code, index.checked_sub(prefix)) {
+                        (LEASE_LOST, _) => OnGuard::Answer(AppError::internal(
+                            "this server no longer holds the audit lease of its D1 database: another server writes it",
+                        )),
+                        (AUDIT_HEAD, _) | (_, None) => OnGuard::Retry,
+                        (_, Some(index)) => on_guard(index, code),
                     };
                     attempts.failed(err, &on_guard).await?;
                 }
@@ -288,13 +311,13 @@ impl AuditChain {
             .to_owned();
         let insert_row = audit_logs::Entity::insert(audit_logs::ActiveModel::from(row.clone())).into_query();
         let steps = batch.len();
-        let batch = Batch::new(self.writer.backend())
-            .write(&move_head)
-            .guard(Expect::One, AUDIT_HEAD)
-            .then(batch)
-            .write(&insert_row);
-        let mut results = self.writer.run(batch).await?;
-        Ok(results.drain(1..=steps).collect())
+        let mut chained = Batch::new(self.writer.backend()).write(&move_head).guard(Expect::One, AUDIT_HEAD);
+        if let Some(holder) = self.lease.get() {
+            chained = chained.assert(&lease::held_by(lease::AUDIT, holder), LEASE_LOST);
+        }
+        let prefix = chained.len();
+        let mut results = self.writer.run(chained.then(batch).write(&insert_row)).await?;
+        Ok(results.drain(prefix..prefix + steps).collect())
     }
 }
 

@@ -279,3 +279,41 @@ async fn of_many_instances_claiming_a_lease_at_once_one_holds_it() {
     let held = claims.iter().filter(|claim| matches!(claim, Ok(Claim::Held { .. }))).count();
     assert_eq!(held, 1, "{claims:?}");
 }
+
+#[tokio::test]
+async fn a_chain_that_lost_its_lease_writes_nothing_more() {
+    use ensemble::{
+        db::lease,
+        domain::Caller,
+        service::audit::{AuditChain, Audited, Entry},
+    };
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    use std::sync::Arc;
+    let (app, writer) = probes().await;
+    let writer: Arc<dyn BatchWriter> = Arc::new(writer);
+    let minute = std::time::Duration::from_secs(60);
+    lease::claim(writer.as_ref(), lease::AUDIT, "server-a", minute).await.unwrap();
+    let chain = AuditChain::new(app.state.db.clone(), writer.clone());
+    chain.require_lease("server-a");
+    let change = |id: &'static str| {
+        let chain = &chain;
+        move || async move {
+            let batch = Batch::new(chain.writer().backend()).write(&insert(id, 1));
+            Ok(Audited { batch, entry: Entry::new("probe.insert", "probe", id.to_string()), answer: () })
+        }
+    };
+    chain.write(&Caller::default(), change("a"), |_, _| OnGuard::Retry).await.unwrap();
+
+    // Another server took the lease (this one's expired): this chain may not write any more.
+    let take = Query::update()
+        .table(Alias::new("leases"))
+        .value(Alias::new("holder"), "server-b")
+        .and_where(Expr::col(Alias::new("name")).eq(lease::AUDIT))
+        .to_owned();
+    writer.run(Batch::new(writer.backend()).write(&take)).await.unwrap();
+    let refused = chain.write(&Caller::default(), change("b"), |_, _| OnGuard::Retry).await.unwrap_err();
+    assert!(matches!(&refused, AppError::Internal(cause) if cause.contains("audit lease")), "{refused:?}");
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 1)], "nothing of the refused change");
+    let audit_rows = entity::audit_logs::Entity::find().count(&app.state.db).await.unwrap();
+    assert_eq!(audit_rows, 1, "no audit row for it either");
+}

@@ -100,6 +100,10 @@ fn failed(err: Error, statements: &[SqlStatement], codes: &[&'static str]) -> Ba
             let step = index.and_then(|index| statements.get(index)).and_then(|statement| statement.step);
             BatchError::Constraint { index: step.unwrap_or_default(), source: db_err(&err) }
         }
+        // No answer at all, after the resends: the database is out of reach.
+        Error::Unreachable { .. } | Error::Unauthorized { .. } => {
+            BatchError::Other(DbErr::Conn(RuntimeErr::Internal(err.to_string())))
+        }
         _ => BatchError::Other(db_err(&err)),
     }
 }

@@ -109,7 +109,7 @@ impl StepResult {
     fn failed(mut self, error: AppError) -> Result<Self, AppError> {
         self.status = StepStatus::Failed;
         self.error = Some(match error {
-            AppError::Internal(_) => return Err(error),
+            AppError::Internal(_) | AppError::Unavailable(_) => return Err(error),
             AppError::BadUserInput { problems, .. } if !problems.is_empty() => {
                 problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
             }

@@ -28,7 +28,7 @@ impl Connection {
         if matches!(change, AccessChange::User(_) | AccessChange::Key(_) | AccessChange::Missed) {
             match self.sign_in_again().await {
                 Ok(()) => {}
-                Err(AppError::Internal(cause)) => {
+                Err(AppError::Internal(cause) | AppError::Unavailable(cause)) => {
                     tracing::error!(error = %cause, "signing a socket in again failed");
                     return Ok(Close::new(1011, "Internal server error"));
                 }
@@ -100,7 +100,7 @@ impl Connection {
 /// (`The API key has been revoked.`), never an internal cause.
 fn close_reason(refused: &AppError) -> String {
     match refused {
-        AppError::Internal(cause) => {
+        AppError::Internal(cause) | AppError::Unavailable(cause) => {
             tracing::error!(error = %cause, "cannot sign a websocket in again");
             "access could not be checked again".into()
         }
