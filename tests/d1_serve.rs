@@ -22,15 +22,21 @@ struct Server {
     addr: std::net::SocketAddr,
     client: reqwest::Client,
     token: String,
+    /// A member (not an admin): the teams it may read are the teams it is a member of.
+    member: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Server {
     async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.gql_as(&self.token, query, variables).await
+    }
+
+    async fn gql_as(&self, token: &str, query: &str, variables: Value) -> Value {
         let body = json!({"query": query, "variables": variables});
         let url = format!("http://{}/graphql", self.addr);
-        let response = self.client.post(url).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        let response = self.client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
         response.json().await.unwrap()
     }
 
@@ -69,11 +75,12 @@ async fn serve(url: &str, data: &std::path::Path) -> Server {
     let addr = app.local_addr();
     let dev = app.state().auth.dev.as_ref().expect("dev auth");
     let token = dev.sign("user_d1", Some("user_d1@example.com"), GlobalRole::Admin, Duration::from_secs(3600)).unwrap();
+    let member = dev.sign("user_many", None, GlobalRole::Member, Duration::from_secs(3600)).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    Server { addr, client: reqwest::Client::new(), token, stop: Some(stop), task }
+    Server { addr, client: reqwest::Client::new(), token, member, stop: Some(stop), task }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +208,32 @@ async fn the_server_serves_on_d1_through_the_bridge() {
     // Stopped, the first server releases the lease: the next one starts at once.
     server.stop().await;
     let server = serve(&bridge.url, &dir.path().join("three")).await;
+
+    // A member of more teams than D1 binds parameters in one statement: the figures and error
+    // groups across its teams are read with a subquery, not a list of its teams.
+    let me = server.gql_as(&server.member, "{ me { id } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], "user_many", "{me}");
+    let many = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)";
+    let at = "'2026-01-01T00:00:00+00:00'";
+    d1.execute_unprepared(&format!(
+        "INSERT INTO teams (id, owner_id, name, slug, visibility, spec, version, created_at, updated_at) {many} \
+         SELECT 'team_many_' || i, 'user_many', 'Many ' || i, 'many-' || i, 'private', '{{}}', 1, {at}, {at} FROM n"
+    ))
+    .await
+    .unwrap();
+    d1.execute_unprepared(&format!(
+        "INSERT INTO team_members (team_id, user_id, role, created_at) {many} \
+         SELECT 'team_many_' || i, 'user_many', 'owner', {at} FROM n"
+    ))
+    .await
+    .unwrap();
+    for query in [
+        "{ errorGroups(first: 5) { nodes { fingerprint } } }",
+        "{ metricsSeries(metric: RUNS, bucket: DAY) { points { value } } }",
+    ] {
+        let answer = server.gql_as(&server.member, query, json!({})).await;
+        assert!(answer.get("errors").is_none(), "{query}: {answer}");
+    }
 
     // The bridge goes away: /readyz says so, and a mutation answers INTERNAL saying the
     // database cannot be reached.

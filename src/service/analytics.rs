@@ -7,7 +7,8 @@ use chrono::Duration;
 use entity::{conversations, error_groups, run_latency, run_rollups, team_members};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, sea_query::Expr,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
+    sea_query::{Expr, Query, SimpleExpr},
 };
 
 use super::{
@@ -113,23 +114,59 @@ pub struct Overview {
     pub busiest_agents: Vec<Slice>,
 }
 
-/// What rows to read: the teams (none: every team), and optionally one agent or model.
+/// The teams whose rows a caller may read.
+#[derive(Clone, Debug, Default)]
+pub enum Teams {
+    /// Every team (an admin).
+    #[default]
+    All,
+    /// These teams.
+    These(Vec<String>),
+    /// The teams this user is a member of: a subquery, not a list, so that a member of many
+    /// teams stays within D1's 100 bound parameters.
+    MemberOf(String),
+}
+
+impl Teams {
+    /// The condition on `team` (none for every team).
+    pub fn condition<C: ColumnTrait>(&self, team: C) -> Option<SimpleExpr> {
+        match self {
+            Self::All => None,
+            Self::These(ids) => Some(team.is_in(ids.clone())),
+            Self::MemberOf(user_id) => {
+                let member_of = Query::select()
+                    .column(team_members::Column::TeamId)
+                    .from(team_members::Entity)
+                    .and_where(team_members::Column::UserId.eq(user_id.as_str()))
+                    .to_owned();
+                Some(team.in_subquery(member_of))
+            }
+        }
+    }
+
+    /// Whether it is known to hold no team, so there is nothing to read.
+    fn is_none(&self) -> bool {
+        matches!(self, Self::These(ids) if ids.is_empty())
+    }
+}
+
+/// What rows to read: the teams, and optionally one agent or model.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
-    pub teams: Option<Vec<String>>,
+    pub teams: Teams,
     pub agent: Option<String>,
     pub model: Option<String>,
 }
 
 impl Selection {
     pub fn team(team_id: &str) -> Self {
-        Self { teams: Some(vec![team_id.to_string()]), ..Self::default() }
+        Self { teams: Teams::These(vec![team_id.to_string()]), ..Self::default() }
     }
 
     fn condition<C: ColumnTrait>(&self, team: C, agent: C, model: C) -> Condition {
         let mut all = Condition::all();
-        if let Some(teams) = &self.teams {
-            all = all.add(team.is_in(teams.clone()));
+        if let Some(teams) = self.teams.condition(team) {
+            all = all.add(teams);
         }
         if let Some(name) = &self.agent {
             all = all.add(agent.eq(name.clone()));
@@ -270,7 +307,7 @@ pub async fn bucketed_slices(
     pieces: &[Piece],
     by: By,
 ) -> Result<Vec<(i64, Slice)>, AppError> {
-    if pieces.is_empty() || scope.teams.as_ref().is_some_and(Vec::is_empty) {
+    if pieces.is_empty() || scope.teams.is_none() {
         return Ok(Vec::new());
     }
     use run_rollups::Column as C;
@@ -335,7 +372,7 @@ async fn histograms(
     pieces: &[Piece],
     by: By,
 ) -> Result<Vec<(SliceKey, i64, i64)>, AppError> {
-    if pieces.is_empty() || scope.teams.as_ref().is_some_and(Vec::is_empty) {
+    if pieces.is_empty() || scope.teams.is_none() {
         return Ok(Vec::new());
     }
     use run_latency::Column as C;
@@ -442,8 +479,8 @@ pub async fn series(
         });
     }
     let teams = match team_id {
-        Some(team_id) => Some(vec![readable_team(db, caller, team_id).await?.id]),
-        None => visible_teams(db, caller, Scope::AnalyticsRead).await?,
+        Some(team_id) => Teams::These(vec![readable_team(db, caller, team_id).await?.id]),
+        None => visible_teams(caller, Scope::AnalyticsRead)?,
     };
     let scope = Selection { teams, agent: filter.0, model: filter.1 };
     let pieces = [Piece { grain, from, to }];
@@ -485,7 +522,7 @@ async fn percentile_series(
     pieces: &[Piece],
     percent: u8,
 ) -> Result<HashMap<i64, f64>, AppError> {
-    if scope.teams.as_ref().is_some_and(Vec::is_empty) {
+    if scope.teams.is_none() {
         return Ok(HashMap::new());
     }
     use run_latency::Column as C;
@@ -513,34 +550,23 @@ async fn percentile_series(
         .map_err(AppError::from)
 }
 
-/// The teams whose figures the caller may read across teams: none for every team (admins),
-/// else the teams they are a member of (an API key with `scope`: its team, or its owner's).
-pub async fn visible_teams(
-    db: &DatabaseConnection,
-    caller: &Caller,
-    scope: Scope,
-) -> Result<Option<Vec<String>>, AppError> {
+/// The teams whose figures the caller may read across teams: every team for admins, else the
+/// teams they are a member of (an API key with `scope`: its team, or its owner's).
+pub fn visible_teams(caller: &Caller, scope: Scope) -> Result<Teams, AppError> {
     guard::key_scope(caller, scope)?;
     let user = match &caller.principal {
         Principal::ApiKey(key) => {
             if let Some(team) = &key.team_id {
-                return Ok(Some(vec![team.clone()]));
+                return Ok(Teams::These(vec![team.clone()]));
             }
             &key.owner
         }
         _ => guard::account(caller)?,
     };
     if guard::sees_all(caller) {
-        return Ok(None);
+        return Ok(Teams::All);
     }
-    let teams = team_members::Entity::find()
-        .select_only()
-        .column(team_members::Column::TeamId)
-        .filter(team_members::Column::UserId.eq(&user.id))
-        .into_tuple()
-        .all(db)
-        .await?;
-    Ok(Some(teams))
+    Ok(Teams::MemberOf(user.id.clone()))
 }
 
 /// The default span of a range left open.

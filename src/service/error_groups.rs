@@ -11,7 +11,7 @@ use sea_orm::{
 use serde_json::json;
 
 use super::{
-    analytics,
+    analytics::{self, Teams},
     audit::{AuditChain, Audited, Decision, Entry, actions},
     page::{Page, PageRequest},
     range::TimeRange,
@@ -33,12 +33,12 @@ pub async fn list(
     page: &PageRequest,
 ) -> Result<Page<error_groups::Model>, AppError> {
     let teams = match team_id {
-        Some(team_id) => Some(vec![guard::team(db, caller, team_id, TeamRole::Viewer).await?.team.id]),
-        None => analytics::visible_teams(db, caller, Scope::TeamsRead).await?,
+        Some(team_id) => Teams::These(vec![guard::team(db, caller, team_id, TeamRole::Viewer).await?.team.id]),
+        None => analytics::visible_teams(caller, Scope::TeamsRead)?,
     };
     let mut query = error_groups::Entity::find();
-    if let Some(teams) = teams {
-        query = query.filter(error_groups::Column::TeamId.is_in(teams));
+    if let Some(teams) = teams.condition(error_groups::Column::TeamId) {
+        query = query.filter(teams);
     }
     if let Some(range) = range {
         query = query
