@@ -82,12 +82,17 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
 }
 
 /// The writer of batches for the database at `url`, connected as `db` (docs/write-path.md): the
-/// bridge's `/batch` for D1, a transaction on `db` otherwise.
-pub fn writer(url: &str, db: &DatabaseConnection) -> Result<std::sync::Arc<dyn batch::BatchWriter>, ConnectError> {
+/// bridge's `/batch` for D1, a transaction on `db` otherwise. Statements are counted in
+/// `counter` (on SQLite and PostgreSQL `db` counts them already, see [`connect_counting`]).
+pub fn writer(
+    url: &str,
+    db: &DatabaseConnection,
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<std::sync::Arc<dyn batch::BatchWriter>, ConnectError> {
     if is_d1(url) {
         let secret = d1::secret_from_env().map_err(|e| ConnectError::new(url, e))?;
         let client = d1::Client::new(url, secret).map_err(|e| ConnectError::new(url, e))?;
-        return Ok(std::sync::Arc::new(d1::D1Writer::new(client)));
+        return Ok(std::sync::Arc::new(d1::D1Writer::new(client, counter)));
     }
     Ok(std::sync::Arc::new(batch::SqlxWriter::new(db.clone())))
 }

@@ -111,7 +111,7 @@ impl App {
         let caches = Arc::new(Caches::new(&config, &metrics.caches, bus.clone()));
         let auth = Arc::new(Authenticator::new(&config, db.clone(), caches.clone(), &metrics.caches).await?);
         let (shutdown, stopping) = watch::channel(false);
-        let writer = db::writer(&config.database_url, &db)?;
+        let writer = db::writer(&config.database_url, &db, Some(statements.clone()))?;
         let usage = Arc::new(UsageMeter::new(writer.clone()));
         let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
         let link = bus.link().cloned();

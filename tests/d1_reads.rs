@@ -371,7 +371,7 @@ async fn batches_on_d1_are_written_whole_or_not_at_all() {
     secret_in_env();
     let bridge = Bridge::start(&wrangler);
     let d1 = db::connect(&bridge.url, None).await.unwrap();
-    let writer = db::writer(&bridge.url, &d1).unwrap();
+    let writer = db::writer(&bridge.url, &d1, None).unwrap();
     d1.execute_unprepared("CREATE TABLE probes (id TEXT PRIMARY KEY, version BIGINT NOT NULL)").await.unwrap();
     let insert = |id: &str, version: i64| {
         Query::insert()

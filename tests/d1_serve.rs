@@ -53,6 +53,13 @@ impl Server {
         assert!(matches!(stopped, Ok(Ok(Ok(())))), "the server stops: {stopped:?}");
     }
 
+    /// `ensemble_db_statements_total` from `/metrics`.
+    async fn statements(&self) -> u64 {
+        let text = self.client.get(format!("http://{}/metrics", self.addr)).send().await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with("ensemble_db_statements_total ")).expect("the counter");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     async fn readyz(&self) -> (u16, Value) {
         let response = self.client.get(format!("http://{}/readyz", self.addr)).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap())
@@ -127,8 +134,13 @@ async fn the_server_serves_on_d1_through_the_bridge() {
     let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
     let respec = "mutation($id: ID!, $spec: JSON!) { updateTeam(id: $id, input: {spec: $spec}, expectedVersion: 1) \
                   { version } }";
+    let statements = server.statements().await;
     let updated = server.must(respec, json!({"id": team, "spec": spec})).await;
     assert_eq!(updated["updateTeam"]["version"], 2);
+    // Its batch's statements count too: the head's move and the update, each with its guard,
+    // the version row and the audit row, and at least one read.
+    let counted = server.statements().await - statements;
+    assert!(counted >= 7, "{counted} statements counted for a change of a team's spec");
     let teams = server.must("{ teams(first: 10) { nodes { id name members { userId role } } } }", json!({})).await;
     let nodes = teams["teams"]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{teams}");

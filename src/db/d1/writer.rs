@@ -7,6 +7,11 @@
 //! and answers with the first outcome; a batch D1 refused as overloaded is not sent again: the
 //! mutation answers an error rather than risk a write D1 did not promise to take.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use async_trait::async_trait;
 use sea_orm::{DbBackend, DbErr, QueryResult, RuntimeErr};
 use serde_json::Value as Json;
@@ -22,11 +27,13 @@ const RESENDS: u32 = 2;
 
 pub struct D1Writer {
     client: Client,
+    /// Counts the statements of each batch sent (the server's statement metric).
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl D1Writer {
-    pub fn new(client: Client) -> Self {
-        Self { client }
+    pub fn new(client: Client, counter: Option<Arc<AtomicU64>>) -> Self {
+        Self { client, counter }
     }
 }
 
@@ -47,6 +54,9 @@ impl BatchWriter for D1Writer {
             let refused = |why: String| BatchError::Other(DbErr::Exec(RuntimeErr::Internal(why)));
             values::check_limits(statement).map_err(refused)?;
             sent.push((statement.sql.as_str(), values::params(statement).map_err(refused)?));
+        }
+        if let Some(counter) = &self.counter {
+            counter.fetch_add(sent.len() as u64, Ordering::Relaxed);
         }
         let key = format!("batch-{}", uuid::Uuid::now_v7().simple());
         let mut resends = 0;
