@@ -43,12 +43,12 @@ impl AuditLease {
         }
     }
 
-    /// Stops renewing and gives the lease up.
     /// Who holds it: this server's name in the lease row.
     pub fn holder(&self) -> &str {
         &self.holder
     }
 
+    /// Stops renewing and gives the lease up.
     pub async fn release(self) {
         self.renewing.abort();
         match lease::release(self.writer.as_ref(), lease::AUDIT, &self.holder).await {
