@@ -422,9 +422,16 @@ where
 #[derive(Default)]
 pub struct Attempts {
     made: u32,
+    /// No pause between attempts: the caller holds a lock that keeps its competitors out.
+    no_pauses: bool,
 }
 
 impl Attempts {
+    /// Attempts with no pause between them, for a writer that decides again under a lock.
+    pub fn without_pauses() -> Self {
+        Self { made: 0, no_pauses: true }
+    }
+
     /// `Ok` to read, decide and commit again (after a short random pause); otherwise the error
     /// to answer.
     pub async fn failed(
@@ -450,10 +457,12 @@ impl Attempts {
             }
             BatchError::Other(err) => return Err(err.into()),
         }
-        // Full jitter: a random pause up to 20 ms × the attempt, so that writers who met the
-        // same change do not meet again.
-        let pause = rand::thread_rng().gen_range(0..=20 * u64::from(self.made));
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        if !self.no_pauses {
+            // Full jitter: a random pause up to 20 ms × the attempt, so that writers who met the
+            // same change do not meet again.
+            let pause = rand::thread_rng().gen_range(0..=20 * u64::from(self.made));
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
         Ok(())
     }
 }

@@ -162,9 +162,11 @@ const HEAD_ATTEMPTS: u32 = 10;
 /// on) and the row last, so the change and its row are written together or not at all.
 ///
 /// Every such mutation moves the head, so writers in this process queue on a mutex, held from
-/// knowing the head to the batch's end, instead of meeting in retries. The head the last append
-/// left is kept; another process (or a write outside this chain) moving it fails the head's
-/// guard, and the mutation reads the head and decides again.
+/// knowing the head to the batch's end, instead of meeting in retries. A mutation decides first
+/// without it (its reads run beside other mutations'); if one of its guards then fails, it
+/// decides again holding it, when no other mutation of this process can get in between. The
+/// head the last append left is kept; another process moving it fails the head's guard, and the
+/// same batch goes again after the new head.
 pub struct AuditChain {
     db: DatabaseConnection,
     writer: Arc<dyn BatchWriter>,
@@ -226,14 +228,22 @@ impl AuditChain {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Decision<T>, AppError>>,
     {
-        let mut known = self.head.lock().await;
-        let mut attempts = Attempts::default();
+        // The first decision is made without the lock, so that mutations of different things do
+        // not wait on each other's reads. The lock is taken for the head and the batch, and kept
+        // once a guard failed: the next decision is then made while no other mutation of this
+        // process can commit, so it holds (no pause needed before it).
+        let mut held = None;
+        let mut attempts = Attempts::without_pauses();
         loop {
             let Audited { batch, entry, answer } = match plan().await? {
                 Decision::Write(audited) => audited,
                 Decision::Unchanged(answer) => return Ok((answer, Vec::new())),
             };
-            match self.append(&mut known, caller, batch, &entry, None).await {
+            let known = match &mut held {
+                Some(known) => known,
+                None => held.insert(self.head.lock().await),
+            };
+            match self.append(known, caller, batch, &entry, None).await {
                 Ok(results) => return Ok((answer, results)),
                 Err(err) => {
                     let prefix = self.prefix();
