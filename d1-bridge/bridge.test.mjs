@@ -226,7 +226,7 @@ test("a timestamp more than 300 s away is refused, saying so", async () => {
 test("unknown paths and other methods answer 404/405 and touch nothing", async () => {
   const statements = [{ sql: "INSERT INTO notes (body) VALUES ('elsewhere')" }];
   const body = { statements, idempotencyKey: "elsewhere" };
-  for (const path of ["/", "/exec", "/batch/", "/query/x", "/admin", "/batch%20"]) {
+  for (const path of ["/", "/exec", "/batch/", "/query/x", "/admin", "/batch%20", "/d1/exec", "/query/"]) {
     const res = await call(path, body);
     assert.equal(res.status, 404, path);
     assert.equal(res.json.error.code, "NOT_FOUND");
@@ -238,6 +238,39 @@ test("unknown paths and other methods answer 404/405 and touch nothing", async (
     assert.equal(res.headers.get("allow"), "POST");
   }
   assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'elsewhere'")).length, 0);
+});
+
+test("mounted on a route, the bridge answers under the route's path, signed with that path", async () => {
+  const res = await call("/ensemble/d1/query", { sql: "SELECT 7 AS n" });
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.json, { columns: ["n"], rows: [[7]] });
+  const written = await call("/ensemble/d1/batch", {
+    statements: [{ sql: "INSERT INTO notes (body) VALUES ('routed')" }],
+    idempotencyKey: crypto.randomUUID(),
+  });
+  assert.equal(written.status, 200);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'routed'")).length, 1);
+  // A signature made for another path does not carry over.
+  const timestamp = String(Math.floor(Date.now() / 1000));
+  const body = JSON.stringify({ sql: "SELECT 1" });
+  const headers = {
+    "content-type": "application/json",
+    "x-ensemble-timestamp": timestamp,
+    "x-ensemble-signature": sign("POST", "/query", timestamp, body),
+  };
+  const moved = await call("/ensemble/d1/query", body, { headers });
+  assert.equal(moved.status, 401);
+});
+
+test("a database whose key table was dropped gets it again, and the batch is applied once", async () => {
+  assert.equal((await batch([{ sql: "INSERT INTO notes (body) VALUES ('before drop')" }])).status, 200);
+  assert.equal((await query("DROP TABLE _bridge_writes")).status, 200);
+  const key = crypto.randomUUID();
+  const statements = [{ sql: "INSERT INTO notes (body) VALUES ('after drop')" }];
+  assert.equal((await batch(statements, key)).status, 200);
+  const again = await batch(statements, key);
+  assert.equal(again.json.replayed, true);
+  assert.equal(rowsOf(await query("SELECT * FROM notes WHERE body = 'after drop'")).length, 1);
 });
 
 test("an oversize statement is refused before it reaches D1", async () => {

@@ -38,8 +38,11 @@ export default {
 };
 
 async function handle(request, env) {
+  // The endpoint is the path's last segment, so the Worker can be mounted on a route under a
+  // prefix (a route `example.com/ensemble-d1/*` answers `/ensemble-d1/query`). The signature
+  // covers the whole path.
   const path = new URL(request.url).pathname;
-  const route = ROUTES.get(path);
+  const route = ROUTES.get(path.slice(path.lastIndexOf("/")));
   if (!route) throw new BridgeError("NOT_FOUND", `no such endpoint: ${path.slice(0, 100)}`);
   if (request.method !== "POST") {
     throw new BridgeError("METHOD_NOT_ALLOWED", `${path} accepts POST only`, { Allow: "POST" });
@@ -225,10 +228,9 @@ async function runBatch(env, input) {
 
   let results;
   try {
-    results = (await db.batch([claim, ...prepared])).slice(1).map(result);
+    results = (await batchWithKey(db, claim, prepared)).slice(1).map(result);
   } catch (err) {
     if (String(err?.message).includes(`${KEY_TABLE}.key`)) return replay(db, key, requestHash);
-    if (String(err?.message).includes(`no such table: ${KEY_TABLE}`)) tableReady = false; // dropped
     const error = d1Error(err);
     if (error.code === "CONSTRAINT" || error.code === "SQL") {
       error.index = await failingIndex(db, prepared, err);
@@ -248,6 +250,22 @@ async function runBatch(env, input) {
   }
   await pruneKeys(db, env, now);
   return { results, replayed: false };
+}
+
+/**
+ * Runs [claim, ...prepared] as one batch. The key table is made once per isolate; a database
+ * that has none (dropped since, restored with Time Travel to before it, or another database
+ * bound to the same isolate) gets it now, and the batch runs again: it applied nothing.
+ */
+async function batchWithKey(db, claim, prepared) {
+  try {
+    return await db.batch([claim, ...prepared]);
+  } catch (err) {
+    if (!String(err?.message).includes(`no such table: ${KEY_TABLE}`)) throw err;
+    tableReady = false;
+    await ensureKeyTable(db);
+    return await db.batch([claim, ...prepared]);
+  }
 }
 
 async function replay(db, key, requestHash) {

@@ -20,6 +20,7 @@ mod m0012_templates;
 mod m0013_backups;
 mod m0014_budget_reservations;
 mod m0015_write_path;
+mod m0016_price_times;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0013_backups::Migration),
             Box::new(m0014_budget_reservations::Migration),
             Box::new(m0015_write_path::Migration),
+            Box::new(m0016_price_times::Migration),
         ]
     }
 }

@@ -41,7 +41,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        let published = chrono::DateTime::<chrono::Utc>::from_timestamp(1_793_491_200, 0).unwrap_or_default();
+        let published = crate::m0016_price_times::published(manager.get_database_backend());
         let mut seed = Query::insert();
         seed.into_table(ModelPrices::Table).columns([
             ModelPrices::Model,
@@ -51,7 +51,7 @@ impl MigrationTrait for Migration {
             ModelPrices::UpdatedAt,
         ]);
         for (model, input, output, window) in PRICES {
-            seed.values_panic([model.into(), input.into(), output.into(), window.into(), published.into()]);
+            seed.values_panic([model.into(), input.into(), output.into(), window.into(), published.clone().into()]);
         }
         manager.exec_stmt(seed).await?;
 

@@ -28,7 +28,7 @@ pub async fn status(db: &DatabaseConnection, limits: &Limits) -> Result<ServerSt
             database: db::backend_name(db),
             migrations_applied: db::d1::migrations::known().len() - missing.len(),
             migrations_pending: missing.len(),
-            latest_migration: applied.last().cloned(),
+            latest_migration: db::d1::migrations::latest(&applied),
             limits: limits.clone(),
         });
     }
@@ -54,7 +54,11 @@ pub async fn readiness(db: &DatabaseConnection) -> Result<(), String> {
             db::d1::migrations::applied(db).await.map_err(|e| format!("cannot read d1_migrations: {}", cause(&e)))?;
         let missing = db::d1::migrations::missing(&applied);
         if !missing.is_empty() {
-            return Err(format!("D1 lacks {}; run `wrangler d1 migrations apply DB --remote`", missing.join(", ")));
+            return Err(format!(
+                "{} migration(s) pending: D1 lacks {}; run `wrangler d1 migrations apply DB --remote`",
+                missing.len(),
+                missing.join(", ")
+            ));
         }
         return Ok(());
     }

@@ -7,7 +7,7 @@ use std::{collections::VecDeque, future::Future, sync::Arc};
 
 use async_trait::async_trait;
 use ensemble::{
-    db::batch::{Batch, BatchError, BatchWriter, SqlxWriter, StepResult},
+    db::batch::{Batch, BatchError, BatchWriter, StepResult},
     domain::Caller,
     service::{audit::AuditChain, templates::Templates},
     state::AppState,
@@ -19,9 +19,10 @@ use tokio::sync::Mutex;
 
 use super::TestApp;
 
-/// A writer that runs one of its changes before each of its next batches.
+/// A writer that runs one of its changes before each of its next batches, then hands the batch
+/// to the server's own writer.
 pub struct Meanwhile {
-    inner: SqlxWriter,
+    inner: Arc<dyn BatchWriter>,
     changes: Mutex<VecDeque<BoxFuture<'static, ()>>>,
     /// Every batch fails instead (after its change, if any).
     refuse: bool,
@@ -29,30 +30,30 @@ pub struct Meanwhile {
 
 impl Meanwhile {
     /// A writer whose first batch runs after `change`.
-    pub fn new(db: DatabaseConnection, change: impl Future<Output = ()> + Send + 'static) -> Self {
+    pub fn new(state: &AppState, change: impl Future<Output = ()> + Send + 'static) -> Self {
         let changes: VecDeque<BoxFuture<'static, ()>> = VecDeque::from([Box::pin(change) as BoxFuture<'static, ()>]);
-        Self { inner: SqlxWriter::new(db), changes: Mutex::new(changes), refuse: false }
+        Self { inner: state.writer.clone(), changes: Mutex::new(changes), refuse: false }
     }
 
     /// A chain whose next batches each find one of `changes` committed just before them.
-    pub fn chain(db: &DatabaseConnection, changes: Vec<Statement>) -> Arc<AuditChain> {
-        Self::build(db, changes, false)
+    pub fn chain(state: &AppState, changes: Vec<Statement>) -> Arc<AuditChain> {
+        Self::build(state, changes, false)
     }
 
     /// A chain none of whose batches commits: each fails as a lost database would.
-    pub fn refusing(db: &DatabaseConnection) -> Arc<AuditChain> {
-        Self::build(db, Vec::new(), true)
+    pub fn refusing(state: &AppState) -> Arc<AuditChain> {
+        Self::build(state, Vec::new(), true)
     }
 
-    fn build(db: &DatabaseConnection, changes: Vec<Statement>, refuse: bool) -> Arc<AuditChain> {
+    fn build(state: &AppState, changes: Vec<Statement>, refuse: bool) -> Arc<AuditChain> {
         let changes = changes.into_iter().map(|change| {
-            let db = db.clone();
+            let db = state.db.clone();
             Box::pin(async move {
                 db.execute_raw(change).await.expect("the change made meanwhile");
             }) as BoxFuture<'static, ()>
         });
-        let writer = Self { inner: SqlxWriter::new(db.clone()), changes: Mutex::new(changes.collect()), refuse };
-        Arc::new(AuditChain::new(db.clone(), Arc::new(writer)))
+        let writer = Self { inner: state.writer.clone(), changes: Mutex::new(changes.collect()), refuse };
+        Arc::new(AuditChain::new(state.db.clone(), Arc::new(writer)))
     }
 }
 
@@ -77,7 +78,7 @@ impl BatchWriter for Meanwhile {
 /// An audit chain over the server's database whose first batch waits for `change` to finish
 /// first (pass it to a service as its `audit`).
 pub fn chain(state: &AppState, change: impl Future<Output = ()> + Send + 'static) -> AuditChain {
-    AuditChain::new(state.db.clone(), Arc::new(Meanwhile::new(state.db.clone(), change)))
+    AuditChain::new(state.db.clone(), Arc::new(Meanwhile::new(state, change)))
 }
 
 /// `statement` as the database of `db` runs it.
@@ -96,7 +97,7 @@ impl TestApp {
     /// An instance over this server's database whose first batch runs after `change`.
     pub fn meanwhile(&self, change: impl Future<Output = ()> + Send + 'static) -> Instance {
         let db = self.state.db.clone();
-        let writer = Arc::new(Meanwhile::new(db.clone(), change));
+        let writer = Arc::new(Meanwhile::new(&self.state, change));
         let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
         let providers = self.state.config.runs.providers.clone();
         let templates = Templates::new(db, audit.clone(), self.state.caches.clone(), providers);

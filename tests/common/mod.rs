@@ -1,10 +1,13 @@
 //! Test harness: `TestApp::spawn()` starts the real server on `127.0.0.1:0` over a temporary
 //! SQLite file, or over a fresh PostgreSQL database (created per test, dropped afterwards) when
 //! `ENSEMBLE_TEST_DATABASE_URL` is set, either one a copy of the process's migrated and seeded
-//! template (`template.rs`); `gql()` and `WsClient` talk to it over the wire.
+//! template (`template.rs`), or over a fresh local D1 database through the bridge when
+//! `ENSEMBLE_TEST_D1=1` (`on_d1`); `gql()` and `WsClient` talk to it over the wire.
 
 #![allow(dead_code)]
 
+#[path = "../support/d1_bridge.rs"]
+mod d1_bridge;
 pub mod live;
 pub mod meanwhile;
 pub mod served;
@@ -18,6 +21,21 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue, protocol::Message};
 
 pub const PG_ENV: &str = "ENSEMBLE_TEST_DATABASE_URL";
+
+/// True when the suite runs its servers on local D1 through the bridge (`ENSEMBLE_TEST_D1=1`,
+/// with `ENSEMBLE_WRANGLER_DIR` and `ENSEMBLE_D1_SECRET`): each test's server gets a database of
+/// its own from one `wrangler dev --local` (tests/support/d1_bridge.rs, `Pool`).
+pub fn on_d1() -> bool {
+    std::env::var(d1_bridge::RUN_ENV).as_deref() == Ok("1")
+}
+
+/// On D1, says why the calling test does not apply there and answers true (the test returns).
+pub fn skipped_on_d1(why: &str) -> bool {
+    if on_d1() {
+        println!("skipped on D1: {why}");
+    }
+    on_d1()
+}
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -53,11 +71,12 @@ impl TestApp {
         config.data_dir = dir.path().join("data");
         install_dev_key(&config.data_dir);
         let pg = match std::env::var(PG_ENV) {
-            Ok(url) if !url.is_empty() => Some(PgDatabase::from_template(&url).await),
+            Ok(url) if !url.is_empty() && !on_d1() => Some(PgDatabase::from_template(&url).await),
             _ => None,
         };
         config.database_url = match &pg {
             Some(pg) => pg.url.clone(),
+            None if on_d1() => d1_bridge::Pool::get(template::at_exit).next_url(),
             None => {
                 let file = dir.path().join("ensemble.db");
                 template::copy_sqlite_to(&file).await;
@@ -155,6 +174,21 @@ impl TestApp {
             last = now;
         }
         panic!("the server kept running SQL statements for 10 s");
+    }
+
+    /// On D1, gives up this server's audit lease as if it had stopped (or died and the lease had
+    /// run out), so that another server may start on its database; elsewhere, nothing.
+    pub async fn give_up_d1_lease(&self) {
+        use ensemble::db::lease;
+        use sea_orm::{ConnectionTrait, Statement};
+        if !on_d1() {
+            return;
+        }
+        let select = "SELECT holder FROM leases WHERE name = ?";
+        let statement = Statement::from_sql_and_values(sea_orm::DbBackend::Sqlite, select, [lease::AUDIT.into()]);
+        let row = self.state.db.query_one_raw(statement).await.unwrap().expect("the audit lease's row");
+        let holder: String = row.try_get_by_index(0).expect("a holder");
+        lease::release(self.state.writer.as_ref(), lease::AUDIT, &holder).await.unwrap();
     }
 
     /// A dev-issuer token for `user`, valid for an hour.

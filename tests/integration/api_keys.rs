@@ -205,7 +205,7 @@ async fn a_key_revoked_meanwhile_is_answered_as_revoked_then_and_recorded_once()
         .col_expr(api_keys::Column::RevokedAt, Expr::value(then))
         .filter(api_keys::Column::Id.eq(&id))
         .into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &revoke)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &revoke)]);
 
     let me = caller(&app, &token).await;
     let key = service::revoke(&app.state.db, &chain, &app.state.caches, &me, &id).await.unwrap();
@@ -224,7 +224,7 @@ async fn a_key_rotated_meanwhile_refuses_the_second_rotation_and_keeps_the_first
         .col_expr(api_keys::Column::PreviousExpiresAt, Expr::value(chrono::Utc::now() + chrono::Duration::hours(1)))
         .filter(api_keys::Column::Id.eq(&id))
         .into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &rotate)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &rotate)]);
 
     let me = caller(&app, &token).await;
     let err = service::rotate(&app.state.db, &chain, &app.state.caches, &me, &id, 60).await.err().unwrap();

@@ -80,6 +80,9 @@ async fn append(app: &TestApp, team: &str, name: &str) -> sea_orm::DatabaseTrans
 
 #[tokio::test]
 async fn a_rolled_back_row_is_never_pushed_and_rows_written_outside_graphql_still_arrive() {
+    if common::skipped_on_d1("the row it rolls back is written in an interactive transaction, which D1 has not") {
+        return;
+    }
     // Nothing else runs SQL in the background: the follower's reads are the statements counted.
     let app = TestApp::spawn_quiet().await;
     let alice = app.token("user_alice", GlobalRole::Member);

@@ -329,7 +329,7 @@ async fn a_price_set_meanwhile_is_read_again_and_recorded_as_replaced() {
         updated_at: Set(chrono::Utc::now()),
     };
     let made = model_prices::Entity::insert(made).into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &made)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &made)]);
     let caller = Caller { principal: app.state.auth.from_token(&admin).await.unwrap(), meta: Default::default() };
     let price = NewPrice {
         model: "local/new".into(),

@@ -482,7 +482,7 @@ async fn an_error_group_resolved_meanwhile_is_answered_as_resolved_then_and_reco
         .col_expr(error_groups::Column::ResolvedAt, Expr::value(then))
         .filter(error_groups::Column::Fingerprint.eq(&group.fingerprint))
         .into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &resolve)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &resolve)]);
     let caller = Caller { principal: app.state.auth.from_token(&token).await.unwrap(), meta: Default::default() };
 
     let resolved =

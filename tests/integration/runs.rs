@@ -402,6 +402,7 @@ async fn runs_a_crash_left_running_are_failed_as_interrupted_at_start() {
     .insert(&app.state.db)
     .await
     .unwrap();
+    app.give_up_d1_lease().await;
     let mut config = (*app.state.config).clone();
     config.listen = "127.0.0.1:0".parse().unwrap();
     let restarted = ensemble::startup::App::build(config).await.expect("the server starts again");

@@ -164,7 +164,7 @@ async fn a_starter_whose_slug_a_person_takes_meanwhile_is_seeded_beside_it() {
             templates::ActiveModel::from(persons).insert(&db).await.unwrap();
         }
     };
-    let writer = Meanwhile::new(db.clone(), take);
+    let writer = Meanwhile::new(&app.state, take);
 
     let report = starters::seed(db, &writer).await.unwrap();
 

@@ -267,7 +267,9 @@ async fn a_report_past_ten_thousand_rows_asks_for_a_narrower_one() {
             usage_daily::ActiveModel::from(row)
         })
         .collect();
-    for chunk in rows.chunks(1000) {
+    // D1 takes at most 100 bound parameters per statement.
+    let per_insert = if common::on_d1() { ensemble::db::batch::rows_per_insert::<usage_daily::Entity>() } else { 1000 };
+    for chunk in rows.chunks(per_insert) {
         usage_daily::Entity::insert_many(chunk.to_vec()).exec_without_returning(&app.state.db).await.unwrap();
     }
     let (_, body) = app.gql_as(&alice, REPORT, json!({"groupBy": ["MODEL"]})).await;

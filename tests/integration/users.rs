@@ -134,7 +134,7 @@ async fn a_role_changed_by_another_admin_meanwhile_is_read_again_and_recorded_fr
         .col_expr(users::Column::Role, Expr::value("admin"))
         .filter(users::Column::Id.eq("user_b"))
         .into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &promote)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &promote)]);
 
     let admin = caller(&app, &t[0]).await;
     let row = service::set_role(&app.state.db, &chain, &app.state.caches, &admin, "user_b", GlobalRole::Member)
@@ -154,7 +154,7 @@ async fn a_profile_edited_while_its_user_is_deleted_is_not_found_and_not_recorde
         .col_expr(users::Column::DeletedAt, Expr::value(chrono::Utc::now()))
         .filter(users::Column::Id.eq("user_a"))
         .into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &delete)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &delete)]);
 
     let changes = service::ProfileChanges { display_name: Some("Ada".into()), avatar_url: None };
     let err = service::update_profile(&app.state.db, &chain, &app.state.caches, &me, changes).await.unwrap_err();

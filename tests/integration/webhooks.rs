@@ -176,7 +176,7 @@ async fn a_replay_recorded_meanwhile_is_answered_duplicate_and_applies_nothing()
         received_at: Set(chrono::Utc::now()),
     };
     let record = webhook_events::Entity::insert(recorded).into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &record)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &record)]);
 
     let outcome = users::apply_clerk_event(&app.state.db, &chain, &app.state.caches, "msg_20", &event).await.unwrap();
 
@@ -198,7 +198,7 @@ async fn a_key_revoked_while_its_user_is_deleted_is_not_counted_again() {
         .col_expr(api_keys::Column::RevokedAt, Expr::value(chrono::Utc::now()))
         .filter(api_keys::Column::Id.eq(&id))
         .into_query();
-    let chain = Meanwhile::chain(&app.state.db, vec![sql(&app.state.db, &revoke)]);
+    let chain = Meanwhile::chain(&app.state, vec![sql(&app.state.db, &revoke)]);
     let event = json!({"type": "user.deleted", "data": {"id": "user_keyed", "deleted": true}});
 
     let outcome = users::apply_clerk_event(&app.state.db, &chain, &app.state.caches, "msg_21", &event).await.unwrap();

@@ -1,5 +1,5 @@
 //! The batch-shaped write path (`ensemble::db::batch`, docs/write-path.md) on the suite's
-//! database, SQLite or PostgreSQL: a batch is written whole or not at all; a guard that does
+//! database, SQLite, PostgreSQL or D1, through the server's own writer: a batch is written whole or not at all; a guard that does
 //! not hold, a false assertion and a refused constraint each leave nothing of it; `RETURNING`
 //! claims a row once among concurrent claimants; `write` reads and decides again when what it
 //! decided on changed, up to its attempts, and answers CONFLICT after them.
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::TestApp;
 use ensemble::{
-    db::batch::{ATTEMPTS, Batch, BatchError, BatchWriter, Expect, OnGuard, SqlxWriter, write},
+    db::batch::{ATTEMPTS, Batch, BatchError, BatchWriter, Expect, OnGuard, write},
     error::AppError,
 };
 use futures_util::future::join_all;
@@ -18,16 +18,17 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, Statement,
     sea_query::{Alias, Expr, ExprTrait, Query, SelectStatement},
 };
+use std::sync::Arc;
 
 const TABLE: &str = "batch_probes";
 
-/// A server's database with a table of its own: `id`, `version`, `holder`.
-async fn probes() -> (TestApp, SqlxWriter) {
+/// A server's database with a table of its own (`id`, `version`, `holder`), and its writer.
+async fn probes() -> (TestApp, Arc<dyn BatchWriter>) {
     let app = TestApp::spawn().await;
     let backend = app.state.db.get_database_backend();
     let create = format!("CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, version BIGINT NOT NULL, holder TEXT)");
     app.state.db.execute_raw(Statement::from_string(backend, create)).await.unwrap();
-    let writer = SqlxWriter::new(app.state.db.clone());
+    let writer = app.state.writer.clone();
     (app, writer)
 }
 
@@ -176,7 +177,7 @@ async fn meanwhile(db: &DatabaseConnection, id: &str) {
 /// the first `changed` attempts. Answers the outcome and the attempts made.
 async fn bump_a(
     app: &TestApp,
-    writer: &SqlxWriter,
+    writer: &dyn BatchWriter,
     changed: u32,
     on_guard: fn(&'static str) -> OnGuard,
 ) -> (Result<(), AppError>, u32) {
@@ -199,7 +200,7 @@ async fn a_mutation_that_met_a_change_reads_and_decides_again() {
     let (app, writer) = probes().await;
     writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
 
-    let (outcome, attempts) = bump_a(&app, &writer, 1, |_| OnGuard::Retry).await;
+    let (outcome, attempts) = bump_a(&app, writer.as_ref(), 1, |_| OnGuard::Retry).await;
     assert!(outcome.is_ok(), "{outcome:?}");
     assert_eq!(attempts, 2);
     assert_eq!(version(&app.state.db, "a").await, 3, "the other writer's bump and ours");
@@ -210,7 +211,7 @@ async fn a_change_on_every_attempt_answers_conflict_after_the_last() {
     let (app, writer) = probes().await;
     writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
 
-    let (outcome, attempts) = bump_a(&app, &writer, u32::MAX, |_| OnGuard::Retry).await;
+    let (outcome, attempts) = bump_a(&app, writer.as_ref(), u32::MAX, |_| OnGuard::Retry).await;
     let err = outcome.unwrap_err();
     assert_eq!((err.code(), attempts), ("CONFLICT", ATTEMPTS), "{err}");
     assert!(err.to_string().contains("try again"), "{err}");
@@ -223,7 +224,7 @@ async fn a_guard_that_stands_for_an_answer_is_answered_at_once() {
     writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
 
     let answer = |code: &'static str| OnGuard::Answer(AppError::Conflict(format!("{code}: the version moved")));
-    let (outcome, attempts) = bump_a(&app, &writer, 1, answer).await;
+    let (outcome, attempts) = bump_a(&app, writer.as_ref(), 1, answer).await;
     assert_eq!((outcome.unwrap_err().to_string(), attempts), ("probe_version: the version moved".into(), 1));
 }
 
@@ -231,12 +232,13 @@ async fn a_guard_that_stands_for_an_answer_is_answered_at_once() {
 async fn the_decisions_own_error_is_answered_and_nothing_is_written() {
     let (app, writer) = probes().await;
     let refused =
-        write(&writer, || async { Err(AppError::bad_input("The name is empty.")) }, |_, _| OnGuard::Retry).await;
+        write(writer.as_ref(), || async { Err(AppError::bad_input("The name is empty.")) }, |_, _| OnGuard::Retry)
+            .await;
     assert_eq!(refused.unwrap_err().code(), "BAD_USER_INPUT");
 
     writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
     let duplicate = || async { Ok(Batch::new(writer.backend()).write(&insert("b", 1)).write(&insert("a", 2))) };
-    let refused = write(&writer, duplicate, |_, _| OnGuard::Retry).await.unwrap_err();
+    let refused = write(writer.as_ref(), duplicate, |_, _| OnGuard::Retry).await.unwrap_err();
     assert_eq!(refused.code(), "CONFLICT", "{refused}");
     assert_eq!(rows(&app.state.db).await, [("a".into(), 1)]);
 }
@@ -248,23 +250,23 @@ async fn a_lease_has_one_holder_until_it_expires_or_is_given_up() {
     let (_app, writer) = probes().await;
     let minute = Duration::from_secs(60);
 
-    let first = lease::claim(&writer, "probe", "instance-a", minute).await.unwrap();
+    let first = lease::claim(writer.as_ref(), "probe", "instance-a", minute).await.unwrap();
     assert!(matches!(first, Claim::Held { .. }), "{first:?}");
-    let refused = lease::claim(&writer, "probe", "instance-b", minute).await.unwrap();
+    let refused = lease::claim(writer.as_ref(), "probe", "instance-b", minute).await.unwrap();
     let Claim::Taken { holder, .. } = refused else { panic!("{refused:?}") };
     assert_eq!(holder, "instance-a", "the refusal names the holder");
-    assert!(matches!(lease::claim(&writer, "probe", "instance-a", minute).await.unwrap(), Claim::Held { .. }));
+    assert!(matches!(lease::claim(writer.as_ref(), "probe", "instance-a", minute).await.unwrap(), Claim::Held { .. }));
 
     // A lease that has run out is free for the next claimant.
-    lease::claim(&writer, "probe", "instance-a", Duration::ZERO).await.unwrap();
+    lease::claim(writer.as_ref(), "probe", "instance-a", Duration::ZERO).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(matches!(lease::claim(&writer, "probe", "instance-b", minute).await.unwrap(), Claim::Held { .. }));
+    assert!(matches!(lease::claim(writer.as_ref(), "probe", "instance-b", minute).await.unwrap(), Claim::Held { .. }));
 
     // Given up, it is free at once; given up by one who does not hold it, nothing changes.
-    lease::release(&writer, "probe", "instance-a").await.unwrap();
-    assert!(matches!(lease::claim(&writer, "probe", "instance-a", minute).await.unwrap(), Claim::Taken { .. }));
-    lease::release(&writer, "probe", "instance-b").await.unwrap();
-    assert!(matches!(lease::claim(&writer, "probe", "instance-a", minute).await.unwrap(), Claim::Held { .. }));
+    lease::release(writer.as_ref(), "probe", "instance-a").await.unwrap();
+    assert!(matches!(lease::claim(writer.as_ref(), "probe", "instance-a", minute).await.unwrap(), Claim::Taken { .. }));
+    lease::release(writer.as_ref(), "probe", "instance-b").await.unwrap();
+    assert!(matches!(lease::claim(writer.as_ref(), "probe", "instance-a", minute).await.unwrap(), Claim::Held { .. }));
 }
 
 #[tokio::test]
@@ -272,7 +274,7 @@ async fn of_many_instances_claiming_a_lease_at_once_one_holds_it() {
     use ensemble::db::lease::{self, Claim};
     let (_app, writer) = probes().await;
     let claims = (0..20).map(|n| {
-        let writer = &writer;
+        let writer = writer.as_ref();
         async move { lease::claim(writer, "probe", &format!("instance-{n}"), std::time::Duration::from_secs(60)).await }
     });
     let claims = join_all(claims).await;
@@ -288,11 +290,19 @@ async fn a_chain_that_lost_its_lease_writes_nothing_more() {
         service::audit::{AuditChain, Audited, Entry},
     };
     use sea_orm::{EntityTrait, PaginatorTrait};
-    use std::sync::Arc;
     let (app, writer) = probes().await;
-    let writer: Arc<dyn BatchWriter> = Arc::new(writer);
     let minute = std::time::Duration::from_secs(60);
-    lease::claim(writer.as_ref(), lease::AUDIT, "server-a", minute).await.unwrap();
+    // The audit lease held by "server-a" (on D1 the server holds it already: it is handed over).
+    let hand_over = |holder: &str| {
+        Query::update()
+            .table(Alias::new("leases"))
+            .value(Alias::new("holder"), holder)
+            .and_where(Expr::col(Alias::new("name")).eq(lease::AUDIT))
+            .to_owned()
+    };
+    if let lease::Claim::Taken { .. } = lease::claim(writer.as_ref(), lease::AUDIT, "server-a", minute).await.unwrap() {
+        writer.run(Batch::new(writer.backend()).write(&hand_over("server-a"))).await.unwrap();
+    }
     let chain = AuditChain::new(app.state.db.clone(), writer.clone());
     chain.require_lease("server-a");
     let change = |id: &'static str| {
@@ -305,12 +315,7 @@ async fn a_chain_that_lost_its_lease_writes_nothing_more() {
     chain.write(&Caller::default(), change("a"), |_, _| OnGuard::Retry).await.unwrap();
 
     // Another server took the lease (this one's expired): this chain may not write any more.
-    let take = Query::update()
-        .table(Alias::new("leases"))
-        .value(Alias::new("holder"), "server-b")
-        .and_where(Expr::col(Alias::new("name")).eq(lease::AUDIT))
-        .to_owned();
-    writer.run(Batch::new(writer.backend()).write(&take)).await.unwrap();
+    writer.run(Batch::new(writer.backend()).write(&hand_over("server-b"))).await.unwrap();
     let refused = chain.write(&Caller::default(), change("b"), |_, _| OnGuard::Retry).await.unwrap_err();
     assert!(matches!(&refused, AppError::Internal(cause) if cause.contains("audit lease")), "{refused:?}");
     assert_eq!(rows(&app.state.db).await, [("a".into(), 1)], "nothing of the refused change");

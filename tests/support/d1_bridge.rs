@@ -1,6 +1,7 @@
 //! Cloudflare D1 for the tests that need it: `wrangler dev --local` serving the bridge Worker
-//! over a fresh local D1 with migration/sql applied (`Bridge`), run only when `ENSEMBLE_TEST_D1=1`
-//! (`wrangler()` prints why a test skips otherwise). Included with `#[path]` by the D1 test binaries.
+//! over a fresh local D1 with migration/sql applied (`Bridge`), or over a pool of them, one per
+//! test (`Pool`, for the integration suite), run only when `ENSEMBLE_TEST_D1=1` (`wrangler()`
+//! prints why a test skips otherwise). Included with `#[path]` by the test binaries.
 
 #![allow(dead_code)]
 
@@ -8,7 +9,10 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Once,
+    sync::{
+        Once, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -52,82 +56,221 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn start(wrangler: &Path) -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        let copy = |from: &Path, to: &Path| {
-            let status = Command::new("cp").arg("-R").arg(from).arg(to).status().unwrap();
-            assert!(status.success(), "cp {} {}", from.display(), to.display());
-        };
-        std::fs::create_dir_all(dir.path().join("bridge")).unwrap();
-        std::fs::create_dir_all(dir.path().join("migration")).unwrap();
-        copy(&root.join("d1-bridge/src"), &dir.path().join("bridge/src"));
-        copy(&root.join("d1-bridge/wrangler.toml"), &dir.path().join("bridge/wrangler.toml"));
-        copy(&root.join("migration/sql"), &dir.path().join("migration/sql"));
+        copy_tree(&repository().join("d1-bridge/src"), &dir.path().join("bridge/src"));
+        copy_tree(&repository().join("d1-bridge/wrangler.toml"), &dir.path().join("bridge/wrangler.toml"));
+        copy_tree(&repository().join("migration/sql"), &dir.path().join("migration/sql"));
         let state = dir.path().join("state");
-        let run = |args: &[&str]| {
-            let mut command = Command::new(wrangler);
-            command.args(args).current_dir(dir.path().join("bridge"));
-            // Offline, no telemetry, nothing written outside the folder (as scripts/d1-bridge-tests).
-            for (name, value) in [
-                ("WRANGLER_SEND_METRICS", "false"),
-                ("CI", "true"),
-                ("CLOUDFLARE_CF_FETCH_ENABLED", "false"),
-                ("WRANGLER_HIDE_BANNER", "true"),
-                ("NO_COLOR", "1"),
-            ] {
-                command.env(name, value);
-            }
-            command.env("XDG_CONFIG_HOME", dir.path().join("config")).env("WRANGLER_LOG_PATH", dir.path().join("logs"));
-            command
-        };
-        let applied = run(&["d1", "migrations", "apply", "DB", "--local", "--persist-to", state.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(applied.status.success(), "migrations: {}", String::from_utf8_lossy(&applied.stderr));
-
-        let port = free_port();
-        let secret = format!("ENSEMBLE_D1_SECRET:{SECRET}");
-        let inspector = free_port().to_string();
-        let mut dev = run(&[
-            "dev",
-            "--local",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--inspector-port",
-            &inspector,
-            "--persist-to",
-            state.to_str().unwrap(),
-            "--var",
-            &secret,
-            "--show-interactive-dev-session=false",
-        ]);
-        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-        dev.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut dev, 0);
-        let process = dev.spawn().unwrap();
-        let bridge = Self { url: format!("d1+http://127.0.0.1:{port}"), process, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let log = std::fs::read_to_string(bridge._dir.path().join("dev.log")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "wrangler dev did not listen on {port} within 60 s:\n{log}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bridge
+        let folder = dir.path().join("bridge");
+        apply_migrations(wrangler, dir.path(), &folder, "DB", &state);
+        let (process, port) = serve(wrangler, dir.path(), &folder, &state, SECRET);
+        Self { url: format!("d1+http://127.0.0.1:{port}"), process, _dir: dir }
     }
 }
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        // The process group started above: wrangler and the workerd it runs.
-        let group = self.process.id() as i32;
-        unsafe { libc::kill(-group, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.process.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = self.process.wait();
+        stop(&mut self.process);
     }
+}
+
+/// Local D1 for a whole test process (the integration suite with `ENSEMBLE_TEST_D1=1`): one
+/// `wrangler dev --local` serving the bridge over `POOL_SIZE` local D1 databases, each a copy of
+/// one that `wrangler d1 migrations apply` migrated, so that every test's server gets a database
+/// no other test has used. The bridge code is d1-bridge/src as it is, mounted under a route
+/// prefix by tests/support/d1-pool.js: `d1+http://127.0.0.1:PORT/db/N` is database N.
+pub struct Pool {
+    base: String,
+    next: AtomicUsize,
+    process: Child,
+    dir: PathBuf,
+}
+
+/// Databases in the pool: more than the tests of one process that start a server on D1.
+pub const POOL_SIZE: usize = 400;
+
+impl Pool {
+    /// The process's pool, started by the first caller; stopped and removed at exit (`at_exit`).
+    pub fn get(at_exit: impl FnOnce(Box<dyn FnOnce() + Send>)) -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        let mut at_exit = Some(at_exit);
+        POOL.get_or_init(|| {
+            let pool = Self::start(&wrangler().expect("ENSEMBLE_TEST_D1=1"));
+            let (group, dir) = (pool.process.id() as i32, pool.dir.clone());
+            (at_exit.take().unwrap())(Box::new(move || {
+                kill_group(group);
+                let _ = std::fs::remove_dir_all(dir);
+            }));
+            pool
+        })
+    }
+
+    /// The URL of a database no test has had yet.
+    pub fn next_url(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        assert!(n < POOL_SIZE, "all {POOL_SIZE} local D1 databases of the pool are used: raise POOL_SIZE");
+        format!("{}/db/{n}", self.base)
+    }
+
+    fn start(wrangler: &Path) -> Self {
+        let secret = std::env::var(db::d1::SECRET_ENV).unwrap_or_default();
+        assert!(
+            secret.len() >= 32,
+            "ENSEMBLE_TEST_D1=1 runs the servers on D1, which needs {} set (any 32 characters or more)",
+            db::d1::SECRET_ENV
+        );
+        let dir = tempfile::Builder::new().prefix("ensemble-d1-pool-").tempdir().unwrap().keep();
+        let folder = dir.join("pool");
+        copy_tree(&repository().join("d1-bridge/src"), &folder.join("src/bridge"));
+        copy_tree(&repository().join("tests/support/d1-pool.js"), &folder.join("src/pool.js"));
+        copy_tree(&repository().join("migration/sql"), &dir.join("migration/sql"));
+        std::fs::write(folder.join("wrangler.toml"), pool_config()).unwrap();
+        let state = dir.join("state");
+        // Database 0 is migrated by wrangler; every other one starts as a copy of its file.
+        apply_migrations(wrangler, &dir, &folder, "DB_0", &state);
+        let files = state.join("v3/d1/miniflare-D1DatabaseObject");
+        let template = files.join(format!("{}.sqlite", local_d1_file(&pool_database_id(0))));
+        assert!(
+            template.exists(),
+            "no local D1 file at {} (did Miniflare change how it names them?)",
+            template.display()
+        );
+        for n in 1..POOL_SIZE {
+            let name = local_d1_file(&pool_database_id(n));
+            for suffix in ["sqlite", "sqlite-wal"] {
+                let from = template.with_extension(suffix);
+                if from.exists() {
+                    std::fs::copy(&from, files.join(format!("{name}.{suffix}"))).unwrap();
+                }
+            }
+        }
+        let (process, port) = serve(wrangler, &dir, &folder, &state, &secret);
+        Self { base: format!("d1+http://127.0.0.1:{port}"), next: AtomicUsize::new(0), process, dir }
+    }
+}
+
+fn pool_database_id(n: usize) -> String {
+    format!("ensemble-test-pool-{n}")
+}
+
+/// The pool's wrangler.toml: the bridge's compatibility date, and bindings DB_0 … DB_{POOL_SIZE-1}.
+fn pool_config() -> String {
+    let bridge = std::fs::read_to_string(repository().join("d1-bridge/wrangler.toml")).unwrap();
+    let date = bridge.lines().find(|l| l.starts_with("compatibility_date")).expect("the bridge's compatibility_date");
+    let mut config = format!("name = \"ensemble-d1-pool\"\nmain = \"src/pool.js\"\n{date}\n");
+    for n in 0..POOL_SIZE {
+        let id = pool_database_id(n);
+        config.push_str(&format!(
+            "\n[[d1_databases]]\nbinding = \"DB_{n}\"\ndatabase_name = \"{id}\"\ndatabase_id = \"{id}\"\n"
+        ));
+        if n == 0 {
+            config.push_str("migrations_dir = \"../migration/sql\"\n");
+        }
+    }
+    config
+}
+
+/// The name Miniflare gives the file of local D1 database `id`: its Durable Object's id from
+/// `idFromName(id)` in the namespace `miniflare-D1DatabaseObject` (miniflare's
+/// durableObjectNamespaceIdFromName). `Pool::start` checks it against the file wrangler made.
+fn local_d1_file(id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let key = Sha256::digest(b"miniflare-D1DatabaseObject");
+    let hmac = |data: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes()[..16].to_vec()
+    };
+    let name = hmac(id.as_bytes());
+    let check = hmac(&name);
+    hex::encode([name, check].concat())
+}
+
+fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let status = Command::new("cp").arg("-R").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
+}
+
+/// A wrangler command run from `folder`, offline, without telemetry, writing nothing outside `dir`.
+fn wrangler_command(wrangler: &Path, dir: &Path, folder: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(wrangler);
+    command.args(args).current_dir(folder);
+    for (name, value) in [
+        ("WRANGLER_SEND_METRICS", "false"),
+        ("CI", "true"),
+        ("CLOUDFLARE_CF_FETCH_ENABLED", "false"),
+        ("WRANGLER_HIDE_BANNER", "true"),
+        ("NO_COLOR", "1"),
+    ] {
+        command.env(name, value);
+    }
+    command.env("XDG_CONFIG_HOME", dir.join("config")).env("WRANGLER_LOG_PATH", dir.join("logs"));
+    command
+}
+
+fn apply_migrations(wrangler: &Path, dir: &Path, folder: &Path, binding: &str, state: &Path) {
+    let args = ["d1", "migrations", "apply", binding, "--local", "--persist-to", state.to_str().unwrap()];
+    let applied = wrangler_command(wrangler, dir, folder, &args).output().unwrap();
+    assert!(applied.status.success(), "migrations: {}", String::from_utf8_lossy(&applied.stderr));
+}
+
+/// Starts `wrangler dev --local` in `folder` over `state` on a free loopback port, in a process
+/// group of its own, and waits until it listens; its output goes to `dir`/dev.log.
+fn serve(wrangler: &Path, dir: &Path, folder: &Path, state: &Path, secret: &str) -> (Child, u16) {
+    let port = free_port();
+    let (port_arg, inspector, secret) =
+        (port.to_string(), free_port().to_string(), format!("ENSEMBLE_D1_SECRET:{secret}"));
+    let args = [
+        "dev",
+        "--local",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port_arg,
+        "--inspector-port",
+        &inspector,
+        "--persist-to",
+        state.to_str().unwrap(),
+        "--var",
+        &secret,
+        "--show-interactive-dev-session=false",
+    ];
+    let mut dev = wrangler_command(wrangler, dir, folder, &args);
+    let log = std::fs::File::create(dir.join("dev.log")).unwrap();
+    dev.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut dev, 0);
+    let mut process = dev.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || process.try_wait().ok().flatten().is_some() {
+            let log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+            stop(&mut process);
+            panic!("wrangler dev did not listen on {port} within 90 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (process, port)
+}
+
+/// Stops wrangler and the workerd it runs (its process group): SIGTERM, then SIGKILL after 10 s.
+fn stop(process: &mut Child) {
+    let group = process.id() as i32;
+    unsafe { libc::kill(-group, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_group(group);
+    let _ = process.wait();
+}
+
+fn kill_group(group: i32) {
+    // SAFETY: signals the process group this harness started.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
 }

@@ -137,25 +137,31 @@ pub struct Meta {
 #[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
-    /// `http(s)://host[:port]`, the bridge's root.
-    base: reqwest::Url,
+    /// `http(s)://host[:port][/path]`: where the bridge answers, with no trailing `/`.
+    base: String,
     secret: Secret,
 }
 
 impl Client {
-    /// A client of the bridge at `url` (`d1+http://…` or `d1+https://…`).
+    /// A client of the bridge at `url` (`d1+http://…` or `d1+https://…`), at the root of its host or
+    /// under a path when the Worker is mounted on a route (`d1+https://example.com/ensemble-d1`).
     pub fn new(url: &str, secret: Secret) -> Result<Self, String> {
         let http_url = url.strip_prefix("d1+").filter(|u| u.starts_with("http://") || u.starts_with("https://"));
-        let base = http_url
+        let parsed = http_url
             .and_then(|u| reqwest::Url::parse(u).ok())
             .filter(|u| u.host_str().is_some())
             .ok_or_else(|| format!("`{url}` is not a D1 bridge URL like d1+https://bridge.example.workers.dev"))?;
-        if base.path() != "/" || base.query().is_some() || !base.username().is_empty() || base.password().is_some() {
+        if parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
             return Err(format!(
-                "`{url}` has a path, query or credentials: the bridge answers at the root of its host \
-                 (d1+https://<host>), and signs with ENSEMBLE_D1_SECRET"
+                "`{url}` has a query or credentials: the bridge is named by its URL alone \
+                 (d1+https://<host>[/path]), and signs with ENSEMBLE_D1_SECRET"
             ));
         }
+        let base = parsed.as_str().trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -166,7 +172,7 @@ impl Client {
 
     /// The bridge's URL as written in messages (it holds no secret).
     pub fn url(&self) -> String {
-        format!("d1+{}", self.base.as_str().trim_end_matches('/'))
+        format!("d1+{}", self.base)
     }
 
     /// Runs one statement with `POST /query`; a transient failure of a read (`read`) is retried.
@@ -206,15 +212,18 @@ impl Client {
         Error::Protocol { url: self.url(), detail }
     }
 
-    /// One signed request; `200` answers its JSON, anything else an [`Error`].
-    async fn post(&self, path: &str, body: &[u8]) -> Result<Json, Error> {
+    /// One signed request to the bridge's `endpoint` (`/query`, `/batch`); `200` answers its JSON,
+    /// anything else an [`Error`]. The signature covers the whole path, route prefix included.
+    async fn post(&self, endpoint: &str, body: &[u8]) -> Result<Json, Error> {
+        let url = format!("{}{endpoint}", self.base);
+        let path = reqwest::Url::parse(&url).map_err(|e| Error::Refused(e.to_string()))?.path().to_string();
         let timestamp = chrono::Utc::now().timestamp().to_string();
         let response = self
             .http
-            .post(self.base.join(path).map_err(|e| Error::Refused(e.to_string()))?)
+            .post(&url)
             .header("content-type", "application/json")
             .header("x-ensemble-timestamp", &timestamp)
-            .header("x-ensemble-signature", self.sign(path, &timestamp, body))
+            .header("x-ensemble-signature", self.sign(&path, &timestamp, body))
             .body(body.to_vec())
             .send()
             .await
@@ -301,11 +310,15 @@ mod tests {
     }
 
     #[test]
-    fn only_a_bridge_root_url_is_accepted() {
-        for bad in ["d1://h", "d1+ftp://h", "d1+https://", "d1+https://h/d1", "d1+https://u:p@h", "http://h"] {
+    fn a_bridge_is_named_by_its_host_and_an_optional_route_path() {
+        for bad in ["d1://h", "d1+ftp://h", "d1+https://", "d1+https://u:p@h", "d1+https://h?x=1", "http://h"] {
             assert!(Client::new(bad, secret()).is_err(), "{bad}");
         }
         assert_eq!(Client::new("d1+https://h.dev/", secret()).unwrap().url(), "d1+https://h.dev");
         assert_eq!(Client::new("d1+http://127.0.0.1:8787", secret()).unwrap().url(), "d1+http://127.0.0.1:8787");
+        assert_eq!(
+            Client::new("d1+https://h.dev/ensemble/d1/", secret()).unwrap().url(),
+            "d1+https://h.dev/ensemble/d1"
+        );
     }
 }

@@ -21,6 +21,14 @@ pub fn missing(applied: &[String]) -> Vec<String> {
     migration::d1::file_names().into_iter().filter(|known| !applied.contains(known)).collect()
 }
 
+/// The name of the last migration whose file D1 has applied (`m0016_price_times` for
+/// `0016_price_times.sql`), as `serverInfo` names it on every database.
+pub fn latest(applied: &[String]) -> Option<String> {
+    use migration::MigratorTrait;
+    let names = migration::Migrator::migrations().into_iter().map(|m| m.name().to_string());
+    known().into_iter().zip(names).filter(|(file, _)| applied.contains(file)).map(|(_, name)| name).last()
+}
+
 /// The files this binary knows, `0001_identity.sql` first.
 pub fn known() -> Vec<String> {
     migration::d1::file_names()
@@ -37,5 +45,12 @@ mod tests {
         let applied: Vec<String> = known[..known.len() - 2].to_vec();
         assert_eq!(missing(&applied), known[known.len() - 2..].to_vec());
         assert!(missing(&known).is_empty());
+    }
+
+    #[test]
+    fn the_latest_migration_applied_is_named_as_the_migrator_names_it() {
+        let known = known();
+        assert_eq!(latest(&known[..2]).as_deref(), Some("m0002_audit_chain"));
+        assert_eq!(latest(&[]), None);
     }
 }
