@@ -163,15 +163,25 @@ impl App {
                     Err(taken) => return Err(StartupError::LeaseTaken { holder: taken.holder, until: taken.until }),
                 },
             };
-            recover_interrupted_runs(&db, writer.as_ref(), &bus, &metrics).await?;
-            let seeded = starters::seed(&db, writer.as_ref()).await?;
-            tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
+            let ready = async {
+                recover_interrupted_runs(&db, writer.as_ref(), &bus, &metrics).await?;
+                let seeded = starters::seed(&db, writer.as_ref()).await?;
+                tracing::info!(created = seeded.created, updated = seeded.updated, "starter templates are up to date");
+                let starters = templates.prefetch().await?;
+                let prices = runner.prices.prefetch().await?;
+                tracing::debug!(starters, prices, "caches prefetched");
+                Ok::<_, StartupError>(())
+            };
+            if let Err(failed) = ready.await {
+                // The next start need not wait for the lease to expire.
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+                return Err(failed);
+            }
             Ok(lease)
         })
         .await?;
-        let starters = templates.prefetch().await?;
-        let prices = runner.prices.prefetch().await?;
-        tracing::debug!(starters, prices, "caches prefetched");
         let state = AppState {
             config: Arc::new(config),
             caches,

@@ -1,14 +1,21 @@
 //! `ensemble serve` on Cloudflare D1: the real server (`App::build`) over the bridge Worker on
 //! local D1 signs in, writes through batches (teams, versions, runs, conversations, templates),
 //! keeps one audit row per mutation in a chain that verifies, gives 20 concurrent edits versions
-//! without gaps, refuses a second server on the same database (the audit lease), and says so on
-//! `/readyz` and in errors when the bridge goes away. Its own binary: the D1 secret is read from
+//! without gaps, refuses a second server on the same database (the audit lease), gives the
+//! lease up when its start fails, says so on `/readyz` and in errors when the bridge goes away,
+//! and sends a batch whose answer was lost again with its idempotency key, applied once. Its own binary: the D1 secret is read from
 //! the environment. Runs with `ENSEMBLE_TEST_D1=1` (a step of `.ci/run`), as tests/d1_reads.rs.
 
 #[path = "support/d1_bridge.rs"]
 mod d1_bridge;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use d1_bridge::{Bridge, secret_in_env, wrangler};
 use ensemble::{config::Config, domain::GlobalRole, startup::App};
@@ -78,7 +85,11 @@ fn config(url: &str, data: &std::path::Path) -> Config {
 }
 
 async fn serve(url: &str, data: &std::path::Path) -> Server {
-    let app = App::build(config(url, data)).await.expect("the server starts on D1");
+    start(config(url, data)).await
+}
+
+async fn start(config: Config) -> Server {
+    let app = App::build(config).await.expect("the server starts on D1");
     let addr = app.local_addr();
     let dev = app.state().auth.dev.as_ref().expect("dev auth");
     let token = dev.sign("user_d1", Some("user_d1@example.com"), GlobalRole::Admin, Duration::from_secs(3600)).unwrap();
@@ -260,6 +271,169 @@ async fn the_server_serves_on_d1_through_the_bridge() {
     let message = failed["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("The database cannot be reached right now; try again"), "{failed}");
     assert!(!message.contains("127.0.0.1"), "no internals in the answer: {failed}");
+    server.stop().await;
+}
+
+/// A loopback HTTP proxy in front of the bridge that relays every request and its answer, each
+/// request on a connection of its own to the bridge; once armed, it relays the next `/batch`,
+/// waits until the bridge has answered (the batch is applied) and closes the caller's connection
+/// without the answer, as a network that fails on the way back would.
+struct LosingProxy {
+    url: String,
+    armed: Arc<AtomicBool>,
+    /// `/batch` requests relayed, and answers lost.
+    batches: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+}
+
+impl LosingProxy {
+    async fn start(bridge: &str) -> Self {
+        let upstream = bridge.strip_prefix("d1+").unwrap().to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            url: format!("d1+http://{}", listener.local_addr().unwrap()),
+            armed: Arc::default(),
+            batches: Arc::default(),
+            lost: Arc::default(),
+        };
+        let (armed, batches, lost) = (proxy.armed.clone(), proxy.batches.clone(), proxy.lost.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                let relay = relay(socket, upstream.clone(), http.clone(), armed.clone(), batches.clone(), lost.clone());
+                tokio::spawn(relay);
+            }
+        });
+        proxy
+    }
+}
+
+/// Relays the requests of one caller's connection (HTTP/1.1, bodies with a Content-Length).
+async fn relay(
+    mut socket: tokio::net::TcpStream,
+    upstream: String,
+    http: reqwest::Client,
+    armed: Arc<AtomicBool>,
+    batches: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    loop {
+        let (head_end, length) = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4) {
+                let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                break (end, length);
+            }
+            let mut chunk = [0; 8192];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buffer.len() < head_end + length {
+            let mut chunk = [0; 8192];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
+        let body = buffer[head_end..head_end + length].to_vec();
+        buffer.drain(..head_end + length);
+        let mut lines = head.lines();
+        let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_string();
+        let mut request = http.post(format!("{upstream}{path}")).body(body);
+        for (name, value) in lines.filter_map(|line| line.split_once(": ")) {
+            if !["host", "content-length", "connection"].contains(&name.to_lowercase().as_str()) {
+                request = request.header(name, value);
+            }
+        }
+        // The bridge gone (the test ending): the caller's connection closes.
+        let Ok(answer) = request.send().await else { return };
+        let status = answer.status().as_u16();
+        let Ok(answer) = answer.bytes().await else { return };
+        if path.ends_with("/batch") {
+            batches.fetch_add(1, Ordering::SeqCst);
+            if armed.swap(false, Ordering::SeqCst) {
+                lost.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        if socket.write_all(reply.as_bytes()).await.is_err() || socket.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_whose_batch_answer_is_lost_is_sent_again_and_applied_once() {
+    let Some(wrangler) = wrangler() else { return };
+    secret_in_env();
+    let bridge = Bridge::start(&wrangler);
+    let proxy = LosingProxy::start(&bridge.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing else writes meanwhile: no usage flush, and the lease is renewed only after 20 s.
+    let mut quiet = config(&proxy.url, dir.path());
+    quiet.usage_flush_secs = 3600;
+    let server = start(quiet).await;
+    let created = server.must("mutation { createTeam(input: {name: \"Lost\"}) { id } }", json!({})).await;
+    let team = created["createTeam"]["id"].as_str().unwrap().to_string();
+    let audited = server.must(VERIFY, json!({})).await["verifyAuditLog"]["checkedRows"].as_i64().unwrap();
+
+    let sent = proxy.batches.load(Ordering::SeqCst);
+    proxy.armed.store(true, Ordering::SeqCst);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
+    let updated = server.must(UPDATE, json!({"id": team, "spec": spec})).await;
+
+    assert_eq!(updated["updateTeam"]["version"], 2, "the mutation succeeds: {updated}");
+    assert_eq!(proxy.lost.load(Ordering::SeqCst), 1, "the first answer to its batch was lost");
+    assert_eq!(proxy.batches.load(Ordering::SeqCst) - sent, 2, "the batch, then the same batch again");
+    let d1 = ensemble::db::connect(&bridge.url, None).await.unwrap();
+    let count = |sql: String| {
+        let d1 = d1.clone();
+        async move {
+            let row = d1.query_one_raw(Statement::from_string(DbBackend::Sqlite, sql)).await.unwrap().unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        }
+    };
+    assert_eq!(count(format!("SELECT count(*) FROM team_versions WHERE team_id = '{team}'")).await, 2, "applied once");
+    let verified = server.must(VERIFY, json!({})).await["verifyAuditLog"].clone();
+    assert_eq!(
+        (verified["ok"].clone(), verified["checkedRows"].as_i64()),
+        (json!(true), Some(audited + 1)),
+        "{verified}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_after_claiming_the_lease_gives_it_up() {
+    let Some(wrangler) = wrangler() else { return };
+    secret_in_env();
+    let bridge = Bridge::start(&wrangler);
+    let dir = tempfile::tempdir().unwrap();
+    let d1 = ensemble::db::connect(&bridge.url, None).await.unwrap();
+    // A price that cannot be read: start-up fails on it after claiming the audit lease.
+    let unreadable = "INSERT INTO model_prices (model, input_usd_per_mtok, output_usd_per_mtok, updated_at) \
+                      VALUES ('broken/model', 'not a number', 1, '2026-12-01T00:00:00+00:00')";
+    d1.execute_unprepared(unreadable).await.unwrap();
+    let failed = App::build(config(&bridge.url, &dir.path().join("one"))).await.map(drop).unwrap_err().to_string();
+    assert!(!failed.contains("audit lease"), "it failed on the price, not on the lease: {failed}");
+    let holder = "SELECT holder FROM leases WHERE name = 'audit'";
+    let row = d1.query_one_raw(Statement::from_string(DbBackend::Sqlite, holder)).await.unwrap().expect("claimed once");
+    assert_eq!(row.try_get_by_index::<Option<String>>(0).unwrap(), None, "given up");
+
+    d1.execute_unprepared("DELETE FROM model_prices WHERE model = 'broken/model'").await.unwrap();
+    let server = serve(&bridge.url, &dir.path().join("two")).await;
     server.stop().await;
 }
 
