@@ -87,7 +87,7 @@ pub struct Pool {
 }
 
 /// Databases in the pool: more than the tests of one process that start a server on D1.
-pub const POOL_SIZE: usize = 400;
+pub const POOL_SIZE: usize = 600;
 
 impl Pool {
     /// The process's pool, started by the first caller; stopped and removed at exit (`at_exit`).
@@ -98,6 +98,8 @@ impl Pool {
             let pool = Self::start(&wrangler().expect("ENSEMBLE_TEST_D1=1"));
             let (group, dir) = (pool.process.id() as i32, pool.dir.clone());
             (at_exit.take().unwrap())(Box::new(move || {
+                let used = POOL.get().map_or(0, |pool| pool.next.load(Ordering::Relaxed));
+                println!("local D1 pool: {used} of {POOL_SIZE} databases used");
                 kill_group(group);
                 let _ = std::fs::remove_dir_all(dir);
             }));
