@@ -317,7 +317,7 @@ async fn relay(
     batches: Arc<AtomicUsize>,
     lost: Arc<AtomicUsize>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut buffer = Vec::new();
     loop {
         let (head_end, length) = loop {
@@ -329,17 +329,13 @@ async fn relay(
                     .map_or(0, |n| n.trim().parse::<usize>().unwrap());
                 break (end, length);
             }
-            let mut chunk = [0; 8192];
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut socket, &mut buffer).await {
+                return;
             }
         };
         while buffer.len() < head_end + length {
-            let mut chunk = [0; 8192];
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut socket, &mut buffer).await {
+                return;
             }
         }
         let head = String::from_utf8(buffer[..head_end].to_vec()).unwrap();
@@ -370,6 +366,19 @@ async fn relay(
         );
         if socket.write_all(reply.as_bytes()).await.is_err() || socket.write_all(&answer).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Appends what the caller sent next to `buffer`; false once the connection is closed.
+async fn read_more(socket: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0; 8192];
+    match socket.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            true
         }
     }
 }

@@ -40,10 +40,10 @@ async fn readyz_is_503_while_a_migration_is_pending() {
 
 #[tokio::test]
 async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
-    let app = TestApp::spawn().await;
     if common::skipped_on_d1("D1 sets its own pragmas") {
         return;
     }
+    let app = TestApp::spawn().await;
     if std::env::var(PG_ENV).is_ok() {
         println!("skipped: SQLite pragmas do not apply to the PostgreSQL run");
         return;
