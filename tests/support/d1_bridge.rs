@@ -249,15 +249,28 @@ fn serve(wrangler: &Path, dir: &Path, folder: &Path, state: &Path, secret: &str)
     std::os::unix::process::CommandExt::process_group(&mut dev, 0);
     let mut process = dev.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // Listening is not serving yet: wait until the Worker itself answers (its JSON 404 for `/`).
+    while !answers_as_the_worker(port) {
         if Instant::now() > deadline || process.try_wait().ok().flatten().is_some() {
             let log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
             stop(&mut process);
-            panic!("wrangler dev did not listen on {port} within 90 s:\n{log}");
+            panic!("wrangler dev did not serve the Worker on {port} within 90 s:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     (process, port)
+}
+
+/// Whether the Worker on `port` answers `GET /` with its own NOT_FOUND (wrangler can accept
+/// connections before the Worker is loaded, and answer them with an empty 404).
+fn answers_as_the_worker(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = String::new();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.contains("NOT_FOUND")
 }
 
 /// Stops wrangler and the workerd it runs (its process group): SIGTERM, then SIGKILL after 10 s.
