@@ -3,16 +3,17 @@
 //! keeps one audit row per mutation in a chain that verifies, gives 20 concurrent edits versions
 //! without gaps, refuses a second server on the same database (the audit lease), gives the
 //! lease up when its start fails, says so on `/readyz` and in errors when the bridge goes away,
-//! and sends a batch whose answer was lost again with its idempotency key, applied once. Its own binary: the D1 secret is read from
-//! the environment. Runs with `ENSEMBLE_TEST_D1=1` (a step of `.ci/run`), as tests/d1_reads.rs.
+//! and sends a batch whose answer was lost (or replaced by a bare 503) again with its
+//! idempotency key, applied once. Its own binary: the D1 secret is read from the environment.
+//! Runs with `ENSEMBLE_TEST_D1=1` (a step of `.ci/run`), as tests/d1_reads.rs.
 
 #[path = "support/d1_bridge.rs"]
 mod d1_bridge;
 
 use std::{
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -276,14 +277,22 @@ async fn the_server_serves_on_d1_through_the_bridge() {
 
 /// A loopback HTTP proxy in front of the bridge that relays every request and its answer, each
 /// request on a connection of its own to the bridge; once armed, it relays the next `/batch`,
-/// waits until the bridge has answered (the batch is applied) and closes the caller's connection
-/// without the answer, as a network that fails on the way back would.
+/// waits until the bridge has answered (the batch is applied) and loses the answer: it closes
+/// the caller's connection, as a network that fails on the way back would, or answers a bare
+/// 503 page in its place, as wrangler dev now and then does.
 struct LosingProxy {
     url: String,
-    armed: Arc<AtomicBool>,
+    armed: Arc<Mutex<Option<Loss>>>,
     /// `/batch` requests relayed, and answers lost.
     batches: Arc<AtomicUsize>,
     lost: Arc<AtomicUsize>,
+}
+
+/// How the proxy loses the answer to the next `/batch`.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    Connection,
+    Bare503,
 }
 
 impl LosingProxy {
@@ -313,7 +322,7 @@ async fn relay(
     mut socket: tokio::net::TcpStream,
     upstream: String,
     http: reqwest::Client,
-    armed: Arc<AtomicBool>,
+    armed: Arc<Mutex<Option<Loss>>>,
     batches: Arc<AtomicUsize>,
     lost: Arc<AtomicUsize>,
 ) {
@@ -352,18 +361,25 @@ async fn relay(
         // The bridge gone (the test ending): the caller's connection closes.
         let Ok(answer) = request.send().await else { return };
         let status = answer.status().as_u16();
-        let Ok(answer) = answer.bytes().await else { return };
+        let Ok(mut answer) = answer.bytes().await.map(|b| b.to_vec()) else { return };
+        let (mut status, mut content_type) = (status, "application/json");
         if path.ends_with("/batch") {
             batches.fetch_add(1, Ordering::SeqCst);
-            if armed.swap(false, Ordering::SeqCst) {
-                lost.fetch_add(1, Ordering::SeqCst);
-                return;
+            match armed.lock().unwrap().take() {
+                None => {}
+                Some(Loss::Connection) => {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Some(Loss::Bare503) => {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                    (status, content_type) = (503, "text/plain");
+                    answer = b"Service Unavailable".to_vec();
+                }
             }
         }
-        let reply = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            answer.len()
-        );
+        let reply =
+            format!("HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n", answer.len());
         if socket.write_all(reply.as_bytes()).await.is_err() || socket.write_all(&answer).await.is_err() {
             return;
         }
@@ -396,31 +412,34 @@ async fn a_mutation_whose_batch_answer_is_lost_is_sent_again_and_applied_once() 
     let server = start(quiet).await;
     let created = server.must("mutation { createTeam(input: {name: \"Lost\"}) { id } }", json!({})).await;
     let team = created["createTeam"]["id"].as_str().unwrap().to_string();
-    let audited = server.must(VERIFY, json!({})).await["verifyAuditLog"]["checkedRows"].as_i64().unwrap();
-
-    let sent = proxy.batches.load(Ordering::SeqCst);
-    proxy.armed.store(true, Ordering::SeqCst);
-    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "echo", "model": "local/echo"}]});
-    let updated = server.must(UPDATE, json!({"id": team, "spec": spec})).await;
-
-    assert_eq!(updated["updateTeam"]["version"], 2, "the mutation succeeds: {updated}");
-    assert_eq!(proxy.lost.load(Ordering::SeqCst), 1, "the first answer to its batch was lost");
-    assert_eq!(proxy.batches.load(Ordering::SeqCst) - sent, 2, "the batch, then the same batch again");
     let d1 = ensemble::db::connect(&bridge.url, None).await.unwrap();
-    let count = |sql: String| {
-        let d1 = d1.clone();
+    let versions = || {
+        let (d1, sql) = (d1.clone(), format!("SELECT count(*) FROM team_versions WHERE team_id = '{team}'"));
         async move {
             let row = d1.query_one_raw(Statement::from_string(DbBackend::Sqlite, sql)).await.unwrap().unwrap();
             row.try_get_by_index::<i64>(0).unwrap()
         }
     };
-    assert_eq!(count(format!("SELECT count(*) FROM team_versions WHERE team_id = '{team}'")).await, 2, "applied once");
-    let verified = server.must(VERIFY, json!({})).await["verifyAuditLog"].clone();
-    assert_eq!(
-        (verified["ok"].clone(), verified["checkedRows"].as_i64()),
-        (json!(true), Some(audited + 1)),
-        "{verified}"
-    );
+
+    for (loss, version) in [(Loss::Connection, 2), (Loss::Bare503, 3)] {
+        let audited = server.must(VERIFY, json!({})).await["verifyAuditLog"]["checkedRows"].as_i64().unwrap();
+        let (sent, lost) = (proxy.batches.load(Ordering::SeqCst), proxy.lost.load(Ordering::SeqCst));
+        *proxy.armed.lock().unwrap() = Some(loss);
+        let spec =
+            json!({"format": "ensemble.team/v1", "agents": [{"name": format!("v{version}"), "model": "local/echo"}]});
+        let updated = server.must(UPDATE, json!({"id": team, "spec": spec})).await;
+
+        assert_eq!(updated["updateTeam"]["version"], version, "{loss:?}: the mutation succeeds: {updated}");
+        assert_eq!(proxy.lost.load(Ordering::SeqCst) - lost, 1, "{loss:?}: the first answer to its batch was lost");
+        assert_eq!(proxy.batches.load(Ordering::SeqCst) - sent, 2, "{loss:?}: the batch, then the same batch again");
+        assert_eq!(versions().await, version, "{loss:?}: applied once");
+        let verified = server.must(VERIFY, json!({})).await["verifyAuditLog"].clone();
+        assert_eq!(
+            (verified["ok"].clone(), verified["checkedRows"].as_i64()),
+            (json!(true), Some(audited + 1)),
+            "{loss:?}: {verified}"
+        );
+    }
     server.stop().await;
 }
 

@@ -48,7 +48,8 @@ pub enum Error {
     /// Not sent: the statement is over one of D1's limits, or a value has no JSON form.
     #[error("{0}")]
     Refused(String),
-    /// No answer: connection refused, DNS, TLS, timeout (the request may have arrived).
+    /// No answer from the bridge: connection refused, DNS, TLS, timeout, or the Worker's host
+    /// answering a bare 502–504 for it (the request may have arrived and been applied).
     #[error("cannot reach the D1 bridge at {url}: {cause}")]
     Unreachable { url: String, cause: String },
     /// `401`: the signature does not match (a wrong `ENSEMBLE_D1_SECRET`) or the clocks differ.
@@ -57,7 +58,7 @@ pub enum Error {
          not the secret the bridge was given, or this machine's clock is off by over 5 minutes"
     )]
     Unauthorized { url: String, message: String },
-    /// `503` OVERLOADED or UNAVAILABLE: worth another attempt.
+    /// The bridge's own `503` OVERLOADED or UNAVAILABLE: D1 did not run it; worth another attempt.
     #[error("D1 is unavailable ({code}): {message}")]
     Transient { code: String, message: String },
     /// Any other error the bridge answered (`SQL`, `CONSTRAINT`, `BAD_REQUEST`, `INTERNAL`…).
@@ -244,11 +245,12 @@ impl Client {
             index: Option<usize>,
         }
         let Ok(Failure { error }) = serde_json::from_str::<Failure>(&text) else {
-            // Cloudflare's own 502/503/504 pages when the Worker cannot be run: try again.
+            // The host's own 502/503/504 page (Cloudflare's, wrangler dev's) instead of the
+            // Worker's answer: the Worker may have run the request, as when an answer is lost.
             if matches!(status.as_u16(), 502..=504) {
-                return Err(Error::Transient {
-                    code: format!("HTTP {status}"),
-                    message: "no answer from the Worker".into(),
+                return Err(Error::Unreachable {
+                    url: self.url(),
+                    cause: format!("HTTP {status} from the Worker's host, without the bridge's answer"),
                 });
             }
             let start: String = text.chars().take(200).collect();

@@ -3,8 +3,9 @@
 //! not hold aborts all of it with `write_guard:<step>:<code>` in the error.
 //!
 //! A batch is sent with an idempotency key. When no answer comes back (the request may have been
-//! applied), the same request goes again with the same key, which the bridge applies at most once
-//! and answers with the first outcome; a batch D1 refused as overloaded is not sent again: the
+//! applied), or the Worker's host answers a bare 502–504 in its place, the same request goes
+//! again with the same key, which the bridge applies at most once and answers with the first
+//! outcome; a batch D1 refused as overloaded is not sent again: the
 //! mutation answers an error rather than risk a write D1 did not promise to take.
 
 use std::sync::{
@@ -24,6 +25,9 @@ use crate::db::batch::{Batch, BatchError, BatchWriter, SqlStatement, StepResult,
 
 /// How many times a batch whose answer was lost is sent again with its key.
 const RESENDS: u32 = 2;
+/// The pause before the first resend, longer before each next one: a host that answered 503 may
+/// need a moment.
+const RESEND_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct D1Writer {
     client: Client,
@@ -65,6 +69,7 @@ impl BatchWriter for D1Writer {
                 Err(err @ Error::Unreachable { .. }) if resends < RESENDS => {
                     resends += 1;
                     tracing::warn!(error = %err, resends, "no answer to a D1 batch; sending it again with its key");
+                    tokio::time::sleep(RESEND_PAUSE * resends).await;
                 }
                 Err(err) => return Err(failed(err, &statements, &codes)),
                 Ok(answer) => break answer,
