@@ -416,3 +416,32 @@ async fn owners_demoting_each_other_at_the_same_moment_keep_an_owner() {
     assert_eq!(role, Some(TeamRole::Owner), "the team kept an owner");
     assert_eq!(actions(&app).await, ["team.create", "team.member.add", "team.member.update"]);
 }
+
+/// Text that looks like SQL (quotes, backslashes, placeholders, escapes) is stored as written,
+/// in a plain column and in the spec's JSON, on create and on update (PostgreSQL's batches carry
+/// their values inside the SQL: docs/write-path.md).
+#[tokio::test]
+async fn text_that_looks_like_sql_is_stored_as_it_was_written() {
+    let app = TestApp::spawn().await;
+    let owner = signed_in(&app, "user_o").await;
+    let tricky = "it's \"quoted\" \\ back\\'slash \\\\ $1 $2 ?1 E'\\x41' ''; DROP TABLE teams; -- \u{1a}\t\n🎻 ü";
+    let spec = |prompt: String| json!({"format": "ensemble.team/v1", "agents": [{"name": "a", "model": "local/echo", "systemPrompt": prompt}]});
+    let created =
+        create(&app, &owner, json!({"name": "Tricky", "description": tricky, "spec": spec(tricky.into())})).await;
+    let id = created["data"]["createTeam"]["id"].clone();
+    let read = "query($id: ID!) { team(id: $id) { description spec } }";
+    let (_, body) = app.gql_as(&owner, read, json!({"id": id})).await;
+    assert_eq!(body["data"]["team"]["description"], tricky, "{body}");
+    assert_eq!(body["data"]["team"]["spec"]["agents"][0]["systemPrompt"], tricky, "{body}");
+
+    let again = format!("{tricky} (again)");
+    let update = "mutation($id: ID!, $input: UpdateTeamInput!) { updateTeam(id: $id, input: $input) { version } }";
+    let input = json!({"description": again, "spec": spec(again.clone())});
+    let (_, updated) = app.gql_as(&owner, update, json!({"id": id, "input": input})).await;
+    assert_eq!(updated["data"]["updateTeam"]["version"], 2, "{updated}");
+    let (_, body) = app.gql_as(&owner, read, json!({"id": id})).await;
+    assert_eq!(body["data"]["team"]["description"], again.as_str(), "{body}");
+    assert_eq!(body["data"]["team"]["spec"]["agents"][0]["systemPrompt"], again.as_str(), "{body}");
+    let teams = entity::teams::Entity::find().count(&app.state.db).await.unwrap();
+    assert_eq!(teams, 1, "and the table is still there");
+}

@@ -2,7 +2,8 @@
 //! database, SQLite, PostgreSQL or D1, through the server's own writer: a batch is written whole or not at all; a guard that does
 //! not hold, a false assertion and a refused constraint each leave nothing of it; `RETURNING`
 //! claims a row once among concurrent claimants; `write` reads and decides again when what it
-//! decided on changed, up to its attempts, and answers CONFLICT after them.
+//! decided on changed, up to its attempts, and answers CONFLICT after them; on PostgreSQL a
+//! batch dropped while it runs leaves no transaction open behind it.
 
 use crate::common;
 
@@ -321,4 +322,30 @@ async fn a_chain_that_lost_its_lease_writes_nothing_more() {
     assert_eq!(rows(&app.state.db).await, [("a".into(), 1)], "nothing of the refused change");
     let audit_rows = entity::audit_logs::Entity::find().count(&app.state.db).await.unwrap();
     assert_eq!(audit_rows, 1, "no audit row for it either");
+}
+
+/// PostgreSQL sends a batch and ends its transaction in two round trips (docs/write-path.md):
+/// a batch dropped in between (its request went away) must leave no transaction open on a
+/// pooled connection, where it would hold its row locks and be committed by the next batch.
+#[tokio::test]
+async fn a_batch_dropped_while_it_runs_leaves_no_transaction_behind() {
+    let (app, writer) = probes().await;
+    if writer.backend() != sea_orm::DbBackend::Postgres {
+        println!("skipped: only PostgreSQL keeps a transaction open across round trips");
+        return;
+    }
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+    let sleep = Query::select().expr(Expr::cust("pg_sleep(1)")).to_owned();
+    let held = Batch::new(writer.backend()).write(&bump("a", 1)).read(&sleep);
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(200), writer.run(held)).await;
+    assert!(dropped.is_err(), "dropped while PostgreSQL sleeps, after its update");
+
+    for n in 0..20 {
+        writer.run(Batch::new(writer.backend()).write(&insert(&format!("n{n:02}"), 1))).await.unwrap();
+    }
+    assert_eq!(rows(&app.state.db).await[0], ("a".into(), 1), "the dropped batch's update was not committed");
+    let other = ensemble::db::connect(&app.state.config.database_url, Some(1)).await.unwrap();
+    let update = format!("SET lock_timeout = '5s'; UPDATE {TABLE} SET version = 100 WHERE id = 'a'");
+    other.execute_unprepared(&update).await.expect("the row is not locked by a transaction left open");
+    assert_eq!(rows(&app.state.db).await[0], ("a".into(), 100));
 }
