@@ -82,9 +82,8 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
 }
 
 /// The writer of batches for the database at `url`, connected as `db` (docs/write-path.md): the
-/// bridge's `/batch` for D1, a transaction on `db` otherwise. Statements that do not go
-/// through `db` (D1's, PostgreSQL's batches) are counted in `counter`; SQLite's `db` counts
-/// its own (see [`connect_counting`]).
+/// bridge's `/batch` for D1, a transaction on `db` otherwise. Statements are counted in
+/// `counter` (on SQLite and PostgreSQL `db` counts them already, see [`connect_counting`]).
 pub fn writer(
     url: &str,
     db: &DatabaseConnection,
@@ -95,7 +94,7 @@ pub fn writer(
         let client = d1::Client::new(url, secret).map_err(|e| ConnectError::new(url, e))?;
         return Ok(std::sync::Arc::new(d1::D1Writer::new(client, counter)));
     }
-    Ok(std::sync::Arc::new(batch::SqlxWriter::new(db.clone(), counter)))
+    Ok(std::sync::Arc::new(batch::SqlxWriter::new(db.clone())))
 }
 
 /// Runs `work` (migrations, seeding) while holding a PostgreSQL advisory lock on a connection

@@ -116,7 +116,7 @@ async fn open(database_url: &str, data_dir: &Path) -> Result<Backups, String> {
             pending.len()
         ));
     }
-    let audit = Arc::new(AuditChain::new(db.clone(), Arc::new(SqlxWriter::new(db.clone(), None))));
+    let audit = Arc::new(AuditChain::new(db.clone(), Arc::new(SqlxWriter::new(db.clone()))));
     Ok(Backups::new(db, audit, data_dir))
 }
 

@@ -5,16 +5,12 @@
 //! aborts the whole batch, so nothing of it is written, and the caller reads and decides again
 //! or answers the error the guard stands for.
 //!
-//! [`SqlxWriter`] runs a batch inside a transaction: on SQLite (`BEGIN IMMEDIATE`) with its
-//! guards as SQL, on PostgreSQL sent in one round trip and each guard checked against its
-//! statement's row count (`batch/postgres.rs`). Cloudflare D1, which has no
+//! [`SqlxWriter`] runs a batch on SQLite (`BEGIN IMMEDIATE`) and PostgreSQL inside a transaction
+//! and checks each guard against the statement's row count. Cloudflare D1, which has no
 //! interactive transactions, gets the same batch through its bridge with the guards written as
 //! SQL (docs/write-path.md, "The mechanism per database").
 
-use std::{
-    sync::{Arc, atomic::AtomicU64},
-    time::Duration,
-};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -24,8 +20,6 @@ use sea_orm::{
 };
 
 use crate::error::AppError;
-
-mod postgres;
 
 /// How many rows a guarded statement must change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,18 +293,14 @@ pub trait BatchWriter: Send + Sync {
 /// SQLite and PostgreSQL through sqlx: the batch runs inside a transaction (`BEGIN IMMEDIATE`
 /// on SQLite, so writers queue at the start rather than fail at the commit) and a guard that
 /// does not hold rolls it back. On SQLite the guards are SQL, exactly as D1 runs them; on
-/// PostgreSQL the batch goes in one round trip and each guard is checked against its
-/// statement's row count.
+/// PostgreSQL each is checked against its statement's row count.
 pub struct SqlxWriter {
     db: DatabaseConnection,
-    /// Counts the statements of PostgreSQL's batches, which do not go through `db` (SQLite's
-    /// are counted by `db`'s own metric, when it has one).
-    counter: Option<Arc<AtomicU64>>,
 }
 
 impl SqlxWriter {
-    pub fn new(db: DatabaseConnection, counter: Option<Arc<AtomicU64>>) -> Self {
-        Self { db, counter }
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
     }
 }
 
@@ -321,12 +311,11 @@ impl BatchWriter for SqlxWriter {
     }
 
     async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
-        if batch.backend == DbBackend::Postgres {
-            let pool = self.db.get_postgres_connection_pool();
-            return postgres::run(pool, batch, self.counter.as_deref()).await;
-        }
         let txn = super::begin_write(&self.db).await.map_err(|err| BatchError::from_db(None, err))?;
-        let results = run_sql(&txn, batch).await;
+        let results = match batch.backend {
+            DbBackend::Sqlite => run_sql(&txn, batch).await,
+            _ => run_checked(&txn, batch).await,
+        };
         match results {
             Ok(results) => {
                 txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
@@ -360,6 +349,36 @@ async fn run_sql(txn: &DatabaseTransaction, batch: Batch) -> Result<Vec<StepResu
         if step.is_some() {
             results.push(result);
         }
+    }
+    Ok(results)
+}
+
+/// PostgreSQL (no `changes()`): each guard checked on its statement's row count.
+async fn run_checked(txn: &DatabaseTransaction, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+    let mut results = Vec::with_capacity(batch.steps.len());
+    for (index, step) in batch.steps.into_iter().enumerate() {
+        let failed = |err| BatchError::from_db(Some(index), err);
+        let (result, guard) = match step {
+            Step::Write { statement, returns: false, guard } => {
+                let done = txn.execute_raw(statement).await.map_err(failed)?;
+                (StepResult { rows_affected: done.rows_affected(), rows: Vec::new() }, guard)
+            }
+            Step::Write { statement, returns: true, guard } => {
+                let rows = txn.query_all_raw(statement).await.map_err(failed)?;
+                (StepResult { rows_affected: rows.len() as u64, rows }, guard)
+            }
+            Step::Assert { condition, code } => {
+                let rows = txn.query_all_raw(condition).await.map_err(failed)?;
+                if rows.is_empty() {
+                    return Err(BatchError::Guard { index, code });
+                }
+                (StepResult::default(), None)
+            }
+        };
+        if let Some(guard) = guard.filter(|guard| !guard.expect.holds(result.rows_affected)) {
+            return Err(BatchError::Guard { index, code: guard.code });
+        }
+        results.push(result);
     }
     Ok(results)
 }

@@ -60,7 +60,7 @@ async fn make_postgres(admin_url: &str) -> String {
 /// What every server's start would do to a new database: migrations and starters.
 async fn prepare(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("template migrated");
-    let writer = ensemble::db::batch::SqlxWriter::new(db.clone(), None);
+    let writer = ensemble::db::batch::SqlxWriter::new(db.clone());
     ensemble::service::templates::starters::seed(db, &writer).await.expect("starters seeded");
 }
 

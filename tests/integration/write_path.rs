@@ -324,9 +324,9 @@ async fn a_chain_that_lost_its_lease_writes_nothing_more() {
     assert_eq!(audit_rows, 1, "no audit row for it either");
 }
 
-/// PostgreSQL sends a batch and ends its transaction in two round trips (docs/write-path.md):
-/// a batch dropped in between (its request went away) must leave no transaction open on a
-/// pooled connection, where it would hold its row locks and be committed by the next batch.
+/// On PostgreSQL a batch's transaction stays open across its round trips: a batch dropped while
+/// it runs (its request went away) must leave no transaction open on a pooled connection, where
+/// it would hold its row locks and could be committed by the next batch.
 #[tokio::test]
 async fn a_batch_dropped_while_it_runs_leaves_no_transaction_behind() {
     let (app, writer) = probes().await;
