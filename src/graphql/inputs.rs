@@ -6,6 +6,9 @@
 //!   `GRAPHQL_VALIDATION_FAILED`, the spec's "Values of Correct Type". async-graphql's own
 //!   validation lets any 64-bit integer through for `Int` and refuses it only when a resolver
 //!   reads it, after the fields before it have run.
+//! - No text given, in a variable or written in the document, may hold the NUL character
+//!   (U+0000): PostgreSQL cannot store it, and a request that would have failed there with
+//!   INTERNAL is refused with `BAD_USER_INPUT` naming where, on every database alike.
 
 use std::collections::HashSet;
 
@@ -150,6 +153,11 @@ impl<'a> Walk<'a> {
                             );
                             self.errors.push(refusal(message, name.pos));
                         }
+                        if let Some(at) = nul_in(&value) {
+                            let message = format!("{}{at} of \"{}\": {HOLDS_NUL}", name.node, field.node.name.node);
+                            let refused = ServerError::new(message, Some(name.pos));
+                            self.errors.push(with_code(refused, "BAD_USER_INPUT"));
+                        }
                     }
                     self.set(&field.node.selection_set.node, MetaTypeName::concrete_typename(&meta.ty));
                 }
@@ -170,6 +178,24 @@ impl<'a> Walk<'a> {
     }
 }
 
+const HOLDS_NUL: &str = "must not contain the NUL character (U+0000)";
+
+/// Where inside `value` a text holds NUL: `""` for the value itself, `.field` or `[2]` inside
+/// it (a JSON value's keys too).
+fn nul_in(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) if text.contains('\0') => Some(String::new()),
+        Value::List(items) => {
+            items.iter().enumerate().find_map(|(i, item)| nul_in(item).map(|at| format!("[{i}]{at}")))
+        }
+        Value::Object(fields) => fields.iter().find_map(|(key, field)| {
+            let shown = key.escape_debug();
+            if key.contains('\0') { Some(format!(".{shown}")) } else { nul_in(field).map(|at| format!(".{shown}{at}")) }
+        }),
+        _ => None,
+    }
+}
+
 /// Every way the request's variables do not fit the types the operation declares, at
 /// `variables.<name>…`.
 fn variable_problems(registry: &Registry, operation: &OperationDefinition, variables: &Variables) -> Vec<Problem> {
@@ -179,7 +205,12 @@ fn variable_problems(registry: &Registry, operation: &OperationDefinition, varia
         let ty = &definition.node.var_type.node;
         let path = format!("variables.{name}");
         match variables.get(name) {
-            Some(value) => coerce(registry, ty, value, &path, &mut problems),
+            Some(value) => {
+                coerce(registry, ty, value, &path, &mut problems);
+                if let Some(at) = nul_in(value) {
+                    problems.push(Problem::new(format!("{path}{at}"), HOLDS_NUL));
+                }
+            }
             None if !ty.nullable && definition.node.default_value.is_none() => {
                 problems.push(Problem::new(path, format!("is required (a {ty}) and was not given")));
             }
