@@ -360,9 +360,8 @@ async fn relay(
         }
         // The bridge gone (the test ending): the caller's connection closes.
         let Ok(answer) = request.send().await else { return };
-        let status = answer.status().as_u16();
+        let (mut status, mut content_type) = (answer.status().as_u16(), "application/json");
         let Ok(mut answer) = answer.bytes().await.map(|b| b.to_vec()) else { return };
-        let (mut status, mut content_type) = (status, "application/json");
         if path.ends_with("/batch") {
             batches.fetch_add(1, Ordering::SeqCst);
             match armed.lock().unwrap().take() {

@@ -5,8 +5,8 @@
 //! A batch is sent with an idempotency key. When no answer comes back (the request may have been
 //! applied), or the Worker's host answers a bare 502–504 in its place, the same request goes
 //! again with the same key, which the bridge applies at most once and answers with the first
-//! outcome; a batch D1 refused as overloaded is not sent again: the
-//! mutation answers an error rather than risk a write D1 did not promise to take.
+//! outcome. A batch D1 refused as overloaded is not sent again: the mutation answers an error
+//! rather than risk a write D1 did not promise to take.
 
 use std::sync::{
     Arc,
