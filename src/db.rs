@@ -26,6 +26,9 @@ const SQLITE_POOL: u32 = 4;
 const POSTGRES_POOL: u32 = 10;
 /// How long opening the first connection may take, and retrying a refused one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pooled connection idle this long is pinged before it is handed out; one in use more
+/// recently is handed out as it is (docs/write-path.md, "Pooled connections").
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// The advisory lock key of start-up work (any number no other code uses).
 const STARTUP_LOCK: i64 = 0x656e_7365_6d62;
@@ -57,7 +60,11 @@ pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<DatabaseConnec
         return d1::connect(url, secret).await.map_err(|e| ConnectError::new(url, e));
     }
     let mut options = ConnectOptions::new(url.to_string());
-    options.connect_timeout(CONNECT_TIMEOUT).acquire_timeout(CONNECT_TIMEOUT).sqlx_logging(false);
+    options
+        .connect_timeout(CONNECT_TIMEOUT)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .test_before_acquire_if_idle_for(PING_AFTER_IDLE)
+        .sqlx_logging(false);
     if is_sqlite(url) {
         create_parent_dir(url)?;
         // Fails early with a clear message instead of deep inside sqlx.

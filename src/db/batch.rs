@@ -10,7 +10,7 @@
 //! interactive transactions, gets the same batch through its bridge with the guards written as
 //! SQL (docs/write-path.md, "The mechanism per database").
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -18,6 +18,8 @@ use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     FromQueryResult, Iterable, QueryResult, QueryTrait, Statement, StatementBuilder, sea_query::SelectStatement,
 };
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::AppError;
 
@@ -288,19 +290,45 @@ pub trait BatchWriter: Send + Sync {
 
     /// Runs every step of `batch` in one transaction, or none of them; one result per step.
     async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError>;
+
+    /// Opens the transaction of a batch not built yet, where that keeps no one else waiting:
+    /// the audit chain opens it before its turn, so that opening is not part of the section
+    /// mutations pass one at a time (docs/write-path.md, "The audit chain"). `None` where it
+    /// cannot be done ahead.
+    async fn open(&self) -> Result<Option<Box<dyn OpenBatch>>, BatchError> {
+        Ok(None)
+    }
+}
+
+/// A transaction opened by [`BatchWriter::open`], waiting for its batch.
+#[async_trait]
+pub trait OpenBatch: Send {
+    /// Runs every step of `batch` in the transaction, as [`BatchWriter::run`] does.
+    async fn run(self: Box<Self>, batch: Batch) -> Result<Vec<StepResult>, BatchError>;
 }
 
 /// SQLite and PostgreSQL through sqlx: the batch runs inside a transaction (`BEGIN IMMEDIATE`
 /// on SQLite, so writers queue at the start rather than fail at the commit) and a guard that
 /// does not hold rolls it back. On SQLite the guards are SQL, exactly as D1 runs them; on
 /// PostgreSQL each is checked against its statement's row count.
+///
+/// On PostgreSQL a transaction can be opened ahead ([`BatchWriter::open`]): `BEGIN` takes no
+/// lock there. At most half the pool's connections wait that way, so that the reads of the
+/// mutation whose turn it is always find one. SQLite's `BEGIN IMMEDIATE` is the database's one
+/// write lock, so it is not taken ahead.
 pub struct SqlxWriter {
     db: DatabaseConnection,
+    ahead: Option<Arc<Semaphore>>,
 }
 
 impl SqlxWriter {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        let ahead = match db.get_database_backend() {
+            DbBackend::Postgres => Some(db.get_postgres_connection_pool().options().get_max_connections() / 2),
+            _ => None,
+        };
+        let ahead = ahead.filter(|permits| *permits > 0).map(|permits| Arc::new(Semaphore::new(permits as usize)));
+        Self { db, ahead }
     }
 }
 
@@ -312,19 +340,44 @@ impl BatchWriter for SqlxWriter {
 
     async fn run(&self, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
         let txn = super::begin_write(&self.db).await.map_err(|err| BatchError::from_db(None, err))?;
-        let results = match batch.backend {
-            DbBackend::Sqlite => run_sql(&txn, batch).await,
-            _ => run_checked(&txn, batch).await,
-        };
-        match results {
-            Ok(results) => {
-                txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
-                Ok(results)
-            }
-            Err(err) => {
-                txn.rollback().await.map_err(|err| BatchError::from_db(None, err))?;
-                Err(err)
-            }
+        run_in(txn, batch).await
+    }
+
+    async fn open(&self) -> Result<Option<Box<dyn OpenBatch>>, BatchError> {
+        let Some(ahead) = &self.ahead else { return Ok(None) };
+        let permit = ahead.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let txn = super::begin_write(&self.db).await.map_err(|err| BatchError::from_db(None, err))?;
+        Ok(Some(Box::new(Opened { txn, _permit: permit })))
+    }
+}
+
+/// A PostgreSQL transaction opened ahead, and its place among those.
+struct Opened {
+    txn: DatabaseTransaction,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl OpenBatch for Opened {
+    async fn run(self: Box<Self>, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+        run_in(self.txn, batch).await
+    }
+}
+
+/// Runs `batch` in `txn`, then commits, or rolls back on the first step that failed.
+async fn run_in(txn: DatabaseTransaction, batch: Batch) -> Result<Vec<StepResult>, BatchError> {
+    let results = match batch.backend {
+        DbBackend::Sqlite => run_sql(&txn, batch).await,
+        _ => run_checked(&txn, batch).await,
+    };
+    match results {
+        Ok(results) => {
+            txn.commit().await.map_err(|err| BatchError::from_db(None, err))?;
+            Ok(results)
+        }
+        Err(err) => {
+            txn.rollback().await.map_err(|err| BatchError::from_db(None, err))?;
+            Err(err)
         }
     }
 }

@@ -13,11 +13,11 @@ use sea_orm::{
 };
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
     db::{
-        batch::{Attempts, Batch, BatchError, BatchWriter, Expect, OnGuard, StepResult},
+        batch::{Attempts, Batch, BatchError, BatchWriter, Expect, OnGuard, OpenBatch, StepResult},
         lease,
     },
     domain::{Caller, Principal},
@@ -231,31 +231,36 @@ impl AuditChain {
         // The first decision is made without the lock, so that mutations of different things do
         // not wait on each other's reads. The lock is taken for the head and the batch, and kept
         // once a guard failed: the next decision is then made while no other mutation of this
-        // process can commit, so it holds (no pause needed before it).
-        let mut held = None;
+        // process can commit, so it holds (no pause needed before it). Where the writer can, the
+        // first attempt's transaction is opened before waiting for the lock.
+        let prefix = self.prefix();
+        let on_guard = |index: usize, code| match (code, index.checked_sub(prefix)) {
+            (LEASE_LOST, _) => OnGuard::Answer(AppError::internal(
+                "this server no longer holds the audit lease of its D1 database: another server writes it",
+            )),
+            (AUDIT_HEAD, _) | (_, None) => OnGuard::Retry,
+            (_, Some(index)) => on_guard(index, code),
+        };
+        let mut held: Option<MutexGuard<'_, Option<audit_head::Model>>> = None;
         let mut attempts = Attempts::without_pauses();
         loop {
             let Audited { batch, entry, answer } = match plan().await? {
                 Decision::Write(audited) => audited,
                 Decision::Unchanged(answer) => return Ok((answer, Vec::new())),
             };
-            let known = match &mut held {
-                Some(known) => known,
-                None => held.insert(self.head.lock().await),
+            let appended = match &mut held {
+                Some(known) => self.append(known, caller, batch, &entry, None, None).await,
+                None => match self.writer.open().await {
+                    Ok(opened) => {
+                        let known = held.insert(self.head.lock().await);
+                        self.append(known, caller, batch, &entry, None, opened).await
+                    }
+                    Err(err) => Err(err),
+                },
             };
-            match self.append(known, caller, batch, &entry, None).await {
+            match appended {
                 Ok(results) => return Ok((answer, results)),
-                Err(err) => {
-                    let prefix = self.prefix();
-                    let on_guard = |index: usize, code| match (code, index.checked_sub(prefix)) {
-                        (LEASE_LOST, _) => OnGuard::Answer(AppError::internal(
-                            "this server no longer holds the audit lease of its D1 database: another server writes it",
-                        )),
-                        (AUDIT_HEAD, _) | (_, None) => OnGuard::Retry,
-                        (_, Some(index)) => on_guard(index, code),
-                    };
-                    attempts.failed(err, &on_guard).await?;
-                }
+                Err(err) => attempts.failed(err, &on_guard).await?,
             }
         }
     }
@@ -266,7 +271,7 @@ impl AuditChain {
         let mut attempts = Attempts::default();
         loop {
             let batch = Batch::new(self.writer.backend());
-            match self.append(&mut known, caller, batch, &entry, Some(reason)).await {
+            match self.append(&mut known, caller, batch, &entry, Some(reason), None).await {
                 Ok(_) => return Ok(()),
                 Err(err) => attempts.failed(err, &|_, _| OnGuard::Retry).await?,
             }
@@ -276,7 +281,8 @@ impl AuditChain {
     /// Commits `batch` between moving the head from the one `known` (or read now) and inserting
     /// the row of `entry`; answers the results of `batch`'s own steps. When only the head moved
     /// (another process wrote a row), the same batch goes again after the new head, up to
-    /// [`HEAD_ATTEMPTS`] times: what the mutation decided on still holds.
+    /// [`HEAD_ATTEMPTS`] times: what the mutation decided on still holds. The first attempt
+    /// runs in `opened`, when the writer opened its transaction ahead.
     async fn append(
         &self,
         known: &mut Option<audit_head::Model>,
@@ -284,6 +290,7 @@ impl AuditChain {
         batch: Batch,
         entry: &Entry,
         reason: Option<&str>,
+        mut opened: Option<Box<dyn OpenBatch>>,
     ) -> Result<Vec<StepResult>, BatchError> {
         let result = if reason.is_some() { "denied" } else { "allowed" };
         for attempt in 1..=HEAD_ATTEMPTS {
@@ -292,7 +299,7 @@ impl AuditChain {
                 None => read_head(&self.db).await.map_err(BatchError::Other)?,
             };
             let row = link(&head, caller, entry, result, reason.map(str::to_string));
-            match self.chained(&head, batch.clone(), &row).await {
+            match self.chained(&head, batch.clone(), &row, opened.take()).await {
                 Ok(results) => {
                     *known = Some(audit_head::Model { id: 1, seq: row.seq, hash: row.hash });
                     return Ok(results);
@@ -304,13 +311,14 @@ impl AuditChain {
         unreachable!("the last attempt returns")
     }
 
-    /// Commits `batch` between moving the head (guarded) and inserting `row`; answers the
-    /// results of `batch`'s own steps.
+    /// Commits `batch` between moving the head (guarded) and inserting `row`, in `opened` or a
+    /// transaction of its own; answers the results of `batch`'s own steps.
     async fn chained(
         &self,
         head: &audit_head::Model,
         batch: Batch,
         row: &audit_logs::Model,
+        opened: Option<Box<dyn OpenBatch>>,
     ) -> Result<Vec<StepResult>, BatchError> {
         let move_head = Query::update()
             .table(audit_head::Entity)
@@ -326,7 +334,11 @@ impl AuditChain {
             chained = chained.assert(&lease::held_by(lease::AUDIT, holder), LEASE_LOST);
         }
         let prefix = chained.len();
-        let mut results = self.writer.run(chained.then(batch).write(&insert_row)).await?;
+        let chained = chained.then(batch).write(&insert_row);
+        let mut results = match opened {
+            Some(opened) => opened.run(chained).await?,
+            None => self.writer.run(chained).await?,
+        };
         Ok(results.drain(prefix..prefix + steps).collect())
     }
 }

@@ -370,6 +370,33 @@ async fn a_postgres_connection_dropped_mid_request_fails_that_request_cleanly() 
 }
 
 #[tokio::test]
+async fn pooled_connections_the_database_closed_while_idle_are_not_handed_to_requests() {
+    let Some(pg) = cluster::postgres() else { return };
+    let cluster = Cluster::new(&pg, None).await;
+    let a = cluster.start("A").await;
+    let alice = cluster.token("user_alice", GlobalRole::Member);
+    create_team(&a, &alice).await;
+
+    // What a restart of PostgreSQL, or a proxy closing idle links, does to A's pool.
+    let admin = sea_orm::Database::connect(&cluster.db.url).await.unwrap();
+    let idle = "SELECT pg_terminate_backend(pid) AS terminated FROM pg_stat_activity \
+                WHERE datname = current_database() AND state = 'idle' AND pid <> pg_backend_pid()";
+    let terminated = admin.query_all_raw(Statement::from_string(sea_orm::DbBackend::Postgres, idle)).await.unwrap();
+    assert!(!terminated.is_empty(), "A keeps idle connections in its pool");
+    // Past the idle time after which a pooled connection is pinged before use (src/db.rs).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let teams = a.must(&alice, "{ teams(first: 10) { nodes { name } } }", json!({})).await;
+    assert_eq!(
+        teams["teams"]["nodes"].as_array().map(Vec::len),
+        Some(1),
+        "a read after the connections closed: {teams}"
+    );
+    let created = "mutation { createTeam(input: {name: \"After the restart\"}) { name } }";
+    assert_eq!(a.must(&alice, created, json!({})).await["createTeam"]["name"], "After the restart");
+}
+
+#[tokio::test]
 async fn sigterm_closes_subscriptions_with_1001_and_clients_resume_on_another_instance() {
     let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
     let cluster = Cluster::new(&pg, Some(&redis)).await;

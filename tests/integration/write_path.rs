@@ -3,7 +3,8 @@
 //! not hold, a false assertion and a refused constraint each leave nothing of it; `RETURNING`
 //! claims a row once among concurrent claimants; `write` reads and decides again when what it
 //! decided on changed, up to its attempts, and answers CONFLICT after them; on PostgreSQL a
-//! batch dropped while it runs leaves no transaction open behind it.
+//! batch dropped while it runs leaves no transaction open behind it, and one opened ahead keeps
+//! no one waiting and checks its guards when it runs.
 
 use crate::common;
 
@@ -348,4 +349,35 @@ async fn a_batch_dropped_while_it_runs_leaves_no_transaction_behind() {
     let update = format!("SET lock_timeout = '5s'; UPDATE {TABLE} SET version = 100 WHERE id = 'a'");
     other.execute_unprepared(&update).await.expect("the row is not locked by a transaction left open");
     assert_eq!(rows(&app.state.db).await[0], ("a".into(), 100));
+}
+
+/// The audit chain opens a batch's transaction before its turn comes (docs/write-path.md, "The
+/// audit chain"). Opened, it keeps no other writer waiting, and its guards are checked against
+/// what committed while it waited; dropped unused, it leaves nothing open behind it. SQLite's
+/// writer opens nothing ahead: its `BEGIN IMMEDIATE` is the database's one write lock.
+#[tokio::test]
+async fn a_batch_opened_ahead_keeps_no_one_waiting_and_checks_its_guards_when_it_runs() {
+    let (app, writer) = probes().await;
+    writer.run(Batch::new(writer.backend()).write(&insert("a", 1))).await.unwrap();
+    let Some(opened) = writer.open().await.unwrap() else {
+        assert_ne!(writer.backend(), sea_orm::DbBackend::Postgres, "PostgreSQL opens a batch ahead");
+        println!("skipped: only PostgreSQL opens a batch ahead");
+        return;
+    };
+
+    let meanwhile = Batch::new(writer.backend()).write(&bump("a", 1)).guard(Expect::One, "probe_version");
+    let committed = tokio::time::timeout(std::time::Duration::from_secs(5), writer.run(meanwhile)).await;
+    committed.expect("another writer is not kept waiting").unwrap();
+
+    let decided_before =
+        Batch::new(writer.backend()).write(&insert("b", 1)).write(&bump("a", 1)).guard(Expect::One, "probe_version");
+    let refused = opened.run(decided_before).await.unwrap_err();
+    assert!(matches!(refused, BatchError::Guard { index: 1, code: "probe_version" }), "{refused:?}");
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 2)]);
+
+    drop(writer.open().await.unwrap());
+    let bumped = Batch::new(writer.backend()).write(&bump("a", 2)).guard(Expect::One, "probe_version");
+    let opened = writer.open().await.unwrap().expect("one is open again once the last was dropped");
+    opened.run(bumped).await.unwrap();
+    assert_eq!(rows(&app.state.db).await, [("a".into(), 3)]);
 }
