@@ -18,7 +18,6 @@ use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     FromQueryResult, Iterable, QueryResult, QueryTrait, Statement, StatementBuilder, sea_query::SelectStatement,
 };
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::AppError;
