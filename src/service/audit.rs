@@ -159,7 +159,8 @@ const HEAD_ATTEMPTS: u32 = 10;
 
 /// The one way a mutation that leaves an audit row commits (docs/write-path.md, "The audit
 /// chain"): the mutation's batch, with the head moved first (guarded on the head it was decided
-/// on) and the row last, so the change and its row are written together or not at all.
+/// on) and the row last, so the change and its row are written together or not at all. On
+/// PostgreSQL the head's move and the row are one statement, first in the batch.
 ///
 /// Every such mutation moves the head, so writers in this process queue on a mutex, held from
 /// knowing the head to the batch's end, instead of meeting in retries. A mutation decides first
@@ -330,23 +331,23 @@ impl AuditChain {
         let steps = batch.len();
         let backend = self.writer.backend();
         let on_postgres = backend == DbBackend::Postgres;
-        let mut chained = match on_postgres {
+        let mut chained = if on_postgres {
             // The head's move and the row in one statement: a round trip fewer while the mutex
             // is held (docs/write-path.md, "The audit chain").
-            true => Batch::new(backend).write(&row_after_head(move_head, row)),
-            false => Batch::new(backend).write(&move_head),
+            Batch::new(backend).write(&row_after_head(move_head, row))
+        } else {
+            Batch::new(backend).write(&move_head)
         }
         .guard(Expect::One, AUDIT_HEAD);
         if let Some(holder) = self.lease.get() {
             chained = chained.assert(&lease::held_by(lease::AUDIT, holder), LEASE_LOST);
         }
         let prefix = chained.len();
-        let chained = match on_postgres {
-            true => chained.then(batch),
-            false => {
-                let insert_row = audit_logs::Entity::insert(audit_logs::ActiveModel::from(row.clone())).into_query();
-                chained.then(batch).write(&insert_row)
-            }
+        let chained = if on_postgres {
+            chained.then(batch)
+        } else {
+            let insert_row = audit_logs::Entity::insert(audit_logs::ActiveModel::from(row.clone())).into_query();
+            chained.then(batch).write(&insert_row)
         };
         let mut results = match opened {
             Some(opened) => opened.run(chained).await?,
