@@ -326,13 +326,19 @@ async fn an_instance_starts_without_redis_and_connects_when_it_appears() {
     assert_eq!(a.must(&alice, ME, json!({})).await["me"]["id"], "user_alice");
 }
 
-#[tokio::test]
-async fn a_postgres_connection_dropped_mid_request_fails_that_request_cleanly() {
-    let Some(pg) = cluster::postgres() else { return };
-    let cluster = Cluster::new(&pg, None).await;
+/// One instance on PostgreSQL alone, Alice's token, and a team of hers.
+async fn one_instance_with_a_team(pg: &str) -> (Cluster, cluster::Instance, String) {
+    let cluster = Cluster::new(pg, None).await;
     let a = cluster.start("A").await;
     let alice = cluster.token("user_alice", GlobalRole::Member);
     create_team(&a, &alice).await;
+    (cluster, a, alice)
+}
+
+#[tokio::test]
+async fn a_postgres_connection_dropped_mid_request_fails_that_request_cleanly() {
+    let Some(pg) = cluster::postgres() else { return };
+    let (cluster, a, alice) = one_instance_with_a_team(&pg).await;
 
     let admin = sea_orm::Database::connect(&cluster.db.url).await.unwrap();
     let lock = admin.begin().await.unwrap();
@@ -372,10 +378,7 @@ async fn a_postgres_connection_dropped_mid_request_fails_that_request_cleanly() 
 #[tokio::test]
 async fn pooled_connections_the_database_closed_while_idle_are_not_handed_to_requests() {
     let Some(pg) = cluster::postgres() else { return };
-    let cluster = Cluster::new(&pg, None).await;
-    let a = cluster.start("A").await;
-    let alice = cluster.token("user_alice", GlobalRole::Member);
-    create_team(&a, &alice).await;
+    let (cluster, a, alice) = one_instance_with_a_team(&pg).await;
 
     // What a restart of PostgreSQL, or a proxy closing idle links, does to A's pool.
     let admin = sea_orm::Database::connect(&cluster.db.url).await.unwrap();
