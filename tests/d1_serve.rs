@@ -3,8 +3,9 @@
 //! keeps one audit row per mutation in a chain that verifies, gives 20 concurrent edits versions
 //! without gaps, refuses a second server on the same database (the audit lease), gives the
 //! lease up when its start fails, says so on `/readyz` and in errors when the bridge goes away,
-//! and sends a batch whose answer was lost (or replaced by a bare 503) again with its
-//! idempotency key, applied once. Its own binary: the D1 secret is read from the environment.
+//! and sends a batch whose answer was lost (or replaced by a bare 503, or by D1's UNAVAILABLE)
+//! again with its idempotency key, applied once. Its own binary: the D1 secret is read from the
+//! environment.
 //! Runs with `ENSEMBLE_TEST_D1=1` (a step of `.ci/run`), as tests/d1_reads.rs.
 
 #[path = "support/d1_bridge.rs"]
@@ -278,8 +279,9 @@ async fn the_server_serves_on_d1_through_the_bridge() {
 /// A loopback HTTP proxy in front of the bridge that relays every request and its answer, each
 /// request on a connection of its own to the bridge; once armed, it relays the next `/batch`,
 /// waits until the bridge has answered (the batch is applied) and loses the answer: it closes
-/// the caller's connection, as a network that fails on the way back would, or answers a bare
-/// 503 page in its place, as wrangler dev now and then does.
+/// the caller's connection, as a network that fails on the way back would, answers a bare 503
+/// page in its place, as wrangler dev now and then does, or the bridge's 503 UNAVAILABLE, as D1
+/// answers when its connection was lost while it ran the batch.
 struct LosingProxy {
     url: String,
     armed: Arc<Mutex<Option<Loss>>>,
@@ -293,6 +295,7 @@ struct LosingProxy {
 enum Loss {
     Connection,
     Bare503,
+    Unavailable,
 }
 
 impl LosingProxy {
@@ -375,6 +378,12 @@ async fn relay(
                     (status, content_type) = (503, "text/plain");
                     answer = b"Service Unavailable".to_vec();
                 }
+                Some(Loss::Unavailable) => {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                    status = 503;
+                    let error = json!({"error": {"code": "UNAVAILABLE", "message": "Network connection lost."}});
+                    answer = error.to_string().into_bytes();
+                }
             }
         }
         let reply =
@@ -420,7 +429,7 @@ async fn a_mutation_whose_batch_answer_is_lost_is_sent_again_and_applied_once() 
         }
     };
 
-    for (loss, version) in [(Loss::Connection, 2), (Loss::Bare503, 3)] {
+    for (loss, version) in [(Loss::Connection, 2), (Loss::Bare503, 3), (Loss::Unavailable, 4)] {
         let audited = server.must(VERIFY, json!({})).await["verifyAuditLog"]["checkedRows"].as_i64().unwrap();
         let (sent, lost) = (proxy.batches.load(Ordering::SeqCst), proxy.lost.load(Ordering::SeqCst));
         *proxy.armed.lock().unwrap() = Some(loss);

@@ -29,6 +29,20 @@ pub fn on_d1() -> bool {
     std::env::var(d1_bridge::RUN_ENV).as_deref() == Ok("1")
 }
 
+/// On D1, shows the server's warnings about the bridge (a read tried again, a batch sent again)
+/// and the errors it answered with the test whose server logged them: libtest prints them when
+/// that test fails.
+fn show_d1_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("ensemble::db=warn,ensemble::startup=warn,ensemble::error=error")
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 /// On D1, says why the calling test does not apply there and answers true (the test returns).
 pub fn skipped_on_d1(why: &str) -> bool {
     if on_d1() {
@@ -76,7 +90,10 @@ impl TestApp {
         };
         config.database_url = match &pg {
             Some(pg) => pg.url.clone(),
-            None if on_d1() => d1_bridge::Pool::get(template::at_exit).next_url(),
+            None if on_d1() => {
+                show_d1_warnings();
+                d1_bridge::Pool::get(template::at_exit).next_url()
+            }
             None => {
                 let file = dir.path().join("ensemble.db");
                 template::copy_sqlite_to(&file).await;
@@ -148,13 +165,22 @@ impl TestApp {
     /// `spawn_quiet` and nothing else may be in flight: it first waits until no statement has
     /// run for a moment (a run's last writes, the usage flush at start). A request with the same
     /// token goes first, so that the sign-in cache is warm whatever the time spent before.
+    /// On D1 the server renews its audit lease every 20 s, a batch that counts too when it lands
+    /// during the request: there the operation (a query) runs three times and the fewest counts.
     pub async fn statements_for(&self, token: &str, query: &str, variables: Value) -> (u64, Value) {
         assert!(self.state.config.usage_flush_secs >= 3600, "count statements on a TestApp::spawn_quiet() server");
         self.gql_as(token, "{ __typename }", json!({})).await;
         self.until_quiet().await;
-        let before = self.statements_run();
-        let (_, body) = self.gql_as(token, query, variables).await;
-        (self.statements_run() - before, body)
+        let mut fewest = None;
+        for _ in 0..if on_d1() { 3 } else { 1 } {
+            let before = self.statements_run();
+            let (_, body) = self.gql_as(token, query, variables.clone()).await;
+            let count = self.statements_run() - before;
+            if fewest.as_ref().is_none_or(|(fewest, _)| count < *fewest) {
+                fewest = Some((count, body));
+            }
+        }
+        fewest.expect("measured at least once")
     }
 
     /// SQL statements the server has run so far.

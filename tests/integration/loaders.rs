@@ -3,8 +3,6 @@
 
 use crate::common;
 
-use std::sync::atomic::Ordering;
-
 use common::TestApp;
 use ensemble::{
     domain::{Caller, GlobalRole},
@@ -17,7 +15,7 @@ const EVERYTHING: &str =
     "{ teams(first: 50) { nodes { owner { id } versionCount shareLinks { id } members { role user { id } } } } }";
 
 async fn statements_for_listing(teams_count: usize) -> (u64, u64) {
-    let app = TestApp::spawn_with(|c| c.usage_flush_secs = 3600).await;
+    let app = TestApp::spawn_quiet().await;
     let token = app.token("user_many", GlobalRole::Member);
     let (_, me) = app.gql_as(&token, "{ me { id } }", json!({})).await;
     assert_eq!(me["data"]["me"]["id"], "user_many");
@@ -42,9 +40,8 @@ async fn statements_for_listing(teams_count: usize) -> (u64, u64) {
     }
     let mut counts = Vec::new();
     for query in [LIST, EVERYTHING] {
-        let before = app.state.statements.load(Ordering::SeqCst);
-        let (_, body) = app.gql_as(&token, query, json!({})).await;
-        counts.push(app.state.statements.load(Ordering::SeqCst) - before);
+        let (count, body) = app.statements_for(&token, query, json!({})).await;
+        counts.push(count);
         let nodes = body["data"]["teams"]["nodes"].as_array().unwrap_or_else(|| panic!("{body}"));
         assert_eq!(nodes.len(), teams_count);
         assert_eq!(nodes[0]["members"].as_array().map(Vec::len), Some(2));

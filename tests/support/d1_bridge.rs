@@ -100,6 +100,7 @@ impl Pool {
             (at_exit.take().unwrap())(Box::new(move || {
                 let used = POOL.get().map_or(0, |pool| pool.next.load(Ordering::Relaxed));
                 println!("local D1 pool: {used} of {POOL_SIZE} databases used");
+                print_trouble(&dir.join("dev.log"));
                 kill_group(group);
                 let _ = std::fs::remove_dir_all(dir);
             }));
@@ -148,6 +149,23 @@ impl Pool {
         }
         let (process, port) = serve(wrangler, &dir, &folder, &state, &secret);
         Self { base: format!("d1+http://127.0.0.1:{port}"), next: AtomicUsize::new(0), process, dir }
+    }
+}
+
+/// The lines of wrangler dev's log that are neither its banner nor an answered request: its
+/// errors, and the requests it answered 5xx (the suite's tests print what their servers made of
+/// them).
+fn print_trouble(log: &Path) {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let answered = |line: &str| {
+        line.starts_with("[wrangler:info] ")
+            && line.split(' ').any(|word| word.len() == 3 && (word.starts_with('2') || word.starts_with('4')))
+    };
+    let banner = |line: &str| line.starts_with("env.") || line.starts_with("Binding") || line.trim().is_empty();
+    let trouble: Vec<&str> = log.lines().filter(|line| !answered(line) && !banner(line)).collect();
+    println!("wrangler dev's log, without its banner and its 2xx and 4xx answers ({} lines):", trouble.len());
+    for line in trouble.iter().take(100) {
+        println!("  {line}");
     }
 }
 

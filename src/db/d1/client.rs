@@ -13,9 +13,9 @@ use sha2::Sha256;
 /// How long a request may take: D1 allows a query 30 s, the rest is the way there and back.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts of a read that failed transiently (1 + 2 retries), sleeping a random 0–`RETRY_BASE
-/// × 2^n` between them (full jitter).
-const READ_ATTEMPTS: u32 = 3;
+/// Attempts of a read that failed transiently (1 + 4 retries), sleeping a random 0–`RETRY_BASE
+/// × 2^n` between them (full jitter, at most 1.5 s in all).
+const READ_ATTEMPTS: u32 = 5;
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// The bridge refuses shorter secrets (d1-bridge/src/index.js, MIN_SECRET_LENGTH).
 pub const MIN_SECRET_LENGTH: usize = 32;

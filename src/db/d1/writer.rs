@@ -2,11 +2,11 @@
 //! written as SQL ([`Batch::into_sql`]), so D1 runs it as one transaction and a guard that does
 //! not hold aborts all of it with `write_guard:<step>:<code>` in the error.
 //!
-//! A batch is sent with an idempotency key. When no answer comes back (the request may have been
-//! applied), or the Worker's host answers a bare 502–504 in its place, the same request goes
-//! again with the same key, which the bridge applies at most once and answers with the first
-//! outcome. A batch D1 refused as overloaded is not sent again: the mutation answers an error
-//! rather than risk a write D1 did not promise to take.
+//! A batch is sent with an idempotency key, which the bridge records in the same D1 transaction
+//! as the batch's statements. When no answer comes back (the request may have been applied), the
+//! Worker's host answers a bare 502–504 in its place, or D1 answers that it is overloaded or
+//! unavailable, the same request goes again with the same key: the bridge applies it at most
+//! once, and answers a key it has seen with the first outcome.
 
 use std::sync::{
     Arc,
@@ -23,10 +23,10 @@ use super::{
 };
 use crate::db::batch::{Batch, BatchError, BatchWriter, SqlStatement, StepResult, guard_in};
 
-/// How many times a batch whose answer was lost is sent again with its key.
-const RESENDS: u32 = 2;
-/// The pause before the first resend, longer before each next one: a host that answered 503 may
-/// need a moment.
+/// How many times a batch without an outcome is sent again with its key.
+const RESENDS: u32 = 4;
+/// The pause before the first resend, twice as long before each next one (3 s in all): a host
+/// that answered 503 may need a moment.
 const RESEND_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub struct D1Writer {
@@ -66,10 +66,11 @@ impl BatchWriter for D1Writer {
         let mut resends = 0;
         let answer = loop {
             match self.client.batch(&sent, &key).await {
-                Err(err @ Error::Unreachable { .. }) if resends < RESENDS => {
+                Err(err @ (Error::Unreachable { .. } | Error::Transient { .. })) if resends < RESENDS => {
+                    let pause = RESEND_PAUSE * 2_u32.pow(resends);
                     resends += 1;
-                    tracing::warn!(error = %err, resends, "no answer to a D1 batch; sending it again with its key");
-                    tokio::time::sleep(RESEND_PAUSE * resends).await;
+                    tracing::warn!(error = %err, resends, "no outcome of a D1 batch; sending it again with its key");
+                    tokio::time::sleep(pause).await;
                 }
                 Err(err) => return Err(failed(err, &statements, &codes)),
                 Ok(answer) => break answer,
