@@ -160,6 +160,26 @@ async fn a_read_d1_calls_overloaded_is_sent_again_and_a_write_is_sent_once() {
 }
 
 #[tokio::test]
+async fn a_batch_d1_keeps_refusing_as_overloaded_is_sent_again_then_answered_as_out_of_reach() {
+    use ensemble::db::batch::{Batch, BatchError};
+    use sea_orm::{DbErr, sea_query::Query};
+    secret_in_env();
+    // The stub answers every batch OVERLOADED.
+    let (url, requests) = stub_bridge_answering(|_| None).await;
+    let db = db::connect(&url, None).await.unwrap();
+    let writer = db::writer(&url, &db, None).unwrap();
+    let before = requests.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let delete = Query::delete().from_table(users::Entity).to_owned();
+    let refused = writer.run(Batch::new(writer.backend()).write(&delete)).await.unwrap_err();
+    assert!(matches!(&refused, BatchError::Other(DbErr::Conn(_))), "out of reach, not a failed statement: {refused:?}");
+    assert!(refused.to_string().contains("D1 is unavailable (OVERLOADED)"), "{refused}");
+    assert_eq!(requests.load(Ordering::SeqCst) - before, 5, "sent, then sent again 4 times");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(3000) && waited < Duration::from_secs(6), "200 ms doubling: {waited:?}");
+}
+
+#[tokio::test]
 async fn a_bridge_that_is_down_is_reported_as_unreachable() {
     secret_in_env();
     let port = free_port();

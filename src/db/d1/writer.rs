@@ -103,7 +103,8 @@ fn row(NamedRow(fields): NamedRow) -> Result<QueryResult, BatchError> {
 }
 
 /// The bridge's refusal as the write path's: a guard by its reason, a constraint by the statement
-/// the bridge found failing, D1 busy or away as transient only when nothing can have been applied.
+/// the bridge found failing, D1 busy or away (after the resends) as the database out of reach,
+/// which the mutation answers as such rather than trying its decision again.
 fn failed(err: Error, statements: &[SqlStatement], codes: &[&'static str]) -> BatchError {
     if let Error::Bridge { message, .. } = &err
         && let Some((index, code)) = guard_in(message, codes)
@@ -116,8 +117,8 @@ fn failed(err: Error, statements: &[SqlStatement], codes: &[&'static str]) -> Ba
             let step = index.and_then(|index| statements.get(index)).and_then(|statement| statement.step);
             BatchError::Constraint { index: step.unwrap_or_default(), source: db_err(&err) }
         }
-        // No answer at all, after the resends: the database is out of reach.
-        Error::Unreachable { .. } | Error::Unauthorized { .. } => {
+        // No answer, or D1 busy, after the resends: the database is out of reach for now.
+        Error::Unreachable { .. } | Error::Transient { .. } | Error::Unauthorized { .. } => {
             BatchError::Other(DbErr::Conn(RuntimeErr::Internal(err.to_string())))
         }
         _ => BatchError::Other(db_err(&err)),
