@@ -80,7 +80,7 @@ pub struct Config {
     #[arg(long, env = "ENSEMBLE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
-    /// Seconds a request may take before it is answered with 408.
+    /// Seconds a request may take before it is stopped and answered 504 (`REQUEST_TIMEOUT`).
     #[arg(long, env = "ENSEMBLE_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout_secs: u64,
 

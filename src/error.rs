@@ -77,6 +77,12 @@ pub enum AppError {
     /// too, with a message saying so, since trying again later may work. The cause is logged.
     #[error("the database cannot be reached: {0}")]
     Unavailable(String),
+    /// The request ran past `ENSEMBLE_REQUEST_TIMEOUT` and was stopped (docs/transport.md).
+    #[error(
+        "The request took longer than {after_secs} s, the server's limit, and was stopped. What it saved \
+         before then is kept, and runs it started go on: find them with `runs`."
+    )]
+    TimedOut { after_secs: u64 },
 }
 
 impl AppError {
@@ -111,6 +117,7 @@ impl AppError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::QuotaExceeded(_) => "QUOTA_EXCEEDED",
             Self::Internal(_) | Self::Unavailable(_) => "INTERNAL",
+            Self::TimedOut { .. } => "REQUEST_TIMEOUT",
         }
     }
 }
@@ -172,8 +179,6 @@ impl ErrorExtensions for AppError {
 }
 
 impl AppError {
-    /// This error as one of the request as a whole: no `path`, and no `locations` (an error
-    /// that is about no place in the document has none, rather than line 0).
     /// The error for a person at a terminal (a command's or the server start's failure), never
     /// a client: an internal error's cause as it is, any other error's message.
     pub fn into_cause(self) -> String {
@@ -183,6 +188,8 @@ impl AppError {
         }
     }
 
+    /// This error as one of the request as a whole: no `path`, and no `locations` (an error
+    /// that is about no place in the document has none, rather than line 0).
     pub fn request_error(&self) -> async_graphql::ServerError {
         let error = self.extend();
         let mut server_error = async_graphql::ServerError::new(error.message, None);

@@ -23,6 +23,7 @@ pub fn status(err: &AppError) -> StatusCode {
         AppError::RateLimited { .. } | AppError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        AppError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 
@@ -70,6 +71,8 @@ mod tests {
             (AppError::RateLimited { message: String::new(), retry_after_secs: Some(3) }, 429),
             (AppError::QuotaExceeded(String::new()), 429),
             (AppError::internal("boom"), 500),
+            (AppError::Unavailable("gone".into()), 503),
+            (AppError::TimedOut { after_secs: 30 }, 504),
         ];
         for (err, expected) in cases {
             assert_eq!(status(&err).as_u16(), expected, "{}", err.code());

@@ -5,20 +5,20 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
-    http::{HeaderName, Method, StatusCode, header},
-    middleware,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderName, Method, header},
+    middleware::{self, Next},
+    response::Response,
     routing::{get, post},
 };
 use tower_http::{
     compression::CompressionLayer,
     cors::{AllowOrigin, CorsLayer},
-    timeout::TimeoutLayer,
     trace::TraceLayer,
 };
 
-use super::{HttpState, clerk_webhook, dashboard, exports, graphiql, home, ops, transport, usage_csv, ws};
-use crate::{graphql, state::AppState};
+use super::{HttpState, clerk_webhook, dashboard, error, exports, graphiql, home, ops, transport, usage_csv, ws};
+use crate::{error::AppError, graphql, state::AppState};
 
 /// The router serving `state`, with the schema built over it.
 pub fn router(state: &AppState) -> Router {
@@ -39,7 +39,7 @@ pub fn router(state: &AppState) -> Router {
         .merge(graphiql::routes().merge(home::routes()))
         .with_state(http)
         .layer(DefaultBodyLimit::max(config.limits.body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
+        .layer(middleware::from_fn_with_state(config.request_timeout(), time_limit))
         .layer(CompressionLayer::new())
         .layer(cors(&config.cors_origins))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -47,6 +47,15 @@ pub fn router(state: &AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), ops::observe))
+}
+
+/// Stops a request that runs past `ENSEMBLE_REQUEST_TIMEOUT` and answers it in the GraphQL error
+/// shape (504, `REQUEST_TIMEOUT`), so that a client reads why rather than an empty answer.
+async fn time_limit(State(limit): State<std::time::Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::answer(AppError::TimedOut { after_secs: limit.as_secs() }),
+    }
 }
 
 /// No origin is allowed unless configured: browsers then only reach the API same-origin.

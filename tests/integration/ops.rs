@@ -121,7 +121,7 @@ async fn metrics_count_requests_operations_and_pool_use() {
 }
 
 #[tokio::test]
-async fn a_request_that_outlives_the_timeout_is_answered_408() {
+async fn a_request_that_outlives_the_timeout_is_answered_504_in_the_graphql_error_shape() {
     if common::skipped_on_d1("it holds the only pooled connection; D1's bridge has no pool to hold") {
         return;
     }
@@ -134,7 +134,12 @@ async fn a_request_that_outlives_the_timeout_is_answered_408() {
     use sea_orm::TransactionTrait;
     let held = app.state.db.begin().await.unwrap();
     let response = app.post_body("application/json", r#"{"query": "{ serverInfo { version } }"}"#).await;
-    assert_eq!(response.status(), 408);
+    assert_eq!(response.status(), 504);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["extensions"]["code"], "REQUEST_TIMEOUT", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("The request took longer than 1 s, the server's limit"), "{body}");
     held.rollback().await.unwrap();
     let (status, body) = app.post_json(&json!({"query": "{ serverInfo { version } }"})).await;
     assert_eq!(status, 200, "the server recovers: {body}");

@@ -164,6 +164,69 @@ async fn a_failing_step_stops_the_workflow_and_skips_the_rest() {
 }
 
 #[tokio::test]
+async fn the_workflow_s_variables_are_each_step_s_run_variables() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let spec = json!({
+        "format": "ensemble.team/v1",
+        "agents": [{"name": "writer", "model": "local/echo", "systemPrompt": "You write about {{ topic }}."}]
+    });
+    let create = "mutation($spec: JSON) { createTeam(input: {name: \"Topical\", spec: $spec}) { id } }";
+    let (_, created) = app.gql_as(&token, create, json!({"spec": spec})).await;
+    let team = created["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let steps = json!([
+        {"id": "draft", "agent": "writer", "prompt": "Draft {{ words }} words"},
+        {"id": "again", "agent": "writer", "prompt": "Again: {{ steps.draft.output }}"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+
+    let done = run_workflow(&app, &token, &article, &team, json!({"topic": "tides"})).await;
+    // The writer's system prompt needs `topic`: without the workflow's values its runs fail.
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let read = "query($id: ID!) { run(id: $id) { variables } }";
+    for step in done["steps"].as_array().unwrap() {
+        let (_, body) = app.gql_as(&token, read, json!({"id": step["run"]["id"]})).await;
+        let variables = &body["data"]["run"]["variables"];
+        assert_eq!(variables, &json!({"topic": "tides", "words": 100}), "{}: {body}", step["id"]);
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_that_outlives_the_request_time_limit_is_answered_in_graphql_form_and_its_run_goes_on() {
+    // Two steps of a 2 s model take 4 s; the server's limit is 3 s.
+    let app = TestApp::spawn_with(|c| c.request_timeout_secs = 3).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "slow", "model": "local/slow-2000"}]});
+    let create = "mutation($spec: JSON) { createTeam(input: {name: \"Slow\", spec: $spec}) { id } }";
+    let (_, created) = app.gql_as(&token, create, json!({"spec": spec})).await;
+    let team = created["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let steps = json!([
+        {"id": "first", "agent": "slow", "prompt": "About {{ topic }}"},
+        {"id": "second", "agent": "slow", "prompt": "More: {{ steps.first.output }}"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+
+    let started = std::time::Instant::now();
+    let (status, body) = app
+        .gql_as(&token, RUN_WORKFLOW, json!({"template": article, "team": team, "variables": {"topic": "tides"}}))
+        .await;
+    assert_eq!((status, first_code(&body)), (504, "REQUEST_TIMEOUT"), "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("longer than 3 s") && message.contains("runs it started go on"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "answered at the limit: {:?}", started.elapsed());
+
+    // The step that was running when the request stopped finishes all the same.
+    let finished = || async {
+        let list = "query($team: ID!) { runs(teamId: $team) { nodes { status input } } }";
+        let (_, body) = app.gql_as(&token, list, json!({"team": team})).await;
+        body["data"]["runs"]["nodes"]
+            .as_array()
+            .is_some_and(|runs| runs.iter().any(|run| run["status"] == "SUCCEEDED" && run["input"] == "About tides"))
+    };
+    common::eventually(std::time::Duration::from_secs(10), "the first step's run succeeds", finished).await;
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_before_any_step_runs() {
     let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
     let token = app.token("user_author", GlobalRole::Member);

@@ -217,7 +217,8 @@ fn missing_agents(team: &teams::Model, steps: &[Step]) -> Result<Vec<Problem>, A
 }
 
 /// Runs the steps in order, each seeing the outputs of those before it; once one fails, the
-/// rest are skipped.
+/// rest are skipped. Each step's run gets the workflow's values as its variables, for the
+/// team's routing rules and system prompts.
 async fn run_steps(
     templates: &Templates,
     runner: &Arc<Runner>,
@@ -226,6 +227,7 @@ async fn run_steps(
     steps: &[Step],
     values: Map<String, Value>,
 ) -> Result<Vec<StepResult>, AppError> {
+    let variables = Value::Object(values.clone());
     let mut context = values;
     let mut outputs = Map::new();
     let mut results: Vec<StepResult> = Vec::with_capacity(steps.len());
@@ -236,7 +238,7 @@ async fn run_steps(
             continue;
         }
         context.insert("steps".into(), Value::Object(outputs.clone()));
-        let result = run_step(templates, runner, caller, team_id, index, step, &context).await?;
+        let result = run_step(templates, runner, caller, team_id, (index, step), &context, &variables).await?;
         if let Some(output) = &result.output {
             outputs.insert(result.id.clone(), json!({ "output": output }));
         }
@@ -245,15 +247,15 @@ async fn run_steps(
     Ok(results)
 }
 
-/// Renders one step's text and runs it, waiting for the run.
+/// Renders one step's text and runs it with the workflow's `variables`, waiting for the run.
 async fn run_step(
     templates: &Templates,
     runner: &Arc<Runner>,
     caller: &Caller,
     team_id: &str,
-    index: usize,
-    step: &Step,
+    (index, step): (usize, &Step),
     context: &Map<String, Value>,
+    variables: &Value,
 ) -> Result<StepResult, AppError> {
     let mut result = StepResult::new(step, StepStatus::Failed);
     let content = match prompt(templates, caller, index, &step.source, context).await {
@@ -261,7 +263,8 @@ async fn run_step(
         Err(error) => return result.failed(error),
     };
     result.input = Some(content.clone());
-    let input = RunInput { content, agent: step.agent.clone(), ..Default::default() };
+    let input =
+        RunInput { content, agent: step.agent.clone(), variables: Some(variables.clone()), ..Default::default() };
     match runner.start(caller, team_id, input, true).await {
         Ok(run) => Ok(result.ran(run, runner.wait_secs())),
         Err(error) => result.failed(error),
