@@ -1,14 +1,15 @@
-//! Conversations: `conversation`, `startConversation`, `sendMessage`, `forkConversation`.
+//! Conversations: `conversation`, `conversations`, `startConversation`, `sendMessage`,
+//! `forkConversation`.
 
-use async_graphql::{ComplexObject, Context, ID, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, ID, Object, SimpleObject, connection::Connection};
 use chrono::{DateTime, Utc};
 use entity::{conversations as rows, messages};
 
-use super::{caller, loaders::Loaders, runs::Run};
+use super::{caller, connection, loaders::Loaders, runs::Run};
 use crate::{
     domain::TeamRole,
     error::GqlResultExt,
-    service::{conversations, runs::RunInput},
+    service::{conversations, page::PageRequest, runs::RunInput},
     state::AppState,
 };
 
@@ -21,6 +22,21 @@ impl ConversationsQuery {
     async fn conversation(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Conversation> {
         let state = ctx.data::<AppState>()?;
         conversations::get(&state.db, &caller(ctx), &id, TeamRole::Viewer).await.map(Conversation::from).gql()
+    }
+
+    /// A team's conversations, newest first (by when they were started).
+    #[graphql(complexity = "first.map_or(20, |n| n.max(1) as usize) * child_complexity")]
+    async fn conversations(
+        &self,
+        ctx: &Context<'_>,
+        team_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Conversation>> {
+        let state = ctx.data::<AppState>()?;
+        let page = PageRequest::new(first, after, state.config.limits.max_page_size).gql()?;
+        let rows = conversations::list(&state.db, &caller(ctx), &team_id, &page).await.gql()?;
+        Ok(connection(&page, rows, |c| c.id.clone(), Conversation::from))
     }
 }
 

@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{SubsecRound, Utc};
 use entity::{conversations, messages};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QueryTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
 
 use crate::{
     auth::guard,
@@ -17,7 +19,10 @@ use crate::{
     domain::{Caller, TeamRole},
     error::{AppError, Problem},
     orchestrator::providers::{ChatMessage, Role},
-    service::name::Name,
+    service::{
+        name::Name,
+        page::{Page, PageRequest},
+    },
 };
 
 /// Where a run's message goes in a conversation, and what the model sees before it.
@@ -161,6 +166,23 @@ pub async fn get(
         other => other,
     })?;
     Ok(conversation)
+}
+
+/// A team's conversations (any role on the team), newest first: the order they were started
+/// in, which paging cannot skip or repeat, unlike their last activity.
+pub async fn list(
+    db: &DatabaseConnection,
+    caller: &Caller,
+    team_id: &str,
+    page: &PageRequest,
+) -> Result<Page<conversations::Model>, AppError> {
+    guard::team(db, caller, team_id, TeamRole::Viewer).await?;
+    let mut query = conversations::Entity::find().filter(conversations::Column::TeamId.eq(team_id));
+    if let Some(after) = &page.after {
+        query = query.filter(conversations::Column::Id.lt(after.as_str()));
+    }
+    let rows = query.order_by_desc(conversations::Column::Id).limit(page.first + 1).all(db).await?;
+    Ok(page.page(rows))
 }
 
 /// Every message of a conversation, oldest first.

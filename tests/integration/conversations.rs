@@ -112,6 +112,51 @@ async fn a_fork_copies_the_path_into_a_new_conversation() {
 }
 
 #[tokio::test]
+async fn a_team_s_conversations_are_listed_newest_first_a_page_at_a_time() {
+    let app = TestApp::spawn().await;
+    let (token, team) = setup(&app).await;
+    let (_, other) = app.gql_as(&token, "mutation { createTeam(input: {name: \"Other\"}) { id } }", json!({})).await;
+    start(&app, &token, other["data"]["createTeam"]["id"].as_str().unwrap()).await;
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        started.push(start(&app, &token, &team).await);
+    }
+    let first = send(&app, &token, &started[0], "one", None).await;
+    let fork = "mutation($m: ID!) { forkConversation(messageId: $m, title: \"Fork\") { id } }";
+    let (_, forked) = app.gql_as(&token, fork, json!({"m": first["responseMessageId"]})).await;
+    started.push(forked["data"]["forkConversation"]["id"].as_str().unwrap_or_else(|| panic!("{forked}")).to_string());
+
+    let list =
+        "query($team: ID!, $first: Int, $after: String) { conversations(teamId: $team, first: $first, after: $after) {
+        nodes { id teamId title } pageInfo { hasNextPage endCursor } } }";
+    let viewer = app.token("user_watcher", GlobalRole::Member);
+    app.gql_as(&viewer, "{ me { id } }", json!({})).await;
+    let add = "mutation($team: ID!) { addTeamMember(teamId: $team, input: {userId: \"user_watcher\", role: VIEWER}) { role } }";
+    let (_, added) = app.gql_as(&token, add, json!({"team": team})).await;
+    assert!(added.get("errors").is_none(), "{added}");
+    let (mut seen, mut after) = (Vec::new(), Value::Null);
+    loop {
+        let (_, body) = app.gql_as(&viewer, list, json!({"team": team, "first": 3, "after": after})).await;
+        let page = &body["data"]["conversations"];
+        let nodes = page["nodes"].as_array().unwrap_or_else(|| panic!("{body}"));
+        assert!(nodes.iter().all(|c| c["teamId"] == team.as_str()), "{body}");
+        seen.extend(nodes.iter().map(|c| c["id"].as_str().unwrap().to_string()));
+        if page["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = page["pageInfo"]["endCursor"].clone();
+    }
+    started.reverse();
+    assert_eq!(seen, started, "every conversation of the team once, the newest (the fork) first");
+
+    let (_, refused) = app.gql_as(&viewer, list, json!({"team": team, "first": 0})).await;
+    assert_eq!(first_code(&refused), "BAD_USER_INPUT", "{refused}");
+    let stranger = app.token("user_stranger", GlobalRole::Member);
+    let (_, hidden) = app.gql_as(&stranger, list, json!({"team": team})).await;
+    assert_eq!(first_code(&hidden), "NOT_FOUND", "{hidden}");
+}
+
+#[tokio::test]
 async fn a_parent_from_another_conversation_is_refused() {
     let app = TestApp::spawn().await;
     let (token, team) = setup(&app).await;

@@ -29,8 +29,13 @@ fn spec() -> Value {
 }
 
 async fn team(app: &TestApp, token: &str) -> String {
+    team_of(app, token, spec()).await
+}
+
+/// A team with `spec`; answers its id.
+async fn team_of(app: &TestApp, token: &str, spec: Value) -> String {
     let create = "mutation($spec: JSON) { createTeam(input: {name: \"Writers\", spec: $spec}) { id } }";
-    let (_, body) = app.gql_as(token, create, json!({"spec": spec()})).await;
+    let (_, body) = app.gql_as(token, create, json!({"spec": spec})).await;
     body["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{body}")).to_string()
 }
 
@@ -171,9 +176,7 @@ async fn the_workflow_s_variables_are_each_step_s_run_variables() {
         "format": "ensemble.team/v1",
         "agents": [{"name": "writer", "model": "local/echo", "systemPrompt": "You write about {{ topic }}."}]
     });
-    let create = "mutation($spec: JSON) { createTeam(input: {name: \"Topical\", spec: $spec}) { id } }";
-    let (_, created) = app.gql_as(&token, create, json!({"spec": spec})).await;
-    let team = created["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let team = team_of(&app, &token, spec).await;
     let steps = json!([
         {"id": "draft", "agent": "writer", "prompt": "Draft {{ words }} words"},
         {"id": "again", "agent": "writer", "prompt": "Again: {{ steps.draft.output }}"}
@@ -197,9 +200,7 @@ async fn a_workflow_that_outlives_the_request_time_limit_is_answered_in_graphql_
     let app = TestApp::spawn_with(|c| c.request_timeout_secs = 3).await;
     let token = app.token("user_author", GlobalRole::Member);
     let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "slow", "model": "local/slow-2000"}]});
-    let create = "mutation($spec: JSON) { createTeam(input: {name: \"Slow\", spec: $spec}) { id } }";
-    let (_, created) = app.gql_as(&token, create, json!({"spec": spec})).await;
-    let team = created["data"]["createTeam"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let team = team_of(&app, &token, spec).await;
     let steps = json!([
         {"id": "first", "agent": "slow", "prompt": "About {{ topic }}"},
         {"id": "second", "agent": "slow", "prompt": "More: {{ steps.first.output }}"}
