@@ -93,6 +93,13 @@ impl App {
                 tracing::warn!("/metrics is open to anyone who can reach it: set ENSEMBLE_METRICS_TOKEN");
             }
         }
+        let (wait, limit) = (config.runs.run_wait_secs, config.request_timeout_secs);
+        if wait >= limit {
+            tracing::warn!(
+                "ENSEMBLE_RUN_WAIT_SECS ({wait}) is not below ENSEMBLE_REQUEST_TIMEOUT ({limit}): a run that \
+                 outlasts the request's limit is answered 504 instead of with the run under way; lower the wait"
+            );
+        }
         db::check_url(&config.database_url)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartupError::Failed(format!("cannot create the data folder {}: {e}", config.data_dir.display()))

@@ -166,6 +166,44 @@ fn an_unknown_environment_name_is_refused() {
     assert!(stderr.contains("possible values: development, production"), "{stderr}");
 }
 
+/// The lines `ensemble` logs at start, up to its ready line, with `env` set; then it is stopped.
+async fn start_up_log(env: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _pg) = database(dir.path()).await;
+    common::install_dev_key(&dir.path().join("data"));
+    let mut command = common::ensemble();
+    command
+        .env("DATABASE_URL", &url)
+        .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
+        .env("ENSEMBLE_DATA_DIR", dir.path().join("data"))
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let ready = line.contains("GraphiQL at http://");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn a_run_wait_as_long_as_the_request_time_limit_is_warned_about_at_start() {
+    let warning = "ENSEMBLE_RUN_WAIT_SECS (40) is not below ENSEMBLE_REQUEST_TIMEOUT (30)";
+    let log = start_up_log(&[("ENSEMBLE_RUN_WAIT_SECS", "40"), ("ENSEMBLE_REQUEST_TIMEOUT", "30")]).await;
+    assert!(log.iter().any(|line| line.contains(warning) && line.contains("WARN")), "{log:#?}");
+    let log = start_up_log(&[]).await;
+    assert!(log.iter().all(|line| !line.contains("ENSEMBLE_RUN_WAIT_SECS")), "not with the defaults: {log:#?}");
+}
+
 #[tokio::test]
 async fn sigterm_closes_websockets_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
