@@ -29,9 +29,9 @@ pub fn on_d1() -> bool {
     std::env::var(d1_bridge::RUN_ENV).as_deref() == Ok("1")
 }
 
-/// On D1, shows the server's warnings about the bridge (a read tried again, a batch sent again)
-/// and the errors it answered with the test whose server logged them: libtest prints them when
-/// that test fails.
+/// On D1, sends the servers' warnings about the bridge (a read tried again, a batch sent again)
+/// and the errors they answer to the output of the test whose server logged them, which libtest
+/// prints when that test fails.
 fn show_d1_warnings() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
