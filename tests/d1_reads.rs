@@ -135,14 +135,15 @@ async fn a_statement_over_d1_limits_is_refused_before_it_is_sent() {
 async fn a_read_d1_calls_overloaded_is_sent_again_and_a_write_is_sent_once() {
     secret_in_env();
     // The ping passes; the next two reads are refused as overloaded, then answered.
-    let (url, requests) = stub_bridge_answering(|n| matches!(n, 2 | 3).then_some((503, "OVERLOADED"))).await;
+    let (url, requests) =
+        stub_bridge_answering(|n| matches!(n, 2 | 3).then_some((503, "OVERLOADED")), "OVERLOADED").await;
     let db = db::connect(&url, None).await.unwrap();
     let read = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT 1")).await.unwrap();
     assert!(read.is_some(), "answered on the third attempt");
     assert_eq!(requests.load(Ordering::SeqCst), 4, "the ping and three attempts");
 
     // A write through /query (RETURNING) and through /batch is sent once, whatever the answer.
-    let (url, requests) = stub_bridge_answering(|n| (n > 1).then_some((503, "UNAVAILABLE"))).await;
+    let (url, requests) = stub_bridge_answering(|n| (n > 1).then_some((503, "UNAVAILABLE")), "OVERLOADED").await;
     let db = db::connect(&url, None).await.unwrap();
     let insert = "INSERT INTO users (id) VALUES ('u') RETURNING id";
     let refused = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, insert)).await.unwrap_err();
@@ -160,23 +161,25 @@ async fn a_read_d1_calls_overloaded_is_sent_again_and_a_write_is_sent_once() {
 }
 
 #[tokio::test]
-async fn a_batch_d1_keeps_refusing_as_overloaded_is_sent_again_then_answered_as_out_of_reach() {
+async fn a_batch_d1_answers_unavailable_is_sent_again_and_one_it_refuses_as_overloaded_is_not() {
     use ensemble::db::batch::{Batch, BatchError};
     use sea_orm::{DbErr, sea_query::Query};
     secret_in_env();
-    // The stub answers every batch OVERLOADED.
-    let (url, requests) = stub_bridge_answering(|_| None).await;
-    let db = db::connect(&url, None).await.unwrap();
-    let writer = db::writer(&url, &db, None).unwrap();
-    let before = requests.load(Ordering::SeqCst);
-    let started = Instant::now();
     let delete = Query::delete().from_table(users::Entity).to_owned();
-    let refused = writer.run(Batch::new(writer.backend()).write(&delete)).await.unwrap_err();
-    assert!(matches!(&refused, BatchError::Other(DbErr::Conn(_))), "out of reach, not a failed statement: {refused:?}");
-    assert!(refused.to_string().contains("D1 is unavailable (OVERLOADED)"), "{refused}");
-    assert_eq!(requests.load(Ordering::SeqCst) - before, 5, "sent, then sent again 4 times");
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(3000) && waited < Duration::from_secs(6), "200 ms doubling: {waited:?}");
+    for (code, sent, pauses) in [("UNAVAILABLE", 5, Duration::from_millis(3000)), ("OVERLOADED", 1, Duration::ZERO)] {
+        // The stub answers every batch with `code`.
+        let (url, requests) = stub_bridge_answering(|_| None, code).await;
+        let db = db::connect(&url, None).await.unwrap();
+        let writer = db::writer(&url, &db, None).unwrap();
+        let before = requests.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let refused = writer.run(Batch::new(writer.backend()).write(&delete)).await.unwrap_err();
+        assert!(matches!(&refused, BatchError::Other(DbErr::Conn(_))), "{code}: out of reach: {refused:?}");
+        assert!(refused.to_string().contains(&format!("D1 is unavailable ({code})")), "{refused}");
+        assert_eq!(requests.load(Ordering::SeqCst) - before, sent, "{code}: sends");
+        let waited = started.elapsed();
+        assert!(waited >= pauses && waited < pauses + Duration::from_secs(3), "{code}: 200 ms doubling: {waited:?}");
+    }
 }
 
 #[tokio::test]
@@ -337,14 +340,15 @@ async fn raw_rows(db: &DatabaseConnection, sql: &str) -> Vec<serde_json::Value> 
 
 /// A stand-in for the bridge that answers every `/query` with one row and counts the requests.
 async fn stub_bridge() -> (String, Arc<AtomicUsize>) {
-    stub_bridge_answering(|_| None).await
+    stub_bridge_answering(|_| None, "OVERLOADED").await
 }
 
 /// A stand-in for the bridge: `/query` number `n` (from 1, the ping) answers `refuse(n)` when it
-/// is `Some((status, code))`, else one row; `/batch` answers a batch that changed one row. Both
-/// count in the returned counter.
+/// is `Some((status, code))`, else one row; `/batch` answers 503 with `batch_code`. Both count in
+/// the returned counter.
 async fn stub_bridge_answering(
     refuse: impl Fn(usize) -> Option<(u16, &'static str)> + Clone + Send + Sync + 'static,
+    batch_code: &'static str,
 ) -> (String, Arc<AtomicUsize>) {
     use axum::{Json, http::StatusCode, response::IntoResponse, routing::post};
     let requests = Arc::new(AtomicUsize::new(0));
@@ -368,8 +372,8 @@ async fn stub_bridge_answering(
             "/batch",
             post(move || {
                 on_batch.fetch_add(1, Ordering::SeqCst);
-                async {
-                    let error = json!({"error": {"code": "OVERLOADED", "message": "D1 DB is overloaded (stub)"}});
+                async move {
+                    let error = json!({"error": {"code": batch_code, "message": format!("{batch_code} (stub)")}});
                     (StatusCode::SERVICE_UNAVAILABLE, Json(error)).into_response()
                 }
             }),

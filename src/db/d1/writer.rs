@@ -4,9 +4,11 @@
 //!
 //! A batch is sent with an idempotency key, which the bridge records in the same D1 transaction
 //! as the batch's statements. When no answer comes back (the request may have been applied), the
-//! Worker's host answers a bare 502–504 in its place, or D1 answers that it is overloaded or
-//! unavailable, the same request goes again with the same key: the bridge applies it at most
-//! once, and answers a key it has seen with the first outcome.
+//! Worker's host answers a bare 502–504 in its place, or D1 answers UNAVAILABLE (its connection
+//! lost or its object reset), the same request goes again with the same key: the bridge applies
+//! it at most once, and answers a key it has seen with the first outcome. A batch D1 refuses as
+//! OVERLOADED is not sent again: D1 did not run it and asks for less traffic, so the mutation
+//! answers that the database cannot be reached right now, and its caller tries again later.
 
 use std::sync::{
     Arc,
@@ -66,7 +68,7 @@ impl BatchWriter for D1Writer {
         let mut resends = 0;
         let answer = loop {
             match self.client.batch(&sent, &key).await {
-                Err(err @ (Error::Unreachable { .. } | Error::Transient { .. })) if resends < RESENDS => {
+                Err(err) if resends < RESENDS && worth_sending_again(&err) => {
                     let pause = RESEND_PAUSE * 2_u32.pow(resends);
                     resends += 1;
                     tracing::warn!(error = %err, resends, "no outcome of a D1 batch; sending it again with its key");
@@ -92,6 +94,16 @@ impl BatchWriter for D1Writer {
             results.push(StepResult { rows_affected, rows });
         }
         Ok(results)
+    }
+}
+
+/// No answer, a bare 502–504, or D1's UNAVAILABLE: the batch may have been applied, or D1 was
+/// away for a moment. Not D1's OVERLOADED (see the module's doc).
+fn worth_sending_again(err: &Error) -> bool {
+    match err {
+        Error::Unreachable { .. } => true,
+        Error::Transient { code, .. } => code != "OVERLOADED",
+        _ => false,
     }
 }
 
