@@ -241,8 +241,27 @@ fn apply_migrations(wrangler: &Path, dir: &Path, folder: &Path, binding: &str, s
 }
 
 /// Starts `wrangler dev --local` in `folder` over `state` on a free loopback port, in a process
-/// group of its own, and waits until it listens; its output goes to `dir`/dev.log.
+/// group of its own, and waits until it serves; its output goes to `dir`/dev.log. If wrangler
+/// exits first, it starts again on other ports, twice at most.
 fn serve(wrangler: &Path, dir: &Path, folder: &Path, state: &Path, secret: &str) -> (Child, u16) {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match start_on_a_free_port(wrangler, dir, folder, state, secret) {
+            Ok(started) => return started,
+            Err(log) => failures.push(log),
+        }
+    }
+    panic!("wrangler dev exited before it served the Worker, three times:\n{}", failures.join("\n---\n"));
+}
+
+/// One attempt of [`serve`]: the process and the port it serves on, or its log if it exited.
+fn start_on_a_free_port(
+    wrangler: &Path,
+    dir: &Path,
+    folder: &Path,
+    state: &Path,
+    secret: &str,
+) -> Result<(Child, u16), String> {
     let port = free_port();
     let (port_arg, inspector, secret) =
         (port.to_string(), free_port().to_string(), format!("ENSEMBLE_D1_SECRET:{secret}"));
@@ -267,16 +286,29 @@ fn serve(wrangler: &Path, dir: &Path, folder: &Path, state: &Path, secret: &str)
     std::os::unix::process::CommandExt::process_group(&mut dev, 0);
     let mut process = dev.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
-    // Listening is not serving yet: wait until the Worker itself answers (its JSON 404 for `/`).
-    while !answers_as_the_worker(port) {
-        if Instant::now() > deadline || process.try_wait().ok().flatten().is_some() {
-            let log = std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+    let log = || std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default();
+    // The port this wrangler says it serves on: the one asked for, or another when that one was
+    // taken meanwhile (another test's workerd binds ports of its own, and may answer there as
+    // the same Worker over another database). Listening is not serving yet: then wait until the
+    // Worker itself answers (its JSON 404 for `/`).
+    let serving = |log: &str| {
+        let (_, rest) = log.split_once("Ready on http://127.0.0.1:")?;
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u16>().ok()
+    };
+    loop {
+        if let Some(port) = serving(&log()).filter(|port| answers_as_the_worker(*port)) {
+            return Ok((process, port));
+        }
+        if process.try_wait().ok().flatten().is_some() {
             stop(&mut process);
-            panic!("wrangler dev did not serve the Worker on {port} within 90 s:\n{log}");
+            return Err(log());
+        }
+        if Instant::now() > deadline {
+            stop(&mut process);
+            panic!("wrangler dev did not serve the Worker on {port} within 90 s:\n{}", log());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    (process, port)
 }
 
 /// Whether the Worker on `port` answers `GET /` with its own NOT_FOUND (wrangler can accept
