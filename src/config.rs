@@ -176,6 +176,10 @@ pub struct RunConfig {
     /// US dollars each user's runs may spend per UTC day (unlimited when unset).
     #[arg(long, env = "ENSEMBLE_DAILY_COST_BUDGET_USD")]
     pub daily_cost_budget_usd: Option<f64>,
+    /// Seconds an instance's lease on a workflow run lasts unless renewed: how long a stopped
+    /// instance's workflows wait before another instance resumes them (docs/workflows.md).
+    #[arg(long, env = "ENSEMBLE_WORKFLOW_LEASE_SECS", default_value_t = 30)]
+    pub workflow_lease_secs: u64,
 }
 
 /// Who may call: Clerk's keys and claims, or the dev issuer when none is given (docs/auth.md).

@@ -28,6 +28,7 @@ use crate::{
         runs::{self, Runner},
         templates::{Templates, starters},
         usage::UsageMeter,
+        workflows::Workflows,
     },
     state::AppState,
 };
@@ -135,6 +136,14 @@ impl App {
             caches.clone(),
             metrics.clone(),
         ));
+        let workflows = Arc::new(Workflows::new(
+            db.clone(),
+            writer.clone(),
+            runner.clone(),
+            templates.clone(),
+            audit.clone(),
+            std::time::Duration::from_secs(config.runs.workflow_lease_secs.max(1)),
+        ));
         // Instances starting at the same moment take turns to migrate, recover and seed.
         let on_d1 = db::is_d1(&config.database_url);
         let lease = db::one_at_a_time(&config.database_url, async {
@@ -197,6 +206,7 @@ impl App {
             rate_limits,
             runner,
             templates,
+            workflows,
             bus,
             statements,
             db,
@@ -235,6 +245,8 @@ impl App {
         let housekeeping = tokio::spawn(housekeeping(self.state.clone()));
         let notices = tokio::spawn(follow_notices(self.state.clone()));
         let backups = tokio::spawn(scheduled_backups(self.state.clone()));
+        // Renews this instance's workflow leases and resumes the workflows nobody drives.
+        let workflows = tokio::spawn(self.state.workflows.clone().keep_driving());
         let limits = connection_limits(&self.state.config.connections);
         let served = server::serve(self.listener, self.router, limits, async move {
             stop.await;
@@ -246,6 +258,8 @@ impl App {
         housekeeping.abort();
         notices.abort();
         backups.abort();
+        workflows.abort();
+        self.state.workflows.release_all().await;
         if let Err(error) = self.state.usage.flush().await {
             tracing::error!(%error, "cannot write the last usage counts");
         }

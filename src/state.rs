@@ -26,6 +26,8 @@ pub struct AppState {
     pub runner: Arc<crate::service::runs::Runner>,
     /// Templates and their cache.
     pub templates: Arc<crate::service::templates::Templates>,
+    /// Starts, drives and resumes workflow runs.
+    pub workflows: Arc<crate::service::workflows::Workflows>,
     /// Run events, audit wake-ups and notices, here and (with Redis) across instances.
     pub bus: Arc<crate::events::EventBus>,
     /// SQL statements run since start.

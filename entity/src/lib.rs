@@ -24,3 +24,5 @@ pub mod templates;
 pub mod usage_daily;
 pub mod users;
 pub mod webhook_events;
+pub mod workflow_runs;
+pub mod workflow_steps;

@@ -21,6 +21,7 @@ mod m0013_backups;
 mod m0014_budget_reservations;
 mod m0015_write_path;
 mod m0016_price_times;
+mod m0017_workflow_runs;
 
 pub struct Migrator;
 
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0014_budget_reservations::Migration),
             Box::new(m0015_write_path::Migration),
             Box::new(m0016_price_times::Migration),
+            Box::new(m0017_workflow_runs::Migration),
         ]
     }
 }

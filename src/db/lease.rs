@@ -89,3 +89,35 @@ pub async fn release(writer: &dyn BatchWriter, name: &str, holder: &str) -> Resu
     writer.run(Batch::new(writer.backend()).write(&free)).await?;
     Ok(())
 }
+
+/// A name a person recognises: the host, the process id and a short random suffix (two servers
+/// in containers may share a host name and a pid).
+pub fn holder_name() -> String {
+    let host = host_name().unwrap_or_else(|| "unknown-host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host} pid {} ({})", std::process::id(), &suffix[..6])
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let status = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if status != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_names_the_host_and_the_process() {
+        let name = holder_name();
+        assert!(name.contains(&format!(" pid {} (", std::process::id())), "{name}");
+        assert_ne!(name, holder_name(), "a random suffix sets two claims apart");
+    }
+}

@@ -52,6 +52,7 @@ pub struct QueryRoot(
     usage::UsageQuery,
     audit::AuditQuery,
     templates::TemplatesQuery,
+    workflows::WorkflowsQuery,
     backups::BackupsQuery,
 );
 

@@ -16,6 +16,41 @@ pub enum RunStatus {
     Cancelled,
 }
 
+/// A workflow run's life: `QUEUED` → `RUNNING` (→ `WAITING` for an approval) → `SUCCEEDED` |
+/// `FAILED` | `CANCELLED`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+#[graphql(remote = "states::WorkflowStatus")]
+pub enum WorkflowStatus {
+    /// Stored, not started by any instance yet.
+    Queued,
+    Running,
+    /// Paused until an operator approves a step.
+    Waiting,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed; the steps after it did not run.
+    Failed,
+    Cancelled,
+}
+
+/// How one step of a workflow run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
+#[graphql(remote = "states::WorkflowStepStatus")]
+pub enum WorkflowStepStatus {
+    /// Not reached yet.
+    Pending,
+    /// Its run is going.
+    Running,
+    /// Its run succeeded.
+    Succeeded,
+    /// Its text could not be rendered, or its run did not succeed.
+    Failed,
+    /// Not run: the workflow ended before it.
+    Skipped,
+    /// The workflow was cancelled while it ran.
+    Cancelled,
+}
+
 /// The global role: ADMIN manages the whole server, MEMBER only what they own or share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Enum)]
 #[graphql(remote = "states::GlobalRole")]

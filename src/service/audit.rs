@@ -62,7 +62,8 @@ pub mod actions {
     pub const TEMPLATE_FORK: &str = "template.fork";
     pub const TEMPLATE_DELETE: &str = "template.delete";
     pub const TEMPLATE_INSTANTIATE: &str = "template.instantiate";
-    pub const WORKFLOW_RUN: &str = "template.workflow.run";
+    pub const WORKFLOW_START: &str = "workflow.start";
+    pub const WORKFLOW_CANCEL: &str = "workflow.cancel";
     pub const BACKUP_CREATE: &str = "backup.create";
     pub const BACKUP_DELETE: &str = "backup.delete";
 
@@ -97,7 +98,8 @@ pub mod actions {
             "forkTemplate" => (TEMPLATE_FORK, "template"),
             "deleteTemplate" => (TEMPLATE_DELETE, "template"),
             "instantiateTemplate" => (TEMPLATE_INSTANTIATE, "team"),
-            "runWorkflow" => (WORKFLOW_RUN, "template"),
+            "runWorkflow" | "startWorkflow" => (WORKFLOW_START, "workflow_run"),
+            "cancelWorkflowRun" => (WORKFLOW_CANCEL, "workflow_run"),
             "createBackup" => (BACKUP_CREATE, "backup"),
             "deleteBackup" => (BACKUP_DELETE, "backup"),
             _ => return None,

@@ -28,3 +28,4 @@ pub mod usage;
 pub mod usage_report;
 pub mod users;
 pub mod versions;
+pub mod workflows;

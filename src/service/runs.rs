@@ -150,6 +150,26 @@ impl Runner {
         input: RunInput,
         wait: bool,
     ) -> Result<runs::Model, AppError> {
+        let (run, ended) = self.begin(caller, team_id, input).await?;
+        if wait {
+            let limit = Duration::from_secs(self.config.run_wait_secs);
+            if let Ok(Ok(Some(ended))) = tokio::time::timeout(limit, ended).await {
+                return Ok(ended);
+            }
+            return self.reload(&run.id).await;
+        }
+        Ok(run)
+    }
+
+    /// Checks, stores and starts a run. Answers it as stored, and a receiver of the run as
+    /// stored at its end (none when the end could not be stored as it happened), however long
+    /// it takes: what a workflow step waits on.
+    pub async fn begin(
+        self: &Arc<Self>,
+        caller: &Caller,
+        team_id: &str,
+        input: RunInput,
+    ) -> Result<(runs::Model, oneshot::Receiver<Option<runs::Model>>), AppError> {
         let Prepared { version, spec, thread, route, messages } =
             self.prepare(caller, team_id, &input, TeamRole::Operator).await?;
         let prices = self.prices_of(&spec).await;
@@ -224,14 +244,7 @@ impl Runner {
         self.events.publish(routed);
 
         let ended = self.launch(run.clone(), spec, route.agent, messages, prices);
-        if wait {
-            let limit = Duration::from_secs(self.config.run_wait_secs);
-            if let Ok(Ok(Some(ended))) = tokio::time::timeout(limit, ended).await {
-                return Ok(ended);
-            }
-            return self.reload(&run.id).await;
-        }
-        Ok(run)
+        Ok((run, ended))
     }
 
     /// Checks `input` against the team (the caller needs `role` on it), renders the system
@@ -503,7 +516,7 @@ impl Runner {
         Ok(stored.then_some(ended))
     }
 
-    async fn reload(&self, run_id: &str) -> Result<runs::Model, AppError> {
+    pub async fn reload(&self, run_id: &str) -> Result<runs::Model, AppError> {
         runs::Entity::find_by_id(run_id).one(&self.db).await?.ok_or_else(|| AppError::NotFound("No such run.".into()))
     }
 
@@ -645,7 +658,7 @@ fn asked_for(spec: &TeamSpec, agent: &str) -> Result<Route, AppError> {
     })
 }
 
-fn principal_ids(principal: &Principal) -> (Option<String>, Option<String>) {
+pub fn principal_ids(principal: &Principal) -> (Option<String>, Option<String>) {
     match principal {
         Principal::User(user) => (Some(user.id.clone()), None),
         Principal::ApiKey(key) => (Some(key.owner.id.clone()), Some(key.key_id.clone())),

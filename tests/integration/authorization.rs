@@ -19,7 +19,7 @@ use common::TestApp;
 use ensemble::domain::GlobalRole;
 use entity::{
     audit_logs, backups, conversations, error_groups, messages, model_prices, runs, team_members, teams,
-    template_categories, template_versions, templates, users,
+    template_categories, template_versions, templates, users, workflow_runs, workflow_steps,
 };
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
@@ -44,6 +44,7 @@ struct Setup {
     team_template: String,
     /// A WORKFLOW template the owner shares with the team, one step on agent `a`.
     workflow: String,
+    workflow_run: String,
     message: String,
     /// A backup of the database (SQLite only; on PostgreSQL backups are refused before any lookup).
     backup: String,
@@ -146,6 +147,10 @@ async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
         .unwrap()
         .to_string();
     let (template, team_template, workflow) = arrange_templates(app, &owner, &team).await;
+    let ran = "mutation($w: ID!, $team: ID!) { runWorkflow(templateId: $w, teamId: $team) { id status } }";
+    let ran = app.must(&owner, ran, json!({"w": workflow, "team": team})).await["runWorkflow"].clone();
+    assert_eq!(ran["status"], "SUCCEEDED", "{ran}");
+    let workflow_run = ran["id"].as_str().unwrap().to_string();
     let backup = if backup { arrange_backup(app, &admin).await } else { "bak_none".into() };
     Setup {
         team,
@@ -161,6 +166,7 @@ async fn arrange(app: &TestApp, case: usize, backup: bool) -> Setup {
         template,
         team_template,
         workflow,
+        workflow_run,
         backup,
     }
 }
@@ -232,8 +238,10 @@ async fn snapshot(app: &TestApp) -> String {
         .all(db)
         .await
         .unwrap();
+    let workflow_runs = workflow_runs::Entity::find().order_by_asc(workflow_runs::Column::Id).all(db).await.unwrap();
+    let workflow_steps = workflow_steps::Entity::find().order_by_asc(workflow_steps::Column::Id).all(db).await.unwrap();
     format!(
-        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}\n{templates:?}\n{versions:?}\n{backups:?}"
+        "{users:?}\n{teams:?}\n{members:?}\n{runs:?}\n{conversations:?}\n{messages:?}\n{prices:?}\n{errors:?}\n{categories:?}\n{templates:?}\n{versions:?}\n{backups:?}\n{workflow_runs:?}\n{workflow_steps:?}"
     )
 }
 
@@ -244,7 +252,7 @@ async fn outcome(app: &TestApp, principal: &str, query: &str, setup: &Setup) -> 
         "link": setup.link_id, "token": setup.link_token, "run": setup.run,
         "conversation": setup.conversation, "message": setup.message, "group": setup.group,
         "category": setup.category, "template": setup.template, "teamTemplate": setup.team_template,
-        "workflow": setup.workflow, "backup": setup.backup,
+        "workflow": setup.workflow, "workflowRun": setup.workflow_run, "backup": setup.backup,
     });
     let body = match principal {
         "anonymous" => app.gql(query, variables).await,

@@ -1,6 +1,7 @@
 //! The real binary killed with SIGKILL in the middle of a burst of writes: once restarted on
 //! the same SQLite file, the file passes `integrity_check`, every write it acknowledged is there
-//! whole, and the runs the kill cut short are failed as interrupted.
+//! whole, and the runs the kill cut short are failed as interrupted. Killed in the middle of a
+//! workflow, it resumes the workflow from its last committed step once restarted.
 
 use crate::common;
 
@@ -39,8 +40,14 @@ struct Server {
 impl Server {
     /// Starts the binary on `database_url` and waits until `/readyz` says it is ready.
     async fn start(data_dir: &Path, database_url: &str) -> Self {
+        Self::start_with(data_dir, database_url, &[]).await
+    }
+
+    /// As `start`, with more environment variables.
+    async fn start_with(data_dir: &Path, database_url: &str, env: &[(&str, &str)]) -> Self {
         let mut child = common::ensemble()
             .arg("serve")
+            .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
             .env("ENSEMBLE_LISTEN", "127.0.0.1:0")
             .env("ENSEMBLE_DATA_DIR", data_dir)
@@ -226,4 +233,81 @@ async fn a_server_killed_mid_burst_keeps_every_write_it_acknowledged() {
     }
     let leftover = runs::Entity::find().filter(runs::Column::Status.is_in(["queued", "running"])).count(&db).await;
     assert_eq!(leftover.unwrap(), 0, "no run is left running by the crash");
+}
+
+const START_WORKFLOW: &str = "mutation($team: ID!, $input: StartWorkflowInput!) {
+    startWorkflow(teamId: $team, input: $input) { id status } }";
+const WORKFLOW_RUN: &str =
+    "query($id: ID!) { workflowRun(id: $id) { status steps { id status attempts output run { id } } } }";
+
+#[tokio::test]
+async fn a_workflow_killed_mid_step_resumes_from_its_last_committed_step() {
+    if std::env::var(PG_ENV).is_ok_and(|url| !url.is_empty()) {
+        println!("skipped: the binary is killed on a SQLite file here; scale_out covers PostgreSQL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    common::install_dev_key(&data);
+    let database_url = format!("sqlite://{}/workflow.db", dir.path().display());
+    let lease = [("ENSEMBLE_WORKFLOW_LEASE_SECS", "2")];
+    let mut server = Server::start_with(&data, &database_url, &lease).await;
+    let alice = token(&data, "user_alice");
+    let client = reqwest::Client::new();
+    let url = server.url("/graphql");
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "slow", "model": "local/slow-2000"}]});
+    let created = send(&client, &url, &alice, CREATE, json!({"n": "Steady", "spec": spec})).await.unwrap();
+    let team = created["data"]["createTeam"]["id"].as_str().unwrap().to_string();
+    let steps: Vec<Value> =
+        (1..=4).map(|n| json!({"id": format!("s{n}"), "agent": "slow", "prompt": format!("Part {n}")})).collect();
+    let create =
+        "mutation($body: JSON!) { createTemplate(input: {kind: WORKFLOW, name: \"Four parts\", body: $body}) { id } }";
+    let template = send(&client, &url, &alice, create, json!({"body": {"steps": steps}})).await.unwrap();
+    let template =
+        template["data"]["createTemplate"]["id"].as_str().unwrap_or_else(|| panic!("{template}")).to_string();
+    let input = json!({"templateId": template});
+    let started = send(&client, &url, &alice, START_WORKFLOW, json!({"team": team, "input": input})).await.unwrap();
+    let id = started["data"]["startWorkflow"]["id"].as_str().unwrap_or_else(|| panic!("{started}")).to_string();
+
+    // Killed while the second step runs, the first one committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = send(&client, &url, &alice, WORKFLOW_RUN, json!({"id": id})).await.unwrap();
+        let steps = &run["data"]["workflowRun"]["steps"];
+        if steps[0]["status"] == "SUCCEEDED" && steps[1]["status"] == "RUNNING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second step never ran: {run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+
+    let server = Server::start_with(&data, &database_url, &lease).await;
+    let url = server.url("/graphql");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let run = send(&client, &url, &alice, WORKFLOW_RUN, json!({"id": id})).await.unwrap();
+        let workflow = run["data"]["workflowRun"].clone();
+        if workflow["status"] != "RUNNING" {
+            break workflow;
+        }
+        assert!(Instant::now() < deadline, "not resumed and finished within 60 s: {run}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let attempts: Vec<i64> =
+        done["steps"].as_array().unwrap().iter().map(|s| s["attempts"].as_i64().unwrap()).collect();
+    assert_eq!(attempts, [1, 2, 1, 1], "the committed step is not run again, the one in flight is: {done}");
+
+    // Count the runs: one per step, and one more for the step the kill cut short.
+    let db = sea_orm::Database::connect(&database_url).await.unwrap();
+    for (n, expected) in [(1, 1), (2, 2), (3, 1), (4, 1)] {
+        let runs = runs::Entity::find().filter(runs::Column::Input.eq(format!("Part {n}"))).all(&db).await.unwrap();
+        assert_eq!(runs.len(), expected, "runs of step {n}: {runs:?}");
+    }
+    let interrupted = runs::Entity::find().filter(runs::Column::ErrorCode.eq("interrupted")).count(&db).await.unwrap();
+    assert_eq!(interrupted, 1, "the run the kill cut short is failed as interrupted");
+    let resumed_run = &done["steps"][1]["run"]["id"];
+    let second = runs::Entity::find_by_id(resumed_run.as_str().unwrap()).one(&db).await.unwrap().unwrap();
+    assert_eq!(second.status.to_string(), "succeeded", "the step's latest run is the one it shows");
 }

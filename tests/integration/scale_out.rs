@@ -602,3 +602,84 @@ mod clerk {
         crate::common::deliver_clerk(&reqwest::Client::new(), on.url("/webhooks/clerk"), KEY, id, body).await
     }
 }
+
+#[tokio::test]
+async fn workflows_of_an_instance_killed_mid_step_are_each_completed_once_by_another() {
+    let Some((pg, redis)) = cluster::postgres_and_redis() else { return };
+    let cluster = Cluster::new(&pg, Some(&redis)).await;
+    let env = [("ENSEMBLE_WORKFLOW_LEASE_SECS", "3"), ("ENSEMBLE_RATE_LIMIT_PER_MINUTE", "0")];
+    let (mut a, b) = (cluster.start_with("A", &env).await, cluster.start_with("B", &env).await);
+    let alice = cluster.token("user_alice", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "steady", "model": "local/slow-1500"}]});
+    let create = "mutation($s: JSON) { createTeam(input: {name: \"Writers\", spec: $s}) { id } }";
+    let team = a.must(&alice, create, json!({"s": spec})).await["createTeam"]["id"].as_str().unwrap().to_string();
+    let steps: Vec<Value> = (1..=3)
+        .map(|k| json!({"id": format!("s{k}"), "agent": "steady", "prompt": format!("Part {k} of {{{{ n }}}}")}))
+        .collect();
+    let variables = json!([{"name": "n", "type": "integer", "required": true}]);
+    let template = "mutation($b: JSON!, $v: JSON!) { createTemplate(input: {kind: WORKFLOW, name: \"Parts\", body: $b, variables: $v}) { id } }";
+    let made = a.must(&alice, template, json!({"b": {"steps": steps}, "v": variables})).await;
+    let template = made["createTemplate"]["id"].as_str().unwrap().to_string();
+
+    const START: &str =
+        "mutation($t: ID!, $input: StartWorkflowInput!) { startWorkflow(teamId: $t, input: $input) { id } }";
+    let started =
+        futures_util::future::join_all(
+            (0..50).map(|n| {
+                let on = if n % 2 == 0 { &a } else { &b };
+                let input = json!({"templateId": template, "variables": {"n": n}});
+                let (alice, team) = (alice.clone(), team.clone());
+                async move {
+                    on.must(&alice, START, json!({"t": team, "input": input})).await["startWorkflow"]["id"].clone()
+                }
+            }),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.kill();
+
+    const LIST: &str = "query($t: ID!) { workflowRuns(teamId: $t, first: 100) { nodes { id status } } }";
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let nodes = b.must(&alice, LIST, json!({"t": team})).await["workflowRuns"]["nodes"].clone();
+        let nodes = nodes.as_array().unwrap();
+        assert_eq!(nodes.len(), 50, "{nodes:?}");
+        if nodes.iter().all(|n| n["status"] == "SUCCEEDED") {
+            break;
+        }
+        assert!(nodes.iter().all(|n| n["status"] == "RUNNING" || n["status"] == "SUCCEEDED"), "{nodes:?}");
+        assert!(Instant::now() < deadline, "not every workflow completed within 90 s: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Count the runs: B's own workflows ran each step once; A's ran each step at most twice,
+    // and only the one step the kill cut short.
+    let db = sea_orm::Database::connect(&cluster.db.url).await.unwrap();
+    let count = |input: String| {
+        let db = db.clone();
+        async move {
+            let query = Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT COUNT(*) AS n FROM runs WHERE input = $1",
+                [input.into()],
+            );
+            db.query_one_raw(query).await.unwrap().unwrap().try_get::<i64>("", "n").unwrap()
+        }
+    };
+    let mut rerun = 0;
+    for (n, id) in started.iter().enumerate() {
+        let mut runs = Vec::new();
+        for k in 1..=3 {
+            runs.push(count(format!("Part {k} of {n}")).await);
+        }
+        let extra: i64 = runs.iter().map(|r| r - 1).sum();
+        assert!(runs.iter().all(|r| (1..=2).contains(r)), "workflow {n} ({id}): runs per step {runs:?}");
+        if n % 2 == 1 {
+            assert_eq!(extra, 0, "workflow {n} on the live instance ran each step once: {runs:?}");
+        } else {
+            assert!(extra <= 1, "workflow {n} ran again at most the step in flight: {runs:?}");
+            rerun += extra;
+        }
+    }
+    assert!(rerun > 0, "the kill cut steps short, and they ran again");
+}

@@ -11,8 +11,15 @@ use serde_json::{Value, json};
 
 const RUN_WORKFLOW: &str = "mutation($template: ID!, $team: ID!, $variables: JSON) {
     runWorkflow(templateId: $template, teamId: $team, variables: $variables) {
-        templateId templateVersion teamId status failedStep
+        id templateId templateVersion teamId status failedStep
         steps { id agent input status output error run { id status output agent } } } }";
+
+const START: &str = "mutation($team: ID!, $input: StartWorkflowInput!) {
+    startWorkflow(teamId: $team, input: $input) { id status steps { id status } } }";
+
+const READ: &str = "query($id: ID!) { workflowRun(id: $id) {
+    id status failedStep errorCode error output tokensIn tokensOut costUsd finishedAt durationMs
+    steps { id agent input status output error attempts startedAt finishedAt run { id status output agent } } } }";
 
 /// Two echoing agents (the local echo model signs answers `[agent] You said: …`) and one that
 /// is always down.
@@ -127,17 +134,27 @@ async fn each_step_reads_the_output_of_the_one_before() {
     assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 3);
 
     let audited = audit_logs::Entity::find()
-        .filter(audit_logs::Column::Action.eq("template.workflow.run"))
+        .filter(audit_logs::Column::Action.eq("workflow.start"))
         .all(&app.state.db)
         .await
         .unwrap();
-    assert_eq!(audited.len(), 1, "one row per workflow");
+    assert_eq!(audited.len(), 1, "one row per workflow started");
     assert_eq!(
-        (audited[0].resource_id.as_deref(), audited[0].team_id.as_deref()),
-        (Some(article.as_str()), Some(team.as_str()))
+        (audited[0].resource_type.as_str(), audited[0].resource_id.as_deref(), audited[0].team_id.as_deref()),
+        ("workflow_run", Some(text(&done, "id")), Some(team.as_str()))
     );
     let changes = audited[0].changes.clone().unwrap();
-    assert_eq!((changes["status"].as_str(), changes["runs"].as_array().map(Vec::len)), (Some("succeeded"), Some(3)));
+    assert_eq!((changes["templateId"].as_str(), &changes["version"]), (Some(article.as_str()), &json!(1)));
+
+    let stored = app.must(&token, READ, json!({"id": done["id"]})).await["workflowRun"].clone();
+    for (stored, answered) in stored["steps"].as_array().unwrap().iter().zip(steps) {
+        for field in ["id", "agent", "input", "status", "output", "error", "run"] {
+            assert_eq!(stored[field], answered[field], "what runWorkflow answered is what is stored: {field}");
+        }
+    }
+    assert_eq!(stored["output"], steps[2]["output"], "the workflow's output is its last step's");
+    let tokens = stored["tokensIn"].as_i64().unwrap() + stored["tokensOut"].as_i64().unwrap();
+    assert!(tokens > 0, "the steps' tokens add up on the workflow: {stored}");
 }
 
 #[tokio::test]
@@ -195,9 +212,13 @@ async fn the_workflow_s_variables_are_each_step_s_run_variables() {
 }
 
 #[tokio::test]
-async fn a_workflow_that_outlives_the_request_time_limit_is_answered_in_graphql_form_and_its_run_goes_on() {
-    // Two steps of a 2 s model take 4 s; the server's limit is 3 s.
-    let app = TestApp::spawn_with(|c| c.request_timeout_secs = 3).await;
+async fn a_workflow_longer_than_the_wait_is_answered_running_and_ends_in_the_background() {
+    // Two steps of a 2 s model take 4 s; runWorkflow waits 1 s, within the 3 s request limit.
+    let app = TestApp::spawn_with(|c| {
+        c.request_timeout_secs = 3;
+        c.runs.run_wait_secs = 1;
+    })
+    .await;
     let token = app.token("user_author", GlobalRole::Member);
     let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "slow", "model": "local/slow-2000"}]});
     let team = team_of(&app, &token, spec).await;
@@ -208,23 +229,184 @@ async fn a_workflow_that_outlives_the_request_time_limit_is_answered_in_graphql_
     let article = workflow(&app, &token, steps).await;
 
     let started = std::time::Instant::now();
-    let (status, body) = app
-        .gql_as(&token, RUN_WORKFLOW, json!({"template": article, "team": team, "variables": {"topic": "tides"}}))
-        .await;
-    assert_eq!((status, first_code(&body)), (504, "REQUEST_TIMEOUT"), "{body}");
-    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("longer than 3 s") && message.contains("runs it started go on"), "{body}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(4), "answered at the limit: {:?}", started.elapsed());
+    let running = run_workflow(&app, &token, &article, &team, json!({"topic": "tides"})).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "answered after the wait: {:?}", started.elapsed());
+    assert_eq!(running["status"], "RUNNING", "{running}");
+    let statuses: Vec<&str> = running["steps"].as_array().unwrap().iter().map(|s| text(s, "status")).collect();
+    assert_eq!(statuses, ["RUNNING", "PENDING"], "{running}");
 
-    // The step that was running when the request stopped finishes all the same.
-    let finished = || async {
-        let list = "query($team: ID!) { runs(teamId: $team) { nodes { status input } } }";
-        let (_, body) = app.gql_as(&token, list, json!({"team": team})).await;
-        body["data"]["runs"]["nodes"]
-            .as_array()
-            .is_some_and(|runs| runs.iter().any(|run| run["status"] == "SUCCEEDED" && run["input"] == "About tides"))
+    let done = finished(&app, &token, text(&running, "id"), 15).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(text(&done["steps"][1], "input"), format!("More: {}", text(&done["steps"][0], "output")));
+}
+
+/// Reads workflow run `id` until it has finished (at most `secs`); answers it.
+async fn finished(app: &TestApp, token: &str, id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let run = app.must(token, READ, json!({"id": id})).await["workflowRun"].clone();
+        if run["finishedAt"].is_string() {
+            return run;
+        }
+        assert!(std::time::Instant::now() < deadline, "not finished within {secs} s: {run}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_on_a_nine_second_model_is_answered_at_once_and_stored_step_by_step() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "thinker", "model": "local/slow-9000"}]});
+    let team = team_of(&app, &token, spec).await;
+    let steps: Vec<Value> = (1..=4)
+        .map(|n| json!({"id": format!("s{n}"), "agent": "thinker", "prompt": format!("Step {n} on {{{{ topic }}}}")}))
+        .collect();
+    let article = workflow(&app, &token, json!(steps)).await;
+
+    let clock = std::time::Instant::now();
+    let input = json!({"templateId": article, "variables": {"topic": "tides"}});
+    let started = app.must(&token, START, json!({"team": team, "input": input})).await["startWorkflow"].clone();
+    assert!(clock.elapsed() < std::time::Duration::from_secs(2), "startWorkflow answered in {:?}", clock.elapsed());
+    assert_eq!(started["status"], "RUNNING", "{started}");
+    let id = text(&started, "id").to_string();
+
+    // Each step's output is stored before the next step starts.
+    let mut seen_committed_while_next_ran = 0;
+    let done = loop {
+        let run = app.must(&token, READ, json!({"id": id})).await["workflowRun"].clone();
+        let steps = run["steps"].as_array().unwrap().clone();
+        for pair in steps.windows(2) {
+            if pair[1]["status"] == "RUNNING" {
+                assert_eq!(pair[0]["status"], "SUCCEEDED", "{run}");
+                assert!(pair[0]["output"].is_string(), "{run}");
+                seen_committed_while_next_ran += 1;
+            }
+        }
+        if run["finishedAt"].is_string() {
+            break run;
+        }
+        assert!(clock.elapsed() < std::time::Duration::from_secs(60), "not finished in 60 s: {run}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
-    common::eventually(std::time::Duration::from_secs(10), "the first step's run succeeds", finished).await;
+    let took = clock.elapsed();
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert!(seen_committed_while_next_ran > 0, "a committed step was seen while the next ran");
+    assert!(took >= std::time::Duration::from_secs(36) && took < std::time::Duration::from_secs(45), "{took:?}");
+    let duration = done["durationMs"].as_i64().unwrap();
+    assert!((36_000..42_000).contains(&duration), "about 4 × 9 s: {duration} ms");
+    assert_eq!(done["output"], done["steps"][3]["output"], "{done}");
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 4, "one run per step");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_starts_a_workflow_once() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let team = team(&app, &token).await;
+    let article =
+        workflow(&app, &token, json!([{"id": "draft", "agent": "writer", "prompt": "About {{ topic }}"}])).await;
+    let other = workflow(&app, &token, json!([{"id": "other", "agent": "editor", "prompt": "On {{ topic }}"}])).await;
+    let input = |template: &str, key: &str| json!({"team": team, "input": {"templateId": template, "variables": {"topic": "tides"}, "idempotencyKey": key, "wait": true}});
+
+    let first = app.must(&token, START, input(&article, "order-42")).await["startWorkflow"].clone();
+    let again = app.must(&token, START, input(&article, "order-42")).await["startWorkflow"].clone();
+    assert_eq!(again["id"], first["id"], "the same key answers the first run");
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 1, "and starts nothing more");
+    let started = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("workflow.start"));
+    assert_eq!(started.count(&app.state.db).await.unwrap(), 1, "one start audited");
+
+    let (_, body) = app.gql_as(&token, START, input(&other, "order-42")).await;
+    assert_eq!(first_code(&body), "CONFLICT", "the key started another workflow: {body}");
+    let fresh = app.must(&token, START, input(&article, "order-43")).await["startWorkflow"].clone();
+    assert_ne!(fresh["id"], first["id"]);
+
+    for (key, problem) in [("", "must not be empty"), (&"k".repeat(256) as &str, "the limit is 255")] {
+        let (_, body) = app.gql_as(&token, START, input(&article, key)).await;
+        assert_eq!(first_code(&body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(problem_paths(&body), ["input.idempotencyKey"], "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap().contains(problem), "{body}");
+    }
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 2, "refused starts run nothing");
+}
+
+#[tokio::test]
+async fn a_cancelled_workflow_stops_its_step_and_starts_no_other() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "slow", "model": "local/slow-5000"}]});
+    let team = team_of(&app, &token, spec).await;
+    let viewer = app.token("user_viewer", GlobalRole::Member);
+    app.gql_as(&viewer, "{ me { id } }", json!({})).await;
+    let add = "mutation($team: ID!) { addTeamMember(teamId: $team, input: {userId: \"user_viewer\", role: VIEWER}) { role } }";
+    app.must(&token, add, json!({"team": team})).await;
+    let steps = json!([
+        {"id": "first", "agent": "slow", "prompt": "About {{ topic }}"},
+        {"id": "second", "agent": "slow", "prompt": "More: {{ steps.first.output }}"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+    let input = json!({"templateId": article, "variables": {"topic": "tides"}});
+    let started = app.must(&token, START, json!({"team": team, "input": input})).await["startWorkflow"].clone();
+    let id = text(&started, "id");
+    let first_running = || async {
+        let run = app.must(&token, READ, json!({"id": id})).await;
+        run["workflowRun"]["steps"][0]["status"] == "RUNNING"
+    };
+    common::eventually(std::time::Duration::from_secs(5), "the first step runs", first_running).await;
+
+    const CANCEL: &str =
+        "mutation($id: ID!) { cancelWorkflowRun(id: $id) { status errorCode steps { status run { status } } } }";
+    let (_, body) = app.gql_as(&viewer, CANCEL, json!({"id": id})).await;
+    assert_eq!(first_code(&body), "FORBIDDEN", "a viewer may not cancel: {body}");
+    let (_, body) = app.gql_as(&token, CANCEL, json!({"id": "wfr_nope"})).await;
+    assert_eq!(first_code(&body), "NOT_FOUND", "{body}");
+
+    let cancelled = app.must(&token, CANCEL, json!({"id": id})).await["cancelWorkflowRun"].clone();
+    assert_eq!((cancelled["status"].as_str(), cancelled["errorCode"].as_str()), (Some("CANCELLED"), Some("CANCELLED")));
+    assert_eq!(cancelled["steps"][0]["status"], "CANCELLED", "{cancelled}");
+    assert_eq!(cancelled["steps"][0]["run"]["status"], "CANCELLED", "its run is cancelled: {cancelled}");
+    assert_eq!(cancelled["steps"][1]["status"], "SKIPPED", "{cancelled}");
+    let (_, body) = app.gql_as(&token, CANCEL, json!({"id": id})).await;
+    assert_eq!(first_code(&body), "CONFLICT", "an ended workflow: {body}");
+
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let after = app.must(&token, READ, json!({"id": id})).await["workflowRun"].clone();
+    assert_eq!(after["status"], "CANCELLED", "{after}");
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 1, "the second step never started");
+    let audited = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("workflow.cancel"));
+    let results: Vec<String> = audited.all(&app.state.db).await.unwrap().into_iter().map(|row| row.result).collect();
+    assert_eq!(results, ["denied", "denied", "allowed"], "the cancel is audited, and so are the refused ones");
+}
+
+#[tokio::test]
+async fn a_team_s_workflow_runs_are_listed_newest_first_and_hidden_from_strangers() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let stranger = app.token("user_stranger", GlobalRole::Member);
+    let team = team(&app, &token).await;
+    let good = workflow(&app, &token, json!([{"id": "draft", "agent": "writer", "prompt": "About {{ topic }}"}])).await;
+    let bad = workflow(&app, &token, json!([{"id": "fail", "agent": "broken", "prompt": "About {{ topic }}"}])).await;
+    let mut ids = Vec::new();
+    for template in [&good, &bad, &good] {
+        ids.push(text(&run_workflow(&app, &token, template, &team, json!({"topic": "tides"})).await, "id").to_string());
+    }
+
+    const LIST: &str = "query($team: ID!, $status: WorkflowStatus, $first: Int, $after: String) {
+        workflowRuns(teamId: $team, status: $status, first: $first, after: $after) {
+            nodes { id status } pageInfo { hasNextPage endCursor } } }";
+    let page = app.must(&token, LIST, json!({"team": team, "first": 2})).await["workflowRuns"].clone();
+    let listed: Vec<&str> = page["nodes"].as_array().unwrap().iter().map(|n| text(n, "id")).collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()], "newest first");
+    assert_eq!(page["pageInfo"]["hasNextPage"], true);
+    let rest = app.must(&token, LIST, json!({"team": team, "after": page["pageInfo"]["endCursor"]})).await;
+    assert_eq!(rest["workflowRuns"]["nodes"][0]["id"], ids[0].as_str(), "{rest}");
+    let failed = app.must(&token, LIST, json!({"team": team, "status": "FAILED"})).await;
+    assert_eq!(failed["workflowRuns"]["nodes"], json!([{"id": ids[1], "status": "FAILED"}]));
+
+    let (_, body) = app.gql_as(&stranger, LIST, json!({"team": team})).await;
+    assert_eq!(first_code(&body), "NOT_FOUND", "{body}");
+    let (_, body) = app.gql_as(&stranger, READ, json!({"id": ids[0]})).await;
+    assert_eq!(first_code(&body), "NOT_FOUND", "{body}");
 }
 
 #[tokio::test]

@@ -5,10 +5,12 @@
 mod access;
 mod runs;
 mod usage;
+mod workflows;
 
 pub use access::{GlobalRole, TeamRole, TemplateKind, TemplateVisibility, Visibility};
 pub use runs::{AttemptOutcome, ErrorCode, MessageRole, RunStatus};
 pub use usage::{BudgetHolder, Grain};
+pub use workflows::{WorkflowStatus, WorkflowStepStatus};
 
 /// `Display` writes the stored text (`RunStatus::Queued` → `queued`): for messages, metric
 /// labels and audit changes, from the same `string_value`s the database reads and writes.
@@ -34,6 +36,8 @@ stored_text!(
     TemplateKind,
     TemplateVisibility,
     Visibility,
+    WorkflowStatus,
+    WorkflowStepStatus,
 );
 
 #[cfg(test)]
@@ -63,6 +67,8 @@ mod tests {
         round_trips::<TemplateKind>();
         round_trips::<TemplateVisibility>();
         round_trips::<Visibility>();
+        round_trips::<WorkflowStatus>();
+        round_trips::<WorkflowStepStatus>();
     }
 
     #[test]

@@ -189,6 +189,12 @@ impl Instance {
         ws
     }
 
+    /// SIGKILL: no shutdown, nothing handed over.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();

@@ -1,0 +1,405 @@
+//! Driving one workflow run (docs/workflows.md, "Durable execution"): from its position, each
+//! step is rendered, its run started and the step recorded as running, then the run's end and
+//! the step's output are committed with the workflow's new position in one batch, before the
+//! next step starts. Every write is guarded on this instance still holding the workflow's lease
+//! and the workflow still running: when another instance took it over, or it was cancelled,
+//! the driver stops.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use entity::{
+    runs,
+    states::{RunStatus, WorkflowStatus, WorkflowStepStatus},
+    template_versions, users, workflow_runs, workflow_steps,
+};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryTrait,
+    sea_query::{Expr, ExprTrait, OnConflict},
+};
+use serde_json::{Map, Value, json};
+
+use super::{Workflows, driven_by_nobody, executions};
+use crate::{
+    db::batch::{self, Batch, Expect, OnGuard},
+    domain::{Caller, Principal, RequestMeta, UserPrincipal},
+    error::AppError,
+    service::{
+        runs::RunInput,
+        templates::{
+            body::{self, Step},
+            workflow,
+        },
+    },
+};
+
+/// The guard code of a write made without the workflow's lease, or after it stopped running.
+const NOT_OURS: &str = "workflow_lease";
+
+/// Runs the steps from the workflow's position to its end (or its first failure), committing
+/// each before the next. Answers once the workflow ended, or stopped being this driver's.
+/// Database errors are answered: the caller gives the lease up, and the workflow is resumed.
+pub(super) async fn drive(
+    workflows: &Arc<Workflows>,
+    run: &workflow_runs::Model,
+    caller: &Caller,
+) -> Result<(), AppError> {
+    let db = &workflows.db;
+    let version =
+        template_versions::Entity::find_by_id((run.template_id.clone(), run.template_version)).one(db).await?;
+    let Some(version) = version else {
+        let why = format!("version {} of its template no longer exists", run.template_version);
+        return fail_unresumable(workflows, run, &why).await;
+    };
+    let steps = body::steps(&version.body);
+    let variables = run.variables.clone().unwrap_or_else(|| Value::Object(Map::new()));
+    let mut context = variables.as_object().cloned().unwrap_or_default();
+    let mut outputs = Map::new();
+    for done in executions(db, &run.id).await? {
+        if done.status == WorkflowStepStatus::Succeeded {
+            outputs.insert(done.step_id.clone(), json!({ "output": done.output }));
+        }
+    }
+    let mut totals = Totals::default();
+    for (index, step) in steps.iter().enumerate().skip(usize::try_from(run.position).unwrap_or(0)) {
+        context.insert("steps".into(), Value::Object(outputs.clone()));
+        let Some(ended) = run_step(workflows, run, caller, (index, step), &context, &variables).await? else {
+            return Ok(());
+        };
+        workflows.runner.metrics().runs.workflow_step(status_label(ended.execution.status));
+        totals.add(ended.run.as_ref());
+        let failed = ended.execution.status != WorkflowStepStatus::Succeeded;
+        let last = index + 1 == steps.len();
+        let end = match (failed, last) {
+            (true, _) => End::Failed {
+                step: step.id.clone(),
+                code: ended.code.clone().unwrap_or_else(|| "STEP_FAILED".into()),
+                error: format!("step `{}` failed: {}", step.id, ended.execution.error.as_deref().unwrap_or("")),
+            },
+            (false, true) => End::Succeeded { output: ended.execution.output.clone().unwrap_or_default() },
+            (false, false) => End::Not,
+        };
+        let moment = Moment::Ended { position: index + 1, totals: &totals, end };
+        if !commit(workflows, run, Some(&ended.execution), moment).await? {
+            return Ok(());
+        }
+        if failed {
+            for _ in index + 1..steps.len() {
+                workflows.runner.metrics().runs.workflow_step("skipped");
+            }
+            return Ok(());
+        }
+        outputs.insert(step.id.clone(), json!({ "output": ended.execution.output }));
+    }
+    if steps.len() <= usize::try_from(run.position).unwrap_or(0) {
+        // Nothing left to run (a body without steps, or every step committed before a stop).
+        let last = steps.last().and_then(|step| outputs.get(&step.id));
+        let output = last.and_then(|o| o["output"].as_str()).unwrap_or_default().to_string();
+        commit(workflows, run, None, Moment::Closed { output }).await?;
+    }
+    Ok(())
+}
+
+/// A step as it ended: its execution row, its run, and the code of its error.
+struct Ended {
+    execution: workflow_steps::Model,
+    run: Option<runs::Model>,
+    code: Option<String>,
+}
+
+/// Renders the step, starts its run, records the step as running and waits for the run to
+/// end. None when the workflow stopped being this driver's meanwhile.
+async fn run_step(
+    workflows: &Arc<Workflows>,
+    run: &workflow_runs::Model,
+    caller: &Caller,
+    (index, step): (usize, &Step),
+    context: &Map<String, Value>,
+    variables: &Value,
+) -> Result<Option<Ended>, AppError> {
+    let mut execution = execution_of(run, index, &step.id);
+    execution.agent = step.agent.clone();
+    let content = match workflow::prompt(&workflows.templates, caller, index, &step.source, context).await {
+        Ok(content) => content,
+        Err(error) => return refused(execution, error).map(Some),
+    };
+    execution.input = Some(content.clone());
+    let input =
+        RunInput { content, agent: step.agent.clone(), variables: Some(variables.clone()), ..Default::default() };
+    let (started, ended) = match workflows.runner.begin(caller, &run.team_id, input).await {
+        Ok(started) => started,
+        Err(error) => return refused(execution, error).map(Some),
+    };
+    execution.run_id = Some(started.id.clone());
+    if !commit(workflows, run, Some(&execution), Moment::Started).await? {
+        workflows.runner.cancel_here(&started.id).await;
+        return Ok(None);
+    }
+    let finished = match ended.await {
+        Ok(Some(finished)) => finished,
+        _ => workflows.runner.reload(&started.id).await?,
+    };
+    let now = Utc::now().trunc_subsecs(6);
+    execution.finished_at = Some(now);
+    let code = match finished.status {
+        RunStatus::Succeeded => {
+            execution.status = WorkflowStepStatus::Succeeded;
+            execution.output = Some(finished.output.clone().unwrap_or_default());
+            None
+        }
+        status => {
+            execution.status = WorkflowStepStatus::Failed;
+            let why = finished.error.clone().unwrap_or_else(|| "no reason given".into());
+            execution.error = Some(format!("the run {status}: {why}"));
+            Some(finished.error_code.map_or_else(|| "STEP_FAILED".into(), |code| code.to_string().to_uppercase()))
+        }
+    };
+    Ok(Some(Ended { execution, run: Some(finished), code }))
+}
+
+/// The step failed before a run of it ended: its text could not be rendered, or its run was
+/// refused (a budget, a bad variable). Errors the caller cannot fix are answered instead.
+fn refused(mut execution: workflow_steps::Model, error: AppError) -> Result<Ended, AppError> {
+    if matches!(error, AppError::Internal(_) | AppError::Unavailable(_)) {
+        return Err(error);
+    }
+    execution.status = WorkflowStepStatus::Failed;
+    execution.finished_at = Some(Utc::now().trunc_subsecs(6));
+    execution.error = Some(match &error {
+        AppError::BadUserInput { problems, .. } if !problems.is_empty() => {
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        }
+        other => other.to_string(),
+    });
+    Ok(Ended { execution, run: None, code: Some(error.code().to_string()) })
+}
+
+/// A new execution row of step `step_id` at `index`, running from now.
+fn execution_of(run: &workflow_runs::Model, index: usize, step_id: &str) -> workflow_steps::Model {
+    workflow_steps::Model {
+        id: format!("wfs_{}", uuid::Uuid::now_v7().simple()),
+        workflow_run_id: run.id.clone(),
+        position: index as i32,
+        step_id: step_id.to_string(),
+        iteration: 0,
+        branch: String::new(),
+        agent: None,
+        run_id: None,
+        input: None,
+        output: None,
+        status: WorkflowStepStatus::Running,
+        error: None,
+        attempts: 1,
+        started_at: Utc::now().trunc_subsecs(6),
+        finished_at: None,
+    }
+}
+
+/// What the steps' runs used so far in this drive, added to the workflow's row at each commit.
+#[derive(Default)]
+struct Totals {
+    tokens_in: i64,
+    tokens_out: i64,
+    cost_usd: f64,
+}
+
+impl Totals {
+    fn add(&mut self, run: Option<&runs::Model>) {
+        if let Some(run) = run {
+            self.tokens_in += run.tokens_in;
+            self.tokens_out += run.tokens_out;
+            self.cost_usd += run.cost_usd;
+        }
+    }
+}
+
+/// How the workflow ends with the step being committed.
+enum End {
+    /// It goes on.
+    Not,
+    Succeeded {
+        output: String,
+    },
+    Failed {
+        step: String,
+        code: String,
+        error: String,
+    },
+}
+
+/// What a commit records.
+enum Moment<'a> {
+    /// The step's run started.
+    Started,
+    /// The step ended; the workflow is at `position` and has used `totals` since this driver
+    /// took it.
+    Ended { position: usize, totals: &'a Totals, end: End },
+    /// Every step was committed before; the workflow succeeded with `output`.
+    Closed { output: String },
+}
+
+/// Commits `execution` and the workflow's row in one batch, guarded on this instance holding
+/// the lease of a running workflow. False when it does not (taken over, or cancelled).
+async fn commit(
+    workflows: &Workflows,
+    run: &workflow_runs::Model,
+    execution: Option<&workflow_steps::Model>,
+    moment: Moment<'_>,
+) -> Result<bool, AppError> {
+    let now = Utc::now().trunc_subsecs(6);
+    let mut row = workflow_runs::Entity::update_many()
+        .filter(workflow_runs::Column::Id.eq(run.id.as_str()))
+        .filter(workflow_runs::Column::LeaseHolder.eq(workflows.holder.as_str()))
+        .filter(workflow_runs::Column::Status.eq(WorkflowStatus::Running));
+    let end = match moment {
+        Moment::Started => End::Not,
+        Moment::Ended { position, totals, end } => {
+            let add = |column: workflow_runs::Column, amount: sea_orm::Value| Expr::col(column).add(amount);
+            row = row
+                .col_expr(workflow_runs::Column::Position, Expr::value(position as i32))
+                .col_expr(
+                    workflow_runs::Column::TokensIn,
+                    add(workflow_runs::Column::TokensIn, totals.tokens_in.into()),
+                )
+                .col_expr(
+                    workflow_runs::Column::TokensOut,
+                    add(workflow_runs::Column::TokensOut, totals.tokens_out.into()),
+                )
+                .col_expr(workflow_runs::Column::CostUsd, add(workflow_runs::Column::CostUsd, totals.cost_usd.into()));
+            end
+        }
+        Moment::Closed { output } => End::Succeeded { output },
+    };
+    row = match end {
+        End::Not => row.col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(workflows.lease_until())),
+        End::Succeeded { output } => {
+            ended(row, WorkflowStatus::Succeeded, now).col_expr(workflow_runs::Column::Output, Expr::value(output))
+        }
+        End::Failed { step, code, error } => ended(row, WorkflowStatus::Failed, now)
+            .col_expr(workflow_runs::Column::FailedStep, Expr::value(step))
+            .col_expr(workflow_runs::Column::ErrorCode, Expr::value(code))
+            .col_expr(workflow_runs::Column::Error, Expr::value(error)),
+    };
+    let mut batch = Batch::new(workflows.writer.backend()).write(&row.into_query()).guard(Expect::One, NOT_OURS);
+    if let Some(execution) = execution {
+        batch = batch.write(&upsert(execution));
+    }
+    let written = batch::write(
+        workflows.writer.as_ref(),
+        || {
+            let batch = batch.clone();
+            async move { Ok(batch) }
+        },
+        |_, _| OnGuard::Answer(AppError::Conflict(NOT_OURS.into())),
+    )
+    .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(AppError::Conflict(_)) => {
+            tracing::info!(workflow_run = %run.id, "the workflow is no longer this instance's to drive; stopping");
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The workflow row's update, ending it with `status` and giving its lease up.
+fn ended(
+    row: sea_orm::UpdateMany<workflow_runs::Entity>,
+    status: WorkflowStatus,
+    now: DateTime<Utc>,
+) -> sea_orm::UpdateMany<workflow_runs::Entity> {
+    row.col_expr(workflow_runs::Column::Status, Expr::value(status))
+        .col_expr(workflow_runs::Column::FinishedAt, Expr::value(now))
+        .col_expr(workflow_runs::Column::LeaseHolder, Expr::value(Option::<String>::None))
+        .col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
+}
+
+/// Inserts the execution row, or updates the one an earlier attempt of the same step left:
+/// a start (a running row) counts one more attempt.
+fn upsert(execution: &workflow_steps::Model) -> sea_orm::sea_query::InsertStatement {
+    use workflow_steps::Column as C;
+    let mut on_conflict = OnConflict::columns([C::WorkflowRunId, C::StepId, C::Iteration, C::Branch]);
+    on_conflict.update_columns([C::Agent, C::RunId, C::Input, C::Output, C::Status, C::Error, C::FinishedAt]);
+    if execution.status == WorkflowStepStatus::Running {
+        on_conflict.update_columns([C::StartedAt]);
+        on_conflict.value(C::Attempts, Expr::col((workflow_steps::Entity, C::Attempts)).add(1));
+    }
+    workflow_steps::Entity::insert(workflow_steps::ActiveModel::from(execution.clone()))
+        .on_conflict(on_conflict)
+        .into_query()
+}
+
+fn status_label(status: WorkflowStepStatus) -> &'static str {
+    match status {
+        WorkflowStepStatus::Succeeded => "succeeded",
+        WorkflowStepStatus::Skipped => "skipped",
+        _ => "failed",
+    }
+}
+
+/// Takes the lease of workflow run `id` when it is in progress and no live instance holds it:
+/// one conditional `UPDATE … RETURNING`. Answers the run when this instance now holds it.
+pub(super) async fn claim(workflows: &Workflows, id: &str) -> Result<Option<workflow_runs::Model>, AppError> {
+    let now = Utc::now().trunc_subsecs(6);
+    let take = workflow_runs::Entity::update_many()
+        .col_expr(workflow_runs::Column::LeaseHolder, Expr::value(workflows.holder.as_str()))
+        .col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(workflows.lease_until()))
+        .col_expr(workflow_runs::Column::Status, Expr::value(WorkflowStatus::Running))
+        .filter(workflow_runs::Column::Id.eq(id))
+        .filter(driven_by_nobody(now))
+        .into_query()
+        .returning_all()
+        .to_owned();
+    let results = workflows
+        .writer
+        .run(Batch::new(workflows.writer.backend()).write_returning(&take))
+        .await
+        .map_err(sea_orm::DbErr::from)?;
+    match results.first().filter(|taken| !taken.rows.is_empty()) {
+        Some(taken) => taken.one().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whom a resumed workflow's steps run as: the user who started it (an API key's owner when a
+/// key did), with their global role as it is now.
+pub(super) async fn caller_of(db: &DatabaseConnection, run: &workflow_runs::Model) -> Result<Caller, String> {
+    let Some(user_id) = &run.user_id else {
+        return Err("it was started by no user, so no one can run its steps".into());
+    };
+    let user = users::Entity::find_by_id(user_id.as_str()).one(db).await.map_err(|e| e.to_string())?;
+    let Some(user) = user.filter(|user| user.deleted_at.is_none()) else {
+        return Err("the user who started it no longer exists".into());
+    };
+    let principal = Principal::User(UserPrincipal {
+        id: user.id,
+        role: user.role,
+        email: user.email,
+        org: None,
+        expires_at: Utc::now() + chrono::Duration::days(1),
+    });
+    let meta = RequestMeta { request_id: format!("resume {}", run.id), ..RequestMeta::default() };
+    Ok(Caller { principal, meta })
+}
+
+/// Ends a workflow that cannot go on, whatever step it is at, while this instance holds it.
+pub(super) async fn fail_unresumable(
+    workflows: &Workflows,
+    run: &workflow_runs::Model,
+    why: &str,
+) -> Result<(), AppError> {
+    tracing::warn!(workflow_run = %run.id, why, "a workflow cannot be resumed; it is marked failed");
+    let mine = workflow_runs::Entity::update_many()
+        .filter(workflow_runs::Column::Id.eq(run.id.as_str()))
+        .filter(workflow_runs::Column::LeaseHolder.eq(workflows.holder.as_str()));
+    let row = ended(mine, WorkflowStatus::Failed, Utc::now().trunc_subsecs(6))
+        .col_expr(workflow_runs::Column::ErrorCode, Expr::value("INTERRUPTED"))
+        .col_expr(workflow_runs::Column::Error, Expr::value(format!("cannot resume: {why}")));
+    workflows
+        .writer
+        .run(Batch::new(workflows.writer.backend()).write(&row.into_query()))
+        .await
+        .map_err(sea_orm::DbErr::from)?;
+    Ok(())
+}
