@@ -240,6 +240,7 @@ impl From<RunInput> for NewRun {
             conversation_id: input.conversation_id.map(|id| id.0),
             parent_message_id: input.parent_message_id.map(|id| id.0),
             agent: input.agent,
+            ..Self::default()
         }
     }
 }

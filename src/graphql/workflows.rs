@@ -1,5 +1,5 @@
 //! Workflows (docs/workflows.md): `startWorkflow`, `runWorkflow` (start and wait),
-//! `cancelWorkflowRun`, and the stored runs, `workflowRun` and `workflowRuns`.
+//! `cancelWorkflowRun`, `retryWorkflowRun`, and the stored runs, `workflowRun` and `workflowRuns`.
 
 use async_graphql::{Context, ID, InputObject, Object, connection::Connection};
 use chrono::{DateTime, Utc};
@@ -114,6 +114,14 @@ impl WorkflowsMutation {
             ..StartInput::default()
         };
         state.workflows.start(&caller(ctx), &team_id, input).await.map(WorkflowRun).gql()
+    }
+
+    /// Resumes a FAILED workflow run from the step that failed (operators and up), keeping
+    /// the outputs of the steps before it; answers at once with it RUNNING. CONFLICT unless it
+    /// failed.
+    async fn retry_workflow_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<WorkflowRun> {
+        let state = ctx.data::<AppState>()?;
+        state.workflows.retry(&caller(ctx), &id).await.map(WorkflowRun).gql()
     }
 
     /// Cancels a workflow run in progress (operators and up): no further step starts and the

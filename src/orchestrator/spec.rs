@@ -174,7 +174,7 @@ pub fn parse(value: &Value, known_provider: &dyn Fn(&str) -> bool) -> Result<Tea
     let names: HashSet<&str> = agents.iter().map(|a| a.name.as_str()).collect();
     let routing = routing(&mut c, root.get("routing"), &names, &agents);
     let fallbacks = fallbacks(&mut c, root.get("fallbacks"), &names);
-    let retry = retry(&mut c, root.get("retry"));
+    let retry = retry(&mut c, root.get("retry"), "spec.retry");
     let limits = limits(&mut c, root.get("limits"));
     if c.problems.is_empty() { Ok(TeamSpec { agents, routing, fallbacks, retry, limits }) } else { Err(c.problems) }
 }
@@ -471,14 +471,21 @@ fn find_cycle(chains: &BTreeMap<String, Vec<Fallback>>) -> Option<Vec<String>> {
     chains.keys().find_map(|start| visit(start, chains, &mut state, &mut Vec::new()))
 }
 
-fn retry(c: &mut Checker, value: Option<&Value>) -> RetryPolicy {
+/// A retry policy given apart from a spec (a workflow step's `retry`), checked as the spec's is;
+/// `path` places its problems.
+pub fn retry_policy(value: &Value, path: &str) -> Result<RetryPolicy, Vec<Problem>> {
+    let mut c = Checker { problems: Vec::new(), known_provider: &|_| true };
+    let policy = retry(&mut c, Some(value), path);
+    if c.problems.is_empty() { Ok(policy) } else { Err(c.problems) }
+}
+
+fn retry(c: &mut Checker, value: Option<&Value>, path: &str) -> RetryPolicy {
     let mut policy = RetryPolicy::default();
     let Some(value) = value.filter(|v| !v.is_null()) else { return policy };
     let Some(obj) = value.as_object() else {
-        c.problem("spec.retry", "must be an object");
+        c.problem(path, "must be an object");
         return policy;
     };
-    let path = "spec.retry";
     if let Some(n) = c.number(obj, "maxAttempts", path, (1.0, 10.0)) {
         policy.max_attempts = n as u32;
     }
@@ -494,15 +501,15 @@ fn retry(c: &mut Checker, value: Option<&Value>) -> RetryPolicy {
     match obj.get("jitter") {
         None | Some(Value::Null) => {}
         Some(Value::Bool(b)) => policy.jitter = *b,
-        Some(_) => c.problem("spec.retry.jitter", "must be true or false"),
+        Some(_) => c.problem(format!("{path}.jitter"), "must be true or false"),
     }
     if let Some(list) = obj.get("retryOn")
-        && let Some(classes) = error_classes(c, list, "spec.retry.retryOn")
+        && let Some(classes) = error_classes(c, list, &format!("{path}.retryOn"))
     {
         policy.retry_on = classes;
     }
     if policy.max_backoff_ms < policy.initial_backoff_ms {
-        c.problem("spec.retry.maxBackoffMs", "must not be below initialBackoffMs");
+        c.problem(format!("{path}.maxBackoffMs"), "must not be below initialBackoffMs");
     }
     policy
 }

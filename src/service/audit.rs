@@ -64,6 +64,7 @@ pub mod actions {
     pub const TEMPLATE_INSTANTIATE: &str = "template.instantiate";
     pub const WORKFLOW_START: &str = "workflow.start";
     pub const WORKFLOW_CANCEL: &str = "workflow.cancel";
+    pub const WORKFLOW_RETRY: &str = "workflow.retry";
     pub const BACKUP_CREATE: &str = "backup.create";
     pub const BACKUP_DELETE: &str = "backup.delete";
 
@@ -100,6 +101,7 @@ pub mod actions {
             "instantiateTemplate" => (TEMPLATE_INSTANTIATE, "team"),
             "runWorkflow" | "startWorkflow" => (WORKFLOW_START, "workflow_run"),
             "cancelWorkflowRun" => (WORKFLOW_CANCEL, "workflow_run"),
+            "retryWorkflowRun" => (WORKFLOW_RETRY, "workflow_run"),
             "createBackup" => (BACKUP_CREATE, "backup"),
             "deleteBackup" => (BACKUP_DELETE, "backup"),
             _ => return None,

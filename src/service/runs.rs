@@ -62,6 +62,12 @@ pub struct RunInput {
     pub parent_message_id: Option<String>,
     /// Run this agent of the team, skipping routing.
     pub agent: Option<String>,
+    /// A shorter time limit than the team's, in milliseconds (a workflow step's `timeoutMs`).
+    pub timeout_ms: Option<u64>,
+    /// A retry policy in place of the team's (a workflow step's `retry`).
+    pub retry: Option<spec::RetryPolicy>,
+    /// A lower cost limit than the team's, in US dollars (what a workflow has left).
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A run's input checked against its team, routed, with the messages its models are sent.
@@ -172,6 +178,7 @@ impl Runner {
     ) -> Result<(runs::Model, oneshot::Receiver<Option<runs::Model>>), AppError> {
         let Prepared { version, spec, thread, route, messages } =
             self.prepare(caller, team_id, &input, TeamRole::Operator).await?;
+        let spec = self.overridden(spec, &input);
         let prices = self.prices_of(&spec).await;
         let answer_limit = self.default_max_tokens(&caller.principal);
         let estimate =
@@ -275,6 +282,26 @@ impl Runner {
         let mut messages = thread.as_ref().map(|t| t.history.clone()).unwrap_or_default();
         messages.push(ChatMessage { role: Role::User, content: input.content.clone() });
         Ok(Prepared { version, spec, thread, route, messages })
+    }
+
+    /// `spec` with the run's own time and cost limits (the lower one wins) and retry policy,
+    /// when it has them.
+    fn overridden(&self, spec: Arc<TeamSpec>, input: &RunInput) -> Arc<TeamSpec> {
+        if input.timeout_ms.is_none() && input.retry.is_none() && input.max_cost_usd.is_none() {
+            return spec;
+        }
+        let mut spec = (*spec).clone();
+        if let Some(ms) = input.timeout_ms {
+            let team = spec.limits.timeout_ms.unwrap_or(self.config.run_timeout_ms);
+            spec.limits.timeout_ms = Some(ms.min(team));
+        }
+        if let Some(usd) = input.max_cost_usd {
+            spec.limits.max_cost_usd = Some(spec.limits.max_cost_usd.map_or(usd, |team| team.min(usd)));
+        }
+        if let Some(retry) = &input.retry {
+            spec.retry = retry.clone();
+        }
+        Arc::new(spec)
     }
 
     /// The answer limit of agents without `maxTokens` in runs of `principal`: one when a daily

@@ -41,6 +41,9 @@ mod driver;
 /// The guard code of a workflow run that has already finished.
 const WORKFLOW_ENDED: &str = "workflow_ended";
 
+/// The guard code of a retry of a workflow run that has not failed.
+const NOT_FAILED: &str = "workflow_not_failed";
+
 /// The guard code of a repeated idempotency key.
 const KEY_USED: &str = "idempotency_key";
 
@@ -267,14 +270,60 @@ impl Workflows {
             .collect())
     }
 
-    /// Cancels a workflow run in progress (operators and up; audited): no step starts after
-    /// this, and the step running now has its run cancelled. CONFLICT when it has ended.
-    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<workflow_runs::Model, AppError> {
+    /// A workflow run the caller may act on (operators and up; NOT_FOUND to those who may not
+    /// see it).
+    async fn operated(&self, caller: &Caller, id: &str) -> Result<workflow_runs::Model, AppError> {
         let run = self.reload(id).await?;
         guard::team(&self.db, caller, &run.team_id, TeamRole::Operator).await.map_err(|e| match e {
             AppError::Forbidden(m) => AppError::Forbidden(m),
             _ => no_such_run(),
         })?;
+        Ok(run)
+    }
+
+    /// Resumes a FAILED workflow run from the step that failed, keeping the outputs of the
+    /// steps before it (operators and up; audited); its `limits.timeoutMs` counts afresh.
+    /// CONFLICT unless it failed.
+    pub async fn retry(self: &Arc<Self>, caller: &Caller, id: &str) -> Result<workflow_runs::Model, AppError> {
+        let run = self.operated(caller, id).await?;
+        let plan = || async {
+            let now = Utc::now().trunc_subsecs(6);
+            let none = Option::<String>::None;
+            let again = workflow_runs::Entity::update_many()
+                .col_expr(workflow_runs::Column::Status, Expr::value(WorkflowStatus::Running))
+                .col_expr(workflow_runs::Column::FailedStep, Expr::value(none.clone()))
+                .col_expr(workflow_runs::Column::ErrorCode, Expr::value(none.clone()))
+                .col_expr(workflow_runs::Column::Error, Expr::value(none))
+                .col_expr(workflow_runs::Column::StartedAt, Expr::value(now))
+                .col_expr(workflow_runs::Column::FinishedAt, Expr::value(Option::<chrono::DateTime<Utc>>::None))
+                .col_expr(workflow_runs::Column::LeaseHolder, Expr::value(self.holder.as_str()))
+                .col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(self.lease_until()))
+                .filter(workflow_runs::Column::Id.eq(id))
+                .filter(workflow_runs::Column::Status.eq(WorkflowStatus::Failed))
+                .into_query();
+            let batch = Batch::new(self.writer.backend()).write(&again).guard(Expect::One, NOT_FAILED);
+            let entry = Entry::new(actions::WORKFLOW_RETRY, "workflow_run", id.to_string())
+                .team(run.team_id.clone())
+                .changes(json!({"failedStep": run.failed_step, "errorCode": run.error_code}));
+            Ok(Audited { batch, entry, answer: () })
+        };
+        let not_failed = |_, code| match code {
+            NOT_FAILED => OnGuard::Answer(AppError::Conflict(format!(
+                "Only a FAILED workflow run can be retried; this one is {}.",
+                run.status.to_string().to_uppercase()
+            ))),
+            _ => OnGuard::Retry,
+        };
+        self.audit.write(caller, plan, not_failed).await?;
+        let again = self.reload(id).await?;
+        self.drive(again.clone(), caller.clone());
+        Ok(again)
+    }
+
+    /// Cancels a workflow run in progress (operators and up; audited): no step starts after
+    /// this, and the step running now has its run cancelled. CONFLICT when it has ended.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<workflow_runs::Model, AppError> {
+        let run = self.operated(caller, id).await?;
         let plan = || async {
             let now = Utc::now().trunc_subsecs(6);
             let end = workflow_runs::Entity::update_many()

@@ -500,3 +500,237 @@ async fn metrics_count_workflow_steps_by_how_they_ended() {
         assert_eq!(metric(&app, &series(status)).await - before, 1.0, "{status}");
     }
 }
+
+/// Starts `template` on `team` and waits for it (the wait is long enough for these workflows).
+async fn start_and_wait(app: &TestApp, token: &str, team: &str, template: &str) -> Value {
+    let input = json!({"templateId": template, "variables": {"topic": "tides"}, "wait": true});
+    app.must(token, START, json!({"team": team, "input": input})).await["startWorkflow"].clone()
+}
+
+/// The stored workflow run `id`.
+async fn read(app: &TestApp, token: &str, id: &Value) -> Value {
+    app.must(token, READ, json!({"id": id})).await["workflowRun"].clone()
+}
+
+#[tokio::test]
+async fn a_step_over_its_timeout_and_a_workflow_over_its_own_fail_with_timeout() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [
+        {"name": "slow", "model": "local/slow-3000"}, {"name": "quick", "model": "local/slow-1000"}]});
+    let team = team_of(&app, &token, spec).await;
+    let step_limited = workflow(
+        &app,
+        &token,
+        json!([{"id": "draft", "agent": "slow", "prompt": "About {{ topic }}", "timeoutMs": 1000}]),
+    )
+    .await;
+    let clock = std::time::Instant::now();
+    let started = start_and_wait(&app, &token, &team, &step_limited).await;
+    let done = read(&app, &token, &started["id"]).await;
+    assert!(clock.elapsed() < std::time::Duration::from_millis(2800), "stopped at its limit: {:?}", clock.elapsed());
+    assert_eq!((done["status"].as_str(), done["errorCode"].as_str()), (Some("FAILED"), Some("TIMEOUT")), "{done}");
+    assert_eq!(done["failedStep"], "draft");
+    assert_eq!(done["steps"][0]["run"]["status"], "FAILED", "{done}");
+
+    let variables = json!([{"name": "topic", "type": "string", "required": true}]);
+    let body = json!({"steps": [
+        {"id": "first", "agent": "quick", "prompt": "About {{ topic }}"},
+        {"id": "second", "agent": "quick", "prompt": "More: {{ steps.first.output }}"}
+    ], "limits": {"timeoutMs": 1500}});
+    let limited = template(&app, &token, "kind: WORKFLOW, name: \"Hurried\"", body, variables).await;
+    let started = start_and_wait(&app, &token, &team, &limited).await;
+    let done = read(&app, &token, &started["id"]).await;
+    assert_eq!((done["status"].as_str(), done["errorCode"].as_str()), (Some("FAILED"), Some("TIMEOUT")), "{done}");
+    assert_eq!(done["failedStep"], "second", "the second step got what was left of 1.5 s: {done}");
+    assert_eq!(done["steps"][0]["status"], "SUCCEEDED", "the earlier output is kept: {done}");
+    assert!(done["steps"][0]["output"].is_string());
+    let took = done["durationMs"].as_i64().unwrap();
+    assert!((1400..2500).contains(&took), "{took} ms");
+}
+
+#[tokio::test]
+async fn a_step_s_retry_policy_replaces_the_team_s() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "shaky", "model": "local/flaky-2"}],
+                      "retry": {"maxAttempts": 1}});
+    let team = team_of(&app, &token, spec).await;
+    let steps = json!([
+        {"id": "patient", "agent": "shaky", "prompt": "About {{ topic }}",
+         "retry": {"maxAttempts": 3, "initialBackoffMs": 0, "maxBackoffMs": 0}},
+        {"id": "hasty", "agent": "shaky", "prompt": "Again about {{ topic }}"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+    let started = start_and_wait(&app, &token, &team, &article).await;
+    let read_attempts =
+        "query($id: ID!) { workflowRun(id: $id) { status failedStep steps { status run { attempts { outcome } } } } }";
+    let done = app.must(&token, read_attempts, json!({"id": started["id"]})).await["workflowRun"].clone();
+    assert_eq!((done["status"].as_str(), done["failedStep"].as_str()), (Some("FAILED"), Some("hasty")), "{done}");
+    let attempts = |n: usize| done["steps"][n]["run"]["attempts"].as_array().map_or(0, Vec::len);
+    assert_eq!(done["steps"][0]["status"], "SUCCEEDED", "three attempts, as the step asks: {done}");
+    assert_eq!((attempts(0), attempts(1)), (3, 1), "the other step keeps the team's one attempt: {done}");
+}
+
+#[tokio::test]
+async fn a_failed_workflow_is_retried_from_the_step_that_failed() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    // The editor's model is down until the team is fixed.
+    let broken = json!({"format": "ensemble.team/v1", "agents": [
+        {"name": "writer", "model": "local/echo"}, {"name": "editor", "model": "local/down"}]});
+    let team = team_of(&app, &token, broken).await;
+    let viewer = app.token("user_viewer", GlobalRole::Member);
+    app.gql_as(&viewer, "{ me { id } }", json!({})).await;
+    let add = "mutation($team: ID!) { addTeamMember(teamId: $team, input: {userId: \"user_viewer\", role: VIEWER}) { role } }";
+    app.must(&token, add, json!({"team": team})).await;
+    let steps = json!([
+        {"id": "draft", "agent": "writer", "prompt": "Write about {{ topic }}"},
+        {"id": "edit", "agent": "editor", "prompt": "Edit: {{ steps.draft.output }}"},
+        {"id": "polish", "agent": "writer", "prompt": "Polish: {{ steps.edit.output }}"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+    let started = start_and_wait(&app, &token, &team, &article).await;
+    let failed = read(&app, &token, &started["id"]).await;
+    assert_eq!((failed["status"].as_str(), failed["failedStep"].as_str()), (Some("FAILED"), Some("edit")), "{failed}");
+    assert_eq!(failed["errorCode"], "SERVER_ERROR", "the run's error code: {failed}");
+
+    const RETRY: &str = "mutation($id: ID!) { retryWorkflowRun(id: $id) { id status } }";
+    let (_, body) = app.gql_as(&viewer, RETRY, json!({"id": started["id"]})).await;
+    assert_eq!(first_code(&body), "FORBIDDEN", "{body}");
+    let fixed = json!({"format": "ensemble.team/v1", "agents": [
+        {"name": "writer", "model": "local/echo"}, {"name": "editor", "model": "local/echo"}]});
+    let update = "mutation($id: ID!, $s: JSON) { updateTeam(id: $id, input: {spec: $s}) { version } }";
+    app.must(&token, update, json!({"id": team, "s": fixed})).await;
+
+    let again = app.must(&token, RETRY, json!({"id": started["id"]})).await["retryWorkflowRun"].clone();
+    assert_eq!((&again["id"], again["status"].as_str()), (&started["id"], Some("RUNNING")), "{again}");
+    let done = finished(&app, &token, text(&again, "id"), 10).await;
+    assert_eq!((done["status"].as_str(), &done["failedStep"]), (Some("SUCCEEDED"), &Value::Null), "{done}");
+    let attempts: Vec<i64> =
+        done["steps"].as_array().unwrap().iter().map(|s| s["attempts"].as_i64().unwrap()).collect();
+    assert_eq!(attempts, [1, 2, 1], "the first step is not run again: {done}");
+    assert_eq!(done["steps"][0]["output"], failed["steps"][0]["output"], "its output is kept");
+    assert_eq!(text(&done["steps"][1], "input"), format!("Edit: {}", text(&done["steps"][0], "output")));
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 4, "draft once, edit twice, polish once");
+    let (_, body) = app.gql_as(&token, RETRY, json!({"id": started["id"]})).await;
+    assert_eq!(first_code(&body), "CONFLICT", "a workflow that succeeded: {body}");
+    let retried = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("workflow.retry"));
+    let results: Vec<String> = retried.all(&app.state.db).await.unwrap().into_iter().map(|row| row.result).collect();
+    assert_eq!(results, ["denied", "allowed"], "the refused retry and the retry; a CONFLICT writes nothing");
+}
+
+#[tokio::test]
+async fn workflow_limits_stop_it_at_the_step_that_would_pass_them() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let admin = app.token("user_admin", GlobalRole::Admin);
+    let token = app.token("user_author", GlobalRole::Member);
+    let price = "mutation { upsertModelPrice(input: {model: \"local/*\", inputUsdPerMtok: 1.0, outputUsdPerMtok: 1.0}) { model } }";
+    app.must(&admin, price, json!({})).await;
+    // One attempt a step, so that a step's worst case is one call's.
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "writer", "model": "local/echo", "maxTokens": 20}],
+                      "retry": {"maxAttempts": 1}});
+    let team = team_of(&app, &token, spec).await;
+    let estimate = "query($t: ID!) { estimateCost(teamId: $t, input: \"Hi\") { worstCaseCostUsd } }";
+    let worst =
+        app.must(&token, estimate, json!({"t": team})).await["estimateCost"]["worstCaseCostUsd"].as_f64().unwrap();
+    assert!(worst > 0.0);
+    let variables = json!([{"name": "topic", "type": "string"}]);
+    let three = json!([
+        {"id": "one", "agent": "writer", "prompt": "Hi"},
+        {"id": "two", "agent": "writer", "prompt": "Hi"},
+        {"id": "three", "agent": "writer", "prompt": "Hi"}
+    ]);
+
+    // Room for one step's worst case and a half: the second cannot be paid for.
+    let body = json!({"steps": three, "limits": {"maxCostUsd": worst * 1.5}});
+    let costly = template(&app, &token, "kind: WORKFLOW, name: \"Costly\"", body, variables.clone()).await;
+    let started = start_and_wait(&app, &token, &team, &costly).await;
+    let done = read(&app, &token, &started["id"]).await;
+    assert_eq!((done["status"].as_str(), done["failedStep"].as_str()), (Some("FAILED"), Some("two")), "{done}");
+    assert_eq!(done["errorCode"], "COST_LIMIT", "{done}");
+    assert_eq!(done["steps"][0]["status"], "SUCCEEDED", "{done}");
+    assert!(done["costUsd"].as_f64().unwrap() <= worst * 1.5, "{done}");
+
+    let body = json!({"steps": three, "limits": {"maxSteps": 2}});
+    let short = template(&app, &token, "kind: WORKFLOW, name: \"Short\"", body, variables).await;
+    let started = start_and_wait(&app, &token, &team, &short).await;
+    let done = read(&app, &token, &started["id"]).await;
+    assert_eq!((done["status"].as_str(), done["failedStep"].as_str()), (Some("FAILED"), Some("three")), "{done}");
+    assert_eq!(done["errorCode"], "LIMIT_EXCEEDED", "{done}");
+    assert_eq!(done["steps"][2]["run"], Value::Null, "the step past the limit ran nothing: {done}");
+    assert!(text(&done, "error").contains("maxSteps"), "{done}");
+}
+
+#[tokio::test]
+async fn a_daily_budget_exhausted_mid_workflow_fails_it_at_that_step_with_quota_exceeded() {
+    let spec =
+        json!({"format": "ensemble.team/v1", "agents": [{"name": "writer", "model": "local/echo", "maxTokens": 20}]});
+    // The worst case of one step, estimated where no budget applies.
+    let worst = {
+        let app = TestApp::spawn().await;
+        let token = app.token("user_author", GlobalRole::Member);
+        let team = team_of(&app, &token, spec.clone()).await;
+        let estimate = "query($t: ID!) { estimateCost(teamId: $t, input: \"Hi\") { worstCaseTokens } }";
+        app.must(&token, estimate, json!({"t": team})).await["estimateCost"]["worstCaseTokens"].as_i64().unwrap()
+    };
+    // One step's worst case and a token: the first step fits, the second does not.
+    let app = TestApp::spawn_with(|c| c.runs.daily_token_budget = Some(worst + 1)).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let team = team_of(&app, &token, spec).await;
+    let steps = json!([
+        {"id": "one", "agent": "writer", "prompt": "Hi"},
+        {"id": "two", "agent": "writer", "prompt": "Hi"}
+    ]);
+    let article = workflow(&app, &token, steps).await;
+    let started = start_and_wait(&app, &token, &team, &article).await;
+    let done = read(&app, &token, &started["id"]).await;
+    assert_eq!((done["status"].as_str(), done["failedStep"].as_str()), (Some("FAILED"), Some("two")), "{done}");
+    assert_eq!(done["errorCode"], "QUOTA_EXCEEDED", "{done}");
+    assert_eq!(done["steps"][0]["status"], "SUCCEEDED", "the earlier output is kept: {done}");
+    assert!(done["steps"][0]["output"].is_string(), "{done}");
+    assert!(text(&done["steps"][1], "error").contains("budget"), "{done}");
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 1, "the refused step ran nothing");
+}
+
+#[tokio::test]
+async fn step_timeouts_retry_policies_and_limits_are_checked_when_the_template_is_saved() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    const VALIDATE: &str =
+        "query($input: TemplateInput!) { validateTemplate(input: $input) { valid problems { path message } body } }";
+    let bad = json!({"kind": "WORKFLOW", "name": "Bad", "body": {
+        "steps": [
+            {"id": "one", "prompt": "Hi", "timeoutMs": 0, "retry": {"maxAttempts": 99}},
+            {"id": "two", "prompt": "Hi", "timeoutMs": "soon", "retry": "often"}
+        ],
+        "limits": {"maxSteps": 0, "maxCostUsd": -1, "timeoutMs": 99999999999u64, "maxTurns": 3}
+    }});
+    let answer = app.must(&token, VALIDATE, json!({"input": bad})).await["validateTemplate"].clone();
+    assert_eq!(answer["valid"], false);
+    let mut paths: Vec<&str> = answer["problems"].as_array().unwrap().iter().map(|p| text(p, "path")).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "input.body.limits.maxCostUsd",
+            "input.body.limits.maxSteps",
+            "input.body.limits.maxTurns",
+            "input.body.limits.timeoutMs",
+            "input.body.steps[0].retry.maxAttempts",
+            "input.body.steps[0].timeoutMs",
+            "input.body.steps[1].retry",
+            "input.body.steps[1].timeoutMs",
+        ],
+        "{answer}"
+    );
+
+    let good = json!({"kind": "WORKFLOW", "name": "Good", "body": {
+        "steps": [{"id": "one", "prompt": "Hi", "timeoutMs": 5000, "retry": {"maxAttempts": 2}}],
+        "limits": {"maxSteps": 5, "maxCostUsd": 0.5, "timeoutMs": 60000}
+    }});
+    let answer = app.must(&token, VALIDATE, json!({"input": good})).await["validateTemplate"].clone();
+    assert_eq!(answer["valid"], true, "{answer}");
+    assert_eq!(answer["body"]["steps"][0]["timeoutMs"], 5000, "kept in the canonical body: {answer}");
+    assert_eq!(answer["body"]["limits"], json!({"maxSteps": 5, "maxCostUsd": 0.5, "timeoutMs": 60000}));
+}

@@ -75,6 +75,21 @@ pub struct Step {
     pub id: String,
     pub agent: Option<String>,
     pub source: StepSource,
+    /// Longest the step's run may take, in milliseconds (below the team's own limit).
+    pub timeout_ms: Option<u64>,
+    /// The retry policy of the step's run, checked as a spec's `retry`; the team's when absent.
+    pub retry: Option<Value>,
+}
+
+/// A workflow's own `limits`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WorkflowLimits {
+    /// Most step executions a run may start.
+    pub max_steps: Option<u32>,
+    /// Most its steps' runs may cost together, in US dollars.
+    pub max_cost_usd: Option<f64>,
+    /// Longest the whole run may take, in milliseconds.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -134,6 +149,11 @@ pub fn render(path: &str, text: &str, context: &Map<String, Value>) -> Result<St
 /// The steps of a checked WORKFLOW body.
 pub fn steps(body: &Value) -> Vec<Step> {
     steps::parse(body)
+}
+
+/// The `limits` of a checked WORKFLOW body.
+pub fn workflow_limits(body: &Value) -> WorkflowLimits {
+    steps::limits(body, &mut Vec::new())
 }
 
 /// The team spec of a checked TEAM or DEMO body with every system prompt rendered with

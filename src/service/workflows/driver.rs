@@ -24,10 +24,11 @@ use crate::{
     db::batch::{self, Batch, Expect, OnGuard},
     domain::{Caller, Principal, RequestMeta, UserPrincipal},
     error::AppError,
+    orchestrator::spec,
     service::{
         runs::RunInput,
         templates::{
-            body::{self, Step},
+            body::{self, Step, WorkflowLimits},
             workflow,
         },
     },
@@ -52,6 +53,7 @@ pub(super) async fn drive(
         return fail_unresumable(workflows, run, &why).await;
     };
     let steps = body::steps(&version.body);
+    let limits = body::workflow_limits(&version.body);
     let variables = run.variables.clone().unwrap_or_else(|| Value::Object(Map::new()));
     let mut context = variables.as_object().cloned().unwrap_or_default();
     let mut outputs = Map::new();
@@ -63,9 +65,11 @@ pub(super) async fn drive(
     let mut totals = Totals::default();
     for (index, step) in steps.iter().enumerate().skip(usize::try_from(run.position).unwrap_or(0)) {
         context.insert("steps".into(), Value::Object(outputs.clone()));
-        let Some(ended) = run_step(workflows, run, caller, (index, step), &context, &variables).await? else {
-            return Ok(());
+        let ended = match allowance(&limits, run, &totals, (index, step)) {
+            Ok(allowed) => run_step(workflows, run, caller, (index, step), &context, (&variables, allowed)).await?,
+            Err((code, why)) => Some(stopped(run, (index, step), code, why)),
         };
+        let Some(ended) = ended else { return Ok(()) };
         workflows.runner.metrics().runs.workflow_step(status_label(ended.execution.status));
         totals.add(ended.run.as_ref());
         let failed = ended.execution.status != WorkflowStepStatus::Succeeded;
@@ -79,7 +83,8 @@ pub(super) async fn drive(
             (false, true) => End::Succeeded { output: ended.execution.output.clone().unwrap_or_default() },
             (false, false) => End::Not,
         };
-        let moment = Moment::Ended { position: index + 1, totals: &totals, end };
+        // A failed step is not committed as done: `retryWorkflowRun` starts from it.
+        let moment = Moment::Ended { position: if failed { index } else { index + 1 }, totals: &totals, end };
         if !commit(workflows, run, Some(&ended.execution), moment).await? {
             return Ok(());
         }
@@ -107,15 +112,63 @@ struct Ended {
     code: Option<String>,
 }
 
-/// Renders the step, starts its run, records the step as running and waits for the run to
-/// end. None when the workflow stopped being this driver's meanwhile.
+/// What a step may still use of its workflow's limits.
+struct Allowance {
+    timeout_ms: Option<u64>,
+    max_cost_usd: Option<f64>,
+}
+
+/// The step's share of the workflow's `limits`, or why it may not start: the workflow has run
+/// `maxSteps` steps, spent `maxCostUsd`, or run past `timeoutMs`.
+fn allowance(
+    limits: &WorkflowLimits,
+    run: &workflow_runs::Model,
+    totals: &Totals,
+    (index, step): (usize, &Step),
+) -> Result<Allowance, (&'static str, String)> {
+    if let Some(most) = limits.max_steps
+        && index >= most as usize
+    {
+        return Err(("LIMIT_EXCEEDED", format!("the workflow has run {index} steps, its limits.maxSteps")));
+    }
+    let spent = run.cost_usd + totals.cost_usd;
+    let max_cost_usd = match limits.max_cost_usd {
+        Some(most) if spent > 0.0 && spent >= most => {
+            return Err(("COST_LIMIT", format!("the workflow has cost ${spent:.6}; its limits.maxCostUsd is ${most}")));
+        }
+        most => most.map(|most| most - spent),
+    };
+    let mut timeout_ms = step.timeout_ms;
+    if let Some(most) = limits.timeout_ms {
+        let elapsed =
+            u64::try_from((Utc::now() - run.started_at.unwrap_or(run.created_at)).num_milliseconds()).unwrap_or(0);
+        let Some(left) = most.checked_sub(elapsed).filter(|left| *left > 0) else {
+            return Err(("TIMEOUT", format!("the workflow ran past its limits.timeoutMs ({most} ms)")));
+        };
+        timeout_ms = Some(timeout_ms.map_or(left, |ms| std::cmp::min(ms, left)));
+    }
+    Ok(Allowance { timeout_ms, max_cost_usd })
+}
+
+/// A step that did not start: a workflow limit stopped it.
+fn stopped(run: &workflow_runs::Model, (index, step): (usize, &Step), code: &str, why: String) -> Ended {
+    let mut execution = execution_of(run, index, &step.id);
+    execution.agent = step.agent.clone();
+    execution.status = WorkflowStepStatus::Failed;
+    execution.error = Some(why);
+    execution.finished_at = Some(execution.started_at);
+    Ended { execution, run: None, code: Some(code.to_string()) }
+}
+
+/// Renders the step, starts its run within its `allowance`, records the step as running and
+/// waits for the run to end. None when the workflow stopped being this driver's meanwhile.
 async fn run_step(
     workflows: &Arc<Workflows>,
     run: &workflow_runs::Model,
     caller: &Caller,
     (index, step): (usize, &Step),
     context: &Map<String, Value>,
-    variables: &Value,
+    (variables, allowance): (&Value, Allowance),
 ) -> Result<Option<Ended>, AppError> {
     let mut execution = execution_of(run, index, &step.id);
     execution.agent = step.agent.clone();
@@ -124,8 +177,17 @@ async fn run_step(
         Err(error) => return refused(execution, error).map(Some),
     };
     execution.input = Some(content.clone());
-    let input =
-        RunInput { content, agent: step.agent.clone(), variables: Some(variables.clone()), ..Default::default() };
+    // Checked when the template was saved.
+    let retry = step.retry.as_ref().and_then(|retry| spec::retry_policy(retry, "retry").ok());
+    let input = RunInput {
+        content,
+        agent: step.agent.clone(),
+        variables: Some(variables.clone()),
+        timeout_ms: allowance.timeout_ms,
+        max_cost_usd: allowance.max_cost_usd,
+        retry,
+        ..Default::default()
+    };
     let (started, ended) = match workflows.runner.begin(caller, &run.team_id, input).await {
         Ok(started) => started,
         Err(error) => return refused(execution, error).map(Some),

@@ -6,16 +6,21 @@ use std::collections::{BTreeSet, HashSet};
 use serde_json::{Map, Value, json};
 
 use super::{
-    MAX_PROMPT_CHARS, Step, StepSource, object, string_field,
+    MAX_PROMPT_CHARS, Step, StepSource, WorkflowLimits, object, string_field,
     text::{self, Scope},
     unknown_fields,
 };
-use crate::error::Problem;
+use crate::{
+    error::Problem,
+    orchestrator::spec::{self, MAX_TIMEOUT_MS},
+};
 
 const MAX_STEPS: usize = 20;
 const MAX_ID_CHARS: usize = 40;
 const MAX_NAME_CHARS: usize = 200;
-const FIELDS: [&str; 6] = ["id", "agent", "prompt", "template", "version", "variables"];
+const FIELDS: [&str; 8] = ["id", "agent", "prompt", "template", "version", "variables", "timeoutMs", "retry"];
+/// Most step executions a workflow's `limits.maxSteps` may allow.
+pub const MAX_STEP_EXECUTIONS: u32 = 1000;
 
 /// A step as written: the parts that are valid.
 #[derive(Default)]
@@ -23,6 +28,8 @@ struct Draft {
     id: Option<String>,
     agent: Option<String>,
     source: Option<StepSource>,
+    timeout_ms: Option<u64>,
+    retry: Option<Value>,
 }
 
 /// The canonical body, checking structure, step ids, and every text's syntax and references.
@@ -46,7 +53,62 @@ pub(super) fn check(body: &Value, variables: &BTreeSet<&str>, problems: &mut Vec
         }
     }
     let steps: Vec<Value> = drafts.into_iter().filter_map(Draft::step).map(|step| to_json(&step)).collect();
-    json!({ "steps": steps })
+    let limits = limits(body, problems);
+    let mut canonical = json!({ "steps": steps });
+    if limits != WorkflowLimits::default() {
+        let mut out = Map::new();
+        if let Some(n) = limits.max_steps {
+            out.insert("maxSteps".into(), json!(n));
+        }
+        if let Some(usd) = limits.max_cost_usd {
+            out.insert("maxCostUsd".into(), json!(usd));
+        }
+        if let Some(ms) = limits.timeout_ms {
+            out.insert("timeoutMs".into(), json!(ms));
+        }
+        canonical["limits"] = Value::Object(out);
+    }
+    canonical
+}
+
+/// The body's `limits`, each checked: `maxSteps` (1 to 1,000), `maxCostUsd` (not negative) and
+/// `timeoutMs` (1 ms to an hour).
+pub(super) fn limits(body: &Value, problems: &mut Vec<Problem>) -> WorkflowLimits {
+    let Some(value) = body.get("limits").filter(|v| !v.is_null()) else { return WorkflowLimits::default() };
+    let Some(obj) = object(value, "body.limits", "must be an object", problems) else {
+        return WorkflowLimits::default();
+    };
+    unknown_fields("body.limits", obj, &["maxSteps", "maxCostUsd", "timeoutMs"], "workflow limit", problems);
+    let max_steps = whole(obj.get("maxSteps"), "body.limits.maxSteps", u64::from(MAX_STEP_EXECUTIONS), problems);
+    let max_cost_usd = match obj.get("maxCostUsd") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_f64().filter(|usd| *usd >= 0.0) {
+            Some(usd) => Some(usd),
+            None => {
+                problems.push(Problem::new("body.limits.maxCostUsd", "must be a number of US dollars, 0 or more"));
+                None
+            }
+        },
+    };
+    WorkflowLimits {
+        max_steps: max_steps.map(|n| n as u32),
+        max_cost_usd,
+        timeout_ms: whole(obj.get("timeoutMs"), "body.limits.timeoutMs", MAX_TIMEOUT_MS, problems),
+    }
+}
+
+/// A whole number from 1 to `most`, when given.
+fn whole(value: Option<&Value>, path: &str, most: u64, problems: &mut Vec<Problem>) -> Option<u64> {
+    match value {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64().filter(|n| (1..=most).contains(n)) {
+            Some(n) => Some(n),
+            None => {
+                problems.push(Problem::new(path, format!("must be a whole number from 1 to {most}")));
+                None
+            }
+        },
+    }
 }
 
 /// The steps of a checked body.
@@ -58,7 +120,7 @@ fn drafts(body: &Value, problems: &mut Vec<Problem>) -> Vec<Draft> {
     let Some(obj) = object(body, "body", "must be an object with `steps`", problems) else {
         return Vec::new();
     };
-    unknown_fields("body", obj, &["steps"], "workflow", problems);
+    unknown_fields("body", obj, &["steps", "limits"], "workflow", problems);
     let list = match obj.get("steps").and_then(Value::as_array) {
         Some(list) if (1..=MAX_STEPS).contains(&list.len()) => list.as_slice(),
         _ => {
@@ -89,7 +151,17 @@ fn draft(path: &str, step: &Value, seen: &mut HashSet<String>, problems: &mut Ve
         (true, false) => prompt(path, obj, problems),
         (false, true) => template(path, obj, problems),
     };
-    Draft { id, agent, source }
+    let timeout_ms = whole(obj.get("timeoutMs"), &format!("{path}.timeoutMs"), MAX_TIMEOUT_MS, problems);
+    let retry = obj.get("retry").filter(|v| !v.is_null()).and_then(|value| {
+        match spec::retry_policy(value, &format!("{path}.retry")) {
+            Ok(_) => Some(value.clone()),
+            Err(found) => {
+                problems.extend(found);
+                None
+            }
+        }
+    });
+    Draft { id, agent, source, timeout_ms, retry }
 }
 
 fn id(path: &str, value: Option<&Value>, seen: &mut HashSet<String>, problems: &mut Vec<Problem>) -> Option<String> {
@@ -147,7 +219,13 @@ fn template(path: &str, obj: &Map<String, Value>, problems: &mut Vec<Problem>) -
 
 impl Draft {
     fn step(self) -> Option<Step> {
-        Some(Step { id: self.id?, agent: self.agent, source: self.source? })
+        Some(Step {
+            id: self.id?,
+            agent: self.agent,
+            source: self.source?,
+            timeout_ms: self.timeout_ms,
+            retry: self.retry,
+        })
     }
 }
 
@@ -171,6 +249,12 @@ fn to_json(step: &Step) -> Value {
                 out.insert("variables".into(), Value::Object(variables.clone()));
             }
         }
+    }
+    if let Some(ms) = step.timeout_ms {
+        out.insert("timeoutMs".into(), json!(ms));
+    }
+    if let Some(retry) = &step.retry {
+        out.insert("retry".into(), retry.clone());
     }
     Value::Object(out)
 }
