@@ -180,6 +180,10 @@ pub struct RunConfig {
     /// instance's workflows wait before another instance resumes them (docs/workflows.md).
     #[arg(long, env = "ENSEMBLE_WORKFLOW_LEASE_SECS", default_value_t = 30)]
     pub workflow_lease_secs: u64,
+    /// Most rounds a workflow loop's `maxIterations` may ask for.
+    #[arg(long, env = "ENSEMBLE_WORKFLOW_MAX_ITERATIONS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub workflow_max_iterations: u32,
 }
 
 /// Who may call: Clerk's keys and claims, or the dev issuer when none is given (docs/auth.md).

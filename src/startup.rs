@@ -26,7 +26,7 @@ use crate::{
         audit::AuditChain,
         backups::{Backups, DatabaseLock},
         runs::{self, Runner},
-        templates::{Templates, starters},
+        templates::{Templates, body, starters},
         usage::UsageMeter,
         workflows::Workflows,
     },
@@ -126,8 +126,15 @@ impl App {
         let rate_limits = Arc::new(RateLimits::new(config.rate_limit_per_minute, config.rate_limit_burst, link));
         // The tokenizer takes a moment to load; do it now rather than in the first run.
         tokio::task::spawn_blocking(crate::orchestrator::tokens::preload);
-        let templates =
-            Arc::new(Templates::new(db.clone(), audit.clone(), caches.clone(), config.runs.providers.clone()));
+        let templates = Arc::new(Templates::new(
+            db.clone(),
+            audit.clone(),
+            caches.clone(),
+            body::Allowed {
+                providers: config.runs.providers.clone(),
+                max_iterations: config.runs.workflow_max_iterations,
+            },
+        ));
         let runner = Arc::new(Runner::new(
             db.clone(),
             writer.clone(),

@@ -45,7 +45,7 @@ pub enum WorkflowStepStatus {
     Succeeded,
     /// Its text could not be rendered, or its run did not succeed.
     Failed,
-    /// Not run: the workflow ended before it.
+    /// Not run: its condition did not hold, or the workflow ended before it.
     Skipped,
     /// The workflow was cancelled while it ran.
     Cancelled,

@@ -202,8 +202,8 @@ impl WorkflowRun {
             .num_milliseconds()
             .max(0)
     }
-    /// Every step of its template, in order: each with its latest execution, or PENDING (not
-    /// reached yet) or SKIPPED (the workflow ended before it).
+    /// Its step executions in the order they started (each round of a loop its own), then the
+    /// steps not run: PENDING while it goes on, SKIPPED once it ended.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WorkflowStep>> {
         let state = ctx.data::<AppState>()?;
         let steps = state.workflows.steps(&self.0).await.gql()?;
@@ -219,6 +219,10 @@ impl WorkflowStep {
     /// The step's id in the workflow.
     async fn id(&self) -> &str {
         &self.0.step_id
+    }
+    /// The round of the loop it ran in (from 1); 0 outside a loop, and for a step not run.
+    async fn iteration(&self) -> i32 {
+        self.0.execution.as_ref().map_or(0, |e| e.iteration)
     }
     /// The agent the step names; null when the team's routing chose (the run says which).
     async fn agent(&self) -> Option<&str> {

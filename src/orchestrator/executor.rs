@@ -46,6 +46,8 @@ pub struct RunContext<'a> {
     pub max_cost_usd: Option<f64>,
     /// The answer limit of agents that set no `maxTokens` (a run held to a budget has one).
     pub default_max_tokens: Option<u32>,
+    /// Which answer within a workflow run this run is (1 outside one).
+    pub turn: u32,
     pub cancel: watch::Receiver<bool>,
     pub emit: &'a (dyn Fn(RunEvent) + Send + Sync),
     /// Where each call's latency and error class are counted.
@@ -302,6 +304,7 @@ async fn try_agent(
             temperature: agent.temperature,
             max_tokens: answer_limit(agent, ctx.default_max_tokens),
             attempt,
+            turn: ctx.turn,
         };
         let delta_event = event(ctx, RunEventKind::Delta, agent);
         let emit = ctx.emit;

@@ -68,6 +68,8 @@ pub struct RunInput {
     pub retry: Option<spec::RetryPolicy>,
     /// A lower cost limit than the team's, in US dollars (what a workflow has left).
     pub max_cost_usd: Option<f64>,
+    /// Which answer of its agent within a workflow run this is (`local/script` reads it).
+    pub turn: Option<u32>,
 }
 
 /// A run's input checked against its team, routed, with the messages its models are sent.
@@ -250,7 +252,8 @@ impl Runner {
         routed.reason = Some(route.reason.clone());
         self.events.publish(routed);
 
-        let ended = self.launch(run.clone(), spec, route.agent, messages, prices);
+        let turn = input.turn.unwrap_or(1);
+        let ended = self.launch(run.clone(), spec, (route.agent, turn), messages, prices);
         Ok((run, ended))
     }
 
@@ -397,7 +400,7 @@ impl Runner {
         self: &Arc<Self>,
         run: runs::Model,
         spec: Arc<TeamSpec>,
-        agent: String,
+        (agent, turn): (String, u32),
         messages: Vec<ChatMessage>,
         prices: HashMap<String, Price>,
     ) -> oneshot::Receiver<Option<runs::Model>> {
@@ -409,7 +412,7 @@ impl Runner {
         }
         let runner = self.clone();
         tokio::spawn(async move {
-            let outcome = runner.execute(&run, spec, &agent, messages, &prices, cancelled).await;
+            let outcome = runner.execute(&run, spec, (&agent, turn), messages, &prices, cancelled).await;
             let end = runner.finish(&run, &outcome).await.unwrap_or_else(|error| {
                 tracing::error!(run = %run.id, %error, "cannot store the end of a run");
                 None
@@ -427,7 +430,7 @@ impl Runner {
         &self,
         run: &runs::Model,
         spec: Arc<TeamSpec>,
-        agent: &str,
+        (agent, turn): (&str, u32),
         history: Vec<ChatMessage>,
         prices: &HashMap<String, Price>,
         cancel: watch::Receiver<bool>,
@@ -444,6 +447,7 @@ impl Runner {
             deadline: tokio::time::Instant::now() + Duration::from_millis(timeout),
             max_cost_usd: spec.limits.max_cost_usd,
             default_max_tokens: run.reserved_tokens.is_some().then_some(budgets::BUDGETED_ANSWER_TOKENS),
+            turn,
             cancel,
             emit: &emit,
             metrics: &self.metrics.runs,

@@ -238,8 +238,8 @@ impl Workflows {
         Ok(page.page(rows))
     }
 
-    /// The run's steps in the order of its template's body, each with its latest execution and
-    /// that execution's run.
+    /// The run's step executions in the order they started (each iteration of a looped step
+    /// its own), then the body's steps that have not run, each with its run.
     pub async fn steps(&self, run: &workflow_runs::Model) -> Result<Vec<StepView>, AppError> {
         let version = template_versions::Entity::find_by_id((run.template_id.clone(), run.template_version))
             .one(&self.db)
@@ -254,20 +254,21 @@ impl Workflows {
             runs_by_id.extend(found.into_iter().map(|r| (r.id.clone(), r)));
         }
         let not_run = if run.status.is_finished() { WorkflowStepStatus::Skipped } else { WorkflowStepStatus::Pending };
-        Ok(body_steps
+        let waiting = body_steps
             .into_iter()
-            .map(|step| {
-                let execution = executions.iter().rfind(|e| e.step_id == step.id).cloned();
-                let run = execution.as_ref().and_then(|e| e.run_id.as_ref()).and_then(|id| runs_by_id.get(id)).cloned();
-                StepView {
-                    status: execution.as_ref().map_or(not_run, |e| e.status),
-                    step_id: step.id,
-                    agent: step.agent,
-                    execution,
-                    run,
-                }
+            .filter(|step| !executions.iter().any(|e| e.step_id == step.id))
+            .map(|step| StepView { step_id: step.id, agent: step.agent, status: not_run, execution: None, run: None });
+        let ran: Vec<StepView> = executions
+            .iter()
+            .map(|execution| StepView {
+                step_id: execution.step_id.clone(),
+                agent: execution.agent.clone(),
+                status: execution.status,
+                run: execution.run_id.as_ref().and_then(|id| runs_by_id.get(id)).cloned(),
+                execution: Some(execution.clone()),
             })
-            .collect())
+            .collect();
+        Ok(ran.into_iter().chain(waiting).collect())
     }
 
     /// A workflow run the caller may act on (operators and up; NOT_FOUND to those who may not
@@ -504,6 +505,7 @@ fn driven_by_nobody(now: chrono::DateTime<Utc>) -> sea_orm::Condition {
 async fn executions(db: &DatabaseConnection, run_id: &str) -> Result<Vec<workflow_steps::Model>, AppError> {
     Ok(workflow_steps::Entity::find()
         .filter(workflow_steps::Column::WorkflowRunId.eq(run_id))
+        .order_by_asc(workflow_steps::Column::StartedAt)
         .order_by_asc(workflow_steps::Column::Position)
         .order_by_asc(workflow_steps::Column::Iteration)
         .all(db)

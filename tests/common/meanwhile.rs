@@ -99,8 +99,11 @@ impl TestApp {
         let db = self.state.db.clone();
         let writer = Arc::new(Meanwhile::new(&self.state, change));
         let audit = Arc::new(AuditChain::new(db.clone(), writer.clone()));
-        let providers = self.state.config.runs.providers.clone();
-        let templates = Templates::new(db, audit.clone(), self.state.caches.clone(), providers);
+        let allowed = ensemble::service::templates::body::Allowed {
+            providers: self.state.config.runs.providers.clone(),
+            max_iterations: self.state.config.runs.workflow_max_iterations,
+        };
+        let templates = Templates::new(db, audit.clone(), self.state.caches.clone(), allowed);
         Instance { writer, audit, templates }
     }
 

@@ -19,7 +19,7 @@ const START: &str = "mutation($team: ID!, $input: StartWorkflowInput!) {
 
 const READ: &str = "query($id: ID!) { workflowRun(id: $id) {
     id status failedStep errorCode error output tokensIn tokensOut costUsd finishedAt durationMs
-    steps { id agent input status output error attempts startedAt finishedAt run { id status output agent } } } }";
+    steps { id iteration agent input status output error attempts startedAt finishedAt run { id status output agent } } } }";
 
 /// Two echoing agents (the local echo model signs answers `[agent] You said: …`) and one that
 /// is always down.
@@ -733,4 +733,192 @@ async fn step_timeouts_retry_policies_and_limits_are_checked_when_the_template_i
     assert_eq!(answer["valid"], true, "{answer}");
     assert_eq!(answer["body"]["steps"][0]["timeoutMs"], 5000, "kept in the canonical body: {answer}");
     assert_eq!(answer["body"]["limits"], json!({"maxSteps": 5, "maxCostUsd": 0.5, "timeoutMs": 60000}));
+}
+
+/// Starts `template` on `team` with `variables` and waits for it to end.
+async fn ran(app: &TestApp, token: &str, team: &str, template: &str, variables: Value) -> Value {
+    let input = json!({"templateId": template, "variables": variables, "wait": true});
+    let started = app.must(token, START, json!({"team": team, "input": input})).await["startWorkflow"].clone();
+    finished(app, token, text(&started, "id"), 20).await
+}
+
+/// Each execution as `id#iteration STATUS`.
+fn timeline(run: &Value) -> Vec<String> {
+    let steps = run["steps"].as_array().unwrap();
+    steps.iter().map(|s| format!("{}#{} {}", text(s, "id"), s["iteration"], text(s, "status"))).collect()
+}
+
+#[tokio::test]
+async fn the_critic_loop_revises_until_the_critic_approves() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    // The scripted critic answers its n-th line on its n-th turn in a workflow run.
+    let spec = json!({"format": "ensemble.team/v1", "agents": [
+        {"name": "writer", "model": "local/echo"},
+        {"name": "critic", "model": "local/script",
+         "systemPrompt": "Needs work: more detail\nNeeds work: shorter\nAPPROVED"}]});
+    let team = team_of(&app, &token, spec).await;
+    let latest = "steps.revise.output if steps.revise is defined else steps.draft.output";
+    let body = json!({"steps": [
+        {"id": "draft", "agent": "writer", "prompt": "Write about {{ topic }}"},
+        {"id": "review", "loop": {
+            "steps": [
+                {"id": "critique", "agent": "critic", "prompt": format!("Critique: {{{{ {latest} }}}}")},
+                {"id": "revise", "agent": "writer", "when": "'APPROVED' not in steps.critique.output",
+                 "prompt": format!("Round {{{{ loop.index }}}}, {{{{ steps.critique.output }}}}: {{{{ {latest} }}}}")}
+            ],
+            "until": "'APPROVED' in steps.critique.output",
+            "maxIterations": 5}},
+        {"id": "publish", "agent": "writer",
+         "prompt": "After {{ steps.critique.iterations | length }} rounds ({{ steps.critique.iterations[-1].output }}): {{ steps.revise.output }}"}
+    ]});
+    let variables = json!([{"name": "topic", "type": "string", "required": true}]);
+    let critic_loop = template(&app, &token, "kind: WORKFLOW, name: \"Critic loop\"", body, variables).await;
+
+    let done = ran(&app, &token, &team, &critic_loop, json!({"topic": "tides"})).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(
+        timeline(&done),
+        [
+            "draft#0 SUCCEEDED",
+            "critique#1 SUCCEEDED",
+            "revise#1 SUCCEEDED",
+            "critique#2 SUCCEEDED",
+            "revise#2 SUCCEEDED",
+            "critique#3 SUCCEEDED",
+            "revise#3 SKIPPED",
+            "publish#0 SUCCEEDED"
+        ],
+        "draft, then critique and revise until the critic approves: {done}"
+    );
+    let steps = done["steps"].as_array().unwrap();
+    let verdicts: Vec<&str> = [1, 3, 5].iter().map(|&i| text(&steps[i], "output")).collect();
+    assert_eq!(verdicts, ["[critic] Needs work: more detail", "[critic] Needs work: shorter", "[critic] APPROVED"]);
+    assert_eq!(
+        text(&steps[2], "input"),
+        format!("Round 1, [critic] Needs work: more detail: {}", text(&steps[0], "output"))
+    );
+    assert_eq!(text(&steps[3], "input"), format!("Critique: {}", text(&steps[2], "output")), "the latest revision");
+    assert_eq!(steps[6]["run"], Value::Null, "a skipped step runs nothing");
+    let publish = text(&steps[7], "input");
+    assert!(publish.starts_with("After 3 rounds ([critic] APPROVED): "), "{publish}");
+    assert!(publish.ends_with(text(&steps[4], "output")), "the last revision is published: {publish}");
+    assert_eq!(
+        runs::Entity::find().count(&app.state.db).await.unwrap(),
+        7,
+        "1 draft, 3 critiques, 2 revisions, 1 publish"
+    );
+
+    // A critic that never approves: the loop stops after maxIterations and the workflow goes on.
+    let body = json!({"steps": [
+        {"id": "review", "loop": {"steps": [{"id": "critique", "agent": "critic", "prompt": "Again"}],
+                                   "until": "'NEVER' in steps.critique.output", "maxIterations": 2}},
+        {"id": "after", "agent": "writer", "prompt": "{{ steps.critique.iterations | length }} rounds"}
+    ]});
+    let stubborn = template(&app, &token, "kind: WORKFLOW, name: \"Stubborn\"", body, json!([])).await;
+    let done = ran(&app, &token, &team, &stubborn, json!({})).await;
+    assert_eq!(timeline(&done), ["critique#1 SUCCEEDED", "critique#2 SUCCEEDED", "after#0 SUCCEEDED"], "{done}");
+    assert_eq!(text(&done["steps"][2], "input"), "2 rounds");
+}
+
+#[tokio::test]
+async fn a_step_whose_condition_does_not_hold_is_skipped_and_one_that_cannot_be_evaluated_fails_the_workflow() {
+    let app = TestApp::spawn().await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let team = team(&app, &token).await;
+    let variables = json!([{"name": "topic", "type": "string", "required": true}, {"name": "urgent", "type": "boolean", "default": false}]);
+    let body = json!({"steps": [
+        {"id": "draft", "agent": "writer", "prompt": "About {{ topic }}"},
+        {"id": "escalate", "agent": "editor", "when": "urgent", "prompt": "Escalate: {{ steps.draft.output }}"},
+        {"id": "file", "agent": "writer", "prompt": "File: {{ steps.draft.output }}"}
+    ]});
+    let triage = template(&app, &token, "kind: WORKFLOW, name: \"Triage\"", body, variables.clone()).await;
+    let calm = ran(&app, &token, &team, &triage, json!({"topic": "tides"})).await;
+    assert_eq!(timeline(&calm), ["draft#0 SUCCEEDED", "escalate#0 SKIPPED", "file#0 SUCCEEDED"], "{calm}");
+    assert_eq!(calm["steps"][1]["run"], Value::Null);
+    let urgent = ran(&app, &token, &team, &triage, json!({"topic": "tides", "urgent": true})).await;
+    assert_eq!(timeline(&urgent), ["draft#0 SUCCEEDED", "escalate#0 SUCCEEDED", "file#0 SUCCEEDED"], "{urgent}");
+
+    // The skipped step has no output for the next condition to read.
+    let body = json!({"steps": [
+        {"id": "maybe", "agent": "writer", "when": "urgent", "prompt": "Maybe {{ topic }}"},
+        {"id": "after", "agent": "writer", "when": "'x' in steps.maybe.output", "prompt": "After"}
+    ]});
+    let fragile = template(&app, &token, "kind: WORKFLOW, name: \"Fragile\"", body, variables).await;
+    let failed = ran(&app, &token, &team, &fragile, json!({"topic": "tides"})).await;
+    assert_eq!((failed["status"].as_str(), failed["failedStep"].as_str()), (Some("FAILED"), Some("after")), "{failed}");
+    assert_eq!(failed["errorCode"], "BAD_CONDITION", "{failed}");
+    assert!(text(&failed, "error").contains("body.steps[1].when"), "the condition is named: {failed}");
+
+    // A loop whose `until` cannot be evaluated fails as itself, its steps' outputs kept.
+    let body = json!({"steps": [{"id": "rounds", "loop": {
+        "steps": [{"id": "work", "agent": "writer", "prompt": "Work"},
+                  {"id": "check", "agent": "writer", "when": "false", "prompt": "Check"}],
+        "until": "'done' in steps.check.output", "maxIterations": 3}}]});
+    let looping = template(&app, &token, "kind: WORKFLOW, name: \"Looping\"", body, json!([])).await;
+    let failed = ran(&app, &token, &team, &looping, json!({})).await;
+    assert_eq!((failed["failedStep"].as_str(), failed["errorCode"].as_str()), (Some("rounds"), Some("BAD_CONDITION")));
+    assert_eq!(timeline(&failed), ["work#1 SUCCEEDED", "check#1 SKIPPED", "rounds#1 FAILED"], "{failed}");
+    assert!(text(&failed, "error").contains("body.steps[0].loop.until"), "{failed}");
+}
+
+#[tokio::test]
+async fn loops_and_conditions_are_checked_when_the_template_is_saved() {
+    let app = TestApp::spawn_with(|c| c.runs.workflow_max_iterations = 10).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    const VALIDATE: &str = "query($input: TemplateInput!) { validateTemplate(input: $input) { valid problems { path message line column } } }";
+    let problems = |body: Value| {
+        let app = &app;
+        let token = &token;
+        async move {
+            let input = json!({"kind": "WORKFLOW", "name": "Checked", "body": body,
+                               "variables": [{"name": "topic", "type": "string"}]});
+            let answer = app.must(token, VALIDATE, json!({"input": input})).await["validateTemplate"].clone();
+            answer["problems"].as_array().unwrap().clone()
+        }
+    };
+    let step = |id: &str| json!({"id": id, "prompt": "Hi"});
+
+    let missing = problems(json!({"steps": [{"id": "l", "loop": {"steps": [step("a")], "until": "true"}}]})).await;
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0]["path"], "input.body.steps[0].loop.maxIterations");
+    assert!(text(&missing[0], "message").contains("is required"), "{missing:?}");
+
+    let over =
+        problems(json!({"steps": [{"id": "l", "loop": {"steps": [step("a")], "until": "true", "maxIterations": 11}}]}))
+            .await;
+    assert_eq!(over[0]["path"], "input.body.steps[0].loop.maxIterations", "{over:?}");
+    assert!(text(&over[0], "message").contains("from 1 to 10"), "the configured cap: {over:?}");
+
+    let syntax =
+        problems(json!({"steps": [step("a"), {"id": "b", "prompt": "Hi", "when": "steps.a.output ==\n )"}]})).await;
+    assert_eq!(syntax.len(), 1, "{syntax:?}");
+    assert_eq!(syntax[0]["path"], "input.body.steps[1].when");
+    assert!(text(&syntax[0], "message").contains("is not a valid condition"), "{syntax:?}");
+    assert_eq!((syntax[0]["line"].as_i64(), syntax[0]["column"].as_i64().is_some()), (Some(2), true), "{syntax:?}");
+
+    let order = problems(json!({"steps": [
+        {"id": "a", "prompt": "Hi", "when": "'x' in steps.b.output"},
+        step("b"),
+        {"id": "l", "loop": {"steps": [{"id": "c", "prompt": "{{ steps.d.output }}"}, step("d")],
+                             "until": "steps.d.output and ghost", "maxIterations": 3}},
+        {"id": "e", "prompt": "{{ loop.index }}"}
+    ]}))
+    .await;
+    let found: Vec<(String, String)> =
+        order.iter().map(|p| (text(p, "path").to_string(), text(p, "message").to_string())).collect();
+    assert_eq!(found.len(), 3, "a later step, an undeclared name, `loop` outside a loop: {found:?}");
+    assert!(found[0].0 == "input.body.steps[0].when" && found[0].1.contains("runs later"), "{found:?}");
+    assert!(
+        found.iter().any(|(path, m)| path == "input.body.steps[2].loop.until" && m.contains("`ghost`")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|(path, m)| path == "input.body.steps[3].prompt" && m.contains("`loop`")), "{found:?}");
+
+    let nested = problems(json!({"steps": [{"id": "outer", "loop": {"steps": [
+        {"id": "inner", "loop": {"steps": [step("a")], "until": "true", "maxIterations": 2}}],
+        "until": "true", "maxIterations": 2}}]}))
+    .await;
+    assert_eq!(nested[0]["path"], "input.body.steps[0].loop.steps[0]", "{nested:?}");
+    assert!(text(&nested[0], "message").contains("plain steps"), "{nested:?}");
 }

@@ -32,7 +32,8 @@ impl WorkflowStatus {
 }
 
 /// One step execution's life (`workflow_steps.status`): `running` → `succeeded` | `failed` |
-/// `cancelled`. Steps that never ran have no row; the schema shows them `pending` or `skipped`.
+/// `cancelled`, or `skipped` at once when its condition does not hold. Steps not reached have
+/// no row; the schema shows them `pending`, or `skipped` once the workflow ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)", enum_name = "workflow_step_status")]
 pub enum WorkflowStepStatus {

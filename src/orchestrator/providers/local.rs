@@ -15,13 +15,15 @@ const MAX_SLOW: Duration = Duration::from_secs(600);
 const WORDS_PER_DELTA: usize = 4;
 /// Sentences a summary keeps.
 const SUMMARY_SENTENCES: usize = 2;
-const MODELS: &str = "echo, summarize, flaky[-N], slow-<ms>, ratelimited, context-<tokens>, down";
+const MODELS: &str = "echo, summarize, script, flaky[-N], slow-<ms>, ratelimited, context-<tokens>, down";
 
 /// A parsed local model name.
 #[derive(Debug, PartialEq)]
 enum Model {
     Echo,
     Summarize,
+    /// Answers the `turn`-th line of its system prompt (the last line once they run out).
+    Script,
     Flaky(u32),
     Slow(Duration),
     RateLimited,
@@ -35,6 +37,7 @@ impl Model {
         let model = match name.split_once('-') {
             None if name == "echo" => Some(Self::Echo),
             None if name == "summarize" => Some(Self::Summarize),
+            None if name == "script" => Some(Self::Script),
             None if name == "flaky" => Some(Self::Flaky(1)),
             None if name == "ratelimited" => Some(Self::RateLimited),
             None if name == "down" => Some(Self::Down),
@@ -84,6 +87,7 @@ impl Provider for Local {
                 echo(request)
             }
             Model::Summarize => summarize(last_user_message(request)),
+            Model::Script => script_line(request),
             Model::Echo | Model::Flaky(_) | Model::Context(_) => echo(request),
         };
         Ok(answer(request, &body, tokens_in, on_delta))
@@ -92,6 +96,15 @@ impl Provider for Local {
 
 fn echo(request: &CompletionRequest) -> String {
     format!("You said: {}", last_user_message(request))
+}
+
+/// The `turn`-th non-empty line of the system prompt, or its last one once they run out: a
+/// scripted critic answers "needs work" twice and then "APPROVED".
+fn script_line(request: &CompletionRequest) -> String {
+    let system = request.messages.iter().find(|message| message.role == Role::System).map_or("", |m| &m.content);
+    let lines: Vec<&str> = system.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+    let turn = usize::try_from(request.turn.max(1)).unwrap_or(usize::MAX);
+    lines.get(turn - 1).or(lines.last()).copied().unwrap_or_default().to_string()
 }
 
 fn last_user_message(request: &CompletionRequest) -> &str {
@@ -194,6 +207,7 @@ mod tests {
             temperature: None,
             max_tokens: None,
             attempt: 1,
+            turn: 1,
         }
     }
 
@@ -244,6 +258,20 @@ mod tests {
     async fn summarize_returns_short_input_as_is() {
         let completion = run(&request("summarize", "Reset my password. Thanks!")).await.0.unwrap();
         assert_eq!(completion.content, "[triage] Reset my password. Thanks!");
+    }
+
+    #[tokio::test]
+    async fn script_answers_the_line_of_its_turn_and_then_its_last_line() {
+        let mut request = request("script", "Is it good?");
+        request.messages[0].content = "Needs work\n\n  Still needs work \nAPPROVED\n".into();
+        let mut answers = Vec::new();
+        for turn in 1..=5 {
+            let completion = run(&CompletionRequest { turn, ..request.clone() }).await.0.unwrap();
+            answers.push(completion.content);
+        }
+        let expected =
+            ["Needs work", "Still needs work", "APPROVED", "APPROVED", "APPROVED"].map(|a| format!("[triage] {a}"));
+        assert_eq!(answers, expected, "blank lines are not turns; past the last line it repeats");
     }
 
     #[tokio::test]

@@ -108,6 +108,9 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
     /// 1 for the agent's first attempt in this run, 2 for its first retry, …
     pub attempt: u32,
+    /// Which answer of the agent this is within a workflow run (1 outside one): `local/script`
+    /// answers its `turn`-th line.
+    pub turn: u32,
 }
 
 /// A successful answer and its token counts.

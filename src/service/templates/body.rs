@@ -12,7 +12,9 @@
 //!   team it runs on (absent: the team's routing decides), and exactly one of `prompt` (template
 //!   text) or `template` (the id or slug of a QUERY template, optional `version`, and
 //!   `variables`: a map whose string values are template text rendered before being passed).
-//!   Later steps read earlier outputs as `{{ steps.<id>.output }}`.
+//!   Later steps read earlier outputs as `{{ steps.<id>.output }}`. A step may carry a `when`
+//!   condition, `timeoutMs` and `retry`; a node `{"id", "loop": {"steps", "until",
+//!   "maxIterations"}}` repeats its steps (docs/workflows.md); `limits` bound the whole run.
 //! - DEMO: `{"team": <TeamSpec>, "conversation": [{"role": "user", "content": "…"},
 //!   {"role": "assistant", "agent": "triage", "content": "…"}]}`.
 
@@ -69,10 +71,35 @@ pub struct Checked {
     pub variables: Vec<Variable>,
 }
 
+/// One node of a WORKFLOW body, parsed: a step, or a loop of steps.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    Step(Step),
+    Loop(Loop),
+}
+
+/// Steps repeated until `until` holds, at most `max_iterations` times.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loop {
+    pub id: String,
+    /// Where it is in the body (`body.steps[2]`), for problems.
+    pub path: String,
+    /// Run only when this condition holds.
+    pub when: Option<String>,
+    pub steps: Vec<Step>,
+    /// Checked after each round; the loop ends when it holds.
+    pub until: String,
+    pub max_iterations: u32,
+}
+
 /// One workflow step, parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub id: String,
+    /// Where it is in the body (`body.steps[1]`, `body.steps[2].loop.steps[0]`), for problems.
+    pub path: String,
+    /// Run only when this condition holds.
+    pub when: Option<String>,
     pub agent: Option<String>,
     pub source: StepSource,
     /// Longest the step's run may take, in milliseconds (below the team's own limit).
@@ -112,15 +139,29 @@ pub struct DemoMessage {
     pub content: String,
 }
 
+/// What the server allows in a body: the providers a TEAM's agents may use, and the most
+/// rounds a workflow loop may run (`ENSEMBLE_WORKFLOW_MAX_ITERATIONS`).
+#[derive(Clone)]
+pub struct Allowed {
+    pub providers: ProviderSettings,
+    pub max_iterations: u32,
+}
+
+impl Default for Allowed {
+    /// The built-in providers and the default cap.
+    fn default() -> Self {
+        Self { providers: ProviderSettings::default(), max_iterations: DEFAULT_MAX_ITERATIONS }
+    }
+}
+
+/// The default of `ENSEMBLE_WORKFLOW_MAX_ITERATIONS`.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 20;
+
 /// Checks a body and its variable declarations for `kind`, listing every problem with its path
 /// (`body.…`, `variables[i].…`) and, for template syntax errors, line and column.
-/// A TEAM body's agents (a DEMO's team's) may use the providers `providers` configure.
-pub fn check(
-    kind: Kind,
-    body: &Value,
-    variables: &Value,
-    providers: &ProviderSettings,
-) -> Result<Checked, Vec<Problem>> {
+/// A TEAM body's agents (a DEMO's team's) may use the providers `allowed` names.
+pub fn check(kind: Kind, body: &Value, variables: &Value, allowed: &Allowed) -> Result<Checked, Vec<Problem>> {
+    let providers = &allowed.providers;
     let mut problems = Vec::new();
     let declared = declarations::parse(variables, &mut problems);
     let names = declarations::names(variables);
@@ -128,7 +169,7 @@ pub fn check(
     let body = match kind {
         Kind::Team => team("body", body, &scope, providers, &mut problems),
         Kind::Query => query(body, &scope, &mut problems),
-        Kind::Workflow => steps::check(body, &names, &mut problems),
+        Kind::Workflow => steps::check(body, &names, allowed.max_iterations, &mut problems),
         Kind::Demo => demo::check(body, &scope, providers, &mut problems),
     };
     if problems.is_empty() { Ok(Checked { body, variables: declared }) } else { Err(problems) }
@@ -146,9 +187,26 @@ pub fn render(path: &str, text: &str, context: &Map<String, Value>) -> Result<St
     text::render(path, text, context)
 }
 
-/// The steps of a checked WORKFLOW body.
+/// Every step of a checked WORKFLOW body in the order it lists them, loops' steps in place.
 pub fn steps(body: &Value) -> Vec<Step> {
+    nodes(body)
+        .into_iter()
+        .flat_map(|node| match node {
+            Node::Step(step) => vec![step],
+            Node::Loop(looped) => looped.steps,
+        })
+        .collect()
+}
+
+/// The nodes of a checked WORKFLOW body.
+pub fn nodes(body: &Value) -> Vec<Node> {
     steps::parse(body)
+}
+
+/// Whether `condition` holds in `context`; a syntax error, a missing value, or an evaluation
+/// that runs out of fuel is a problem at `path`.
+pub fn holds(path: &str, condition: &str, context: &Map<String, Value>) -> Result<bool, Vec<Problem>> {
+    text::evaluate(path, condition, context)
 }
 
 /// The `limits` of a checked WORKFLOW body.

@@ -127,7 +127,7 @@ impl Templates {
             problems.push(Problem::new("input.body", "is required"));
             return Ok(None);
         };
-        let checked = match body::check(kind, &body, &variables.unwrap_or(Value::Null), &self.providers) {
+        let checked = match body::check(kind, &body, &variables.unwrap_or(Value::Null), &self.allowed) {
             Ok(checked) => checked,
             Err(found) => {
                 problems.extend(found.into_iter().map(|p| Problem { path: format!("input.{}", p.path), ..p }));
@@ -163,11 +163,11 @@ impl Templates {
 
     /// Every step that runs a template names a QUERY template the caller may use.
     async fn check_steps(&self, caller: &Caller, body: &Value, problems: &mut Vec<Problem>) -> Result<(), AppError> {
-        for (i, step) in body::steps(body).into_iter().enumerate() {
+        for step in body::steps(body) {
             let StepSource::Template { template, version, .. } = step.source else {
                 continue;
             };
-            let path = format!("input.body.steps[{i}].template");
+            let path = format!("input.{}.template", step.path);
             match self.resolve(caller, &template, version).await {
                 Ok(found) if found.kind == Kind::Query => {}
                 Ok(found) => problems.push(Problem::new(

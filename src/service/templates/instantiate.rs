@@ -53,7 +53,7 @@ impl Templates {
             visibility: None,
             spec: Some(spec),
         };
-        let spec = teams::check_new(&new, &self.providers).map_err(|error| match error {
+        let spec = teams::check_new(&new, &self.allowed.providers).map_err(|error| match error {
             AppError::BadUserInput { message, problems } => AppError::BadUserInput {
                 message,
                 problems: problems.into_iter().map(|p| Problem { path: format!("input.{}", p.path), ..p }).collect(),

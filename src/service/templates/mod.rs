@@ -34,7 +34,6 @@ use super::{
 use crate::{
     auth::guard,
     cache::{AllCategories, Caches, TemplateId, TemplateVersion},
-    config::ProviderSettings,
     domain::{Caller, Invalidation, Principal, Scope, TeamRole, UserPrincipal},
     error::{AppError, Problem},
 };
@@ -97,18 +96,13 @@ pub struct Templates {
     /// Commits every change to templates and categories with its audit row.
     audit: Arc<AuditChain>,
     caches: Arc<Caches>,
-    /// The providers a TEAM body's agents may use.
-    providers: ProviderSettings,
+    /// What bodies may hold: the providers a TEAM body's agents may use, the loop cap.
+    allowed: body::Allowed,
 }
 
 impl Templates {
-    pub fn new(
-        db: DatabaseConnection,
-        audit: Arc<AuditChain>,
-        caches: Arc<Caches>,
-        providers: ProviderSettings,
-    ) -> Self {
-        Self { db, audit, caches, providers }
+    pub fn new(db: DatabaseConnection, audit: Arc<AuditChain>, caches: Arc<Caches>, allowed: body::Allowed) -> Self {
+        Self { db, audit, caches, allowed }
     }
 
     pub fn db(&self) -> &DatabaseConnection {

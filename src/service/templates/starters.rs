@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 
 use super::body::{self, Kind};
 use crate::{
-    config::ProviderSettings,
     db::{
         self,
         batch::{Batch, BatchWriter, Expect, OnGuard},
@@ -326,11 +325,11 @@ fn plan(
 /// Every starter checked; one that fails is a bug in the shipped files. Their agents use the
 /// built-in providers only, so they seed whatever providers the server configures.
 fn canonical() -> Result<Vec<Canonical>, AppError> {
-    let providers = ProviderSettings::default();
+    let allowed = body::Allowed::default();
     all()
         .iter()
         .map(|starter| {
-            let checked = body::check(starter.kind, &starter.body, &starter.variables, &providers)
+            let checked = body::check(starter.kind, &starter.body, &starter.variables, &allowed)
                 .map_err(|problems| invalid(starter, &problems))?;
             let variables = serde_json::to_value(&checked.variables).map_err(AppError::internal)?;
             Ok(Canonical { starter, body: checked.body, variables })
@@ -612,7 +611,7 @@ mod tests {
         use crate::service::templates::body::{Checked, StepSource};
 
         fn checked(starter: &Starter) -> Checked {
-            body::check(starter.kind, &starter.body, &starter.variables, &ProviderSettings::default())
+            body::check(starter.kind, &starter.body, &starter.variables, &body::Allowed::default())
                 .unwrap_or_else(|problems| panic!("{}: {problems:?}", starter.slug))
         }
 

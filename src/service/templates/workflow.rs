@@ -74,10 +74,10 @@ fn missing_agents(team: &teams::Model, steps: &[Step]) -> Result<Vec<Problem>, A
         AppError::BadUserInput { message: format!("The team's current spec is not valid: {first}"), problems }
     })?;
     let names: Vec<&str> = spec.agents.iter().map(|a| a.name.as_str()).collect();
-    let missing = steps.iter().enumerate().filter_map(|(i, step)| {
+    let missing = steps.iter().filter_map(|step| {
         let agent = step.agent.as_deref().filter(|agent| !names.contains(agent))?;
         let message = format!("the team has no agent `{agent}`; it has {}", names.join(", "));
-        Some(Problem::new(format!("body.steps[{i}].agent"), message))
+        Some(Problem::new(format!("{}.agent", step.path), message))
     });
     Ok(missing.collect())
 }
@@ -87,18 +87,17 @@ fn missing_agents(team: &teams::Model, steps: &[Step]) -> Result<Vec<Problem>, A
 pub async fn prompt(
     templates: &Templates,
     caller: &Caller,
-    index: usize,
-    source: &StepSource,
+    step: &Step,
     context: &Map<String, Value>,
 ) -> Result<String, AppError> {
-    let path = format!("body.steps[{index}]");
-    let (template, version, variables) = match source {
+    let path = &step.path;
+    let (template, version, variables) = match &step.source {
         StepSource::Prompt(text) => {
             return body::render(&format!("{path}.prompt"), text, context).map_err(unrenderable);
         }
         StepSource::Template { template, version, variables } => (template, *version, variables),
     };
-    let given = render_variables(&path, variables, context)?;
+    let given = render_variables(path, variables, context)?;
     let query = templates.resolve(caller, template, version).await.map_err(|error| match error {
         AppError::NotFound(message) => AppError::NotFound(format!("template `{template}`: {message}")),
         other => other,

@@ -5,7 +5,7 @@
 //! and the workflow still running: when another instance took it over, or it was cancelled,
 //! the driver stops.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use entity::{
@@ -28,7 +28,7 @@ use crate::{
     service::{
         runs::RunInput,
         templates::{
-            body::{self, Step, WorkflowLimits},
+            body::{self, Loop, Node, Step, StepSource, WorkflowLimits},
             workflow,
         },
     },
@@ -37,8 +37,10 @@ use crate::{
 /// The guard code of a write made without the workflow's lease, or after it stopped running.
 const NOT_OURS: &str = "workflow_lease";
 
-/// Runs the steps from the workflow's position to its end (or its first failure), committing
-/// each before the next. Answers once the workflow ended, or stopped being this driver's.
+/// Walks the workflow's body from the start, replaying each step execution already committed
+/// (its output, or its skip) and running the others, each committed before the next starts.
+/// Conditions depend only on the variables and the outputs, so the replay takes the same path
+/// the first walk took. Answers once the workflow ended, or stopped being this driver's.
 /// Database errors are answered: the caller gives the lease up, and the workflow is resumed.
 pub(super) async fn drive(
     workflows: &Arc<Workflows>,
@@ -52,57 +54,243 @@ pub(super) async fn drive(
         let why = format!("version {} of its template no longer exists", run.template_version);
         return fail_unresumable(workflows, run, &why).await;
     };
-    let steps = body::steps(&version.body);
-    let limits = body::workflow_limits(&version.body);
-    let variables = run.variables.clone().unwrap_or_else(|| Value::Object(Map::new()));
-    let mut context = variables.as_object().cloned().unwrap_or_default();
-    let mut outputs = Map::new();
-    for done in executions(db, &run.id).await? {
-        if done.status == WorkflowStepStatus::Succeeded {
-            outputs.insert(done.step_id.clone(), json!({ "output": done.output }));
+    let nodes = body::nodes(&version.body);
+    let mut order: HashMap<String, usize> =
+        body::steps(&version.body).into_iter().enumerate().map(|(at, step)| (step.id, at)).collect();
+    for node in &nodes {
+        if let Node::Loop(looped) = node {
+            let first = looped.steps.first().and_then(|step| order.get(&step.id)).copied().unwrap_or(0);
+            order.insert(looped.id.clone(), first);
         }
     }
-    let mut totals = Totals::default();
-    for (index, step) in steps.iter().enumerate().skip(usize::try_from(run.position).unwrap_or(0)) {
-        context.insert("steps".into(), Value::Object(outputs.clone()));
-        let ended = match allowance(&limits, run, &totals, (index, step)) {
-            Ok(allowed) => run_step(workflows, run, caller, (index, step), &context, (&variables, allowed)).await?,
-            Err((code, why)) => Some(stopped(run, (index, step), code, why)),
+    let committed = executions(db, &run.id)
+        .await?
+        .into_iter()
+        .filter(|done| matches!(done.status, WorkflowStepStatus::Succeeded | WorkflowStepStatus::Skipped))
+        .map(|done| ((done.step_id.clone(), done.iteration), done))
+        .collect();
+    let variables = run.variables.clone().unwrap_or_else(|| Value::Object(Map::new()));
+    let mut walk = Walk {
+        workflows,
+        run,
+        caller,
+        limits: body::workflow_limits(&version.body),
+        order,
+        committed,
+        context: variables.as_object().cloned().unwrap_or_default(),
+        variables,
+        steps: Map::new(),
+        turns: HashMap::new(),
+        totals: Totals::default(),
+        executed: 0,
+        last_output: None,
+    };
+    for node in &nodes {
+        let flow = match node {
+            Node::Step(step) => walk.step(step, 0).await?,
+            Node::Loop(looped) => walk.looped(looped).await?,
         };
-        let Some(ended) = ended else { return Ok(()) };
-        workflows.runner.metrics().runs.workflow_step(status_label(ended.execution.status));
-        totals.add(ended.run.as_ref());
-        let failed = ended.execution.status != WorkflowStepStatus::Succeeded;
-        let last = index + 1 == steps.len();
-        let end = match (failed, last) {
-            (true, _) => End::Failed {
+        if flow == Flow::Stop {
+            return Ok(());
+        }
+    }
+    let output = walk.last_output.clone().unwrap_or_default();
+    commit(workflows, run, None, Moment::Closed { position: walk.executed, output }).await?;
+    Ok(())
+}
+
+/// Whether the walk goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// The workflow failed, or is no longer this driver's.
+    Stop,
+}
+
+/// One walk of a workflow's body by its driver.
+struct Walk<'a> {
+    workflows: &'a Arc<Workflows>,
+    run: &'a workflow_runs::Model,
+    caller: &'a Caller,
+    limits: WorkflowLimits,
+    /// Each step's place in the body, loops' steps in place.
+    order: HashMap<String, usize>,
+    /// The executions committed before this walk, by step and iteration.
+    committed: HashMap<(String, i32), workflow_steps::Model>,
+    /// The variables, `steps` and (in a loop) `loop`, as texts and conditions read them.
+    context: Map<String, Value>,
+    variables: Value,
+    /// `steps.<id>`: `{output}` and, for looped steps, `{iterations: [{output}]}`.
+    steps: Map<String, Value>,
+    /// Answers so far per agent (`""`: routed), for `local/script`.
+    turns: HashMap<String, u32>,
+    /// What this walk's runs used, added to the workflow's row at each commit.
+    totals: Totals,
+    /// Step executions so far, replayed ones included.
+    executed: usize,
+    /// The output of the last step that succeeded: the workflow's, once it ends.
+    last_output: Option<String>,
+}
+
+impl Walk<'_> {
+    /// A loop: its steps round after round until `until` holds, at most `maxIterations`
+    /// rounds; skipped whole when its `when` does not hold.
+    async fn looped(&mut self, looped: &Loop) -> Result<Flow, AppError> {
+        // A condition of the loop that cannot be evaluated fails the loop itself.
+        let itself = Step {
+            id: looped.id.clone(),
+            path: looped.path.clone(),
+            when: None,
+            agent: None,
+            source: StepSource::Prompt(String::new()),
+            timeout_ms: None,
+            retry: None,
+        };
+        if let Some(when) = &looped.when {
+            match self.holds(&format!("{}.when", looped.path), when, (&itself, 0)).await? {
+                None => return Ok(Flow::Stop),
+                Some(false) => return Ok(Flow::Go),
+                Some(true) => {}
+            }
+        }
+        for iteration in 1..=looped.max_iterations {
+            self.context.insert("loop".into(), json!({ "index": iteration }));
+            for step in &looped.steps {
+                if self.step(step, iteration as i32).await? == Flow::Stop {
+                    return Ok(Flow::Stop);
+                }
+            }
+            let until = format!("{}.loop.until", looped.path);
+            match self.holds(&until, &looped.until, (&itself, iteration as i32)).await? {
+                None => return Ok(Flow::Stop),
+                Some(true) => break,
+                Some(false) => {}
+            }
+        }
+        self.context.remove("loop");
+        Ok(Flow::Go)
+    }
+
+    /// Whether `condition` holds now. One that cannot be evaluated fails the workflow at
+    /// `step` (`iteration`) with the condition's problem: None, the walk stops.
+    async fn holds(
+        &mut self,
+        path: &str,
+        condition: &str,
+        (step, iteration): (&Step, i32),
+    ) -> Result<Option<bool>, AppError> {
+        self.context.insert("steps".into(), Value::Object(self.steps.clone()));
+        match body::holds(path, condition, &self.context) {
+            Ok(holds) => Ok(Some(holds)),
+            Err(problems) => {
+                let why = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                let ended = self.stopped(step, iteration, "BAD_CONDITION", why);
+                self.end(step, ended).await.map(|_| None)
+            }
+        }
+    }
+
+    /// One step execution: replayed when committed, skipped when its `when` does not hold,
+    /// else run within what the workflow's limits leave and committed.
+    async fn step(&mut self, step: &Step, iteration: i32) -> Result<Flow, AppError> {
+        if let Some(done) = self.committed.remove(&(step.id.clone(), iteration)) {
+            self.executed += 1;
+            self.apply(step, &done);
+            return Ok(Flow::Go);
+        }
+        let when = match &step.when {
+            Some(when) => self.holds(&format!("{}.when", step.path), when, (step, iteration)).await?,
+            None => Some(true),
+        };
+        if when.is_none() {
+            return Ok(Flow::Stop);
+        }
+        if when == Some(false) {
+            let mut skipped = self.execution(step, iteration);
+            skipped.status = WorkflowStepStatus::Skipped;
+            skipped.finished_at = Some(skipped.started_at);
+            return self.end(step, Ended { execution: skipped, run: None, code: None }).await;
+        }
+        self.context.insert("steps".into(), Value::Object(self.steps.clone()));
+        let ended = match self.allowance(step) {
+            Ok(allowed) => match self.run_step(step, iteration, allowed).await? {
+                Some(ended) => ended,
+                None => return Ok(Flow::Stop),
+            },
+            Err((code, why)) => self.stopped(step, iteration, code, why),
+        };
+        self.end(step, ended).await
+    }
+
+    /// Commits a step's end (and the workflow's, when it failed); answers whether to go on.
+    async fn end(&mut self, step: &Step, ended: Ended) -> Result<Flow, AppError> {
+        let status = ended.execution.status;
+        self.workflows.runner.metrics().runs.workflow_step(status_label(status));
+        self.totals.add(ended.run.as_ref());
+        let failed = !matches!(status, WorkflowStepStatus::Succeeded | WorkflowStepStatus::Skipped);
+        let end = if failed {
+            End::Failed {
                 step: step.id.clone(),
                 code: ended.code.clone().unwrap_or_else(|| "STEP_FAILED".into()),
                 error: format!("step `{}` failed: {}", step.id, ended.execution.error.as_deref().unwrap_or("")),
-            },
-            (false, true) => End::Succeeded { output: ended.execution.output.clone().unwrap_or_default() },
-            (false, false) => End::Not,
+            }
+        } else {
+            End::Not
         };
-        // A failed step is not committed as done: `retryWorkflowRun` starts from it.
-        let moment = Moment::Ended { position: if failed { index } else { index + 1 }, totals: &totals, end };
-        if !commit(workflows, run, Some(&ended.execution), moment).await? {
-            return Ok(());
+        // A failed step is not committed as done: `retryWorkflowRun` runs it again.
+        let position = if failed { self.executed } else { self.executed + 1 };
+        let moment = Moment::Ended { position, totals: &self.totals, end };
+        if !commit(self.workflows, self.run, Some(&ended.execution), moment).await? {
+            return Ok(Flow::Stop);
         }
         if failed {
-            for _ in index + 1..steps.len() {
-                workflows.runner.metrics().runs.workflow_step("skipped");
+            let seen = self.steps.len() + 1;
+            for _ in seen..self.order.len() {
+                self.workflows.runner.metrics().runs.workflow_step("skipped");
             }
-            return Ok(());
+            return Ok(Flow::Stop);
         }
-        outputs.insert(step.id.clone(), json!({ "output": ended.execution.output }));
+        self.executed += 1;
+        self.apply(step, &ended.execution);
+        Ok(Flow::Go)
     }
-    if steps.len() <= usize::try_from(run.position).unwrap_or(0) {
-        // Nothing left to run (a body without steps, or every step committed before a stop).
-        let last = steps.last().and_then(|step| outputs.get(&step.id));
-        let output = last.and_then(|o| o["output"].as_str()).unwrap_or_default().to_string();
-        commit(workflows, run, None, Moment::Closed { output }).await?;
+
+    /// What a committed execution of `step` adds to what later texts read.
+    fn apply(&mut self, step: &Step, done: &workflow_steps::Model) {
+        if done.run_id.is_some() {
+            *self.turns.entry(step.agent.clone().unwrap_or_default()).or_default() += 1;
+        }
+        if done.status != WorkflowStepStatus::Succeeded {
+            return;
+        }
+        let output = done.output.clone().unwrap_or_default();
+        let entry = self.steps.entry(done.step_id.clone()).or_insert_with(|| json!({}));
+        entry["output"] = json!(output);
+        if done.iteration > 0 {
+            let iterations = entry.as_object_mut().map(|e| e.entry("iterations").or_insert_with(|| json!([])));
+            if let Some(Value::Array(list)) = iterations {
+                list.push(json!({ "output": output }));
+            }
+        }
+        self.last_output = Some(output);
     }
-    Ok(())
+
+    /// A new execution row of `step` at `iteration`, running from now.
+    fn execution(&self, step: &Step, iteration: i32) -> workflow_steps::Model {
+        let mut execution = execution_of(self.run, self.order.get(&step.id).copied().unwrap_or(0), &step.id);
+        execution.iteration = iteration;
+        execution.agent = step.agent.clone();
+        execution
+    }
+
+    /// A step that did not start: a workflow limit, or its condition, stopped it.
+    fn stopped(&self, step: &Step, iteration: i32, code: &str, why: String) -> Ended {
+        let mut execution = self.execution(step, iteration);
+        execution.status = WorkflowStepStatus::Failed;
+        execution.error = Some(why);
+        execution.finished_at = Some(execution.started_at);
+        Ended { execution, run: None, code: Some(code.to_string()) }
+    }
 }
 
 /// A step as it ended: its execution row, its run, and the code of its error.
@@ -118,105 +306,88 @@ struct Allowance {
     max_cost_usd: Option<f64>,
 }
 
-/// The step's share of the workflow's `limits`, or why it may not start: the workflow has run
-/// `maxSteps` steps, spent `maxCostUsd`, or run past `timeoutMs`.
-fn allowance(
-    limits: &WorkflowLimits,
-    run: &workflow_runs::Model,
-    totals: &Totals,
-    (index, step): (usize, &Step),
-) -> Result<Allowance, (&'static str, String)> {
-    if let Some(most) = limits.max_steps
-        && index >= most as usize
-    {
-        return Err(("LIMIT_EXCEEDED", format!("the workflow has run {index} steps, its limits.maxSteps")));
-    }
-    let spent = run.cost_usd + totals.cost_usd;
-    let max_cost_usd = match limits.max_cost_usd {
-        Some(most) if spent > 0.0 && spent >= most => {
-            return Err(("COST_LIMIT", format!("the workflow has cost ${spent:.6}; its limits.maxCostUsd is ${most}")));
+impl Walk<'_> {
+    /// The step's share of the workflow's `limits`, or why it may not start: the workflow has
+    /// run `maxSteps` steps, spent `maxCostUsd`, or run past `timeoutMs`.
+    fn allowance(&self, step: &Step) -> Result<Allowance, (&'static str, String)> {
+        let (limits, run, executed) = (&self.limits, self.run, self.executed);
+        if let Some(most) = limits.max_steps
+            && executed >= most as usize
+        {
+            return Err(("LIMIT_EXCEEDED", format!("the workflow has run {executed} steps, its limits.maxSteps")));
         }
-        most => most.map(|most| most - spent),
-    };
-    let mut timeout_ms = step.timeout_ms;
-    if let Some(most) = limits.timeout_ms {
-        let elapsed =
-            u64::try_from((Utc::now() - run.started_at.unwrap_or(run.created_at)).num_milliseconds()).unwrap_or(0);
-        let Some(left) = most.checked_sub(elapsed).filter(|left| *left > 0) else {
-            return Err(("TIMEOUT", format!("the workflow ran past its limits.timeoutMs ({most} ms)")));
+        let spent = run.cost_usd + self.totals.cost_usd;
+        let max_cost_usd = match limits.max_cost_usd {
+            Some(most) if spent > 0.0 && spent >= most => {
+                let why = format!("the workflow has cost ${spent:.6}; its limits.maxCostUsd is ${most}");
+                return Err(("COST_LIMIT", why));
+            }
+            most => most.map(|most| most - spent),
         };
-        timeout_ms = Some(timeout_ms.map_or(left, |ms| std::cmp::min(ms, left)));
-    }
-    Ok(Allowance { timeout_ms, max_cost_usd })
-}
-
-/// A step that did not start: a workflow limit stopped it.
-fn stopped(run: &workflow_runs::Model, (index, step): (usize, &Step), code: &str, why: String) -> Ended {
-    let mut execution = execution_of(run, index, &step.id);
-    execution.agent = step.agent.clone();
-    execution.status = WorkflowStepStatus::Failed;
-    execution.error = Some(why);
-    execution.finished_at = Some(execution.started_at);
-    Ended { execution, run: None, code: Some(code.to_string()) }
-}
-
-/// Renders the step, starts its run within its `allowance`, records the step as running and
-/// waits for the run to end. None when the workflow stopped being this driver's meanwhile.
-async fn run_step(
-    workflows: &Arc<Workflows>,
-    run: &workflow_runs::Model,
-    caller: &Caller,
-    (index, step): (usize, &Step),
-    context: &Map<String, Value>,
-    (variables, allowance): (&Value, Allowance),
-) -> Result<Option<Ended>, AppError> {
-    let mut execution = execution_of(run, index, &step.id);
-    execution.agent = step.agent.clone();
-    let content = match workflow::prompt(&workflows.templates, caller, index, &step.source, context).await {
-        Ok(content) => content,
-        Err(error) => return refused(execution, error).map(Some),
-    };
-    execution.input = Some(content.clone());
-    // Checked when the template was saved.
-    let retry = step.retry.as_ref().and_then(|retry| spec::retry_policy(retry, "retry").ok());
-    let input = RunInput {
-        content,
-        agent: step.agent.clone(),
-        variables: Some(variables.clone()),
-        timeout_ms: allowance.timeout_ms,
-        max_cost_usd: allowance.max_cost_usd,
-        retry,
-        ..Default::default()
-    };
-    let (started, ended) = match workflows.runner.begin(caller, &run.team_id, input).await {
-        Ok(started) => started,
-        Err(error) => return refused(execution, error).map(Some),
-    };
-    execution.run_id = Some(started.id.clone());
-    if !commit(workflows, run, Some(&execution), Moment::Started).await? {
-        workflows.runner.cancel_here(&started.id).await;
-        return Ok(None);
-    }
-    let finished = match ended.await {
-        Ok(Some(finished)) => finished,
-        _ => workflows.runner.reload(&started.id).await?,
-    };
-    let now = Utc::now().trunc_subsecs(6);
-    execution.finished_at = Some(now);
-    let code = match finished.status {
-        RunStatus::Succeeded => {
-            execution.status = WorkflowStepStatus::Succeeded;
-            execution.output = Some(finished.output.clone().unwrap_or_default());
-            None
+        let mut timeout_ms = step.timeout_ms;
+        if let Some(most) = limits.timeout_ms {
+            let started = run.started_at.unwrap_or(run.created_at);
+            let elapsed = u64::try_from((Utc::now() - started).num_milliseconds()).unwrap_or(0);
+            let Some(left) = most.checked_sub(elapsed).filter(|left| *left > 0) else {
+                return Err(("TIMEOUT", format!("the workflow ran past its limits.timeoutMs ({most} ms)")));
+            };
+            timeout_ms = Some(timeout_ms.map_or(left, |ms| std::cmp::min(ms, left)));
         }
-        status => {
-            execution.status = WorkflowStepStatus::Failed;
-            let why = finished.error.clone().unwrap_or_else(|| "no reason given".into());
-            execution.error = Some(format!("the run {status}: {why}"));
-            Some(finished.error_code.map_or_else(|| "STEP_FAILED".into(), |code| code.to_string().to_uppercase()))
+        Ok(Allowance { timeout_ms, max_cost_usd })
+    }
+
+    /// Renders the step, starts its run within its `allowance`, records the step as running
+    /// and waits for the run to end. None when the workflow stopped being this driver's.
+    async fn run_step(&self, step: &Step, iteration: i32, allowance: Allowance) -> Result<Option<Ended>, AppError> {
+        let workflows = self.workflows;
+        let mut execution = self.execution(step, iteration);
+        let content = match workflow::prompt(&workflows.templates, self.caller, step, &self.context).await {
+            Ok(content) => content,
+            Err(error) => return refused(execution, error).map(Some),
+        };
+        execution.input = Some(content.clone());
+        // Checked when the template was saved.
+        let retry = step.retry.as_ref().and_then(|retry| spec::retry_policy(retry, "retry").ok());
+        let turn = self.turns.get(&step.agent.clone().unwrap_or_default()).copied().unwrap_or(0) + 1;
+        let input = RunInput {
+            content,
+            agent: step.agent.clone(),
+            variables: Some(self.variables.clone()),
+            timeout_ms: allowance.timeout_ms,
+            max_cost_usd: allowance.max_cost_usd,
+            retry,
+            turn: Some(turn),
+            ..Default::default()
+        };
+        let (started, ended) = match workflows.runner.begin(self.caller, &self.run.team_id, input).await {
+            Ok(started) => started,
+            Err(error) => return refused(execution, error).map(Some),
+        };
+        execution.run_id = Some(started.id.clone());
+        if !commit(workflows, self.run, Some(&execution), Moment::Started).await? {
+            workflows.runner.cancel_here(&started.id).await;
+            return Ok(None);
         }
-    };
-    Ok(Some(Ended { execution, run: Some(finished), code }))
+        let finished = match ended.await {
+            Ok(Some(finished)) => finished,
+            _ => workflows.runner.reload(&started.id).await?,
+        };
+        execution.finished_at = Some(Utc::now().trunc_subsecs(6));
+        let code = match finished.status {
+            RunStatus::Succeeded => {
+                execution.status = WorkflowStepStatus::Succeeded;
+                execution.output = Some(finished.output.clone().unwrap_or_default());
+                None
+            }
+            status => {
+                execution.status = WorkflowStepStatus::Failed;
+                let why = finished.error.clone().unwrap_or_else(|| "no reason given".into());
+                execution.error = Some(format!("the run {status}: {why}"));
+                Some(finished.error_code.map_or_else(|| "STEP_FAILED".into(), |code| code.to_string().to_uppercase()))
+            }
+        };
+        Ok(Some(Ended { execution, run: Some(finished), code }))
+    }
 }
 
 /// The step failed before a run of it ended: its text could not be rendered, or its run was
@@ -296,8 +467,9 @@ enum Moment<'a> {
     /// The step ended; the workflow is at `position` and has used `totals` since this driver
     /// took it.
     Ended { position: usize, totals: &'a Totals, end: End },
-    /// Every step was committed before; the workflow succeeded with `output`.
-    Closed { output: String },
+    /// The walk reached the end after `position` executions; the workflow succeeded with
+    /// `output`.
+    Closed { position: usize, output: String },
 }
 
 /// Commits `execution` and the workflow's row in one batch, guarded on this instance holding
@@ -330,7 +502,10 @@ async fn commit(
                 .col_expr(workflow_runs::Column::CostUsd, add(workflow_runs::Column::CostUsd, totals.cost_usd.into()));
             end
         }
-        Moment::Closed { output } => End::Succeeded { output },
+        Moment::Closed { position, output } => {
+            row = row.col_expr(workflow_runs::Column::Position, Expr::value(position as i32));
+            End::Succeeded { output }
+        }
     };
     row = match end {
         End::Not => row.col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(workflows.lease_until())),

@@ -27,6 +27,7 @@ fn request() -> CompletionRequest {
         temperature: Some(0.2),
         max_tokens: Some(50),
         attempt: 1,
+        turn: 1,
     }
 }
 

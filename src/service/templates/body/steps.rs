@@ -1,13 +1,20 @@
-//! WORKFLOW bodies: `{"steps": [...]}`, each step a prompt or a QUERY template run in order,
-//! reading earlier steps' outputs as `{{ steps.<id>.output }}`.
+//! WORKFLOW bodies: `{"steps": [...], "limits": {...}}`. A step runs a prompt or a QUERY
+//! template; a loop repeats its own steps until its `until` condition holds, at most
+//! `maxIterations` times; a step or a loop with a `when` condition runs only when it holds.
+//! Texts and conditions read earlier outputs as `steps.<id>.output` (a looped step's latest),
+//! a looped step's every iteration as `steps.<id>.iterations` and, inside a loop, the round as
+//! `loop.index` (from 1).
 
-use std::collections::{BTreeSet, HashSet};
+use std::{
+    collections::{BTreeSet, HashSet},
+    ops::Range,
+};
 
 use serde_json::{Map, Value, json};
 
 use super::{
-    MAX_PROMPT_CHARS, Step, StepSource, WorkflowLimits, object, string_field,
-    text::{self, Scope},
+    Loop, MAX_PROMPT_CHARS, Node, Step, StepSource, WorkflowLimits, object, string_field,
+    text::{self, Scope, StepScope},
     unknown_fields,
 };
 use crate::{
@@ -15,46 +22,84 @@ use crate::{
     orchestrator::spec::{self, MAX_TIMEOUT_MS},
 };
 
+/// Most steps a workflow holds, loops' steps included.
 const MAX_STEPS: usize = 20;
 const MAX_ID_CHARS: usize = 40;
 const MAX_NAME_CHARS: usize = 200;
-const FIELDS: [&str; 8] = ["id", "agent", "prompt", "template", "version", "variables", "timeoutMs", "retry"];
+/// The longest condition, in characters.
+const MAX_CONDITION_CHARS: usize = 2_000;
+const FIELDS: [&str; 9] = ["id", "agent", "prompt", "template", "version", "variables", "timeoutMs", "retry", "when"];
+const LOOP_FIELDS: [&str; 3] = ["id", "loop", "when"];
 /// Most step executions a workflow's `limits.maxSteps` may allow.
 pub const MAX_STEP_EXECUTIONS: u32 = 1000;
 
-/// A step as written: the parts that are valid.
+/// A node as written: the parts that are valid.
+enum Draft {
+    Step(StepDraft),
+    Loop(LoopDraft),
+}
+
 #[derive(Default)]
-struct Draft {
+struct StepDraft {
+    path: String,
     id: Option<String>,
     agent: Option<String>,
     source: Option<StepSource>,
     timeout_ms: Option<u64>,
     retry: Option<Value>,
+    when: Option<String>,
 }
 
-/// The canonical body, checking structure, step ids, and every text's syntax and references.
-pub(super) fn check(body: &Value, variables: &BTreeSet<&str>, problems: &mut Vec<Problem>) -> Value {
-    let drafts = drafts(body, problems);
-    let ids: Vec<Option<&str>> = drafts.iter().map(|draft| draft.id.as_deref()).collect();
-    for (i, draft) in drafts.iter().enumerate() {
-        let scope = Scope { variables, steps: Some((&ids, i)) };
-        match &draft.source {
-            Some(StepSource::Prompt(prompt)) => {
-                text::check(&format!("body.steps[{i}].prompt"), prompt, &scope, problems)
+struct LoopDraft {
+    path: String,
+    id: Option<String>,
+    when: Option<String>,
+    steps: Vec<StepDraft>,
+    until: Option<String>,
+    max_iterations: Option<u32>,
+}
+
+/// The canonical body, checking structure, step ids, loops (`maxIterations` at most
+/// `max_iterations`), and every text's and condition's syntax and references.
+pub(super) fn check(
+    body: &Value,
+    variables: &BTreeSet<&str>,
+    max_iterations: u32,
+    problems: &mut Vec<Problem>,
+) -> Value {
+    let drafts = drafts(body, max_iterations, problems);
+    let flat = flatten(&drafts);
+    let ids: Vec<Option<&str>> = flat.iter().map(|(step, _)| step.id.as_deref()).collect();
+    let scope_at = |current: usize, within: Option<Range<usize>>| Scope {
+        variables,
+        steps: Some(StepScope { ids: &ids, current, within }),
+    };
+    let mut at = 0;
+    for draft in &drafts {
+        match draft {
+            Draft::Step(step) => {
+                check_step(step, &scope_at(at, None), problems);
+                at += 1;
             }
-            Some(StepSource::Template { variables, .. }) => {
-                for (name, value) in variables {
-                    if let Some(value) = value.as_str() {
-                        text::check(&format!("body.steps[{i}].variables.{name}"), value, &scope, problems);
-                    }
+            Draft::Loop(looped) => {
+                let range = at..at + looped.steps.len();
+                if let Some(when) = &looped.when {
+                    text::check_condition(&format!("{}.when", looped.path), when, &scope_at(at, None), problems);
                 }
+                for (i, step) in looped.steps.iter().enumerate() {
+                    check_step(step, &scope_at(at + i, Some(range.clone())), problems);
+                }
+                if let Some(until) = &looped.until {
+                    let scope = scope_at(range.end, Some(range.clone()));
+                    text::check_condition(&format!("{}.loop.until", looped.path), until, &scope, problems);
+                }
+                at = range.end;
             }
-            None => {}
         }
     }
-    let steps: Vec<Value> = drafts.into_iter().filter_map(Draft::step).map(|step| to_json(&step)).collect();
+    let nodes: Vec<Value> = drafts.into_iter().filter_map(Draft::node).map(|node| node_json(&node)).collect();
     let limits = limits(body, problems);
-    let mut canonical = json!({ "steps": steps });
+    let mut canonical = json!({ "steps": nodes });
     if limits != WorkflowLimits::default() {
         let mut out = Map::new();
         if let Some(n) = limits.max_steps {
@@ -69,6 +114,42 @@ pub(super) fn check(body: &Value, variables: &BTreeSet<&str>, problems: &mut Vec
         canonical["limits"] = Value::Object(out);
     }
     canonical
+}
+
+/// Checks a step's texts and its condition in `scope`.
+fn check_step(step: &StepDraft, scope: &Scope, problems: &mut Vec<Problem>) {
+    let path = &step.path;
+    match &step.source {
+        Some(StepSource::Prompt(prompt)) => text::check(&format!("{path}.prompt"), prompt, scope, problems),
+        Some(StepSource::Template { variables, .. }) => {
+            for (name, value) in variables {
+                if let Some(value) = value.as_str() {
+                    text::check(&format!("{path}.variables.{name}"), value, scope, problems);
+                }
+            }
+        }
+        None => {}
+    }
+    if let Some(when) = &step.when {
+        text::check_condition(&format!("{path}.when"), when, scope, problems);
+    }
+}
+
+/// The nodes of a checked body.
+pub(super) fn parse(body: &Value) -> Vec<Node> {
+    drafts(body, u32::MAX, &mut Vec::new()).into_iter().filter_map(Draft::node).collect()
+}
+
+/// Every step in the order the body lists them, loops' steps in place, each with whether it is
+/// in a loop.
+fn flatten(drafts: &[Draft]) -> Vec<(&StepDraft, bool)> {
+    drafts
+        .iter()
+        .flat_map(|draft| match draft {
+            Draft::Step(step) => vec![(step, false)],
+            Draft::Loop(looped) => looped.steps.iter().map(|step| (step, true)).collect(),
+        })
+        .collect()
 }
 
 /// The body's `limits`, each checked: `maxSteps` (1 to 1,000), `maxCostUsd` (not negative) and
@@ -111,31 +192,109 @@ fn whole(value: Option<&Value>, path: &str, most: u64, problems: &mut Vec<Proble
     }
 }
 
-/// The steps of a checked body.
-pub(super) fn parse(body: &Value) -> Vec<Step> {
-    drafts(body, &mut Vec::new()).into_iter().filter_map(Draft::step).collect()
-}
-
-fn drafts(body: &Value, problems: &mut Vec<Problem>) -> Vec<Draft> {
+fn drafts(body: &Value, max_iterations: u32, problems: &mut Vec<Problem>) -> Vec<Draft> {
     let Some(obj) = object(body, "body", "must be an object with `steps`", problems) else {
         return Vec::new();
     };
     unknown_fields("body", obj, &["steps", "limits"], "workflow", problems);
-    let list = match obj.get("steps").and_then(Value::as_array) {
-        Some(list) if (1..=MAX_STEPS).contains(&list.len()) => list.as_slice(),
-        _ => {
-            problems.push(Problem::new("body.steps", format!("must list 1 to {MAX_STEPS} steps")));
-            return Vec::new();
-        }
+    let Some(list) = listed(obj.get("steps"), "body.steps", problems) else {
+        return Vec::new();
     };
     let mut seen = HashSet::new();
-    list.iter().enumerate().map(|(i, step)| draft(&format!("body.steps[{i}]"), step, &mut seen, problems)).collect()
+    let drafts: Vec<Draft> = list
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let path = format!("body.steps[{i}]");
+            match node.get("loop") {
+                Some(_) => Draft::Loop(loop_draft(path, node, max_iterations, &mut seen, problems)),
+                None => Draft::Step(draft(path, node, &mut seen, problems)),
+            }
+        })
+        .collect();
+    let total = flatten(&drafts).len();
+    if total > MAX_STEPS {
+        problems
+            .push(Problem::new("body.steps", format!("holds {total} steps with its loops'; the limit is {MAX_STEPS}")));
+    }
+    drafts
 }
 
-fn draft(path: &str, step: &Value, seen: &mut HashSet<String>, problems: &mut Vec<Problem>) -> Draft {
-    let Some(obj) = object(step, path, "must be an object with an `id`", problems) else {
-        return Draft::default();
+/// A list of 1 to [`MAX_STEPS`] nodes at `path`.
+fn listed<'a>(value: Option<&'a Value>, path: &str, problems: &mut Vec<Problem>) -> Option<&'a [Value]> {
+    match value.and_then(Value::as_array) {
+        Some(list) if (1..=MAX_STEPS).contains(&list.len()) => Some(list.as_slice()),
+        _ => {
+            problems.push(Problem::new(path, format!("must list 1 to {MAX_STEPS} steps")));
+            None
+        }
+    }
+}
+
+/// A loop node: `{"id", "when"?, "loop": {"steps": [...], "until": "<condition>",
+/// "maxIterations": N}}`; its steps are plain steps.
+fn loop_draft(
+    path: String,
+    node: &Value,
+    max_iterations: u32,
+    seen: &mut HashSet<String>,
+    problems: &mut Vec<Problem>,
+) -> LoopDraft {
+    let empty = Map::new();
+    let obj = node.as_object().unwrap_or(&empty);
+    unknown_fields(&path, obj, &LOOP_FIELDS, "loop", problems);
+    let id = id(&path, obj.get("id"), seen, problems);
+    let when = condition(obj, "when", &path, false, problems);
+    let inner_path = format!("{path}.loop");
+    let Some(inner) =
+        object(&obj["loop"], &inner_path, "must be an object with `steps`, `until` and `maxIterations`", problems)
+    else {
+        return LoopDraft { path, id, when, steps: Vec::new(), until: None, max_iterations: None };
     };
+    unknown_fields(&inner_path, inner, &["steps", "until", "maxIterations"], "loop", problems);
+    let steps = listed(inner.get("steps"), &format!("{inner_path}.steps"), problems).unwrap_or_default();
+    let steps = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| {
+            let step_path = format!("{inner_path}.steps[{i}]");
+            if step.get("loop").is_some() {
+                problems.push(Problem::new(step_path, "is a loop; a loop's steps are plain steps"));
+                return None;
+            }
+            Some(draft(step_path, step, seen, problems))
+        })
+        .collect();
+    let until = condition(inner, "until", &inner_path, true, problems);
+    let max_iterations = match inner.get("maxIterations") {
+        None | Some(Value::Null) => {
+            let message = format!("is required: a whole number from 1 to {max_iterations}, the most rounds it runs");
+            problems.push(Problem::new(format!("{inner_path}.maxIterations"), message));
+            None
+        }
+        value => {
+            whole(value, &format!("{inner_path}.maxIterations"), u64::from(max_iterations), problems).map(|n| n as u32)
+        }
+    };
+    LoopDraft { path, id, when, steps, until, max_iterations }
+}
+
+/// A condition at `obj[key]`: an expression, at most [`MAX_CONDITION_CHARS`] characters.
+fn condition(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    required: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    string_field(obj, key, path, MAX_CONDITION_CHARS, required, problems).map(str::to_string)
+}
+
+fn draft(path: String, step: &Value, seen: &mut HashSet<String>, problems: &mut Vec<Problem>) -> StepDraft {
+    let Some(obj) = object(step, &path, "must be an object with an `id`", problems) else {
+        return StepDraft { path, ..StepDraft::default() };
+    };
+    let path = path.as_str();
     unknown_fields(path, obj, &FIELDS, "step", problems);
     let id = id(path, obj.get("id"), seen, problems);
     let agent = string_field(obj, "agent", path, MAX_NAME_CHARS, false, problems).map(str::to_string);
@@ -161,7 +320,8 @@ fn draft(path: &str, step: &Value, seen: &mut HashSet<String>, problems: &mut Ve
             }
         }
     });
-    Draft { id, agent, source, timeout_ms, retry }
+    let when = condition(obj, "when", path, false, problems);
+    StepDraft { path: path.to_string(), id, agent, source, timeout_ms, retry, when }
 }
 
 fn id(path: &str, value: Option<&Value>, seen: &mut HashSet<String>, problems: &mut Vec<Problem>) -> Option<String> {
@@ -218,14 +378,55 @@ fn template(path: &str, obj: &Map<String, Value>, problems: &mut Vec<Problem>) -
 }
 
 impl Draft {
+    fn node(self) -> Option<Node> {
+        match self {
+            Draft::Step(step) => step.step().map(Node::Step),
+            Draft::Loop(looped) => {
+                let steps: Vec<Step> = looped.steps.into_iter().filter_map(StepDraft::step).collect();
+                Some(Node::Loop(Loop {
+                    id: looped.id?,
+                    path: looped.path,
+                    when: looped.when,
+                    steps,
+                    until: looped.until?,
+                    max_iterations: looped.max_iterations?,
+                }))
+            }
+        }
+    }
+}
+
+impl StepDraft {
     fn step(self) -> Option<Step> {
         Some(Step {
             id: self.id?,
+            path: self.path,
             agent: self.agent,
             source: self.source?,
             timeout_ms: self.timeout_ms,
             retry: self.retry,
+            when: self.when,
         })
+    }
+}
+
+/// The canonical form of a node.
+fn node_json(node: &Node) -> Value {
+    match node {
+        Node::Step(step) => to_json(step),
+        Node::Loop(looped) => {
+            let mut out = Map::new();
+            out.insert("id".into(), json!(looped.id));
+            if let Some(when) = &looped.when {
+                out.insert("when".into(), json!(when));
+            }
+            let steps: Vec<Value> = looped.steps.iter().map(to_json).collect();
+            out.insert(
+                "loop".into(),
+                json!({"steps": steps, "until": looped.until, "maxIterations": looped.max_iterations}),
+            );
+            Value::Object(out)
+        }
     }
 }
 
@@ -255,6 +456,9 @@ fn to_json(step: &Step) -> Value {
     }
     if let Some(retry) = &step.retry {
         out.insert("retry".into(), retry.clone());
+    }
+    if let Some(when) = &step.when {
+        out.insert("when".into(), json!(when));
     }
     Value::Object(out)
 }

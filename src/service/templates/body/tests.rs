@@ -9,7 +9,7 @@ fn paths(problems: &[Problem]) -> Vec<&str> {
 }
 
 fn problems(kind: Kind, body: Value, variables: Value) -> Vec<Problem> {
-    check(kind, &body, &variables, &ProviderSettings::default()).expect_err("the body should have problems")
+    check(kind, &body, &variables, &Allowed::default()).expect_err("the body should have problems")
 }
 
 fn message_at<'a>(problems: &'a [Problem], path: &str) -> &'a str {
@@ -74,8 +74,7 @@ fn declarations_come_back_as_given_with_defaults() {
         {"name": "tone", "type": "string", "default": "friendly"}
     ]);
     let checked =
-        check(Kind::Query, &json!({"prompt": "{{ customer }} {{ tone }}"}), &variables, &ProviderSettings::default())
-            .unwrap();
+        check(Kind::Query, &json!({"prompt": "{{ customer }} {{ tone }}"}), &variables, &Allowed::default()).unwrap();
     assert_eq!(checked.variables[0].name, "customer");
     assert!(checked.variables[0].required);
     assert_eq!(checked.variables[1].default, Some(json!("friendly")));
@@ -103,9 +102,9 @@ fn a_team_body_is_checked_as_a_spec_and_its_prompts_as_templates() {
 fn a_team_body_is_stored_as_the_canonical_spec() {
     let body = team_body("Help {{ customer }}.");
     let variables = json!([{"name": "customer", "type": "string", "required": true}]);
-    let checked = check(Kind::Team, &body, &variables, &ProviderSettings::default()).unwrap();
+    let checked = check(Kind::Team, &body, &variables, &Allowed::default()).unwrap();
     assert_eq!(checked.body, versions::validate_spec(&body, &ProviderSettings::default()).unwrap());
-    assert_eq!(check(Kind::Team, &checked.body, &variables, &ProviderSettings::default()).unwrap().body, checked.body);
+    assert_eq!(check(Kind::Team, &checked.body, &variables, &Allowed::default()).unwrap().body, checked.body);
 }
 
 #[test]
@@ -135,7 +134,7 @@ fn a_query_may_use_only_declared_variables_and_builtins() {
     assert_eq!(paths(&found), ["body.prompt"]);
     assert_eq!(found[0].message, "uses `tone`, which is not declared in variables");
     let variables = json!([{"name": "topic", "type": "object"}, {"name": "tone", "type": "string"}]);
-    assert!(check(Kind::Query, &json!({"prompt": prompt}), &variables, &ProviderSettings::default()).is_ok());
+    assert!(check(Kind::Query, &json!({"prompt": prompt}), &variables, &Allowed::default()).is_ok());
 }
 
 #[test]
@@ -163,7 +162,10 @@ fn workflow_steps_read_only_earlier_outputs() {
             ("body.steps[0].prompt", "refers to its own step `draft`, whose output does not exist yet"),
             ("body.steps[0].prompt", "refers to step `missing`, which does not exist"),
             ("body.steps[0].prompt", "refers to step `review`, which runs later"),
-            ("body.steps[2].variables.all", "uses `steps` other than as `steps.<id>.output`"),
+            (
+                "body.steps[2].variables.all",
+                "uses `steps` other than as `steps.<id>.output` or `steps.<id>.iterations`"
+            ),
             ("body.steps[2].variables.text", "refers to its own step `final`, whose output does not exist yet"),
         ]
     );
@@ -210,7 +212,7 @@ fn a_valid_workflow_is_stored_in_canonical_form_and_read_back_as_steps() {
         {"id": "plain", "template": "notes", "variables": {}}
     ]));
     let variables = json!([{"name": "topic", "type": "string", "required": true}]);
-    let checked = check(Kind::Workflow, &body, &variables, &ProviderSettings::default()).unwrap();
+    let checked = check(Kind::Workflow, &body, &variables, &Allowed::default()).unwrap();
     assert_eq!(
         checked.body,
         workflow(json!([
@@ -219,10 +221,7 @@ fn a_valid_workflow_is_stored_in_canonical_form_and_read_back_as_steps() {
             {"id": "plain", "template": "notes"}
         ]))
     );
-    assert_eq!(
-        check(Kind::Workflow, &checked.body, &variables, &ProviderSettings::default()).unwrap().body,
-        checked.body
-    );
+    assert_eq!(check(Kind::Workflow, &checked.body, &variables, &Allowed::default()).unwrap().body, checked.body);
     let read = steps(&checked.body);
     assert_eq!(read.len(), 3);
     assert_eq!(read[0].agent.as_deref(), Some("researcher"));
@@ -276,12 +275,12 @@ fn a_valid_demo_is_canonical_and_gives_back_its_team_and_conversation() {
         {"agent": "billing", "role": "assistant", "content": "Let me look."}
     ]);
     let variables = json!([{"name": "customer", "type": "string", "default": "you"}]);
-    let checked = check(Kind::Demo, &demo(sample), &variables, &ProviderSettings::default()).unwrap();
+    let checked = check(Kind::Demo, &demo(sample), &variables, &Allowed::default()).unwrap();
     assert_eq!(
         checked.body["team"],
         versions::validate_spec(&team_body("Help {{ customer }}."), &ProviderSettings::default()).unwrap()
     );
-    assert_eq!(check(Kind::Demo, &checked.body, &variables, &ProviderSettings::default()).unwrap().body, checked.body);
+    assert_eq!(check(Kind::Demo, &checked.body, &variables, &Allowed::default()).unwrap().body, checked.body);
     let messages = conversation(&checked.body);
     assert_eq!(messages.len(), 2);
     assert_eq!((messages[1].role.as_str(), messages[1].agent.as_deref()), ("assistant", Some("billing")));
@@ -311,7 +310,7 @@ fn declared() -> Vec<Variable> {
         {"name": "ratio", "type": "number"},
         {"name": "tone", "type": "string"}
     ]);
-    check(Kind::Query, &json!({"prompt": "x"}), &variables, &ProviderSettings::default()).unwrap().variables
+    check(Kind::Query, &json!({"prompt": "x"}), &variables, &Allowed::default()).unwrap().variables
 }
 
 #[test]
@@ -377,10 +376,9 @@ fn templates_cannot_reach_files_or_engine_state() {
 fn checking_twice_stores_the_same_json() {
     let body = json!({"prompt": "Summarise {{ text }}"});
     let variables = json!([{"name": "text", "type": "string", "required": true}]);
-    let first = check(Kind::Query, &body, &variables, &ProviderSettings::default()).unwrap();
+    let first = check(Kind::Query, &body, &variables, &Allowed::default()).unwrap();
     let second =
-        check(Kind::Query, &first.body, &serde_json::to_value(&first.variables).unwrap(), &ProviderSettings::default())
-            .unwrap();
+        check(Kind::Query, &first.body, &serde_json::to_value(&first.variables).unwrap(), &Allowed::default()).unwrap();
     assert_eq!(first, second);
     assert_eq!(first.body, body);
 }

@@ -1,7 +1,7 @@
 //! Template text: what it may refer to, its syntax errors placed at a line and column, and
 //! rendering it in the sandbox.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, ops::Range};
 
 use minijinja::{Error, ErrorKind, Value as TemplateValue};
 use serde_json::{Map, Value};
@@ -16,34 +16,82 @@ const TOO_LONG: &str = "stopped: the template ran too long (a loop that is too b
 pub(super) struct Scope<'a> {
     /// The declared variables.
     pub variables: &'a BTreeSet<&'a str>,
-    /// In a workflow, the steps' ids in order (None where a step has no valid id) and the index
-    /// of the step the text belongs to: it may read `steps.<id>.output` of earlier steps.
-    pub steps: Option<(&'a [Option<&'a str>], usize)>,
+    /// In a workflow, which steps' outputs it may read.
+    pub steps: Option<StepScope<'a>>,
+}
+
+/// The steps a workflow text may read: those before it, and in a loop every step of the loop
+/// (a later one's from the round before).
+pub(super) struct StepScope<'a> {
+    /// Every step's id in the body's order, loops' steps in place (None where one has no valid id).
+    pub ids: &'a [Option<&'a str>],
+    /// Where the text is in that order.
+    pub current: usize,
+    /// The loop the text is in, as a range of that order.
+    pub within: Option<Range<usize>>,
 }
 
 /// Checks that `text` parses and refers only to what `scope` allows; problems at `path`.
 pub(super) fn check(path: &str, text: &str, scope: &Scope, problems: &mut Vec<Problem>) {
     let env = sandbox();
-    let template = match env.template_from_str(text) {
-        Ok(template) => template,
+    match env.template_from_str(text) {
+        Ok(template) => references(path, template.undeclared_variables(true), &env, scope, problems),
+        Err(error) => problems.push(syntax_problem(path, text, &error)),
+    }
+}
+
+/// Checks that the condition `expression` parses and refers only to what `scope` allows;
+/// problems at `path`, a syntax error with its line and column.
+pub(super) fn check_condition(path: &str, expression: &str, scope: &Scope, problems: &mut Vec<Problem>) {
+    let env = sandbox();
+    match env.compile_expression(expression) {
+        Ok(compiled) => references(path, compiled.undeclared_variables(true), &env, scope, problems),
         Err(error) => {
-            problems.push(syntax_problem(path, text, &error));
-            return;
+            let detail = error.detail().map(str::to_string).unwrap_or_else(|| error.kind().to_string());
+            problems.push(placed(
+                Problem::new(path, format!("is not a valid condition: {detail}")),
+                expression,
+                &error,
+            ));
         }
-    };
+    }
+}
+
+/// Whether the condition `expression` holds in `context`.
+pub(super) fn evaluate(path: &str, expression: &str, context: &Map<String, Value>) -> Result<bool, Vec<Problem>> {
+    let env = sandbox();
+    let compiled =
+        env.compile_expression(expression).map_err(|error| vec![syntax_problem(path, expression, &error)])?;
+    let value = compiled.eval(TemplateValue::from(minijinja::value::Serde(context))).map_err(|error| {
+        let absent = || {
+            let used = compiled.undeclared_variables(false).into_iter();
+            used.filter(|name| !context.contains_key(name)).collect()
+        };
+        vec![render_problem(path, expression, &error, absent)]
+    })?;
+    Ok(value.is_true())
+}
+
+/// A problem at `path` for each name among `used` that `scope` does not allow.
+fn references(
+    path: &str,
+    used: std::collections::HashSet<String>,
+    env: &minijinja::Environment,
+    scope: &Scope,
+    problems: &mut Vec<Problem>,
+) {
     let globals: BTreeSet<&str> = env.globals().map(|(name, _)| name).collect();
-    let references: BTreeSet<String> = template.undeclared_variables(true).into_iter().collect();
+    let used: BTreeSet<String> = used.into_iter().collect();
     let mut messages = BTreeSet::new();
-    for reference in &references {
+    for reference in &used {
         let mut parts = reference.split('.');
         let name = parts.next().unwrap_or_default();
         if scope.variables.contains(name) {
             continue;
         }
-        match scope.steps {
-            Some((ids, current)) if name == "steps" => {
-                messages.extend(step_reference(parts.next(), parts.next(), ids, current));
-            }
+        match &scope.steps {
+            Some(steps) if name == "steps" => messages.extend(step_reference(parts.next(), parts.next(), steps)),
+            Some(StepScope { within: Some(_), .. }) if name == "loop" => {}
             _ if globals.contains(name) => {}
             _ => {
                 messages.insert(format!("uses `{name}`, which is not declared in variables"));
@@ -53,14 +101,18 @@ pub(super) fn check(path: &str, text: &str, scope: &Scope, problems: &mut Vec<Pr
     problems.extend(messages.into_iter().map(|message| Problem::new(path, message)));
 }
 
-/// What is wrong with `steps.<id>.<field>` read by step `current`, if anything.
-fn step_reference(id: Option<&str>, field: Option<&str>, ids: &[Option<&str>], current: usize) -> Option<String> {
-    let (Some(id), Some("output")) = (id, field) else {
-        return Some("uses `steps` other than as `steps.<id>.output`".to_string());
+/// What is wrong with `steps.<id>.<field>` read where `scope` says, if anything.
+fn step_reference(id: Option<&str>, field: Option<&str>, scope: &StepScope) -> Option<String> {
+    // `steps.<id>` alone is allowed for `is defined` tests.
+    let (Some(id), None | Some("output" | "iterations")) = (id, field) else {
+        return Some("uses `steps` other than as `steps.<id>.output` or `steps.<id>.iterations`".to_string());
     };
-    match ids.iter().position(|other| *other == Some(id)) {
-        Some(at) if at < current => None,
-        Some(at) if at == current => Some(format!("refers to its own step `{id}`, whose output does not exist yet")),
+    let in_loop = |at: usize| scope.within.as_ref().is_some_and(|range| range.contains(&at));
+    match scope.ids.iter().position(|other| *other == Some(id)) {
+        Some(at) if at < scope.current || in_loop(at) => None,
+        Some(at) if at == scope.current => {
+            Some(format!("refers to its own step `{id}`, whose output does not exist yet"))
+        }
         Some(_) => Some(format!("refers to step `{id}`, which runs later")),
         None => Some(format!("refers to step `{id}`, which does not exist")),
     }
