@@ -41,7 +41,9 @@ pub enum WorkflowStepStatus {
     Pending,
     /// Its run is going.
     Running,
-    /// Its run succeeded.
+    /// An approval waiting for an operator's decision (`approveWorkflowStep`).
+    Waiting,
+    /// Its run succeeded, or its approval was given.
     Succeeded,
     /// Its text could not be rendered, or its run did not succeed.
     Failed,

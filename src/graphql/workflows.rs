@@ -1,5 +1,5 @@
 //! Workflows (docs/workflows.md): `startWorkflow`, `runWorkflow` (start and wait),
-//! `cancelWorkflowRun`, `retryWorkflowRun`, and the stored runs, `workflowRun` and `workflowRuns`.
+//! `cancelWorkflowRun`, `retryWorkflowRun`, `approveWorkflowStep`, and the stored runs, `workflowRun` and `workflowRuns`.
 
 use async_graphql::{Context, ID, InputObject, Object, connection::Connection};
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use crate::{
     graphql::scalars::Json,
     service::{
         page::PageRequest,
-        workflows::{RunsFilter, StartInput, StepView},
+        workflows::{RunsFilter, StartInput, StepView, Verdict},
     },
     state::AppState,
 };
@@ -67,6 +67,18 @@ pub struct StartWorkflowInput {
     /// Starting again with the same key (per team) answers the run it first started, and starts
     /// nothing: safe to retry after a lost answer. At most 255 bytes.
     pub idempotency_key: Option<String>,
+}
+
+/// A decision on an approval step.
+#[derive(InputObject)]
+pub struct ApproveWorkflowStepInput {
+    /// The approval step's id in the workflow.
+    pub step_id: String,
+    /// True to go on, false to reject (the workflow fails).
+    pub approve: bool,
+    /// Why; it becomes the step's output (approved) or part of the error (rejected). At most
+    /// 2,000 characters.
+    pub comment: Option<String>,
 }
 
 #[derive(Default)]
@@ -122,6 +134,20 @@ impl WorkflowsMutation {
     async fn retry_workflow_run(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<WorkflowRun> {
         let state = ctx.data::<AppState>()?;
         state.workflows.retry(&caller(ctx), &id).await.map(WorkflowRun).gql()
+    }
+
+    /// Decides an approval step the run is WAITING on (operators and up): approved, the
+    /// workflow goes on (the step's output is the comment, or `approved`); rejected, it fails
+    /// with REJECTED. CONFLICT when the step was decided already.
+    async fn approve_workflow_step(
+        &self,
+        ctx: &Context<'_>,
+        workflow_run_id: ID,
+        input: ApproveWorkflowStepInput,
+    ) -> async_graphql::Result<WorkflowRun> {
+        let state = ctx.data::<AppState>()?;
+        let decision = Verdict { step_id: input.step_id, approve: input.approve, comment: input.comment };
+        state.workflows.approve(&caller(ctx), &workflow_run_id, decision).await.map(WorkflowRun).gql()
     }
 
     /// Cancels a workflow run in progress (operators and up): no further step starts and the

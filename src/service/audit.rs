@@ -65,6 +65,7 @@ pub mod actions {
     pub const WORKFLOW_START: &str = "workflow.start";
     pub const WORKFLOW_CANCEL: &str = "workflow.cancel";
     pub const WORKFLOW_RETRY: &str = "workflow.retry";
+    pub const WORKFLOW_APPROVE: &str = "workflow.approve";
     pub const BACKUP_CREATE: &str = "backup.create";
     pub const BACKUP_DELETE: &str = "backup.delete";
 
@@ -102,6 +103,7 @@ pub mod actions {
             "runWorkflow" | "startWorkflow" => (WORKFLOW_START, "workflow_run"),
             "cancelWorkflowRun" => (WORKFLOW_CANCEL, "workflow_run"),
             "retryWorkflowRun" => (WORKFLOW_RETRY, "workflow_run"),
+            "approveWorkflowStep" => (WORKFLOW_APPROVE, "workflow_run"),
             "createBackup" => (BACKUP_CREATE, "backup"),
             "deleteBackup" => (BACKUP_DELETE, "backup"),
             _ => return None,

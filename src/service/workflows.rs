@@ -27,7 +27,11 @@ use super::{
     audit::{AuditChain, Audited, Decision, Entry, actions},
     page::{Page, PageRequest},
     runs::Runner,
-    templates::{Templates, body, workflow},
+    templates::{
+        Templates,
+        body::{self, Node},
+        workflow,
+    },
 };
 use crate::{
     auth::guard,
@@ -40,6 +44,20 @@ mod driver;
 
 /// The guard code of a workflow run that has already finished.
 const WORKFLOW_ENDED: &str = "workflow_ended";
+
+/// The guard code of a decision on a step that is not waiting for one.
+const NOT_WAITING: &str = "step_not_waiting";
+
+/// The longest comment on a decision, in characters.
+const MAX_COMMENT_CHARS: usize = 2_000;
+
+/// A decision on an approval.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub step_id: String,
+    pub approve: bool,
+    pub comment: Option<String>,
+}
 
 /// The guard code of a retry of a workflow run that has not failed.
 const NOT_FAILED: &str = "workflow_not_failed";
@@ -321,6 +339,102 @@ impl Workflows {
         Ok(again)
     }
 
+    /// Decides an approval the run waits on (operators and up; audited): approved, the
+    /// workflow goes on here (the step's output is the comment, or `approved`); rejected, it
+    /// fails with `REJECTED`. CONFLICT when the step was decided already; BAD_USER_INPUT when
+    /// the run is not waiting on it.
+    pub async fn approve(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        decision: Verdict,
+    ) -> Result<workflow_runs::Model, AppError> {
+        let run = self.operated(caller, id).await?;
+        if decision.comment.as_ref().is_some_and(|c| c.chars().count() > MAX_COMMENT_CHARS) {
+            let problem = Problem::new("input.comment", format!("must be at most {MAX_COMMENT_CHARS} characters"));
+            return Err(AppError::invalid(vec![problem]));
+        }
+        let step = decision.step_id.as_str();
+        let version = template_versions::Entity::find_by_id((run.template_id.clone(), run.template_version))
+            .one(&self.db)
+            .await?;
+        let nodes = version.map(|v| body::nodes(&v.body)).unwrap_or_default();
+        if !nodes.iter().any(|node| matches!(node, Node::Approval(approval) if approval.id == step)) {
+            let problem = Problem::new("input.stepId", format!("the workflow has no approval step `{step}`"));
+            return Err(AppError::invalid(vec![problem]));
+        }
+        let rows: Vec<workflow_steps::Model> =
+            executions(&self.db, id).await?.into_iter().filter(|row| row.step_id == step).collect();
+        if !rows.iter().any(|row| row.status == WorkflowStepStatus::Waiting) {
+            if !rows.is_empty() {
+                return Err(AppError::Conflict(format!("The step `{step}` has been decided already.")));
+            }
+            let problem = Problem::new("input.stepId", format!("the run has not reached the approval `{step}` yet"));
+            return Err(AppError::invalid(vec![problem]));
+        }
+        let by = caller.principal.user_id().unwrap_or("an API key").to_string();
+        let plan = || async {
+            let now = Utc::now().trunc_subsecs(6);
+            let remark = decision.comment.clone().filter(|c| !c.trim().is_empty());
+            let mut row = workflow_steps::Entity::update_many()
+                .col_expr(workflow_steps::Column::FinishedAt, Expr::value(now))
+                .filter(workflow_steps::Column::WorkflowRunId.eq(id))
+                .filter(workflow_steps::Column::StepId.eq(step))
+                .filter(workflow_steps::Column::Status.eq(WorkflowStepStatus::Waiting));
+            let mut workflow = workflow_runs::Entity::update_many()
+                .filter(workflow_runs::Column::Id.eq(id))
+                .filter(workflow_runs::Column::Status.eq(WorkflowStatus::Waiting));
+            if decision.approve {
+                let output = remark.clone().unwrap_or_else(|| "approved".into());
+                row = row
+                    .col_expr(workflow_steps::Column::Status, Expr::value(WorkflowStepStatus::Succeeded))
+                    .col_expr(workflow_steps::Column::Output, Expr::value(output));
+                workflow = workflow
+                    .col_expr(workflow_runs::Column::Status, Expr::value(WorkflowStatus::Running))
+                    .col_expr(workflow_runs::Column::LeaseHolder, Expr::value(self.holder.as_str()))
+                    .col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(self.lease_until()));
+            } else {
+                let why = match &remark {
+                    Some(comment) => format!("rejected by {by}: {comment}"),
+                    None => format!("rejected by {by}"),
+                };
+                row = row
+                    .col_expr(workflow_steps::Column::Status, Expr::value(WorkflowStepStatus::Failed))
+                    .col_expr(workflow_steps::Column::Error, Expr::value(why.clone()));
+                workflow = workflow
+                    .col_expr(workflow_runs::Column::Status, Expr::value(WorkflowStatus::Failed))
+                    .col_expr(workflow_runs::Column::FailedStep, Expr::value(step))
+                    .col_expr(workflow_runs::Column::ErrorCode, Expr::value("REJECTED"))
+                    .col_expr(workflow_runs::Column::Error, Expr::value(format!("step `{step}` was {why}")))
+                    .col_expr(workflow_runs::Column::FinishedAt, Expr::value(now))
+                    .col_expr(workflow_runs::Column::LeaseHolder, Expr::value(Option::<String>::None))
+                    .col_expr(
+                        workflow_runs::Column::LeaseExpiresAt,
+                        Expr::value(Option::<chrono::DateTime<Utc>>::None),
+                    );
+            }
+            let batch = Batch::new(self.writer.backend())
+                .write(&row.into_query())
+                .guard(Expect::One, NOT_WAITING)
+                .write(&workflow.into_query())
+                .guard(Expect::One, NOT_WAITING);
+            let entry = Entry::new(actions::WORKFLOW_APPROVE, "workflow_run", id.to_string())
+                .team(run.team_id.clone())
+                .changes(json!({"stepId": step, "approve": decision.approve, "comment": remark}));
+            Ok(Audited { batch, entry, answer: () })
+        };
+        let decided = |_, code| match code {
+            NOT_WAITING => OnGuard::Answer(AppError::Conflict(format!("The step `{step}` has been decided already."))),
+            _ => OnGuard::Retry,
+        };
+        self.audit.write(caller, plan, decided).await?;
+        let after = self.reload(id).await?;
+        if decision.approve {
+            self.drive(after.clone(), caller.clone());
+        }
+        Ok(after)
+    }
+
     /// Cancels a workflow run in progress (operators and up; audited): no step starts after
     /// this, and the step running now has its run cancelled. CONFLICT when it has ended.
     pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<workflow_runs::Model, AppError> {
@@ -341,7 +455,9 @@ impl Workflows {
                 .col_expr(workflow_steps::Column::Error, Expr::value("the workflow was cancelled"))
                 .col_expr(workflow_steps::Column::FinishedAt, Expr::value(now))
                 .filter(workflow_steps::Column::WorkflowRunId.eq(id))
-                .filter(workflow_steps::Column::Status.eq(WorkflowStepStatus::Running))
+                .filter(
+                    workflow_steps::Column::Status.is_in([WorkflowStepStatus::Running, WorkflowStepStatus::Waiting]),
+                )
                 .into_query();
             let batch = Batch::new(self.writer.backend()).write(&end).guard(Expect::One, WORKFLOW_ENDED).write(&step);
             let entry = Entry::new(actions::WORKFLOW_CANCEL, "workflow_run", id.to_string()).team(run.team_id.clone());
@@ -495,10 +611,16 @@ pub struct RunsFilter {
 }
 
 /// Runs in progress that no live instance drives: their lease is free or has run out.
+/// Also the workflows waiting for an approval whose time ran out (their `lease_expires_at` is
+/// the approval's deadline).
 fn driven_by_nobody(now: chrono::DateTime<Utc>) -> sea_orm::Condition {
+    use sea_orm::Condition;
     use workflow_runs::Column;
     let unheld = Column::LeaseHolder.is_null().or(Column::LeaseExpiresAt.is_null()).or(Column::LeaseExpiresAt.lt(now));
-    sea_orm::Condition::all().add(Column::Status.is_in([WorkflowStatus::Queued, WorkflowStatus::Running])).add(unheld)
+    let in_progress = Condition::all().add(Column::Status.is_in([WorkflowStatus::Queued, WorkflowStatus::Running]));
+    let timed_out =
+        Condition::all().add(Column::Status.eq(WorkflowStatus::Waiting)).add(Column::LeaseExpiresAt.lt(now));
+    Condition::any().add(in_progress.add(unheld)).add(timed_out)
 }
 
 /// A run's step executions, in the order they started.

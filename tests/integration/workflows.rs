@@ -19,7 +19,8 @@ const START: &str = "mutation($team: ID!, $input: StartWorkflowInput!) {
 
 const READ: &str = "query($id: ID!) { workflowRun(id: $id) {
     id status failedStep errorCode error output tokensIn tokensOut costUsd finishedAt durationMs
-    steps { id iteration agent input status output error attempts startedAt finishedAt run { id status output agent } } } }";
+    steps { id iteration agent input status output error attempts startedAt finishedAt
+            run { id status output agent tokensIn tokensOut } } } }";
 
 /// Two echoing agents (the local echo model signs answers `[agent] You said: …`) and one that
 /// is always down.
@@ -148,13 +149,21 @@ async fn each_step_reads_the_output_of_the_one_before() {
 
     let stored = app.must(&token, READ, json!({"id": done["id"]})).await["workflowRun"].clone();
     for (stored, answered) in stored["steps"].as_array().unwrap().iter().zip(steps) {
-        for field in ["id", "agent", "input", "status", "output", "error", "run"] {
+        for field in ["id", "agent", "input", "status", "output", "error"] {
             assert_eq!(stored[field], answered[field], "what runWorkflow answered is what is stored: {field}");
         }
+        assert_eq!(stored["run"]["id"], answered["run"]["id"]);
     }
     assert_eq!(stored["output"], steps[2]["output"], "the workflow's output is its last step's");
-    let tokens = stored["tokensIn"].as_i64().unwrap() + stored["tokensOut"].as_i64().unwrap();
-    assert!(tokens > 0, "the steps' tokens add up on the workflow: {stored}");
+    let sum = |field: &str| {
+        stored["steps"].as_array().unwrap().iter().map(|s| s["run"][field].as_i64().unwrap()).sum::<i64>()
+    };
+    assert!(sum("tokensIn") > 0);
+    assert_eq!(
+        (stored["tokensIn"].as_i64(), stored["tokensOut"].as_i64()),
+        (Some(sum("tokensIn")), Some(sum("tokensOut"))),
+        "the steps' tokens add up on the workflow, each once: {stored}"
+    );
 }
 
 #[tokio::test]
@@ -921,4 +930,139 @@ async fn loops_and_conditions_are_checked_when_the_template_is_saved() {
     .await;
     assert_eq!(nested[0]["path"], "input.body.steps[0].loop.steps[0]", "{nested:?}");
     assert!(text(&nested[0], "message").contains("plain steps"), "{nested:?}");
+
+    let approvals = problems(json!({"steps": [
+        {"id": "a", "approval": {"onTimeout": "approve"}},
+        {"id": "b", "approval": {"timeoutMs": 1000, "onTimeout": "maybe", "message": "{{ steps.c.output }}"}},
+        step("c"),
+        {"id": "l", "loop": {"steps": [{"id": "d", "approval": {}}], "until": "true", "maxIterations": 2}}
+    ]}))
+    .await;
+    let found: Vec<(&str, &str)> = approvals.iter().map(|p| (text(p, "path"), text(p, "message"))).collect();
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert!(
+        found.contains(&(
+            "input.body.steps[0].approval.onTimeout",
+            "needs a `timeoutMs`: without one, an approval waits forever"
+        )),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("input.body.steps[1].approval.onTimeout", "must be `fail`, `approve` or `reject`")),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("input.body.steps[1].approval.message", "refers to step `c`, which runs later")),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("input.body.steps[3].loop.steps[0]", "is an approval; a loop's steps are plain steps")),
+        "{found:?}"
+    );
+}
+
+const APPROVE: &str = "mutation($id: ID!, $input: ApproveWorkflowStepInput!) {
+    approveWorkflowStep(workflowRunId: $id, input: $input) { id status } }";
+
+/// A team of the author's with `user_operator` and `user_viewer` as members; answers its id
+/// and their tokens.
+async fn team_with_members(app: &TestApp, token: &str) -> (String, String, String) {
+    let team = team(app, token).await;
+    let add = "mutation($team: ID!, $user: ID!, $role: TeamRole!) { addTeamMember(teamId: $team, input: {userId: $user, role: $role}) { role } }";
+    let mut tokens = Vec::new();
+    for (user, role) in [("user_operator", "OPERATOR"), ("user_viewer", "VIEWER")] {
+        let member = app.token(user, GlobalRole::Member);
+        app.gql_as(&member, "{ me { id } }", json!({})).await;
+        app.must(token, add, json!({"team": team, "user": user, "role": role})).await;
+        tokens.push(member);
+    }
+    let viewer = tokens.pop().unwrap();
+    (team, tokens.pop().unwrap(), viewer)
+}
+
+#[tokio::test]
+async fn a_workflow_waits_for_approval_and_goes_on_or_fails_as_an_operator_decides() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_per_minute = 0).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let (team, operator, viewer) = team_with_members(&app, &token).await;
+    let body = json!({"steps": [
+        {"id": "draft", "agent": "writer", "prompt": "Write about {{ topic }}"},
+        {"id": "signoff", "approval": {"message": "Publish this? {{ steps.draft.output }}"}},
+        {"id": "publish", "agent": "writer", "prompt": "Publish: {{ steps.draft.output }} ({{ steps.signoff.output }})"}
+    ]});
+    let variables = json!([{"name": "topic", "type": "string", "required": true}]);
+    let gated = template(&app, &token, "kind: WORKFLOW, name: \"Gated\"", body, variables).await;
+
+    let waiting = start_and_wait(&app, &token, &team, &gated).await;
+    let id = waiting["id"].clone();
+    let waiting = read(&app, &operator, &id).await;
+    assert_eq!(waiting["status"], "WAITING", "{waiting}");
+    assert_eq!(timeline(&waiting), ["draft#0 SUCCEEDED", "signoff#0 WAITING", "publish#0 PENDING"], "{waiting}");
+    let asked = format!("Publish this? {}", text(&waiting["steps"][0], "output"));
+    assert_eq!(text(&waiting["steps"][1], "input"), asked, "the operator is shown the message");
+
+    let decide = |approve: bool, comment: &str, step: &str| json!({"id": id, "input": {"stepId": step, "approve": approve, "comment": comment}});
+    let (_, body) = app.gql_as(&viewer, APPROVE, decide(true, "Fine", "signoff")).await;
+    assert_eq!(first_code(&body), "FORBIDDEN", "a viewer may not approve: {body}");
+    let (_, body) = app.gql_as(&operator, APPROVE, decide(true, "Fine", "draft")).await;
+    assert_eq!((first_code(&body), problem_paths(&body)), ("BAD_USER_INPUT", vec!["input.stepId"]), "{body}");
+    let (_, body) = app.gql_as(&operator, APPROVE, decide(true, &"x".repeat(2001), "signoff")).await;
+    assert_eq!(problem_paths(&body), ["input.comment"], "{body}");
+
+    app.must(&operator, APPROVE, decide(true, "Ship it", "signoff")).await;
+    let done = finished(&app, &operator, id.as_str().unwrap(), 10).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(timeline(&done), ["draft#0 SUCCEEDED", "signoff#0 SUCCEEDED", "publish#0 SUCCEEDED"], "{done}");
+    assert!(text(&done["steps"][2], "input").ends_with("(Ship it)"), "later steps read the comment: {done}");
+    let (_, body) = app.gql_as(&operator, APPROVE, decide(true, "Again", "signoff")).await;
+    assert_eq!(first_code(&body), "CONFLICT", "approving twice: {body}");
+
+    // Rejected, the workflow fails there.
+    let waiting = start_and_wait(&app, &token, &team, &gated).await;
+    let id = waiting["id"].clone();
+    let reject = json!({"id": id, "input": {"stepId": "signoff", "approve": false, "comment": "Not yet"}});
+    app.must(&operator, APPROVE, reject).await;
+    let failed = read(&app, &operator, &id).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["errorCode"].as_str()),
+        (Some("FAILED"), Some("REJECTED")),
+        "{failed}"
+    );
+    assert_eq!(failed["failedStep"], "signoff");
+    assert!(text(&failed, "error").contains("rejected by user_operator: Not yet"), "{failed}");
+    assert_eq!(timeline(&failed), ["draft#0 SUCCEEDED", "signoff#0 FAILED", "publish#0 SKIPPED"], "{failed}");
+
+    let decided = audit_logs::Entity::find().filter(audit_logs::Column::Action.eq("workflow.approve"));
+    let allowed = decided.all(&app.state.db).await.unwrap().into_iter().filter(|row| row.result == "allowed").count();
+    assert_eq!(allowed, 2, "each decision is audited");
+    assert_eq!(runs::Entity::find().count(&app.state.db).await.unwrap(), 3, "no run while waiting");
+}
+
+#[tokio::test]
+async fn an_approval_that_times_out_takes_its_declared_default() {
+    // A short lease: instances look for workflows to take up every 1/3 s.
+    let app = TestApp::spawn_with(|c| c.runs.workflow_lease_secs = 1).await;
+    let token = app.token("user_author", GlobalRole::Member);
+    let team = team(&app, &token).await;
+    let gated = |on_timeout: &str| {
+        json!({"steps": [
+            {"id": "signoff", "approval": {"timeoutMs": 1000, "onTimeout": on_timeout}},
+            {"id": "after", "agent": "writer", "prompt": "After: {{ steps.signoff.output }}"}
+        ]})
+    };
+    let lenient = template(&app, &token, "kind: WORKFLOW, name: \"Lenient\"", gated("approve"), json!([])).await;
+    let strict = template(&app, &token, "kind: WORKFLOW, name: \"Strict\"", gated("fail"), json!([])).await;
+
+    let start = |template: &str| json!({"team": team, "input": {"templateId": template, "wait": true}});
+    let started = app.must(&token, START, start(&lenient)).await["startWorkflow"].clone();
+    assert_eq!(read(&app, &token, &started["id"]).await["status"], "WAITING");
+    let done = finished(&app, &token, started["id"].as_str().unwrap(), 10).await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(text(&done["steps"][0], "output"), "approved: no decision within 1000 ms", "{done}");
+    assert_eq!(text(&done["steps"][1], "input"), "After: approved: no decision within 1000 ms");
+
+    let started = app.must(&token, START, start(&strict)).await["startWorkflow"].clone();
+    let failed = finished(&app, &token, started["id"].as_str().unwrap(), 10).await;
+    assert_eq!((failed["status"].as_str(), failed["errorCode"].as_str()), (Some("FAILED"), Some("APPROVAL_TIMEOUT")));
+    assert_eq!(failed["failedStep"], "signoff", "{failed}");
 }

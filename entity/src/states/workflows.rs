@@ -41,6 +41,9 @@ pub enum WorkflowStepStatus {
     Pending,
     #[sea_orm(string_value = "running")]
     Running,
+    /// An approval step waiting for an operator's decision.
+    #[sea_orm(string_value = "waiting")]
+    Waiting,
     #[sea_orm(string_value = "succeeded")]
     Succeeded,
     #[sea_orm(string_value = "failed")]

@@ -14,7 +14,8 @@
 //!   `variables`: a map whose string values are template text rendered before being passed).
 //!   Later steps read earlier outputs as `{{ steps.<id>.output }}`. A step may carry a `when`
 //!   condition, `timeoutMs` and `retry`; a node `{"id", "loop": {"steps", "until",
-//!   "maxIterations"}}` repeats its steps (docs/workflows.md); `limits` bound the whole run.
+//!   "maxIterations"}}` repeats its steps, `{"id", "approval": {"message", "timeoutMs",
+//!   "onTimeout"}}` waits for an operator (docs/workflows.md); `limits` bound the whole run.
 //! - DEMO: `{"team": <TeamSpec>, "conversation": [{"role": "user", "content": "…"},
 //!   {"role": "assistant", "agent": "triage", "content": "…"}]}`.
 
@@ -71,11 +72,46 @@ pub struct Checked {
     pub variables: Vec<Variable>,
 }
 
-/// One node of a WORKFLOW body, parsed: a step, or a loop of steps.
+/// One node of a WORKFLOW body, parsed: a step, a loop of steps, or an approval.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
     Step(Step),
     Loop(Loop),
+    Approval(Approval),
+}
+
+/// A pause until an operator approves or rejects (`approveWorkflowStep`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Approval {
+    pub id: String,
+    pub path: String,
+    pub when: Option<String>,
+    /// What the operator is asked, as template text.
+    pub message: Option<String>,
+    /// How long to wait for a decision; forever when absent.
+    pub timeout_ms: Option<u64>,
+    pub on_timeout: OnTimeout,
+}
+
+/// What an approval that timed out does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// The workflow fails (`APPROVAL_TIMEOUT`).
+    Fail,
+    /// As if approved.
+    Approve,
+    /// As if rejected: the workflow fails (`REJECTED`).
+    Reject,
+}
+
+impl OnTimeout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fail => "fail",
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+        }
+    }
 }
 
 /// Steps repeated until `until` holds, at most `max_iterations` times.
@@ -194,6 +230,7 @@ pub fn steps(body: &Value) -> Vec<Step> {
         .flat_map(|node| match node {
             Node::Step(step) => vec![step],
             Node::Loop(looped) => looped.steps,
+            Node::Approval(_) => Vec::new(),
         })
         .collect()
 }

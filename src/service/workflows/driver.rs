@@ -28,7 +28,7 @@ use crate::{
     service::{
         runs::RunInput,
         templates::{
-            body::{self, Loop, Node, Step, StepSource, WorkflowLimits},
+            body::{self, Approval, Loop, Node, OnTimeout, Step, StepSource, WorkflowLimits},
             workflow,
         },
     },
@@ -63,12 +63,18 @@ pub(super) async fn drive(
             order.insert(looped.id.clone(), first);
         }
     }
-    let committed = executions(db, &run.id)
+    let (committed, waiting): (Vec<_>, Vec<_>) = executions(db, &run.id)
         .await?
         .into_iter()
-        .filter(|done| matches!(done.status, WorkflowStepStatus::Succeeded | WorkflowStepStatus::Skipped))
+        .filter(|done| {
+            matches!(
+                done.status,
+                WorkflowStepStatus::Succeeded | WorkflowStepStatus::Skipped | WorkflowStepStatus::Waiting
+            )
+        })
         .map(|done| ((done.step_id.clone(), done.iteration), done))
-        .collect();
+        .partition(|(_, done)| done.status != WorkflowStepStatus::Waiting);
+    let (committed, waiting) = (committed.into_iter().collect(), waiting.into_iter().collect());
     let variables = run.variables.clone().unwrap_or_else(|| Value::Object(Map::new()));
     let mut walk = Walk {
         workflows,
@@ -77,6 +83,7 @@ pub(super) async fn drive(
         limits: body::workflow_limits(&version.body),
         order,
         committed,
+        waiting,
         context: variables.as_object().cloned().unwrap_or_default(),
         variables,
         steps: Map::new(),
@@ -89,6 +96,7 @@ pub(super) async fn drive(
         let flow = match node {
             Node::Step(step) => walk.step(step, 0).await?,
             Node::Loop(looped) => walk.looped(looped).await?,
+            Node::Approval(approval) => walk.approval(approval).await?,
         };
         if flow == Flow::Stop {
             return Ok(());
@@ -117,6 +125,8 @@ struct Walk<'a> {
     order: HashMap<String, usize>,
     /// The executions committed before this walk, by step and iteration.
     committed: HashMap<(String, i32), workflow_steps::Model>,
+    /// Approvals waiting for a decision when this walk began (their time ran out).
+    waiting: HashMap<(String, i32), workflow_steps::Model>,
     /// The variables, `steps` and (in a loop) `loop`, as texts and conditions read them.
     context: Map<String, Value>,
     variables: Value,
@@ -171,6 +181,77 @@ impl Walk<'_> {
         Ok(Flow::Go)
     }
 
+    /// An approval: replayed once decided; else the workflow waits (no driver, the lease free)
+    /// until `approveWorkflowStep`, or until its `timeoutMs` runs out and an instance takes the
+    /// workflow up again to apply `onTimeout`.
+    async fn approval(&mut self, approval: &Approval) -> Result<Flow, AppError> {
+        let itself = Step {
+            id: approval.id.clone(),
+            path: approval.path.clone(),
+            when: approval.when.clone(),
+            agent: None,
+            source: StepSource::Prompt(approval.message.clone().unwrap_or_default()),
+            timeout_ms: approval.timeout_ms,
+            retry: None,
+        };
+        if let Some(done) = self.committed.remove(&(approval.id.clone(), 0)) {
+            self.executed += 1;
+            self.apply(&itself, &done);
+            return Ok(Flow::Go);
+        }
+        if let Some(mut waited) = self.waiting.remove(&(approval.id.clone(), 0)) {
+            return self.timed_out(&itself, approval, &mut waited).await;
+        }
+        if let Some(when) = &approval.when {
+            match self.holds(&format!("{}.when", approval.path), when, (&itself, 0)).await? {
+                None => return Ok(Flow::Stop),
+                Some(false) => return self.skip(&itself, 0).await,
+                Some(true) => {}
+            }
+        }
+        let mut asking = self.execution(&itself, 0);
+        asking.status = WorkflowStepStatus::Waiting;
+        self.context.insert("steps".into(), Value::Object(self.steps.clone()));
+        if let Some(message) = &approval.message {
+            match body::render(&format!("{}.approval.message", approval.path), message, &self.context) {
+                Ok(text) => asking.input = Some(text),
+                Err(problems) => return self.end(&itself, refused(asking, AppError::invalid(problems))?).await,
+            }
+        }
+        let deadline = approval
+            .timeout_ms
+            .map(|ms| asking.started_at + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)));
+        let moment = Moment::Waiting { position: self.executed, deadline };
+        commit(self.workflows, self.run, Some(&asking), moment).await?;
+        Ok(Flow::Stop)
+    }
+
+    /// An approval whose time ran out: approved or failed as its `onTimeout` says.
+    async fn timed_out(
+        &mut self,
+        itself: &Step,
+        approval: &Approval,
+        waited: &mut workflow_steps::Model,
+    ) -> Result<Flow, AppError> {
+        let ms = approval.timeout_ms.unwrap_or_default();
+        waited.finished_at = Some(Utc::now().trunc_subsecs(6));
+        let (status, code) = match approval.on_timeout {
+            OnTimeout::Approve => (WorkflowStepStatus::Succeeded, None),
+            OnTimeout::Reject => (WorkflowStepStatus::Failed, Some("REJECTED")),
+            OnTimeout::Fail => (WorkflowStepStatus::Failed, Some("APPROVAL_TIMEOUT")),
+        };
+        waited.status = status;
+        match code {
+            None => waited.output = Some(format!("approved: no decision within {ms} ms")),
+            Some(_) => {
+                waited.error =
+                    Some(format!("no decision within {ms} ms; onTimeout is {}", approval.on_timeout.as_str()))
+            }
+        }
+        let ended = Ended { execution: waited.clone(), run: None, code: code.map(str::to_string) };
+        self.end(itself, ended).await
+    }
+
     /// Whether `condition` holds now. One that cannot be evaluated fails the workflow at
     /// `step` (`iteration`) with the condition's problem: None, the walk stops.
     async fn holds(
@@ -206,10 +287,7 @@ impl Walk<'_> {
             return Ok(Flow::Stop);
         }
         if when == Some(false) {
-            let mut skipped = self.execution(step, iteration);
-            skipped.status = WorkflowStepStatus::Skipped;
-            skipped.finished_at = Some(skipped.started_at);
-            return self.end(step, Ended { execution: skipped, run: None, code: None }).await;
+            return self.skip(step, iteration).await;
         }
         self.context.insert("steps".into(), Value::Object(self.steps.clone()));
         let ended = match self.allowance(step) {
@@ -222,10 +300,20 @@ impl Walk<'_> {
         self.end(step, ended).await
     }
 
+    /// Commits `step` (`iteration`) as skipped: its condition does not hold.
+    async fn skip(&mut self, step: &Step, iteration: i32) -> Result<Flow, AppError> {
+        let mut skipped = self.execution(step, iteration);
+        skipped.status = WorkflowStepStatus::Skipped;
+        skipped.finished_at = Some(skipped.started_at);
+        self.end(step, Ended { execution: skipped, run: None, code: None }).await
+    }
+
     /// Commits a step's end (and the workflow's, when it failed); answers whether to go on.
     async fn end(&mut self, step: &Step, ended: Ended) -> Result<Flow, AppError> {
         let status = ended.execution.status;
         self.workflows.runner.metrics().runs.workflow_step(status_label(status));
+        let mut spent = Totals::default();
+        spent.add(ended.run.as_ref());
         self.totals.add(ended.run.as_ref());
         let failed = !matches!(status, WorkflowStepStatus::Succeeded | WorkflowStepStatus::Skipped);
         let end = if failed {
@@ -239,7 +327,7 @@ impl Walk<'_> {
         };
         // A failed step is not committed as done: `retryWorkflowRun` runs it again.
         let position = if failed { self.executed } else { self.executed + 1 };
-        let moment = Moment::Ended { position, totals: &self.totals, end };
+        let moment = Moment::Ended { position, spent: &spent, end };
         if !commit(self.workflows, self.run, Some(&ended.execution), moment).await? {
             return Ok(Flow::Stop);
         }
@@ -428,7 +516,8 @@ fn execution_of(run: &workflow_runs::Model, index: usize, step_id: &str) -> work
     }
 }
 
-/// What the steps' runs used so far in this drive, added to the workflow's row at each commit.
+/// What runs used: one step's (added to the workflow's row when it is committed), or all of
+/// this walk's (what the workflow's limits see).
 #[derive(Default)]
 struct Totals {
     tokens_in: i64,
@@ -450,6 +539,8 @@ impl Totals {
 enum End {
     /// It goes on.
     Not,
+    /// It waits for an approval.
+    Pauses,
     Succeeded {
         output: String,
     },
@@ -464,9 +555,11 @@ enum End {
 enum Moment<'a> {
     /// The step's run started.
     Started,
-    /// The step ended; the workflow is at `position` and has used `totals` since this driver
-    /// took it.
-    Ended { position: usize, totals: &'a Totals, end: End },
+    /// The step ended, its run having used `spent`; the workflow is at `position`.
+    Ended { position: usize, spent: &'a Totals, end: End },
+    /// An approval waits for a decision until `deadline` (forever when none): the workflow is
+    /// `waiting`, driven by no one.
+    Waiting { position: usize, deadline: Option<DateTime<Utc>> },
     /// The walk reached the end after `position` executions; the workflow succeeded with
     /// `output`.
     Closed { position: usize, output: String },
@@ -487,7 +580,7 @@ async fn commit(
         .filter(workflow_runs::Column::Status.eq(WorkflowStatus::Running));
     let end = match moment {
         Moment::Started => End::Not,
-        Moment::Ended { position, totals, end } => {
+        Moment::Ended { position, spent: totals, end } => {
             let add = |column: workflow_runs::Column, amount: sea_orm::Value| Expr::col(column).add(amount);
             row = row
                 .col_expr(workflow_runs::Column::Position, Expr::value(position as i32))
@@ -506,8 +599,17 @@ async fn commit(
             row = row.col_expr(workflow_runs::Column::Position, Expr::value(position as i32));
             End::Succeeded { output }
         }
+        Moment::Waiting { position, deadline } => {
+            row = row
+                .col_expr(workflow_runs::Column::Position, Expr::value(position as i32))
+                .col_expr(workflow_runs::Column::Status, Expr::value(WorkflowStatus::Waiting))
+                .col_expr(workflow_runs::Column::LeaseHolder, Expr::value(Option::<String>::None))
+                .col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(deadline));
+            End::Pauses
+        }
     };
     row = match end {
+        End::Pauses => row,
         End::Not => row.col_expr(workflow_runs::Column::LeaseExpiresAt, Expr::value(workflows.lease_until())),
         End::Succeeded { output } => {
             ended(row, WorkflowStatus::Succeeded, now).col_expr(workflow_runs::Column::Output, Expr::value(output))

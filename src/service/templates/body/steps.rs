@@ -13,7 +13,7 @@ use std::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    Loop, MAX_PROMPT_CHARS, Node, Step, StepSource, WorkflowLimits, object, string_field,
+    Approval, Loop, MAX_PROMPT_CHARS, Node, OnTimeout, Step, StepSource, WorkflowLimits, object, string_field,
     text::{self, Scope, StepScope},
     unknown_fields,
 };
@@ -30,6 +30,9 @@ const MAX_NAME_CHARS: usize = 200;
 const MAX_CONDITION_CHARS: usize = 2_000;
 const FIELDS: [&str; 9] = ["id", "agent", "prompt", "template", "version", "variables", "timeoutMs", "retry", "when"];
 const LOOP_FIELDS: [&str; 3] = ["id", "loop", "when"];
+const APPROVAL_FIELDS: [&str; 3] = ["id", "approval", "when"];
+/// Longest an approval may wait: 30 days.
+const MAX_APPROVAL_WAIT_MS: u64 = 30 * 24 * 3_600_000;
 /// Most step executions a workflow's `limits.maxSteps` may allow.
 pub const MAX_STEP_EXECUTIONS: u32 = 1000;
 
@@ -37,6 +40,16 @@ pub const MAX_STEP_EXECUTIONS: u32 = 1000;
 enum Draft {
     Step(StepDraft),
     Loop(LoopDraft),
+    Approval(ApprovalDraft),
+}
+
+struct ApprovalDraft {
+    path: String,
+    id: Option<String>,
+    when: Option<String>,
+    message: Option<String>,
+    timeout_ms: Option<u64>,
+    on_timeout: Option<OnTimeout>,
 }
 
 #[derive(Default)]
@@ -68,8 +81,7 @@ pub(super) fn check(
     problems: &mut Vec<Problem>,
 ) -> Value {
     let drafts = drafts(body, max_iterations, problems);
-    let flat = flatten(&drafts);
-    let ids: Vec<Option<&str>> = flat.iter().map(|(step, _)| step.id.as_deref()).collect();
+    let ids = ids(&drafts);
     let scope_at = |current: usize, within: Option<Range<usize>>| Scope {
         variables,
         steps: Some(StepScope { ids: &ids, current, within }),
@@ -79,6 +91,16 @@ pub(super) fn check(
         match draft {
             Draft::Step(step) => {
                 check_step(step, &scope_at(at, None), problems);
+                at += 1;
+            }
+            Draft::Approval(approval) => {
+                let scope = scope_at(at, None);
+                if let Some(when) = &approval.when {
+                    text::check_condition(&format!("{}.when", approval.path), when, &scope, problems);
+                }
+                if let Some(message) = &approval.message {
+                    text::check(&format!("{}.approval.message", approval.path), message, &scope, problems);
+                }
                 at += 1;
             }
             Draft::Loop(looped) => {
@@ -140,14 +162,15 @@ pub(super) fn parse(body: &Value) -> Vec<Node> {
     drafts(body, u32::MAX, &mut Vec::new()).into_iter().filter_map(Draft::node).collect()
 }
 
-/// Every step in the order the body lists them, loops' steps in place, each with whether it is
-/// in a loop.
-fn flatten(drafts: &[Draft]) -> Vec<(&StepDraft, bool)> {
+/// The id of every step and approval in the order the body lists them, loops' steps in place
+/// (None where one has no valid id).
+fn ids(drafts: &[Draft]) -> Vec<Option<&str>> {
     drafts
         .iter()
         .flat_map(|draft| match draft {
-            Draft::Step(step) => vec![(step, false)],
-            Draft::Loop(looped) => looped.steps.iter().map(|step| (step, true)).collect(),
+            Draft::Step(step) => vec![step.id.as_deref()],
+            Draft::Approval(approval) => vec![approval.id.as_deref()],
+            Draft::Loop(looped) => looped.steps.iter().map(|step| step.id.as_deref()).collect(),
         })
         .collect()
 }
@@ -206,13 +229,16 @@ fn drafts(body: &Value, max_iterations: u32, problems: &mut Vec<Problem>) -> Vec
         .enumerate()
         .map(|(i, node)| {
             let path = format!("body.steps[{i}]");
-            match node.get("loop") {
-                Some(_) => Draft::Loop(loop_draft(path, node, max_iterations, &mut seen, problems)),
-                None => Draft::Step(draft(path, node, &mut seen, problems)),
+            if node.get("loop").is_some() {
+                Draft::Loop(loop_draft(path, node, max_iterations, &mut seen, problems))
+            } else if node.get("approval").is_some() {
+                Draft::Approval(approval_draft(path, node, &mut seen, problems))
+            } else {
+                Draft::Step(draft(path, node, &mut seen, problems))
             }
         })
         .collect();
-    let total = flatten(&drafts).len();
+    let total = ids(&drafts).len();
     if total > MAX_STEPS {
         problems
             .push(Problem::new("body.steps", format!("holds {total} steps with its loops'; the limit is {MAX_STEPS}")));
@@ -258,9 +284,11 @@ fn loop_draft(
         .enumerate()
         .filter_map(|(i, step)| {
             let step_path = format!("{inner_path}.steps[{i}]");
-            if step.get("loop").is_some() {
-                problems.push(Problem::new(step_path, "is a loop; a loop's steps are plain steps"));
-                return None;
+            for (key, kind) in [("loop", "a loop"), ("approval", "an approval")] {
+                if step.get(key).is_some() {
+                    problems.push(Problem::new(step_path, format!("is {kind}; a loop's steps are plain steps")));
+                    return None;
+                }
             }
             Some(draft(step_path, step, seen, problems))
         })
@@ -277,6 +305,53 @@ fn loop_draft(
         }
     };
     LoopDraft { path, id, when, steps, until, max_iterations }
+}
+
+/// An approval node: `{"id", "when"?, "approval": {"message"?, "timeoutMs"?, "onTimeout"?}}`;
+/// `onTimeout` (`fail`, `approve` or `reject`) needs a `timeoutMs`.
+fn approval_draft(
+    path: String,
+    node: &Value,
+    seen: &mut HashSet<String>,
+    problems: &mut Vec<Problem>,
+) -> ApprovalDraft {
+    let empty = Map::new();
+    let obj = node.as_object().unwrap_or(&empty);
+    unknown_fields(&path, obj, &APPROVAL_FIELDS, "approval", problems);
+    let id = id(&path, obj.get("id"), seen, problems);
+    let when = condition(obj, "when", &path, false, problems);
+    let inner_path = format!("{path}.approval");
+    let inner = match &obj["approval"] {
+        Value::Null => Some(&empty),
+        value => object(value, &inner_path, "must be an object (it may be empty)", problems),
+    };
+    let Some(inner) = inner else {
+        return ApprovalDraft { path, id, when, message: None, timeout_ms: None, on_timeout: None };
+    };
+    unknown_fields(&inner_path, inner, &["message", "timeoutMs", "onTimeout"], "approval", problems);
+    let message = string_field(inner, "message", &inner_path, MAX_PROMPT_CHARS, false, problems).map(str::to_string);
+    let timeout_ms = whole(inner.get("timeoutMs"), &format!("{inner_path}.timeoutMs"), MAX_APPROVAL_WAIT_MS, problems);
+    let on_timeout = match inner.get("onTimeout") {
+        None | Some(Value::Null) => Some(OnTimeout::Fail),
+        Some(value) => {
+            let found = match value.as_str() {
+                Some("fail") => Some(OnTimeout::Fail),
+                Some("approve") => Some(OnTimeout::Approve),
+                Some("reject") => Some(OnTimeout::Reject),
+                _ => None,
+            };
+            let onto = format!("{inner_path}.onTimeout");
+            match found {
+                None => problems.push(Problem::new(onto, "must be `fail`, `approve` or `reject`")),
+                Some(_) if timeout_ms.is_none() && inner.get("timeoutMs").is_none() => {
+                    problems.push(Problem::new(onto, "needs a `timeoutMs`: without one, an approval waits forever"));
+                }
+                Some(_) => {}
+            }
+            found
+        }
+    };
+    ApprovalDraft { path, id, when, message, timeout_ms, on_timeout }
 }
 
 /// A condition at `obj[key]`: an expression, at most [`MAX_CONDITION_CHARS`] characters.
@@ -381,6 +456,14 @@ impl Draft {
     fn node(self) -> Option<Node> {
         match self {
             Draft::Step(step) => step.step().map(Node::Step),
+            Draft::Approval(approval) => Some(Node::Approval(Approval {
+                id: approval.id?,
+                path: approval.path,
+                when: approval.when,
+                message: approval.message,
+                timeout_ms: approval.timeout_ms,
+                on_timeout: approval.on_timeout?,
+            })),
             Draft::Loop(looped) => {
                 let steps: Vec<Step> = looped.steps.into_iter().filter_map(StepDraft::step).collect();
                 Some(Node::Loop(Loop {
@@ -414,6 +497,23 @@ impl StepDraft {
 fn node_json(node: &Node) -> Value {
     match node {
         Node::Step(step) => to_json(step),
+        Node::Approval(approval) => {
+            let mut inner = Map::new();
+            if let Some(message) = &approval.message {
+                inner.insert("message".into(), json!(message));
+            }
+            if let Some(ms) = approval.timeout_ms {
+                inner.insert("timeoutMs".into(), json!(ms));
+                inner.insert("onTimeout".into(), json!(approval.on_timeout.as_str()));
+            }
+            let mut out = Map::new();
+            out.insert("id".into(), json!(approval.id));
+            if let Some(when) = &approval.when {
+                out.insert("when".into(), json!(when));
+            }
+            out.insert("approval".into(), Value::Object(inner));
+            Value::Object(out)
+        }
         Node::Loop(looped) => {
             let mut out = Map::new();
             out.insert("id".into(), json!(looped.id));
