@@ -80,6 +80,17 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// SIGTERM, then waits for the process to exit (at most 30 s).
+    fn terminate(&mut self) {
+        let sent = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "still running 30 s after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown, no flush, no chance to finish anything.
     fn kill(&mut self) {
         self.child.kill().unwrap();
@@ -310,4 +321,49 @@ async fn a_workflow_killed_mid_step_resumes_from_its_last_committed_step() {
     let resumed_run = &done["steps"][1]["run"]["id"];
     let second = runs::Entity::find_by_id(resumed_run.as_str().unwrap()).one(&db).await.unwrap().unwrap();
     assert_eq!(second.status.to_string(), "succeeded", "the step's latest run is the one it shows");
+}
+
+#[tokio::test]
+async fn a_workflow_of_a_server_stopped_with_sigterm_is_resumed_at_once_by_the_next() {
+    if std::env::var(PG_ENV).is_ok_and(|url| !url.is_empty()) {
+        println!("skipped: the binary is stopped on a SQLite file here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    common::install_dev_key(&data);
+    let database_url = format!("sqlite://{}/handover.db", dir.path().display());
+    // The default lease, 30 s: only a lease given up at SIGTERM lets the next server resume sooner.
+    let mut server = Server::start(&data, &database_url).await;
+    let alice = token(&data, "user_alice");
+    let client = reqwest::Client::new();
+    let url = server.url("/graphql");
+    let spec = json!({"format": "ensemble.team/v1", "agents": [{"name": "slow", "model": "local/slow-2000"}]});
+    let created = send(&client, &url, &alice, CREATE, json!({"n": "Handover", "spec": spec})).await.unwrap();
+    let team = created["data"]["createTeam"]["id"].as_str().unwrap().to_string();
+    let steps =
+        json!([{"id": "one", "agent": "slow", "prompt": "One"}, {"id": "two", "agent": "slow", "prompt": "Two"}]);
+    let create =
+        "mutation($body: JSON!) { createTemplate(input: {kind: WORKFLOW, name: \"Two parts\", body: $body}) { id } }";
+    let template = send(&client, &url, &alice, create, json!({"body": {"steps": steps}})).await.unwrap();
+    let input = json!({"templateId": template["data"]["createTemplate"]["id"]});
+    let started = send(&client, &url, &alice, START_WORKFLOW, json!({"team": team, "input": input})).await.unwrap();
+    let id = started["data"]["startWorkflow"]["id"].as_str().unwrap_or_else(|| panic!("{started}")).to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.terminate();
+
+    let restarted = Instant::now();
+    let server = Server::start(&data, &database_url).await;
+    let url = server.url("/graphql");
+    let done = loop {
+        let run = send(&client, &url, &alice, WORKFLOW_RUN, json!({"id": id})).await.unwrap();
+        let workflow = run["data"]["workflowRun"].clone();
+        if workflow["status"] != "RUNNING" {
+            break workflow;
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(20), "not resumed well before the 30 s lease ran out: {run}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["steps"][0]["attempts"], 2, "the step in flight at the stop ran again: {done}");
 }
