@@ -14,7 +14,7 @@ use chrono::{SubsecRound, Utc};
 use entity::{
     runs,
     states::{WorkflowStatus, WorkflowStepStatus},
-    template_versions, workflow_runs, workflow_steps,
+    workflow_runs, workflow_steps,
 };
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
@@ -259,9 +259,7 @@ impl Workflows {
     /// The run's step executions in the order they started (each iteration of a looped step
     /// its own), then the body's steps that have not run, each with its run.
     pub async fn steps(&self, run: &workflow_runs::Model) -> Result<Vec<StepView>, AppError> {
-        let version = template_versions::Entity::find_by_id((run.template_id.clone(), run.template_version))
-            .one(&self.db)
-            .await?;
+        let version = self.templates.version_of(&run.template_id, run.template_version).await?;
         let body_steps = version.map(|v| body::steps(&v.body)).unwrap_or_default();
         let executions = executions(&self.db, &run.id).await?;
         let run_ids: Vec<&str> = executions.iter().filter_map(|e| e.run_id.as_deref()).collect();
@@ -355,9 +353,7 @@ impl Workflows {
             return Err(AppError::invalid(vec![problem]));
         }
         let step = decision.step_id.as_str();
-        let version = template_versions::Entity::find_by_id((run.template_id.clone(), run.template_version))
-            .one(&self.db)
-            .await?;
+        let version = self.templates.version_of(&run.template_id, run.template_version).await?;
         let nodes = version.map(|v| body::nodes(&v.body)).unwrap_or_default();
         if !nodes.iter().any(|node| matches!(node, Node::Approval(approval) if approval.id == step)) {
             let problem = Problem::new("input.stepId", format!("the workflow has no approval step `{step}`"));

@@ -153,8 +153,9 @@ impl Templates {
         self.caches.templates.get_or_load_some(TemplateId(id.to_string()), load).await
     }
 
-    /// Version `version` of a template, if it has it.
-    async fn version_of(&self, id: &str, version: i32) -> Result<Option<Arc<template_versions::Model>>, AppError> {
+    /// Version `version` of template `id`, if it has it, from the cache (versions never change);
+    /// no access check.
+    pub async fn version_of(&self, id: &str, version: i32) -> Result<Option<Arc<template_versions::Model>>, AppError> {
         let load = async {
             let row = template_versions::Entity::find_by_id((id.to_string(), version)).one(&self.db).await?;
             Ok(row.map(Arc::new))

@@ -11,7 +11,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use entity::{
     runs,
     states::{RunStatus, WorkflowStatus, WorkflowStepStatus},
-    template_versions, users, workflow_runs, workflow_steps,
+    users, workflow_runs, workflow_steps,
 };
 use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryTrait,
@@ -48,8 +48,7 @@ pub(super) async fn drive(
     caller: &Caller,
 ) -> Result<(), AppError> {
     let db = &workflows.db;
-    let version =
-        template_versions::Entity::find_by_id((run.template_id.clone(), run.template_version)).one(db).await?;
+    let version = workflows.templates.version_of(&run.template_id, run.template_version).await?;
     let Some(version) = version else {
         let why = format!("version {} of its template no longer exists", run.template_version);
         return fail_unresumable(workflows, run, &why).await;
